@@ -101,26 +101,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_harvest(args: argparse.Namespace) -> int:
     from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
-    from autointerp.store import Store
 
     layers = parse_layers(args.layers)
     shard = parse_shard(args.shard)
     model = _load(args.model, progress=not args.no_progress)
-    store = Store(_db_path(args))
     cfg = HarvestConfig(
         model=model.name, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len, n_tokens=args.tokens,
         top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k, seed=args.seed,
         batch_size=args.batch_size, shard=shard, checkpoint_seconds=args.checkpoint_seconds,
     )
-    result = harvest(model, store, cfg, progress=not args.no_progress)
+    db = _db_path(args)
+    result = harvest(model, db, cfg, progress=not args.no_progress)
     out = {"run_id": result.run_id, "status": result.status, "model": model.name, "contexts": result.contexts,
-           "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": str(store.path)}
+           "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
     if args.json:
         _print_json(out)
     else:
         rate = result.tokens / result.seconds if result.seconds else 0
         print(f"run {result.run_id}: {result.status}, {result.tokens} tokens"
-              + (f" in {result.seconds:.1f}s ({rate:.0f} tok/s)" if result.seconds else "") + f" -> {store.path}")
+              + (f" in {result.seconds:.1f}s ({rate:.0f} tok/s)" if result.seconds else "") + f" -> {db}")
     return 0
 
 

@@ -448,13 +448,22 @@ def _fault_point(checkpoints_written: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def harvest(model: SubjectModel, store: Store, config: HarvestConfig, progress: bool = True,
-            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> HarvestResult:
-    """Run (or resume, or recognise as done) one harvest and write its results to ``store``."""
+def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: HarvestConfig,
+            progress: bool = True, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+            ) -> HarvestResult:
+    """Run (or resume, or recognise as done) one harvest and write its results to ``store``.
+
+    Everything the user can get wrong (layers, lengths, an empty or unreadable corpus) is checked before the
+    database is opened, so a bad invocation writes nothing. ``store`` may be a path for exactly that reason.
+    """
     cfg = _resolve(config, model)
     started = time.time()
     docs = load_documents(cfg.corpus, cfg.seed)
     max_contexts = cfg.n_tokens // cfg.ctx_len if cfg.n_tokens else None
+    if next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None) is None:
+        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
+    if not isinstance(store, Store):
+        store = Store(store)
     corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": corpus_fingerprint(docs)}
     identity = cfg.identity()
     config_hash = cfg.config_hash()
@@ -522,8 +531,6 @@ def harvest(model: SubjectModel, store: Store, config: HarvestConfig, progress: 
         run_batch()
         tokens_done += len(batch) * cfg.ctx_len
     bar.close()
-    if contexts_done == 0:
-        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
 
     needed: set[int] = set().union(*(st.context_ids() for st in states.values()))
     picked = [c for c in iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id,

@@ -1,0 +1,207 @@
+"""Harvest correctness: the streaming, sharded, resumable harvest must equal a brute-force computation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import brute_force, run_cli
+
+from autointerp.harvest import (
+    HIST_EDGES,
+    SPLIT_PATTERN,
+    HarvestConfig,
+    harvest,
+    hash_keys,
+    hist_bins,
+    key_contexts,
+    key_values,
+    merge,
+    rank_keys,
+)
+from autointerp.models import SubjectModel
+from autointerp.store import Store
+
+# ------------------------------------------------------------------------------------------------ keys and bins
+
+
+def test_rank_keys_order_by_value_then_lower_context_id() -> None:
+    values = torch.tensor([0.5, -0.0, 0.0, -2.0, 3.0, 0.5, 1e-40, -1e-40, float("inf"), -3.5], dtype=torch.float32)
+    ctx = torch.tensor([7, 3, 4, 1, 9, 2, 5, 6, 8, 0], dtype=torch.int64)
+    keys = rank_keys(values, ctx)
+    by_key = keys.argsort(descending=True).tolist()
+    # Reference: sort by value descending, ties by context id ascending (-0.0 == 0.0 only in value, so we treat
+    # it as a distinct, smaller float exactly as IEEE total order does).
+    reference = sorted(range(len(values)), key=lambda i: (-values[i].item(), math.copysign(1, values[i].item()) < 0
+                                                           and values[i].item() == 0, ctx[i].item()))
+    assert by_key == reference
+    assert torch.equal(key_values(keys), values)
+    assert torch.equal(key_contexts(keys), ctx)
+
+
+def test_hist_bins_agree_with_edges() -> None:
+    x = torch.randn(5000) * 20
+    bins = hist_bins(x.clone()).numpy()
+    ref = np.clip(np.searchsorted(np.array(HIST_EDGES), x.numpy(), side="right") - 1, 0, len(HIST_EDGES) - 2)
+    # Values within float rounding of an edge may land either side; everything else must agree.
+    near_edge = np.min(np.abs(x.numpy()[:, None] - np.array(HIST_EDGES)[None, :]), axis=1) < 1e-4
+    assert (bins[~near_edge] == ref[~near_edge]).all()
+
+
+# ------------------------------------------------------------------------------------------------ brute force
+
+
+def _check_against_brute_force(model: SubjectModel, db: Store, run_id: int, ref: dict, cfg: HarvestConfig) -> None:
+    contexts = ref["contexts"]
+    ctx_ids = np.array([c.context_id for c in contexts])
+    for layer in cfg.layers:
+        acts = ref["acts"][layer]  # [C, T, d]
+        body = acts[:, 1:, :]
+        d = acts.shape[2]
+        for n in range(d):
+            stats = db.neuron(run_id, layer, n)
+            values = body[:, :, n].astype(np.float64)
+            assert stats["count"] == values.size
+            assert stats["max"] == pytest.approx(values.max(), abs=1e-6)
+            assert stats["min"] == pytest.approx(values.min(), abs=1e-6)
+            assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5, abs=1e-7)
+            assert stats["variance"] == pytest.approx(values.var(), rel=1e-4, abs=1e-8)
+            assert stats["frac_positive"] == pytest.approx((values > 0).mean())
+            assert sum(stats["hist"]) == values.size
+
+            examples = list(db.examples(run_id, layer, n))
+            by_kind: dict[str, list[dict]] = {}
+            for ex in examples:
+                by_kind.setdefault(ex["kind"], []).append(ex)
+
+            ctx_max = body[:, :, n].max(axis=1)
+            order = np.lexsort((ctx_ids, -ctx_max))[: cfg.top_k]
+            top = by_kind["top"]
+            assert [e["context_id"] for e in top] == ctx_ids[order].tolist()
+            for ex, i in zip(top, order, strict=True):
+                np.testing.assert_allclose(ex["activations"], acts[i, :, n], atol=1e-5)
+                assert ex["peak_index"] == int(np.argmax(acts[i, 1:, n])) + 1
+                assert ex["split"] == SPLIT_PATTERN[ex["rank"] % 4]
+
+            if model.gated:
+                ctx_min = body[:, :, n].min(axis=1)
+                order = np.lexsort((ctx_ids, ctx_min))[: cfg.top_k]
+                assert [e["context_id"] for e in by_kind["bottom"]] == ctx_ids[order].tolist()
+            else:
+                assert "bottom" not in by_kind
+
+            hk = hash_keys(ctx_ids.tolist(), cfg.seed).numpy()
+            rand_ref = ctx_ids[np.argsort(hk)[: cfg.random_k]].tolist()
+            assert [e["context_id"] for e in by_kind["random"]] == rand_ref
+
+            for ex in by_kind.get("quantile", []):
+                i, top_value = ex["interval"], stats["max"]
+                assert top_value * i / 4 < ex["max_activation"] <= top_value * (i + 1) / 4 + 1e-6
+
+
+def test_tiny_model_harvest_equals_brute_force(tiny: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
+    cfg = HarvestConfig(model=tiny.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=16, top_k=6,
+                        random_k=5, batch_size=3, checkpoint_seconds=1e9)
+    result = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    ref = brute_force(tiny, str(text_corpus), [0, 1], 16, None)
+    assert result.contexts == len(ref["contexts"]) > cfg.top_k
+    _check_against_brute_force(tiny, Store(tmp_path / "h.db"), result.run_id, ref, cfg)
+
+
+def test_tiny_gated_model_keeps_most_negative(tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
+    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(text_corpus), layers=[1], ctx_len=12, top_k=4,
+                        random_k=3, batch_size=5, checkpoint_seconds=1e9)
+    result = harvest(tiny_gated, tmp_path / "g.db", cfg, progress=False, log=lambda m: None)
+    ref = brute_force(tiny_gated, str(text_corpus), [1], 12, None)
+    resolved = HarvestConfig(**{**cfg.__dict__, "bottom_k": 4})
+    _check_against_brute_force(tiny_gated, Store(tmp_path / "g.db"), result.run_id, ref, resolved)
+
+
+def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
+    cfg = HarvestConfig(model=tiny.name, corpus=str(text_corpus), layers=[0], ctx_len=16, top_k=3, random_k=2)
+    first = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    rows = Store(tmp_path / "h.db").db["examples"].count
+    again = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    assert again.status == "already complete" and again.run_id == first.run_id
+    assert Store(tmp_path / "h.db").db["examples"].count == rows
+
+
+def _rows(db: Store, run_id: int) -> tuple[list[tuple], list[tuple]]:
+    ex = [
+        (r["layer"], r["neuron"], r["kind"], r["rank"], r["split"], r["context_id"], r["peak_index"],
+         r["interval"], tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)))
+        for r in db.db.query("select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id])
+    ]
+    ne = [
+        (r["layer"], r["neuron"], r["count"], round(r["max"], 5), round(r["min"], 5), r["n_positive"], r["hist"],
+         r["ctx_max_hist"], round(r["sum"], 2))
+        for r in db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id])
+    ]
+    return ex, ne
+
+
+def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, text_corpus: Path,
+                                                   tmp_path: Path) -> None:
+    base = dict(model=tiny_gated.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=12, top_k=5, random_k=4,
+                batch_size=4)
+    whole = harvest(tiny_gated, tmp_path / "all.db", HarvestConfig(**base), progress=False, log=lambda m: None)
+    for i in range(3):
+        harvest(tiny_gated, tmp_path / f"s{i}.db", HarvestConfig(**base, shard=(i, 3)), progress=False,
+                log=lambda m: None)
+    with pytest.raises(Exception, match="missing"):
+        merge(Store(tmp_path / "partial.db"), [Store(tmp_path / "s0.db"), Store(tmp_path / "s2.db")],
+              log=lambda m: None)
+    [merged] = merge(Store(tmp_path / "merged.db"), [Store(tmp_path / f"s{i}.db") for i in range(3)],
+                     log=lambda m: None)
+    assert _rows(Store(tmp_path / "merged.db"), merged) == _rows(Store(tmp_path / "all.db"), whole.run_id)
+
+
+# ------------------------------------------------------------------------------------------------ real model
+
+
+@pytest.mark.slow
+def test_smollm2_harvest_equals_brute_force(smol: SubjectModel, tmp_path: Path) -> None:
+    cfg = HarvestConfig(model=smol.name, corpus="default", layers=[0, 2], ctx_len=32, n_tokens=32 * 48, top_k=8,
+                        random_k=6, batch_size=8, checkpoint_seconds=1e9)
+    result = harvest(smol, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    ref = brute_force(smol, "default", [0, 2], 32, 32 * 48)
+    assert result.contexts == 48
+    resolved = HarvestConfig(**{**cfg.__dict__, "bottom_k": 8})
+    _check_against_brute_force(smol, Store(tmp_path / "h.db"), result.run_id, ref, resolved)
+
+
+@pytest.mark.slow
+def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
+    common = ["--model", "smollm2-135m", "--layers", "1,3", "--tokens", "2048", "--ctx-len", "32", "--top-k", "6",
+              "--random-k", "4", "--no-progress"]
+    assert run_cli("harvest", *common, "--db", str(tmp_path / "all.db")).returncode == 0
+    for i in range(2):
+        proc = run_cli("harvest", *common, "--shard", f"{i}/2", "--db", str(tmp_path / f"s{i}.db"))
+        assert proc.returncode == 0, proc.stderr
+    proc = run_cli("merge", str(tmp_path / "merged.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db"))
+    assert proc.returncode == 0, proc.stderr
+    merged, whole = Store(tmp_path / "merged.db"), Store(tmp_path / "all.db")
+    assert _rows(merged, merged.runs()[0]["id"]) == _rows(whole, whole.runs()[0]["id"])
+
+
+@pytest.mark.slow
+def test_smollm2_resume_after_sigkill_gives_identical_rows(tmp_path: Path) -> None:
+    common = ["--model", "smollm2-135m", "--layers", "0,2", "--tokens", "3072", "--ctx-len", "32", "--top-k", "6",
+              "--random-k", "4", "--batch-size", "4", "--no-progress"]
+    killed = run_cli("harvest", *common, "--db", str(tmp_path / "r.db"), "--checkpoint-seconds", "0",
+                     env={"AUTOINTERP_KILL_AFTER_CHECKPOINTS": "5"})
+    assert killed.returncode == -9
+    store = Store(tmp_path / "r.db")
+    [run] = store.runs()
+    assert run["status"] == "running" and 0 < run["contexts_done"] < 96
+    assert store.db["examples"].count == 0  # results are written only when a run completes
+    resumed = run_cli("harvest", *common, "--db", str(tmp_path / "r.db"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stderr
+    assert run_cli("harvest", *common, "--db", str(tmp_path / "u.db")).returncode == 0
+    a, b = Store(tmp_path / "r.db"), Store(tmp_path / "u.db")
+    assert len(a.runs()) == 1 and a.runs()[0]["status"] == "complete"
+    assert _rows(a, a.runs()[0]["id"]) == _rows(b, b.runs()[0]["id"])
