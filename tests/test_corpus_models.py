@@ -1,0 +1,102 @@
+"""Corpora become deterministic contexts with exact provenance; model names resolve or fail helpfully; the packaged
+model's TransformerLens wrapping computes what the Hugging Face model computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autointerp.corpus import CODE_SHARE, iter_contexts, load_documents
+from autointerp.errors import UserError
+from autointerp.models import PACKAGED, SubjectModel, packaged_model_dir, resolve_model_name
+
+
+def test_default_corpus_mixes_prose_and_code_deterministically() -> None:
+    docs = load_documents("default", seed=0)
+    assert docs == load_documents("default", seed=0)
+    assert [d.doc_id for d in docs[:50]] != [d.doc_id for d in load_documents("default", seed=1)[:50]]
+    sources = {d.source for d in docs}
+    assert sources == {"wiki", "code"}
+    prefix = docs[:2000]
+    code_chars = sum(len(d.text) for d in prefix if d.source == "code")
+    share = code_chars / sum(len(d.text) for d in prefix)
+    assert abs(share - CODE_SHARE) < 0.02
+    assert sum(d.source == "wiki" for d in docs) > 9000
+
+
+def test_contexts_carry_exact_provenance(tiny: SubjectModel, text_corpus: Path) -> None:
+    docs = load_documents(str(text_corpus), seed=0)
+    contexts = list(iter_contexts(docs, tiny.tokenizer, 16, tiny.bos_id, tiny.sep_id))
+    assert [c.context_id for c in contexts] == list(range(len(contexts)))
+    again = list(iter_contexts(docs, tiny.tokenizer, 16, tiny.bos_id, tiny.sep_id))
+    assert all((a.tokens == b.tokens).all() for a, b in zip(contexts, again, strict=True))
+    seen_sep = False
+    for c in contexts:
+        assert len(c.tokens) == 16 and c.tokens[0] == tiny.bos_id and c.doc_index[0] == -1
+        for tok, doc, (start, end) in zip(c.tokens[1:], c.doc_index[1:], c.offsets[1:], strict=True):
+            if doc < 0:
+                seen_sep = True
+                assert tok == tiny.sep_id
+                continue
+            # the character span of each token re-encodes to that token
+            piece = docs[doc].text[start:end]
+            assert tiny.tokenizer.decode([int(tok)]).strip() == piece.strip()
+    assert seen_sep
+    # the stream is every document's tokens in order, nothing skipped
+    stream = [int(t) for c in contexts for t in c.tokens[1:]]
+    first = tiny.tokenizer(docs[0].text, add_special_tokens=False)["input_ids"]
+    assert stream[: len(first)] == first and stream[len(first)] == tiny.sep_id
+
+
+def test_jsonl_errors_are_user_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"nope": 1}\n')
+    with pytest.raises(UserError, match="Line 2"):
+        load_documents(str(bad), 0)
+    bad.write_text("{not json\n")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_documents(str(bad), 0)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha text")
+    (folder / "b.jsonl").write_text(json.dumps("beta text") + "\n")
+    assert sorted(d.text for d in load_documents(str(folder), 0)) == ["alpha text", "beta text"]
+
+
+def test_model_names_resolve_or_suggest() -> None:
+    assert resolve_model_name("gemma3-270m")[0] == "gemma-3-270m"
+    assert resolve_model_name("SmolLM2")[0] == "smollm2-135m"
+    assert resolve_model_name("gpt2-small") == ("gpt2", None)
+    assert resolve_model_name("solu-1l")[1] is None
+    with pytest.raises(UserError, match="Did you mean 'pythia-70m'"):
+        resolve_model_name("pythia-70n")
+    with pytest.raises(UserError, match="Unknown model 'zzzz'"):
+        resolve_model_name("zzzz")
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_matches_the_hf_model(smol: SubjectModel) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = packaged_model_dir("smollm2-135m")
+    provenance = json.loads((path / "provenance.json").read_text())
+    assert provenance["source_sha256"] == PACKAGED["smollm2-135m"].gguf_sha256
+    assert provenance["dtype"] == "float32"
+    assert (path / "model.safetensors").exists()
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    ids, _ = smol.encode("The Eiffel Tower is in Paris, and def main(): pass")
+    tokens = torch.tensor([ids])
+    captured = {}
+    handle = hf.model.layers[4].mlp.down_proj.register_forward_hook(lambda m, i, o: captured.update(x=i[0]))
+    with torch.no_grad():
+        logits = hf(tokens).logits
+    handle.remove()
+    assert torch.allclose(smol.model(tokens), logits, atol=1e-3)
+    # hook_post is exactly the input of the MLP's down projection: act(gate) * up, signed for gated MLPs
+    acts = smol.mlp_activations(tokens, [4])[4]
+    assert torch.allclose(acts, captured["x"], atol=1e-4)
+    assert smol.gated and (acts < 0).any() and (acts > 0).any()
+    assert smol.n_layers == 30 and smol.d_mlp == 1536
