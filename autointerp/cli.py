@@ -202,6 +202,24 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
     }
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from autointerp.models import _packaged_lookup
+    from autointerp.store import Store
+
+    store = Store(_db_path(args), create=False)
+    packaged = _packaged_lookup(args.model)
+    model = packaged.name if packaged else args.model
+    rows = store.rank_neurons(model, args.by, args.layer, args.limit)
+    if args.json:
+        _print_json([{"model": model, "score": r[args.by] if args.by != "min" else -r["min"], **r} for r in rows])
+        return 0
+    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}   (ranked by {args.by})")
+    for r in rows:
+        print(f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
+              f"{100 * r['frac_positive']:6.1f}%")
+    return 0
+
+
 def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, peak: int | None,
                    window: tuple[int, int] | None) -> Any:
     from rich.text import Text
@@ -352,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _db_arg(p)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("rank", help="neurons ranked by an activation statistic (max, min, frac_positive, variance)",
+                       description="Rank harvested neurons. Later stages add explanation and graph scores.")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--layer", type=int, default=None, help="only this layer")
+    p.add_argument("--by", default="max", help="max (default), min (most negative), frac_positive, variance")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {layer, neuron, score, ...}")
+    _db_arg(p)
+    p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("neuron", help="show a neuron's statistics and examples (coloured, or --json)",
                        description="Statistics and examples of neuron L/N from the latest complete harvest; the "

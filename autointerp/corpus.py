@@ -114,13 +114,16 @@ def code_documents() -> list[Document]:
 
 
 def _mix(prose: list[Document], code: list[Document], code_share: float) -> list[Document]:
-    """Interleave two shuffled lists so code makes up ``code_share`` of the characters at every prefix."""
+    """Interleave two shuffled lists so code makes up ``code_share`` of the characters at every prefix.
+
+    Stops when either list runs out, so the whole mix keeps the share too (the stdlib has far more code than the
+    Wikipedia summaries need)."""
     out: list[Document] = []
     prose_chars = code_chars = 0
     i = j = 0
-    while i < len(prose) or j < len(code):
+    while i < len(prose) and j < len(code):
         total = prose_chars + code_chars
-        want_code = j < len(code) and (i >= len(prose) or code_chars < code_share * max(total, 1))
+        want_code = code_chars < code_share * max(total, 1)
         if want_code:
             out.append(code[j])
             code_chars += len(code[j].text)

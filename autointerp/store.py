@@ -275,6 +275,28 @@ class Store:
                 out[key] = json.loads(row[key])
             yield out
 
+    def rank_neurons(self, model: str, by: str, layer: int | None, limit: int) -> list[dict[str, Any]]:
+        """Neurons of the latest complete harvest(s) of ``model``, strongest first by a statistic."""
+        columns = {"max": "n.max", "min": "-n.min", "frac_positive": "n.frac_positive", "variance": "n.variance"}
+        if by not in columns:
+            raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
+        runs = {}
+        for run in self.runs(model):
+            if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
+                for lay in run["config"]["layers"]:
+                    runs[lay] = run["id"]  # later runs win
+        if layer is not None:
+            if layer not in runs:
+                raise UserError(f"Layer {layer} of {model} has not been harvested; harvested: {sorted(runs)}.")
+            runs = {layer: runs[layer]}
+        if not runs:
+            raise UserError(f"No complete harvest of {model} in {self.path}.")
+        where = " or ".join("(n.run_id = ? and n.layer = ?)" for _ in runs)
+        params: list[Any] = [v for lay, run_id in runs.items() for v in (run_id, lay)]
+        sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id "
+               f"from neurons n where {where} order by {columns[by]} desc, n.layer, n.neuron limit ?")
+        return [dict(r) for r in self.db.query(sql, [*params, limit])]
+
     def document(self, run_id: int, doc_index: int) -> dict[str, Any] | None:
         row = next(
             self.db.query("select * from documents where run_id = ? and doc_index = ?", [run_id, doc_index]), None

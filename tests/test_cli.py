@@ -26,7 +26,7 @@ def _one_clear_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-de
 def test_help_lists_every_subcommand() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for cmd in ("setup", "models", "harvest", "merge", "runs", "neuron", "activations"):
+    for cmd in ("setup", "models", "harvest", "merge", "runs", "rank", "neuron", "activations"):
         assert cmd in proc.stdout
     harvest_help = run_cli("harvest", "--help").stdout
     assert "--shard" in harvest_help and "--layers" in harvest_help and "--tokens" in harvest_help
@@ -115,6 +115,10 @@ def test_neuron_json_and_live_activations_agree(smol: SubjectModel, tmp_path: Pa
     ref = smol.feature_activation(torch.tensor([ids]), 3, 100)[0, 1:].tolist()
     assert "".join(live_json["tokens"]) == text
     assert live_json["activations"] == pytest.approx(ref, abs=1e-5)
+
+    ranked = json.loads(run_cli("rank", "smollm2-135m", "--db", str(db), "--json", "--limit", "5").stdout)
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    assert ranked[0]["score"] == max(s["max"] for s in Store(db).db["neurons"].rows)
 
     runs = json.loads(run_cli("runs", "--db", str(db), "--json").stdout)
     assert runs[0]["config"]["layers"] == [3] and runs[0]["status"] == "complete"

@@ -1,0 +1,48 @@
+# autointerp: `make explain` runs the pipeline, `make test` the test suite. Both set up everything they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+AI     := $(VENV)/bin/autointerp
+
+MODEL  ?= gemma-3-270m
+CORPUS ?= default
+LAYERS ?= 3,9,15
+TOKENS ?= 16384
+DB     ?= autointerp.db
+
+.PHONY: setup explain test test-fast bench lint clean
+
+## setup: virtualenv at .venv, pinned dependencies (torch 2.13.0 CPU from the local wheel), packaged models, corpus
+setup: $(VENV)/.installed
+	$(AI) setup
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+## explain: harvest MODEL on CORPUS for LAYERS (later stages join as they land)
+explain: setup
+	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) --layers $(LAYERS) --tokens $(TOKENS) --db $(DB)
+	$(AI) rank $(MODEL) --by max --limit 10 --db $(DB)
+	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB)"
+
+## test: the whole suite, real-model tests included (what CI runs)
+test: setup
+	$(PY) -m pytest -q
+
+## test-fast: skip the tests that use the real packaged model
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+## bench: harvest throughput, harvest/forward ratio, peak memory at two corpus sizes -> BENCHMARKS.md
+bench: setup
+	$(PY) bench/bench_harvest.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check autointerp tests bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
