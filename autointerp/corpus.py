@@ -167,14 +167,28 @@ def _hf_documents(spec: str) -> list[Document]:
     parts = spec[3:].split(":")
     name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (
         parts[2] if len(parts) > 2 else "train")
+    from autointerp.models import _hub_reachable
+
+    advice = "Offline corpora: default, wiki, code, or a .txt/.jsonl file or folder."
     try:
+        import datasets.config
+        import huggingface_hub.constants
         from datasets import load_dataset
 
+        if not _hub_reachable():
+            # Fail in a second rather than after the hub client's retries; a cached copy still loads offline.
+            cache = Path(datasets.config.HF_DATASETS_CACHE)
+            if not any(cache.glob(name.replace("/", "___") + "*")):
+                raise UserError(f"The Hugging Face dataset {name!r} is not available offline (the hub cannot be "
+                                f"reached and it is not cached). {advice}")
+            datasets.config.HF_HUB_OFFLINE = True
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
         ds = load_dataset(name, config, split=split)
+    except UserError:
+        raise
     except Exception as exc:  # network, unknown dataset, missing config: all are the user's to fix
         raise UserError(
-            f"Could not load the Hugging Face dataset {name!r} ({type(exc).__name__}); it needs the hub or a local "
-            "cache. Offline corpora: default, wiki, code, or a .txt/.jsonl file or folder."
+            f"Could not load the Hugging Face dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}). {advice}"
         ) from exc
     column = "text" if "text" in ds.column_names else ds.column_names[0]
     return [Document(f"{name}:{i}", row[column], spec) for i, row in enumerate(ds) if str(row[column]).strip()]

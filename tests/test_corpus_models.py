@@ -66,6 +66,12 @@ def test_jsonl_errors_are_user_errors(tmp_path: Path) -> None:
     assert sorted(d.text for d in load_documents(str(folder), 0)) == ["alpha text", "beta text"]
 
 
+def test_hf_dataset_offline_fails_fast_and_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="not available offline"):
+        load_documents("hf:surely-not-cached/dataset-xyz", 0)
+
+
 def test_model_names_resolve_or_suggest() -> None:
     assert resolve_model_name("gemma3-270m")[0] == "gemma-3-270m"
     assert resolve_model_name("SmolLM2")[0] == "smollm2-135m"
