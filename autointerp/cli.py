@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from autointerp import __version__
@@ -220,6 +221,68 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from autointerp.harvest import parse_layers
+    from autointerp.n2g.build import N2GConfig
+    from autointerp.n2g.run import graph_layers
+    from autointerp.store import Store
+
+    layers = parse_layers(args.layers)
+    store = Store(_db_path(args), create=False)
+    model = _load(args.model, progress=not args.no_progress)
+    if layers is None:
+        layers = sorted({x for r in store.runs(model.name) if r["stage"] == "harvest" and r["status"] == "complete"
+                         for x in r["config"]["layers"]})
+        if not layers:
+            raise UserError(f"No complete harvest of {model.name} in {store.path}; run `autointerp harvest` first.")
+    model.check_layers(layers)
+    cfg = N2GConfig(augmentations=args.augmentations, importance_threshold=args.importance_threshold,
+                    train_examples=args.train_examples, naive=args.naive)
+    summaries = graph_layers(model, store, layers, args.neurons, cfg, progress=not args.no_progress)
+    out = [{"layer": s.layer, "built": s.built, "already_done": s.skipped, "seconds": round(s.seconds, 2),
+            "seconds_per_neuron": round(s.seconds / s.built, 3) if s.built else None} for s in summaries]
+    if args.json:
+        _print_json(out)
+    else:
+        for o in out:
+            print(f"layer {o['layer']}: built {o['built']} graphs ({o['already_done']} already done)"
+                  + (f", {o['seconds_per_neuron']} s/neuron" if o["built"] else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autointerp.models import _packaged_lookup
+    from autointerp.n2g.export import safe_output_path, to_networkx, write_graphml, write_svg
+    from autointerp.store import Store
+
+    layer, neuron = _parse_neuron(args.neuron)
+    packaged = _packaged_lookup(args.model)
+    model = packaged.name if packaged else args.model
+    out = safe_output_path(args.output or Path("graphs") / model.replace("/", "_") / f"{layer}_{neuron}.graphml")
+    if out.suffix != ".graphml":
+        raise UserError(f"The output file must end in .graphml, not {out.name!r}.")
+    store = Store(_db_path(args), create=False)
+    row = store.graph(model, layer, neuron)
+    if row is None:
+        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} --layers {layer} "
+                        f"--neurons {neuron}` first.")
+    meta = {"model": model, "layer": layer, "neuron": neuron, "config_hash": row["config_hash"],
+            "correlation": row["correlation"], "f1": row["f1"]}
+    g = to_networkx(row["graph"], meta)
+    write_graphml(g, out)
+    written = {"graphml": str(out)}
+    if not args.no_svg:
+        svg = out.with_suffix(".svg")
+        corr = f"{row['correlation']:.2f}" if row["correlation"] is not None else "n/a"
+        write_svg(g, svg, f"{model} {layer}/{neuron}  (held-out correlation {corr})")
+        written["svg"] = str(svg)
+    if args.json:
+        _print_json(written)
+    else:
+        print(" ".join(written.values()))
+    return 0
+
+
 def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, peak: int | None,
                    window: tuple[int, int] | None) -> Any:
     from rich.text import Text
@@ -380,6 +443,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: a list of {layer, neuron, score, ...}")
     _db_arg(p)
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser(
+        "graph", help="build N2G graphs (prune, saliency, augmentation, trie) and score them on held-out text",
+        description="Neuron-to-Graph: for each neuron, prune its top training examples to the shortest context "
+                    "that keeps the activation, find which tokens matter by replacing each, add embedding-neighbour "
+                    "variants, and build a token trie that predicts the neuron. Scored on held-out top + random "
+                    "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--layers", default=None, help="e.g. 3,9 (default: every harvested layer)")
+    p.add_argument("--neurons", default=None, help="e.g. 0-15,100 (default: all neurons of each layer)")
+    p.add_argument("--train-examples", type=int, default=20, help="top training examples per neuron (default 20)")
+    p.add_argument("--augmentations", type=int, default=5, help="substitutes per important token (default 5)")
+    p.add_argument("--importance-threshold", type=float, default=0.5,
+                   help="saliency at which a context token becomes a concrete node (default 0.5)")
+    p.add_argument("--naive", action="store_true", help="one forward pass per sequence (for comparison only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _db_arg(p)
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("export", help="export a neuron's N2G graph (GraphML + SVG picture)",
+                       description="Write the N2G graph of L/N as GraphML (typed attributes: token, kind, "
+                                   "activation, importance, depth, count) and an SVG picture beside it.")
+    p.add_argument("format", choices=["graphml"], help="graphml")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("neuron", help="L/N, e.g. 3/117")
+    p.add_argument("-o", "--output", default=None, help="output .graphml (default graphs/<model>/<L>_<N>.graphml)")
+    p.add_argument("--no-svg", action="store_true", help="skip the SVG picture")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    _db_arg(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("neuron", help="show a neuron's statistics and examples (coloured, or --json)",
                        description="Statistics and examples of neuron L/N from the latest complete harvest; the "

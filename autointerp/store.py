@@ -16,6 +16,9 @@ WAL mode (readers never block the writer), foreign keys on, and every unit of wo
 * ``examples(run_id, layer, neuron, kind, rank, split, context_id, max_activation, min_activation, peak_index,
   interval, activations)`` - kind is top/bottom/random/quantile; ``activations`` is little-endian float32 bytes,
   one value per context token (index 0 is BOS and is never counted in statistics).
+* ``graphs(run_id, layer, neuron, config_hash, graph, n_nodes, precision, recall, f1, correlation, ...)`` - N2G
+  graphs (JSON nodes/edges) built from harvest ``run_id`` with the N2G config whose hash is ``config_hash`` (the
+  config itself is the ``runs`` row ``n2g_run_id``), and their held-out scores.
 """
 
 from __future__ import annotations
@@ -128,6 +131,16 @@ class Store:
                 },
                 pk=("run_id", "layer", "neuron", "kind", "rank"),
                 foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["graphs"].create(
+                {
+                    "run_id": int, "layer": int, "neuron": int, "config_hash": str, "graph": str, "n_nodes": int,
+                    "precision": float, "recall": float, "f1": float, "correlation": float, "n_tokens": int,
+                    "n_true_firing": int, "n2g_run_id": int, "seconds": float, "created": float,
+                },
+                pk=("run_id", "layer", "neuron", "config_hash"),
+                foreign_keys=[("run_id", "runs", "id"), ("n2g_run_id", "runs", "id")],
                 if_not_exists=True,
             )
             db["runs"].create_index(["model", "status"], if_not_exists=True)
@@ -296,6 +309,27 @@ class Store:
         sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id "
                f"from neurons n where {where} order by {columns[by]} desc, n.layer, n.neuron limit ?")
         return [dict(r) for r in self.db.query(sql, [*params, limit])]
+
+    def graph_done(self, run_id: int, layer: int, config_hash: str) -> set[int]:
+        rows = self.db.query("select neuron from graphs where run_id = ? and layer = ? and config_hash = ?",
+                             [run_id, layer, config_hash])
+        return {int(r["neuron"]) for r in rows}
+
+    def save_graphs(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert finished graphs; one transaction per call, so an interrupted layer resumes by neuron."""
+        with self.db.atomic():
+            self.db["graphs"].insert_all(rows, replace=True)
+
+    def graph(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
+        """The newest graph of a neuron (any N2G config) built from the model's harvests."""
+        row = next(self.db.query(
+            "select g.* from graphs g join runs r on r.id = g.run_id where r.model = ? and g.layer = ? and "
+            "g.neuron = ? order by g.created desc limit 1", [model, layer, neuron]), None)
+        if row is None:
+            return None
+        out = dict(row)
+        out["graph"] = json.loads(row["graph"])
+        return out
 
     def document(self, run_id: int, doc_index: int) -> dict[str, Any] | None:
         row = next(

@@ -1,0 +1,117 @@
+"""N2G graphs as files people open elsewhere: GraphML (networkx, Gephi, yEd) and an SVG picture.
+
+The picture follows N2G's convention: activating nodes red by activation, context nodes blue by importance,
+wildcards grey; the text reads right to left from the activating token back into its context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from autointerp.errors import UserError
+
+
+def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
+    """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int), importance and
+    activation (float; present where they apply). Edges point from a token to the one before it in the text."""
+    g = nx.DiGraph(**{k: v for k, v in (meta or {}).items() if v is not None})
+    activation_of = {}
+    for node in data["nodes"]:
+        attrs: dict[str, Any] = {"token": node["token"], "kind": node["kind"], "depth": int(node["depth"]),
+                                 "count": int(node["count"])}
+        if node["importance"] is not None:
+            attrs["importance"] = float(node["importance"])
+        if node["activation"] is not None:
+            attrs["activation"] = float(node["activation"])
+            activation_of[node["id"]] = float(node["activation"])
+        g.add_node(f"n{node['id']}", **attrs)
+    for edge in data["edges"]:
+        target = data["nodes"][edge["target"]]
+        relation = "ends" if target["kind"] == "end" else "preceded_by"
+        g.add_edge(f"n{edge['source']}", f"n{edge['target']}", relation=relation)
+    # An activating node's own activation: the best end reachable from it (what the graph predicts at best).
+    for node in data["nodes"]:
+        if node["kind"] == "activating":
+            reach = nx.descendants(g, f"n{node['id']}")
+            values = [activation_of[int(n[1:])] for n in reach if int(n[1:]) in activation_of]
+            g.nodes[f"n{node['id']}"]["activation"] = max(values, default=0.0)
+    return g
+
+
+def safe_output_path(path: str | Path, base: Path | None = None) -> Path:
+    """Refuse paths that climb out of the working directory with ``..`` (an export path is user input)."""
+    p = Path(path)
+    if ".." in p.parts:
+        raise UserError(f"The output path {str(path)!r} contains '..'; give a path inside the working directory.")
+    return p
+
+
+def write_graphml(g: nx.DiGraph, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    nx.write_graphml(g, tmp)
+    tmp.replace(path)
+
+
+def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Tidy tree layout: x by depth (activating token on the right), leaves stacked, parents centred."""
+    pos: dict[str, tuple[float, float]] = {}
+    next_row = [0.0]
+
+    def place(node: str) -> float:
+        children = sorted(g.successors(node), key=lambda n: (g.nodes[n]["kind"] != "end", g.nodes[n]["token"]))
+        if not children:
+            y = next_row[0]
+            next_row[0] += 1
+        else:
+            ys = [place(c) for c in children]
+            y = sum(ys) / len(ys)
+        pos[node] = (-float(g.nodes[node]["depth"]), -y)
+        return y
+
+    roots = sorted((n for n in g if g.in_degree(n) == 0), key=lambda n: -g.nodes[n].get("activation", 0))
+    for root in roots:
+        place(root)
+        next_row[0] += 0.5
+    return pos
+
+
+def write_svg(g: nx.DiGraph, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pos = _layout(g)
+    rows = max((-y for _, y in pos.values()), default=0) + 1
+    depth = max((-x for x, _ in pos.values()), default=0) + 1
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * depth), max(2.0, 0.45 * rows)))
+    reds, blues = colormaps["Reds"], colormaps["Blues"]
+    colours, labels = [], {}
+    for n, attrs in g.nodes(data=True):
+        kind = attrs["kind"]
+        if kind == "activating":
+            colours.append(reds(0.25 + 0.75 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
+        elif kind == "context":
+            colours.append(blues(0.2 + 0.8 * min(max(attrs.get("importance", 0.0), 0.0), 1.0)))
+        elif kind == "wildcard":
+            colours.append((0.85, 0.85, 0.85, 1.0))
+        else:
+            colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
+        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else repr(attrs["token"])[1:-1][:14]
+    nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
+                           linewidths=0.5)
+    nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.svg")
+    fig.savefig(tmp, format="svg")
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,114 @@
+"""Build, score and store N2G graphs for whole layers, resumably (neurons already stored are skipped)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from autointerp.errors import UserError
+from autointerp.models import SubjectModel
+from autointerp.n2g.build import Example, ModelSubject, N2GConfig, build_graphs, evaluate
+from autointerp.store import Store
+
+
+def parse_neurons(text: str | None, d_mlp: int) -> list[int]:
+    """``"0-15,100"`` -> neuron list; ``None``/``"all"`` -> every neuron of the layer."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return list(range(d_mlp))
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.update(range(int(lo), int(hi) + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError as exc:
+        raise UserError(f"Neurons must look like 0-15,100 or all, not {text!r}.") from exc
+    bad = [n for n in out if not 0 <= n < d_mlp]
+    if bad:
+        raise UserError(f"Neuron {bad[0]} is out of range: layers have neurons 0-{d_mlp - 1}.")
+    return sorted(out)
+
+
+def _example(row: dict[str, Any]) -> Example:
+    return Example(row["tokens"], row["str_tokens"], row["activations"])
+
+
+def load_examples(store: Store, run_id: int, layer: int, neuron: int, split: str, kinds: tuple[str, ...]
+                  ) -> list[Example]:
+    return [_example(r) for r in store.examples(run_id, layer, neuron, kinds=kinds, split=split)]
+
+
+@dataclass
+class GraphSummary:
+    layer: int
+    built: int
+    skipped: int
+    seconds: float
+
+
+def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_spec: str | None, cfg: N2GConfig,
+                 progress: bool = True, chunk: int = 16,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[GraphSummary]:
+    """Graphs for the given neurons of each layer, from the latest complete harvest of that layer.
+
+    Neurons are processed ``chunk`` at a time (their forward passes batched together); each chunk's rows are
+    written in one transaction, so an interrupted run loses at most one chunk and never leaves a partial graph.
+    """
+    config_hash = cfg.config_hash()
+    summaries = []
+    plan = []
+    for layer in layers:
+        run = store.latest_complete_run(model.name, layer)
+        if run is None:
+            raise UserError(f"Layer {layer} of {model.name} has not been harvested yet; run `autointerp harvest "
+                            f"--model {model.name} --layers {layer}` first.")
+        plan.append((layer, run, parse_neurons(neurons_spec, model.d_mlp)))
+    n2g_run = store.find_run(model.name, "n2g", config_hash, (0, 1))
+    n2g_run_id = n2g_run["id"] if n2g_run else store.create_run(model.name, "n2g", cfg.identity(), config_hash,
+                                                                 (0, 1), {})
+    for layer, run, neurons in plan:
+        done = store.graph_done(run["id"], layer, config_hash)
+        todo = [n for n in neurons if n not in done]
+        started = time.time()
+        subject = ModelSubject(model, layer)
+        bar = tqdm(total=len(todo), unit="neuron", disable=not progress, desc=f"n2g {model.name} L{layer}",
+                   dynamic_ncols=True)
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            t0 = time.time()
+            maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in part}
+            train = {n: load_examples(store, run["id"], layer, n, "train", ("top",)) for n in part}
+            graphs = build_graphs(subject, train, maxima, cfg)
+            per_neuron = (time.time() - t0) / len(part)
+            rows = []
+            for n in part:
+                test = load_examples(store, run["id"], layer, n, "test", ("top", "random"))
+                metrics = evaluate(graphs[n], test, maxima[n], cfg.fire_threshold) if maxima[n] > 0 else {}
+                data = graphs[n].to_json()
+                rows.append({
+                    "run_id": run["id"], "layer": layer, "neuron": n, "config_hash": config_hash,
+                    "graph": _dumps(data), "n_nodes": len(data["nodes"]),
+                    "precision": metrics.get("precision"), "recall": metrics.get("recall"),
+                    "f1": metrics.get("f1"), "correlation": metrics.get("correlation"),
+                    "n_tokens": metrics.get("n_tokens"), "n_true_firing": metrics.get("n_true_firing"),
+                    "n2g_run_id": n2g_run_id, "seconds": per_neuron, "created": time.time(),
+                })
+            store.save_graphs(rows)
+            bar.update(len(part))
+        bar.close()
+        summaries.append(GraphSummary(layer, len(todo), len(neurons) - len(todo), time.time() - started))
+    return summaries
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, separators=(",", ":"))

@@ -1,0 +1,201 @@
+"""N2G: hand-built neurons with known rules test each stage exactly; the real model tests that graphs predict."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, token_metrics
+from autointerp.n2g.graph import NeuronGraph, PathExample
+from autointerp.store import Store
+
+WORDS = ["<bos>", "<pad>", "the", "big", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "slow", "fast",
+         "cat", "wolf", "red", "a", "and", "runs"]
+ID = {w: i for i, w in enumerate(WORDS)}
+
+
+class RuleSubject:
+    """A hand-written 'layer' with two neurons whose rules we know exactly.
+
+    neuron 0: 1.0 at "fox" when "quick" is exactly two tokens earlier; 0.2 at any other "fox".
+    neuron 1: 0.8 at "dog" whatever comes before.
+    Substitutes come from a fixed table (stand-ins for embedding neighbours).
+    """
+
+    bos_id = ID["<bos>"]
+    pad_id = ID["<pad>"]
+    table = {"fox": ["cat", "wolf"], "quick": ["slow", "fast"], "dog": ["cat"], "brown": ["red"]}
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        out = torch.zeros(b, t, 2)
+        for i in range(b):
+            for j in range(t):
+                if tokens[i, j] == ID["fox"]:
+                    out[i, j, 0] = 1.0 if j >= 2 and tokens[i, j - 2] == ID["quick"] else 0.2
+                if tokens[i, j] == ID["dog"]:
+                    out[i, j, 1] = 0.8
+        return out
+
+    def str_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [" " + WORDS[i] for i in ids]
+
+    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
+        return [ID[w] for w in self.table.get(WORDS[token], [])][:k]
+
+
+def example(subject: RuleSubject, words: str, neuron: int) -> Example:
+    ids = [ID["<bos>"]] + [ID[w] for w in words.split()]
+    acts = subject.activations(torch.tensor([ids]))[0, :, neuron].tolist()
+    return Example(ids, subject.str_tokens(ids), acts)
+
+
+def paths(graph: NeuronGraph) -> set[tuple[tuple[str, ...], float]]:
+    """Every root-to-end path as (tokens from the activating one backwards, activation)."""
+    out = set()
+
+    def walk(node, prefix):  # type: ignore[no-untyped-def]
+        here = prefix + ("*" if node.token.startswith("\u0000") else node.token,)
+        if node.is_end:
+            out.add((here, round(node.activation, 4)))
+        for child in node.children.values():
+            walk(child, here)
+
+    for root in graph.roots.values():
+        walk(root, ())
+    return out
+
+
+def test_prune_saliency_and_augmentation_recover_the_rule() -> None:
+    s = RuleSubject()
+    ex = example(s, "the big quick brown fox jumps over the lazy dog", 0)
+    graph = build_graphs(s, {0: [ex]}, {0: 1.0}, N2GConfig(augmentations=2))[0]
+    found = paths(graph)
+    # pruning kept exactly "quick brown fox"; saliency made "brown" a wildcard and "quick" concrete
+    assert (("fox", "*", "quick"), 1.0) in found
+    # augmentation: other words in quick's place only give the plain-fox activation; other animals give nothing
+    assert (("fox", "*", "slow"), 0.2) in found and (("fox", "*", "fast"), 0.2) in found
+    assert (("cat", "*", "quick"), 0.0) in found and (("wolf", "*", "quick"), 0.0) in found
+    assert not any("big" in p or "the" in p for p, _ in found)
+
+
+def test_trie_predicts_training_strings_exactly_and_zero_on_unrelated_text() -> None:
+    s = RuleSubject()
+    train = [example(s, "a quick red fox runs", 0), example(s, "the quick brown fox jumps", 0)]
+    graph = build_graphs(s, {0: train}, {0: 1.0}, N2GConfig(augmentations=0))[0]
+    for ex in train:
+        pred = graph.predict(ex.str_tokens[1:])
+        assert pred == pytest.approx(ex.activations[1:])
+    assert graph.predict([" the", " lazy", " dog", " jumps", " over", " a", " cat"]) == [0.0] * 7
+    # wildcard matching: any token between quick and fox
+    assert graph.predict([" quick", " lazy", " fox"])[2] == pytest.approx(1.0)
+    # case and leading space are normalised away by default
+    assert graph.predict(["Quick", " LAZY", "Fox"])[2] == pytest.approx(1.0)
+
+
+def test_all_path_matching_beats_greedy_where_they_differ() -> None:
+    graph = NeuronGraph()
+    graph.add_path(PathExample((" fox", " quick", " lazy"), (1.0, 0.9, 0.9), 1.0))
+    graph.add_path(PathExample((" fox", None, " big"), (1.0, 0.1, 0.8), 0.7))
+    text = [" big", " quick", " fox"]
+    # greedy follows the concrete " quick" child, which has no end and no " big" child: it predicts 0
+    assert graph.predict_greedy(text)[2] == 0.0
+    # all-path matching also tries the wildcard branch and reaches the 0.7 end
+    assert graph.predict(text)[2] == pytest.approx(0.7)
+    truth = np.array([0.0, 0.0, 0.7])
+    assert token_metrics(np.array(graph.predict(text)), truth, 0.5)["f1"] == 1.0
+    assert token_metrics(np.array(graph.predict_greedy(text)), truth, 0.5)["f1"] == 0.0
+
+
+def test_evaluation_counts_false_positives_on_random_text() -> None:
+    s = RuleSubject()
+    graph = build_graphs(s, {1: [example(s, "the lazy dog", 1)]}, {1: 0.8}, N2GConfig(augmentations=1))[1]
+    top_only = evaluate(graph, [example(s, "a big dog", 1)], 0.8, 0.5)
+    assert top_only["precision"] == 1.0 and top_only["recall"] == 1.0
+    # random text with "cat": the graph learned cat -> 0 from augmentation, so no false positive appears
+    mixed = evaluate(graph, [example(s, "a big dog", 1), example(s, "the cat runs and the fox runs", 1)], 0.8, 0.5)
+    assert mixed["precision"] == 1.0 and mixed["n_records"] == 2
+    assert mixed["correlation"] == pytest.approx(1.0)
+
+
+def test_batched_and_naive_building_give_identical_graphs() -> None:
+    s = RuleSubject()
+    exs = {0: [example(s, "the big quick brown fox jumps", 0), example(s, "quick red fox", 0)],
+           1: [example(s, "over the lazy dog", 1)]}
+    batched = build_graphs(s, exs, {0: 1.0, 1: 0.8}, N2GConfig(batch_tokens=64))
+    naive = build_graphs(s, exs, {0: 1.0, 1: 0.8}, N2GConfig(naive=True))
+    assert {n: g.to_json() for n, g in batched.items()} == {n: g.to_json() for n, g in naive.items()}
+
+
+def test_json_and_graphml_round_trip(tmp_path: Path) -> None:
+    from autointerp.n2g.export import to_networkx, write_graphml
+
+    s = RuleSubject()
+    graph = build_graphs(s, {0: [example(s, "the quick brown fox", 0)]}, {0: 1.0}, N2GConfig())[0]
+    data = graph.to_json()
+    again = NeuronGraph.from_json(json.loads(json.dumps(data)))
+    assert again.to_json() == data
+    text = [" a", " quick", " red", " fox", " fox"]
+    assert again.predict(text) == graph.predict(text)
+
+    g = to_networkx(data, {"model": "rule", "layer": 0, "neuron": 0})
+    write_graphml(g, tmp_path / "g.graphml")
+    back = nx.read_graphml(tmp_path / "g.graphml")
+    assert back.graph["model"] == "rule"
+    assert set(back.nodes) == set(g.nodes) and set(back.edges) == set(g.edges)
+    for n, attrs in g.nodes(data=True):
+        assert back.nodes[n] == attrs
+    assert {a["kind"] for _, a in back.nodes(data=True)} == {"activating", "context", "wildcard", "end"}
+    assert isinstance(back.nodes["n0"]["depth"], int) and isinstance(back.nodes["n0"]["activation"], float)
+
+
+# ------------------------------------------------------------------------------------------------ real model
+
+
+@pytest.mark.slow
+def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "1", "--tokens", "24576", "--no-progress",
+                   "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    store = Store(db)
+    run_id = store.runs()[0]["id"]
+    # a neuron with a clear single-token pattern: most of its top training examples peak on the same token
+    best, best_share = None, 0.0
+    for row in store.db.query("select neuron from neurons where run_id = ? order by max desc limit 300", [run_id]):
+        n = row["neuron"]
+        peaks = [e["str_tokens"][e["peak_index"]].strip().lower()
+                 for e in store.examples(run_id, 1, n, kinds=["top"], split="train")]
+        share = Counter(peaks).most_common(1)[0][1] / len(peaks)
+        if share > best_share:
+            best, best_share = n, share
+    assert best is not None and best_share >= 0.8
+
+    proc = run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db), "--json",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["built"] == 1
+    row = store.graph("smollm2-135m", 1, best)
+    assert row["correlation"] > 0.3, row  # measured on held-out top + random examples
+    assert row["n_tokens"] > 0 and row["recall"] is not None
+
+    # rerunning skips what is done; export writes GraphML + SVG that networkx reads back
+    again = json.loads(run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db),
+                               "--json", "--no-progress").stdout)
+    assert again[0]["built"] == 0 and again[0]["already_done"] == 1
+    out = tmp_path / "g" / "n.graphml"
+    proc = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    g = nx.read_graphml(out)
+    assert any(a["kind"] == "activating" for _, a in g.nodes(data=True))
+    assert out.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+    bad = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", "../x.graphml")
+    assert bad.returncode == 2 and "'..'" in bad.stderr
