@@ -216,54 +216,65 @@ class LayerState:
 
     # -------------------------------------------------------------------------------------------- update
     def update(self, acts: torch.Tensor, ctx_ids: torch.Tensor, hkeys: torch.Tensor) -> None:
-        """Fold one batch ``acts`` [B, T, d] (position 0 is BOS and is ignored) into the state."""
+        """Fold one batch ``acts`` [B, T, d] (position 0 is BOS and is ignored) into the state.
+
+        This runs once per layer per batch, so it is written for speed (the harvest should cost little more than
+        the forward pass): one fused min/max pass gives both the per-context extremes and the global ones, the
+        histogram is counted with numpy's bincount (several times faster than torch's on CPU), and the top-k and
+        sample buffers first check which neurons have any candidate that beats their current threshold (after the
+        first batches, almost none do).
+        """
         s = self.t
         x = acts[:, 1:, :]
-        d = x.shape[-1]
-        s["count"] += x.shape[0] * x.shape[1]
-        s["sum"] += x.sum(dim=(0, 1), dtype=torch.float64)
-        s["sum_sq"] += torch.einsum("btd,btd->d", x, x).double()
-        torch.maximum(s["max"], x.amax(dim=(0, 1)), out=s["max"])
-        torch.minimum(s["min"], x.amin(dim=(0, 1)), out=s["min"])
-        s["n_pos"] += (x > 0).sum(dim=(0, 1))
-        s["hist"] += torch.bincount((hist_bins(x) + self._offsets).view(-1), minlength=d * HIST_BINS)
+        b, t1, d = x.shape
+        s["count"] += b * t1
+        ctx_min, ctx_max = torch.aminmax(x, dim=1)  # [B, d] each
+        torch.maximum(s["max"], ctx_max.amax(dim=0), out=s["max"])
+        torch.minimum(s["min"], ctx_min.amin(dim=0), out=s["min"])
+        s["sum"] += x.sum(dim=1).sum(dim=0, dtype=torch.float64)
+        s["sum_sq"] += torch.linalg.vector_norm(x, dim=1).square().sum(dim=0, dtype=torch.float64)
+        s["n_pos"] += (x > 0).sum(dim=1).sum(dim=0)
+        bins = hist_bins(x) + self._offsets
+        s["hist"] += torch.from_numpy(np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS))
 
-        ctx_max = x.amax(dim=1)  # [B, d]
         ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
-        s["ctx_hist"] += torch.bincount(ctx_bins.view(-1), minlength=d * HIST_BINS)
+        s["ctx_hist"] += torch.from_numpy(np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS))
 
         self._topk(s["top_key"], s["top_acts"], rank_keys(ctx_max.T, ctx_ids), acts)
         if s["bot_key"].shape[1]:
-            ctx_min = x.amin(dim=1)
             self._topk(s["bot_key"], s["bot_acts"], rank_keys(-ctx_min.T + 0.0, ctx_ids), acts)
-        self._quantile(ctx_bins, ctx_max, ctx_ids, hkeys, acts)
+        self._quantile(ctx_bins, ctx_max, hkeys, acts)
         self._random(hkeys, acts)
 
     @staticmethod
     def _topk(keys: torch.Tensor, buf: torch.Tensor, cand: torch.Tensor, acts: torch.Tensor) -> None:
         if keys.shape[1] == 0:
             return
-        moved = _replacements(keys, cand, largest=True)
+        rows = (cand > keys.amin(dim=1, keepdim=True)).any(dim=1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        moved = _replacements(keys[rows], cand[rows], largest=True)
         if moved is None:
             return
         ev_r, ev_c, in_r, in_c = moved
-        keys[ev_r, ev_c] = cand[in_r, in_c]
-        buf[ev_r, ev_c] = acts[in_c, :, in_r]
+        neuron = rows[ev_r]
+        keys[neuron, ev_c] = cand[rows[in_r], in_c]
+        buf[neuron, ev_c] = acts[in_c, :, neuron]
 
-    def _quantile(self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, ctx_ids: torch.Tensor,
-                  hkeys: torch.Tensor, acts: torch.Tensor) -> None:
+    def _quantile(self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor,
+                  acts: torch.Tensor) -> None:
         s = self.t
         b, d = ctx_max.shape
-        best = torch.full_like(s["q_key"], INT64_MAX)
-        best.scatter_reduce_(0, ctx_bins.view(-1), hkeys[:, None].expand(b, d).reshape(-1), "amin")
-        slots = (best < s["q_key"]).nonzero().squeeze(1)
-        if slots.numel() == 0:
+        cand = hkeys[:, None].expand(b, d)
+        wins = cand < s["q_key"][ctx_bins]  # [B, d]: this context beats the slot's current sample
+        if not bool(wins.any()):
             return
-        new = best[slots]
-        order = torch.argsort(hkeys)
-        rows = order[torch.searchsorted(hkeys[order], new)]
-        neurons = slots // HIST_BINS
-        s["q_key"][slots] = new
+        rows, neurons = wins.nonzero(as_tuple=True)
+        slots = ctx_bins[rows, neurons]
+        keys = hkeys[rows]
+        s["q_key"].scatter_reduce_(0, slots, keys, "amin")  # several winners for one slot: the smallest key
+        took = s["q_key"][slots] == keys
+        rows, neurons, slots = rows[took], neurons[took], slots[took]
         s["q_val"][slots] = ctx_max[rows, neurons]
         s["q_acts"][slots] = acts[rows, :, neurons]
 
@@ -344,16 +355,22 @@ class LayerState:
                 "ctx_max_hist": json.dumps(ctx_hist[n]),
             }
 
-    def example_rows(self, layer: int, intervals: int, per_interval: int) -> Iterator[dict[str, Any]]:
+    def example_rows(self, layer: int, intervals: int, per_interval: int) -> Iterator[tuple[Any, ...]]:
+        """Result rows in :data:`autointerp.store.EXAMPLE_COLUMNS` order, computed a (neuron, kind) block at a time
+        (a full Gemma harvest writes millions of rows, so per-row Python work matters)."""
         s = self.t
         top_order = s["top_key"].argsort(dim=1, descending=True)
         bot_order = s["bot_key"].argsort(dim=1, descending=True)
         top_keys = s["top_key"].gather(1, top_order)
         bot_keys = s["bot_key"].gather(1, bot_order)
         rand_order = s["rand_key"][0].argsort()
-        rand_keys = s["rand_key"][0, rand_order].tolist()
+        rand_keys = s["rand_key"][0, rand_order]
+        rand_valid = rand_keys != INT64_MAX
+        rand_ctx = (rand_keys[rand_valid] & LOW32).tolist()
+        rand_acts = s["rand_acts"][rand_order[rand_valid]].permute(2, 0, 1).contiguous().numpy()  # [d, R, T]
         q_key = s["q_key"].view(-1, HIST_BINS)
         q_val = s["q_val"].view(-1, HIST_BINS)
+        q_acts = s["q_acts"].view(-1, HIST_BINS, s["q_acts"].shape[-1])
         d = top_keys.shape[0]
         for n in range(d):
             for kind, keys, order, buf, sign in (
@@ -361,41 +378,34 @@ class LayerState:
                 ("bottom", bot_keys[n], bot_order[n], s["bot_acts"][n], -1.0),
             ):
                 valid = keys != INT64_MIN
-                ctxs = key_contexts(keys[valid]).tolist()
-                rows = buf[order[valid]].numpy()
-                for rank, (ctx, values) in enumerate(zip(ctxs, rows, strict=True)):
-                    yield _example(layer, n, kind, rank, ctx, values, sign)
-            for rank, slot in enumerate(rand_order.tolist()):
-                if rand_keys[rank] == INT64_MAX:
-                    break
-                values = s["rand_acts"][slot, :, n].numpy()
-                yield _example(layer, n, "random", rank, rand_keys[rank] & LOW32, values, 1.0)
+                if bool(valid.any()):
+                    yield from _block(layer, n, kind, key_contexts(keys[valid]).tolist(),
+                                      buf[order[valid]].numpy(), sign)
+            if rand_ctx:
+                yield from _block(layer, n, "random", rand_ctx, rand_acts[n], 1.0)
             top = float(s["max"][n])
             if intervals and per_interval and top > 0:
                 filled = q_key[n] != INT64_MAX
                 for i in range(intervals):
                     lo, hi = top * i / intervals, top * (i + 1) / intervals
-                    inside = filled & (q_val[n] > lo) & (q_val[n] <= hi)
-                    bins = inside.nonzero().squeeze(1)
+                    bins = (filled & (q_val[n] > lo) & (q_val[n] <= hi)).nonzero().squeeze(1)
                     bins = bins[q_key[n, bins].argsort()][:per_interval]
-                    for j, b in enumerate(bins.tolist()):
-                        values = s["q_acts"][n * HIST_BINS + b].numpy()
-                        row = _example(layer, n, "quantile", i * per_interval + j, int(q_key[n, b]) & LOW32,
-                                       values, 1.0, split_index=j)
-                        row["interval"] = i
-                        yield row
+                    if bins.numel():
+                        yield from _block(layer, n, "quantile", (q_key[n, bins] & LOW32).tolist(),
+                                          q_acts[n, bins].numpy(), 1.0, interval=i, per_interval=per_interval)
 
 
-def _example(layer: int, neuron: int, kind: str, rank: int, ctx: int, values: np.ndarray, sign: float,
-             split_index: int | None = None) -> dict[str, Any]:
-    body = values[1:]
-    peak = int(np.argmax(body * sign)) + 1
-    return {
-        "layer": layer, "neuron": neuron, "kind": kind, "rank": rank,
-        "split": SPLIT_PATTERN[(rank if split_index is None else split_index) % len(SPLIT_PATTERN)],
-        "context_id": int(ctx), "max_activation": float(body.max()), "min_activation": float(body.min()),
-        "peak_index": peak, "interval": None, "activations": encode_acts(values),
-    }
+def _block(layer: int, neuron: int, kind: str, ctxs: list[int], values: np.ndarray, sign: float,
+           interval: int | None = None, per_interval: int = 0) -> Iterator[tuple[Any, ...]]:
+    """Rows for consecutive ranks of one kind; ``values`` is [rows, ctx_len] with BOS at position 0."""
+    body = values[:, 1:]
+    peaks = (np.argmax(body * sign, axis=1) + 1).tolist()
+    maxima, minima = body.max(axis=1).tolist(), body.min(axis=1).tolist()
+    blobs = [encode_acts(v) for v in values]
+    base = interval * per_interval if interval is not None else 0
+    for j, ctx in enumerate(ctxs):
+        yield (layer, neuron, kind, base + j, SPLIT_PATTERN[j % len(SPLIT_PATTERN)], int(ctx), maxima[j], minima[j],
+               peaks[j], interval, blobs[j])
 
 
 # --------------------------------------------------------------------------------------------------------------

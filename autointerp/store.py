@@ -37,6 +37,8 @@ from autointerp.errors import UserError
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = "autointerp.db"
+EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
+                   "peak_index", "interval", "activations")
 
 
 def default_db_path() -> str:
@@ -222,7 +224,7 @@ class Store:
         documents: Iterable[dict[str, Any]],
         contexts: Iterable[dict[str, Any]],
         neurons: Iterable[dict[str, Any]],
-        examples: Iterable[dict[str, Any]],
+        examples: Iterable[tuple[Any, ...]],
         states: dict[int, bytes] | None,
         contexts_done: int,
         tokens_done: int,
@@ -230,6 +232,7 @@ class Store:
         """Write every result row of a run and mark it complete, all in one transaction.
 
         ``states`` (sharded runs) are kept as the run's final accumulator state so ``merge`` can combine shards.
+        ``examples`` are tuples in :data:`EXAMPLE_COLUMNS` order, inserted with ``executemany`` (millions of rows).
         """
         db = self.db
         with db.atomic():
@@ -238,7 +241,10 @@ class Store:
             db["documents"].insert_all(({"run_id": run_id, **d} for d in documents), batch_size=500)
             db["contexts"].insert_all(({"run_id": run_id, **c} for c in contexts), batch_size=500)
             db["neurons"].insert_all(({"run_id": run_id, **n} for n in neurons), batch_size=1000)
-            db["examples"].insert_all(({"run_id": run_id, **e} for e in examples), batch_size=2000)
+            columns = ", ".join(f"[{c}]" for c in ("run_id", *EXAMPLE_COLUMNS))
+            marks = ", ".join("?" * (len(EXAMPLE_COLUMNS) + 1))
+            db.conn.executemany(f"insert into examples ({columns}) values ({marks})",
+                                ((run_id, *row) for row in examples))
             db.execute("delete from checkpoints where run_id = ?", [run_id])
             if states:
                 db["checkpoints"].insert_all(

@@ -30,9 +30,11 @@ class N2GConfig:
 
     train_examples: int = 20  # top training examples used (split "train")
     activating_threshold: float = 0.75  # extra activating tokens in an example: >= this x neuron max
-    max_activating_per_example: int = 3
+    max_activating_per_example: int = 2
     prune_keep: float = 0.5  # shortest context that keeps >= this x the token's activation
-    prune_lengths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 63)
+    # Context lengths tried, shortest first, in two rounds: up to 8 tokens for every activating token, the longer
+    # ones only where no short one kept the activation. Capped at 32 tokens (the original stopped at 30).
+    prune_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     importance_threshold: float = 0.5  # saliency at or above this makes a context token concrete, else wildcard
     augmentations: int = 5  # embedding-neighbour substitutes tried per important token
     fire_threshold: float = 0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
@@ -224,22 +226,27 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     def run(readouts: list[Readout]) -> np.ndarray:
         return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive)
 
-    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the activation.
-    readouts, owners = [], []
-    for k, it in enumerate(items):
-        body = it.tokens[1:]
-        lengths = sorted({min(length, len(body)) for length in cfg.prune_lengths} | {len(body)})
-        for length in lengths:
-            readouts.append(Readout([bos] + body[-length:], it.neuron))
-            owners.append((k, length))
-    values = run(readouts)
+    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the activation. Short
+    #    lengths first for everyone; long ones only for the tokens that need them (most need few tokens).
     best: dict[int, tuple[int, float]] = {}
-    for (k, length), value in zip(owners, values, strict=True):
-        it = items[k]
-        if value >= cfg.prune_keep * it.target and (k not in best or length < best[k][0]):
-            best[k] = (length, float(value))
+    longest: dict[int, tuple[int, float]] = {}
+    short = [x for x in cfg.prune_lengths if x <= 8]
+    for lengths_round in (short, [x for x in cfg.prune_lengths if x > 8]):
+        readouts, owners = [], []
+        for k, it in enumerate(items):
+            if k in best:
+                continue
+            body = it.tokens[1:]
+            for length in sorted({min(x, len(body)) for x in lengths_round}):
+                readouts.append(Readout([bos] + body[-length:], it.neuron))
+                owners.append((k, length))
+        for (k, length), value in zip(owners, run(readouts), strict=True):
+            if value >= cfg.prune_keep * items[k].target and (k not in best or length < best[k][0]):
+                best[k] = (length, float(value))
+            if k not in longest or length > longest[k][0]:
+                longest[k] = (length, float(value))
     for k, it in enumerate(items):
-        length, value = best.get(k, (len(it.tokens) - 1, it.target))
+        length, value = best.get(k) or longest[k]  # nothing kept enough: the longest context tried
         it.pruned = it.tokens[1:][-length:]
         it.pruned_act = value
 
@@ -264,7 +271,8 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     readouts = []
     for k, it in enumerate(items):
         graph = graphs[it.neuron]
-        _add(graph, subject, it.pruned, it.importance, it.pruned_act / maxima[it.neuron], cfg)
+        # The path stands for the activation the neuron had in real text (normalised), not in the pruned snippet.
+        _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
         important = [i for i, imp in enumerate(it.importance) if imp >= cfg.importance_threshold]
         if len(it.pruned) - 1 not in important:
             important.append(len(it.pruned) - 1)  # the activating token is always worth varying
@@ -280,7 +288,9 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
         variant = list(it.pruned)
         variant[i] = sub
         # Firing and non-firing variants both inform the graph: the latter teach it where the neuron stays quiet.
-        _add(graphs[it.neuron], subject, variant, it.importance, max(float(value), 0.0) / maxima[it.neuron], cfg)
+        # A variant keeps the relative change the substitution caused in the snippet, applied to the real activation.
+        ratio = min(max(float(value), 0.0) / it.pruned_act, 1.0) if it.pruned_act > 0 else 0.0
+        _add(graphs[it.neuron], subject, variant, it.importance, ratio * it.target / maxima[it.neuron], cfg)
     return graphs
 
 
