@@ -71,6 +71,7 @@ class HarvestConfig:
     random_k: int = 40
     quantile_intervals: int = 4
     quantile_per_interval: int = 4
+    hist_sample: int = 4  # the token histogram counts contexts whose hash is 0 mod this (1: every context)
     seed: int = 0
     # Not part of the result's identity:
     batch_size: int = field(default=16, metadata={"hashed": False})
@@ -191,8 +192,9 @@ def _replacements(buf: torch.Tensor, cand: torch.Tensor, largest: bool) -> tuple
 class LayerState:
     """Streaming statistics and example buffers for all neurons of one layer."""
 
-    def __init__(self, d_mlp: int, ctx_len: int, top_k: int, bottom_k: int, random_k: int):
+    def __init__(self, d_mlp: int, ctx_len: int, top_k: int, bottom_k: int, random_k: int, hist_sample: int = 1):
         d, t, nb = d_mlp, ctx_len, HIST_BINS
+        self.hist_sample = hist_sample
         self.t: dict[str, torch.Tensor] = {
             "count": torch.zeros((), dtype=torch.int64),
             "sum": torch.zeros(d, dtype=torch.float64),
@@ -213,6 +215,15 @@ class LayerState:
             "rand_acts": torch.zeros(random_k, t, d),
         }
         self._offsets = torch.arange(d, dtype=torch.int64) * nb
+        self._weight_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _weights(self, b: int, t: int) -> torch.Tensor:
+        key = (b, t)
+        if key not in self._weight_cache:
+            w = torch.ones(b, t)
+            w[:, 0] = 0.0
+            self._weight_cache[key] = w.view(-1)
+        return self._weight_cache[key]
 
     # -------------------------------------------------------------------------------------------- update
     def update(self, acts: torch.Tensor, ctx_ids: torch.Tensor, hkeys: torch.Tensor) -> None:
@@ -220,22 +231,27 @@ class LayerState:
 
         This runs once per layer per batch, so it is written for speed (the harvest should cost little more than
         the forward pass): one fused min/max pass gives both the per-context extremes and the global ones, the
-        histogram is counted with numpy's bincount (several times faster than torch's on CPU), and the top-k and
-        sample buffers first check which neurons have any candidate that beats their current threshold (after the
-        first batches, almost none do).
+        sums come from one matrix-vector product each, the token histogram is counted on a fixed hashed sample of
+        contexts with numpy's bincount (several times faster than torch's on CPU), and the top-k and sample buffers
+        first check which neurons have any candidate that beats their current threshold (after the first batches,
+        few do).
         """
         s = self.t
         x = acts[:, 1:, :]
         b, t1, d = x.shape
+        flat = acts.reshape(b * (t1 + 1), d)
+        weights = self._weights(b, t1 + 1)  # 1 for every token, 0 for BOS: exact sums without BOS, by GEMV
         s["count"] += b * t1
+        s["sum"] += (weights @ flat).double()
+        s["sum_sq"] += (weights @ (flat * flat)).double()
+        s["n_pos"] += (weights @ (flat > 0).to(flat.dtype)).long()
         ctx_min, ctx_max = torch.aminmax(x, dim=1)  # [B, d] each
         torch.maximum(s["max"], ctx_max.amax(dim=0), out=s["max"])
         torch.minimum(s["min"], ctx_min.amin(dim=0), out=s["min"])
-        s["sum"] += x.sum(dim=1).sum(dim=0, dtype=torch.float64)
-        s["sum_sq"] += torch.linalg.vector_norm(x, dim=1).square().sum(dim=0, dtype=torch.float64)
-        s["n_pos"] += (x > 0).sum(dim=1).sum(dim=0)
-        bins = hist_bins(x) + self._offsets
-        s["hist"] += torch.from_numpy(np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS))
+        sampled = ((hkeys >> 32) % self.hist_sample == 0).nonzero().squeeze(1)
+        if sampled.numel():
+            bins = hist_bins(x[sampled]) + self._offsets
+            s["hist"] += torch.from_numpy(np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS))
 
         ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
         s["ctx_hist"] += torch.from_numpy(np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS))
@@ -319,11 +335,13 @@ class LayerState:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> LayerState:
+    def from_bytes(cls, blob: bytes, hist_sample: int = 1) -> LayerState:
         obj = cls.__new__(cls)
         obj.t = torch.load(io.BytesIO(blob), weights_only=True)
         d = obj.t["sum"].shape[0]
+        obj.hist_sample = hist_sample
         obj._offsets = torch.arange(d, dtype=torch.int64) * HIST_BINS
+        obj._weight_cache = {}
         return obj
 
     def context_ids(self) -> set[int]:
@@ -489,7 +507,7 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         run_id = run["id"]
         start_ctx, blobs = store.load_checkpoint(run_id)
         tokens_done = run["tokens_done"]
-        states = {layer: LayerState.from_bytes(blobs[layer]) for layer in layers} if blobs else {}
+        states = {layer: LayerState.from_bytes(blobs[layer], cfg.hist_sample) for layer in layers} if blobs else {}
         if states:
             log(f"Resuming harvest run {run_id} at context {start_ctx}.")
     else:
@@ -499,7 +517,7 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     if not states:
         start_ctx = tokens_done = 0
         states = {
-            layer: LayerState(model.d_mlp, cfg.ctx_len, cfg.top_k, cfg.bottom_k or 0, cfg.random_k)
+            layer: LayerState(model.d_mlp, cfg.ctx_len, cfg.top_k, cfg.bottom_k or 0, cfg.random_k, cfg.hist_sample)
             for layer in layers
         }
 

@@ -70,7 +70,11 @@ def _check_against_brute_force(model: SubjectModel, db: Store, run_id: int, ref:
             assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5, abs=1e-7)
             assert stats["variance"] == pytest.approx(values.var(), rel=1e-4, abs=1e-8)
             assert stats["frac_positive"] == pytest.approx((values > 0).mean())
-            assert sum(stats["hist"]) == values.size
+            sampled = (hash_keys(ctx_ids.tolist(), cfg.seed).numpy() >> 32) % cfg.hist_sample == 0
+            expected_hist = np.bincount(hist_bins(torch.from_numpy(body[sampled][:, :, n])).view(-1).numpy(),
+                                        minlength=len(HIST_EDGES) - 1)
+            assert stats["hist"] == expected_hist.tolist()
+            assert sum(stats["hist"]) == sampled.sum() * body.shape[1] > 0
 
             examples = list(db.examples(run_id, layer, n))
             by_kind: dict[str, list[dict]] = {}
