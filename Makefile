@@ -8,6 +8,7 @@ MODEL  ?= gemma-3-270m
 CORPUS ?= default
 LAYERS ?= 3,9,15
 TOKENS ?= 16384
+NEURONS ?= top:4
 DB     ?= autointerp.db
 
 .PHONY: setup explain test test-fast bench lint clean
@@ -23,11 +24,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-## explain: harvest MODEL on CORPUS for LAYERS (later stages join as they land)
+## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, rank them
 explain: setup
 	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) --layers $(LAYERS) --tokens $(TOKENS) --db $(DB)
-	$(AI) rank $(MODEL) --by max --limit 10 --db $(DB)
-	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB)"
+	$(AI) graph $(MODEL) --layers $(LAYERS) --neurons $(NEURONS) --db $(DB)
+	$(AI) rank $(MODEL) --by n2g --limit 10 --db $(DB)
+	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB);  picture: $(AI) export graphml $(MODEL) L/N --db $(DB)"
 
 ## test: the whole suite, real-model tests included (what CI runs)
 test: setup

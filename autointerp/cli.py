@@ -211,13 +211,19 @@ def cmd_rank(args: argparse.Namespace) -> int:
     packaged = _packaged_lookup(args.model)
     model = packaged.name if packaged else args.model
     rows = store.rank_neurons(model, args.by, args.layer, args.limit)
+    def score(r: dict[str, Any]) -> float:
+        return {"min": -r["min"], "n2g": r.get("n2g_correlation")}.get(args.by, r.get(args.by))  # type: ignore
+
     if args.json:
-        _print_json([{"model": model, "score": r[args.by] if args.by != "min" else -r["min"], **r} for r in rows])
+        _print_json([{"model": model, "score": score(r), **r} for r in rows])
         return 0
-    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}   (ranked by {args.by})")
+    n2g = args.by == "n2g"
+    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
+          + f"   (ranked by {args.by})")
     for r in rows:
+        f1 = f"{r['n2g_f1']:5.2f}" if n2g and r["n2g_f1"] is not None else "    -"
         print(f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
-              f"{100 * r['frac_positive']:6.1f}%")
+              f"{100 * r['frac_positive']:6.1f}%" + (f"   {r['n2g_correlation']:8.3f} {f1}" if n2g else ""))
     return 0
 
 
@@ -438,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rank harvested neurons. Later stages add explanation and graph scores.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layer", type=int, default=None, help="only this layer")
-    p.add_argument("--by", default="max", help="max (default), min (most negative), frac_positive, variance")
+    p.add_argument("--by", default="max",
+                   help="max (default), min (most negative), frac_positive, variance, n2g (graph correlation)")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON: a list of {layer, neuron, score, ...}")
     _db_arg(p)
@@ -452,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None, help="e.g. 3,9 (default: every harvested layer)")
-    p.add_argument("--neurons", default=None, help="e.g. 0-15,100 (default: all neurons of each layer)")
+    p.add_argument("--neurons", default=None,
+                   help="e.g. 0-15,100, or top:K for the K strongest by max activation (default: all neurons)")
     p.add_argument("--train-examples", type=int, default=20, help="top training examples per neuron (default 20)")
     p.add_argument("--augmentations", type=int, default=5, help="substitutes per important token (default 5)")
     p.add_argument("--importance-threshold", type=float, default=0.5,

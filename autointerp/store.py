@@ -79,8 +79,6 @@ class Store:
                     f"The database {self.path} has schema version {version}, newer than this autointerp "
                     f"understands ({SCHEMA_VERSION}); upgrade autointerp."
                 )
-            if version == SCHEMA_VERSION:
-                return
         with db.atomic():
             db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True)
             db["models"].create(
@@ -296,7 +294,8 @@ class Store:
 
     def rank_neurons(self, model: str, by: str, layer: int | None, limit: int) -> list[dict[str, Any]]:
         """Neurons of the latest complete harvest(s) of ``model``, strongest first by a statistic."""
-        columns = {"max": "n.max", "min": "-n.min", "frac_positive": "n.frac_positive", "variance": "n.variance"}
+        columns = {"max": "n.max", "min": "-n.min", "frac_positive": "n.frac_positive", "variance": "n.variance",
+                   "n2g": "g.correlation"}
         if by not in columns:
             raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
         runs = {}
@@ -312,8 +311,14 @@ class Store:
             raise UserError(f"No complete harvest of {model} in {self.path}.")
         where = " or ".join("(n.run_id = ? and n.layer = ?)" for _ in runs)
         params: list[Any] = [v for lay, run_id in runs.items() for v in (run_id, lay)]
-        sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id "
-               f"from neurons n where {where} order by {columns[by]} desc, n.layer, n.neuron limit ?")
+        # n2g: the newest graph of each neuron, scored by its held-out correlation; neurons without one drop out
+        graph = ("join graphs g on g.run_id = n.run_id and g.layer = n.layer and g.neuron = n.neuron and g.created = "
+                 "(select max(created) from graphs h where h.run_id = n.run_id and h.layer = n.layer and "
+                 "h.neuron = n.neuron) and g.correlation is not null" if by == "n2g" else "")
+        extra = ", g.correlation as n2g_correlation, g.f1 as n2g_f1, g.precision as n2g_precision, " \
+                "g.recall as n2g_recall" if by == "n2g" else ""
+        sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id{extra} "
+               f"from neurons n {graph} where ({where}) order by {columns[by]} desc, n.layer, n.neuron limit ?")
         return [dict(r) for r in self.db.query(sql, [*params, limit])]
 
     def graph_done(self, run_id: int, layer: int, config_hash: str) -> set[int]:

@@ -187,6 +187,10 @@ def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: P
     assert row["correlation"] > 0.3, row  # measured on held-out top + random examples
     assert row["n_tokens"] > 0 and row["recall"] is not None
 
+    ranked = json.loads(run_cli("rank", "smollm2-135m", "--by", "n2g", "--db", str(db), "--json").stdout)
+    assert [(r["layer"], r["neuron"]) for r in ranked] == [(1, best)]
+    assert ranked[0]["score"] == pytest.approx(row["correlation"])
+
     # rerunning skips what is done; export writes GraphML + SVG that networkx reads back
     again = json.loads(run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db),
                                "--json", "--no-progress").stdout)

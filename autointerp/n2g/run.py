@@ -70,7 +70,15 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
         if run is None:
             raise UserError(f"Layer {layer} of {model.name} has not been harvested yet; run `autointerp harvest "
                             f"--model {model.name} --layers {layer}` first.")
-        plan.append((layer, run, parse_neurons(neurons_spec, model.d_mlp)))
+        if neurons_spec and neurons_spec.strip().lower().startswith("top:"):
+            try:
+                k = int(neurons_spec.split(":", 1)[1])
+            except ValueError as exc:
+                raise UserError(f"--neurons top:K needs a number, not {neurons_spec!r}.") from exc
+            neurons = sorted(r["neuron"] for r in store.rank_neurons(model.name, "max", layer, k))
+        else:
+            neurons = parse_neurons(neurons_spec, model.d_mlp)
+        plan.append((layer, run, neurons))
     n2g_run = store.find_run(model.name, "n2g", config_hash, (0, 1))
     n2g_run_id = n2g_run["id"] if n2g_run else store.create_run(model.name, "n2g", cfg.identity(), config_hash,
                                                                  (0, 1), {})
