@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 
 from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, token_metrics
-from autointerp.n2g.graph import NeuronGraph, PathExample
+from autointerp.n2g.graph import NeuronGraph, PathExample, same_graph
 from autointerp.store import Store
 
 WORDS = ["<bos>", "<pad>", "the", "big", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "slow", "fast",
@@ -203,3 +203,23 @@ def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: P
     assert out.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     bad = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", "../x.graphml")
     assert bad.returncode == 2 and "'..'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from autointerp.harvest import HarvestConfig, harvest
+    from autointerp.n2g.build import ModelSubject
+    from autointerp.n2g.run import load_examples
+
+    db = tmp_path / "h.db"
+    harvest(smol, db, HarvestConfig(model=smol.name, layers=[2], n_tokens=2048), progress=False, log=lambda m: None)
+    store = Store(db)
+    run_id = store.runs()[0]["id"]
+    exs = {n: load_examples(store, run_id, 2, n, "train", ("top",))[:4] for n in (5, 6)}
+    maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
+    subject = ModelSubject(smol, 2)
+    batched = build_graphs(subject, exs, maxima, N2GConfig())
+    naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True))
+    for n in exs:
+        assert len(batched[n].to_json()["nodes"]) > 3
+        assert same_graph(batched[n].to_json(), naive[n].to_json())

@@ -192,3 +192,18 @@ class NeuronGraph:
         for node in self.to_json()["nodes"]:
             counts[node["kind"]] += 1
         return counts
+
+
+def same_graph(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-5) -> bool:
+    """Whether two serialised graphs are the same graph: identical nodes, kinds, tokens, counts and edges, and
+    activations/importances equal within ``atol``. (A batched forward pass and a single-sequence one differ in the
+    last float32 bits, so exact float equality would compare rounding, not graphs.)"""
+    if a["edges"] != b["edges"] or len(a["nodes"]) != len(b["nodes"]):
+        return False
+    for x, y in zip(a["nodes"], b["nodes"], strict=True):
+        if (x["token"], x["kind"], x["depth"], x["count"]) != (y["token"], y["kind"], y["depth"], y["count"]):
+            return False
+        for key in ("activation", "importance"):
+            if (x[key] is None) != (y[key] is None) or (x[key] is not None and abs(x[key] - y[key]) > atol):
+                return False
+    return True
