@@ -39,9 +39,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-## bench: harvest throughput, harvest/forward ratio, peak memory at two corpus sizes -> BENCHMARKS.md
+## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
+## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio. Raw sections go to bench/results/;
+## BENCHMARKS.md quotes them with the commands that made them.
 bench: setup
-	$(PY) bench/bench_harvest.py
+	mkdir -p bench/results
+	$(PY) bench/bench_harvest.py --out bench/results/harvest.md
+	$(PY) bench/bench_harvest.py --prefill-tokens 8192 --tokens 3072 --rounds 3 --no-memory --no-profile \
+		--out bench/results/harvest-steady.md
+	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autointerp tests bench

@@ -216,6 +216,8 @@ class LayerState:
         }
         self._offsets = torch.arange(d, dtype=torch.int64) * nb
         self._weight_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._thr: dict[str, torch.Tensor] = {}
+        self._acts_t: torch.Tensor | None = None
 
     def _weights(self, b: int, t: int) -> torch.Tensor:
         key = (b, t)
@@ -256,17 +258,24 @@ class LayerState:
         ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
         s["ctx_hist"] += torch.from_numpy(np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS))
 
-        self._topk(s["top_key"], s["top_acts"], rank_keys(ctx_max.T, ctx_ids), acts)
+        self._acts_t = None
+        self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts)
         if s["bot_key"].shape[1]:
-            self._topk(s["bot_key"], s["bot_acts"], rank_keys(-ctx_min.T + 0.0, ctx_ids), acts)
+            self._topk("bot", rank_keys(-ctx_min.T + 0.0, ctx_ids), acts)
         self._quantile(ctx_bins, ctx_max, hkeys, acts)
         self._random(hkeys, acts)
 
-    @staticmethod
-    def _topk(keys: torch.Tensor, buf: torch.Tensor, cand: torch.Tensor, acts: torch.Tensor) -> None:
+    def _topk(self, prefix: str, cand: torch.Tensor, acts: torch.Tensor) -> None:
+        """Keep the K largest keys per neuron. ``self._thr[prefix]`` caches each neuron's K-th key, so most batches
+        cost one comparison; rows that change read their per-token activations from a transposed copy of the batch
+        when many move at once (sequential reads instead of stride-d gathers)."""
+        keys, buf = self.t[f"{prefix}_key"], self.t[f"{prefix}_acts"]
         if keys.shape[1] == 0:
             return
-        rows = (cand > keys.amin(dim=1, keepdim=True)).any(dim=1).nonzero().squeeze(1)
+        thr = self._thr.get(prefix)
+        if thr is None:
+            thr = self._thr[prefix] = keys.amin(dim=1)
+        rows = (cand > thr[:, None]).any(dim=1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return
         moved = _replacements(keys[rows], cand[rows], largest=True)
@@ -275,7 +284,13 @@ class LayerState:
         ev_r, ev_c, in_r, in_c = moved
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[rows[in_r], in_c]
-        buf[neuron, ev_c] = acts[in_c, :, neuron]
+        if neuron.numel() > 256:
+            if self._acts_t is None:
+                self._acts_t = acts.permute(2, 0, 1).contiguous()  # [d, B, T]
+            buf[neuron, ev_c] = self._acts_t[neuron, in_c]
+        else:
+            buf[neuron, ev_c] = acts[in_c, :, neuron]
+        thr[rows] = keys[rows].amin(dim=1)
 
     def _quantile(self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor,
                   acts: torch.Tensor) -> None:
@@ -309,6 +324,7 @@ class LayerState:
     def merge(self, other: LayerState) -> None:
         """Fold another shard's state into this one (exact: every part is a mergeable reduction)."""
         s, o = self.t, other.t
+        self._thr = {}  # derived from the key buffers, which change here
         for key in ("count", "sum", "sum_sq", "n_pos", "hist", "ctx_hist"):
             s[key] = s[key] + o[key]
         s["max"] = torch.maximum(s["max"], o["max"])
@@ -342,6 +358,8 @@ class LayerState:
         obj.hist_sample = hist_sample
         obj._offsets = torch.arange(d, dtype=torch.int64) * HIST_BINS
         obj._weight_cache = {}
+        obj._thr = {}
+        obj._acts_t = None
         return obj
 
     def context_ids(self) -> set[int]:
