@@ -60,6 +60,14 @@ def _stdout_to_stderr():  # type: ignore[no-untyped-def]
         yield
 
 
+def _stored_name(name: str) -> str:
+    """The name a model is stored under: packaged aliases (``smollm2``) map to their canonical name."""
+    from autointerp.models import _packaged_lookup
+
+    packaged = _packaged_lookup(name)
+    return packaged.name if packaged else name
+
+
 def _load(name: str, progress: bool = True):  # type: ignore[no-untyped-def]
     from autointerp.models import load_model
 
@@ -159,10 +167,7 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
 
     names = [r["model"] for r in store.runs()]
     if model not in names:
-        from autointerp.models import _packaged_lookup
-
-        packaged = _packaged_lookup(model)
-        model = packaged.name if packaged else model
+        model = _stored_name(model)
     if model not in names:
         if not names:
             raise UserError(f"The database {store.path} has no harvests yet; run `autointerp harvest` first.")
@@ -204,12 +209,10 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from autointerp.models import _packaged_lookup
     from autointerp.store import Store
 
     store = Store(_db_path(args), create=False)
-    packaged = _packaged_lookup(args.model)
-    model = packaged.name if packaged else args.model
+    model = _stored_name(args.model)
     rows = store.rank_neurons(model, args.by, args.layer, args.limit)
     def score(r: dict[str, Any]) -> float:
         return {"min": -r["min"], "n2g": r.get("n2g_correlation")}.get(args.by, r.get(args.by))  # type: ignore
@@ -257,13 +260,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autointerp.models import _packaged_lookup
     from autointerp.n2g.export import safe_output_path, to_networkx, write_graphml, write_svg
     from autointerp.store import Store
 
     layer, neuron = _parse_neuron(args.neuron)
-    packaged = _packaged_lookup(args.model)
-    model = packaged.name if packaged else args.model
+    model = _stored_name(args.model)
     out = safe_output_path(args.output or Path("graphs") / model.replace("/", "_") / f"{layer}_{neuron}.graphml")
     if out.suffix != ".graphml":
         raise UserError(f"The output file must end in .graphml, not {out.name!r}.")

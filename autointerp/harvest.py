@@ -41,6 +41,7 @@ from tqdm import tqdm
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
+from autointerp.ranges import parse_ranges
 from autointerp.store import Store, encode_acts
 
 HARVEST_VERSION = 1
@@ -93,22 +94,8 @@ class HarvestConfig:
 
 def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
     """``"0,3,5"``, ``"2-4"`` or ``"all"`` -> sorted layer list (``None`` for all)."""
-    if text is None or text.strip().lower() in ("", "all"):
-        return None
-    layers: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                layers.update(range(int(lo), int(hi) + 1))
-            elif part:
-                layers.add(int(part))
-    except ValueError as exc:
-        raise UserError(f"Layers must look like 0,3,5 or 2-4 or all, not {text!r}.") from exc
-    if not layers:
-        raise UserError(f"No layers in {text!r}.")
-    return sorted(layers)
+    layers = parse_ranges(text, "Layers", "0,3,5 or 2-4")
+    return None if layers is None else sorted(layers)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -13,24 +13,16 @@ from tqdm import tqdm
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, ModelSubject, N2GConfig, build_graphs, evaluate
+from autointerp.ranges import parse_ranges
 from autointerp.store import Store
 
 
 def parse_neurons(text: str | None, d_mlp: int) -> list[int]:
     """``"0-15,100"`` -> neuron list; ``None``/``"all"`` -> every neuron of the layer."""
-    if text is None or text.strip().lower() in ("", "all"):
+    parsed = parse_ranges(text, "Neurons", "0-15,100")
+    if parsed is None:
         return list(range(d_mlp))
-    out: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.update(range(int(lo), int(hi) + 1))
-            elif part:
-                out.add(int(part))
-    except ValueError as exc:
-        raise UserError(f"Neurons must look like 0-15,100 or all, not {text!r}.") from exc
+    out = parsed
     bad = [n for n in out if not 0 <= n < d_mlp]
     if bad:
         raise UserError(f"Neuron {bad[0]} is out of range: layers have neurons 0-{d_mlp - 1}.")
