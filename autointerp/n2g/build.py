@@ -37,6 +37,7 @@ class N2GConfig:
     prune_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     importance_threshold: float = 0.5  # saliency at or above this makes a context token concrete, else wildcard
     augmentations: int = 5  # embedding-neighbour substitutes tried per important token
+    augment_positions: int = 3  # only the most important context positions are varied (plus the activating token)
     fire_threshold: float = 0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
     case_sensitive: bool = False
     strip_space: bool = True
@@ -273,10 +274,10 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
         graph = graphs[it.neuron]
         # The path stands for the activation the neuron had in real text (normalised), not in the pruned snippet.
         _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
-        important = [i for i, imp in enumerate(it.importance) if imp >= cfg.importance_threshold]
-        if len(it.pruned) - 1 not in important:
-            important.append(len(it.pruned) - 1)  # the activating token is always worth varying
-        for i in important:
+        last = len(it.pruned) - 1
+        context = [i for i in range(last) if it.importance[i] >= cfg.importance_threshold]
+        context = sorted(context, key=lambda i: (-it.importance[i], -i))[: cfg.augment_positions]
+        for i in [last, *sorted(context)]:  # the activating token is always worth varying
             for sub in subject.substitutes(it.pruned[i], cfg.augmentations, graph.norm):
                 variant = list(it.pruned)
                 variant[i] = sub

@@ -79,7 +79,23 @@ def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def write_svg(g: nx.DiGraph, path: Path, title: str) -> None:
+def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
+    """The subgraph of the paths to the ``max_paths`` end nodes with the highest activation: a whole graph can have
+    thousands of nodes, more than a picture can show."""
+    ends = sorted((n for n, a in g.nodes(data=True) if a["kind"] == "end"),
+                  key=lambda n: (-g.nodes[n]["activation"], n))[:max_paths]
+    keep = set(ends)
+    for end in ends:
+        keep |= nx.ancestors(g, end)
+    return g.subgraph(keep).copy()
+
+
+def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> None:
+    """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the suffix."""
+    total = sum(1 for _, a in g.nodes(data=True) if a["kind"] == "end")
+    if total > max_paths:
+        g = strongest_paths(g, max_paths)
+        title += f"\n(the {max_paths} strongest of {total} paths; the GraphML has them all)"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +119,8 @@ def write_svg(g: nx.DiGraph, path: Path, title: str) -> None:
             colours.append((0.85, 0.85, 0.85, 1.0))
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
-        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else repr(attrs["token"])[1:-1][:14]
+        token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
+        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else repr(token)[1:-1][:14]
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
                            linewidths=0.5)
@@ -111,7 +128,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.svg")
-    fig.savefig(tmp, format="svg")
+    tmp = path.with_suffix(".tmp" + path.suffix)
+    fig.savefig(tmp, format=path.suffix.lstrip(".") or "svg", dpi=110)
     plt.close(fig)
     tmp.replace(path)
