@@ -140,9 +140,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if os.path.abspath(args.out) in paths:
         raise UserError("The output database must not be one of the shard databases.")
     inputs = [Store(p, create=False) for p in args.shards]
-    runs = merge(Store(args.out), inputs)
+    runs = merge(args.out, inputs)
     if args.json:
         _print_json({"runs": runs, "db": args.out})
+    else:
+        print(f"merged into run(s) {', '.join(map(str, runs))} of {args.out}")
     return 0
 
 
@@ -176,8 +178,8 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
     run = store.latest_complete_run(model, layer) if run_id is None else next(
         (r for r in store.runs(model) if r["id"] == run_id), None)
     if run is None:
-        layers = sorted({x for r in store.runs(model) if r["status"] == "complete" for x in r["config"]["layers"]})
-        raise UserError(f"Layer {layer} of {model} has not been harvested; harvested layers: {layers}.")
+        raise UserError(f"Layer {layer} of {model} has not been harvested; harvested layers: "
+                        f"{sorted(store.harvested_layers(model))}.")
     stats = store.neuron(run["id"], layer, neuron)
     if stats is None:
         info = store.model_info(model) or {}
@@ -240,8 +242,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     store = Store(_db_path(args), create=False)
     model = _load(args.model, progress=not args.no_progress)
     if layers is None:
-        layers = sorted({x for r in store.runs(model.name) if r["stage"] == "harvest" and r["status"] == "complete"
-                         for x in r["config"]["layers"]})
+        layers = sorted(store.harvested_layers(model.name))
         if not layers:
             raise UserError(f"No complete harvest of {model.name} in {store.path}; run `autointerp harvest` first.")
     model.check_layers(layers)

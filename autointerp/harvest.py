@@ -74,6 +74,7 @@ class HarvestConfig:
     quantile_per_interval: int = 4
     hist_sample: int = 4  # the token histogram counts contexts whose hash is 0 mod this (1: every context)
     seed: int = 0
+    corpus_fingerprint: str | None = None  # filled in by harvest(): a changed corpus is a different run
     # Not part of the result's identity:
     batch_size: int = field(default=16, metadata={"hashed": False})
     shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
@@ -92,7 +93,7 @@ class HarvestConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
+def parse_layers(text: str | None) -> list[int] | None:
     """``"0,3,5"``, ``"2-4"`` or ``"all"`` -> sorted layer list (``None`` for all)."""
     layers = parse_ranges(text, "Layers", "0,3,5 or 2-4")
     return None if layers is None else sorted(layers)
@@ -451,9 +452,12 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
         raise UserError(f"Contexts of {cfg.ctx_len} tokens are longer than {model.name} allows ({model.n_ctx}).")
     if cfg.ctx_len < 2:
         raise UserError("--ctx-len must be at least 2 (BOS plus one token).")
-    for name in ("top_k", "random_k", "batch_size"):
-        if getattr(cfg, name) < (1 if name == "batch_size" else 0):
+    for name in ("top_k", "bottom_k", "random_k"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative.")
+    if cfg.batch_size < 1 or cfg.hist_sample < 1:
+        raise UserError("--batch-size and hist_sample must be at least 1.")
     if cfg.n_tokens is not None and cfg.n_tokens < cfg.ctx_len:
         raise UserError(f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens.")
     bottom = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if model.gated else 0)
@@ -497,7 +501,8 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
     if not isinstance(store, Store):
         store = Store(store)
-    corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": corpus_fingerprint(docs)}
+    cfg.corpus_fingerprint = corpus_fingerprint(docs)  # part of the run's identity: resume only the same text
+    corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": cfg.corpus_fingerprint}
     identity = cfg.identity()
     config_hash = cfg.config_hash()
     shard = tuple(cfg.shard)
@@ -592,18 +597,20 @@ def _document_row(index: int, doc: Document) -> dict[str, Any]:
 # Merge
 
 
-def merge(out: Store, inputs: list[Store], log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-          ) -> list[int]:
+def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[int]:
     """Combine complete shard runs found in ``inputs`` into unsharded runs in ``out``; return the new run ids.
 
-    Runs are grouped by (model, config hash); every shard 0..n-1 must be present exactly once.
+    Runs are grouped by (model, config hash - which covers the corpus fingerprint -, shard count); every shard
+    0..n-1 must be present exactly once. ``out`` is opened only once the shards check out, so a failed merge
+    creates no file.
     """
-    groups: dict[tuple[str, str], dict[int, tuple[Store, dict[str, Any]]]] = {}
+    groups: dict[tuple[str, str, int], dict[int, tuple[Store, dict[str, Any]]]] = {}
     for store in inputs:
         for run in store.runs():
             if run["stage"] != "harvest" or run["status"] != "complete" or run["shard_count"] < 2:
                 continue
-            group = groups.setdefault((run["model"], run["config_hash"]), {})
+            group = groups.setdefault((run["model"], run["config_hash"], run["shard_count"]), {})
             if run["shard_index"] in group:
                 raise UserError(
                     f"Shard {run['shard_index']}/{run['shard_count']} of {run['model']} appears twice "
@@ -612,13 +619,15 @@ def merge(out: Store, inputs: list[Store], log: Callable[[str], None] = lambda m
             group[run["shard_index"]] = (store, run)
     if not groups:
         raise UserError("No complete sharded harvest runs in the given databases (harvest with --shard i/n first).")
-    made = []
-    for (model_name, config_hash), shards in sorted(groups.items()):
-        count = next(iter(shards.values()))[1]["shard_count"]
+    for (model_name, _, count), shards in sorted(groups.items()):
         missing = sorted(set(range(count)) - set(shards))
         if missing:
             raise UserError(f"Cannot merge {model_name}: shard(s) {', '.join(f'{m}/{count}' for m in missing)} "
                             "are missing.")
+    if not isinstance(out, Store):
+        out = Store(out)
+    made = []
+    for (model_name, config_hash, count), shards in sorted(groups.items()):
         first_store, first_run = shards[0]
         config = dict(first_run["config"])
         layers = config["layers"]

@@ -37,6 +37,7 @@ from autointerp.errors import UserError
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = "autointerp.db"
+TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs")
 EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
                    "peak_index", "interval", "activations")
 
@@ -79,6 +80,8 @@ class Store:
                     f"The database {self.path} has schema version {version}, newer than this autointerp "
                     f"understands ({SCHEMA_VERSION}); upgrade autointerp."
                 )
+            if version == SCHEMA_VERSION and set(TABLES) <= set(db.table_names()):
+                return  # opening a current database writes nothing, so readers never wait for a writer
         with db.atomic():
             db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True)
             db["models"].create(
@@ -169,6 +172,10 @@ class Store:
         )
         return _run_row(row) if row else None
 
+    def finish_stage(self, run_id: int) -> None:
+        self.db.execute("update runs set status = 'complete', finished = ? where id = ?", [time.time(), run_id])
+        self.db.conn.commit()
+
     def create_run(self, model: str, stage: str, config: dict[str, Any], config_hash: str, shard: tuple[int, int],
                    corpus: dict[str, Any]) -> int:
         with self.db.atomic():
@@ -187,14 +194,22 @@ class Store:
         sql = "select * from runs" + (" where model = ?" if model else "") + " order by id"
         return [_run_row(r) for r in self.db.query(sql, [model] if model else [])]
 
+    def harvested_layers(self, model: str) -> dict[int, dict[str, Any]]:
+        """Layer -> the newest finished, unsharded (or merged) harvest run of ``model`` that covers it: the runs
+        every query reads. Unmerged shard runs are not here."""
+        out: dict[int, dict[str, Any]] = {}
+        for run in self.runs(model):
+            if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
+                for layer in run["config"]["layers"]:
+                    out[layer] = run  # runs come in id order: later ones win
+        return out
+
     def latest_complete_run(self, model: str, layer: int | None = None) -> dict[str, Any] | None:
-        """The newest finished, unsharded (or merged) harvest of ``model`` that covers ``layer``."""
-        for run in reversed(self.runs(model)):
-            if run["stage"] != "harvest" or run["status"] != "complete" or run["shard_count"] != 1:
-                continue
-            if layer is None or layer in run["config"]["layers"]:
-                return run
-        return None
+        """The newest finished, unsharded (or merged) harvest of ``model`` that covers ``layer`` (any layer if None)."""
+        layers = self.harvested_layers(model)
+        if layer is not None:
+            return layers.get(layer)
+        return max(layers.values(), key=lambda r: r["id"], default=None)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]) -> None:
@@ -298,11 +313,7 @@ class Store:
                    "n2g": "g.correlation"}
         if by not in columns:
             raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
-        runs = {}
-        for run in self.runs(model):
-            if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
-                for lay in run["config"]["layers"]:
-                    runs[lay] = run["id"]  # later runs win
+        runs = {lay: run["id"] for lay, run in self.harvested_layers(model).items()}
         if layer is not None:
             if layer not in runs:
                 raise UserError(f"Layer {layer} of {model} has not been harvested; harvested: {sorted(runs)}.")

@@ -405,7 +405,7 @@ def memory_child(argv: Sequence[str]) -> None:
         if message.startswith("Writing results"):
             marks["write"] = time.perf_counter()
 
-    cfg = HarvestConfig(model=model.name, corpus=a.corpus, layers=parse_layers(a.layers, model.n_layers),
+    cfg = HarvestConfig(model=model.name, corpus=a.corpus, layers=parse_layers(a.layers),
                         ctx_len=a.ctx_len, n_tokens=a.tokens, batch_size=a.batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
         db_path = Path(tmp) / "bench.db"
@@ -505,7 +505,7 @@ def report(s: Settings, command: str, model: SubjectModel, layers: Sequence[int]
         lines += [
             "",
             f"End-to-end `harvest()` into a temporary SQLite file, layers {s.mem_layers}, each in a fresh process "
-            f"(state of these layers: {state_mb(model, parse_layers(s.mem_layers, model.n_layers) or layers, s):,.0f}"
+            f"(state of these layers: {state_mb(model, parse_layers(s.mem_layers) or layers, s):,.0f}"
             " MB):",
             "",
             "| tokens | total s | setup s | loop s | finish_run s | end-to-end tok/s | loop tok/s | example rows "
@@ -602,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Memory children first, while this process is still small: a child's ru_maxrss starts at its spawner's peak.
     mem = [] if a.no_memory else [run_memory_child(s, n) for n in s.mem_tokens]
     model = load_model(s.model, progress=False)
-    layers = parse_layers(s.layers, model.n_layers) or list(range(model.n_layers))
+    layers = parse_layers(s.layers) or list(range(model.n_layers))
     model.check_layers(layers)
     prefill, batches = build_batches(model, s)
     print(f"{model.name}: {len(layers)} layers, {len(batches)} batches of {s.batch_size}x{s.ctx_len} tokens x "

@@ -130,7 +130,13 @@ def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpu
     rows = Store(tmp_path / "h.db").db["examples"].count
     again = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     assert again.status == "already complete" and again.run_id == first.run_id
-    assert Store(tmp_path / "h.db").db["examples"].count == rows
+    reader = Store(tmp_path / "h.db")
+    assert reader.db.conn.total_changes == 0  # opening a current database writes nothing (readers never block)
+    assert reader.db["examples"].count == rows
+    # The corpus fingerprint is part of the run's identity: edited text is a new run, never a resumed old one.
+    text_corpus.write_text(text_corpus.read_text() + '{"text": "One more document about foxes and dogs."}\n')
+    changed = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    assert changed.status == "complete" and changed.run_id != first.run_id
 
 
 def _rows(db: Store, run_id: int) -> tuple[list[tuple], list[tuple]]:
@@ -156,8 +162,8 @@ def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, tex
         harvest(tiny_gated, tmp_path / f"s{i}.db", HarvestConfig(**base, shard=(i, 3)), progress=False,
                 log=lambda m: None)
     with pytest.raises(Exception, match="missing"):
-        merge(Store(tmp_path / "partial.db"), [Store(tmp_path / "s0.db"), Store(tmp_path / "s2.db")],
-              log=lambda m: None)
+        merge(tmp_path / "partial.db", [Store(tmp_path / "s0.db"), Store(tmp_path / "s2.db")], log=lambda m: None)
+    assert not (tmp_path / "partial.db").exists()  # a failed merge creates nothing
     [merged] = merge(Store(tmp_path / "merged.db"), [Store(tmp_path / f"s{i}.db") for i in range(3)],
                      log=lambda m: None)
     assert _rows(Store(tmp_path / "merged.db"), merged) == _rows(Store(tmp_path / "all.db"), whole.run_id)

@@ -112,15 +112,13 @@ def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: in
     order = sorted(range(len(readouts)), key=lambda i: len(readouts[i].tokens))
     start = 0
     while start < len(order):
-        longest = len(readouts[order[start]].tokens)
-        end = start
+        end = start  # grow the chunk while its padded size (rows x the longest, i.e. last, length) fits
         while end < len(order):
-            longest = len(readouts[order[end]].tokens)
-            if (end - start + 1) * longest > batch_tokens and end > start:
+            if (end - start + 1) * len(readouts[order[end]].tokens) > batch_tokens and end > start:
                 break
             end += 1
         chunk = order[start:end]
-        width = max(len(readouts[i].tokens) for i in chunk)
+        width = len(readouts[chunk[-1]].tokens)
         batch = torch.full((len(chunk), width), subject.pad_id, dtype=torch.long)
         positions = torch.empty(len(chunk), dtype=torch.long)
         neurons = torch.empty(len(chunk), dtype=torch.long)
@@ -230,7 +228,7 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the activation. Short
     #    lengths first for everyone; long ones only for the tokens that need them (most need few tokens).
     best: dict[int, tuple[int, float]] = {}
-    longest: dict[int, tuple[int, float]] = {}
+    longest: dict[int, tuple[int, float]] = {}  # fallback: the longest length tried
     short = [x for x in cfg.prune_lengths if x <= 8]
     for lengths_round in (short, [x for x in cfg.prune_lengths if x > 8]):
         readouts, owners = [], []

@@ -41,7 +41,7 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
     return g
 
 
-def safe_output_path(path: str | Path, base: Path | None = None) -> Path:
+def safe_output_path(path: str | Path) -> Path:
     """Refuse paths that climb out of the working directory with ``..`` (an export path is user input)."""
     p = Path(path)
     if ".." in p.parts:

@@ -187,12 +187,6 @@ class NeuronGraph:
                 by_id[parents[item["id"]]].children[key] = node
         return graph
 
-    def stats(self) -> dict[str, int]:
-        counts = {"activating": 0, "context": 0, "wildcard": 0, "end": 0}
-        for node in self.to_json()["nodes"]:
-            counts[node["kind"]] += 1
-        return counts
-
 
 def same_graph(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-5) -> bool:
     """Whether two serialised graphs are the same graph: identical nodes, kinds, tokens, counts and edges, and

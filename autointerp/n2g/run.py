@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +20,10 @@ def parse_neurons(text: str | None, d_mlp: int) -> list[int]:
     parsed = parse_ranges(text, "Neurons", "0-15,100")
     if parsed is None:
         return list(range(d_mlp))
-    out = parsed
-    bad = [n for n in out if not 0 <= n < d_mlp]
+    bad = [n for n in parsed if not 0 <= n < d_mlp]
     if bad:
         raise UserError(f"Neuron {bad[0]} is out of range: layers have neurons 0-{d_mlp - 1}.")
-    return sorted(out)
+    return sorted(parsed)
 
 
 def _example(row: dict[str, Any]) -> Example:
@@ -47,8 +44,7 @@ class GraphSummary:
 
 
 def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_spec: str | None, cfg: N2GConfig,
-                 progress: bool = True, chunk: int = 16,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[GraphSummary]:
+                 progress: bool = True, chunk: int = 16) -> list[GraphSummary]:
     """Graphs for the given neurons of each layer, from the latest complete harvest of that layer.
 
     Neurons are processed ``chunk`` at a time (their forward passes batched together); each chunk's rows are
@@ -67,6 +63,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
                 k = int(neurons_spec.split(":", 1)[1])
             except ValueError as exc:
                 raise UserError(f"--neurons top:K needs a number, not {neurons_spec!r}.") from exc
+            if k < 1:
+                raise UserError(f"--neurons top:K needs K >= 1, not {k}.")
             neurons = sorted(r["neuron"] for r in store.rank_neurons(model.name, "max", layer, k))
         else:
             neurons = parse_neurons(neurons_spec, model.d_mlp)
@@ -105,6 +103,7 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
             bar.update(len(part))
         bar.close()
         summaries.append(GraphSummary(layer, len(todo), len(neurons) - len(todo), time.time() - started))
+    store.finish_stage(n2g_run_id)  # the requested neurons are all stored; a later call may add more
     return summaries
 
 
