@@ -269,12 +269,15 @@ def iter_contexts(
         buf_tok.append(sep_id)
         buf_doc.append(-1)
         buf_off.append((0, 0))
-        while len(buf_tok) >= body:
+        pos = 0  # read position; the buffers are compacted once per document, not once per context
+        while len(buf_tok) - pos >= body:
             if max_contexts is not None and context_id >= max_contexts:
                 return
-            tokens = np.array([bos_id] + buf_tok[:body], dtype=np.int64)
-            doc_index = np.array([-1] + buf_doc[:body], dtype=np.int32)
-            offsets = np.array([(0, 0)] + buf_off[:body], dtype=np.int32)
+            end = pos + body
+            tokens = np.array([bos_id] + buf_tok[pos:end], dtype=np.int64)
+            doc_index = np.array([-1] + buf_doc[pos:end], dtype=np.int32)
+            offsets = np.array([(0, 0)] + buf_off[pos:end], dtype=np.int32)
             yield Context(context_id, tokens, doc_index, offsets)
             context_id += 1
-            del buf_tok[:body], buf_doc[:body], buf_off[:body]
+            pos = end
+        del buf_tok[:pos], buf_doc[:pos], buf_off[:pos]
