@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autointerp.config import config_identity, identity_hash
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
@@ -82,15 +83,11 @@ class HarvestConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
-        skip = {name for name, f in self.__dataclass_fields__.items() if f.metadata.get("hashed") is False}
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["harvest_version"] = HARVEST_VERSION
-        out["hist"] = [HIST_LO, HIST_HI, HIST_BINS]
-        out["split_pattern"] = list(SPLIT_PATTERN)
-        return out
+        return config_identity(self, harvest_version=HARVEST_VERSION, hist=[HIST_LO, HIST_HI, HIST_BINS],
+                               split_pattern=list(SPLIT_PATTERN))
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return identity_hash(self.identity())
 
 
 def parse_layers(text: str | None) -> list[int] | None:

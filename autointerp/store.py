@@ -360,23 +360,20 @@ class Store:
         return dict(row) if row else None
 
     def context_rows(self, run_id: int, context_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        ids = sorted(set(int(c) for c in context_ids))
-        out: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            sql = f"select * from contexts where run_id = ? and context_id in ({','.join('?' * len(chunk))})"
-            for row in self.db.query(sql, [run_id, *chunk]):
-                out[int(row["context_id"])] = dict(row)
-        return out
+        return self._rows_by_id("contexts", "context_id", run_id, context_ids)
 
     def document_rows(self, run_id: int, doc_indices: Iterable[int]) -> dict[int, dict[str, Any]]:
-        ids = sorted(set(int(d) for d in doc_indices))
+        return self._rows_by_id("documents", "doc_index", run_id, doc_indices)
+
+    def _rows_by_id(self, table: str, column: str, run_id: int, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Rows of one run by id, in chunks that stay under SQLite's limit on bound parameters."""
+        wanted = sorted({int(i) for i in ids})
         out: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            sql = f"select * from documents where run_id = ? and doc_index in ({','.join('?' * len(chunk))})"
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            sql = f"select * from {table} where run_id = ? and {column} in ({','.join('?' * len(chunk))})"
             for row in self.db.query(sql, [run_id, *chunk]):
-                out[int(row["doc_index"])] = dict(row)
+                out[int(row[column])] = dict(row)
         return out
 
     def final_states(self, run_id: int) -> dict[int, bytes]:

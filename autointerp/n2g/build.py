@@ -9,15 +9,14 @@ readouts one sequence at a time, as the original N2G code did; the benchmark and
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from autointerp.config import config_identity, identity_hash
 from autointerp.models import SubjectModel
 from autointerp.n2g.graph import NeuronGraph, PathExample
 
@@ -45,14 +44,10 @@ class N2GConfig:
     naive: bool = field(default=False, metadata={"hashed": False})
 
     def identity(self) -> dict[str, Any]:
-        skip = {name for name, f in self.__dataclass_fields__.items() if f.metadata.get("hashed") is False}
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["prune_lengths"] = list(self.prune_lengths)
-        out["n2g_version"] = N2G_VERSION
-        return out
+        return config_identity(self, n2g_version=N2G_VERSION)
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return identity_hash(self.identity())
 
 
 class Subject(Protocol):
