@@ -377,6 +377,22 @@ def cmd_activations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The JSON API and web pages (issue 6), on loopback unless --host says otherwise."""
+    import uvicorn
+
+    from autointerp.api import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, not {args.port}.")
+    if args.max_chars < 1:
+        raise UserError("--max-chars must be at least 1.")
+    app = create_app(_db_path(args), max_chars=args.max_chars)
+    print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -508,6 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("serve", help="serve the JSON API and web pages (neuron, layer/Layerscope, search)",
+                       description="One server (FastAPI + uvicorn) for the JSON API (/api/..., spec at /openapi.json, "
+                                   "docs at /docs) and the pages (/ lists the models). Reads the database while "
+                                   "pipelines write to it. Binds to 127.0.0.1 unless --host is given.")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-chars", type=int, default=2000,
+                   help="longest text the live activation endpoints accept (default 2000)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (default warning)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    _db_arg(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

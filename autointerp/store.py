@@ -380,6 +380,88 @@ class Store:
         rows = self.db.query("select layer, state from checkpoints where run_id = ? and final = 1", [run_id])
         return {int(r["layer"]): r["state"] for r in rows}
 
+    # ---- API reads (issue 6)
+    # Small read-only queries for `autointerp serve`. Each takes the harvest run that a layer is read from (see
+    # harvested_layers), so a newer harvest never mixes with an older one's explanations or graphs.
+    def runs_fingerprint(self) -> tuple[Any, ...]:
+        """A cheap value that changes whenever a run is added or finishes: the server re-reads its run map then."""
+        row = self.db.execute("select count(*), max(id), sum(status = 'complete'), max(finished) from runs")
+        return tuple(row.fetchone())
+
+    def layer_neuron_count(self, run_id: int, layer: int) -> int:
+        return int(self.db.execute("select count(*) from neurons where run_id = ? and layer = ?",
+                                   [run_id, layer]).fetchone()[0])
+
+    def layer_stats(self, run_id: int, layer: int, offset: int, limit: int) -> list[dict[str, Any]]:
+        """A page of per-neuron statistics of one layer, by neuron index (histograms left out: they are big)."""
+        return [dict(r) for r in self.db.query(
+            "select neuron, count, mean, variance, max, min, frac_positive from neurons where run_id = ? and "
+            "layer = ? order by neuron limit ? offset ?", [run_id, layer, limit, offset])]
+
+    def layer_graphs(self, run_id: int, layer: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many neurons of the layer have a graph, a page of their newest graphs' scores by neuron)."""
+        newest = ("from graphs g where g.run_id = ? and g.layer = ? and g.created = (select max(created) from "
+                  "graphs h where h.run_id = g.run_id and h.layer = g.layer and h.neuron = g.neuron)")
+        total = int(self.db.execute(f"select count(*) {newest}", [run_id, layer]).fetchone()[0])
+        rows = self.db.query(f"select g.neuron, g.n_nodes, g.precision, g.recall, g.f1, g.correlation, "
+                             f"g.config_hash {newest} order by g.neuron limit ? offset ?",
+                             [run_id, layer, limit, offset])
+        return total, [dict(r) for r in rows]
+
+    def neuron_explanations(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
+        """Every explanation row of a neuron (all kinds and configs, failures included), newest first."""
+        return [dict(r) for r in self.db.query(
+            "select * from explanations where run_id = ? and layer = ? and neuron = ? order by created desc",
+            [run_id, layer, neuron])]
+
+    def neuron_scores(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
+        """Every score row of a neuron (all methods and configs, failures included), newest first."""
+        return [dict(r) for r in self.db.query(
+            "select * from scores where run_id = ? and layer = ? and neuron = ? order by created desc",
+            [run_id, layer, neuron])]
+
+    def layer_explanations(self, run_id: int, layer: int, offset: int, limit: int
+                           ) -> tuple[int, list[dict[str, Any]]]:
+        """(how many neurons have an ok ``llm`` explanation, a page of them with their newest explanation score)."""
+        newest = ("from explanations e where e.run_id = ? and e.layer = ? and e.kind = 'llm' and e.status = 'ok' "
+                  "and e.created = (select max(created) from explanations f where f.run_id = e.run_id and "
+                  "f.layer = e.layer and f.neuron = e.neuron and f.kind = 'llm' and f.status = 'ok')")
+        total = int(self.db.execute(f"select count(*) {newest}", [run_id, layer]).fetchone()[0])
+        rows = self.db.query(
+            f"select e.neuron, e.text, e.model, e.prompt_version, (select s.score from scores s where "
+            f"s.run_id = e.run_id and s.layer = e.layer and s.neuron = e.neuron and s.method = 'explanation' and "
+            f"s.status = 'ok' order by s.created desc limit 1) as score {newest} order by e.neuron limit ? offset ?",
+            [run_id, layer, limit, offset])
+        return total, [dict(r) for r in rows]
+
+    def layer_counts(self, run_id: int, layer: int) -> dict[str, int]:
+        """How many neurons of a layer have statistics, graphs, ok explanations and ok scores."""
+        q = {
+            "neurons": "select count(*) from neurons where run_id = ? and layer = ?",
+            "graphs": "select count(distinct neuron) from graphs where run_id = ? and layer = ?",
+            "explanations": "select count(distinct neuron) from explanations where run_id = ? and layer = ? and "
+                            "status = 'ok' and kind = 'llm'",
+            "scores": "select count(distinct neuron) from scores where run_id = ? and layer = ? and status = 'ok'",
+        }
+        return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
+
+    def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
+        """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph correlations."""
+        out: dict[str, list[float]] = {}
+        for row in self.db.query(
+                "select s.method, s.score from scores s where s.run_id = ? and s.layer = ? and s.status = 'ok' and "
+                "s.score is not null and s.created = (select max(created) from scores t where t.run_id = s.run_id "
+                "and t.layer = s.layer and t.neuron = s.neuron and t.method = s.method and t.status = 'ok')",
+                [run_id, layer]):
+            out.setdefault(row["method"], []).append(float(row["score"]))
+        graphs = [float(r["correlation"]) for r in self.db.query(
+            "select g.correlation from graphs g where g.run_id = ? and g.layer = ? and g.correlation is not null and "
+            "g.created = (select max(created) from graphs h where h.run_id = g.run_id and h.layer = g.layer and "
+            "h.neuron = g.neuron)", [run_id, layer])]
+        if graphs:
+            out["n2g_graph"] = graphs
+        return out
+
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)

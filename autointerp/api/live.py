@@ -1,0 +1,249 @@
+"""Live forward passes for the server: the interactive neuroscope and the Layerscope.
+
+The subject model is loaded lazily, once per model name, and kept; forward passes are serialised with one lock
+(two cores gain nothing from running two at once, and TransformerLens hooks are per-model state). Layerscope prompts
+are run once over every layer (MLP activations and the residual stream before the MLP) and the recent ones are kept,
+so stepping through layers, the GIF and the threshold view cost no further forward passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autointerp.errors import UserError
+
+VIEWS = ("mlp", "resid")
+
+
+class LiveUnavailable(Exception):
+    """The subject model cannot be run on this server (not packaged, weights missing, ...)."""
+
+
+class TooLong(Exception):
+    """The text is longer than the server accepts (413)."""
+
+
+@dataclass
+class Prompt:
+    """One Layerscope prompt, run over all layers. Activations are float16 ``[layer, token, unit]`` without BOS."""
+
+    prompt_id: str
+    model: str
+    text: str
+    tokens: list[str]
+    mlp: np.ndarray
+    resid: np.ndarray
+    created: float
+
+    def acts(self, view: str) -> np.ndarray:
+        return self.mlp if view == "mlp" else self.resid
+
+    def summary(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "model": self.model, "text": self.text, "tokens": self.tokens,
+                "n_tokens": len(self.tokens), "n_layers": int(self.mlp.shape[0]), "d_mlp": int(self.mlp.shape[2]),
+                "d_model": int(self.resid.shape[2]), "created": self.created}
+
+
+class Live:
+    """Lazily loaded subject models and the forward passes the server runs on them."""
+
+    def __init__(self, loader: Callable[[str], Any] | None = None, max_chars: int = 2000, max_tokens: int = 256,
+                 recent_prompts: int = 8):
+        self._loader = loader
+        self.max_chars = max_chars
+        self.max_tokens = max_tokens
+        self.recent_prompts = recent_prompts
+        self._models: dict[str, Any] = {}
+        self._failures: dict[str, str] = {}
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._prompts: OrderedDict[tuple[str, str], Prompt] = OrderedDict()
+        self._prompts_lock = threading.Lock()
+        self._images: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------------ models
+    def model(self, name: str) -> Any:
+        if name in self._models:
+            return self._models[name]
+        with self._load_lock:
+            if name in self._models:
+                return self._models[name]
+            if name in self._failures:
+                raise LiveUnavailable(self._failures[name])
+            try:
+                if self._loader is not None:
+                    subject = self._loader(name)
+                else:
+                    from autointerp.models import load_model
+
+                    subject = load_model(name, progress=False)
+            except UserError as exc:
+                self._failures[name] = f"Live activations are not available for {name} on this server: {exc}"
+                raise LiveUnavailable(self._failures[name]) from exc
+            self._models[name] = subject
+            return subject
+
+    def check_text(self, text: str) -> None:
+        if not text or not text.strip():
+            raise UserError("The text is empty; type something to run the model on.")
+        if len(text) > self.max_chars:
+            raise TooLong(f"The text is {len(text)} characters long; this server takes at most {self.max_chars}.")
+
+    def _encode(self, subject: Any, text: str) -> list[int]:
+        self.check_text(text)
+        ids, _ = subject.encode(text, max_tokens=min(self.max_tokens, subject.n_ctx))
+        if len(ids) < 2:
+            raise UserError("The text has no tokens.")
+        return ids
+
+    # ------------------------------------------------------------------------------------------------ neuroscope
+    def activations(self, name: str, text: str, layer: int, neuron: int | None) -> dict[str, Any]:
+        """Per-token activations of one neuron (``neuron`` given) or of the whole layer, BOS left out."""
+        import torch
+
+        subject = self.model(name)
+        ids = self._encode(subject, text)
+        with self._run_lock:
+            acts = subject.mlp_activations(torch.tensor([ids]), [layer])[layer][0, 1:]
+        tokens = subject.str_tokens(ids)[1:]
+        out: dict[str, Any] = {"model": name, "layer": layer, "tokens": tokens}
+        if neuron is not None:
+            out["neuron"] = neuron
+            out["activations"] = [round(float(a), 4) for a in acts[:, neuron].tolist()]
+        else:
+            out["neuron"] = None
+            out["activations"] = np.round(acts.numpy(), 3).tolist()  # [token][neuron]
+            out["shape"] = [len(tokens), int(acts.shape[1])]
+        return out
+
+    # ------------------------------------------------------------------------------------------------ layerscope
+    def layerscope(self, name: str, text: str) -> Prompt:
+        """Run ``text`` over every layer once (or reuse a recent run of the same text)."""
+        import torch
+
+        key = (name, hashlib.sha256(text.encode()).hexdigest()[:16])
+        with self._prompts_lock:
+            if key in self._prompts:
+                self._prompts.move_to_end(key)
+                return self._prompts[key]
+        subject = self.model(name)
+        ids = self._encode(subject, text)
+        n_layers = subject.n_layers
+        mlp: dict[int, torch.Tensor] = {}
+        resid: dict[int, torch.Tensor] = {}
+
+        def keep(store: dict[int, torch.Tensor]) -> Callable[[torch.Tensor, Any], None]:
+            def hook(act: torch.Tensor, hook: Any) -> None:
+                store[int(hook.name.split(".")[1])] = act[0, 1:].detach().to(torch.float16)
+            return hook
+
+        hooks = [(f"blocks.{layer}.mlp.hook_post", keep(mlp)) for layer in range(n_layers)]
+        hooks += [(f"blocks.{layer}.hook_resid_mid", keep(resid)) for layer in range(n_layers)]
+        with self._run_lock, torch.inference_mode():
+            subject.model.run_with_hooks(torch.tensor([ids]), stop_at_layer=n_layers, fwd_hooks=hooks)
+        prompt = Prompt(key[1], name, text, subject.str_tokens(ids)[1:],
+                        torch.stack([mlp[i] for i in range(n_layers)]).numpy(),
+                        torch.stack([resid[i] for i in range(n_layers)]).numpy(), time.time())
+        with self._prompts_lock:
+            self._prompts[key] = prompt
+            while len(self._prompts) > self.recent_prompts:
+                self._prompts.popitem(last=False)
+        return prompt
+
+    def recent(self, name: str) -> list[Prompt]:
+        with self._prompts_lock:
+            return [p for (m, _), p in reversed(self._prompts.items()) if m == name]
+
+    def prompt(self, name: str, prompt_id: str) -> Prompt | None:
+        with self._prompts_lock:
+            return self._prompts.get((name, prompt_id))
+
+    def image(self, prompt: Prompt, layer: int, view: str) -> bytes:
+        return self._cached_image(("png", prompt.model, prompt.prompt_id, layer, view),
+                                  lambda: _png(layer_frame(prompt, layer, view)))
+
+    def gif(self, prompt: Prompt, view: str) -> bytes:
+        def make() -> bytes:
+            frames = [layer_frame(prompt, layer, view, label=True) for layer in range(prompt.mlp.shape[0])]
+            buf = io.BytesIO()
+            frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=600, loop=0)
+            return buf.getvalue()
+        return self._cached_image(("gif", prompt.model, prompt.prompt_id, view), make)
+
+    def _cached_image(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        with self._prompts_lock:
+            if key in self._images:
+                return self._images[key]
+        data = make()
+        with self._prompts_lock:
+            self._images[key] = data
+            while len(self._images) > 64:
+                self._images.popitem(last=False)
+        return data
+
+
+def threshold_view(prompt: Prompt, layer: int, view: str, hi: float, lo: float, limit: int) -> dict[str, Any]:
+    """Units of one layer that go above ``hi`` or below ``lo`` somewhere in the prompt (red > 3, blue < 0 by
+    default, as in the GPT-J-6B neuroscope study), strongest first, with their per-token activations."""
+    acts = prompt.acts(view)[layer].astype(np.float32)  # [token, unit]
+    above = (acts > hi).any(axis=0)
+    below = (acts < lo).any(axis=0)
+    chosen = np.flatnonzero(above | below)
+    strength = np.maximum(acts.max(axis=0) - hi, lo - acts.min(axis=0))[chosen]
+    order = chosen[np.argsort(-strength, kind="stable")][:limit]
+    units = [{"unit": int(u), "max": round(float(acts[:, u].max()), 4), "min": round(float(acts[:, u].min()), 4),
+              "above": bool(above[u]), "below": bool(below[u]),
+              "activations": [round(float(a), 3) for a in acts[:, u]]} for u in order]
+    return {"prompt_id": prompt.prompt_id, "model": prompt.model, "layer": layer, "view": view, "hi": hi, "lo": lo,
+            "tokens": prompt.tokens, "n_above": int(above.sum()), "n_below": int(below.sum()),
+            "n_matching": int(len(chosen)), "units": units}
+
+
+def _scale(acts: np.ndarray) -> float:
+    """Colour scale: the 99.5th percentile of |activation|, so one outlier unit does not wash out the rest."""
+    if acts.size == 0:
+        return 1.0
+    return max(float(np.percentile(np.abs(acts), 99.5)), 1e-6)
+
+
+def layer_frame(prompt: Prompt, layer: int, view: str, label: bool = False) -> Any:
+    """The layer as an image: one row per token (4 px), one column per unit; red positive, blue negative."""
+    from PIL import Image, ImageDraw
+
+    acts = prompt.acts(view)[layer].astype(np.float32)  # [token, unit]
+    v = np.clip(acts / _scale(acts), -1.0, 1.0)
+    rgb = np.full((*v.shape, 3), 255.0, dtype=np.float32)
+    pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+    rgb[..., 0] -= 255 * neg
+    rgb[..., 1] -= 255 * np.maximum(pos, neg)
+    rgb[..., 2] -= 255 * pos
+    row_px = 4
+    pixels = np.repeat(rgb.astype(np.uint8), row_px, axis=0)
+    img = Image.fromarray(pixels, mode="RGB")
+    if label:
+        top = 14
+        framed = Image.new("RGB", (img.width, img.height + top), "white")
+        framed.paste(img, (0, top))
+        ImageDraw.Draw(framed).text((2, 1), f"{prompt.model} layer {layer} ({view}), scale +-{_scale(acts):.3g}",
+                                    fill="black")
+        return framed
+    return img
+
+
+def _png(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def layer_scales(prompt: Prompt, view: str) -> list[float]:
+    return [round(_scale(prompt.acts(view)[layer].astype(np.float32)), 4) for layer in range(prompt.mlp.shape[0])]

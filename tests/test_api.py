@@ -1,0 +1,427 @@
+"""The JSON API and pages (issue 6) against a real database from a real harvest: every endpoint's shape and every
+error case (404 says what exists, 422 for bad parameters, 413 for long texts), live activations equal the model's,
+CORS, no assets from the internet, and `autointerp serve` as a user starts it."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from apidb import EXPLAINED, FAILED, GRAPHED, WEIGHTS, build_api_db
+from conftest import REPO
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from autointerp.api import create_app
+from autointerp.errors import UserError
+from autointerp.models import SubjectModel
+from autointerp.store import Store
+
+M = "tiny-gated"
+
+
+@pytest.fixture(scope="module")
+def api_db(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_api_db(tiny_gated, tmp_path_factory.mktemp("api"))
+
+
+@pytest.fixture(scope="module")
+def client(api_db: Path, tiny_gated: SubjectModel) -> TestClient:
+    def loader(name: str) -> SubjectModel:
+        if name != tiny_gated.name:
+            raise UserError(f"no weights for {name}")
+        return tiny_gated
+
+    return TestClient(create_app(api_db, loader=loader, max_chars=300))
+
+
+def _get(client: TestClient, url: str, status: int = 200) -> Any:
+    r = client.get(url)
+    assert r.status_code == status, (url, r.status_code, r.text[:500])
+    return r.json()
+
+
+def _not_found(client: TestClient, url: str, *needles: str) -> dict[str, Any]:
+    body = _get(client, url, 404)
+    assert isinstance(body["detail"], str)
+    for needle in needles:
+        assert needle in body["detail"], body
+    return body
+
+
+# ------------------------------------------------------------------------------------------------ models and layers
+
+
+def test_models_and_model_metadata(client: TestClient, api_db: Path) -> None:
+    models = _get(client, "/api/models")["models"]
+    assert [m["name"] for m in models] == [M]
+    assert models[0]["harvested_layers"] == [0, 1] and models[0]["d_mlp"] == 24
+
+    m = _get(client, f"/api/{M}")
+    assert (m["n_layers"], m["d_mlp"], m["act_fn"], m["gated_mlp"]) == (2, 24, "silu", True)
+    assert m["corpus"][0]["spec"].endswith("corpus.jsonl") and m["corpus"][0]["documents"] == 24
+    by_layer = {row["layer"]: row for row in m["layers"]}
+    assert by_layer[1]["neurons"] == 24 and by_layer[1]["graphs"] == len(GRAPHED) and by_layer[1]["explanations"] == 1
+    assert by_layer[0]["graphs"] == 0
+    assert m["services"]["neuroscope"] and m["services"]["n2g"] and m["services"]["explanation"]
+    assert set(m["services"]) == {"neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all"}
+
+
+@pytest.mark.parametrize("service", ["neuroscope", "stats", "all", "similar", "weights"])
+def test_layer_summary_is_paginated(client: TestClient, service: str) -> None:
+    page = _get(client, f"/api/{M}/{service}/1?offset=5&limit=7")
+    assert (page["total"], page["offset"], page["limit"]) == (24, 5, 7)
+    assert [it["neuron"] for it in page["items"]] == list(range(5, 12))
+    assert page["items"][0]["url"] == f"/api/{M}/{service}/1/5"
+    assert {"max", "min", "mean", "frac_positive"} <= set(page["items"][0])
+    assert _get(client, f"/api/{M}/{service}/1?offset=100")["items"] == []
+
+
+def test_layer_summary_of_graphs_and_explanations(client: TestClient) -> None:
+    n2g = _get(client, f"/api/{M}/n2g/1")
+    assert n2g["total"] == len(GRAPHED) and [it["neuron"] for it in n2g["items"]] == list(GRAPHED)
+    assert all("correlation" in it and it["n_nodes"] > 0 for it in n2g["items"])
+    assert _get(client, f"/api/{M}/n2g/0")["total"] == 0
+    ex = _get(client, f"/api/{M}/explanation/1")
+    assert ex["total"] == 1 and ex["items"][0]["neuron"] == EXPLAINED and ex["items"][0]["score"] == 0.61
+
+
+# ------------------------------------------------------------------------------------------------ neurons
+
+
+def test_neuroscope_examples_equal_the_store(client: TestClient, api_db: Path) -> None:
+    rec = _get(client, f"/api/{M}/neuroscope/1/3")
+    store = Store(api_db)
+    run_id = store.latest_complete_run(M, 1)["id"]
+    stored = list(store.examples(run_id, 1, 3))
+    assert len(rec["examples"]) == len(stored) and rec["counts"]["top"] == 8 and rec["counts"]["bottom"] == 8
+    for got, want in zip(rec["examples"], stored, strict=True):
+        assert (got["kind"], got["rank"], got["context_id"]) == (want["kind"], want["rank"], want["context_id"])
+        assert got["tokens"] == want["str_tokens"] and len(got["activations"]) == len(got["tokens"])
+        assert got["activations"] == pytest.approx(want["activations"], abs=1e-4)
+        assert got["peak_index"] == want["peak_index"]
+    top = _get(client, f"/api/{M}/neuroscope/1/3?kinds=top,random&limit=2")
+    assert [(e["kind"], e["rank"]) for e in top["examples"]] == [("top", 0), ("top", 1), ("random", 0), ("random", 1)]
+
+
+def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_db: Path) -> None:
+    stats = _get(client, f"/api/{M}/stats/1/{EXPLAINED}")
+    assert {"count", "mean", "variance", "std", "max", "min", "frac_positive"} <= set(stats["stats"])
+    assert len(stats["hist"]) == len(stats["hist_edges"]) - 1 == len(stats["ctx_max_hist"])
+
+    g = _get(client, f"/api/{M}/n2g/1/{GRAPHED[0]}")
+    assert g["available"] and g["graph"]["nodes"] and g["graph"]["edges"] and "correlation" in g
+    graphml = client.get(g["graphml_url"])
+    assert graphml.status_code == 200 and "attachment" in graphml.headers["content-disposition"]
+    parsed = nx.parse_graphml(graphml.text)
+    assert parsed.number_of_nodes() == len(g["graph"]["nodes"])
+    svg = client.get(g["svg_url"])
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg") and b"<svg" in svg.content
+    absent = _get(client, f"/api/{M}/n2g/1/20")
+    assert absent["available"] is False and "autointerp graph" in absent["message"]
+    assert _get(client, f"/api/{M}/n2g/1/20/graphml", 404)["detail"].startswith("No N2G graph")
+
+    e = _get(client, f"/api/{M}/explanation/1/{EXPLAINED}")
+    assert e["available"] and e["explanations"]["llm"]["text"] == "the word <b>capital</b> & cities"
+    assert e["explanations"]["llm"]["prompt_version"] == "v1" and e["explanations"]["llm"]["model"] == "test-llm"
+    assert e["scores"]["explanation"]["score"] == 0.61 and e["scores"]["baseline"]["score"] == 0.22
+    failed = _get(client, f"/api/{M}/explanation/1/{FAILED}")
+    assert failed["available"] is False and failed["scores"] == {}  # a failure never shows as a score
+    assert {f["what"] for f in failed["failures"]} == {"explanation:llm", "score:explanation"}
+
+    w = _get(client, f"/api/{M}/weights/1/{WEIGHTS}")
+    assert w["available"] and w["facts"]["top_tokens"][0]["token"] == " Paris"
+    assert _get(client, f"/api/{M}/weights/1/5")["available"] is False
+
+    everything = _get(client, f"/api/{M}/all/1/{EXPLAINED}")
+    assert set(everything) >= {"stats", "neuroscope", "n2g", "explanation", "similar", "weights"}
+    assert everything["explanation"]["scores"]["explanation"]["score"] == 0.61
+
+
+def test_similar_neurons_link_to_pages(client: TestClient, api_db: Path) -> None:
+    failed = api_db.parent / "similarity_failed.txt"
+    if failed.exists():
+        pytest.skip(f"issue 5's compute_similarities failed on the test database: {failed.read_text()}")
+    s = _get(client, f"/api/{M}/similar/1/{GRAPHED[0]}")
+    assert s["available"] and s["items"], s
+    assert all(it["url"] == f"/m/{M}/neuron/{it['layer']}/{it['neuron']}" for it in s["items"])
+    assert _get(client, f"/api/{M}/similar/0/0")["available"] is False
+
+
+@pytest.mark.parametrize(("url", "needles"), [
+    ("/api/nope/stats/1/0", ("'nope'", M)),
+    ("/api/nope", ("'nope'",)),
+    (f"/api/{M}/bogus/1/0", ("'bogus'", "neuroscope")),
+    (f"/api/{M}/bogus/1", ("'bogus'",)),
+    (f"/api/{M}/stats/7/0", ("Layer 7", "[0, 1]")),
+    (f"/api/{M}/stats/-1/0", ("Layer -1",)),
+    (f"/api/{M}/stats/1/24", ("Neuron 24", "0-23")),
+    (f"/api/{M}/all/1/-3", ("Neuron -3",)),
+    (f"/api/{M}/n2g/5", ("Layer 5",)),
+    ("/api/x/y/z/w/v/u", ("No page or endpoint",)),
+])
+def test_unknown_things_are_404_saying_what_exists(client: TestClient, url: str, needles: tuple[str, ...]) -> None:
+    _not_found(client, url, *needles)
+
+
+@pytest.mark.parametrize("url", [
+    f"/api/{M}/stats/one/0", f"/api/{M}/stats/1/0.5", f"/api/{M}/stats/1?offset=-1", f"/api/{M}/stats/1?limit=0",
+    f"/api/{M}/stats/1?limit=100000", f"/api/{M}/neuroscope/1/0?kinds=best", f"/api/{M}/neuroscope/1/0?limit=-2",
+    f"/api/{M}/rank?by=loudness", f"/api/{M}/rank?limit=0", f"/api/{M}/rank?layer=x", f"/api/{M}/search",
+    f"/api/{M}/search?query=colour:red", f"/api/{M}/search?text=%22unclosed",
+])
+def test_bad_parameters_are_422(client: TestClient, url: str) -> None:
+    body = _get(client, url, 422)
+    assert body["detail"]
+    assert isinstance(body.get("message", body["detail"]), str)
+
+
+# ------------------------------------------------------------------------------------------------ queries
+
+
+def test_rank(client: TestClient, api_db: Path) -> None:
+    by_max = _get(client, f"/api/{M}/rank?by=max&limit=5")
+    assert len(by_max["items"]) == 5
+    maxima = [it["max"] for it in by_max["items"]]
+    assert maxima == sorted(maxima, reverse=True)
+    assert by_max["items"][0]["page"].startswith(f"/m/{M}/neuron/")
+    n2g = _get(client, f"/api/{M}/rank?by=n2g&layer=1")
+    assert sorted(it["neuron"] for it in n2g["items"]) == sorted(GRAPHED)
+    _not_found(client, f"/api/{M}/rank?layer=9", "Layer 9")
+
+
+def test_search_tokens_and_explanations(client: TestClient) -> None:
+    text = _get(client, f"/api/{M}/search?text=capital")
+    assert text["available"] and {(it["layer"], it["neuron"]) for it in text["items"]} == {(1, EXPLAINED)}
+    assert "llm" in {it["kind"] for it in text["items"]}
+    assert text["items"][0]["page"] == f"/m/{M}/neuron/1/{EXPLAINED}"
+    token = _get(client, f"/api/{M}/search?query=any:the")
+    assert token["available"] and "items" in token
+    for it in token["items"]:
+        assert it["matched"] == "tokens" and it["neuron"] in GRAPHED
+    # SQL-like and FTS-operator strings are just text
+    for q in ["text='; drop table neurons; --", "text=capital OR 1=1", "query=any:%27%3B%20drop"]:
+        assert client.get(f"/api/{M}/search?{q}").status_code in (200, 422)
+    assert _get(client, f"/api/{M}/stats/1/0")["stats"]["count"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ live activations
+
+
+def test_live_activations_equal_the_model(client: TestClient, tiny_gated: SubjectModel) -> None:
+    text = "Paris is the capital of France."
+    r = client.post(f"/api/{M}/activations", json={"text": text, "layer": 1, "neuron": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids, _ = tiny_gated.encode(text)
+    want = tiny_gated.feature_activation(torch.tensor([ids]), 1, 5)[0, 1:].tolist()
+    assert body["tokens"] == tiny_gated.str_tokens(ids)[1:]
+    assert body["activations"] == pytest.approx(want, abs=1e-4)
+
+    whole = client.post(f"/api/{M}/activations", json={"text": text, "layer": 0}).json()
+    assert whole["shape"] == [len(body["tokens"]), 24] and len(whole["activations"][0]) == 24
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    ({"text": "x" * 301, "layer": 1, "neuron": 0}, 413, "at most 300"),
+    ({"text": "   ", "layer": 1, "neuron": 0}, 422, "empty"),
+    ({"text": "hi", "layer": 2, "neuron": 0}, 404, "layers 0-1"),
+    ({"text": "hi", "layer": 1, "neuron": 24}, 404, "neurons 0-23"),
+    ({"text": "hi", "layer": -1}, 422, "layer"),
+    ({"text": "hi"}, 422, "layer"),
+    ({"layer": 1}, 422, "text"),
+])
+def test_live_activation_errors(client: TestClient, payload: dict[str, Any], status: int, needle: str) -> None:
+    r = client.post(f"/api/{M}/activations", json=payload)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert needle in (body.get("message") or body["detail"])
+
+
+def test_a_megabyte_body_is_refused_before_it_is_read(client: TestClient) -> None:
+    big = json.dumps({"text": "a" * 1_000_000, "layer": 1, "neuron": 0})
+    r = client.post(f"/api/{M}/activations", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "at most" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it streams in
+        for _ in range(20):
+            yield b"a" * 65536
+
+    r = client.post(f"/api/{M}/layerscope", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unloadable_model_says_so(tmp_path: Path, api_db: Path) -> None:
+    def loader(name: str) -> SubjectModel:
+        raise UserError(f"The weights of {name!r} are not available offline.")
+
+    c = TestClient(create_app(api_db, loader=loader))
+    r = c.post(f"/api/{M}/activations", json={"text": "hi", "layer": 1, "neuron": 0})
+    assert r.status_code == 404 and "not available" in r.json()["detail"]
+    _not_found(c, f"/api/{M}/stats/1/99")
+
+
+def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gated: SubjectModel) -> None:
+    text = "The capital of France is Paris."
+    r = client.post(f"/api/{M}/layerscope", json={"text": text})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    n_tok = len(tiny_gated.encode(text)[0]) - 1
+    assert (p["n_tokens"], p["n_layers"], p["d_mlp"], p["d_model"]) == (n_tok, 2, 24, 32)
+    assert len(p["scales"]["mlp"]) == 2 and len(p["scales"]["resid"]) == 2
+    assert client.post(f"/api/{M}/layerscope", json={"text": text}).json()["prompt_id"] == p["prompt_id"]
+
+    recent = _get(client, f"/api/{M}/layerscope")["prompts"]
+    assert recent[0]["prompt_id"] == p["prompt_id"] and recent[0]["text"] == text
+
+    for view, width in (("mlp", 24), ("resid", 32)):
+        img = client.get(f"/img/{M}/layerscope/{p['prompt_id']}/1.png?view={view}")
+        assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+        picture = Image.open(io.BytesIO(img.content))
+        assert picture.size == (width, 4 * n_tok)
+        rgb = np.asarray(picture.convert("RGB")).astype(int)
+        assert (rgb[..., 0] > rgb[..., 2]).any() and (rgb[..., 2] > rgb[..., 0]).any()  # red and blue
+    gif = client.get(f"/img/{M}/layerscope/{p['prompt_id']}.gif?view=mlp")
+    assert gif.status_code == 200 and gif.content[:6] == b"GIF89a"
+    assert Image.open(io.BytesIO(gif.content)).n_frames == 2
+
+    t = _get(client, f"/api/{M}/layerscope/{p['prompt_id']}/1?hi=0.2&lo=-0.2")
+    acts = tiny_gated.mlp_activations(torch.tensor([tiny_gated.encode(text)[0]]), [1])[1][0, 1:]
+    above = int((acts > 0.2).any(0).sum())
+    below = int((acts < -0.2).any(0).sum())
+    assert (t["n_above"], t["n_below"]) == (above, below) and t["tokens"] == p["tokens"]
+    for u in t["units"]:
+        assert u["max"] > 0.2 or u["min"] < -0.2
+        assert u["activations"] == pytest.approx(acts[:, u["unit"]].tolist(), abs=2e-3)  # stored as float16
+
+    _not_found(client, f"/api/{M}/layerscope/nope/1", "POST the text")
+    _not_found(client, f"/api/{M}/layerscope/{p['prompt_id']}/9", "layers 0-1")
+    _not_found(client, f"/api/{M}/layerscope/{p['prompt_id']}/1?view=attn", "views")
+    assert client.get(f"/img/{M}/layerscope/nope/0.png").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------------ pages
+
+
+def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
+    index = client.get("/")
+    assert index.status_code == 200 and f"/m/{M}" in index.text
+    model = client.get(f"/m/{M}")
+    assert model.status_code == 200 and f"/img/{M}/scores.svg" in model.text and "/layer/1" in model.text
+    plot = client.get(f"/img/{M}/scores.svg")
+    assert plot.status_code == 200 and b"<svg" in plot.content
+
+    full = client.get(f"/m/{M}/neuron/1/{EXPLAINED}").text
+    assert "the word &lt;b&gt;capital&lt;/b&gt; &amp; cities" in full  # explanation text escaped, never HTML
+    assert f'src="/img/{M}/n2g/1/{EXPLAINED}.svg"' in full and "GraphML" in full
+    assert "0.610" in full and "0.220" in full  # explanation score next to the baseline's
+    assert 'class="tok' in full and "background:rgb(" in full
+    assert "Paris" in full and "cos_in_out" in full  # weight facts
+    for kind in ("Top activating", "Most negative", "Random contexts"):
+        assert kind in full
+
+    bare = client.get(f"/m/{M}/neuron/0/7").text
+    assert "No N2G graph computed" in bare and "No explanation computed" in bare
+    assert "No weight facts" in bare and ("No similar" in bare or "not computed" in bare)
+    assert f'href="/m/{M}/neuron/0/6"' in bare and f'href="/m/{M}/neuron/0/8"' in bare  # prev / next
+    edge = client.get(f"/m/{M}/neuron/0/23").text
+    assert f'href="/m/{M}/neuron/1/0"' in edge  # next crosses into the next harvested layer
+
+    rnd = client.get(f"/m/{M}/random", follow_redirects=False)
+    assert rnd.status_code == 302 and re.fullmatch(rf"/m/{M}/neuron/[01]/\d+", rnd.headers["location"])
+
+    layer = client.get(f"/m/{M}/layer/1")
+    assert layer.status_code == 200 and "ls-text" in layer.text and f"/m/{M}/neuron/1/" in layer.text
+    assert "has not been harvested" not in layer.text
+
+    search = client.get(f"/m/{M}/search?text=capital")
+    assert search.status_code == 200 and f'href="/m/{M}/neuron/1/{EXPLAINED}"' in search.text
+
+    missing = client.get(f"/m/{M}/neuron/1/99")
+    assert missing.status_code == 404 and "neurons 0-23" in missing.text and "<html" in missing.text
+    assert client.get("/m/nope").status_code == 404
+    assert client.get(f"/m/{M}/layer/5").status_code == 404
+
+
+def test_no_internet_assets_cors_openapi_and_docs(client: TestClient) -> None:
+    spec = _get(client, "/openapi.json")
+    paths = set(spec["paths"])
+    assert {"/api/models", "/api/{model}", "/api/{model}/{service}/{layer}", "/api/{model}/{service}/{layer}/{neuron}",
+            "/api/{model}/search", "/api/{model}/rank", "/api/{model}/activations"} <= paths
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/api/{model}/activations" in docs.text
+    for url in ["/", "/docs", f"/m/{M}", f"/m/{M}/neuron/1/0", f"/m/{M}/layer/1", f"/m/{M}/search"]:
+        html = client.get(url).text
+        external = re.findall(r'(?:src|href)="(https?:)?//', html)
+        assert not external, (url, external)
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    r = client.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://example.org"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    pre = client.options(f"/api/{M}/activations", headers={
+        "Origin": "http://example.org", "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 200
+
+
+def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
+    """WAL: a pipeline in the middle of a write transaction never blocks the server's reads."""
+    writer = sqlite3.connect(api_db, timeout=1)
+    try:
+        writer.execute("begin immediate")
+        writer.execute("insert into meta (key, value) values ('api-test-lock', '1')")
+        started = time.time()
+        for url in [f"/api/{M}/all/1/2", f"/api/{M}", f"/m/{M}/neuron/1/2", f"/api/{M}/n2g/1"]:
+            assert client.get(url).status_code == 200
+        assert time.time() - started < 5
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.3)
+        assert r.status_code == 200 and r.json()["models"][0]["name"] == M
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if listening.strip():  # the local address is the 4th field
+            assert [line.split()[3] for line in listening.strip().splitlines()] == [f"127.0.0.1:{port}"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+    missing = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(tmp_path / "none.db")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "No database" in missing.stderr and "Traceback" not in missing.stderr
