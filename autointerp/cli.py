@@ -207,6 +207,7 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
         "stats": {**{k: stats[k] for k in keep}, "hist": stats["hist"], "hist_edges": HIST_EDGES,
                   "ctx_max_hist": stats["ctx_max_hist"]},
         "examples": examples,
+        "weights": store.weight_facts(model, layer, neuron),  # None until `autointerp weights` ran (issue 5)
     }
 
 
@@ -215,12 +216,25 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     store = Store(_db_path(args), create=False)
     model = _stored_name(args.model)
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1.")
     rows = store.rank_neurons(model, args.by, args.layer, args.limit)
+
     def score(r: dict[str, Any]) -> float:
-        return {"min": -r["min"], "n2g": r.get("n2g_correlation")}.get(args.by, r.get(args.by))  # type: ignore
+        return {"min": -r["min"]}.get(args.by, r.get("score", r.get(args.by)))  # type: ignore[return-value]
 
     if args.json:
-        _print_json([{"model": model, "score": score(r), **r} for r in rows])
+        _print_json([{"model": model, **r, "score": score(r)} for r in rows])
+        return 0
+    if not rows:
+        print(f"No neurons of {model} have a {args.by} score yet.")
+        return 0
+    if args.by in Store.SCORE_METHODS:
+        print(f"{'neuron':>10} {'score':>7} {'top':>6} {'random':>6}  explanation   (ranked by {args.by} score: "
+              "correlation of simulated and real activations on held-out top + random text)")
+        for r in rows:
+            cells = " ".join(f"{r[k]:6.3f}" if r[k] is not None else "     -" for k in ("score_top", "score_random"))
+            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells}  {r['explanation'] or '-'}")
         return 0
     n2g = args.by == "n2g"
     print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
@@ -229,6 +243,73 @@ def cmd_rank(args: argparse.Namespace) -> int:
         f1 = f"{r['n2g_f1']:5.2f}" if n2g and r["n2g_f1"] is not None else "    -"
         print(f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
               f"{100 * r['frac_positive']:6.1f}%" + (f"   {r['n2g_correlation']:8.3f} {f1}" if n2g else ""))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from autointerp.explain.prompts import load_templates
+    from autointerp.explain.run import ExplainConfig, explain_layers
+    from autointerp.harvest import parse_layers
+    from autointerp.llm import LLMClient, LLMSettings, load_prices
+    from autointerp.llm_server import local_server, resolve_local_llm
+    from autointerp.store import LLMCache, Store
+
+    store = Store(_db_path(args), create=False)
+    model = _stored_name(args.model)
+    layers = parse_layers(args.layers)
+    if layers is None:
+        layers = sorted(store.harvested_layers(model))
+        if not layers:
+            raise UserError(f"No complete harvest of {model} in {store.path}; run `autointerp harvest` first.")
+    settings = LLMSettings.from_env(base_url=args.base_url, api_key=args.api_key,
+                                    explainer_model=args.explainer_model, simulator_model=args.simulator_model,
+                                    timeout=args.llm_timeout, max_attempts=args.max_attempts,
+                                    concurrency=args.concurrency, prices=load_prices(args.price_table))
+    templates = load_templates(args.prompts)
+    cache = LLMCache(store.path)
+
+    def run(base_url: str, default_model: str | None) -> Any:
+        explainer = settings.explainer_model or default_model
+        simulator = settings.simulator_model or explainer
+        if not explainer:
+            raise UserError("Name the model on your endpoint with --explainer-model (and --simulator-model).")
+        cfg = ExplainConfig(explainer_model=explainer, simulator_model=simulator, prompt_version=templates.version,
+                            sim_top=args.sim_top, sim_random=args.sim_random, simulator_mode=args.simulator_mode,
+                            use_n2g=not args.no_n2g, negative=args.negative, baseline=not args.no_baseline,
+                            concurrency=settings.concurrency, explain_records=args.explain_records)
+        client = LLMClient(settings, cache, base_url)
+        return explain_layers(store, model, layers, args.neurons, cfg, client, templates, settings.prices,
+                              retry_failed=args.retry_failed, progress=not args.no_progress), cfg
+
+    if settings.base_url:
+        summary, cfg = run(settings.base_url, None)
+    else:
+        local = resolve_local_llm(settings.explainer_model or args.local_llm).name  # only packaged models run here
+        if settings.simulator_model and resolve_local_llm(settings.simulator_model).name != local:
+            raise UserError("The local server runs one model: give the same --explainer-model and "
+                            "--simulator-model, or point --base-url at a server that has both.")
+        settings.explainer_model = settings.simulator_model = None
+        print(f"Starting the local LLM server ({local}) ...", file=sys.stderr)
+        with local_server(local, threads=args.threads) as (base_url, served):
+            summary, cfg = run(base_url, served)
+    cache.close()
+    u = summary.usage
+    out = {"model": model, "layers": layers, "explain_run_id": summary.run_id, "explained": summary.explained,
+           "failed": summary.failed, "already_done": summary.skipped, "seconds": round(summary.seconds, 1),
+           "explainer_model": cfg.explainer_model, "simulator_model": cfg.simulator_model,
+           "prompt_version": cfg.prompt_version, "prompt_tokens": u.prompt_tokens,
+           "completion_tokens": u.completion_tokens, "llm_calls": u.calls, "cached_calls": u.cached_calls,
+           "cost_usd": u.cost(cfg.explainer_model, settings.prices)}
+    if args.json:
+        _print_json(out)
+    else:
+        per = f", {summary.seconds / max(1, summary.explained + summary.failed):.1f} s/neuron" \
+            if summary.explained + summary.failed else ""
+        print(f"explained {summary.explained} neurons, {summary.failed} with failures recorded, "
+              f"{summary.skipped} already done{per}; tokens: {u.prompt_tokens} prompt + {u.completion_tokens} "
+              f"completion in {u.calls} calls ({u.cached_calls} from the cache)")
+        if summary.failed:
+            print(f"Redo the failures with: autointerp explain {model} --retry-failed (same options)")
     return 0
 
 
@@ -331,6 +412,12 @@ def cmd_neuron(args: argparse.Namespace) -> int:
     console.print(f"[bold]{record['model']} neuron {layer}/{neuron}[/]  ({record['hook']}, run {record['run_id']})")
     console.print(f"max {s['max']:.3f}  min {s['min']:.3f}  mean {s['mean']:.4f}  std {s['variance'] ** 0.5:.4f}  "
                   f"active (>0) {100 * s['frac_positive']:.1f}% of {s['count']} tokens")
+    if record.get("weights"):
+        w = record["weights"]
+        gate = f"  cos(W_gate, w_out) {w['cos_gate_out']:+.3f}" if w["cos_gate_out"] is not None else ""
+        console.print(f"weights: cos({w['input_vector']}, w_out) {w['cos_in_out']:+.3f}{gate}  logits up: "
+                      + ", ".join(repr(t["token"]) for t in w["top_tokens"][:6]) + "  down: "
+                      + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]), markup=False)
     scale = max(abs(s["max"]), abs(s["min"]), 1e-9)
     titles = {"top": "Top activating", "bottom": "Most negative", "quantile": "Across activation levels",
               "random": "Random"}
@@ -391,6 +478,244 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
+
+
+# ---- similarity / search / weights / compare (issue 5)
+def _store_model(store: Any, name: str) -> str:
+    """The stored name of a model that has N2G graphs or harvests in ``store`` (one sentence if it has none)."""
+    model = _stored_name(name)
+    names = {r["model"] for r in store.runs()}
+    if model not in names and name in names:
+        model = name
+    if model not in names:
+        have = f"; it has: {', '.join(sorted(names))}" if names else ""
+        raise UserError(f"No results for {model} in {store.path}{have}.")
+    return model
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from autointerp.similarity import compute_similarities
+    from autointerp.store import Store
+
+    store = Store(_db_path(args), create=False)
+    model = _store_model(store, args.model)
+    with _stdout_to_stderr():
+        out = compute_similarities(store, model, limit=args.limit, max_df=args.max_df,
+                                   activating_weight=args.activating_weight, progress=not args.no_progress)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{out['graphs']} graphs: top {args.limit} similar neurons each stored ({out['pairs']} rows, stop tokens "
+              f"in > {out['max_df']} graphs: {out['stop_tokens']['activating']} activating, "
+              f"{out['stop_tokens']['context']} context) in {out['seconds']:.1f}s")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from autointerp.similarity import similar
+    from autointerp.store import Store
+
+    layer, neuron = _parse_neuron(args.neuron)
+    if args.limit < 1:
+        raise UserError(f"--limit must be at least 1, not {args.limit}.")
+    store = Store(_db_path(args), create=False)
+    model = _store_model(store, args.model)
+    with _stdout_to_stderr():
+        rows = similar(store, model, layer, neuron, args.limit, progress=not args.no_progress)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"No neuron of {model} shares a (non-stop) graph token with {layer}/{neuron}.")
+    for r in rows:
+        print(f"{r['layer']:>5}/{r['neuron']:<5} {r['similarity']:.3f}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autointerp.search import search_explanations, search_tokens
+    from autointerp.store import Store
+
+    if (args.query is None) == (args.explanations is None):
+        raise UserError('Give either a token query (e.g. "any:the activating:battery") or --explanations TEXT.')
+    store = Store(_db_path(args), create=False)
+    model = _store_model(store, args.model)
+    if args.explanations is not None:
+        rows = search_explanations(store, model, args.explanations, limit=args.limit)
+        if args.json:
+            _print_json(rows)
+        for r in [] if args.json else rows:
+            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] {r['text']}")
+        if not rows and not args.json:
+            print("No explanation matches.")
+        return 0
+    rows = search_tokens(store, model, args.query, limit=args.limit)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        found = ", ".join(f"{m['kind']}:{m['token']!r} {m['weight']:.2f}" for m in r["matches"])
+        print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  {found}")
+    if not rows:
+        print("No neuron's graph matches every term.")
+    return 0
+
+
+def cmd_fire(args: argparse.Namespace) -> int:
+    from autointerp.search import text_neurons
+
+    text = args.text if args.text is not None else sys.stdin.read()
+    if len(text) > args.max_chars:
+        raise UserError(f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars).")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, not {args.limit}.")
+    if args.hi is None and args.lo is None:
+        raise UserError("Give a threshold: --hi (fires above) and/or --lo (fires below).")
+    model = _load(args.model, progress=False)
+    out = text_neurons(model, text, args.layer, hi=args.hi, lo=args.lo, limit=args.limit)
+    if args.json:
+        _print_json(out)
+        return 0
+    if not out["neurons"]:
+        print(f"No neuron of layer {args.layer} goes above {args.hi} or below {args.lo} on this text.")
+    for n in out["neurons"]:
+        print(f"{args.layer}/{n['neuron']:<5} max {n['max']:8.3f}  min {n['min']:8.3f}  peak {n['peak_token']!r}")
+        print("      " + " ".join(f"{t!r}:{v:.2f}" for t, v in zip(out["tokens"], n["values"], strict=True)))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from autointerp.harvest import parse_layers
+    from autointerp.store import Store
+    from autointerp.weights import store_weight_facts
+
+    layers = parse_layers(args.layers)
+    store = Store(_db_path(args))
+    model = _load(args.model, progress=not args.no_progress)
+    layers = list(range(model.n_layers)) if layers is None else layers
+    with _stdout_to_stderr():
+        out = store_weight_facts(store, model, layers, top_k=args.top_k, progress=not args.no_progress)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"weight facts of {out['neurons']} neurons of {model.name} (layers {layers}) -> {store.path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from autointerp.compare import compare_neuron, example_texts
+    from autointerp.harvest import parse_layers
+
+    layer, neuron = _parse_neuron(args.neuron)
+    layers = parse_layers(args.layers)
+    texts = list(args.text or [])
+    if not texts:
+        from autointerp.store import Store
+
+        store = Store(_db_path(args), create=False)
+        texts = example_texts(store, _store_model(store, args.model_a), layer, neuron)
+    a = _load(args.model_a, progress=False)
+    b = a if _stored_name(args.model_b) == a.name else _load(args.model_b, progress=False)
+    out = compare_neuron(a, layer, neuron, b, texts, layers=layers, limit=args.limit)
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['model_b']} neurons most correlated with {out['model_a']} {layer}/{neuron} over {out['positions']} "
+          f"aligned positions of {out['texts']} texts:")
+    for r in out["neurons"]:
+        print(f"{r['layer']:>5}/{r['neuron']:<5} r = {r['correlation']:.3f}")
+    return 0
+
+
+def _add_issue5_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "similarity", help="compute and store the most similar neurons of every graphed neuron (graph overlap)",
+        description="Similarity of two neurons' N2G graphs: 0.5 x Dice(activating tokens) + 0.5 x Dice(important "
+                    "context tokens), Dice = harmonic mean of the two overlap proportions (symmetric). Tokens in more "
+                    "than --max-df graphs are stop tokens. Computed for all graphs of MODEL through an inverted "
+                    "index (only pairs sharing a token); the top --limit per neuron are stored.")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--limit", type=int, default=20, help="similar neurons kept per neuron (default 20)")
+    p.add_argument("--max-df", type=int, default=None,
+                   help="stop-token cap: tokens in more graphs are ignored (default max(50, 2*sqrt(graphs)))")
+    p.add_argument("--activating-weight", type=float, default=0.5,
+                   help="weight of the activating-token overlap; the rest goes to context tokens (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _db_arg(p)
+    p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("similar", help="neurons whose N2G graphs overlap most with L/N's",
+                       description="The most similar neurons by graph overlap (see `autointerp similarity --help`); "
+                                   "computed first when missing or older than the graphs.")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("neuron", help="L/N, e.g. 3/117")
+    p.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar when computing")
+    p.add_argument("--json", action="store_true", help='print JSON: [{"layer", "neuron", "similarity"}], best first')
+    _db_arg(p)
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser(
+        "search", help="neurons by graph tokens (any:/activating:/important:) or by explanation text",
+        description="Token query: terms KIND:TOKEN[,TOKEN...] with KIND any, activating or important; tokens of a "
+                    "term are a union, terms an intersection; a bare token means any:. Tokens are normalised like "
+                    "the graphs (lower case, surrounding space stripped); quote tokens with spaces, commas or "
+                    'colons: important:"\\n". Sorted by the summed activation/importance of the matches. '
+                    "--explanations TEXT searches explanation texts instead (SQLite FTS5, stemmed, words ANDed, "
+                    '"a phrase", prefix*).',
+        epilog='examples:\n  autointerp search gemma-3-270m "any:the activating:battery important:legal"\n'
+               '  autointerp search gemma-3-270m --explanations "days of the week" --json',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("query", nargs="?", default=None, help='token query, e.g. "any:the activating:battery"')
+    p.add_argument("--explanations", metavar="TEXT", default=None, help="search explanation texts instead")
+    p.add_argument("--limit", type=int, default=20, help="how many results (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _db_arg(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("fire", help="which neurons of a layer fire on a text (above --hi or below --lo), live",
+                       description="Run the model on --text (or stdin) and list the neurons of --layer whose "
+                                   "activation goes above --hi or below --lo on any token, strongest first, with "
+                                   "their value at every token.")
+    p.add_argument("model", help="packaged model or TransformerLens name")
+    p.add_argument("--layer", type=int, required=True, help="layer to look at")
+    p.add_argument("--text", default=None, help="text to run (default: read standard input)")
+    p.add_argument("--hi", type=float, default=3.0, help="fires above this (default 3.0)")
+    p.add_argument("--lo", type=float, default=None, help="or below this (default: off)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many neurons (default: all)")
+    p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_fire)
+
+    p = sub.add_parser("weights", help="weight-based neuron facts: cos(w_in, w_out) and direct logit effect",
+                       description="For every neuron of --layers: cosine of its input and output vectors (norm "
+                                   "weights folded in; gated MLPs use W_in, the linear factor, and also report "
+                                   "cos(W_gate, w_out)) and the top/bottom tokens of w_out . W_U. No corpus needed; "
+                                   "shown by `autointerp neuron`.")
+    p.add_argument("model", help="packaged model or TransformerLens name")
+    p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
+    p.add_argument("--top-k", type=int, default=10, help="top and bottom tokens kept per neuron (default 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _db_arg(p)
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("compare", help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
+                       description="Runs both models on the texts, aligns their tokens by character offsets (a "
+                                   "position counts where both tokenizers end a token: both have read the same "
+                                   "text), and ranks MODEL_B's neurons by Pearson correlation with L/N of MODEL_A. "
+                                   "Without --text, the neuron's stored top and random examples are used.")
+    p.add_argument("model_a", help="model of the neuron")
+    p.add_argument("neuron", help="L/N of MODEL_A")
+    p.add_argument("model_b", help="model to search")
+    p.add_argument("--text", action="append", help="a text to compare on (repeatable)")
+    p.add_argument("--layers", default=None, help="layers of MODEL_B to search (default: all)")
+    p.add_argument("--limit", type=int, default=10, help="how many neurons (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _db_arg(p)
+    p.set_defaults(func=cmd_compare)
 
 
 # ------------------------------------------------------------------------------------------------------- parser
@@ -458,16 +783,68 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("rank", help="neurons ranked by an activation statistic (max, min, frac_positive, variance)",
-                       description="Rank harvested neurons. Later stages add explanation and graph scores.")
+    p = sub.add_parser("rank", help="neurons ranked by a statistic or a score (explanation, n2g, baseline)",
+                       description="Rank harvested neurons by an activation statistic, or by how well their "
+                       "explanation (or N2G graph, or the token-lookup baseline) predicts them on held-out text.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layer", type=int, default=None, help="only this layer")
     p.add_argument("--by", default="max",
-                   help="max (default), min (most negative), frac_positive, variance, n2g (graph correlation)")
+                   help="max (default), min (most negative), frac_positive, variance, n2g (graph correlation), "
+                   "explanation (simulation score), baseline (token-lookup score), explanation_negative")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {layer, neuron, score, ...}")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON: a list of {"layer", "neuron", "score", "explanation", ...}, best first')
     _db_arg(p)
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser(
+        "explain", help="explain neurons with an LLM and score explanations, baseline and N2G by simulation",
+        description="For each chosen neuron: an LLM explains its top training examples (prompts/ templates), a "
+        "simulator predicts its activations on held-out top + random text from the explanation, and the score is "
+        "the correlation with the real activations. The token-lookup baseline and the N2G graph are scored on the "
+        "same text. Resumable per neuron; a failed LLM call is recorded with its reason, never as a score. "
+        "With no --base-url / OPENAI_BASE_URL, a local llama.cpp server with a packaged Qwen2.5-Coder model is "
+        "started and stopped automatically.",
+        epilog="examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons top:4\n"
+        "  autointerp explain smollm2-135m --layers 2 --neurons 0-9 --local-llm qwen2.5-coder-0.5b\n"
+        "  OPENAI_API_KEY=... autointerp explain gemma-3-270m --layers 9 --neurons top:20 \\\n"
+        "      --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode chat-logprobs",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--layers", default=None, help="layers, e.g. 3,9 or 0-5 (default: every harvested layer)")
+    p.add_argument("--neurons", default="top:4",
+                   help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, "
+                   "else the embedded local server)")
+    p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
+    p.add_argument("--explainer-model", default=None, help="model that writes explanations "
+                   "($AUTOINTERP_EXPLAINER_MODEL; local default qwen2.5-coder-1.5b)")
+    p.add_argument("--simulator-model", default=None, help="model that simulates (default: the explainer)")
+    p.add_argument("--local-llm", default="qwen2.5-coder-1.5b",
+                   help="packaged model for the local server: qwen2.5-coder-1.5b (default) or qwen2.5-coder-0.5b "
+                   "(fast)")
+    p.add_argument("--simulator-mode", default="auto", choices=["auto", "echo", "echo-shifted", "chat-logprobs",
+                                                                 "json"],
+                   help="auto (probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs "
+                   "(hosted chat models), json (no logprobs)")
+    p.add_argument("--sim-top", type=int, default=5, help="held-out top examples simulated (default 5)")
+    p.add_argument("--sim-random", type=int, default=5, help="held-out random examples simulated (default 5)")
+    p.add_argument("--explain-records", type=int, default=10, help="top training examples shown (default 10)")
+    p.add_argument("--negative", action="store_true", help="also explain the negative side of gated neurons")
+    p.add_argument("--no-baseline", action="store_true", help="skip the token-lookup baseline")
+    p.add_argument("--no-n2g", action="store_true", help="do not show the N2G graph's paths to the explainer")
+    p.add_argument("--retry-failed", action="store_true", help="redo only the neurons with a recorded failure")
+    p.add_argument("--concurrency", type=int, default=1, help="neurons processed at once (default 1)")
+    p.add_argument("--max-attempts", type=int, default=4, help="attempts per LLM call before recording a failure")
+    p.add_argument("--llm-timeout", type=float, default=300.0, help="seconds per LLM request (default 300)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the local server (default: all)")
+    p.add_argument("--price-table", default=None,
+                   help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars')
+    p.add_argument("--prompts", default=None, help="prompt template folder (default: prompts/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (counts, tokens, cost)")
+    _db_arg(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "graph", help="build N2G graphs (prune, saliency, augmentation, trie) and score them on held-out text",
@@ -538,6 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     _db_arg(p)
     p.set_defaults(func=cmd_serve)
+    _add_issue5_commands(sub)
     return parser
 
 

@@ -19,6 +19,29 @@ WAL mode (readers never block the writer), foreign keys on, and every unit of wo
 * ``graphs(run_id, layer, neuron, config_hash, graph, n_nodes, precision, recall, f1, correlation, ...)`` - N2G
   graphs (JSON nodes/edges) built from harvest ``run_id`` with the N2G config whose hash is ``config_hash`` (the
   config itself is the ``runs`` row ``n2g_run_id``), and their held-out scores.
+* ``explanations(run_id, layer, neuron, kind, config_hash, status, text, error, prompt_version, prompt_hash, model,
+  explain_run_id, prompt_tokens, completion_tokens, cost_usd, seconds, created)`` - kind is ``llm`` (the positive
+  side), ``llm_negative`` (the negative side of a gated neuron) or ``baseline`` (token lookup, no LLM); status is
+  ``ok`` or ``failed`` (then ``text`` is null and ``error`` says why: a failure is never stored as a result).
+* ``scores(run_id, layer, neuron, method, config_hash, status, score, score_top, score_random, r2, n_tokens,
+  simulator_model, simulator_mode, error, prompt_tokens, completion_tokens, cost_usd, explain_run_id, created)`` -
+  method is ``explanation``, ``baseline`` or ``n2g``; ``score`` is the Pearson correlation pooled over the held-out
+  top and random records (``score_top``/``score_random`` per subset). A failed simulation is ``status='failed'``
+  with a null score.
+* ``llm_cache(key, model, endpoint_kind, request, response, prompt_tokens, completion_tokens, created)`` - every LLM
+  request/response keyed by (model, prompt hash, params), so reruns cost nothing.
+* ``explanations_fts`` - SQLite FTS5 index (porter stemming) over ``explanations.text``, external content kept in
+  step by triggers: ``autointerp search --explanations``.
+* ``token_index(model, layer, neuron, kind, token, weight)`` - the tokens of each neuron's newest N2G graph: kind
+  ``activating`` (weight = highest normalised activation on that token) or ``context`` (weight = highest
+  importance); the inverted index behind token search and graph similarity. ``indexed_graphs(model, layer, neuron,
+  run_id, config_hash, created)`` says which graph each neuron's rows came from (rebuilt when a newer graph appears).
+* ``similarities(run_id, layer, neuron, rank, other_layer, other_neuron, similarity)`` - the top similar neurons of
+  every neuron by graph overlap (:mod:`autointerp.similarity`), from the ``runs`` row of stage ``similarity`` whose
+  config holds the limit, stop-token cap, weight and the graphs' fingerprint.
+* ``weights(model, layer, neuron, input_vector, cos_in_out, cos_gate_out, top_tokens, bottom_tokens, created)`` -
+  facts from the weights alone (:mod:`autointerp.weights`): cosine of the input and output vectors and the direct
+  logit effect (top/bottom tokens of w_out · W_U as JSON lists).
 """
 
 from __future__ import annotations
@@ -26,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +58,12 @@ import sqlite_utils
 
 from autointerp.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = "autointerp.db"
-TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs")
+TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs",
+          "explanations", "scores", "llm_cache",
+          # issue 5: similarity / search / weights
+          "explanations_fts", "token_index", "indexed_graphs", "similarities", "weights")
 EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
                    "peak_index", "interval", "activations")
 
@@ -146,7 +172,36 @@ class Store:
                 foreign_keys=[("run_id", "runs", "id"), ("n2g_run_id", "runs", "id")],
                 if_not_exists=True,
             )
+            db["explanations"].create(
+                {
+                    "run_id": int, "layer": int, "neuron": int, "kind": str, "config_hash": str, "status": str,
+                    "text": str, "error": str, "prompt_version": str, "prompt_hash": str, "model": str,
+                    "explain_run_id": int, "prompt_tokens": int, "completion_tokens": int, "cost_usd": float,
+                    "seconds": float, "created": float,
+                },
+                pk=("run_id", "layer", "neuron", "kind", "config_hash"),
+                foreign_keys=[("run_id", "runs", "id"), ("explain_run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["scores"].create(
+                {
+                    "run_id": int, "layer": int, "neuron": int, "method": str, "config_hash": str, "status": str,
+                    "score": float, "score_top": float, "score_random": float, "r2": float, "n_tokens": int,
+                    "simulator_model": str, "simulator_mode": str, "error": str, "prompt_tokens": int,
+                    "completion_tokens": int, "cost_usd": float, "explain_run_id": int, "created": float,
+                },
+                pk=("run_id", "layer", "neuron", "method", "config_hash"),
+                foreign_keys=[("run_id", "runs", "id"), ("explain_run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["llm_cache"].create(
+                {"key": str, "model": str, "endpoint_kind": str, "request": str, "response": str,
+                 "prompt_tokens": int, "completion_tokens": int, "created": float},
+                pk="key",
+                if_not_exists=True,
+            )
             db["runs"].create_index(["model", "status"], if_not_exists=True)
+            self._ensure_issue5_schema()
 
     # ---------------------------------------------------------------------------------------------- models/runs
     def upsert_model(self, info: dict[str, Any]) -> None:
@@ -307,10 +362,17 @@ class Store:
                 out[key] = json.loads(row[key])
             yield out
 
+    #: rank --by choices that read the scores table (method name) rather than a statistic
+    SCORE_METHODS = {"explanation": ("explanation", "llm"), "baseline": ("baseline", "baseline"),
+                     "explanation_negative": ("explanation_negative", "llm_negative")}
+
     def rank_neurons(self, model: str, by: str, layer: int | None, limit: int) -> list[dict[str, Any]]:
-        """Neurons of the latest complete harvest(s) of ``model``, strongest first by a statistic."""
+        """Neurons of the latest complete harvest(s) of ``model``, best first by a statistic or a score.
+
+        Scores (``n2g``, ``explanation``, ``baseline``) use each neuron's newest successful score; neurons without
+        one drop out - a failed or undefined score is never ranked as a number."""
         columns = {"max": "n.max", "min": "-n.min", "frac_positive": "n.frac_positive", "variance": "n.variance",
-                   "n2g": "g.correlation"}
+                   "n2g": "g.correlation", **{k: "s.score" for k in self.SCORE_METHODS}}
         if by not in columns:
             raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
         runs = {lay: run["id"] for lay, run in self.harvested_layers(model).items()}
@@ -322,15 +384,27 @@ class Store:
             raise UserError(f"No complete harvest of {model} in {self.path}.")
         where = " or ".join("(n.run_id = ? and n.layer = ?)" for _ in runs)
         params: list[Any] = [v for lay, run_id in runs.items() for v in (run_id, lay)]
-        # n2g: the newest graph of each neuron, scored by its held-out correlation; neurons without one drop out
-        graph = ("join graphs g on g.run_id = n.run_id and g.layer = n.layer and g.neuron = n.neuron and g.created = "
-                 "(select max(created) from graphs h where h.run_id = n.run_id and h.layer = n.layer and "
-                 "h.neuron = n.neuron) and g.correlation is not null" if by == "n2g" else "")
-        extra = ", g.correlation as n2g_correlation, g.f1 as n2g_f1, g.precision as n2g_precision, " \
-                "g.recall as n2g_recall" if by == "n2g" else ""
+        join, extra, join_params = "", "", []
+        if by == "n2g":
+            # the newest graph of each neuron, scored by its held-out correlation
+            join = ("join graphs g on g.run_id = n.run_id and g.layer = n.layer and g.neuron = n.neuron and "
+                    "g.created = (select max(created) from graphs h where h.run_id = n.run_id and "
+                    "h.layer = n.layer and h.neuron = n.neuron) and g.correlation is not null")
+            extra = (", g.correlation as score, g.correlation as n2g_correlation, g.f1 as n2g_f1, "
+                     "g.precision as n2g_precision, g.recall as n2g_recall")
+        elif by in self.SCORE_METHODS:
+            method, kind = self.SCORE_METHODS[by]
+            join = ("join scores s on s.run_id = n.run_id and s.layer = n.layer and s.neuron = n.neuron and "
+                    "s.method = ? and s.status = 'ok' and s.created = (select max(created) from scores t where "
+                    "t.run_id = n.run_id and t.layer = n.layer and t.neuron = n.neuron and t.method = ? and "
+                    "t.status = 'ok') left join explanations e on e.run_id = s.run_id and e.layer = s.layer and "
+                    "e.neuron = s.neuron and e.config_hash = s.config_hash and e.kind = ?")
+            join_params = [method, method, kind]
+            extra = (", s.score, s.score_top, s.score_random, s.r2, s.simulator_model, s.simulator_mode, "
+                     "e.text as explanation, e.model as explainer_model, e.prompt_version, s.config_hash")
         sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id{extra} "
-               f"from neurons n {graph} where ({where}) order by {columns[by]} desc, n.layer, n.neuron limit ?")
-        return [dict(r) for r in self.db.query(sql, [*params, limit])]
+               f"from neurons n {join} where ({where}) order by {columns[by]} desc, n.layer, n.neuron limit ?")
+        return [dict(r) for r in self.db.query(sql, [*join_params, *params, limit])]
 
     def graph_done(self, run_id: int, layer: int, config_hash: str) -> set[int]:
         rows = self.db.query("select neuron from graphs where run_id = ? and layer = ? and config_hash = ?",
@@ -462,9 +536,291 @@ class Store:
             out["n2g_graph"] = graphs
         return out
 
+    # ---- similarity / search / weights (issue 5)
+    def _ensure_issue5_schema(self) -> None:
+        """Tables of issue 5; called inside ``_ensure_schema``'s transaction. The FTS table and its triggers are
+        written by hand because sqlite-utils' ``enable_fts`` uses ``executescript``, which would commit halfway."""
+        db = self.db
+        db["token_index"].create(
+            {"model": str, "layer": int, "neuron": int, "kind": str, "token": str, "weight": float},
+            pk=("model", "layer", "neuron", "kind", "token"), if_not_exists=True,
+        )
+        db["token_index"].create_index(["model", "kind", "token"], if_not_exists=True)
+        db["indexed_graphs"].create(
+            {"model": str, "layer": int, "neuron": int, "run_id": int, "config_hash": str, "created": float},
+            pk=("model", "layer", "neuron"), if_not_exists=True,
+        )
+        db["similarities"].create(
+            {"run_id": int, "layer": int, "neuron": int, "rank": int, "other_layer": int, "other_neuron": int,
+             "similarity": float},
+            pk=("run_id", "layer", "neuron", "rank"), foreign_keys=[("run_id", "runs", "id")], if_not_exists=True,
+        )
+        db["weights"].create(
+            {"model": str, "layer": int, "neuron": int, "input_vector": str, "cos_in_out": float,
+             "cos_gate_out": float, "top_tokens": str, "bottom_tokens": str, "created": float},
+            pk=("model", "layer", "neuron"), if_not_exists=True,
+        )
+        if "explanations_fts" not in db.table_names():
+            db.execute("create virtual table explanations_fts using fts5 (text, tokenize='porter', "
+                       "content=explanations)")
+            db.execute("insert into explanations_fts (explanations_fts) values ('rebuild')")
+            db.execute("create trigger if not exists explanations_ai after insert on explanations begin "
+                       "insert into explanations_fts (rowid, text) values (new.rowid, new.text); end")
+            db.execute("create trigger if not exists explanations_ad after delete on explanations begin "
+                       "insert into explanations_fts (explanations_fts, rowid, text) values "
+                       "('delete', old.rowid, old.text); end")
+            db.execute("create trigger if not exists explanations_au after update on explanations begin "
+                       "insert into explanations_fts (explanations_fts, rowid, text) values "
+                       "('delete', old.rowid, old.text); "
+                       "insert into explanations_fts (rowid, text) values (new.rowid, new.text); end")
+
+    _CURRENT_GRAPHS = (
+        "select layer, neuron, run_id, config_hash, created from (select g.layer, g.neuron, g.run_id, g.config_hash, "
+        "g.created, row_number() over (partition by g.layer, g.neuron order by g.created desc, g.run_id desc, "
+        "g.config_hash desc) as rn from graphs g join runs r on r.id = g.run_id where r.model = ?) where rn = 1"
+    )
+
+    def graphs_to_index(self, model: str) -> list[dict[str, Any]]:
+        """Neurons whose newest graph is not (or not yet) what ``token_index`` holds: ``[{layer, neuron, run_id,
+        config_hash, created}]``."""
+        sql = (f"select c.* from ({self._CURRENT_GRAPHS}) c left join indexed_graphs i on i.model = ? and "
+               "i.layer = c.layer and i.neuron = c.neuron where i.created is null or i.created != c.created or "
+               "i.run_id != c.run_id or i.config_hash != c.config_hash order by c.layer, c.neuron")
+        return [dict(r) for r in self.db.query(sql, [model, model])]
+
+    def graph_json(self, run_id: int, layer: int, neuron: int, config_hash: str) -> dict[str, Any]:
+        row = self.db.execute("select graph from graphs where run_id = ? and layer = ? and neuron = ? and "
+                              "config_hash = ?", [run_id, layer, neuron, config_hash]).fetchone()
+        return json.loads(row[0])
+
+    def save_token_index(self, model: str, items: Iterable[tuple[dict[str, Any], dict[str, dict[str, float]]]]
+                         ) -> None:
+        """Replace the token rows of some neurons (graph key, {kind: {token: weight}}) in one transaction."""
+        db = self.db
+        with db.atomic():
+            for key, tokens in items:
+                layer, neuron = key["layer"], key["neuron"]
+                db.execute("delete from token_index where model = ? and layer = ? and neuron = ?",
+                           [model, layer, neuron])
+                db.conn.executemany(
+                    "insert into token_index (model, layer, neuron, kind, token, weight) values (?, ?, ?, ?, ?, ?)",
+                    [(model, layer, neuron, kind, tok, w) for kind, ws in tokens.items() for tok, w in ws.items()],
+                )
+                db["indexed_graphs"].insert(
+                    {"model": model, "layer": layer, "neuron": neuron, "run_id": key["run_id"],
+                     "config_hash": key["config_hash"], "created": key["created"]}, replace=True)
+
+    def graph_token_sets(self, model: str) -> tuple[list[tuple[int, int]], list[Any]]:
+        """Every indexed neuron of ``model`` (ordered by layer, neuron) and its :class:`TokenSets`."""
+        from autointerp.similarity import TokenSets
+
+        neurons = [(int(r[0]), int(r[1])) for r in self.db.execute(
+            "select layer, neuron from indexed_graphs where model = ? order by layer, neuron", [model])]
+        sets: dict[tuple[int, int], tuple[set[str], set[str]]] = {n: (set(), set()) for n in neurons}
+        for layer, neuron, kind, token in self.db.execute(
+                "select layer, neuron, kind, token from token_index where model = ?", [model]):
+            sets[(layer, neuron)][0 if kind == "activating" else 1].add(token)
+        return neurons, [TokenSets(frozenset(sets[n][0]), frozenset(sets[n][1])) for n in neurons]
+
+    def graph_state(self, model: str) -> dict[str, Any]:
+        """A fingerprint of the model's current graphs: similarities older than it are stale."""
+        row = self.db.execute(f"select count(*), max(created) from ({self._CURRENT_GRAPHS})", [model]).fetchone()
+        return {"graphs": int(row[0]), "created": row[1]}
+
+    def save_similarities(self, model: str, config: dict[str, Any], state: dict[str, Any],
+                          rows: Sequence[tuple[int, tuple[int, int], tuple[int, int], float]]) -> int:
+        """Store a whole similarity result - (rank, (layer, neuron), (other_layer, other_neuron), similarity) rows -
+        as a new complete ``similarity`` run, and drop the model's older ones; one transaction."""
+        db = self.db
+        with db.atomic():
+            old = [r[0] for r in db.execute("select id from runs where model = ? and stage = 'similarity'", [model])]
+            for run_id in old:
+                db.execute("delete from similarities where run_id = ?", [run_id])
+                db.execute("delete from runs where id = ?", [run_id])
+            cfg = {**config, "graph_state": state}
+            now = time.time()
+            runs = db["runs"]
+            runs.insert({
+                "model": model, "stage": "similarity", "config": json.dumps(cfg, sort_keys=True),
+                "config_hash": "", "shard_index": 0, "shard_count": 1, "status": "complete", "corpus": "{}",
+                "contexts_done": 0, "tokens_done": 0, "created": now, "finished": now,
+            })
+            run_id = int(runs.last_pk)
+            db.conn.executemany(
+                "insert into similarities (run_id, layer, neuron, rank, other_layer, other_neuron, similarity) "
+                "values (?, ?, ?, ?, ?, ?, ?)",
+                ((run_id, a[0], a[1], rank, b[0], b[1], sim) for rank, a, b, sim in rows),
+            )
+        return run_id
+
+    def similarity_run(self, model: str) -> dict[str, Any] | None:
+        row = next(self.db.query("select * from runs where model = ? and stage = 'similarity' and status = "
+                                 "'complete' order by id desc limit 1", [model]), None)
+        return _run_row(row) if row else None
+
+    def similarity_stale(self, model: str, limit: int = 0) -> bool:
+        """True when no similarity result exists, it keeps fewer than ``limit`` per neuron, or the graphs changed."""
+        run = self.similarity_run(model)
+        return (run is None or run["config"].get("limit", 0) < limit
+                or run["config"].get("graph_state") != self.graph_state(model))
+
+    def similar(self, model: str, layer: int, neuron: int, limit: int = 10) -> list[dict[str, Any]]:
+        """The stored most similar neurons of ``layer/neuron``: ``[{"layer", "neuron", "similarity"}]``, most
+        similar first (empty when nothing is stored; :func:`autointerp.similarity.similar` computes first)."""
+        run = self.similarity_run(model)
+        if run is None:
+            return []
+        return [dict(r) for r in self.db.query(
+            "select other_layer as layer, other_neuron as neuron, similarity from similarities where run_id = ? "
+            "and layer = ? and neuron = ? order by rank limit ?", [run["id"], layer, neuron, limit])]
+
+    def token_search(self, model: str, terms: Sequence[tuple[Sequence[str], Sequence[str]]],
+                     limit: int) -> list[dict[str, Any]]:
+        """Neurons matching every term; a term is (kinds, tokens) and matches a neuron with any of its tokens as any
+        of its kinds. Score = sum over terms of the best matching weight. Parameterised SQL only."""
+        parts, params = [], []
+        for i, (kinds, tokens) in enumerate(terms):
+            parts.append(
+                f"(select layer, neuron, max(weight) as w from token_index where model = ? and kind in "
+                f"({','.join('?' * len(kinds))}) and token in ({','.join('?' * len(tokens))}) "
+                f"group by layer, neuron) t{i}")
+            params += [model, *kinds, *tokens]
+        sql = f"select t0.layer, t0.neuron, {' + '.join(f't{i}.w' for i in range(len(terms)))} as score from {parts[0]}"
+        for i in range(1, len(terms)):
+            sql += f" join {parts[i]} on t{i}.layer = t0.layer and t{i}.neuron = t0.neuron"
+        sql += " order by score desc, t0.layer, t0.neuron limit ?"
+        return [dict(r) for r in self.db.query(sql, [*params, limit])]
+
+    def neuron_tokens(self, model: str, layer: int, neuron: int, tokens: Sequence[str]) -> list[dict[str, Any]]:
+        """Which of ``tokens`` the neuron's graph has, as which kind and with what weight."""
+        return [dict(r) for r in self.db.query(
+            f"select kind, token, weight from token_index where model = ? and layer = ? and neuron = ? and token in "
+            f"({','.join('?' * len(tokens))}) order by weight desc", [model, layer, neuron, *tokens])]
+
+    def explanation_search(self, model: str, fts_query: str, limit: int) -> list[dict[str, Any]]:
+        """Ok explanations of ``model`` matching an FTS5 query (best bm25 rank first)."""
+        return [dict(r) for r in self.db.query(
+            "select e.layer, e.neuron, e.kind, e.text, e.run_id, bm25(explanations_fts) as rank "
+            "from explanations_fts join explanations e on e.rowid = explanations_fts.rowid "
+            "join runs r on r.id = e.run_id where explanations_fts match ? and r.model = ? and e.status = 'ok' "
+            "order by rank, e.layer, e.neuron limit ?", [fts_query, model, limit])]
+
+    def save_weight_facts(self, model: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace weight facts (one layer per call: one transaction)."""
+        now = time.time()
+        with self.db.atomic():
+            self.db["weights"].insert_all(
+                ({"model": model, **r, "top_tokens": json.dumps(r["top_tokens"]),
+                  "bottom_tokens": json.dumps(r["bottom_tokens"]), "created": now} for r in rows),
+                replace=True, batch_size=500)
+
+    def weight_layers(self, model: str) -> set[int]:
+        return {int(r[0]) for r in self.db.execute("select distinct layer from weights where model = ?", [model])}
+
+    def weight_facts(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
+        """``{"layer", "neuron", "input_vector", "cos_in_out", "cos_gate_out", "top_tokens", "bottom_tokens"}`` or
+        None; tokens are ``[{"token", "id", "logit"}]``."""
+        row = next(self.db.query("select * from weights where model = ? and layer = ? and neuron = ?",
+                                 [model, layer, neuron]), None)
+        if row is None:
+            return None
+        out = {k: row[k] for k in ("layer", "neuron", "input_vector", "cos_in_out", "cos_gate_out")}
+        out["top_tokens"] = json.loads(row["top_tokens"])
+        out["bottom_tokens"] = json.loads(row["bottom_tokens"])
+        return out
+
+
+    # ---------------------------------------------------------------------------------------------- explanations
+    def graph_for_run(self, run_id: int, layer: int, neuron: int) -> dict[str, Any] | None:
+        """The newest N2G graph built from harvest ``run_id`` for a neuron (any N2G config)."""
+        row = next(self.db.query("select * from graphs where run_id = ? and layer = ? and neuron = ? "
+                                 "order by created desc limit 1", [run_id, layer, neuron]), None)
+        if row is None:
+            return None
+        out = dict(row)
+        out["graph"] = json.loads(row["graph"])
+        return out
+
+
+    def explain_state(self, run_id: int, layer: int, config_hash: str) -> dict[int, str]:
+        """Neuron -> ``ok`` or ``failed`` (any failed row) for neurons already processed with this explain config."""
+        state: dict[int, str] = {}
+        for table in ("explanations", "scores"):
+            for row in self.db.query(f"select neuron, status from {table} where run_id = ? and layer = ? and "
+                                     "config_hash = ?", [run_id, layer, config_hash]):
+                n = int(row["neuron"])
+                if row["status"] == "failed":
+                    state[n] = "failed"
+                else:
+                    state.setdefault(n, "ok")
+        return state
+
+
+    def save_explanation_results(self, run_id: int, layer: int, neuron: int, config_hash: str,
+                                  explain_run_id: int, explanations: list[dict[str, Any]],
+                                  scores: list[dict[str, Any]]) -> None:
+        """Replace one neuron's explanations and scores for this config in one transaction (a redo of failed rows
+        replaces them whole, so a neuron never mixes rows from two attempts)."""
+        key = {"run_id": run_id, "layer": layer, "neuron": neuron, "config_hash": config_hash,
+               "explain_run_id": explain_run_id}
+        with self.db.atomic():
+            for table in ("explanations", "scores"):
+                self.db.execute(f"delete from {table} where run_id = ? and layer = ? and neuron = ? and "
+                                "config_hash = ?", [run_id, layer, neuron, config_hash])
+            self.db["explanations"].insert_all({**key, **r} for r in explanations)
+            self.db["scores"].insert_all({**key, **r} for r in scores)
+
+
+    def explanation_summary(self, model: str, layer: int, neuron: int) -> dict[str, Any]:
+        """The newest explanation of each kind and score of each method for a neuron (from the model's harvests)."""
+        out: dict[str, Any] = {"explanations": {}, "scores": {}}
+        for table, column in (("explanations", "kind"), ("scores", "method")):
+            rows = self.db.query(
+                f"select t.* from {table} t join runs r on r.id = t.run_id where r.model = ? and t.layer = ? and "
+                f"t.neuron = ? order by t.created", [model, layer, neuron])
+            for row in rows:
+                out[table][row[column]] = dict(row)  # later rows win
+        return out
+
 
 def _run_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["config"] = json.loads(row["config"])
     out["corpus"] = json.loads(row["corpus"]) if row.get("corpus") else {}
     return out
+
+
+# ---- LLM cache and explanations/scores (issue 4)
+class LLMCache:
+    """The ``llm_cache`` table, shared by worker threads: its own connection, one lock around every access.
+
+    Kept apart from :class:`Store` because LLM calls run in a thread pool while the main thread writes results;
+    sqlite connections must not be shared across threads without a lock.
+    """
+
+    def __init__(self, path: str | Path):
+        import sqlite3
+        import threading
+
+        self.conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.conn.execute("select response from llm_cache where key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, model: str, endpoint: str, request: dict[str, Any], response: dict[str, Any],
+            prompt_tokens: int, completion_tokens: int) -> None:
+        with self.lock, self.conn:
+            self.conn.execute(
+                "insert or replace into llm_cache (key, model, endpoint_kind, request, response, prompt_tokens, "
+                "completion_tokens, created) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                [key, model, endpoint, json.dumps(request, ensure_ascii=False), json.dumps(response),
+                 prompt_tokens, completion_tokens, time.time()],
+            )
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()

@@ -1,0 +1,228 @@
+"""From a token, an idea or a text to the neurons that handle it.
+
+**Token search** (DeepDecipher's query language) over the tokens of every neuron's newest N2G graph::
+
+    any:the activating:battery,batteries important:legal
+
+* A query is whitespace-separated *terms*; a term is ``KIND:TOKEN[,TOKEN...]``. The tokens of one term are a
+  **union** (any of them), the terms an **intersection** (a neuron must match every term).
+* ``activating:`` matches the tokens a neuron fires on (its graph's activating nodes), ``important:`` the context
+  tokens that mattered (concrete context nodes), ``any:`` either. A bare token (no ``KIND:``) means ``any:``.
+* Tokens are normalised as the graphs store them (:func:`autointerp.n2g.graph.normalize_token`: case-insensitive,
+  leading/trailing space stripped, whitespace-only tokens kept). Put a token in double quotes to include spaces,
+  commas or colons: ``important:"\\n"``, ``any:"a,b"``; inside quotes ``\\n``, ``\\t``, ``\\"`` and ``\\\\``
+  are escapes.
+* Results are sorted by relevance: the sum over terms of the best weight that matched - the token's normalised
+  activation (0-1, for activating matches) or its importance (0-1, for context matches).
+
+**Explanation search** uses the SQLite FTS5 index ``explanations_fts`` (porter stemming, so "weeks" finds "week";
+bm25 ranking) over explanations with ``status = 'ok'``. Words are ANDed; ``"days of the week"`` in double quotes is
+a phrase; ``week*`` is a prefix. Everything the user types is quoted before it reaches FTS5, so its syntax can
+never fail on user text.
+
+**Text → neurons** (:func:`text_neurons`): run a text through the model and list the neurons of a layer that fire
+above ``hi`` or below ``lo`` on any token (the threshold filter of the GPT-J-6B neuroscope study), with their value
+at every token.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+from tqdm import tqdm
+
+from autointerp.errors import UserError
+from autointerp.n2g.graph import normalize_token
+
+QUERY_KINDS = {"any": ("activating", "context"), "activating": ("activating",), "important": ("context",)}
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r"}
+
+
+# ------------------------------------------------------------------------------------------------------ query language
+def parse_query(text: str) -> list[dict[str, Any]]:
+    """``'any:the activating:battery,cell'`` -> ``[{"kind": "any", "tokens": ["the"]}, {"kind": "activating",
+    "tokens": ["battery", "cell"]}]`` with tokens normalised like the graphs'. Malformed queries raise one
+    :class:`UserError` sentence that says what is wrong and where."""
+    terms: list[dict[str, Any]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start = i
+        kind = "any"
+        m = re.match(r"([A-Za-z_]+):", text[i:])
+        if m:
+            kind = m.group(1).lower()
+            if kind not in QUERY_KINDS:
+                raise UserError(f"Unknown search kind {m.group(1)!r} at character {i + 1}; terms look like any:TOKEN, "
+                                f"activating:TOKEN or important:TOKEN (quote a token that contains a colon).")
+            i += len(m.group(0))
+        tokens: list[str] = []
+        while True:
+            value, i = _read_value(text, i, start)
+            normalised = normalize_token(value)
+            if normalised not in tokens:
+                tokens.append(normalised)
+            if i < n and text[i] == ",":
+                i += 1
+                continue
+            break
+        if i < n and not text[i].isspace():
+            raise UserError(f"Unexpected {text[i]!r} at character {i + 1} of the query; separate terms with spaces "
+                            f"and tokens of one term with commas.")
+        terms.append({"kind": kind, "tokens": tokens})
+    if not terms:
+        raise UserError("The search query is empty; try e.g. `any:the activating:battery important:legal`.")
+    return terms
+
+
+def _read_value(text: str, i: int, term_start: int) -> tuple[str, int]:
+    """One token starting at ``i`` (bare or double-quoted) and the position after it."""
+    n = len(text)
+    if i < n and text[i] == '"':
+        out = []
+        i += 1
+        while i < n and text[i] != '"':
+            if text[i] == "\\" and i + 1 < n:
+                if text[i + 1] not in _ESCAPES:
+                    raise UserError(f"Unknown escape \\{text[i + 1]} at character {i + 1} of the query; use \\n, "
+                                    f"\\t, \\r, \\\" or \\\\.")
+                out.append(_ESCAPES[text[i + 1]])
+                i += 2
+            else:
+                out.append(text[i])
+                i += 1
+        if i >= n:
+            raise UserError(f"The quote opened at character {text.index(chr(34), term_start) + 1} of the query is "
+                            f"never closed.")
+        if not out:
+            raise UserError(f"Empty quoted token at character {i} of the query.")
+        return "".join(out), i + 1
+    j = i
+    while j < n and not text[j].isspace() and text[j] not in ',"':
+        j += 1
+    if j == i:
+        where = "at the end of the query" if i >= n else f"at character {i + 1} of the query"
+        raise UserError(f"A token is missing {where} (after {text[term_start:i]!r}).")
+    return text[i:j], j
+
+
+# ------------------------------------------------------------------------------------------------------ token index
+def ensure_token_index(store: Any, model: str, progress: bool = False, chunk: int = 500) -> int:
+    """Bring ``token_index`` up to date with the model's newest graphs (only neurons whose graph changed are read);
+    one transaction per ``chunk`` neurons, so an interrupted run keeps whole neurons. Returns how many were indexed."""
+    from autointerp.similarity import graph_token_weights
+
+    todo = store.graphs_to_index(model)
+    bar = tqdm(total=len(todo), unit="graph", desc="index graphs", disable=not progress or not todo,
+               dynamic_ncols=True)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        items = [(key, graph_token_weights(store.graph_json(key["run_id"], key["layer"], key["neuron"],
+                                                            key["config_hash"]))) for key in part]
+        store.save_token_index(model, items)
+        bar.update(len(part))
+    bar.close()
+    return len(todo)
+
+
+def search_tokens(store: Any, model: str, query: str | list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+    """Neurons whose graphs match a query (a string, or :func:`parse_query`'s output), best first:
+    ``[{"layer", "neuron", "score", "matches": [{"kind": "activating"|"important", "token", "weight"}]}]``."""
+    terms = parse_query(query) if isinstance(query, str) else query
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    ensure_token_index(store, model)
+    if not store.graph_state(model)["graphs"]:
+        raise UserError(f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first.")
+    rows = store.token_search(model, [(QUERY_KINDS[t["kind"]], t["tokens"]) for t in terms], limit)
+    wanted = {(kind, tok) for t in terms for kind in QUERY_KINDS[t["kind"]] for tok in t["tokens"]}
+    out = []
+    for r in rows:
+        matches = [{"kind": "important" if m["kind"] == "context" else "activating", "token": m["token"],
+                    "weight": round(m["weight"], 6)}
+                   for m in store.neuron_tokens(model, r["layer"], r["neuron"], sorted({t for _, t in wanted}))
+                   if (m["kind"], m["token"]) in wanted]
+        out.append({"layer": r["layer"], "neuron": r["neuron"], "score": round(r["score"], 6), "matches": matches})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ explanations
+def fts_query(text: str) -> str:
+    """User text -> a safe FTS5 query: every word double-quoted (ANDed), ``"..."`` phrases kept, ``word*`` prefixes.
+
+    FTS5 operators typed by the user (AND, OR, NEAR, ``-``, ``:``, parentheses) become plain words, so the query
+    can never be a syntax error."""
+    if text.count('"') % 2:
+        raise UserError("The explanation search has an unmatched double quote; use \"...\" around a phrase.")
+    parts = []
+    for phrase, bare in re.findall(r'"([^"]*)"|(\S+)', text):
+        if phrase:
+            words = re.findall(r"\w+", phrase)
+            if words:
+                parts.append('"' + " ".join(words) + '"')
+            continue
+        for word in re.findall(r"\w+\*?", bare):
+            parts.append(f'"{word.rstrip("*")}"' + (" *" if word.endswith("*") else ""))
+    if not parts:
+        raise UserError(f"The explanation search {text!r} has no words to look for.")
+    return " ".join(parts)
+
+
+def search_explanations(store: Any, model: str, text: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Explanations (status ok) of ``model`` matching ``text``, best bm25 match first:
+    ``[{"layer", "neuron", "kind", "text", "score"}]`` (score = -bm25, higher is better)."""
+    query = fts_query(text)
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    try:
+        rows = store.explanation_search(model, query, limit)
+    except sqlite3.OperationalError as exc:  # cannot happen for quoted input; kept so it never becomes a traceback
+        raise UserError(f"The explanation search {text!r} could not be run: {exc}.") from exc
+    return [{"layer": r["layer"], "neuron": r["neuron"], "kind": r["kind"], "text": r["text"],
+             "score": round(-r["rank"], 6)} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------------ text -> neurons
+def text_neurons(subject: Any, text: str, layer: int, hi: float | None = 3.0, lo: float | None = None,
+                 limit: int | None = None) -> dict[str, Any]:
+    """The neurons of ``layer`` that fire above ``hi`` or below ``lo`` on any token of ``text``, strongest first.
+
+    Returns ``{"model", "layer", "hi", "lo", "tokens": [str], "neurons": [{"neuron", "max", "min", "peak_index",
+    "peak_token", "values": [float per token]}]}``; BOS is left out of tokens and values. Strength is the larger of
+    ``max`` (when above ``hi``) and ``-min`` (when below ``lo``).
+    """
+    import torch
+
+    if hi is None and lo is None:
+        raise UserError("Give a threshold: --hi (fires above) and/or --lo (fires below).")
+    if hi is not None and lo is not None and lo >= hi:
+        raise UserError(f"--lo ({lo}) must be below --hi ({hi}).")
+    if not text:
+        raise UserError("Give some text to run (--text or standard input).")
+    subject.check_layers([layer])
+    ids, _ = subject.encode(text)
+    acts = subject.mlp_activations(torch.tensor([ids]), [layer])[layer][0, 1:]  # [T, d_mlp], BOS dropped
+    mx, arg_mx = acts.max(dim=0)
+    mn, arg_mn = acts.min(dim=0)
+    above = mx > hi if hi is not None else torch.zeros_like(mx, dtype=torch.bool)
+    below = mn < lo if lo is not None else torch.zeros_like(mn, dtype=torch.bool)
+    strength = torch.where(above, mx, torch.full_like(mx, -torch.inf))
+    strength = torch.maximum(strength, torch.where(below, -mn, torch.full_like(mn, -torch.inf)))
+    chosen = torch.nonzero(above | below).flatten()
+    chosen = chosen[torch.argsort(strength[chosen], descending=True, stable=True)]
+    if limit is not None:
+        chosen = chosen[:limit]
+    tokens = subject.str_tokens(ids)[1:]
+    neurons = []
+    for nrn in chosen.tolist():
+        peak = int(arg_mx[nrn]) if bool(above[nrn]) and (not bool(below[nrn]) or mx[nrn] >= -mn[nrn]) \
+            else int(arg_mn[nrn])
+        neurons.append({"neuron": nrn, "max": round(float(mx[nrn]), 4), "min": round(float(mn[nrn]), 4),
+                        "peak_index": peak, "peak_token": tokens[peak],
+                        "values": [round(v, 4) for v in acts[:, nrn].tolist()]})
+    return {"model": subject.name, "layer": layer, "hi": hi, "lo": lo, "tokens": tokens, "neurons": neurons}
