@@ -1,0 +1,152 @@
+"""The pages in a real browser: headless Chromium (the Debian package; browser downloads do not work here) driven by
+Playwright against a real uvicorn server on a free loopback port. Screenshots go to $ARTIFACTS_DIR (or
+test-artifacts/browser/, git-ignored) so a person can look at what the test saw."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apidb import EXPLAINED, build_api_db
+from conftest import REPO
+
+from autointerp.models import SubjectModel
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+M = "tiny-gated"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                reason="needs the Debian chromium package (apt-get install -y chromium; .ci/run does)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import uvicorn
+
+    from autointerp.api import create_app
+
+    db = build_api_db(tiny_gated, tmp_path_factory.mktemp("browser"))
+    app = create_app(db, loader=lambda name: tiny_gated)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    out = Path(os.environ.get("ARTIFACTS_DIR") or REPO / "test-artifacts") / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        pg.errors = errors  # type: ignore[attr-defined]
+        yield pg
+        browser.close()
+
+
+def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(page, server: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/neuron/1/{EXPLAINED}")
+    coloured = page.eval_on_selector_all(
+        "#ex-top .tok", "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgb(255, 255, 255)').length")
+    assert coloured > 5
+    visible_before = page.locator("#ex-top .tok:visible").count()
+    page.click("#toggle-all")
+    assert page.locator("#ex-top .tok:visible").count() > visible_before  # the full texts, not just the windows
+    page.wait_for_function("document.querySelector('#graph').complete && "
+                           "document.querySelector('#graph').naturalWidth > 100")
+    assert "capital" in page.inner_text("#explanation")
+    page.screenshot(path=str(shots / "neuron.png"), full_page=True)
+
+    page.fill("#live-text", "Paris is the capital of France.")
+    page.wait_for_selector("#live-out .tok")
+    assert page.locator("#live-out .tok").count() >= 6
+    assert "tokens" in page.inner_text("#live-status")
+    page.locator("#live").screenshot(path=str(shots / "neuron-live.png"))
+    page.click("#next")
+    assert page.url.endswith(f"/neuron/1/{EXPLAINED + 1}")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
+def test_layerscope_runs_a_prompt_steps_layers_and_filters(page, server: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/layer/0")
+    page.fill("#ls-text", "The capital of France is Paris.")
+    page.click("#ls-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#ls-image').complete && "
+                           "document.querySelector('#ls-image').naturalWidth === 24")
+    assert page.locator("#ls-tokens div").count() == 7
+    page.click("#ls-next")
+    assert page.inner_text("#ls-layer") == "1"
+    page.wait_for_function("document.querySelector('#ls-image').src.includes('/1.png')")
+    page.check("input[name=ls-view][value=resid]")
+    page.wait_for_function("document.querySelector('#ls-image').src.includes('view=resid') && "
+                           "document.querySelector('#ls-image').naturalWidth === 32")
+    page.check("input[name=ls-view][value=mlp]")
+    page.fill("#ls-hi", "0.3")
+    page.fill("#ls-lo", "-0.3")
+    page.click("#ls-apply")
+    page.wait_for_selector("#ls-threshold .unit a")
+    assert "units match" in page.inner_text("#ls-count")
+    assert "The capital of France" in page.inner_text("#ls-recent")
+    gif = page.get_attribute("#ls-gif", "href")
+    assert gif and gif.endswith(".gif?view=mlp")
+    page.screenshot(path=str(shots / "layerscope.png"), full_page=True)
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
+def test_search_finds_the_explained_neuron(page, server: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/search")
+    page.fill("#search-text", "capital")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#results")
+    link = page.locator(f"#results a[href='/m/{M}/neuron/1/{EXPLAINED}']").first
+    assert link.count() == 1
+    import httpx
+
+    graph = httpx.get(f"{server}/api/{M}/n2g/1/0").json()["graph"]
+    token = next(n["token"] for n in graph["nodes"] if n["kind"] == "activating" and n["token"].isalnum())
+    page.fill("#search-query", f"activating:{token}")
+    page.fill("#search-text", "")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#results tr.result")
+    assert page.locator(f"#results a[href='/m/{M}/neuron/1/0']").count() == 1
+    page.screenshot(path=str(shots / "search.png"), full_page=True)
+    page.goto(f"{server}/m/{M}/search?text=capital")
+    page.locator(f"#results a[href='/m/{M}/neuron/1/{EXPLAINED}']").first.click()
+    page.wait_for_selector("#stats")
+    assert page.url.endswith(f"/m/{M}/neuron/1/{EXPLAINED}")
+    page.goto(f"{server}/m/{M}")
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "model.png"), full_page=True)
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
