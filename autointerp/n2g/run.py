@@ -26,6 +26,19 @@ def parse_neurons(text: str | None, d_mlp: int) -> list[int]:
     return sorted(parsed)
 
 
+def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp: int) -> list[int]:
+    """``top:K`` (the K neurons with the highest max activation in the layer's harvest), ranges, or all."""
+    if spec and spec.strip().lower().startswith("top:"):
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError as exc:
+            raise UserError(f"--neurons top:K needs a number, not {spec!r}.") from exc
+        if k < 1:
+            raise UserError(f"--neurons top:K needs K >= 1, not {k}.")
+        return sorted(r["neuron"] for r in store.rank_neurons(model, "max", layer, k))
+    return parse_neurons(spec, d_mlp)
+
+
 def _example(row: dict[str, Any]) -> Example:
     return Example(row["tokens"], row["str_tokens"], row["activations"])
 
@@ -58,17 +71,7 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
         if run is None:
             raise UserError(f"Layer {layer} of {model.name} has not been harvested yet; run `autointerp harvest "
                             f"--model {model.name} --layers {layer}` first.")
-        if neurons_spec and neurons_spec.strip().lower().startswith("top:"):
-            try:
-                k = int(neurons_spec.split(":", 1)[1])
-            except ValueError as exc:
-                raise UserError(f"--neurons top:K needs a number, not {neurons_spec!r}.") from exc
-            if k < 1:
-                raise UserError(f"--neurons top:K needs K >= 1, not {k}.")
-            neurons = sorted(r["neuron"] for r in store.rank_neurons(model.name, "max", layer, k))
-        else:
-            neurons = parse_neurons(neurons_spec, model.d_mlp)
-        plan.append((layer, run, neurons))
+        plan.append((layer, run, select_neurons(store, model.name, layer, neurons_spec, model.d_mlp)))
     n2g_run = store.find_run(model.name, "n2g", config_hash, (0, 1))
     n2g_run_id = n2g_run["id"] if n2g_run else store.create_run(model.name, "n2g", cfg.identity(), config_hash,
                                                                  (0, 1), {})

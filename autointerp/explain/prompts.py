@@ -1,0 +1,208 @@
+"""Prompt rendering for the explainer and the simulator, from the template files in ``prompts/``.
+
+The format follows OpenAI's neuron-explainer: one ``token<tab>activation`` line per token between ``<start>`` and
+``<end>``, activations discretised to an integer scale (0-9 here: in the Qwen, Gemma and SmolLM tokenizers "10" is two
+tokens, so a 0-10 scale could not be read from one token's logprobs), then the non-zero lines again, ending in
+"the main thing this neuron does is find". Tokens are escaped so whitespace stays readable (``\\n``, ``\\t``).
+
+Every explanation is stored with :func:`prompt_version` - the template set's name plus a hash of the files - so a
+changed template never mixes with results made from the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from autointerp.errors import UserError
+
+SCALE_MAX = 9
+PLACEHOLDER = "?"  # what simulation prompts put in the activation slots (the model's own guess is read, not this)
+EXPLANATION_PREFIX = "the main thing this neuron does is find"
+TEMPLATE_FILES = ("explain_system.txt", "simulate_system.txt", "examples.json")
+
+
+def prompts_dir() -> Path:
+    """``$AUTOINTERP_PROMPTS`` or the repository's ``prompts/`` folder."""
+    env = os.environ.get("AUTOINTERP_PROMPTS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
+
+
+@dataclass(frozen=True)
+class Templates:
+    explain_system: str
+    simulate_system: str
+    examples: list[dict[str, Any]]
+    version: str  # e.g. "v1-3f2a9c1b7d20": the examples' version and a hash of all template files
+
+
+@lru_cache(maxsize=4)
+def load_templates(folder: str | None = None) -> Templates:
+    root = Path(folder) if folder else prompts_dir()
+    missing = [f for f in TEMPLATE_FILES if not (root / f).is_file()]
+    if missing:
+        raise UserError(f"The prompt folder {root} lacks {', '.join(missing)}.")
+    digest = hashlib.sha256()
+    for name in TEMPLATE_FILES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    try:
+        examples = json.loads((root / "examples.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{root / 'examples.json'} is not valid JSON: {exc}") from exc
+    return Templates(
+        explain_system=(root / "explain_system.txt").read_text(encoding="utf-8").strip(),
+        simulate_system=(root / "simulate_system.txt").read_text(encoding="utf-8").strip(),
+        examples=examples["neurons"],
+        version=f"{examples.get('version', 'v?')}-{digest.hexdigest()[:12]}",
+    )
+
+
+def escape_token(token: str) -> str:
+    """Make whitespace and control characters visible and keep one token per line."""
+    out = []
+    for ch in token:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 32 or ch == "\x7f":
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def discretise(values: Sequence[float], max_activation: float) -> list[int]:
+    """Activations -> integers 0..9 relative to the neuron's max (negative values are 0: the positive side)."""
+    if max_activation <= 0:
+        return [0 for _ in values]
+    return [min(SCALE_MAX, max(0, round(v / max_activation * SCALE_MAX))) for v in values]
+
+
+def format_record(tokens: Sequence[str], values: Sequence[int | str], nonzero_only: bool = False) -> str:
+    lines = ["<start>"]
+    for tok, val in zip(tokens, values, strict=True):
+        if nonzero_only and (val == 0 or val == "0"):
+            continue
+        lines.append(f"{escape_token(tok)}\t{val}")
+    lines.append("<end>")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stretch of text with the neuron's activations (raw units), as shown to the LLM and scored against."""
+
+    tokens: list[str]
+    activations: list[float]
+    kind: str = "top"  # top | random
+
+
+def _neuron_block(index: int, records: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    parts = [f"Neuron {index}", "Activations:"]
+    parts.extend(format_record(t, v).rstrip("\n") for t, v in records)
+    parts.append("Same activations, but with all zeros left out:")
+    parts.extend(format_record(t, v, nonzero_only=True).rstrip("\n") for t, v in records)
+    return "\n".join(parts) + "\n\n"
+
+
+def explanation_messages(records: Sequence[Record], max_activation: float, templates: Templates,
+                         n2g_paths: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the target)."""
+    messages = [{"role": "system", "content": templates.explain_system}]
+    for i, ex in enumerate(templates.examples, 1):
+        recs = [(r["tokens"], r["activations"]) for r in ex["records"]]
+        messages.append({"role": "user", "content": _neuron_block(i, recs) +
+                         f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX}"})
+        messages.append({"role": "assistant", "content": f" {ex['explanation']}."})
+    n = len(templates.examples) + 1
+    target = [(r.tokens, discretise(r.activations, max_activation)) for r in records]
+    body = _neuron_block(n, target)
+    if n2g_paths:
+        body += ("Token patterns that make this neuron fire, from its neuron-to-graph model "
+                 "(earlier context ... activating token: strength 0-9):\n" + "\n".join(n2g_paths) + "\n\n")
+    messages.append({"role": "user", "content": body + f"Explanation of neuron {n} behavior: {EXPLANATION_PREFIX}"})
+    return messages
+
+
+def parse_explanation(text: str) -> str:
+    """The explanation phrase from the model's reply; raises ValueError when there is none."""
+    out = (text or "").strip()
+    lower = out.lower()
+    for prefix in (EXPLANATION_PREFIX, "the main thing this neuron does is", "this neuron finds", "find"):
+        if lower.startswith(prefix):
+            out = out[len(prefix):].strip()
+            lower = out.lower()
+    out = out.split("\n")[0].strip().strip('"').strip()
+    if out.endswith("."):
+        out = out[:-1].strip()
+    if len(out) < 2 or len(out) > 400:
+        raise ValueError(f"expected a short phrase, got {text[:80]!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class SimulationPrompt:
+    """A completions prompt whose activation slots are at known character offsets."""
+
+    text: str
+    slot_offsets: list[int]
+
+
+def simulation_prompt(explanation: str, tokens: Sequence[str], templates: Templates) -> SimulationPrompt:
+    """All-at-once simulation prompt: few-shot neurons with their activations, then the target record with a
+    placeholder in every slot. The simulator's expected value over the digits at each slot is the prediction."""
+    head = [templates.simulate_system, ""]
+    for i, ex in enumerate(templates.examples, 1):
+        head.append(f"Neuron {i}")
+        head.append(f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX} {ex['explanation']}.")
+        head.append("Activations:")
+        for r in ex["records"]:
+            head.append(format_record(r["tokens"], r["activations"]).rstrip("\n"))
+        head.append("")
+    n = len(templates.examples) + 1
+    head.append(f"Neuron {n}")
+    head.append(f"Explanation of neuron {n} behavior: {EXPLANATION_PREFIX} {explanation}.")
+    head.append("Activations:")
+    text = "\n".join(head) + "\n<start>\n"
+    slots = []
+    for tok in tokens:
+        text += escape_token(tok) + "\t"
+        slots.append(len(text))
+        text += PLACEHOLDER + "\n"
+    text += "<end>\n"
+    return SimulationPrompt(text, slots)
+
+
+def simulation_messages(explanation: str, tokens: Sequence[str], templates: Templates, json_only: bool
+                        ) -> list[dict[str, str]]:
+    """Chat messages for simulators without prompt logprobs: the reply is the list of values (digits separated by
+    spaces, whose generated-token logprobs give expected values), or a JSON object when ``json_only``."""
+    def numbered(toks: Sequence[str]) -> str:
+        return "\n".join(f"{i}\t{escape_token(t)}" for i, t in enumerate(toks))
+
+    if json_only:
+        fmt = ('Answer with JSON only: {"activations": [...]} with exactly one integer 0-9 per token, in order.')
+    else:
+        fmt = "Answer with the activations only: one digit 0-9 per token, in order, separated by single spaces."
+    messages = [{"role": "system", "content": templates.simulate_system + "\n\n" + fmt}]
+    for ex in templates.examples:
+        for r in ex["records"][:1]:
+            messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {ex['explanation']}.\n"
+                             f"Tokens ({len(r['tokens'])}):\n{numbered(r['tokens'])}"})
+            values = r["activations"]
+            answer = json.dumps({"activations": values}) if json_only else " ".join(str(v) for v in values)
+            messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
+                     f"Tokens ({len(tokens)}):\n{numbered(tokens)}"})
+    return messages

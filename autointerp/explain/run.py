@@ -1,0 +1,356 @@
+"""Explain and score whole layers, resumably: one transaction per neuron, failures recorded with their reason.
+
+Per neuron (in a worker thread; the LLM calls are the slow part and may run concurrently):
+
+1. **Explain** the top training examples (windows around the peak, discretised to 0-9; the N2G graph's strongest
+   paths as extra evidence when a graph exists) -> kind ``llm``; optionally the negative side of a gated neuron
+   from its bottom examples -> ``llm_negative``.
+2. **Baseline** with no LLM: the tokens that most activate the neuron -> kind ``baseline``.
+3. **Simulate** each explanation on the held-out records (test-split top examples + random examples) and **score**
+   by pooled correlation -> ``scores`` rows ``explanation`` / ``baseline`` / ``explanation_negative``; the N2G
+   graph's predictions on exactly the same records -> ``n2g``.
+
+The main thread writes each neuron's rows in one transaction, so a killed run resumes by neuron. A failed LLM call
+becomes a row with ``status='failed'`` and the reason - never a score; ``retry_failed`` redoes just those neurons.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from autointerp.config import config_identity, identity_hash
+from autointerp.errors import UserError
+from autointerp.explain.prompts import (
+    SCALE_MAX,
+    Record,
+    Templates,
+    escape_token,
+    explanation_messages,
+    parse_explanation,
+)
+from autointerp.explain.simulate import Simulator, score_predictions
+from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
+from autointerp.n2g.graph import NeuronGraph, normalize_token
+from autointerp.n2g.run import select_neurons
+from autointerp.store import Store
+
+EXPLAIN_VERSION = 1
+
+
+@dataclass
+class ExplainConfig:
+    """Everything that determines explanations and scores; its hash keys the stored rows."""
+
+    explainer_model: str = ""
+    simulator_model: str = ""
+    prompt_version: str = ""
+    explain_records: int = 10  # top training examples shown to the explainer
+    explain_before: int = 24  # tokens shown before each example's peak ...
+    explain_after: int = 4  # ... and after it
+    sim_top: int = 5  # held-out top examples simulated
+    sim_random: int = 5  # held-out random examples simulated
+    sim_window: int = 32  # tokens per simulated record (top: ending 4 after the peak; random: from the start)
+    sim_logprobs: int = 15
+    simulator_mode: str = "auto"
+    use_n2g: bool = True
+    n2g_paths: int = 8
+    negative: bool = False
+    baseline: bool = True
+    explainer_max_tokens: int = 60
+    # not part of the identity
+    concurrency: int = field(default=1, metadata={"hashed": False})
+
+    def identity(self) -> dict[str, Any]:
+        return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
+
+    def config_hash(self) -> str:
+        return identity_hash(self.identity())
+
+
+# ------------------------------------------------------------------------------------------------------ records
+def _window(row: dict[str, Any], start: int, stop: int, sign: float = 1.0) -> Record:
+    start, stop = max(1, start), min(len(row["str_tokens"]), stop)  # index 0 is BOS: never shown or scored
+    return Record(list(row["str_tokens"][start:stop]), [sign * a for a in row["activations"][start:stop]],
+                  "random" if row["kind"] == "random" else "top")
+
+
+def peak_window(row: dict[str, Any], before: int, after: int, sign: float = 1.0) -> Record:
+    acts = row["activations"]
+    peak = max(range(1, len(acts)), key=lambda i: sign * acts[i]) if len(acts) > 1 else 0
+    return _window(row, peak - before, peak + after + 1, sign)
+
+
+def explain_records(store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig, kind: str = "top",
+                    sign: float = 1.0) -> list[Record]:
+    rows = list(store.examples(run_id, layer, neuron, kinds=[kind], split="train"))[: cfg.explain_records]
+    return [peak_window(r, cfg.explain_before, cfg.explain_after, sign) for r in rows]
+
+
+def heldout_records(store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig, kind: str = "top",
+                    sign: float = 1.0) -> list[Record]:
+    """The scoring set: test-split top (or bottom) examples around their peak, plus test-split random examples."""
+    tops = list(store.examples(run_id, layer, neuron, kinds=[kind], split="test"))[: cfg.sim_top]
+    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="test"))[: cfg.sim_random]
+    out = [peak_window(r, cfg.sim_window - 5, 4, sign) for r in tops]
+    out += [_window(r, 1, 1 + cfg.sim_window, sign) for r in randoms]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ baseline
+def baseline_explanation(records: list[Record], max_activation: float, k: int = 3) -> str:
+    """Token lookup: the (normalised) tokens at which the neuron fires most, summed over the training examples."""
+    weight: dict[str, float] = defaultdict(float)
+    shown: dict[str, str] = {}
+    for r in records:
+        for tok, act in zip(r.tokens, r.activations, strict=True):
+            if act > 0.3 * max_activation:
+                key = normalize_token(tok)
+                weight[key] += act
+                shown.setdefault(key, tok.strip() or tok)
+    if not weight:
+        return "nothing in particular"
+    best = sorted(weight, key=lambda t: -weight[t])[:k]
+    quoted = [f'"{escape_token(shown[t])}"' for t in best]
+    return "the token " + quoted[0] if len(quoted) == 1 else "the tokens " + ", ".join(quoted[:-1]) + \
+        " and " + quoted[-1]
+
+
+def n2g_evidence(graph: NeuronGraph, limit: int) -> list[str]:
+    """The graph's strongest end paths as lines ``earlier ... activating: strength`` (strength on 0-9)."""
+    paths: list[tuple[float, str]] = []
+
+    def visit(node: Any, trail: list[str]) -> None:
+        trail = trail + [node.token]
+        if node.is_end:
+            context = [("*" if t == "\u0000*" else escape_token(t)) for t in reversed(trail[1:])]
+            line = (" ".join(context) + " ... " if context else "") + escape_token(trail[0])
+            paths.append((node.activation, f"{line}: {round(node.activation * SCALE_MAX)}"))
+        for child in node.children.values():
+            visit(child, trail)
+
+    for root in graph.roots.values():
+        visit(root, [])
+    paths.sort(key=lambda p: -p[0])
+    return [p[1] for p in paths[:limit]]
+
+
+# ------------------------------------------------------------------------------------------------------ one neuron
+@dataclass
+class NeuronJob:
+    run_id: int
+    layer: int
+    neuron: int
+    max_activation: float
+    min_activation: float
+    train: list[Record]
+    heldout: list[Record]
+    graph: NeuronGraph | None
+    train_negative: list[Record] = field(default_factory=list)
+    heldout_negative: list[Record] = field(default_factory=list)
+
+
+@dataclass
+class NeuronResult:
+    job: NeuronJob
+    explanations: list[dict[str, Any]]
+    scores: list[dict[str, Any]]
+    usage: Usage
+
+
+def _explain(client: LLMClient, cfg: ExplainConfig, templates: Templates, records: list[Record], max_act: float,
+             evidence: list[str] | None) -> tuple[str, Usage]:
+    messages = explanation_messages(records, max_act, templates, evidence)
+    body = {"messages": messages, "max_tokens": cfg.explainer_max_tokens, "temperature": 0}
+
+    def parse(response: dict[str, Any]) -> str:
+        try:
+            return parse_explanation(response["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise InvalidOutput(str(exc)) from exc
+
+    return client.call("chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a})
+
+
+def _simulate_score(sim: Simulator, explanation: str, records: list[Record], max_act: float, sign: float
+                    ) -> tuple[dict[str, Any], Usage]:
+    usage = Usage()
+    preds = []
+    for r in records:
+        values, used = sim.simulate(explanation, r.tokens)
+        usage.add(used)
+        preds.append(values)
+    return score_predictions(preds, records, max_act, SCALE_MAX, sign), usage
+
+
+def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: ExplainConfig, templates: Templates,
+                   prices: dict[str, dict[str, float]] | None) -> NeuronResult:
+    """Everything LLM-related for one neuron; returns rows for the main thread to write. Never raises LLMFailure:
+    a failure becomes a failed row carrying the reason."""
+    now = time.time()
+    usage = Usage()
+    explanations: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []
+    evidence = n2g_evidence(job.graph, cfg.n2g_paths) if (job.graph is not None and cfg.use_n2g) else None
+
+    def add_explanation(kind: str, text: str | None, error: str | None, used: Usage, model: str, seconds: float
+                        ) -> None:
+        explanations.append({
+            "kind": kind, "status": "ok" if error is None else "failed", "text": text, "error": error,
+            "prompt_version": cfg.prompt_version, "model": model, "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens, "cost_usd": used.cost(model, prices), "seconds": seconds,
+            "created": now,
+        })
+
+    def add_score(method: str, result: dict[str, Any] | None, error: str | None, used: Usage, mode: str | None
+                  ) -> None:
+        result = result or {}
+        status = "failed" if error is not None else ("ok" if result.get("score") is not None else "undefined")
+        scores.append({
+            "method": method, "status": status, "score": result.get("score"), "score_top": result.get("score_top"),
+            "score_random": result.get("score_random"), "r2": result.get("r2"), "n_tokens": result.get("n_tokens"),
+            "simulator_model": cfg.simulator_model if mode else None, "simulator_mode": mode, "error": error,
+            "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
+            "cost_usd": used.cost(cfg.simulator_model, prices), "created": now,
+        })
+
+    sides = [("llm", "explanation", job.train, job.heldout, job.max_activation, 1.0, evidence)]
+    if cfg.negative and job.train_negative and job.min_activation < 0:
+        sides.append(("llm_negative", "explanation_negative", job.train_negative, job.heldout_negative,
+                      -job.min_activation, -1.0, None))
+    for kind, method, train, heldout, max_act, sign, ev in sides:
+        t0 = time.time()
+        try:
+            text, used = _explain(client, cfg, templates, train, max_act, ev)
+            usage.add(used)
+            add_explanation(kind, text, None, used, cfg.explainer_model, time.time() - t0)
+        except LLMFailure as exc:
+            add_explanation(kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0)
+            add_score(method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
+            continue
+        try:
+            result, used = _simulate_score(sim, text, heldout, max_act, sign)
+            usage.add(used)
+            add_score(method, result, None, used, sim.mode)
+        except LLMFailure as exc:
+            add_score(method, None, exc.reason, Usage(), sim.mode)
+    if cfg.baseline:
+        text = baseline_explanation(job.train, job.max_activation)
+        add_explanation("baseline", text, None, Usage(), "token-lookup", 0.0)
+        try:
+            result, used = _simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
+            usage.add(used)
+            add_score("baseline", result, None, used, sim.mode)
+        except LLMFailure as exc:
+            add_score("baseline", None, exc.reason, Usage(), sim.mode)
+    if job.graph is not None:
+        preds = [job.graph.predict(r.tokens) for r in job.heldout]
+        add_score("n2g", score_predictions(preds, job.heldout, job.max_activation, 1.0), None, Usage(), None)
+    return NeuronResult(job, explanations, scores, usage)
+
+
+# ------------------------------------------------------------------------------------------------------ layers
+@dataclass
+class ExplainSummary:
+    explained: int = 0
+    skipped: int = 0
+    failed: int = 0
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+    run_id: int | None = None
+    neurons: list[tuple[int, int]] = field(default_factory=list)
+
+
+def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, d_mlp: int
+                 ) -> list[tuple[int, dict[str, Any], list[int]]]:
+    plan = []
+    for layer in layers:
+        run = store.latest_complete_run(model, layer)
+        if run is None:
+            raise UserError(f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
+                            f"--model {model} --layers {layer}` first.")
+        plan.append((layer, run, select_neurons(store, model, layer, spec, d_mlp)))
+    return plan
+
+
+def _job(store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool) -> NeuronJob:
+    stats = store.neuron(run["id"], layer, neuron)
+    graph_row = store.graph_for_run(run["id"], layer, neuron)
+    graph = NeuronGraph.from_json(graph_row["graph"]) if graph_row else None
+    job = NeuronJob(run["id"], layer, neuron, float(stats["max"]), float(stats["min"]),
+                    explain_records(store, run["id"], layer, neuron, cfg),
+                    heldout_records(store, run["id"], layer, neuron, cfg), graph)
+    if cfg.negative and gated:
+        job.train_negative = explain_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
+        job.heldout_negative = heldout_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
+    return job
+
+
+def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: str | None, cfg: ExplainConfig,
+                   client: LLMClient, templates: Templates, prices: dict[str, dict[str, float]] | None = None,
+                   retry_failed: bool = False, progress: bool = True) -> ExplainSummary:
+    """Explain and score the chosen neurons of each layer; returns counts and the tokens spent."""
+    info = store.model_info(model)
+    if info is None:
+        raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` first.")
+    plan = plan_neurons(store, model, layers, neurons_spec, int(info["d_mlp"]))
+    config_hash = cfg.config_hash()
+    run = store.find_run(model, "explain", config_hash, (0, 1))
+    run_id = run["id"] if run else store.create_run(model, "explain", cfg.identity(), config_hash, (0, 1), {})
+    summary = ExplainSummary(run_id=run_id)
+    todo: list[tuple[dict[str, Any], int, int]] = []
+    for layer, harvest_run, neurons in plan:
+        state = store.explain_state(harvest_run["id"], layer, config_hash)
+        for n in neurons:
+            if n in state and not (retry_failed and state[n] == "failed"):
+                summary.skipped += 1
+            else:
+                todo.append((harvest_run, layer, n))
+    started = time.time()
+    sim = Simulator(client, cfg.simulator_model, templates, cfg.simulator_mode, cfg.sim_logprobs) if todo else None
+    bar = tqdm(total=len(todo), unit="neuron", disable=not progress, desc=f"explain {model}", dynamic_ncols=True)
+    gated = bool(info.get("gated_mlp"))
+    with cf.ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
+        pending: set[cf.Future[NeuronResult]] = set()
+        queue = iter(todo)
+
+        def submit_next() -> bool:
+            item = next(queue, None)
+            if item is None:
+                return False
+            harvest_run, layer, n = item
+            job = _job(store, harvest_run, layer, n, cfg, gated)  # store reads stay on this thread
+            pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
+            return True
+
+        for _ in range(max(1, cfg.concurrency) * 2):
+            if not submit_next():
+                break
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                pending.discard(fut)
+                result = fut.result()
+                job = result.job
+                store.save_explanation_results(job.run_id, job.layer, job.neuron, config_hash, run_id,
+                                               result.explanations, result.scores)
+                summary.usage.add(result.usage)
+                failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
+                summary.failed += failed
+                summary.explained += not failed
+                summary.neurons.append((job.layer, job.neuron))
+                bar.update(1)
+                minutes = max(time.time() - started, 1e-9) / 60
+                bar.set_postfix(neurons_per_min=f"{bar.n / minutes:.1f}",
+                                tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
+                                failed=summary.failed)
+                submit_next()
+    bar.close()
+    summary.seconds = time.time() - started
+    store.finish_stage(run_id)
+    return summary

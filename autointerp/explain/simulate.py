@@ -1,0 +1,248 @@
+"""Simulate a neuron from its explanation, and score any predictor by correlation with the real activations.
+
+Three simulator modes, picked by what the endpoint can do (``auto`` probes once):
+
+* ``echo`` - all at once from prompt logprobs: one ``/v1/completions`` call with ``echo`` + ``logprobs`` per record;
+  the prediction at each token is the expected value over the digits 0-9 in the top logprobs at its activation slot
+  (llama.cpp through :mod:`autointerp.llm_serve`, vLLM). ``echo-shifted`` is the same for servers whose
+  ``top_logprobs[i]`` predicts token ``i + 1`` (llama-cpp-python's stock server); the probe tells them apart.
+* ``chat-logprobs`` - hosted chat models: the reply is one digit per token, and each generated digit's top
+  logprobs give the expected value.
+* ``json`` - no logprobs at all: the reply is ``{"activations": [...]}``, validated with jsonschema.
+
+Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM explanation,
+token-lookup baseline and N2G graph - so the numbers compare directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from autointerp.errors import UserError
+from autointerp.explain.prompts import (
+    SCALE_MAX,
+    Record,
+    Templates,
+    simulation_messages,
+    simulation_prompt,
+)
+from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
+
+MODES = ("auto", "echo", "echo-shifted", "chat-logprobs", "json")
+DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}
+
+
+def expected_digit(top: dict[str, float] | None) -> float | None:
+    """Expected value over the digit tokens among the top logprobs (renormalised); None when no digit is there."""
+    if not top:
+        return None
+    probs = np.zeros(SCALE_MAX + 1)
+    for tok, logprob in top.items():
+        d = DIGITS.get(tok.strip())
+        if d is not None and logprob is not None:
+            probs[d] += float(np.exp(logprob))
+    total = probs.sum()
+    if total <= 0:
+        return None
+    return float((probs * np.arange(SCALE_MAX + 1)).sum() / total)
+
+
+def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> list[float]:
+    """Predictions at the slot offsets from an echo response (see the module docstring for ``shift``)."""
+    try:
+        lp = response["choices"][0]["logprobs"]
+        offsets, tops = lp["text_offset"], lp["top_logprobs"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise InvalidOutput("the response has no prompt logprobs") from exc
+    if not offsets or len(offsets) != len(tops):
+        raise InvalidOutput("the response has no prompt logprobs")
+    at = {}
+    for i, off in enumerate(offsets):
+        at.setdefault(off, i)
+    out = []
+    for slot in slots:
+        i = at.get(slot)
+        if i is None:
+            raise InvalidOutput(f"no token starts at the activation slot at character {slot}")
+        j = i + shift
+        value = expected_digit(tops[j]) if 0 <= j < len(tops) else None
+        out.append(0.0 if value is None else value)  # no digit in the top-k: the model expects no activation
+    return out
+
+
+def parse_chat_digits(response: dict[str, Any], n: int) -> list[float]:
+    try:
+        content = response["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise InvalidOutput("the reply has no token logprobs") from exc
+    if not content:
+        raise InvalidOutput("the reply has no token logprobs")
+    out = []
+    for item in content:
+        tok = (item.get("token") or "").strip()
+        if tok in DIGITS:
+            top = {t["token"]: t["logprob"] for t in item.get("top_logprobs") or []}
+            top.setdefault(item["token"], item["logprob"])
+            value = expected_digit(top)
+            out.append(float(DIGITS[tok]) if value is None else value)
+        elif tok and not re.fullmatch(r"[\s,]*", tok):
+            raise InvalidOutput(f"unexpected token {tok[:20]!r} in the list of values")
+    if len(out) != n:
+        raise InvalidOutput(f"expected {n} values, got {len(out)}")
+    return out
+
+
+def json_schema(n: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["activations"],
+        "properties": {"activations": {"type": "array", "minItems": n, "maxItems": n,
+                                       "items": {"type": "integer", "minimum": 0, "maximum": SCALE_MAX}}},
+    }
+
+
+def parse_json_values(response: dict[str, Any], n: int) -> list[float]:
+    try:
+        text = response["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError) as exc:
+        raise InvalidOutput("the reply has no message") from exc
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidOutput(f"not JSON: {text[:60]!r}") from exc
+    try:
+        jsonschema.validate(data, json_schema(n))
+    except jsonschema.ValidationError as exc:
+        raise InvalidOutput(f"JSON does not match the schema: {exc.message[:120]}") from exc
+    return [float(v) for v in data["activations"]]
+
+
+def _retry_hotter(attempt: int) -> dict[str, Any]:
+    """A deterministic retry would repeat the same bad answer: sample instead."""
+    return {"temperature": 0.7, "seed": attempt}
+
+
+class Simulator:
+    """Predicts per-token activations (0-9 scale) from an explanation through the LLM client."""
+
+    def __init__(self, client: LLMClient, model: str, templates: Templates, mode: str = "auto",
+                 top_logprobs: int = 15):
+        if mode not in MODES:
+            raise UserError(f"Unknown simulator mode {mode!r}; choose one of {', '.join(MODES)}.")
+        self.client, self.model, self.templates = client, model, templates
+        self.top_logprobs = top_logprobs
+        self.mode = mode
+        if mode == "auto":
+            try:
+                self.mode = self.detect_mode()
+            except LLMFailure:
+                self.mode = "auto"  # the server is unreachable now; each simulate() probes again, then fails
+
+    def detect_mode(self) -> str:
+        """Probe the endpoint once: prompt logprobs (and their alignment), else chat logprobs, else JSON.
+
+        Raises LLMFailure when the server is unreachable (rather than guessing a mode)."""
+        text = ", ".join(str(i) for i in range(1, 25))
+        body = {"prompt": text, "echo": True, "logprobs": 5, "max_tokens": 1, "temperature": 0}
+        try:
+            mode, _ = self.client.call("completions", self.model, body, _probe_echo)
+            return mode
+        except LLMFailure as exc:
+            if exc.transient:
+                raise
+        body = {"messages": [{"role": "user", "content": "Reply with the digit 7."}], "max_tokens": 3,
+                "temperature": 0, "logprobs": True, "top_logprobs": 3}
+        try:
+            self.client.call("chat", self.model, body, lambda r: parse_chat_digits(r, 1))
+            return "chat-logprobs"
+        except LLMFailure as exc:
+            if exc.transient:
+                raise
+            return "json"
+
+    def simulate(self, explanation: str, tokens: Sequence[str]) -> tuple[list[float], Usage]:
+        """Expected activation (0-9) at every token. Raises LLMFailure when the endpoint fails for good."""
+        n = len(tokens)
+        if self.mode == "auto":
+            self.mode = self.detect_mode()
+        if self.mode in ("echo", "echo-shifted"):
+            prompt = simulation_prompt(explanation, tokens, self.templates)
+            body = {"prompt": prompt.text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1,
+                    "temperature": 0}
+            shift = -1 if self.mode == "echo-shifted" else 0
+            return self.client.call("completions", self.model, body,
+                                    lambda r: parse_echo(r, prompt.slot_offsets, shift))
+        json_only = self.mode == "json"
+        body = {"messages": simulation_messages(explanation, tokens, self.templates, json_only),
+                "max_tokens": (4 if json_only else 3) * n + 40, "temperature": 0}
+        if not json_only:
+            body.update({"logprobs": True, "top_logprobs": min(self.top_logprobs, 20)})
+            return self.client.call("chat", self.model, body, lambda r: parse_chat_digits(r, n), _retry_hotter)
+        return self.client.call("chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter)
+
+
+def _probe_echo(response: dict[str, Any]) -> str:
+    """``echo`` or ``echo-shifted``, from how well each token matches the top logprob at i versus i - 1."""
+    try:
+        lp = response["choices"][0]["logprobs"]
+        tokens, tops = lp["tokens"], lp["top_logprobs"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise InvalidOutput("no prompt logprobs") from exc
+    if not tokens or not tops or len(tokens) < 8:
+        raise InvalidOutput("no prompt logprobs")
+    same = shifted = 0
+    for i, top in enumerate(tops):
+        if not top:
+            continue
+        best = max(top, key=lambda t: top[t])
+        same += best == tokens[i]
+        shifted += i + 1 < len(tokens) and best == tokens[i + 1]
+    if max(same, shifted) < len(tokens) // 4:
+        raise InvalidOutput("the prompt logprobs do not track the prompt")
+    return "echo" if same >= shifted else "echo-shifted"
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def correlation(pred: np.ndarray, true: np.ndarray) -> float | None:
+    """Pearson correlation; None when the truth is constant; 0 when the prediction is constant (it explains
+    nothing)."""
+    if len(true) < 2 or float(true.std()) == 0.0:
+        return None
+    if float(pred.std()) == 0.0:
+        return 0.0
+    return float(np.corrcoef(pred, true)[0, 1])
+
+
+def target(record: Record, sign: float = 1.0) -> np.ndarray:
+    """What a positive-side explanation is scored against: the activation's positive part (negative part for
+    ``sign=-1``). Gated MLPs have large negative activations that a 'finds X' explanation cannot predict."""
+    return np.maximum(sign * np.asarray(record.activations, dtype=np.float64), 0.0)
+
+
+def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record], max_activation: float,
+                      pred_scale: float = SCALE_MAX, sign: float = 1.0) -> dict[str, Any]:
+    """Pooled Pearson correlation over every token of every record (top and random together, as OpenAI's
+    "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to activation units
+    (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative)."""
+    p = [np.asarray(x, dtype=np.float64) for x in preds]
+    t = [target(r, sign) for r in records]
+    for a, b in zip(p, t, strict=True):
+        if a.shape != b.shape:
+            raise ValueError("prediction and record lengths differ")
+    allp, allt = np.concatenate(p), np.concatenate(t)
+    out: dict[str, Any] = {"score": correlation(allp, allt), "n_tokens": int(len(allt))}
+    for kind in ("top", "random"):
+        idx = [i for i, r in enumerate(records) if r.kind == kind]
+        out[f"score_{kind}"] = (correlation(np.concatenate([p[i] for i in idx]), np.concatenate([t[i] for i in idx]))
+                                if idx else None)
+    sst = float(((allt - allt.mean()) ** 2).sum())
+    mapped = allp / pred_scale * max_activation
+    out["r2"] = 1.0 - float(((allt - mapped) ** 2).sum()) / sst if sst > 0 else None
+    return out
