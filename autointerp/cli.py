@@ -577,7 +577,9 @@ def cmd_fire(args: argparse.Namespace) -> int:
         _print_json(out)
         return 0
     if not out["neurons"]:
-        print(f"No neuron of layer {args.layer} goes above {args.hi} or below {args.lo} on this text.")
+        limits = " or ".join(x for x in (args.hi is not None and f"above {args.hi}",
+                                          args.lo is not None and f"below {args.lo}") if x)
+        print(f"No neuron of layer {args.layer} goes {limits} on this text.")
     for n in out["neurons"]:
         print(f"{args.layer}/{n['neuron']:<5} max {n['max']:8.3f}  min {n['min']:8.3f}  peak {n['peak_token']!r}")
         print("      " + " ".join(f"{t!r}:{v:.2f}" for t, v in zip(out["tokens"], n["values"], strict=True)))

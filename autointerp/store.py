@@ -519,6 +519,30 @@ class Store:
         }
         return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
 
+    def example_rows_raw(self, run_id: int, layer: int, neuron: int, kinds: Iterable[str] | None = None
+                         ) -> list[tuple[Any, ...]]:
+        """Examples as raw tuples (kind, rank, split, context_id, max, min, peak_index, interval, activations blob,
+        str_tokens JSON, tokens JSON, doc_index JSON), in :meth:`examples` order: the server embeds the stored JSON
+        text as it is instead of decoding and re-encoding it for every request."""
+        sql = ("select e.kind, e.rank, e.split, e.context_id, e.max_activation, e.min_activation, e.peak_index, "
+               "e.interval, e.activations, c.str_tokens, c.tokens, c.doc_index from examples e join contexts c "
+               "on c.run_id = e.run_id and c.context_id = e.context_id where e.run_id = ? and e.layer = ? and "
+               "e.neuron = ?")
+        params: list[Any] = [run_id, layer, neuron]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" and e.kind in ({','.join('?' * len(kinds))})"
+            params += kinds
+        sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
+        return self.db.execute(sql, params).fetchall()
+
+    def graph_raw(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
+        """Like :meth:`graph` but with the graph left as its stored JSON text."""
+        row = next(self.db.query(
+            "select g.* from graphs g join runs r on r.id = g.run_id where r.model = ? and g.layer = ? and "
+            "g.neuron = ? order by g.created desc limit 1", [model, layer, neuron]), None)
+        return dict(row) if row else None
+
     def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
         """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph correlations."""
         out: dict[str, list[float]] = {}
