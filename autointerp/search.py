@@ -107,7 +107,8 @@ def _read_value(text: str, i: int, term_start: int) -> tuple[str, int]:
         j += 1
     if j == i:
         where = "at the end of the query" if i >= n else f"at character {i + 1} of the query"
-        raise UserError(f"A token is missing {where} (after {text[term_start:i]!r}).")
+        hint = "; to search for a comma, quote it: any:\",\"" if i < n and text[i] == "," else ""
+        raise UserError(f"A token is missing {where} (after {text[term_start:i]!r}){hint}.")
     return text[i:j], j
 
 

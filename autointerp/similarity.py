@@ -1,8 +1,9 @@
 """Similar neurons by N2G graph overlap, computed for a whole model through an inverted index.
 
 **What is compared.** A neuron's N2G graph (:mod:`autointerp.n2g.graph`) has two sets of tokens that say what it does:
-its *activating* tokens (the trie roots, the tokens it fires on) and its *important context* tokens (concrete,
-non-wildcard context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
+its *activating* tokens (the trie roots, the tokens it fires on: those whose best normalised activation in the
+graph is at least 0.1, see :data:`MIN_ACTIVATION`) and its *important context* tokens (concrete, non-wildcard
+context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
 normalised (case-insensitive, leading space stripped; see :func:`autointerp.n2g.graph.normalize_token`).
 
 **The formula.** DeepDecipher's idea is the two-way proportion of overlapping nodes: the share of A's tokens that
@@ -51,6 +52,7 @@ from autointerp.errors import UserError
 DEFAULT_LIMIT = 20
 DEFAULT_ACTIVATING_WEIGHT = 0.5
 KINDS = ("activating", "context")
+MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on from this normalised activation
 ROUND = 12  # similarities are rounded so that mathematically equal ones tie exactly (then the lower index wins)
 
 
@@ -66,7 +68,10 @@ def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``{"activating": {token: activation}, "context": {token: importance}}`` of a serialised graph.
 
     An activating token's weight is the highest (normalised) activation of any end node below it; a context token's
-    weight is its highest importance anywhere in the graph. Search ranks matches by these weights.
+    weight is its highest importance anywhere in the graph. Search ranks matches by these weights. Activating nodes
+    whose best activation is below :data:`MIN_ACTIVATION` are left out: N2G adds augmentation variants that *stopped*
+    the neuron as activating nodes too (so the graph predicts it stays quiet there), and those are not tokens it
+    fires on.
     """
     nodes = graph["nodes"]
     parent = {e["target"]: e["source"] for e in graph["edges"]}
@@ -87,6 +92,7 @@ def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
             if root is not None:
                 act = out["activating"]
                 act[root] = max(act[root], float(node["activation"]))
+    out["activating"] = {t: w for t, w in out["activating"].items() if w >= MIN_ACTIVATION}
     return out
 
 

@@ -44,7 +44,7 @@ def _norm_weight(module: Any, name: str, size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def compute_weight_facts(subject: Any, layers: Sequence[int], top_k: int = 10, chunk: int = 128
+def compute_weight_facts(subject: Any, layers: Sequence[int], top_k: int = 10, chunk: int = 256
                          ) -> list[dict[str, Any]]:
     """Weight facts of every neuron of ``layers``: ``[{"layer", "neuron", "input_vector", "cos_in_out",
     "cos_gate_out" (None if ungated), "top_tokens": [{"token", "id", "logit"}], "bottom_tokens": [...]}]``."""
@@ -54,6 +54,7 @@ def compute_weight_facts(subject: Any, layers: Sequence[int], top_k: int = 10, c
     tl = subject.model
     d_model = int(tl.cfg.d_model)
     unembed = tl.W_U.detach().float() * _norm_weight(tl, "ln_final", d_model)[:, None]  # [d_model, vocab]
+    unembed_mean = unembed.mean(dim=1)  # logits minus their mean = w · (W_U - mean): subtract after the top-k
     out: list[dict[str, Any]] = []
     for layer in layers:
         block = tl.blocks[layer]
@@ -67,10 +68,12 @@ def compute_weight_facts(subject: Any, layers: Sequence[int], top_k: int = 10, c
             w_gate = gate.detach().float() * _norm_weight(block, "ln2", d_model)[:, None]
             cos_gate = torch.nn.functional.cosine_similarity(w_gate.T, w_out, dim=1)
         for start in range(0, w_out.shape[0], chunk):
-            logits = w_out[start:start + chunk] @ unembed  # [chunk, vocab]
-            logits -= logits.mean(dim=1, keepdim=True)
+            rows = w_out[start:start + chunk]
+            logits = rows @ unembed  # [chunk, vocab]
+            mean = (rows @ unembed_mean)[:, None]
             top_v, top_i = logits.topk(top_k, dim=1)
             bot_v, bot_i = logits.topk(top_k, dim=1, largest=False)
+            top_v, bot_v = top_v - mean, bot_v - mean
             ids = sorted(set(top_i.flatten().tolist()) | set(bot_i.flatten().tolist()))
             names = dict(zip(ids, subject.str_tokens(ids), strict=True))
             for row in range(logits.shape[0]):

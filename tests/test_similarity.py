@@ -93,6 +93,7 @@ def test_token_sets_and_weights_come_from_the_graph() -> None:
         (["fox", "quick", None], [1.0, 0.9, 0.1], 1.0),
         (["Fox", "brown"], [1.0, 0.6], 0.7),
         (["dog"], [1.0], 0.4),
+        (["cat"], [1.0], 0.02),  # an augmentation variant that stopped the neuron: not a token it fires on
     ])
     weights = graph_token_weights(g)
     assert weights["activating"] == {"fox": 1.0, "dog": 0.4}  # normalised, best end below each root
