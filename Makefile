@@ -40,7 +40,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
-## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio. Raw sections go to bench/results/;
+## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, API neuron JSON requests/s and
+## latency. Raw sections go to bench/results/;
 ## BENCHMARKS.md quotes them with the commands that made them.
 bench: setup
 	mkdir -p bench/results
@@ -48,6 +49,7 @@ bench: setup
 	$(PY) bench/bench_harvest.py --prefill-tokens 8192 --tokens 3072 --rounds 3 --no-memory --no-profile \
 		--out bench/results/harvest-steady.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
+	$(PY) bench/bench_api.py --out bench/results/api.md
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autointerp tests bench

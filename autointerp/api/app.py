@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -268,13 +269,20 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/{service}/{layer}/{neuron}", tags=["neurons"],
              summary="One neuron: neuroscope, n2g, explanation, similar, stats, weights or all")
-    def api_neuron(model: str, service: str, layer: int, neuron: int,
-                   kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,random"),
-                   limit: int | None = Query(None, ge=0, le=1000, description="neuroscope: examples per kind")
-                   ) -> JSONBytes:
+    async def api_neuron(model: str, service: str, layer: int, neuron: int,
+                         kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,"
+                                                                     "random"),
+                         limit: int | None = Query(None, ge=0, le=1000, description="neuroscope: examples per kind")
+                         ) -> JSONBytes:
+        # async: a cached answer is sent straight from the event loop; anything that reads the database goes to
+        # the thread pool (each pool thread has its own SQLite connection)
         view = view_of(model)
         data.check_service(service)
-        return JSONBytes(data.neuron_bytes(view, service, layer, neuron, _kinds(kinds), limit))
+        wanted = _kinds(kinds)
+        hit = data.cached_neuron(view, service, layer, neuron, wanted, limit)
+        if hit is None:
+            hit = await run_in_threadpool(data.neuron_bytes, view, service, layer, neuron, wanted, limit)
+        return JSONBytes(hit)
 
     # ---- pictures (not part of the JSON API, so not in the OpenAPI spec)
     @app.get("/img/{model}/scores.svg", include_in_schema=False)

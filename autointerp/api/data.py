@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autointerp.errors import UserError
 from autointerp.store import Store
 
@@ -79,6 +81,23 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _activation_arrays(blobs: list[bytes]) -> list[bytes]:
+    """JSON arrays of float32 activation blobs, 5 significant digits ("%.5g" is valid JSON for finite numbers and
+    several times faster than rounding to Python floats and encoding them one by one)."""
+    if not blobs:
+        return []
+    from autointerp.store import decode_acts
+
+    out = []
+    for blob in blobs:
+        values = decode_acts(blob)
+        if np.isfinite(values).all():
+            out.append(("[" + ",".join(["%.5g" % v for v in values.tolist()]) + "]").encode())  # noqa: UP031
+        else:
+            out.append(dumps([round(v, 4) if math.isfinite(v) else None for v in values.tolist()]))
+    return out
+
+
 def _r(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(float(x), digits)
 
@@ -129,7 +148,9 @@ class ApiData:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self.cache = ByteCache()
+        self._contexts: dict[tuple[int, int], bytes] = {}  # (run, context) -> JSON fragment; plain dict ops are atomic
         self.store()  # fail now (newer schema, unreadable file), not on the first request
+        import autointerp.harvest  # noqa: F401  (imports torch: 2 s that must not land on the first request)
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def store(self) -> Store:
@@ -254,17 +275,92 @@ class ApiData:
     # ------------------------------------------------------------------------------------------------ neurons
     def neuron_bytes(self, view: ModelView, service: str, layer: int, neuron: int, kinds: tuple[str, ...] | None,
                      limit: int | None) -> bytes:
-        """The JSON answer for one neuron and service. Statistics and examples come from the byte cache (a
-        finished run never changes); graphs, explanations and the rest are read fresh, so new results show at once.
-        """
+        """The JSON answer for one neuron and service, built for speed: statistics and examples come from the byte
+        cache (a finished run never changes) or are assembled from the stored JSON text without decoding it;
+        graphs, explanations and the rest are read fresh, so new results show at once."""
         run_id = self.check_neuron(view, layer, neuron)
         if service == "stats":
-            return self.cache.get_or_make(("stats", run_id, layer, neuron),
-                                          lambda: self.stats_record(view, layer, neuron, run_id))
+            return self.stats_bytes(view, layer, neuron, run_id)
         if service == "neuroscope":
-            return self.cache.get_or_make(("neuroscope", run_id, layer, neuron, kinds, limit),
-                                          lambda: self.neuroscope_record(view, layer, neuron, run_id, kinds, limit))
+            return self.neuroscope_bytes(view, layer, neuron, run_id, kinds, limit)
+        if service == "n2g":
+            return self.n2g_bytes(view, layer, neuron)
+        if service == "all":
+            head = dumps({"model": view.name, "layer": layer, "neuron": neuron, "run_id": run_id})[:-1]
+            parts = [b'"stats":' + self.stats_bytes(view, layer, neuron, run_id),
+                     b'"neuroscope":' + self.neuroscope_bytes(view, layer, neuron, run_id, kinds, limit),
+                     b'"n2g":' + self.n2g_bytes(view, layer, neuron),
+                     b'"explanation":' + dumps(self.explanation_record(view, layer, neuron, run_id)),
+                     b'"similar":' + dumps(self.similar_record(view, layer, neuron)),
+                     b'"weights":' + dumps(self.weights_record(view, layer, neuron))]
+            return head + b"," + b",".join(parts) + b"}"
         return dumps(self.neuron_record(view, service, layer, neuron, kinds, limit))
+
+    def cached_neuron(self, view: ModelView, service: str, layer: int, neuron: int,
+                      kinds: tuple[str, ...] | None, limit: int | None) -> bytes | None:
+        """The cached answer, if there is one (no SQL beyond the catalog check): lets the server answer from the
+        event loop without a thread hop."""
+        if service not in ("stats", "neuroscope"):
+            return None
+        run_id = self.check_neuron(view, layer, neuron)
+        if service == "stats":
+            return self.cache.get(("stats", run_id, layer, neuron))
+        return self.cache.get(("neuroscope", run_id, layer, neuron, kinds, limit))
+
+    def stats_bytes(self, view: ModelView, layer: int, neuron: int, run_id: int) -> bytes:
+        return self.cache.get_or_make(("stats", run_id, layer, neuron),
+                                      lambda: self.stats_record(view, layer, neuron, run_id))
+
+    def n2g_bytes(self, view: ModelView, layer: int, neuron: int) -> bytes:
+        """The graph is embedded as its stored JSON text (graphs have thousands of nodes; decoding and re-encoding
+        them per request would cost more than everything else)."""
+        row = self.store().graph_raw(view.name, layer, neuron)
+        if row is None:
+            return dumps(self.n2g_record(view, layer, neuron))
+        record = self._n2g_fields(view, layer, neuron, row)
+        return dumps(record)[:-1] + b',"graph":' + row["graph"].encode() + b"}"
+
+    def neuroscope_bytes(self, view: ModelView, layer: int, neuron: int, run_id: int,
+                         kinds: tuple[str, ...] | None, limit: int | None) -> bytes:
+        key = ("neuroscope", run_id, layer, neuron, kinds, limit)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        rows = self.store().example_rows_raw(run_id, layer, neuron, kinds)
+        per_kind: dict[str, int] = {}
+        keep = []
+        for row in rows:
+            per_kind[row[0]] = per_kind.get(row[0], 0) + 1
+            if limit is None or per_kind[row[0]] <= limit:
+                keep.append(row)
+        acts_json = _activation_arrays([row[8] for row in keep])
+        pieces = []
+        for row, acts in zip(keep, acts_json, strict=True):
+            kind, rank, split, context_id, mx, mn, peak, interval = row[:8]
+            pieces.append(b'{"kind":"' + kind.encode() + b'",' + dumps(
+                {"rank": rank, "split": split, "context_id": context_id, "max_activation": _r(mx),
+                 "min_activation": _r(mn), "peak_index": peak, "interval": interval})[1:-1]
+                + b"," + self._context_json(run_id, context_id, row) + b',"activations":' + acts + b"}")
+        head = dumps({**self._head(view, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
+                      "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind,
+                      "note": "token 0 of every example is BOS and never counts in statistics"})
+        out = head[:-1] + b',"examples":[' + b",".join(pieces) + b"]}"
+        self.cache.put(key, out)
+        return out
+
+    def _context_json(self, run_id: int, context_id: int, row: tuple[Any, ...]) -> bytes:
+        """``"tokens":[...],"token_ids":[...],"documents":[...]`` of a context, cached: many neurons share
+        contexts (all of them share the random sample)."""
+        key = (run_id, context_id)
+        frag = self._contexts.get(key)
+        if frag is None:
+            docs = sorted({i for i in json.loads(row[11]) if i >= 0})
+            frag = (b'"tokens":' + row[9].encode() + b',"token_ids":' + row[10].encode() + b',"documents":'
+                    + dumps(docs))
+            if len(self._contexts) > 50_000:
+                self._contexts.clear()
+            self._contexts[key] = frag
+        return frag
 
     def neuron_record(self, view: ModelView, service: str, layer: int, neuron: int,
                       kinds: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
@@ -327,14 +423,16 @@ class ApiData:
 
     def n2g_record(self, view: ModelView, layer: int, neuron: int) -> dict[str, Any]:
         row = self.store().graph(view.name, layer, neuron)
-        head = self._head(view, layer, neuron)
         if row is None:
-            return {**head, "available": False,
+            return {**self._head(view, layer, neuron), "available": False,
                     "message": f"No N2G graph computed for this neuron; run `autointerp graph {view.name} --layers "
                                f"{layer} --neurons {neuron}`."}
-        return {**head, "available": True, "config_hash": row["config_hash"], "n_nodes": row["n_nodes"],
-                "precision": row["precision"], "recall": row["recall"], "f1": row["f1"],
-                "correlation": row["correlation"], "n_tokens": row["n_tokens"], "graph": row["graph"],
+        return {**self._n2g_fields(view, layer, neuron, row), "graph": row["graph"]}
+
+    def _n2g_fields(self, view: ModelView, layer: int, neuron: int, row: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head(view, layer, neuron), "available": True, "config_hash": row["config_hash"],
+                "n_nodes": row["n_nodes"], "precision": row["precision"], "recall": row["recall"], "f1": row["f1"],
+                "correlation": row["correlation"], "n_tokens": row["n_tokens"],
                 "graphml_url": f"/api/{view.name}/n2g/{layer}/{neuron}/graphml",
                 "svg_url": f"/img/{view.name}/n2g/{layer}/{neuron}.svg"}
 
