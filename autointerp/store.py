@@ -559,6 +559,7 @@ class Store:
         if graphs:
             out["n2g_graph"] = graphs
         return out
+
     # ---- similarity / search / weights (issue 5)
     def _ensure_issue5_schema(self) -> None:
         """Tables of issue 5; called inside ``_ensure_schema``'s transaction. The FTS table and its triggers are
