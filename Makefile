@@ -40,7 +40,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
-## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, API neuron JSON requests/s and
+## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency. Raw sections go to bench/results/;
 ## BENCHMARKS.md quotes them with the commands that made them.
 bench: setup
@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/bench_harvest.py --prefill-tokens 8192 --tokens 3072 --rounds 3 --no-memory --no-profile \
 		--out bench/results/harvest-steady.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
+	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
 	$(PY) bench/bench_api.py --out bench/results/api.md
 
 lint: $(VENV)/.installed
