@@ -206,12 +206,13 @@ class LLMClient:
                 return value
             except InvalidOutput:
                 pass  # a cache entry from an older parser: ask again
-        if endpoint == "chat":
-            response = self.client.chat.completions.create(model=model, **body).model_dump()
-        elif endpoint == "completions":
-            response = self.client.completions.create(model=model, **body).model_dump()
-        else:
+        if endpoint not in ("chat", "completions"):
             raise ValueError(endpoint)
+        api = self.client.chat.completions if endpoint == "chat" else self.client.completions
+        try:
+            response = api.create(model=model, **body).model_dump()
+        except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
+            raise InvalidOutput(f"malformed response ({type(exc).__name__}: {str(exc)[:100]})") from exc
         spent = response.get("usage") or {}
         call_usage = Usage(int(spent.get("prompt_tokens") or 0), int(spent.get("completion_tokens") or 0), 1, 0)
         usage.add(call_usage)

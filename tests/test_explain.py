@@ -1,0 +1,379 @@
+"""Explanations and simulation scores: prompt rendering (golden files), scoring maths, retries and recorded
+failures under injected faults, and - against a real local llama.cpp server with the packaged Qwen2.5-Coder-0.5B -
+a real explanation, stored and scored, and a correct explanation outscoring a wrong one."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import PARAGRAPHS, run_cli
+
+from autointerp.explain.prompts import (
+    Record,
+    discretise,
+    escape_token,
+    explanation_messages,
+    load_templates,
+    parse_explanation,
+    simulation_prompt,
+)
+from autointerp.explain.run import ExplainConfig, baseline_explanation, explain_layers
+from autointerp.explain.simulate import (
+    Simulator,
+    expected_digit,
+    parse_echo,
+    parse_json_values,
+    score_predictions,
+)
+from autointerp.harvest import HarvestConfig, harvest
+from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, LLMSettings
+from autointerp.store import LLMCache, Store
+
+GOLDEN = Path(__file__).parent / "golden"
+RECORDS = [
+    Record(["The", " cat", " sat", " on", " the", " mat", ".\n"], [0.0, 4.0, 0.1, 0.0, -0.2, 2.0, 0.0]),
+    Record(["\t", "A", " dog", " barked"], [0.0, 0.0, 3.9, 0.5]),
+]
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with UPDATE_GOLDEN=1 if that was intended"
+
+
+def test_explainer_prompt_matches_golden_file() -> None:
+    messages = explanation_messages(RECORDS, 4.0, load_templates(), ["the ... cat: 9"])
+    _golden("explain_prompt.txt", "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n")
+    assert messages[-1]["content"].endswith("the main thing this neuron does is find")
+
+
+def test_simulator_prompt_matches_golden_file_and_marks_every_slot() -> None:
+    prompt = simulation_prompt("small animals", RECORDS[0].tokens, load_templates())
+    _golden("simulate_prompt.txt", prompt.text)
+    assert len(prompt.slot_offsets) == len(RECORDS[0].tokens)
+    assert all(prompt.text[o] == "?" and prompt.text[o - 1] == "\t" for o in prompt.slot_offsets)
+
+
+def test_tokens_are_escaped_readably_and_activations_discretised() -> None:
+    assert escape_token(" a\nb\tc\\") == " a\\nb\\tc\\\\"
+    assert escape_token("\x01") == "\\x01"
+    assert discretise([0.0, 4.0, 2.0, -3.0, 9.0], 4.0) == [0, 9, 4, 0, 9]
+    assert discretise([1.0, 2.0], 0.0) == [0, 0]
+
+
+def test_explanation_replies_are_parsed_or_rejected() -> None:
+    assert parse_explanation(" the word cat.") == "the word cat"
+    assert parse_explanation("The main thing this neuron does is find days of the week.\nMore") == \
+        "days of the week"
+    with pytest.raises(ValueError):
+        parse_explanation("   ")
+
+
+def test_baseline_names_the_most_activating_tokens() -> None:
+    text = baseline_explanation(RECORDS, 4.0)
+    assert text.startswith('the tokens "cat"') and '"dog"' in text
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def test_score_is_the_pooled_correlation_over_top_and_random_records() -> None:
+    records = [Record(["a", "b", "c"], [0.0, 2.0, 1.0], "top"), Record(["d", "e"], [0.5, -1.0], "random")]
+    preds = [[0.0, 9.0, 3.0], [2.0, 0.0]]
+    out = score_predictions(preds, records, 2.0)
+    truth = np.maximum(np.array([0.0, 2.0, 1.0, 0.5, -1.0]), 0)
+    assert out["score"] == pytest.approx(np.corrcoef([0, 9, 3, 2, 0], truth)[0, 1])
+    assert out["score_top"] == pytest.approx(np.corrcoef([0, 9, 3], [0, 2, 1])[0, 1])
+    assert out["score_random"] == pytest.approx(1.0)  # [2, 0] against [0.5, 0]
+    assert out["n_tokens"] == 5
+    assert score_predictions([[1, 1, 1], [1, 1]], records, 2.0)["score"] == 0.0  # constant: explains nothing
+    flat = [Record(["a", "b"], [0.0, 0.0])]
+    assert score_predictions([[0.0, 9.0]], flat, 1.0)["score"] is None  # undefined, never a made-up number
+
+
+def test_expected_value_over_digit_logprobs() -> None:
+    assert expected_digit({"0": np.log(0.5), "9": np.log(0.5), "x": 0.0}) == pytest.approx(4.5)
+    assert expected_digit({"hello": -0.1}) is None
+    response = {"choices": [{"logprobs": {"text_offset": [0, 2, 3], "top_logprobs": [None, {"7": 0.0}, {"2": 0}]}}]}
+    assert parse_echo(response, [2], 0) == [7.0]
+    assert parse_echo(response, [3], -1) == [7.0]  # servers whose top_logprobs[i] predicts token i + 1
+    with pytest.raises(InvalidOutput):
+        parse_echo(response, [1], 0)
+
+
+def test_json_simulations_are_validated_by_schema() -> None:
+    def reply(text: str) -> dict[str, Any]:
+        return {"choices": [{"message": {"content": text}}]}
+
+    assert parse_json_values(reply('```json\n{"activations": [0, 9]}\n```'), 2) == [0.0, 9.0]
+    for bad in ('{"activations": [0, 10]}', '{"activations": [0]}', "[1, 2]", "not json", '{"activations": [0.5, 1]}'):
+        with pytest.raises(InvalidOutput):
+            parse_json_values(reply(bad), 2)
+
+
+# ------------------------------------------------------------------------------------------------ fault injection
+class FaultServer:
+    """A local HTTP server that misbehaves on purpose: 500, 429, hang, malformed JSON, out-of-range or wrong-length
+    values - or answers well-formed (``ok``), so a test can watch a failure get retried and recorded, then redone."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # /v1/models
+                self._send(200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                server.requests += 1
+                mode = server.mode
+                if mode == "500":
+                    self._send(500, {"error": {"message": "boom"}})
+                elif mode == "429":
+                    self._send(429, {"error": {"message": "slow down"}})
+                elif mode == "hang":
+                    time.sleep(3)
+                    self._send(500, {"error": {"message": "too late"}})
+                elif mode == "garbage":
+                    self._raw(200, b"{not json")
+                elif mode == "out-of-range":
+                    self._send(200, _chat('{"activations": [42]}'))
+                elif mode == "ok":
+                    self._send(200, _ok_answer(body))
+                else:
+                    self._send(200, _chat(""))  # empty explanation / no logprobs: invalid
+
+            def _send(self, status: int, obj: dict[str, Any]) -> None:
+                self._raw(status, json.dumps(obj).encode())
+
+            def _raw(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def _chat(content: str) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "fault-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+
+
+def _ok_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for echo prompts."""
+    if "messages" in body:
+        return _chat(" tokens that matter.")
+    prompt = body["prompt"]
+    top = [None] + [{"5": -0.1, "x": -3.0} for _ in prompt[1:]]
+    return {"id": "x", "object": "text_completion", "created": 0, "model": "fault-model",
+            "choices": [{"index": 0, "text": prompt, "finish_reason": "length",
+                         "logprobs": {"tokens": list(prompt), "text_offset": list(range(len(prompt))),
+                                      "token_logprobs": [None] * len(prompt), "top_logprobs": top}}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0, "total_tokens": len(prompt)}}
+
+
+@pytest.fixture
+def fault_server():  # type: ignore[no-untyped-def]
+    servers: list[FaultServer] = []
+
+    def start(mode: str) -> FaultServer:
+        servers.append(FaultServer(mode))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _client(url: str, cache: LLMCache | None = None, timeout: float = 10.0) -> LLMClient:
+    return LLMClient(LLMSettings(base_url=url, max_attempts=3, backoff=0.01, timeout=timeout), cache, url)
+
+
+@pytest.mark.parametrize("mode, reason", [("500", "HTTP 500"), ("429", "HTTP 429"), ("garbage", ""),
+                                          ("hang", "timeout"), ("out-of-range", "invalid output")])
+def test_faults_are_retried_then_raised_with_the_reason(fault_server, mode: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    server = fault_server(mode)
+    client = _client(server.url, timeout=1.0)
+    with pytest.raises(LLMFailure) as info:
+        client.call("chat", "fault-model", {"messages": [{"role": "user", "content": "hi"}]},
+                    lambda r: parse_json_values(r, 1))
+    assert info.value.attempts == 3 and server.requests >= 3
+    assert reason in info.value.reason and "after 3 attempts" in info.value.reason
+
+
+def test_endpoint_down_is_a_recorded_reason() -> None:
+    client = _client("http://127.0.0.1:9/v1")
+    with pytest.raises(LLMFailure) as info:
+        client.call("chat", "m", {"messages": []}, lambda r: r)
+    assert "connection error" in info.value.reason and info.value.transient
+
+
+@pytest.fixture(scope="module")
+def small_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-def]
+    """A real harvest of the tiny gated model: enough train/test examples to explain and score."""
+    folder = tmp_path_factory.mktemp("explain")
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
+    db = folder / "base.db"
+    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(corpus), layers=[1], ctx_len=24, top_k=8, random_k=8,
+                        batch_size=8, checkpoint_seconds=1e9)
+    harvest(tiny_gated, db, cfg, progress=False, log=lambda m: None)
+    return db
+
+
+def _copy(db: Path, tmp_path: Path) -> Store:
+    import sqlite3
+
+    target = tmp_path / "run.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)  # WAL mode: the file alone may not hold the latest pages
+    return Store(target)
+
+
+def _cfg(**kw: Any) -> ExplainConfig:
+    base = dict(explainer_model="fault-model", simulator_model="fault-model", prompt_version="test",
+                simulator_mode="echo", sim_top=2, sim_random=2, explain_records=3)
+    return ExplainConfig(**{**base, **kw})
+
+
+def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(small_db, fault_server, tmp_path
+                                                                               ) -> None:  # type: ignore[no-untyped-def]
+    store = _copy(small_db, tmp_path)
+    server = fault_server("500")
+    cfg = _cfg()
+    summary = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
+                             progress=False)
+    assert summary.failed == 3 and summary.explained == 0
+    rows = list(store.db.query("select kind, status, text, error from explanations where kind = 'llm'"))
+    assert len(rows) == 3 and all(r["status"] == "failed" and r["text"] is None and "HTTP 500" in r["error"]
+                                  for r in rows)
+    scores = list(store.db.query("select method, status, score from scores"))
+    assert scores and all(r["score"] is None for r in scores)  # no number anywhere: not even the baseline's
+    assert store.rank_neurons("tiny-gated", "explanation", None, 10) == []
+
+    server.mode = "ok"
+    again = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
+                           progress=False)
+    assert again.skipped == 3 and again.explained == 0  # a plain rerun resumes; failures wait for --retry-failed
+    before = server.requests
+    redo = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
+                          retry_failed=True, progress=False)
+    assert redo.explained == 3 and redo.failed == 0 and server.requests > before
+    rows = list(store.db.query("select status, text from explanations where kind = 'llm'"))
+    assert len(rows) == 3 and all(r["status"] == "ok" and r["text"] == "tokens that matter" for r in rows)
+    assert not list(store.db.query("select * from scores where status = 'failed'"))
+
+
+def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = _copy(small_db, tmp_path)
+    server = fault_server("ok")
+    cache = LLMCache(store.path)
+    first = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url, cache), load_templates(),
+                           progress=False)
+    assert first.usage.calls > 0 and first.usage.prompt_tokens > 0
+    store.db.execute("delete from explanations")
+    store.db.execute("delete from scores")
+    store.db.conn.commit()
+    calls = server.requests
+    second = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url, cache), load_templates(),
+                            progress=False)
+    assert server.requests == calls and second.usage.calls == 0 and second.usage.prompt_tokens == 0
+    assert second.usage.cached_calls == first.usage.calls
+
+
+def test_cli_bad_input_is_one_clear_error(small_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_cli("explain", "tiny-gated", "--layers", "7", "--db", str(small_db), "--base-url", "http://x/v1",
+                   "--explainer-model", "m")
+    assert proc.returncode == 2 and "has not been harvested" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("explain", "tiny-gated", "--layers", "1", "--db", str(small_db), "--local-llm", "gpt-5")
+    assert proc.returncode == 2 and "Unknown local LLM" in proc.stderr
+    proc = run_cli("rank", "tiny-gated", "--by", "vibes", "--db", str(small_db))
+    assert proc.returncode == 2 and "Cannot rank by" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ real LLM server
+ANIMALS = ([" We", " saw", " a", " cat", " and", " two", " dogs", " near", " the", " old", " barn", ",", " then", " a",
+            " horse", " ran", " past", "."], {" cat", " dogs", " horse"})
+HYPHENS = (["The", " Rhine", "-", "Main", " region", " and", " Miami", "-", "Dade", " county", " in", " the",
+            " north", "-", "east"], {"-"})
+
+
+@pytest.mark.slow
+def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None:
+    from autointerp.llm_server import local_server
+
+    with local_server("qwen2.5-coder-0.5b") as (url, model):
+        sim = Simulator(_client(url, timeout=120), model, load_templates())
+        assert sim.mode == "echo"  # our server answers prompt logprobs in OpenAI's alignment
+        for (tokens, firing), right, wrong in ((ANIMALS, "names of animals", "numbers written as digits"),
+                                               (HYPHENS, 'the hyphen character "-"', "days of the week")):
+            record = Record(tokens, [5.0 if t in firing else 0.0 for t in tokens])
+            scores = {}
+            for explanation in (right, wrong):
+                values, _ = sim.simulate(explanation, tokens)
+                scores[explanation] = score_predictions([values], [record], 5.0)["score"]
+            assert scores[right] > scores[wrong] + 0.1, scores
+
+
+@pytest.mark.slow
+def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path: Path) -> None:
+    db = tmp_path / "real.db"
+    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "1", "--tokens", "8192", "--no-progress",
+                   "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(run_cli("rank", "smollm2-135m", "--by", "max", "--limit", "1", "--db", str(db),
+                              "--json").stdout)[0]["neuron"]
+    assert run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db),
+                   "--no-progress").returncode == 0
+    args = ["explain", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--local-llm", "qwen2.5-coder-0.5b",
+            "--sim-top", "2", "--sim-random", "2", "--explain-records", "5", "--no-progress", "--json",
+            "--db", str(db)]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["explained"] == 1 and summary["prompt_tokens"] > 0 and summary["llm_calls"] > 0
+    store = Store(db)
+    expl = {r["kind"]: r for r in store.db.query("select * from explanations")}
+    assert expl["llm"]["status"] == "ok" and len(expl["llm"]["text"]) > 1
+    assert expl["llm"]["prompt_version"] == load_templates().version and expl["llm"]["prompt_tokens"] > 0
+    scores = {r["method"]: r for r in store.db.query("select * from scores")}
+    assert {"explanation", "baseline", "n2g"} <= set(scores)
+    assert scores["explanation"]["simulator_mode"] == "echo" and scores["n2g"]["n_tokens"] == \
+        scores["explanation"]["n_tokens"]  # every method scored on exactly the same tokens
+    ranked = json.loads(run_cli("rank", "smollm2-135m", "--by", "explanation", "--json", "--db", str(db)).stdout)
+    if scores["explanation"]["status"] == "ok":
+        assert ranked[0]["neuron"] == best and ranked[0]["explanation"] == expl["llm"]["text"]
+        assert ranked[0]["score"] == pytest.approx(scores["explanation"]["score"])
+    # a rerun with the rows removed is answered entirely from the cache
+    store.db.execute("delete from explanations")
+    store.db.execute("delete from scores")
+    store.db.conn.commit()
+    again = json.loads(run_cli(*args).stdout)
+    assert again["llm_calls"] == 0 and again["cached_calls"] > 0 and again["prompt_tokens"] == 0
