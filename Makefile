@@ -9,6 +9,8 @@ CORPUS ?= default
 LAYERS ?= 3,9,15
 TOKENS ?= 16384
 NEURONS ?= top:4
+EXPLAIN_NEURONS ?= top:1
+LLM    ?= qwen2.5-coder-1.5b
 DB     ?= autointerp.db
 
 .PHONY: setup explain test test-fast bench lint clean
@@ -24,12 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, rank them
+## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain and score
+## EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), rank them by explanation score
 explain: setup
 	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) --layers $(LAYERS) --tokens $(TOKENS) --db $(DB)
 	$(AI) graph $(MODEL) --layers $(LAYERS) --neurons $(NEURONS) --db $(DB)
-	$(AI) rank $(MODEL) --by n2g --limit 10 --db $(DB)
-	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB);  picture: $(AI) export graphml $(MODEL) L/N --db $(DB)"
+	$(AI) explain $(MODEL) --layers $(LAYERS) --neurons $(EXPLAIN_NEURONS) --local-llm $(LLM) --db $(DB)
+	$(AI) rank $(MODEL) --by explanation --limit 10 --db $(DB)
+	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB);  browse: $(AI) serve --db $(DB)"
 
 ## test: the whole suite, real-model tests included (what CI runs)
 test: setup
@@ -41,7 +45,8 @@ test-fast: setup
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
 ## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, graph similarity for 36,864 graphs, API neuron JSON requests/s and
-## latency. Raw sections go to bench/results/;
+## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
+## stock llama.cpp). Raw sections go to bench/results/;
 ## BENCHMARKS.md quotes them with the commands that made them.
 bench: setup
 	mkdir -p bench/results
@@ -51,6 +56,10 @@ bench: setup
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
 	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
 	$(PY) bench/bench_api.py --out bench/results/api.md
+	$(AI) harvest --model gemma-3-270m --layers 3,9 --tokens 16384 --db bench/explain.db --no-progress
+	$(AI) graph gemma-3-270m --layers 3,9 --neurons top:2 --db bench/explain.db --no-progress
+	$(PY) bench/bench_explain.py --db bench/explain.db --layers 3,9 --neurons top:2 --echo-compare \
+		--out bench/results/explain.md
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autointerp tests bench

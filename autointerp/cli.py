@@ -213,6 +213,7 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
                   "ctx_max_hist": stats["ctx_max_hist"]},
         "examples": examples,
         "weights": store.weight_facts(model, layer, neuron),  # None until `autointerp weights` ran (issue 5)
+        **store.explanation_summary(model, layer, neuron),  # {"explanations": {kind: row}, "scores": {method: row}}
     }
 
 
@@ -235,11 +236,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
         print(f"No neurons of {model} have a {args.by} score yet.")
         return 0
     if args.by in Store.SCORE_METHODS:
-        print(f"{'neuron':>10} {'score':>7} {'top':>6} {'random':>6}  explanation   (ranked by {args.by} score: "
-              "correlation of simulated and real activations on held-out top + random text)")
+        print(f"ranked by {args.by} score: correlation of simulated and real activations on held-out top + random "
+              "text; baseline = token-lookup explanation, n2g = graph, on the same text")
+        print(f"{'neuron':>10} {'score':>7} {'top':>6} {'random':>6} {'baseline':>8} {'n2g':>6}  explanation")
         for r in rows:
             cells = " ".join(f"{r[k]:6.3f}" if r[k] is not None else "     -" for k in ("score_top", "score_random"))
-            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells}  {r['explanation'] or '-'}")
+            base = f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
+            n2g = f"{r['n2g_score']:6.3f}" if r.get("n2g_score") is not None else "     -"
+            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  {r['explanation'] or '-'}")
         return 0
     n2g = args.by == "n2g"
     print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
@@ -423,6 +427,17 @@ def cmd_neuron(args: argparse.Namespace) -> int:
         console.print(f"weights: cos({w['input_vector']}, w_out) {w['cos_in_out']:+.3f}{gate}  logits up: "
                       + ", ".join(repr(t["token"]) for t in w["top_tokens"][:6]) + "  down: "
                       + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]), markup=False)
+    for kind, row in record["explanations"].items():
+        if row["status"] != "ok":
+            console.print(f"explanation ({kind}): failed - {row['error']}", markup=False)
+            continue
+        method = {"llm": "explanation", "llm_negative": "explanation_negative"}.get(kind, kind)
+        sc = record["scores"].get(method) or {}
+        shown = f"score {sc['score']:.3f}" if sc.get("score") is not None else f"score {sc.get('status', '-')}"
+        console.print(f"explanation ({kind}, {row['model']}): {row['text']}  [{shown}]", markup=False)
+    n2g = record["scores"].get("n2g")
+    if n2g and n2g.get("score") is not None:
+        console.print(f"N2G graph score on the same held-out text: {n2g['score']:.3f}")
     scale = max(abs(s["max"]), abs(s["min"]), 1e-9)
     titles = {"top": "Top activating", "bottom": "Most negative", "quantile": "Across activation levels",
               "random": "Random"}

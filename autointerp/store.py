@@ -1,7 +1,9 @@
 """The one place that reads and writes results: a single SQLite file through sqlite-utils.
 
 WAL mode (readers never block the writer), foreign keys on, and every unit of work in one transaction
-(``Database.atomic``), so a crash leaves either the whole unit or none of it. Schema (also in README):
+(:meth:`Store.atomic`: ``BEGIN IMMEDIATE``, so the write lock is taken before the first read of the unit and a
+concurrent writer makes it wait, never fail), so a crash leaves either the whole unit or none of it.
+Schema (also in README):
 
 * ``meta(key, value)`` - ``schema_version``.
 * ``models(name, info, provenance)`` - architecture facts and where the weights came from (file sha256, dtype).
@@ -46,6 +48,7 @@ WAL mode (readers never block the writer), foreign keys on, and every unit of wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -57,6 +60,7 @@ import numpy as np
 import sqlite_utils
 
 from autointerp.errors import UserError
+from autointerp.faults import kill_point
 
 SCHEMA_VERSION = 2
 DEFAULT_DB = "autointerp.db"
@@ -95,6 +99,29 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=30000")
         self._ensure_schema()
 
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One unit of work in one transaction. ``BEGIN IMMEDIATE`` takes the write lock up front: a deferred
+        transaction that reads first and writes later fails at once with "database is locked" when another
+        connection committed in between (SQLite cannot upgrade a stale snapshot), whereas waiting for the lock
+        here goes through ``busy_timeout``. Nested calls become savepoints."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
     # ---------------------------------------------------------------------------------------------- schema
     def _ensure_schema(self) -> None:
         db = self.db
@@ -108,7 +135,7 @@ class Store:
                 )
             if version == SCHEMA_VERSION and set(TABLES) <= set(db.table_names()):
                 return  # opening a current database writes nothing, so readers never wait for a writer
-        with db.atomic():
+        with self.atomic():
             db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True)
             db["models"].create(
                 {"name": str, "info": str, "provenance": str, "updated": float}, pk="name", if_not_exists=True
@@ -233,7 +260,7 @@ class Store:
 
     def create_run(self, model: str, stage: str, config: dict[str, Any], config_hash: str, shard: tuple[int, int],
                    corpus: dict[str, Any]) -> int:
-        with self.db.atomic():
+        with self.atomic():
             table = self.db["runs"]
             table.insert(
                 {
@@ -269,7 +296,7 @@ class Store:
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]) -> None:
         """Replace the run's checkpoint in one transaction, so a kill leaves the previous one intact."""
-        with self.db.atomic():
+        with self.atomic():
             self.db.execute("delete from checkpoints where run_id = ?", [run_id])
             self.db["checkpoints"].insert_all(
                 {"run_id": run_id, "layer": layer, "contexts_done": contexts_done, "final": 0, "state": blob}
@@ -303,7 +330,7 @@ class Store:
         ``examples`` are tuples in :data:`EXAMPLE_COLUMNS` order, inserted with ``executemany`` (millions of rows).
         """
         db = self.db
-        with db.atomic():
+        with self.atomic():
             for table in ("documents", "contexts", "neurons", "examples"):
                 db.execute(f"delete from {table} where run_id = ?", [run_id])
             db["documents"].insert_all(({"run_id": run_id, **d} for d in documents), batch_size=500)
@@ -400,8 +427,12 @@ class Store:
                     "t.status = 'ok') left join explanations e on e.run_id = s.run_id and e.layer = s.layer and "
                     "e.neuron = s.neuron and e.config_hash = s.config_hash and e.kind = ?")
             join_params = [method, method, kind]
+            other = ("(select o.score from scores o where o.run_id = s.run_id and o.layer = s.layer and "
+                     "o.neuron = s.neuron and o.config_hash = s.config_hash and o.method = '{}' and "
+                     "o.status = 'ok')")
             extra = (", s.score, s.score_top, s.score_random, s.r2, s.simulator_model, s.simulator_mode, "
-                     "e.text as explanation, e.model as explainer_model, e.prompt_version, s.config_hash")
+                     "e.text as explanation, e.model as explainer_model, e.prompt_version, s.config_hash, "
+                     f"{other.format('baseline')} as baseline_score, {other.format('n2g')} as n2g_score")
         sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id{extra} "
                f"from neurons n {join} where ({where}) order by {columns[by]} desc, n.layer, n.neuron limit ?")
         return [dict(r) for r in self.db.query(sql, [*join_params, *params, limit])]
@@ -411,10 +442,18 @@ class Store:
                              [run_id, layer, config_hash])
         return {int(r["neuron"]) for r in rows}
 
-    def save_graphs(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Insert finished graphs; one transaction per call, so an interrupted layer resumes by neuron."""
-        with self.db.atomic():
+    def save_graphs(self, rows: Iterable[dict[str, Any]], model: str | None = None) -> None:
+        """Insert finished graphs; one transaction per call, so an interrupted layer resumes by neuron.
+
+        With ``model``, the graphs' token-index rows are replaced in the same transaction: the index is then never
+        behind the graphs, so searching (also from the API server, which must not write) finds them at once."""
+        rows = list(rows)
+        with self.atomic():
             self.db["graphs"].insert_all(rows, replace=True)
+            if model is not None and rows:
+                from autointerp.similarity import graph_token_weights
+
+                self._replace_token_rows(model, [(r, graph_token_weights(json.loads(r["graph"]))) for r in rows])
 
     def graph(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
         """The newest graph of a neuron (any N2G config) built from the model's harvests."""
@@ -620,19 +659,23 @@ class Store:
     def save_token_index(self, model: str, items: Iterable[tuple[dict[str, Any], dict[str, dict[str, float]]]]
                          ) -> None:
         """Replace the token rows of some neurons (graph key, {kind: {token: weight}}) in one transaction."""
+        with self.atomic():
+            self._replace_token_rows(model, items)
+
+    def _replace_token_rows(self, model: str, items: Iterable[tuple[dict[str, Any], dict[str, dict[str, float]]]]
+                            ) -> None:
         db = self.db
-        with db.atomic():
-            for key, tokens in items:
-                layer, neuron = key["layer"], key["neuron"]
-                db.execute("delete from token_index where model = ? and layer = ? and neuron = ?",
-                           [model, layer, neuron])
-                db.conn.executemany(
-                    "insert into token_index (model, layer, neuron, kind, token, weight) values (?, ?, ?, ?, ?, ?)",
-                    [(model, layer, neuron, kind, tok, w) for kind, ws in tokens.items() for tok, w in ws.items()],
-                )
-                db["indexed_graphs"].insert(
-                    {"model": model, "layer": layer, "neuron": neuron, "run_id": key["run_id"],
-                     "config_hash": key["config_hash"], "created": key["created"]}, replace=True)
+        for key, tokens in items:
+            layer, neuron = key["layer"], key["neuron"]
+            db.execute("delete from token_index where model = ? and layer = ? and neuron = ?",
+                       [model, layer, neuron])
+            db.conn.executemany(
+                "insert into token_index (model, layer, neuron, kind, token, weight) values (?, ?, ?, ?, ?, ?)",
+                [(model, layer, neuron, kind, tok, w) for kind, ws in tokens.items() for tok, w in ws.items()],
+            )
+            db["indexed_graphs"].insert(
+                {"model": model, "layer": layer, "neuron": neuron, "run_id": key["run_id"],
+                 "config_hash": key["config_hash"], "created": key["created"]}, replace=True)
 
     def graph_token_sets(self, model: str) -> tuple[list[tuple[int, int]], list[Any]]:
         """Every indexed neuron of ``model`` (ordered by layer, neuron) and its :class:`TokenSets`."""
@@ -656,7 +699,7 @@ class Store:
         """Store a whole similarity result - (rank, (layer, neuron), (other_layer, other_neuron), similarity) rows -
         as a new complete ``similarity`` run, and drop the model's older ones; one transaction."""
         db = self.db
-        with db.atomic():
+        with self.atomic():
             old = [r[0] for r in db.execute("select id from runs where model = ? and stage = 'similarity'", [model])]
             for run_id in old:
                 db.execute("delete from similarities where run_id = ?", [run_id])
@@ -675,6 +718,7 @@ class Store:
                 "values (?, ?, ?, ?, ?, ?, ?)",
                 ((run_id, a[0], a[1], rank, b[0], b[1], sim) for rank, a, b, sim in rows),
             )
+            kill_point("similarity")  # crash tests: killed here, the old result must still be there, whole
         return run_id
 
     def similarity_run(self, model: str) -> dict[str, Any] | None:
@@ -732,7 +776,7 @@ class Store:
     def save_weight_facts(self, model: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace weight facts (one layer per call: one transaction)."""
         now = time.time()
-        with self.db.atomic():
+        with self.atomic():
             self.db["weights"].insert_all(
                 ({"model": model, **r, "top_tokens": json.dumps(r["top_tokens"]),
                   "bottom_tokens": json.dumps(r["bottom_tokens"]), "created": now} for r in rows),
@@ -787,7 +831,7 @@ class Store:
         replaces them whole, so a neuron never mixes rows from two attempts)."""
         key = {"run_id": run_id, "layer": layer, "neuron": neuron, "config_hash": config_hash,
                "explain_run_id": explain_run_id}
-        with self.db.atomic():
+        with self.atomic():
             for table in ("explanations", "scores"):
                 self.db.execute(f"delete from {table} where run_id = ? and layer = ? and neuron = ? and "
                                 "config_hash = ?", [run_id, layer, neuron, config_hash])

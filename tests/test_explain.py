@@ -377,3 +377,16 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
     store.db.conn.commit()
     again = json.loads(run_cli(*args).stdout)
     assert again["llm_calls"] == 0 and again["cached_calls"] > 0 and again["prompt_tokens"] == 0
+
+
+def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small_db, fault_server, tmp_path
+                                                                            ) -> None:  # type: ignore[no-untyped-def]
+    store = _copy(small_db, tmp_path)
+    server = fault_server("ok")
+    summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(negative=True), _client(server.url),
+                             load_templates(), progress=False)
+    assert summary.explained == 1
+    kinds = {r["kind"] for r in store.db.query("select kind from explanations where status = 'ok'")}
+    methods = {r["method"] for r in store.db.query("select method from scores")}
+    assert kinds == {"llm", "llm_negative", "baseline"}
+    assert {"explanation", "explanation_negative", "baseline"} <= methods
