@@ -34,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from autointerp.errors import UserError
+from autointerp.faults import kill_point
 from autointerp.n2g.graph import normalize_token
 
 QUERY_KINDS = {"any": ("activating", "context"), "activating": ("activating",), "important": ("context",)}
@@ -126,18 +127,49 @@ def ensure_token_index(store: Any, model: str, progress: bool = False, chunk: in
         items = [(key, graph_token_weights(store.graph_json(key["run_id"], key["layer"], key["neuron"],
                                                             key["config_hash"]))) for key in part]
         store.save_token_index(model, items)
+        kill_point("index")
         bar.update(len(part))
     bar.close()
     return len(todo)
 
 
-def search_tokens(store: Any, model: str, query: str | list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+def refresh_token_index(store: Any, model: str, wait_ms: int = 200) -> bool:
+    """Bring the token index up to date if that can be done without waiting: for read paths (the API server).
+
+    The graph stage writes each chunk's token rows in the same transaction as its graphs, so the index is normally
+    current and this writes nothing. It is behind only for graphs written some other way (an older version, a
+    direct insert); then indexing them here is a write, and a GET request must never fail with "database is
+    locked" or stall behind a pipeline's long transaction. So the write waits at most ``wait_ms`` for the lock and
+    is skipped when the database is busy: the answer then comes from the index as it is. Returns True when the
+    index is current."""
+    db = store.db
+    try:
+        if not store.graphs_to_index(model):
+            return True
+        db.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+        try:
+            ensure_token_index(store, model)
+        finally:
+            db.execute("PRAGMA busy_timeout=30000")
+        return True
+    except sqlite3.OperationalError:  # locked/busy: another process is writing; serve what is indexed
+        if db.conn.in_transaction:
+            db.conn.rollback()
+        return False
+
+
+def search_tokens(store: Any, model: str, query: str | list[dict[str, Any]], limit: int = 20,
+                  update_index: bool = True) -> list[dict[str, Any]]:
     """Neurons whose graphs match a query (a string, or :func:`parse_query`'s output), best first:
-    ``[{"layer", "neuron", "score", "matches": [{"kind": "activating"|"important", "token", "weight"}]}]``."""
+    ``[{"layer", "neuron", "score", "matches": [{"kind": "activating"|"important", "token", "weight"}]}]``.
+
+    ``update_index=False`` reads the token index as it is (the caller refreshed it, see
+    :func:`refresh_token_index`)."""
     terms = parse_query(query) if isinstance(query, str) else query
     if limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
-    ensure_token_index(store, model)
+    if update_index:
+        ensure_token_index(store, model)
     if not store.graph_state(model)["graphs"]:
         raise UserError(f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first.")
     rows = store.token_search(model, [(QUERY_KINDS[t["kind"]], t["tokens"]) for t in terms], limit)

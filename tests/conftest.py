@@ -95,3 +95,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "autointerp", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def fault_server():  # type: ignore[no-untyped-def]
+    """Start fake LLM endpoints (:class:`llmfaults.FaultServer`) in a mode; all are shut down after the test."""
+    from llmfaults import FaultServer
+
+    servers: list[FaultServer] = []
+
+    def start(mode: str) -> FaultServer:
+        servers.append(FaultServer(mode))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -122,96 +119,6 @@ def test_json_simulations_are_validated_by_schema() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ fault injection
-class FaultServer:
-    """A local HTTP server that misbehaves on purpose: 500, 429, hang, malformed JSON, out-of-range or wrong-length
-    values - or answers well-formed (``ok``), so a test can watch a failure get retried and recorded, then redone."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.requests = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # /v1/models
-                self._send(200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"})
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                server.requests += 1
-                mode = server.mode
-                if mode == "500":
-                    self._send(500, {"error": {"message": "boom"}})
-                elif mode == "429":
-                    self._send(429, {"error": {"message": "slow down"}})
-                elif mode == "hang":
-                    time.sleep(3)
-                    self._send(500, {"error": {"message": "too late"}})
-                elif mode == "garbage":
-                    self._raw(200, b"{not json")
-                elif mode == "out-of-range":
-                    self._send(200, _chat('{"activations": [42]}'))
-                elif mode == "ok":
-                    self._send(200, _ok_answer(body))
-                else:
-                    self._send(200, _chat(""))  # empty explanation / no logprobs: invalid
-
-            def _send(self, status: int, obj: dict[str, Any]) -> None:
-                self._raw(status, json.dumps(obj).encode())
-
-            def _raw(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-
-
-def _chat(content: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "fault-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
-
-
-def _ok_answer(body: dict[str, Any]) -> dict[str, Any]:
-    """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for echo prompts."""
-    if "messages" in body:
-        return _chat(" tokens that matter.")
-    prompt = body["prompt"]
-    top = [None] + [{"5": -0.1, "x": -3.0} for _ in prompt[1:]]
-    return {"id": "x", "object": "text_completion", "created": 0, "model": "fault-model",
-            "choices": [{"index": 0, "text": prompt, "finish_reason": "length",
-                         "logprobs": {"tokens": list(prompt), "text_offset": list(range(len(prompt))),
-                                      "token_logprobs": [None] * len(prompt), "top_logprobs": top}}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0, "total_tokens": len(prompt)}}
-
-
-@pytest.fixture
-def fault_server():  # type: ignore[no-untyped-def]
-    servers: list[FaultServer] = []
-
-    def start(mode: str) -> FaultServer:
-        servers.append(FaultServer(mode))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
 def _client(url: str, cache: LLMCache | None = None, timeout: float = 10.0) -> LLMClient:
     return LLMClient(LLMSettings(base_url=url, max_attempts=3, backoff=0.01, timeout=timeout), cache, url)
 

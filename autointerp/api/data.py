@@ -532,8 +532,10 @@ class ApiData:
             if not store.graph_state(view.name)["graphs"]:
                 messages.append("Token search needs N2G graphs, and none are computed for this model yet.")
             else:
+                # read-only unless the index is behind and the lock is free at once: a GET never waits on a writer
+                search_mod.refresh_token_index(store, view.name)
                 items += [{**_plain(r), "matched": "tokens"}
-                          for r in search_mod.search_tokens(store, view.name, terms, limit)]
+                          for r in search_mod.search_tokens(store, view.name, terms, limit, update_index=False)]
         if words:
             items += [{**_plain(r), "matched": "explanation"}
                       for r in search_mod.search_explanations(store, view.name, text, limit)]

@@ -35,6 +35,7 @@ from autointerp.explain.prompts import (
     parse_explanation,
 )
 from autointerp.explain.simulate import Simulator, score_predictions
+from autointerp.faults import kill_point
 from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
 from autointerp.n2g.graph import NeuronGraph, normalize_token
 from autointerp.n2g.run import select_neurons
@@ -170,7 +171,11 @@ def _explain(client: LLMClient, cfg: ExplainConfig, templates: Templates, record
 
     def parse(response: dict[str, Any]) -> str:
         try:
-            return parse_explanation(response["choices"][0]["message"]["content"] or "")
+            content = response["choices"][0]["message"]["content"] or ""
+            if response["choices"][0].get("finish_reason") == "length" and "\n" not in content.strip():
+                # cut at max_tokens inside the first line: the phrase itself is incomplete, never store it
+                raise InvalidOutput(f"truncated at max_tokens: {content[:60]!r}")
+            return parse_explanation(content)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise InvalidOutput(str(exc)) from exc
 
@@ -339,6 +344,7 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                 job = result.job
                 store.save_explanation_results(job.run_id, job.layer, job.neuron, config_hash, run_id,
                                                result.explanations, result.scores)
+                kill_point("explain")  # crash tests: SIGKILL right after a neuron's transaction
                 summary.usage.add(result.usage)
                 failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
                 summary.failed += failed

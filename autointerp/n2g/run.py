@@ -9,6 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from autointerp.errors import UserError
+from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, ModelSubject, N2GConfig, build_graphs, evaluate
 from autointerp.ranges import parse_ranges
@@ -61,7 +62,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
     """Graphs for the given neurons of each layer, from the latest complete harvest of that layer.
 
     Neurons are processed ``chunk`` at a time (their forward passes batched together); each chunk's rows are
-    written in one transaction, so an interrupted run loses at most one chunk and never leaves a partial graph.
+    written in one transaction (with their token-index rows), so an interrupted run loses at most one chunk and
+    never leaves a partial graph; rerunning the same command skips the stored neurons.
     """
     config_hash = cfg.config_hash()
     summaries = []
@@ -102,7 +104,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
                     "n_tokens": metrics.get("n_tokens"), "n_true_firing": metrics.get("n_true_firing"),
                     "n2g_run_id": n2g_run_id, "seconds": per_neuron, "created": time.time(),
                 })
-            store.save_graphs(rows)
+            store.save_graphs(rows, model=model.name)  # graphs + their token-index rows: one transaction
+            kill_point("graph")
             bar.update(len(part))
         bar.close()
         summaries.append(GraphSummary(layer, len(todo), len(neurons) - len(todo), time.time() - started))

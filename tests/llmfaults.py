@@ -1,0 +1,138 @@
+"""A fake OpenAI-compatible LLM server for fault injection, shared by the explain, crash and concurrency tests.
+
+It is only ever the *LLM endpoint* (a remote service we do not control); the subject model, the database and the
+pipeline under test are real. Modes:
+
+* whole-request faults (every POST): ``500``, ``429``, ``hang`` (3 s, then 500), ``garbage`` (a 200 whose body is
+  not JSON), ``out-of-range`` (``{"activations": [42]}``), ``empty`` (an empty reply);
+* simulation faults (explanation requests are answered well, so the failure lands on the score): ``truncated``
+  (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs, ``finish_reason: "length"``),
+  ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
+* ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo prompts, a
+  valid JSON list for JSON simulations), so a test can watch a failure get redone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SIMULATION_FAULTS = ("truncated", "wrong-count", "not-json")
+
+
+class FaultServer:
+    """A local HTTP server that misbehaves on purpose (see the module docstring); ``mode`` may change any time."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # /v1/models
+                self._send(200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                server.requests += 1
+                mode = server.mode
+                if mode == "500":
+                    self._send(500, {"error": {"message": "boom"}})
+                elif mode == "429":
+                    self._send(429, {"error": {"message": "slow down"}})
+                elif mode == "hang":
+                    time.sleep(3)
+                    self._send(500, {"error": {"message": "too late"}})
+                elif mode == "garbage":
+                    self._raw(200, b"{not json")
+                elif mode == "out-of-range":
+                    self._send(200, _chat('{"activations": [42]}'))
+                elif mode == "ok" or (mode in SIMULATION_FAULTS and not is_simulation(body)):
+                    self._send(200, ok_answer(body))
+                elif mode in SIMULATION_FAULTS:
+                    self._send(200, _simulation_fault(mode, body))
+                else:
+                    self._send(200, _chat(""))  # empty explanation / no logprobs: invalid
+
+            def _send(self, status: int, obj: dict[str, Any]) -> None:
+                self._raw(status, json.dumps(obj).encode())
+
+            def _raw(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def is_simulation(body: dict[str, Any]) -> bool:
+    """Echo prompts and chat simulations (their last message lists the tokens); explanation requests are neither."""
+    if "prompt" in body:
+        return True
+    messages = body.get("messages") or []
+    return bool(messages) and "Tokens (" in str(messages[-1].get("content", ""))
+
+
+def _n_tokens(body: dict[str, Any]) -> int:
+    """How many values a chat simulation asks for (its last message says ``Tokens (N):``)."""
+    found = re.search(r"Tokens \((\d+)\)", str(body["messages"][-1]["content"]))
+    return int(found.group(1)) if found else 1
+
+
+def _chat(content: str, finish_reason: str = "stop") -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "fault-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+
+
+def _echo(prompt: str, upto: int | None = None) -> dict[str, Any]:
+    """Prompt logprobs with a '5' as the likeliest next digit everywhere, one character per token (the first
+    ``upto`` characters only: a truncated answer)."""
+    chars = list(prompt[:upto] if upto is not None else prompt)
+    top = [None] + [{"5": -0.1, "x": -3.0} for _ in chars[1:]]
+    return {"id": "x", "object": "text_completion", "created": 0, "model": "fault-model",
+            "choices": [{"index": 0, "text": "".join(chars), "finish_reason": "length",
+                         "logprobs": {"tokens": chars, "text_offset": list(range(len(chars))),
+                                      "token_logprobs": [None] * len(chars), "top_logprobs": top}}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0, "total_tokens": len(prompt)}}
+
+
+def ok_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for echo prompts,
+    ``{"activations": [5, ...]}`` of the right length for JSON simulations."""
+    if "messages" in body:
+        if is_simulation(body):
+            return _chat(json.dumps({"activations": [5] * _n_tokens(body)}))
+        return _chat(" tokens that matter.")
+    return _echo(body["prompt"])
+
+
+def _simulation_fault(mode: str, body: dict[str, Any]) -> dict[str, Any]:
+    if "prompt" in body:  # echo simulations
+        return _echo(body["prompt"], upto=len(body["prompt"]) // 2) if mode == "truncated" else _chat("")
+    n = _n_tokens(body)
+    if mode == "truncated":
+        return _chat(json.dumps({"activations": [5] * n})[: 8 + n], finish_reason="length")
+    if mode == "wrong-count":
+        return _chat(json.dumps({"activations": [5] * (n - 1)}))
+    return _chat("Sure! Here are the activations for each token: 0, 0, 5 and then 9.")  # not-json
