@@ -8,6 +8,7 @@ pipeline under test are real. Modes:
 * simulation faults (explanation requests are answered well, so the failure lands on the score): ``truncated``
   (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs, ``finish_reason: "length"``),
   ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
+* ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations answered well);
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo prompts, a
   valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
@@ -55,7 +56,9 @@ class FaultServer:
                     self._raw(200, b"{not json")
                 elif mode == "out-of-range":
                     self._send(200, _chat('{"activations": [42]}'))
-                elif mode == "ok" or (mode in SIMULATION_FAULTS and not is_simulation(body)):
+                elif mode == "truncated-explanation" and not is_simulation(body):
+                    self._send(200, _chat(" tokens that", finish_reason="length"))  # cut inside the phrase
+                elif mode in ("ok", "truncated-explanation") or (mode in SIMULATION_FAULTS and not is_simulation(body)):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:
                     self._send(200, _simulation_fault(mode, body))

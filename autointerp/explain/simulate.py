@@ -116,12 +116,21 @@ def parse_json_values(response: dict[str, Any], n: int) -> list[float]:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise InvalidOutput(f"not JSON: {text[:60]!r}") from exc
+        cut = _truncated(response)
+        raise InvalidOutput(("truncated at max_tokens: " if cut else "") + f"not JSON: {text[:60]!r}") from exc
     try:
         jsonschema.validate(data, json_schema(n))
     except jsonschema.ValidationError as exc:
         raise InvalidOutput(f"JSON does not match the schema: {exc.message[:120]}") from exc
     return [float(v) for v in data["activations"]]
+
+
+def _truncated(response: dict[str, Any]) -> bool:
+    """The server stopped at ``max_tokens`` (``finish_reason == "length"``): the reply is cut, so say so."""
+    try:
+        return response["choices"][0].get("finish_reason") == "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
 
 
 def _retry_hotter(attempt: int) -> dict[str, Any]:

@@ -1,0 +1,353 @@
+"""Issue 7: no lost or fake results under crashes, LLM faults and concurrent load.
+
+* **SIGKILL** every long stage through the real CLI (graph, explain/score, similarity; harvest is in
+  test_harvest.py) at a fixed point - right after a unit of work commits, or inside similarity's one transaction -
+  with the ``AUTOINTERP_KILL_AFTER`` hook (:mod:`autointerp.faults`), rerun the same command, and compare the
+  database with an uninterrupted run's: same rows, no duplicates, no partial units.
+* **LLM faults** the explain tests do not cover (truncated, wrong number of values, prose instead of JSON, an
+  explanation cut at max_tokens) through ``autointerp explain`` against the fault-injecting endpoint: retried, then
+  recorded as failed with the reason, never a score, and ``--retry-failed`` redoes exactly those neurons.
+* **Concurrency**: ``autointerp serve`` answers a stream of requests while ``autointerp explain`` and ``autointerp
+  similarity`` write to the same database, and while another connection holds the write lock: no error, no
+  "database is locked", and the server is bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apidb import build_api_db
+from conftest import PARAGRAPHS, REPO, run_cli
+
+from autointerp.harvest import HarvestConfig, harvest
+from autointerp.models import SubjectModel
+from autointerp.n2g.build import N2GConfig
+from autointerp.n2g.run import graph_layers
+from autointerp.store import Store
+
+M = "tiny-gated"
+VOLATILE = {"created", "finished", "seconds"}  # wall-clock columns: legitimately differ between two runs
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def copy_db(src: Path, dst: Path) -> Path:
+    """A consistent copy (WAL mode: the main file alone may lack the newest pages)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def rows(db: Path, table: str, drop: set[str] = frozenset(), where: str = "") -> list[tuple[Any, ...]]:  # type: ignore[assignment]
+    """Every row of ``table`` without the ``drop`` columns, sorted: what two runs must agree on."""
+    with sqlite3.connect(db) as conn:
+        cols = [r[1] for r in conn.execute(f"pragma table_info({table})") if r[1] not in drop]
+        names = ", ".join(f'"{c}"' for c in cols)
+        out = conn.execute(f"select {names} from {table} {where} order by {names}").fetchall()
+    assert len(out) == len(set(out)), f"duplicate rows in {table}"
+    return out
+
+
+def harvest_db(model: SubjectModel, folder: Path, layers: list[int]) -> Path:
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
+    db = folder / "base.db"
+    cfg = HarvestConfig(model=model.name, corpus=str(corpus), layers=layers, ctx_len=24, top_k=8, random_k=8,
+                        batch_size=8, checkpoint_seconds=1e9)
+    harvest(model, db, cfg, progress=False, log=lambda m: None)
+    return db
+
+
+@pytest.fixture(scope="module")
+def explain_base(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real harvest of layer 1 of the tiny gated model (24 neurons) to explain."""
+    return harvest_db(tiny_gated, tmp_path_factory.mktemp("explain-base"), [1])
+
+
+def explain_cli(db: Path, url: str, neurons: str, *extra: str, mode: str = "echo",
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run_cli("explain", M, "--layers", "1", "--neurons", neurons, "--base-url", url, "--explainer-model",
+                   "fault-model", "--simulator-mode", mode, "--sim-top", "2", "--sim-random", "2",
+                   "--explain-records", "3", "--max-attempts", "2", "--no-progress", "--json", "--db", str(db),
+                   *extra, env=env, timeout=300)
+
+
+def per_neuron(db: Path, table: str, neuron: int) -> list[tuple[Any, ...]]:
+    return rows(db, table, where=f"where neuron = {neuron}")
+
+
+# ------------------------------------------------------------------------------------------------ SIGKILL
+def test_explain_killed_after_a_neuron_resumes_to_the_uninterrupted_result(explain_base: Path, fault_server,
+                                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = fault_server("ok")
+    whole, killed = copy_db(explain_base, tmp_path / "whole.db"), copy_db(explain_base, tmp_path / "killed.db")
+    assert explain_cli(whole, server.url, "0-5").returncode == 0
+
+    proc = explain_cli(killed, server.url, "0-5", env={"AUTOINTERP_KILL_AFTER": "explain:2"})
+    assert proc.returncode == -9, proc.stderr
+    # exactly the two committed neurons, each one whole: both explanations and both scores
+    units = len(rows(killed, "explanations")), len(rows(killed, "scores"))
+    with sqlite3.connect(killed) as conn:
+        done = conn.execute("select neuron, count(*) from explanations group by neuron").fetchall()
+        scored = conn.execute("select neuron, group_concat(method) from scores group by neuron").fetchall()
+        status = conn.execute("select status from runs where stage = 'explain'").fetchall()
+    assert len(done) == 2 and all(n == 2 for _, n in done) and units == (4, 4)
+    assert all(sorted(m.split(",")) == ["baseline", "explanation"] for _, m in scored)
+    assert status == [("running",)]
+
+    again = explain_cli(killed, server.url, "0-5")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["explained"] == 4 and summary["already_done"] == 2 and summary["failed"] == 0
+    # token counts differ legitimately: calls answered before the kill come from the cache on the rerun, and the
+    # ledger counts only tokens actually spent
+    spent = VOLATILE | {"prompt_tokens", "completion_tokens", "cost_usd"}
+    for table in ("explanations", "scores"):
+        assert rows(killed, table, spent) == rows(whole, table, spent), table
+    assert rows(killed, "runs", VOLATILE) == rows(whole, "runs", VOLATILE)
+    assert rows(killed, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"}) == \
+        rows(whole, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"})
+
+
+@pytest.fixture(scope="module")
+def graph_bases(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(graphs of layer 0 with their similarities computed, the same plus graphs of layer 1): real N2G graphs."""
+    folder = tmp_path_factory.mktemp("graph-base")
+    db = harvest_db(tiny_gated, folder, [0, 1])
+    store = Store(db)
+    graph_layers(tiny_gated, store, [0], "0-11", N2GConfig(), progress=False)
+    assert run_cli("similarity", M, "--db", str(db), "--no-progress").returncode == 0
+    old = copy_db(db, folder / "old.db")
+    graph_layers(tiny_gated, store, [1], "0-11", N2GConfig(), progress=False)
+    store.db.conn.close()
+    return old, copy_db(db, folder / "new.db")
+
+
+def test_similarity_killed_before_commit_keeps_the_old_result_then_rerun_equals_a_clean_run(
+        graph_bases: tuple[Path, Path], tmp_path: Path) -> None:
+    old, new = graph_bases
+    whole, killed = copy_db(new, tmp_path / "whole.db"), copy_db(new, tmp_path / "killed.db")
+    proc = run_cli("similarity", M, "--db", str(whole), "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["graphs"] == 24
+
+    proc = run_cli("similarity", M, "--db", str(killed), "--no-progress",
+                   env={"AUTOINTERP_KILL_AFTER": "similarity:1"})
+    assert proc.returncode == -9, proc.stderr
+    # killed inside the transaction that replaces the result: the old result is there, whole and unchanged
+    assert rows(killed, "similarities") == rows(old, "similarities") != []
+    assert rows(killed, "runs", where="where stage = 'similarity'") == \
+        rows(old, "runs", where="where stage = 'similarity'")
+    assert Store(killed).similarity_stale(M)
+
+    assert run_cli("similarity", M, "--db", str(killed), "--no-progress").returncode == 0
+    assert rows(killed, "similarities", {"run_id"}) == rows(whole, "similarities", {"run_id"})
+    assert rows(killed, "runs", VOLATILE | {"id"}) == rows(whole, "runs", VOLATILE | {"id"})
+    assert rows(killed, "token_index") == rows(whole, "token_index")
+
+
+@pytest.mark.slow
+def test_graph_killed_after_a_chunk_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """The real CLI on the real model: 20 neurons are two chunks (16 + 4); killed after the first commits."""
+    base = tmp_path / "base.db"
+    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "0", "--tokens", "2048", "--ctx-len", "32",
+                   "--top-k", "6", "--random-k", "4", "--no-progress", "--db", str(base))
+    assert proc.returncode == 0, proc.stderr
+    whole, killed = copy_db(base, tmp_path / "whole.db"), copy_db(base, tmp_path / "killed.db")
+    args = ["graph", "smollm2-135m", "--layers", "0", "--neurons", "0-19", "--train-examples", "3",
+            "--augmentations", "2", "--no-progress"]
+    assert run_cli(*args, "--db", str(whole)).returncode == 0
+    proc = run_cli(*args, "--db", str(killed), env={"AUTOINTERP_KILL_AFTER": "graph:1"})
+    assert proc.returncode == -9, proc.stderr
+    with sqlite3.connect(killed) as conn:
+        assert conn.execute("select count(*) from graphs").fetchone() == (16,)
+        # the token index was written in the same transaction as the graphs
+        assert conn.execute("select count(*) from indexed_graphs").fetchone() == (16,)
+    proc = run_cli(*args, "--db", str(killed), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["built"] == 4 and json.loads(proc.stdout)[0]["already_done"] == 16
+    assert rows(killed, "graphs", VOLATILE) == rows(whole, "graphs", VOLATILE)
+    assert rows(killed, "runs", VOLATILE) == rows(whole, "runs", VOLATILE)
+    assert rows(killed, "token_index") == rows(whole, "token_index")
+    assert rows(killed, "indexed_graphs", {"created"}) == rows(whole, "indexed_graphs", {"created"})
+
+
+# ------------------------------------------------------------------------------------------------ LLM faults
+FAULTS = {  # mode -> (neurons it breaks, what the recorded reason says, which rows fail)
+    "truncated": ("2-3", "truncated at max_tokens: not JSON", "scores"),
+    "wrong-count": ("4-5", "JSON does not match the schema", "scores"),
+    "not-json": ("6-7", "not JSON: 'Sure!", "scores"),
+    "truncated-explanation": ("8-9", "truncated at max_tokens", "explanations"),
+}
+
+
+def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_only_them(
+        explain_base: Path, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = copy_db(explain_base, tmp_path / "run.db")
+    server = fault_server("ok")
+    proc = explain_cli(db, server.url, "0-1", mode="json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["explained"] == 2, proc.stderr
+    good = {n: (per_neuron(db, "explanations", n), per_neuron(db, "scores", n)) for n in (0, 1)}
+
+    for mode, (neurons, reason, failing) in FAULTS.items():
+        server.mode = mode
+        before = server.requests
+        proc = explain_cli(db, server.url, neurons, "--concurrency", "2", mode="json")  # backoffs overlap
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert summary["failed"] == 2 and summary["explained"] == 0, (mode, summary)
+        first, last = (int(x) for x in neurons.split("-"))
+        with sqlite3.connect(db) as conn:
+            conn.row_factory = sqlite3.Row
+            failed = [dict(r) for r in conn.execute(
+                f"select * from {failing} where neuron between ? and ? and status = 'failed'", [first, last])]
+            scores = [dict(r) for r in conn.execute(
+                "select * from scores where neuron between ? and ? and method = 'explanation'", [first, last])]
+        assert len(failed) >= 2, mode
+        for row in failed:
+            assert reason in row["error"] and "(after 2 attempts)" in row["error"], (mode, row["error"])
+        # a failed call never becomes a score: the explanation's score row is failed with no number
+        assert len(scores) == 2 and all(s["status"] == "failed" and s["score"] is None for s in scores), mode
+        assert server.requests - before >= 2 * 2  # every failing call was tried twice
+    ranked = json.loads(run_cli("rank", M, "--by", "explanation", "--json", "--db", str(db)).stdout)
+    assert sorted(r["neuron"] for r in ranked) == [0, 1]
+
+    server.mode = "ok"
+    proc = explain_cli(db, server.url, "0-9", "--retry-failed", mode="json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["explained"] == 8 and summary["failed"] == 0 and summary["already_done"] == 2
+    for n in (0, 1):  # untouched, down to their timestamps
+        assert (per_neuron(db, "explanations", n), per_neuron(db, "scores", n)) == good[n]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from scores where status = 'failed'").fetchone() == (0,)
+        assert conn.execute("select count(*) from explanations where status = 'failed'").fetchone() == (0,)
+        assert conn.execute("select count(distinct neuron) from scores where method = 'explanation' and "
+                            "score is not null").fetchone() == (10,)
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on ``port``, from /proc/net/tcp{,6} (no `ss` needed)."""
+    found = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A = LISTEN
+                found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]) if len(addr) == 8 else addr)
+    return found
+
+
+def test_default_host_is_loopback() -> None:
+    from autointerp.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+
+
+def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
+        tiny_gated: SubjectModel, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = build_api_db(tiny_gated, tmp_path)
+    with sqlite3.connect(db) as conn:  # a database whose token index is behind its graphs (older version)
+        tokens = [r[0] for r in conn.execute("select token from token_index order by weight desc")]
+        token = next(t for t in tokens if t.isalnum())
+        conn.execute("delete from indexed_graphs")
+        conn.execute("delete from token_index")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(db), "--port", str(port)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    bad: list[str] = []
+    answered = [0]
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/api/models", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.time() < deadline, "server did not start"
+                time.sleep(0.3)
+        assert _listening_addresses(port) == {"127.0.0.1"}
+
+        search = f"{base}/api/{M}/search?query=any:{token}&limit=5"
+        # 1. another connection holds the write lock: reads (and the search that would index) answer at once
+        holder = sqlite3.connect(db, timeout=1)
+        holder.execute("begin immediate")
+        holder.execute("insert into meta (key, value) values ('lock-test', '1')")
+        try:
+            started = time.time()
+            for url in (search, f"{base}/api/{M}/all/1/0", f"{base}/api/{M}/rank?by=explanation"):
+                r = httpx.get(url, timeout=10)
+                assert r.status_code == 200, (url, r.text[:300])
+            assert time.time() - started < 3
+        finally:
+            holder.rollback()
+            holder.close()
+        indexed = httpx.get(search, timeout=10).json()  # lock free: the index catches up, results appear
+        assert indexed["available"] and indexed["items"]
+
+        # 2. a stream of requests while explain and similarity write to the same database
+        urls = [f"{base}/api/models", f"{base}/api/{M}", f"{base}/api/{M}/all/1/0", f"{base}/api/{M}/all/1/5",
+                f"{base}/api/{M}/explanation/1?limit=50", f"{base}/api/{M}/rank?by=explanation&limit=50",
+                search, f"{base}/api/{M}/search?text=tokens", f"{base}/api/{M}/similar/1/1",
+                f"{base}/m/{M}/neuron/1/3", f"{base}/api/{M}/n2g/1"]
+        stop = threading.Event()
+
+        def hammer(offset: int) -> None:
+            with httpx.Client(timeout=30) as client:
+                i = offset
+                while not stop.is_set():
+                    url = urls[i % len(urls)]
+                    i += 1
+                    try:
+                        r = client.get(url)
+                    except httpx.HTTPError as exc:
+                        bad.append(f"{url}: {exc!r}")
+                        continue
+                    answered[0] += 1
+                    if r.status_code != 200 or "locked" in r.text:
+                        bad.append(f"{url}: {r.status_code} {r.text[:200]}")
+
+        llm = fault_server("ok")
+        threads = [threading.Thread(target=hammer, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            explain = run_cli("explain", M, "--layers", "1", "--neurons", "all", "--base-url", llm.url,
+                              "--explainer-model", "fault-model", "--simulator-mode", "echo", "--sim-top", "2",
+                              "--sim-random", "2", "--explain-records", "3", "--no-progress", "--json", "--db",
+                              str(db), timeout=300)
+            similarity = run_cli("similarity", M, "--db", str(db), "--no-progress")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert explain.returncode == 0 and "locked" not in explain.stderr, explain.stderr
+        assert json.loads(explain.stdout)["explained"] == 24
+        assert similarity.returncode == 0 and "locked" not in similarity.stderr, similarity.stderr
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert not bad, bad[:10]
+    assert answered[0] > 50
+    assert "Traceback" not in err and "locked" not in err, err[-2000:]
