@@ -2,9 +2,10 @@
 
 ``AUTOINTERP_KILL_AFTER=STAGE:N`` kills the process with SIGKILL the N-th time :func:`kill_point` is called for
 ``STAGE`` - exactly as an out-of-memory kill or a pulled plug would, with no chance to clean up. The stages call it
-right after committing a unit of work (``graph``: a chunk of neurons, ``explain``: one neuron, ``index``: a chunk
-of the token index) or, for ``similarity``, inside the one transaction that replaces the old result, before it
-commits. Tests then rerun the same command and check the database equals an uninterrupted run's.
+right after committing a unit of work (``graph``: a chunk of neurons, ``explain``: one neuron) or, for
+``similarity``, inside the one transaction that replaces the old result, before it commits. (Harvest has its own
+``AUTOINTERP_KILL_AFTER_CHECKPOINTS=N``, after the N-th checkpoint.) Tests then rerun the same command and
+check the database equals an uninterrupted run's.
 
 Why an environment variable and not a flag: it must reach the real CLI subprocess unchanged, and it must never show
 up in ``--help`` or a config hash. Unset (always, outside tests) it costs one dictionary lookup.

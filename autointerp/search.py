@@ -34,7 +34,6 @@ from typing import Any
 from tqdm import tqdm
 
 from autointerp.errors import UserError
-from autointerp.faults import kill_point
 from autointerp.n2g.graph import normalize_token
 
 QUERY_KINDS = {"any": ("activating", "context"), "activating": ("activating",), "important": ("context",)}
@@ -127,7 +126,6 @@ def ensure_token_index(store: Any, model: str, progress: bool = False, chunk: in
         items = [(key, graph_token_weights(store.graph_json(key["run_id"], key["layer"], key["neuron"],
                                                             key["config_hash"]))) for key in part]
         store.save_token_index(model, items)
-        kill_point("index")
         bar.update(len(part))
     bar.close()
     return len(todo)

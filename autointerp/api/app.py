@@ -163,7 +163,10 @@ def _install_errors(app: FastAPI) -> None:
         errors = exc.errors()
         parts = []
         for err in errors[:3]:
-            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+            loc = list(err.get("loc", ()))
+            if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+                loc = loc[1:]  # the location kind only; a parameter may itself be called "query"
+            where = ".".join(str(x) for x in loc)
             parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
         message = "Bad parameter - " + "; ".join(parts)
         if _wants_html(request):
