@@ -47,7 +47,7 @@ def copy_db(src: Path, dst: Path) -> Path:
     return dst
 
 
-def rows(db: Path, table: str, drop: set[str] = frozenset(), where: str = "") -> list[tuple[Any, ...]]:  # type: ignore[assignment]
+def rows(db: Path, table: str, drop: frozenset[str] | set[str] = frozenset(), where: str = "") -> list[tuple[Any, ...]]:
     """Every row of ``table`` without the ``drop`` columns, sorted: what two runs must agree on."""
     with sqlite3.connect(db) as conn:
         cols = [r[1] for r in conn.execute(f"pragma table_info({table})") if r[1] not in drop]
