@@ -853,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(hosted chat models), json (no logprobs)")
     p.add_argument("--sim-top", type=int, default=5, help="held-out top examples simulated (default 5)")
     p.add_argument("--sim-random", type=int, default=5, help="held-out random examples simulated (default 5)")
-    p.add_argument("--explain-records", type=int, default=10, help="top training examples shown (default 10)")
+    p.add_argument("--explain-records", type=int, default=8, help="top training examples shown (default 8)")
     p.add_argument("--negative", action="store_true", help="also explain the negative side of gated neurons")
     p.add_argument("--no-baseline", action="store_true", help="skip the token-lookup baseline")
     p.add_argument("--no-n2g", action="store_true", help="do not show the N2G graph's paths to the explainer")

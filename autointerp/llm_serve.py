@@ -122,7 +122,7 @@ def main() -> None:
     p.add_argument("--alias", required=True, help="model name clients use")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--n-ctx", type=int, default=3072)
+    p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     app = build_app(args.model, args.alias, args.n_ctx, args.threads)

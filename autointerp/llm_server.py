@@ -89,7 +89,7 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_server(name: str | None = None, n_ctx: int = 3072, threads: int | None = None,
+def local_server(name: str | None = None, n_ctx: int = 4096, threads: int | None = None,
                  startup_timeout: float = 300.0) -> Iterator[tuple[str, str]]:
     """Run the packaged instruct model behind llama.cpp's OpenAI-compatible server; yield ``(base_url, model)``.
 

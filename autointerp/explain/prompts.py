@@ -117,8 +117,12 @@ def _neuron_block(index: int, records: Sequence[tuple[Sequence[str], Sequence[in
 
 
 def explanation_messages(records: Sequence[Record], max_activation: float, templates: Templates,
-                         n2g_paths: Sequence[str] | None = None) -> list[dict[str, str]]:
-    """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the target)."""
+                         n2g_paths: Sequence[str] | None = None, top_tokens: str | None = None
+                         ) -> list[dict[str, str]]:
+    """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the target).
+
+    ``top_tokens`` (the token-lookup summary) and ``n2g_paths`` are optional extra evidence after the records: small
+    local models otherwise tend to repeat a few-shot answer instead of reading the activations."""
     messages = [{"role": "system", "content": templates.explain_system}]
     for i, ex in enumerate(templates.examples, 1):
         recs = [(r["tokens"], r["activations"]) for r in ex["records"]]
@@ -128,6 +132,8 @@ def explanation_messages(records: Sequence[Record], max_activation: float, templ
     n = len(templates.examples) + 1
     target = [(r.tokens, discretise(r.activations, max_activation)) for r in records]
     body = _neuron_block(n, target)
+    if top_tokens:
+        body += f"The tokens it fires on most: {top_tokens}.\n\n"
     if n2g_paths:
         body += ("Token patterns that make this neuron fire, from its neuron-to-graph model "
                  "(earlier context ... activating token: strength 0-9):\n" + "\n".join(n2g_paths) + "\n\n")

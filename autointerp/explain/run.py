@@ -51,8 +51,8 @@ class ExplainConfig:
     explainer_model: str = ""
     simulator_model: str = ""
     prompt_version: str = ""
-    explain_records: int = 10  # top training examples shown to the explainer
-    explain_before: int = 24  # tokens shown before each example's peak ...
+    explain_records: int = 8  # top training examples shown to the explainer
+    explain_before: int = 12  # tokens shown before each example's peak ...
     explain_after: int = 4  # ... and after it
     sim_top: int = 5  # held-out top examples simulated
     sim_random: int = 5  # held-out random examples simulated
@@ -64,6 +64,7 @@ class ExplainConfig:
     negative: bool = False
     baseline: bool = True
     explainer_max_tokens: int = 60
+    max_prompt_chars: int = 7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
     # not part of the identity
     concurrency: int = field(default=1, metadata={"hashed": False})
 
@@ -166,7 +167,11 @@ class NeuronResult:
 
 def _explain(client: LLMClient, cfg: ExplainConfig, templates: Templates, records: list[Record], max_act: float,
              evidence: list[str] | None) -> tuple[str, Usage]:
-    messages = explanation_messages(records, max_act, templates, evidence)
+    top_tokens = baseline_explanation(records, max_act, 5).removeprefix("the tokens ").removeprefix("the token ")
+    messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
+    while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
+        records = records[:-1]  # keep the prompt inside small local context windows: drop the weakest examples
+        messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     body = {"messages": messages, "max_tokens": cfg.explainer_max_tokens, "temperature": 0}
 
     def parse(response: dict[str, Any]) -> str:
