@@ -308,7 +308,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
            "explainer_model": cfg.explainer_model, "simulator_model": cfg.simulator_model,
            "prompt_version": cfg.prompt_version, "prompt_tokens": u.prompt_tokens,
            "completion_tokens": u.completion_tokens, "llm_calls": u.calls, "cached_calls": u.cached_calls,
-           "cost_usd": u.cost(cfg.explainer_model, settings.prices)}
+           "cost_usd": summary.cost_usd}
     if args.json:
         _print_json(out)
     else:

@@ -178,9 +178,10 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(sm
     summary = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
                              progress=False)
     assert summary.failed == 3 and summary.explained == 0
-    rows = list(store.db.query("select kind, status, text, error from explanations where kind = 'llm'"))
+    rows = list(store.db.query("select kind, status, text, error, prompt_hash from explanations where kind = 'llm'"))
     assert len(rows) == 3 and all(r["status"] == "failed" and r["text"] is None and "HTTP 500" in r["error"]
                                   for r in rows)
+    assert all(len(r["prompt_hash"]) == 64 for r in rows)  # which prompt failed is on record too
     scores = list(store.db.query("select method, status, score from scores"))
     assert scores and all(r["score"] is None for r in scores)  # no number anywhere: not even the baseline's
     assert store.rank_neurons("tiny-gated", "explanation", None, 10) == []
@@ -270,6 +271,7 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
     expl = {r["kind"]: r for r in store.db.query("select * from explanations")}
     assert expl["llm"]["status"] == "ok" and len(expl["llm"]["text"]) > 1
     assert expl["llm"]["prompt_version"] == load_templates().version and expl["llm"]["prompt_tokens"] > 0
+    assert len(expl["llm"]["prompt_hash"]) == 64 and expl["baseline"]["prompt_hash"] is None
     scores = {r["method"]: r for r in store.db.query("select * from scores")}
     assert {"explanation", "baseline", "n2g"} <= set(scores)
     assert scores["explanation"]["simulator_mode"] == "echo" and scores["n2g"]["n_tokens"] == \
@@ -297,3 +299,17 @@ def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small
     methods = {r["method"] for r in store.db.query("select method from scores")}
     assert kinds == {"llm", "llm_negative", "baseline"}
     assert {"explanation", "explanation_negative", "baseline"} <= methods
+
+
+def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = _copy(small_db, tmp_path)
+    server = fault_server("ok")
+    prices = {"fault-model": {"prompt": 1.0, "completion": 2.0}}  # dollars per 1M tokens
+    summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url), load_templates(), prices,
+                             progress=False)
+    rows = list(store.db.query("select prompt_tokens, completion_tokens, cost_usd from explanations where "
+                               "kind = 'llm' union all select prompt_tokens, completion_tokens, cost_usd from scores "
+                               "where method != 'n2g'"))
+    for r in rows:
+        assert r["cost_usd"] == pytest.approx((r["prompt_tokens"] + 2 * r["completion_tokens"]) / 1e6)
+    assert summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows)) and summary.cost_usd > 0

@@ -17,6 +17,8 @@ becomes a row with ``status='failed'`` and the reason - never a score; ``retry_f
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -164,14 +166,29 @@ class NeuronResult:
     scores: list[dict[str, Any]]
     usage: Usage
 
+    @property
+    def cost_usd(self) -> float | None:
+        """Dollars of this neuron's rows (explainer and simulator each at their own price); None without prices."""
+        costs = [r["cost_usd"] for r in self.explanations + self.scores if r.get("cost_usd") is not None]
+        return sum(costs) if costs else None
 
-def _explain(client: LLMClient, cfg: ExplainConfig, templates: Templates, records: list[Record], max_act: float,
-             evidence: list[str] | None) -> tuple[str, Usage]:
+
+def _explain_prompt(cfg: ExplainConfig, templates: Templates, records: list[Record], max_act: float,
+                    evidence: list[str] | None) -> list[dict[str, str]]:
     top_tokens = baseline_explanation(records, max_act, 5).removeprefix("the tokens ").removeprefix("the token ")
     messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
         records = records[:-1]  # keep the prompt inside small local context windows: drop the weakest examples
         messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
+    return messages
+
+
+def prompt_hash(messages: list[dict[str, str]]) -> str:
+    """The hash stored beside an explanation: exactly which prompt produced it (failed or not)."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _explain(client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]]) -> tuple[str, Usage]:
     body = {"messages": messages, "max_tokens": cfg.explainer_max_tokens, "temperature": 0}
 
     def parse(response: dict[str, Any]) -> str:
@@ -208,11 +225,12 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
     scores: list[dict[str, Any]] = []
     evidence = n2g_evidence(job.graph, cfg.n2g_paths) if (job.graph is not None and cfg.use_n2g) else None
 
-    def add_explanation(kind: str, text: str | None, error: str | None, used: Usage, model: str, seconds: float
-                        ) -> None:
+    def add_explanation(kind: str, text: str | None, error: str | None, used: Usage, model: str, seconds: float,
+                        hashed: str | None = None) -> None:
         explanations.append({
             "kind": kind, "status": "ok" if error is None else "failed", "text": text, "error": error,
-            "prompt_version": cfg.prompt_version, "model": model, "prompt_tokens": used.prompt_tokens,
+            "prompt_version": cfg.prompt_version, "prompt_hash": hashed, "model": model,
+            "prompt_tokens": used.prompt_tokens,
             "completion_tokens": used.completion_tokens, "cost_usd": used.cost(model, prices), "seconds": seconds,
             "created": now,
         })
@@ -235,12 +253,14 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
                       -job.min_activation, -1.0, None))
     for kind, method, train, heldout, max_act, sign, ev in sides:
         t0 = time.time()
+        messages = _explain_prompt(cfg, templates, train, max_act, ev)
+        hashed = prompt_hash(messages)
         try:
-            text, used = _explain(client, cfg, templates, train, max_act, ev)
+            text, used = _explain(client, cfg, messages)
             usage.add(used)
-            add_explanation(kind, text, None, used, cfg.explainer_model, time.time() - t0)
+            add_explanation(kind, text, None, used, cfg.explainer_model, time.time() - t0, hashed)
         except LLMFailure as exc:
-            add_explanation(kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0)
+            add_explanation(kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed)
             add_score(method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
             continue
         try:
@@ -271,6 +291,7 @@ class ExplainSummary:
     skipped: int = 0
     failed: int = 0
     usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None  # None when no price table was given
     seconds: float = 0.0
     run_id: int | None = None
     neurons: list[tuple[int, int]] = field(default_factory=list)
@@ -351,6 +372,8 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                                                result.explanations, result.scores)
                 kill_point("explain")  # crash tests: SIGKILL right after a neuron's transaction
                 summary.usage.add(result.usage)
+                if result.cost_usd is not None:
+                    summary.cost_usd = (summary.cost_usd or 0.0) + result.cost_usd
                 failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
                 summary.failed += failed
                 summary.explained += not failed
