@@ -277,7 +277,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     templates = load_templates(args.prompts)
     cache = LLMCache(store.path)
 
-    def run(base_url: str, default_model: str | None) -> Any:
+    def run(base_url: str | tuple[str, ...], default_model: str | None) -> Any:
         explainer = settings.explainer_model or default_model
         simulator = settings.simulator_model or explainer
         if not explainer:
@@ -288,10 +288,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                             concurrency=settings.concurrency, explain_records=args.explain_records)
         client = LLMClient(settings, cache, base_url)
         return explain_layers(store, model, layers, args.neurons, cfg, client, templates, settings.prices,
-                              retry_failed=args.retry_failed, progress=not args.no_progress), cfg
+                              retry_failed=args.retry_failed, progress=not args.no_progress), cfg, client
 
-    if settings.base_url:
-        summary, cfg = run(settings.base_url, None)
+    if settings.base_urls:
+        summary, cfg, client = run(settings.base_urls, None)
     else:
         local = resolve_local_llm(settings.explainer_model or args.local_llm).name  # only packaged models run here
         if settings.simulator_model and resolve_local_llm(settings.simulator_model).name != local:
@@ -300,7 +300,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         settings.explainer_model = settings.simulator_model = None
         print(f"Starting the local LLM server ({local}) ...", file=sys.stderr)
         with local_server(local, threads=args.threads) as (base_url, served):
-            summary, cfg = run(base_url, served)
+            summary, cfg, client = run(base_url, served)
     cache.close()
     u = summary.usage
     out = {"model": model, "layers": layers, "explain_run_id": summary.run_id, "explained": summary.explained,
@@ -308,7 +308,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
            "explainer_model": cfg.explainer_model, "simulator_model": cfg.simulator_model,
            "prompt_version": cfg.prompt_version, "prompt_tokens": u.prompt_tokens,
            "completion_tokens": u.completion_tokens, "llm_calls": u.calls, "cached_calls": u.cached_calls,
-           "cost_usd": summary.cost_usd}
+           "cost_usd": summary.cost_usd, "endpoints": client.endpoint_usage()}
     if args.json:
         _print_json(out)
     else:
@@ -317,6 +317,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"explained {summary.explained} neurons, {summary.failed} with failures recorded, "
               f"{summary.skipped} already done{per}; tokens: {u.prompt_tokens} prompt + {u.completion_tokens} "
               f"completion in {u.calls} calls ({u.cached_calls} from the cache)")
+        endpoints = client.endpoint_usage()
+        if len(endpoints) > 1:
+            for e in endpoints:
+                print(f"  {e['url']}: {e['prompt_tokens']} prompt + {e['completion_tokens']} completion tokens "
+                      f"in {e['calls']} calls, {e['failures']} failures")
         if summary.failed:
             print(f"Redo the failures with: autointerp explain {model} --retry-failed (same options)")
     return 0
@@ -838,8 +843,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layers, e.g. 3,9 or 0-5 (default: every harvested layer)")
     p.add_argument("--neurons", default="top:4",
                    help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, "
-                   "else the embedded local server)")
+    p.add_argument("--base-url", action="append", default=None,
+                   help="OpenAI-compatible endpoint; repeat it (or comma-separate) for a pool of servers that "
+                   "serve the same models: requests go to the least busy, a failing one is rested and the others "
+                   "take its work (default: $OPENAI_BASE_URLS, $OPENAI_BASE_URL, else the embedded local server)")
     p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
     p.add_argument("--explainer-model", default=None, help="model that writes explanations "
                    "($AUTOINTERP_EXPLAINER_MODEL; local default qwen2.5-coder-1.5b)")

@@ -12,6 +12,11 @@ Why this shape:
   failed row - never as a number.
 * **Reruns cost nothing.** Every successful response is cached in SQLite keyed by (model, endpoint, prompt hash,
   params); a cached response is re-validated before use and counts zero tokens in the ledger.
+* **A pool of servers, one logical endpoint.** Several base URLs (vLLM on a few GPUs, llama.cpp on a few machines)
+  serve the same model: each request goes to the server with the fewest requests in flight, a server that fails
+  (unreachable, timeout, 429, 5xx) is rested with exponential backoff while the others take its requests, and a call
+  fails only when every server has failed it ``max_attempts`` times. The cache key holds no URL, so a response from
+  one server is a cache hit for all of them. With one URL this is exactly the single-server behaviour.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import openai
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception
 
 from autointerp.errors import UserError
 from autointerp.store import LLMCache
@@ -98,7 +104,7 @@ class Usage:
 class LLMSettings:
     """Where and how to call the LLM. ``base_url=None`` means: start the embedded local server."""
 
-    base_url: str | None = None
+    base_url: str | Sequence[str] | None = None  # one URL, or a pool of servers that serve the same models
     api_key: str | None = None
     explainer_model: str | None = None
     simulator_model: str | None = None
@@ -108,12 +114,18 @@ class LLMSettings:
     concurrency: int = 1
     prices: dict[str, dict[str, float]] | None = field(default=None)
 
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """Every configured endpoint, in the order given (empty: none configured)."""
+        return split_base_urls(self.base_url)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMSettings:
-        """Flags win over ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``AUTOINTERP_EXPLAINER_MODEL`` /
-        ``AUTOINTERP_SIMULATOR_MODEL``."""
+        """Flags win over ``OPENAI_BASE_URLS`` (comma-separated) / ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` /
+        ``AUTOINTERP_EXPLAINER_MODEL`` / ``AUTOINTERP_SIMULATOR_MODEL``."""
         values: dict[str, Any] = {
-            "base_url": os.environ.get("OPENAI_BASE_URL") or None,
+            "base_url": split_base_urls(os.environ.get("OPENAI_BASE_URLS"))
+            or os.environ.get("OPENAI_BASE_URL") or None,
             "api_key": os.environ.get("OPENAI_API_KEY") or None,
             "explainer_model": os.environ.get("AUTOINTERP_EXPLAINER_MODEL") or None,
             "simulator_model": os.environ.get("AUTOINTERP_SIMULATOR_MODEL") or None,
@@ -126,6 +138,15 @@ class LLMSettings:
         if values.get("timeout", 1) <= 0:
             raise UserError("--llm-timeout must be positive.")
         return cls(**values)
+
+
+def split_base_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"a,b"``, ``["a", "b,c"]`` or ``None`` as a tuple of URLs, duplicates dropped, order kept."""
+    if not value:
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    urls = [u.strip() for part in parts for u in str(part).split(",") if u.strip()]
+    return tuple(dict.fromkeys(urls))
 
 
 def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
@@ -150,18 +171,67 @@ def request_key(model: str, endpoint: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class LLMClient:
-    """Cached, retried calls to an OpenAI-compatible server. Thread-safe: the cache serialises its own access."""
+@dataclass
+class Endpoint:
+    """One server of the pool and what the pool knows of it."""
 
-    def __init__(self, settings: LLMSettings, cache: LLMCache | None, base_url: str):
+    url: str
+    """The base URL, e.g. ``http://gpu3:8000/v1``."""
+    client: openai.OpenAI
+    """The openai client bound to that URL (its own retries off: the pool retries)."""
+    in_flight: int = 0
+    """Requests sent to it and not yet answered: the pool sends the next one to the least busy server."""
+    consecutive_failures: int = 0
+    """Transient failures since its last good answer; the rest doubles with each."""
+    rested_until: float = 0.0
+    """``time.monotonic()`` before which no request goes to it, unless every server is resting."""
+    usage: Usage = field(default_factory=Usage)
+    """Tokens this server spent (the ledger per endpoint)."""
+    failures: int = 0
+    """Transient failures it caused, over the client's life."""
+
+
+class LLMClient:
+    """Cached, retried calls to one OpenAI-compatible server or a pool of them. Thread-safe: the pool's state and
+    the ledger are guarded by one lock, and the cache serialises its own access."""
+
+    def __init__(self, settings: LLMSettings, cache: LLMCache | None, base_url: str | Sequence[str]):
+        urls = split_base_urls(base_url)
+        if not urls:
+            raise UserError("No LLM endpoint: give --base-url (or OPENAI_BASE_URL / OPENAI_BASE_URLS).")
         self.settings = settings
-        self.base_url = base_url
+        self.base_url = urls[0]
         self.cache = cache
         # max_retries=0: tenacity owns retrying, so attempts are bounded and counted in one place
-        self.client = openai.OpenAI(base_url=base_url, api_key=settings.api_key or "not-needed",
-                                    timeout=settings.timeout, max_retries=0)
+        self.endpoints = [Endpoint(url, openai.OpenAI(base_url=url, api_key=settings.api_key or "not-needed",
+                                                      timeout=settings.timeout, max_retries=0))
+                          for url in urls]
+        self.client = self.endpoints[0].client
         self._lock = threading.Lock()
+        self._turn = 0  # ties between equally busy servers go round the pool
         self.usage = Usage()
+
+    def _pick(self, tries: dict[str, int]) -> Endpoint | None:
+        """The server for the next attempt: among those this call may still try, a rested one only when all
+        are resting (the one whose rest ends first), else the one with the fewest requests in flight."""
+        limit = self.settings.max_attempts
+        candidates = [e for e in self.endpoints if tries.get(e.url, 0) < limit]
+        if not candidates:
+            return None
+        now = time.monotonic()
+        awake = [e for e in candidates if e.rested_until <= now]
+        if not awake:
+            return min(candidates, key=lambda e: e.rested_until)
+        self._turn += 1
+        order = {e.url: (i - self._turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
+        return min(awake, key=lambda e: (e.in_flight, tries.get(e.url, 0), order[e.url]))
+
+    def _rest(self, endpoint: Endpoint) -> None:
+        """A transient failure: keep requests away from this server for ``backoff * 2^(n-1)`` s (at most 30)."""
+        endpoint.consecutive_failures += 1
+        endpoint.failures += 1
+        pause = min(30.0, self.settings.backoff * 2 ** (endpoint.consecutive_failures - 1))
+        endpoint.rested_until = time.monotonic() + pause
 
     def call(self, endpoint: str, model: str, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T],
              retry_payload: Callable[[int], dict[str, Any]] | None = None) -> tuple[T, Usage]:
@@ -169,34 +239,70 @@ class LLMClient:
 
         ``parse`` raises :class:`InvalidOutput` for a response of the wrong shape; that attempt is retried with
         ``retry_payload(attempt)`` merged in (e.g. a higher temperature, since a deterministic retry would repeat
-        itself). Returns the parsed value and the tokens spent. Raises :class:`LLMFailure` after the last attempt.
+        itself). Transient faults rest the server that caused them and the next attempt goes to another one.
+        Returns the parsed value and the tokens spent. Raises :class:`LLMFailure` after ``max_attempts`` wrong
+        answers, or once every server has failed ``max_attempts`` times.
         """
         usage = Usage()
+        tries: dict[str, int] = {}  # attempts of this call per server
+        last_error: dict[str, str] = {}
+        invalid = 0
         attempt_no = 0
-        retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=wait_exponential(multiplier=self.settings.backoff, max=30),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
+        chosen: list[Endpoint | None] = [None]
+
+        def wait(_state: Any) -> float:  # the next server's remaining rest (0 when it is awake)
+            with self._lock:
+                chosen[0] = self._pick(tries)
+                target = chosen[0]
+            return 0.0 if target is None else max(0.0, target.rested_until - time.monotonic())
+
+        def give_up(_state: Any) -> bool:
+            with self._lock:
+                return invalid >= self.settings.max_attempts or self._pick(tries) is None
+
+        retrying = Retrying(stop=give_up, wait=wait, retry=retry_if_exception(_retryable), reraise=True)
         try:
             for attempt in retrying:
                 with attempt:
                     attempt_no += 1
+                    with self._lock:
+                        target = chosen[0] or self._pick(tries)
+                        assert target is not None  # give_up() stops the loop before no server is left
+                        target.in_flight += 1
+                    tries[target.url] = tries.get(target.url, 0) + 1
                     body = dict(payload)
                     if attempt_no > 1 and retry_payload is not None:
                         body.update(retry_payload(attempt_no))
-                    return self._one(endpoint, model, body, parse, usage), usage
+                    try:
+                        value = self._one(target, endpoint, model, body, parse, usage)
+                    except InvalidOutput:
+                        invalid += 1
+                        raise
+                    except Exception as exc:
+                        last_error[target.url] = describe_error(exc)
+                        if _retryable(exc):
+                            with self._lock:
+                                self._rest(target)
+                        raise
+                    finally:
+                        with self._lock:
+                            target.in_flight -= 1
+                    with self._lock:
+                        target.consecutive_failures = 0
+                        target.rested_until = 0.0
+                    return value, usage
         except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded reason
             reason = describe_error(exc)
+            if len(last_error) > 1 and not isinstance(exc, InvalidOutput):
+                reason = "every endpoint failed: " + "; ".join(f"{u}: {r}" for u, r in last_error.items())
             if attempt_no > 1:
                 reason += f" (after {attempt_no} attempts)"
             transient = _retryable(exc) and not isinstance(exc, InvalidOutput)
             raise LLMFailure(reason, attempt_no, transient) from exc
         raise AssertionError("unreachable")
 
-    def _one(self, endpoint: str, model: str, body: dict[str, Any], parse: Callable[[dict[str, Any]], T],
-             usage: Usage) -> T:
+    def _one(self, server: Endpoint, endpoint: str, model: str, body: dict[str, Any],
+             parse: Callable[[dict[str, Any]], T], usage: Usage) -> T:
         key = request_key(model, endpoint, body)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
@@ -208,7 +314,7 @@ class LLMClient:
                 pass  # a cache entry from an older parser: ask again
         if endpoint not in ("chat", "completions"):
             raise ValueError(endpoint)
-        api = self.client.chat.completions if endpoint == "chat" else self.client.completions
+        api = server.client.chat.completions if endpoint == "chat" else server.client.completions
         try:
             response = api.create(model=model, **body).model_dump()
         except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
@@ -218,14 +324,26 @@ class LLMClient:
         usage.add(call_usage)
         with self._lock:
             self.usage.add(call_usage)
+            server.usage.add(call_usage)
         value = parse(response)  # raises InvalidOutput before anything is cached
         if self.cache is not None:
             self.cache.put(key, model, endpoint, body, response, call_usage.prompt_tokens,
                            call_usage.completion_tokens)
         return value
 
+    def endpoint_usage(self) -> list[dict[str, Any]]:
+        """The ledger per server: tokens, calls and transient failures (for the run summary)."""
+        with self._lock:
+            return [{"url": e.url, "prompt_tokens": e.usage.prompt_tokens,
+                     "completion_tokens": e.usage.completion_tokens, "calls": e.usage.calls,
+                     "failures": e.failures} for e in self.endpoints]
+
     def list_models(self) -> list[str]:
-        try:
-            return [m.id for m in self.client.models.list().data]
-        except openai.OpenAIError as exc:
-            raise UserError(f"The LLM server at {self.base_url} does not answer: {describe_error(exc)}") from exc
+        """Model ids served by the first server that answers (every server of a pool serves the same ones)."""
+        errors = []
+        for e in self.endpoints:
+            try:
+                return [m.id for m in e.client.models.list().data]
+            except openai.OpenAIError as exc:
+                errors.append(f"{e.url}: {describe_error(exc)}")
+        raise UserError("No LLM server answers: " + "; ".join(errors))

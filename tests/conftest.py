@@ -97,6 +97,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
                           env=full_env, timeout=timeout, cwd=REPO)
 
 
+@pytest.fixture(scope="session")
+def small_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-def]
+    """A real harvest of the tiny gated model (layer 1): enough train/test examples to explain and score.
+    Tests that write copy it first (:func:`copy_db`)."""
+    import json
+
+    from autointerp.harvest import HarvestConfig, harvest
+
+    folder = tmp_path_factory.mktemp("explain")
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
+    db = folder / "base.db"
+    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(corpus), layers=[1], ctx_len=24, top_k=8, random_k=8,
+                        batch_size=8, checkpoint_seconds=1e9)
+    harvest(tiny_gated, db, cfg, progress=False, log=lambda m: None)
+    return db
+
+
+def copy_db(db: Path, target: Path) -> Path:
+    """A consistent copy of a WAL-mode database (the file alone may not hold the latest pages)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
 @pytest.fixture
 def fault_server():  # type: ignore[no-untyped-def]
     """Start fake LLM endpoints (:class:`llmfaults.FaultServer`) in a mode; all are shut down after the test."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PARAGRAPHS, run_cli
+from conftest import copy_db, run_cli
 
 from autointerp.explain.prompts import (
     Record,
@@ -30,7 +30,6 @@ from autointerp.explain.simulate import (
     parse_json_values,
     score_predictions,
 )
-from autointerp.harvest import HarvestConfig, harvest
 from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, LLMSettings
 from autointerp.store import LLMCache, Store
 
@@ -142,26 +141,8 @@ def test_endpoint_down_is_a_recorded_reason() -> None:
     assert "connection error" in info.value.reason and info.value.transient
 
 
-@pytest.fixture(scope="module")
-def small_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-def]
-    """A real harvest of the tiny gated model: enough train/test examples to explain and score."""
-    folder = tmp_path_factory.mktemp("explain")
-    corpus = folder / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
-    db = folder / "base.db"
-    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(corpus), layers=[1], ctx_len=24, top_k=8, random_k=8,
-                        batch_size=8, checkpoint_seconds=1e9)
-    harvest(tiny_gated, db, cfg, progress=False, log=lambda m: None)
-    return db
-
-
 def _copy(db: Path, tmp_path: Path) -> Store:
-    import sqlite3
-
-    target = tmp_path / "run.db"
-    with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)  # WAL mode: the file alone may not hold the latest pages
-    return Store(target)
+    return Store(copy_db(db, tmp_path / "run.db"))
 
 
 def _cfg(**kw: Any) -> ExplainConfig:
