@@ -22,7 +22,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	# PyPI's Linux torch wheel is the CUDA build; a find-links folder may hold the CPU build, which a machine
+	# with an NVIDIA GPU must not take
+	if nvidia-smi -L >/dev/null 2>&1; then PIP_FIND_LINKS= $(PY) -m pip install -q torch==2.13.0; \
+	else $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -68,11 +68,20 @@ def _stored_name(name: str) -> str:
     return packaged.name if packaged else name
 
 
-def _load(name: str, progress: bool = True):  # type: ignore[no-untyped-def]
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype, for every command that runs the subject model."""
+    p.add_argument("--device", default="auto",
+                   help="where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the subject model's dtype (default float32); statistics stay float32/float64 either way")
+
+
+def _load(name: str, progress: bool = True, args: argparse.Namespace | None = None):  # type: ignore[no-untyped-def]
     from autointerp.models import load_model
 
+    device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "float32")
     with _stdout_to_stderr():
-        return load_model(name, progress=progress)
+        return load_model(name, progress=progress, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------------- commands
@@ -118,11 +127,12 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
     layers = parse_layers(args.layers)
     shard = parse_shard(args.shard)
-    model = _load(args.model, progress=not args.no_progress)
+    model = _load(args.model, progress=not args.no_progress, args=args)
     cfg = HarvestConfig(
         model=model.name, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len, n_tokens=args.tokens,
         top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k, seed=args.seed,
-        batch_size=args.batch_size, shard=shard, checkpoint_seconds=args.checkpoint_seconds,
+        batch_size=args.batch_size or model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers)),
+        shard=shard, checkpoint_seconds=args.checkpoint_seconds,
     )
     db = _db_path(args)
     result = harvest(model, db, cfg, progress=not args.no_progress)
@@ -335,7 +345,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     layers = parse_layers(args.layers)
     store = Store(_db_path(args), create=False)
-    model = _load(args.model, progress=not args.no_progress)
+    model = _load(args.model, progress=not args.no_progress, args=args)
     if layers is None:
         layers = sorted(store.harvested_layers(model.name))
         if not layers:
@@ -470,7 +480,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
         raise UserError("Give some text with --text (or on standard input).")
     if len(text) > args.max_chars:
         raise UserError(f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars).")
-    model = _load(args.model, progress=False)
+    model = _load(args.model, progress=False, args=args)
     model.check_neuron(layer, neuron)
     ids, _ = model.encode(text)
     acts = model.feature_activation(torch.tensor([ids]), layer, neuron)[0].tolist()
@@ -499,7 +509,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535, not {args.port}.")
     if args.max_chars < 1:
         raise UserError("--max-chars must be at least 1.")
-    app = create_app(_db_path(args), max_chars=args.max_chars)
+    def loader(name: str) -> Any:  # live views run the subject model where --device/--dtype say
+        return _load(name, progress=False, args=args)
+
+    app = create_app(_db_path(args), loader=loader, max_chars=args.max_chars)
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
@@ -596,7 +609,7 @@ def cmd_fire(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 1, not {args.limit}.")
     if args.hi is None and args.lo is None:
         raise UserError("Give a threshold: --hi (fires above) and/or --lo (fires below).")
-    model = _load(args.model, progress=False)
+    model = _load(args.model, progress=False, args=args)
     out = text_neurons(model, text, args.layer, hi=args.hi, lo=args.lo, limit=args.limit)
     if args.json:
         _print_json(out)
@@ -618,7 +631,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
     layers = parse_layers(args.layers)
     store = Store(_db_path(args))
-    model = _load(args.model, progress=not args.no_progress)
+    model = _load(args.model, progress=not args.no_progress, args=args)
     layers = list(range(model.n_layers)) if layers is None else layers
     with _stdout_to_stderr():
         out = store_weight_facts(store, model, layers, top_k=args.top_k, progress=not args.no_progress)
@@ -641,8 +654,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         store = Store(_db_path(args), create=False)
         texts = example_texts(store, _store_model(store, args.model_a), layer, neuron)
-    a = _load(args.model_a, progress=False)
-    b = a if _stored_name(args.model_b) == a.name else _load(args.model_b, progress=False)
+    a = _load(args.model_a, progress=False, args=args)
+    b = a if _stored_name(args.model_b) == a.name else _load(args.model_b, progress=False, args=args)
     out = compare_neuron(a, layer, neuron, b, texts, layers=layers, limit=args.limit)
     if args.json:
         _print_json(out)
@@ -714,6 +727,7 @@ def _add_issue5_commands(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many neurons (default: all)")
     p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _device_args(p)
     p.set_defaults(func=cmd_fire)
 
     p = sub.add_parser("weights", help="weight-based neuron facts: cos(w_in, w_out) and direct logit effect",
@@ -727,6 +741,7 @@ def _add_issue5_commands(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _db_arg(p)
+    _device_args(p)
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("compare", help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
@@ -742,6 +757,7 @@ def _add_issue5_commands(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=10, help="how many neurons (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _db_arg(p)
+    _device_args(p)
     p.set_defaults(func=cmd_compare)
 
 
@@ -785,7 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
     p.add_argument("--tokens", type=int, default=None, help="token budget (default: the whole corpus)")
     p.add_argument("--ctx-len", type=int, default=64, help="tokens per context, BOS included (default 64)")
-    p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass (default 16)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="contexts per forward pass (default 16 on the CPU; on CUDA, from free device memory)")
     p.add_argument("--top-k", type=int, default=40, help="top contexts kept per neuron (20 train/10 valid/10 test)")
     p.add_argument("--bottom-k", type=int, default=None,
                    help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)")
@@ -796,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     _db_arg(p)
+    _device_args(p)
     p.set_defaults(func=cmd_harvest)
 
     p = sub.add_parser("merge", help="combine shard databases into one, exactly",
@@ -895,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _db_arg(p)
+    _device_args(p)
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("export", help="export a neuron's N2G graph (GraphML + SVG picture)",
@@ -931,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
     p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _device_args(p)
     p.set_defaults(func=cmd_activations)
 
     p = sub.add_parser("serve", help="serve the JSON API and web pages (neuron, layer/Layerscope, search)",
@@ -945,6 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     _db_arg(p)
+    _device_args(p)
     p.set_defaults(func=cmd_serve)
     _add_issue5_commands(sub)
     return parser

@@ -80,11 +80,15 @@ class HarvestConfig:
     batch_size: int = field(default=16, metadata={"hashed": False})
     shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
     checkpoint_seconds: float = field(default=120.0, metadata={"hashed": False})
+    # The subject model's dtype. float32 runs keep the identity they always had; a half-precision run is a
+    # different result (activations differ in the third significant digit), so it gets its own identity.
+    dtype: str = field(default="float32", metadata={"hashed": False})
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
+        half = {"dtype": self.dtype} if self.dtype != "float32" else {}
         return config_identity(self, harvest_version=HARVEST_VERSION, hist=[HIST_LO, HIST_HI, HIST_BINS],
-                               split_pattern=list(SPLIT_PATTERN))
+                               split_pattern=list(SPLIT_PATTERN), **half)
 
     def config_hash(self) -> str:
         return identity_hash(self.identity())
@@ -458,7 +462,8 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     if cfg.n_tokens is not None and cfg.n_tokens < cfg.ctx_len:
         raise UserError(f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens.")
     bottom = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if model.gated else 0)
-    out = HarvestConfig(**{**asdict(cfg), "layers": sorted(set(layers)), "bottom_k": bottom, "model": model.name})
+    out = HarvestConfig(**{**asdict(cfg), "layers": sorted(set(layers)), "bottom_k": bottom, "model": model.name,
+                           "dtype": model.dtype_name})
     out.shard = tuple(cfg.shard)  # type: ignore[assignment]
     return out
 
@@ -518,7 +523,7 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         if states:
             log(f"Resuming harvest run {run_id} at context {start_ctx}.")
     else:
-        full = {**identity, "batch_size": cfg.batch_size, "shard": list(shard)}
+        full = {**identity, "batch_size": cfg.batch_size, "shard": list(shard), "device": str(model.device)}
         run_id = store.create_run(model.name, "harvest", full, config_hash, shard, corpus_info)  # type: ignore[arg-type]
         states = {}
     if not states:

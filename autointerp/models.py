@@ -8,6 +8,12 @@ fp32 Hugging Face model once, and save that as safetensors under the cache direc
 
 Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations` is the single seam
 ``tokens -> activations`` (as in the N2G fork's ``feature_activation``).
+
+Devices: a model lives on one device (``--device auto|cpu|cuda|cuda:N``, ``auto`` = CUDA when available) in one
+dtype (``--dtype float32|bfloat16|float16``). The seam is also where data crosses between host and device: token
+ids go to the model's device and activations come back as float32 CPU tensors, explicitly, in one place, so every
+stage's statistics (float64 sums, top-k keys) are computed on the host in full precision whatever the model runs in.
+On the CPU in float32 both moves are no-ops.
 """
 
 from __future__ import annotations
@@ -30,6 +36,38 @@ from typing import Any
 import torch
 
 from autointerp.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; one sentence when CUDA is asked
+    for and not there."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}.") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"--device {spec}: {why}; use --device cpu (or auto).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices "
+                            f"(cuda:0-cuda:{torch.cuda.device_count() - 1}).")
+    return device
+
+
+def resolve_dtype(spec: str | None = "float32") -> torch.dtype:
+    """The model's dtype by name; statistics stay float32/float64 whatever it is."""
+    name = (spec or "float32").strip().lower()
+    if name not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {spec!r}.")
+    return DTYPES[name]
 
 
 def cache_dir() -> Path:
@@ -252,6 +290,21 @@ class SubjectModel:
         return int(self.model.cfg.n_layers)
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights live; inputs are moved here and outputs back to the host by the seam."""
+        return torch.device(self.model.cfg.device or "cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.cfg.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``bfloat16`` or ``float16``: what stage configs record (a half-precision result is a
+        different result)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def d_mlp(self) -> int:
         return int(self.model.cfg.d_mlp)
 
@@ -314,7 +367,8 @@ class SubjectModel:
     @torch.inference_mode()
     def mlp_activations(self, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Post-nonlinearity MLP activations ``[batch, pos, d_mlp]`` for each requested layer, in one forward pass
-        that stops after the last requested layer (the unembedding never runs)."""
+        that stops after the last requested layer (the unembedding never runs). Always float32 on the host: the
+        one device -> host transfer of the pipeline."""
         wanted = sorted(set(layers))
         out: dict[int, torch.Tensor] = {}
 
@@ -322,11 +376,25 @@ class SubjectModel:
             out[int(hook.name.split(".")[1])] = act
 
         self.model.run_with_hooks(
-            tokens,
+            tokens.to(self.device, non_blocking=True),
             stop_at_layer=wanted[-1] + 1,
             fwd_hooks=[(self.hook_name(layer), keep) for layer in wanted],
         )
-        return out
+        return {layer: act.to("cpu", torch.float32) for layer, act in out.items()}
+
+    def suggest_batch_size(self, ctx_len: int, layers: Sequence[int], default: int = 16) -> int:
+        """Contexts per forward pass: ``default`` on the CPU; on CUDA, what half the free device memory holds, at
+        most 512. Per context a block's working set is about ``ctx_len * (8 d_model + 3 d_mlp)`` values plus the
+        ``n_heads * ctx_len^2`` attention scores, and the hooked MLP outputs of the requested layers stay on the
+        device until the pass ends. A rough bound, on the safe side; ``--batch-size`` overrides it."""
+        if self.device.type != "cuda":
+            return default
+        free, _total = torch.cuda.mem_get_info(self.device)
+        cfg = self.model.cfg
+        size = torch.empty((), dtype=self.dtype).element_size()
+        working = ctx_len * (8 * cfg.d_model + 3 * self.d_mlp) + cfg.n_heads * ctx_len * ctx_len
+        kept = max(1, len(layers)) * ctx_len * self.d_mlp
+        return int(max(1, min(512, (free // 2) // ((working + kept) * size))))
 
     def feature_activation(self, tokens: torch.Tensor, layer: int, neuron: int) -> torch.Tensor:
         """Activations ``[batch, pos]`` of one neuron: the seam later stages (N2G, scoring) call."""
@@ -400,10 +468,12 @@ def _tl_weights_cached(official: str) -> bool:
         return False
 
 
-def load_model(name: str, progress: bool = True) -> SubjectModel:
-    """Load a subject model by name (packaged or TransformerLens), raising one clear :class:`UserError` when
-    it cannot be had."""
+def load_model(name: str, progress: bool = True, device: str | None = "auto",
+               dtype: str | None = "float32") -> SubjectModel:
+    """Load a subject model by name (packaged or TransformerLens) onto ``device`` in ``dtype``, raising one clear
+    :class:`UserError` when it cannot be had."""
     canonical, packaged = resolve_model_name(name)
+    target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     _quiet_libraries()
     if packaged is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -413,6 +483,8 @@ def load_model(name: str, progress: bool = True) -> SubjectModel:
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
         del hf_model
+        if target.type != "cpu" or torch_dtype != torch.float32:
+            model = model.to(torch_dtype).to(target)  # TransformerLens' .to keeps cfg.device/dtype in step
         provenance = json.loads((path / "provenance.json").read_text())
         return SubjectModel(canonical, model, tokenizer, provenance)
 
@@ -421,7 +493,7 @@ def load_model(name: str, progress: bool = True) -> SubjectModel:
     if not _tl_weights_cached(canonical) and not _hub_reachable():
         raise UserError(_offline_sentence(name))
     try:
-        model = HookedTransformer.from_pretrained(canonical, device="cpu", dtype=torch.float32)
+        model = HookedTransformer.from_pretrained(canonical, device=str(target), dtype=torch_dtype)
     except OSError as exc:  # hub unreachable mid-way, or gated repo without a token
         raise UserError(_offline_sentence(name) + f" ({str(exc).splitlines()[0]})") from exc
     provenance = {"model": canonical, "source": f"transformer-lens:{canonical}", "source_sha256": None,

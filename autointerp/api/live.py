@@ -143,13 +143,14 @@ class Live:
 
         def keep(store: dict[int, torch.Tensor]) -> Callable[[torch.Tensor, Any], None]:
             def hook(act: torch.Tensor, hook: Any) -> None:
-                store[int(hook.name.split(".")[1])] = act[0, 1:].detach().to(torch.float16)
+                store[int(hook.name.split(".")[1])] = act[0, 1:].detach().to("cpu", torch.float16)
             return hook
 
         hooks = [(f"blocks.{layer}.mlp.hook_post", keep(mlp)) for layer in range(n_layers)]
         hooks += [(f"blocks.{layer}.hook_resid_mid", keep(resid)) for layer in range(n_layers)]
         with self._run_lock, torch.inference_mode():
-            subject.model.run_with_hooks(torch.tensor([ids]), stop_at_layer=n_layers, fwd_hooks=hooks)
+            subject.model.run_with_hooks(torch.tensor([ids], device=subject.device), stop_at_layer=n_layers,
+                                         fwd_hooks=hooks)
         prompt = Prompt(key[1], name, text, subject.str_tokens(ids)[1:],
                         torch.stack([mlp[i] for i in range(n_layers)]).numpy(),
                         torch.stack([resid[i] for i in range(n_layers)]).numpy(), time.time())

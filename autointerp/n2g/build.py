@@ -42,9 +42,11 @@ class N2GConfig:
     strip_space: bool = True
     batch_tokens: int = 4096  # padded tokens per forward pass
     naive: bool = field(default=False, metadata={"hashed": False})
+    dtype: str = field(default="float32", metadata={"hashed": False})  # the subject model's (see HarvestConfig)
 
     def identity(self) -> dict[str, Any]:
-        return config_identity(self, n2g_version=N2G_VERSION)
+        half = {"dtype": self.dtype} if self.dtype != "float32" else {}
+        return config_identity(self, n2g_version=N2G_VERSION, **half)
 
     def config_hash(self) -> str:
         return identity_hash(self.identity())
@@ -160,7 +162,8 @@ class ModelSubject:
         self.layer = layer
         self.bos_id = model.bos_id
         self.pad_id = neutral_token(model)
-        self._w = model.model.W_E.detach()
+        # on the host in float32 whatever the model runs in: the same neighbours on every device and dtype
+        self._w = model.model.W_E.detach().to("cpu", torch.float32)
         self._norms = self._w.norm(dim=1).clamp_min(1e-8)
         self._special = set(model.tokenizer.all_special_ids or [])
         self._cache: dict[tuple[int, int], list[int]] = {}

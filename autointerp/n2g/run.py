@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -65,6 +65,7 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
     written in one transaction (with their token-index rows), so an interrupted run loses at most one chunk and
     never leaves a partial graph; rerunning the same command skips the stored neurons.
     """
+    cfg = replace(cfg, dtype=model.dtype_name)  # the graphs of a half-precision model are their own result
     config_hash = cfg.config_hash()
     summaries = []
     plan = []
