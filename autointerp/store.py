@@ -67,7 +67,9 @@ DEFAULT_DB = "autointerp.db"
 TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs",
           "explanations", "scores", "llm_cache",
           # issue 5: similarity / search / weights
-          "explanations_fts", "token_index", "indexed_graphs", "similarities", "weights")
+          "explanations_fts", "token_index", "indexed_graphs", "similarities", "weights",
+          # search by meaning
+          "text_embeddings")
 EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
                    "peak_index", "interval", "activations")
 
@@ -229,6 +231,9 @@ class Store:
             )
             db["runs"].create_index(["model", "status"], if_not_exists=True)
             self._ensure_issue5_schema()
+            # sentence embeddings of explanation texts, keyed by a hash of (embedder, text): computed once
+            db["text_embeddings"].create({"key": str, "embedder": str, "vector": bytes, "created": float},
+                                         pk="key", if_not_exists=True)
 
     # ---------------------------------------------------------------------------------------------- models/runs
     def upsert_model(self, info: dict[str, Any]) -> None:
@@ -772,6 +777,32 @@ class Store:
             "from explanations_fts join explanations e on e.rowid = explanations_fts.rowid "
             "join runs r on r.id = e.run_id where explanations_fts match ? and r.model = ? and e.status = 'ok' "
             "order by rank, e.layer, e.neuron limit ?", [fts_query, model, limit])]
+
+    def ok_explanations(self, model: str) -> list[dict[str, Any]]:
+        """Every explanation of ``model`` with ``status = 'ok'``: ``[{layer, neuron, kind, text, run_id}]``."""
+        return [dict(r) for r in self.db.query(
+            "select e.layer, e.neuron, e.kind, e.text, e.run_id from explanations e join runs r on r.id = e.run_id "
+            "where r.model = ? and e.status = 'ok' and e.text is not null order by e.layer, e.neuron, e.kind",
+            [model])]
+
+    def text_embeddings(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Stored vectors by key (missing keys are absent)."""
+        out: dict[str, bytes] = {}
+        keys = list(dict.fromkeys(keys))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update({r[0]: r[1] for r in self.db.execute(
+                f"select key, vector from text_embeddings where key in ({marks})", chunk)})
+        return out
+
+    def save_text_embeddings(self, embedder: str, vectors: dict[str, bytes]) -> None:
+        """Store vectors in one transaction (a key already there is kept: same embedder, same text)."""
+        now = time.time()
+        with self.atomic():
+            self.db["text_embeddings"].insert_all(
+                ({"key": k, "embedder": embedder, "vector": v, "created": now} for k, v in vectors.items()),
+                ignore=True, batch_size=500)
 
     def save_weight_facts(self, model: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace weight facts (one layer per call: one transaction)."""

@@ -202,9 +202,11 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
              summary="Neurons by token query (query=any:the) and/or explanation text (text=...)")
     def api_search(model: str, query: str | None = Query(None, max_length=500, description="token query, e.g. "
                                                          "any:the"),
-                   text: str | None = Query(None, max_length=500, description="words to find in explanations"),
+                   text: str | None = Query(None, max_length=500, description="what explanations should say: "
+                                            "ranked by meaning (sentence embeddings), or exact words with exact"),
+                   exact: bool = Query(False, description="match explanation words exactly (FTS5) instead"),
                    limit: int = Query(20, ge=1, le=500)) -> JSONBytes:
-        return json_of(data.search(view_of(model), query, text, limit))
+        return json_of(data.search(view_of(model), query, text, limit, exact))
 
     @app.get("/api/{model}/rank", tags=["queries"], summary="Neurons ranked by a statistic or score")
     def api_rank(model: str, layer: int | None = Query(None, ge=0), by: str = Query("max", description=

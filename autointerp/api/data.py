@@ -508,7 +508,8 @@ class ApiData:
                   "url": f"/api/{view.name}/all/{r['layer']}/{r['neuron']}"} for r in rows]
         return {"model": view.name, "by": by, "layer": layer, "limit": limit, "items": items}
 
-    def search(self, view: ModelView, query: str | None, text: str | None, limit: int) -> dict[str, Any]:
+    def search(self, view: ModelView, query: str | None, text: str | None, limit: int,
+               exact: bool = False) -> dict[str, Any]:
         """Token queries (``any:the``) and explanation text search, through autointerp.search when installed."""
         if not query and not text:
             raise BadRequest("Give a token query (query=any:the) or explanation text (text=...).")
@@ -537,10 +538,23 @@ class ApiData:
                 items += [{**_plain(r), "matched": "tokens"}
                           for r in search_mod.search_tokens(store, view.name, terms, limit, update_index=False)]
         if words:
-            items += [{**_plain(r), "matched": "explanation"}
-                      for r in search_mod.search_explanations(store, view.name, text, limit)]
+            from autointerp.embeddings import embedder_ready
+
+            if not exact and not embedder_ready():  # never download a model inside a request
+                exact = True
+                messages.append("Search by meaning needs the embedding model (run `autointerp setup`); "
+                                "these are exact-word matches.")
+            if exact:
+                items += [{**_plain(r), "matched": "explanation"}
+                          for r in search_mod.search_explanations(store, view.name, text, limit)]
+            else:  # a GET never waits on a writer: vectors it cannot store stay in memory
+                items += [{**_plain(r), "matched": "explanation-meaning"}
+                          for r in search_mod.search_explanations_by_meaning(store, view.name, text, limit)]
+            out["explanation_search"] = "exact" if exact else "meaning"
         if messages and not items:
             out.update(available=False, message=" ".join(messages))
+        elif messages:
+            out["message"] = " ".join(messages)
         for it in items:
             if "layer" in it and "neuron" in it:
                 it["page"] = f"/m/{view.name}/neuron/{it['layer']}/{it['neuron']}"

@@ -181,17 +181,18 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/m/{model}/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(model: str, query: str | None = Query(None, max_length=500),
-                    text: str | None = Query(None, max_length=500), limit: int = Query(20, ge=1, le=500)) -> str:
+                    text: str | None = Query(None, max_length=500), exact: bool = Query(False),
+                    limit: int = Query(20, ge=1, le=500)) -> str:
         view = data.model(model)
         result = None
         error = None
         if query or text:
             try:
-                result = data.search(view, query or None, text or None, limit)
+                result = data.search(view, query or None, text or None, limit, exact)
             except BadRequest as exc:
                 error = str(exc)
         return render("search.html", title=f"{view.name} search", model=view.name, query=query or "",
-                      text=text or "", result=result, error=error)
+                      text=text or "", exact=exact, result=result, error=error)
 
 
 def _step(model: str, layers: list[int], d_mlp: int, layer: int, neuron: int, direction: int) -> str | None:
