@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	# with an NVIDIA GPU must not take
 	if nvidia-smi -L >/dev/null 2>&1; then PIP_FIND_LINKS= $(PY) -m pip install -q torch==2.13.0; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $@
 
 ## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain and score

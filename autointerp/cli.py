@@ -127,6 +127,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
+    from autointerp.executors import Executor, ray_harvest
     from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
 
     layers = parse_layers(args.layers)
@@ -139,7 +140,15 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         shard=shard, checkpoint_seconds=args.checkpoint_seconds,
     )
     db = _db_path(args)
-    result = harvest(model, db, cfg, progress=not args.no_progress)
+    executor = Executor.parse(args.executor)
+    if executor.kind == "ray" and (tuple(shard) != (0, 1) or (args.workers is not None and args.workers < 1)):
+        raise UserError("With --executor ray the harvest is sharded for you: leave out --shard, and give "
+                        "--workers of at least 1.")
+    if executor.kind == "ray":
+        result = ray_harvest(model, db, cfg, executor, workers=args.workers, progress=not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr))
+    else:
+        result = harvest(model, db, cfg, progress=not args.no_progress)
     out = {"run_id": result.run_id, "status": result.status, "model": model.name, "contexts": result.contexts,
            "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
     if args.json:
@@ -814,6 +823,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
     p.add_argument("--tokens", type=int, default=None, help="token budget (default: the whole corpus)")
     p.add_argument("--ctx-len", type=int, default=64, help="tokens per context, BOS included (default 64)")
+    p.add_argument("--executor", default="local",
+                   help="local (this process, default), ray (join $RAY_ADDRESS or start a cluster), ray:local "
+                   "(start one on this machine) or ray:ADDRESS: the harvest runs as shard tasks on the cluster "
+                   "and is merged exactly into --db")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --executor ray: shard tasks (default: the cluster's CPUs, or GPUs with --device "
+                   "cuda; at least 2)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="contexts per forward pass (default 16 on the CPU; on CUDA, from free device memory)")
     p.add_argument("--top-k", type=int, default=40, help="top contexts kept per neuron (20 train/10 valid/10 test)")

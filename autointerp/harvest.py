@@ -487,6 +487,18 @@ def _fault_point(checkpoints_written: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def plan_harvest(model: SubjectModel, config: HarvestConfig) -> tuple[HarvestConfig, list[Document]]:
+    """The resolved config (layers, bottom_k, the corpus fingerprint that is part of a run's identity, so only
+    the same text resumes) and the corpus's documents; every check that can fail on user input, before any
+    database is opened."""
+    cfg = _resolve(config, model)
+    docs = load_documents(cfg.corpus, cfg.seed)
+    if next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None) is None:
+        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
+    cfg.corpus_fingerprint = corpus_fingerprint(docs)
+    return cfg, docs
+
+
 def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: HarvestConfig,
             progress: bool = True, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
             ) -> HarvestResult:
@@ -495,15 +507,11 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     Everything the user can get wrong (layers, lengths, an empty or unreadable corpus) is checked before the
     database is opened, so a bad invocation writes nothing. ``store`` may be a path for exactly that reason.
     """
-    cfg = _resolve(config, model)
     started = time.time()
-    docs = load_documents(cfg.corpus, cfg.seed)
+    cfg, docs = plan_harvest(model, config)
     max_contexts = cfg.n_tokens // cfg.ctx_len if cfg.n_tokens else None
-    if next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None) is None:
-        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
     if not isinstance(store, Store):
         store = Store(store)
-    cfg.corpus_fingerprint = corpus_fingerprint(docs)  # part of the run's identity: resume only the same text
     corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": cfg.corpus_fingerprint}
     identity = cfg.identity()
     config_hash = cfg.config_hash()
@@ -600,7 +608,8 @@ def _document_row(index: int, doc: Document) -> dict[str, Any]:
 
 
 def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[int]:
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+          only: tuple[str, str, int] | None = None) -> list[int]:
     """Combine complete shard runs found in ``inputs`` into unsharded runs in ``out``; return the new run ids.
 
     Runs are grouped by (model, config hash - which covers the corpus fingerprint -, shard count); every shard
@@ -612,6 +621,8 @@ def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
         for run in store.runs():
             if run["stage"] != "harvest" or run["status"] != "complete" or run["shard_count"] < 2:
                 continue
+            if only is not None and (run["model"], run["config_hash"], run["shard_count"]) != only:
+                continue  # the Ray driver merges its own shards, whatever else the database holds
             group = groups.setdefault((run["model"], run["config_hash"], run["shard_count"]), {})
             if run["shard_index"] in group:
                 raise UserError(

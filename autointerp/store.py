@@ -494,6 +494,18 @@ class Store:
                 out[int(row[column])] = dict(row)
         return out
 
+    def delete_runs(self, run_ids: Iterable[int]) -> None:
+        """Remove harvest runs and every row they own, in one transaction (the Ray driver's shard runs, once
+        merged: they hold nothing the merged run lacks)."""
+        ids = list(run_ids)
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        with self.atomic():
+            for table in ("examples", "neurons", "contexts", "documents", "checkpoints", "runs"):
+                column = "id" if table == "runs" else "run_id"
+                self.db.execute(f"delete from {table} where {column} in ({marks})", ids)
+
     def final_states(self, run_id: int) -> dict[int, bytes]:
         rows = self.db.query("select layer, state from checkpoints where run_id = ? and final = 1", [run_id])
         return {int(r["layer"]): r["state"] for r in rows}

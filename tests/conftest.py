@@ -124,6 +124,30 @@ def copy_db(db: Path, target: Path) -> Path:
     return target
 
 
+def run_rows(db: Any, run_id: int) -> tuple[list[tuple], list[tuple], np.ndarray]:
+    """A harvest run's examples and neuron statistics, and separately the neurons' float64 sums: activations of
+    the same contexts in different forward batches (shards, another executor) differ in the last float32 bits, so
+    sums are compared with a tolerance (:func:`assert_same_harvest`) and everything else exactly."""
+    ex = [
+        (r["layer"], r["neuron"], r["kind"], r["rank"], r["split"], r["context_id"], r["peak_index"],
+         r["interval"], tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)))
+        for r in db.db.query("select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id])
+    ]
+    rows = list(db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id]))
+    ne = [(r["layer"], r["neuron"], r["count"], round(r["max"], 5), round(r["min"], 5), r["n_positive"], r["hist"],
+           r["ctx_max_hist"]) for r in rows]
+    return ex, ne, np.array([r["sum"] for r in rows])
+
+
+def assert_same_harvest(a: Any, run_a: int, b: Any, run_b: int) -> None:
+    """Two harvest runs hold the same examples and statistics (sums to 1e-5 relative)."""
+    ex_a, ne_a, sums_a = run_rows(a, run_a)
+    ex_b, ne_b, sums_b = run_rows(b, run_b)
+    assert ex_a == ex_b
+    assert ne_a == ne_b
+    np.testing.assert_allclose(sums_a, sums_b, rtol=1e-5, atol=1e-4)
+
+
 @pytest.fixture
 def fault_server():  # type: ignore[no-untyped-def]
     """Start fake LLM endpoints (:class:`llmfaults.FaultServer`) in a mode; all are shut down after the test."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import brute_force, run_cli
+from conftest import assert_same_harvest, brute_force, run_cli
 
 from autointerp.harvest import (
     HIST_EDGES,
@@ -139,20 +139,6 @@ def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpu
     assert changed.status == "complete" and changed.run_id != first.run_id
 
 
-def _rows(db: Store, run_id: int) -> tuple[list[tuple], list[tuple]]:
-    ex = [
-        (r["layer"], r["neuron"], r["kind"], r["rank"], r["split"], r["context_id"], r["peak_index"],
-         r["interval"], tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)))
-        for r in db.db.query("select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id])
-    ]
-    ne = [
-        (r["layer"], r["neuron"], r["count"], round(r["max"], 5), round(r["min"], 5), r["n_positive"], r["hist"],
-         r["ctx_max_hist"], round(r["sum"], 2))
-        for r in db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id])
-    ]
-    return ex, ne
-
-
 def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, text_corpus: Path,
                                                    tmp_path: Path) -> None:
     base = dict(model=tiny_gated.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=12, top_k=5, random_k=4,
@@ -166,7 +152,7 @@ def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, tex
     assert not (tmp_path / "partial.db").exists()  # a failed merge creates nothing
     [merged] = merge(Store(tmp_path / "merged.db"), [Store(tmp_path / f"s{i}.db") for i in range(3)],
                      log=lambda m: None)
-    assert _rows(Store(tmp_path / "merged.db"), merged) == _rows(Store(tmp_path / "all.db"), whole.run_id)
+    assert_same_harvest(Store(tmp_path / "merged.db"), merged, Store(tmp_path / "all.db"), whole.run_id)
 
 
 # ------------------------------------------------------------------------------------------------ real model
@@ -194,7 +180,7 @@ def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
     proc = run_cli("merge", str(tmp_path / "merged.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db"))
     assert proc.returncode == 0, proc.stderr
     merged, whole = Store(tmp_path / "merged.db"), Store(tmp_path / "all.db")
-    assert _rows(merged, merged.runs()[0]["id"]) == _rows(whole, whole.runs()[0]["id"])
+    assert_same_harvest(merged, merged.runs()[0]["id"], whole, whole.runs()[0]["id"])
 
 
 @pytest.mark.slow
@@ -214,4 +200,4 @@ def test_smollm2_resume_after_sigkill_gives_identical_rows(tmp_path: Path) -> No
     assert run_cli("harvest", *common, "--db", str(tmp_path / "u.db")).returncode == 0
     a, b = Store(tmp_path / "r.db"), Store(tmp_path / "u.db")
     assert len(a.runs()) == 1 and a.runs()[0]["status"] == "complete"
-    assert _rows(a, a.runs()[0]["id"]) == _rows(b, b.runs()[0]["id"])
+    assert_same_harvest(a, a.runs()[0]["id"], b, b.runs()[0]["id"])
