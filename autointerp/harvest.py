@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autointerp.config import config_identity, identity_hash
+from autointerp.config import check_int, check_number, config_identity, identity_hash
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
@@ -80,6 +80,21 @@ class HarvestConfig:
     batch_size: int = field(default=16, metadata={"hashed": False})
     shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
     checkpoint_seconds: float = field(default=120.0, metadata={"hashed": False})
+
+    def __post_init__(self) -> None:
+        check_int(self.ctx_len, "--ctx-len", 2)
+        if self.n_tokens is not None:
+            check_int(self.n_tokens, "--tokens", 1)
+        check_int(self.top_k, "--top-k", 1)  # 0 would leave nothing to explain or graph
+        if self.bottom_k is not None:
+            check_int(self.bottom_k, "--bottom-k", 0)
+        check_int(self.random_k, "--random-k", 0)
+        check_int(self.quantile_intervals, "quantile_intervals", 1)
+        check_int(self.quantile_per_interval, "quantile_per_interval", 0)
+        check_int(self.hist_sample, "hist_sample", 1)
+        check_int(self.seed, "--seed", 0)
+        check_int(self.batch_size, "--batch-size", 1)
+        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, low_open=True, finite=False)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -144,6 +145,27 @@ def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
     return table
 
 
+def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
+    """Ask the server once, before any work, whether it is there: a malformed or unreachable ``--base-url`` is one
+    sentence and exit status 2, not a failed row for every neuron and a run that "succeeds" with nothing done.
+    Any HTTP answer other than an authentication refusal counts as reachable (some servers have no /models)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not {base_url!r}.")
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=min(timeout, 15.0),
+                           max_retries=0)
+    try:
+        client.models.list()
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise UserError(f"The LLM server at {base_url} does not answer ({describe_error(exc)}); start it or fix "
+                        "--base-url.") from exc
+    except openai.AuthenticationError as exc:
+        raise UserError(f"The LLM server at {base_url} refused the API key ({describe_error(exc)}); set "
+                        "--api-key or OPENAI_API_KEY.") from exc
+    except Exception:  # noqa: BLE001, S110 - it answered; whether it lists models does not matter
+        pass
+
+
 def request_key(model: str, endpoint: str, payload: dict[str, Any]) -> str:
     """Cache key: the model, the endpoint kind, and a hash of the full request (prompt and every parameter)."""
     blob = json.dumps({"model": model, "endpoint": endpoint, "payload": payload}, sort_keys=True, ensure_ascii=False)
@@ -210,9 +232,12 @@ class LLMClient:
             raise ValueError(endpoint)
         api = self.client.chat.completions if endpoint == "chat" else self.client.completions
         try:
-            response = api.create(model=model, **body).model_dump()
+            raw = api.create(model=model, **body)
         except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
             raise InvalidOutput(f"malformed response ({type(exc).__name__}: {str(exc)[:100]})") from exc
+        if not hasattr(raw, "model_dump"):  # the client hands back non-JSON bodies (an HTML error page) as text
+            raise InvalidOutput(f"malformed response: not the API's JSON but {str(raw)[:80]!r}")
+        response = raw.model_dump()
         spent = response.get("usage") or {}
         call_usage = Usage(int(spent.get("prompt_tokens") or 0), int(spent.get("completion_tokens") or 0), 1, 0)
         usage.add(call_usage)

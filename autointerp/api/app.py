@@ -11,14 +11,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autointerp.api.data import EXAMPLE_KINDS, ApiData, BadRequest, ModelView, NotFound, dumps
 from autointerp.api.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
 from autointerp.errors import UserError
+from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before it is read (413)
@@ -36,16 +38,34 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
+MAX_INDEX = 2**31 - 1  # every integer parameter is bounded: SQLite integers overflow past 2**63, and no model
+#                        has more layers, neurons or examples than this
+Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
+
+
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (``"\\ud800"``) are valid JSON but not text: refused (422) like any invalid value."""
+    try:
+        return check_unicode(text, "text")
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class ActivationsRequest(BaseModel):
     """Text to run, and which layer (and optionally which neuron) to read."""
 
     text: str = Field(description="the text to run the subject model on (BOS is prepended)")
-    layer: int = Field(description="MLP layer", ge=0)
-    neuron: int | None = Field(default=None, ge=0, description="one neuron; omit for the whole layer")
+    layer: int = Field(description="MLP layer", ge=0, le=MAX_INDEX)
+    neuron: int | None = Field(default=None, ge=0, le=MAX_INDEX,
+                               description="one neuron; omit for the whole layer")
+
+    text_is_unicode = field_validator("text")(classmethod(lambda cls, text: _valid_unicode(text)))
 
 
 class LayerscopeRequest(BaseModel):
     text: str = Field(description="the prompt to run over every layer")
+
+    text_is_unicode = field_validator("text")(classmethod(lambda cls, text: _valid_unicode(text)))
 
 
 class BodyLimit:
@@ -207,7 +227,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return json_of(data.search(view_of(model), query, text, limit))
 
     @app.get("/api/{model}/rank", tags=["queries"], summary="Neurons ranked by a statistic or score")
-    def api_rank(model: str, layer: int | None = Query(None, ge=0), by: str = Query("max", description=
+    def api_rank(model: str, layer: int | None = Query(None, ge=0, le=MAX_INDEX), by: str = Query("max", description=
                                                                                    ", ".join(RANK_BY)),
                  limit: int = Query(20, ge=1, le=1000)) -> JSONBytes:
         return json_of(data.rank(view_of(model), by, layer, limit))
@@ -243,7 +263,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/layerscope/{prompt_id}/{layer}", tags=["live"],
              summary="Threshold view: units of a layer above hi or below lo on a recent prompt")
-    def api_layerscope_threshold(model: str, prompt_id: str, layer: int, hi: float = Query(3.0, allow_inf_nan=False),
+    def api_layerscope_threshold(model: str, prompt_id: str, layer: Index, hi: float = Query(3.0, allow_inf_nan=False),
                                  lo: float = Query(0.0, allow_inf_nan=False), view: str = Query("mlp"),
                                  limit: int = Query(100, ge=1, le=5000)) -> JSONBytes:
         prompt = _prompt(data, live, model, prompt_id, layer, view)
@@ -251,7 +271,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/n2g/{layer}/{neuron}/graphml", tags=["neurons"],
              summary="The neuron's N2G graph as GraphML (download)")
-    def api_graphml(model: str, layer: int, neuron: int) -> Response:
+    def api_graphml(model: str, layer: Index, neuron: Index) -> Response:
         from autointerp.api.plots import graphml_bytes
 
         view = view_of(model)
@@ -264,7 +284,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/{service}/{layer}", tags=["layers"],
              summary="Layer summary for a service (paginated by neuron index)")
-    def api_layer(model: str, service: str, layer: int, offset: int = Query(0, ge=0),
+    def api_layer(model: str, service: str, layer: Index, offset: int = Query(0, ge=0, le=MAX_INDEX),
                   limit: int = Query(100, ge=1, le=1000)) -> JSONBytes:
         view = view_of(model)
         data.check_service(service)
@@ -272,7 +292,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/{service}/{layer}/{neuron}", tags=["neurons"],
              summary="One neuron: neuroscope, n2g, explanation, similar, stats, weights or all")
-    async def api_neuron(model: str, service: str, layer: int, neuron: int,
+    async def api_neuron(model: str, service: str, layer: Index, neuron: Index,
                          kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,"
                                                                      "random"),
                          limit: int | None = Query(None, ge=0, le=1000, description="neuroscope: examples per kind")
@@ -300,7 +320,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return Response(cached(key, lambda: score_plot(view.name, per_layer)), media_type="image/svg+xml")
 
     @app.get("/img/{model}/n2g/{layer}/{neuron}.svg", include_in_schema=False)
-    def img_graph(model: str, layer: int, neuron: int) -> Response:
+    def img_graph(model: str, layer: Index, neuron: Index) -> Response:
         from autointerp.api.plots import cached, graph_svg
 
         view = view_of(model)
@@ -312,7 +332,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return Response(cached(key, lambda: graph_svg(row, view.name, layer, neuron)), media_type="image/svg+xml")
 
     @app.get("/img/{model}/layerscope/{prompt_id}/{layer}.png", include_in_schema=False)
-    def img_layer(model: str, prompt_id: str, layer: int, view: str = "mlp") -> Response:
+    def img_layer(model: str, prompt_id: str, layer: Index, view: str = "mlp") -> Response:
         prompt = _prompt(data, live, model, prompt_id, layer, view)
         return Response(live.image(prompt, layer, view), media_type="image/png")
 

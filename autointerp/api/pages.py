@@ -12,6 +12,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from autointerp.api.app import Index
 from autointerp.api.data import SERVICES, ApiData, BadRequest
 from autointerp.api.live import Live
 
@@ -139,7 +140,7 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return RedirectResponse(f"/m/{view.name}/neuron/{layer}/{neuron}", status_code=302)
 
     @app.get("/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False)
-    def neuron_page(model: str, layer: int, neuron: int) -> str:
+    def neuron_page(model: str, layer: Index, neuron: Index) -> str:
         view = data.model(model)
         rec = data.neuron_record(view, "all", layer, neuron)
         stats = rec["stats"]
@@ -163,7 +164,7 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         )
 
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
-    def layer_page(model: str, layer: int) -> str:
+    def layer_page(model: str, layer: Index) -> str:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
