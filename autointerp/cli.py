@@ -97,7 +97,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             if isinstance(item, str):
                 flag = name if name in ("model", "neuron", "query", "format", "out", "shards", "model_a",
                                         "model_b") else "--" + name.replace("_", "-")
-                check_unicode(item, f"The argument {flag}")
+                check_unicode(item, f"The argument {flag}", from_bytes=True)
 
 
 def _text_arg(args: argparse.Namespace) -> str:
@@ -740,7 +740,7 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "computed first when missing or older than the graphs.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--limit", type=_at_least(1), default=10, help="how many (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar when computing")
     p.add_argument("--json", action="store_true", help='print JSON: [{"layer", "neuron", "similarity"}], best first')
     _db_arg(p)
@@ -1015,7 +1015,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (already reported in one line)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

@@ -107,18 +107,20 @@ class Store:
             self.db = sqlite_utils.Database(self.path)
             self.db.execute("PRAGMA busy_timeout=30000")
             try:
+                self._check_owner()  # first read; before WAL mode is set, which would change another's file
                 self.db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError as exc:
                 if not self.path.exists() or not _write_refused(exc):
                     raise
                 # Read-only media: WAL readers need a -shm file next to the database, which cannot be created
-                # there. Nobody can write the file either, so reading it as immutable is exact.
+                # there, and WAL mode cannot be set. Nobody can write the file either, so reading it immutable is
+                # exact (for a published database: checkpointed, no -wal file beside it).
                 self.db.close()
                 self.db = sqlite_utils.Database(sqlite3.connect(
                     f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0))
                 self.read_only = True
+                self._check_owner()
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._check_owner()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} cannot be read as an autointerp database ({exc}); give another --db "
                             "or restore the file.") from exc

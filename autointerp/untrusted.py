@@ -28,13 +28,14 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def check_unicode(text: str, what: str) -> str:
-    """``text`` unchanged if it is valid Unicode; else one sentence saying where it is not."""
+def check_unicode(text: str, what: str, from_bytes: bool = False) -> str:
+    """``text`` unchanged if it is valid Unicode; else one sentence saying where it is not. ``from_bytes``: the
+    text was decoded from bytes with ``surrogateescape`` (argv), so a surrogate stands for an undecodable byte."""
     bad = _SURROGATE.search(text)
     if bad is None:
         return text
     code = ord(bad.group())
-    if 0xDC80 <= code <= 0xDCFF:  # how Python keeps an undecodable byte of argv (surrogateescape)
+    if from_bytes and 0xDC80 <= code <= 0xDCFF:
         raise UserError(f"{what} is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character {bad.start()} cannot "
                         "be decoded.")
     raise UserError(f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at character "

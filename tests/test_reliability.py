@@ -202,7 +202,9 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
         server.mode = mode
         before = server.requests
         proc = explain_cli(db, server.url, neurons, "--concurrency", "2", mode="json")  # backoffs overlap
-        assert proc.returncode == 0, proc.stderr
+        # every neuron of this run failed: recorded, and the command says so with its exit status
+        assert proc.returncode == 1 and "error: every one of the 2 neurons" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
         summary = json.loads(proc.stdout)
         assert summary["failed"] == 2 and summary["explained"] == 0, (mode, summary)
         first, last = (int(x) for x in neurons.split("-"))
