@@ -80,3 +80,11 @@ def xml_text(text: str) -> str:
     if not _NOT_XML.search(text):
         return text
     return _NOT_XML.sub(_picture, text)
+
+
+_PICTURES_AS_ESCAPES = {0x2400 + code: f"\\x{code:02x}" for code in range(0x20)} | {0x2421: "\\x7f"}
+
+
+def escaped_pictures(text: str) -> str:
+    """Control pictures as ``\\xNN`` escapes, for renderers whose fonts lack the pictures (matplotlib's DejaVu)."""
+    return text.translate(_PICTURES_AS_ESCAPES)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from apidb import build_api_db
-from conftest import REPO
+from conftest import PARAGRAPHS, REPO
 from fastapi.testclient import TestClient
 
 from autointerp.api import create_app
@@ -364,3 +364,96 @@ def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) 
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert '"neuron": 0' in proc.stdout and "harvest" in proc.stdout
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
+
+
+# ------------------------------------------------------------------------------------------------ control characters
+HOSTILE = "\x1b[2J\x00\x01\x07\x9b"  # clear screen, NUL, SOH, bell, 8-bit CSI: from an untrusted corpus
+
+
+@pytest.fixture
+def hostile_db(db: Path, tmp_path: Path) -> Path:
+    """The test database with corpus control characters in every stored token and in the graphs' tokens."""
+    path = tmp_path / "hostile.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    with sqlite3.connect(path) as conn:
+        for context_id, tokens in conn.execute("select context_id, str_tokens from contexts").fetchall():
+            toks = json.loads(tokens)
+            toks = [toks[0]] + [HOSTILE + t for t in toks[1:]]
+            conn.execute("update contexts set str_tokens = ? where context_id = ?", [json.dumps(toks), context_id])
+        for rowid, graph in conn.execute("select rowid, graph from graphs").fetchall():
+            g = json.loads(graph)
+            for node in g["nodes"]:
+                node["token"] = HOSTILE + node["token"]
+            conn.execute("update graphs set graph = ? where rowid = ?", [json.dumps(g), rowid])
+    return path
+
+
+def test_graphml_with_corpus_control_characters_is_well_formed_xml(hostile_db: Path, tmp_path: Path,
+                                                                    tiny_gated: SubjectModel,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import networkx as nx
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "graphml", M, "1/0", "-o", "g.graphml", "--db", str(hostile_db)]) == 0
+    client = TestClient(create_app(hostile_db, loader=lambda name: tiny_gated))
+    r = client.get(f"/api/{M}/n2g/1/0/graphml")
+    assert r.status_code == 200
+    (tmp_path / "api.graphml").write_bytes(r.content)
+    for name in ("g.graphml", "api.graphml"):
+        g = nx.read_graphml(tmp_path / name)  # raises on XML that is not well-formed
+        tokens = [a["token"] for _, a in g.nodes(data=True) if a["kind"] != "end"]
+        assert tokens and all(t.startswith("␛[2J␀␁␇") for t in tokens), tokens[:3]
+    svg = (tmp_path / "g.svg").read_text()
+    assert "\x1b" not in svg and "\x00" not in svg
+    # JSON stays exact: the characters are data there
+    assert HOSTILE in client.get(f"/api/{M}/n2g/1/0").text.encode().decode("unicode_escape")
+
+
+def test_the_terminal_never_gets_raw_escape_sequences_from_the_corpus(hostile_db: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["neuron", M, "1/0", "--db", str(hostile_db)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x00" not in out and "\x07" not in out and "\x9b" not in out
+    assert "␛[2J␀␁␇\\x9b" in out
+    assert main(["neuron", M, "1/0", "--json", "--db", str(hostile_db)]) == 0
+    record = json.loads(capsys.readouterr().out)  # JSON keeps the data exactly (escaped by JSON itself)
+    assert all(t.startswith(HOSTILE) for ex in record["examples"] for t in ex["tokens"][1:])
+
+
+def test_malformed_few_shot_examples_are_one_sentence(db: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for name in ("explain_system.txt", "simulate_system.txt"):
+        (prompts / name).write_text((REPO / "prompts" / name).read_text())
+    before = dump(db)
+    for examples, needle in (({"version": "v1"}, "'neurons' is a required property"),
+                             ({"neurons": [{"explanation": "x", "records": [{"tokens": ["a"],
+                                                                             "activations": [12]}]}]},
+                              "neurons/0/records/0/activations/0"),
+                             ({"neurons": [{"explanation": "x", "records": [{"tokens": ["a", "b"],
+                                                                             "activations": [1]}]}]},
+                              "has 2 tokens but 1 activations"),
+                             ([1, 2], "the top level")):
+        (prompts / "examples.json").write_text(json.dumps(examples))
+        code = main(["explain", M, "--layers", "1", "--prompts", str(prompts), *EXPLAIN, "--db", str(db)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and needle in err, err
+    assert dump(db) == before
+
+
+def test_an_empty_held_out_set_is_refused_before_any_run_or_call(tiny_gated: SubjectModel, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from autointerp.harvest import HarvestConfig, harvest
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS))
+    small = tmp_path / "small.db"
+    harvest(tiny_gated, small, HarvestConfig(model=M, corpus=str(corpus), layers=[1], ctx_len=24, top_k=3,
+                                             random_k=3, checkpoint_seconds=1e9), progress=False, log=lambda m: None)
+    before = dump(small)
+    code = main(["explain", M, "--layers", "1", "--neurons", "0", *EXPLAIN, "--db", str(small)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "has no held-out examples" in err, err
+    assert dump(small) == before  # no run row left "running"

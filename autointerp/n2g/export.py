@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from autointerp.errors import UserError
-from autointerp.untrusted import xml_text
+from autointerp.untrusted import escaped_pictures, xml_text
 
 
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
@@ -143,7 +143,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
         token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else repr(token)[1:-1][:14]
+        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else escaped_pictures(repr(token)[1:-1])[:14]
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
                            linewidths=0.5)
