@@ -560,7 +560,9 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
             states[layer].update(acts[layer], ids, hkeys)
 
     stream = iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts)
+    last: Context | None = None
     for ctx in stream:
+        last = ctx
         if ctx.context_id < start_ctx:
             continue
         if ctx.context_id % shard[1] == shard[0]:
@@ -586,10 +588,11 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     picked = [c for c in iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id,
                                        max(needed) + 1 if needed else 0) if c.context_id in needed]
     doc_indices = sorted({int(i) for c in picked for i in c.doc_index if i >= 0})
+    cut = _stream_end(last)
     log(f"Writing results for {len(layers)} layer(s) x {model.d_mlp} neurons ...")
     store.finish_run(
         run_id,
-        documents=(_document_row(i, docs[i]) for i in doc_indices),
+        documents=(_document_row(i, docs[i], cut) for i in doc_indices),
         contexts=_context_rows(model, picked),
         neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
         examples=(row for layer in layers
@@ -601,8 +604,18 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     return HarvestResult(run_id, "complete", contexts_done, tokens_done, time.time() - started)
 
 
-def _document_row(index: int, doc: Document) -> dict[str, Any]:
-    return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": doc.text}
+def _stream_end(last: Context | None) -> tuple[int, int] | None:
+    """``(document, character)`` where the token stream stopped inside a document (the token budget ran out before
+    its end), or None when it stopped between documents. Only the text before that point is stored: a 45 MB
+    document of which 2,000 tokens were read stores a few kilobytes."""
+    if last is None or last.doc_index[-1] < 0:
+        return None
+    return int(last.doc_index[-1]), int(last.offsets[-1, 1])
+
+
+def _document_row(index: int, doc: Document, cut: tuple[int, int] | None = None) -> dict[str, Any]:
+    text = doc.text[: cut[1]] if cut is not None and cut[0] == index else doc.text
+    return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": text}
 
 
 # --------------------------------------------------------------------------------------------------------------
