@@ -425,3 +425,33 @@ def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -
     missing = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(tmp_path / "none.db")],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "No database" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_path: Path,
+                                                             tiny_gated: SubjectModel) -> None:
+    """Hugging Face ids hold a '/' (EleutherAI/pythia-70m): every route takes the name with '--' instead (what the
+    pages link to) or percent-encoded (what encodeURIComponent makes), and the links the server writes work."""
+    db = tmp_path / "slashed.db"
+    with sqlite3.connect(api_db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    name = "EleutherAI/tiny-gated"
+    with sqlite3.connect(db) as conn:
+        conn.execute("pragma foreign_keys=off")
+        for table in ("models", "runs", "token_index", "indexed_graphs", "weights"):
+            column = "name" if table == "models" else "model"
+            conn.execute(f"update {table} set {column} = ? where {column} = ?", [name, M])
+    client = TestClient(create_app(db, loader=lambda n: tiny_gated))
+    listed = client.get("/api/models").json()["models"]
+    assert [m["name"] for m in listed] == [name] and listed[0]["url"] == "/api/EleutherAI--tiny-gated"
+    for form in ("EleutherAI--tiny-gated", "EleutherAI%2Ftiny-gated"):
+        for url in (f"/api/{form}", f"/api/{form}/all/1/0", f"/api/{form}/stats/1", f"/api/{form}/n2g/1/0/graphml",
+                    f"/api/{form}/search?query=any:the", f"/api/{form}/rank", f"/m/{form}",
+                    f"/m/{form}/neuron/1/0", f"/m/{form}/layer/1", f"/m/{form}/search", f"/img/{form}/scores.svg"):
+            r = client.get(url)
+            assert r.status_code == 200, (url, r.status_code, r.text[:200])
+        r = client.post(f"/api/{form}/activations", json={"text": "Paris is", "layer": 1, "neuron": 0})
+        assert r.status_code == 200 and r.json()["model"] == name
+    page = client.get("/m/EleutherAI--tiny-gated/neuron/1/0").text
+    links = set(re.findall(r'href="(/(?:m|api)/[^"]+)"', page))
+    assert links and all(client.get(link).status_code == 200 for link in links), links
+    assert client.get("/m/EleutherAI--tiny-gated/random", follow_redirects=True).status_code == 200

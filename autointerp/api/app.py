@@ -9,6 +9,8 @@ the valid ones; a parameter of the wrong type or value is a 422; a text over the
 from __future__ import annotations
 
 import random
+import re
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,6 +103,21 @@ class BodyLimit:
             await _too_large(send, exc.size, self.limit)
 
 
+class SlashedNames:
+    """``/api/EleutherAI%2Fpythia-70m/...`` (what ``encodeURIComponent`` makes of a Hugging Face id) reaches the
+    router as two path segments once decoded; an encoded slash is read as ``--``, the form the pages link with."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            path = urllib.parse.unquote(re.sub(rb"%2[fF]", b"--", raw).decode("latin-1"))
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
 class _BodyTooLarge(BaseException):  # noqa: N818
     """Not an ``Exception``: FastAPI turns any Exception raised while reading a body into a 400, and this must reach
     :class:`BodyLimit` to become a 413."""
@@ -135,6 +152,7 @@ def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, 
     app.state.live = live
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(SlashedNames)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_errors(app)
     _api_routes(app, data, live)
@@ -251,14 +269,14 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
     def api_layerscope_run(model: str, req: LayerscopeRequest) -> JSONBytes:
         view = view_of(model)
         prompt = live.layerscope(view.name, req.text)
-        return json_of({**prompt.summary(), **_prompt_links(view.name, prompt.prompt_id),
+        return json_of({**prompt.summary(), **_prompt_links(view.url, prompt.prompt_id),
                         "scales": {v: layer_scales(prompt, v) for v in VIEWS}})
 
     @app.get("/api/{model}/layerscope", tags=["live"], summary="Recent Layerscope prompts (newest first)")
     def api_layerscope_recent(model: str) -> JSONBytes:
         view = view_of(model)
         return json_of({"model": view.name, "prompts": [
-            {k: v for k, v in p.summary().items() if k != "tokens"} | _prompt_links(view.name, p.prompt_id)
+            {k: v for k, v in p.summary().items() if k != "tokens"} | _prompt_links(view.url, p.prompt_id)
             for p in live.recent(view.name)]})
 
     @app.get("/api/{model}/layerscope/{prompt_id}/{layer}", tags=["live"],
@@ -280,7 +298,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         if row is None:
             raise NotFound(f"No N2G graph computed for {view.name} {layer}/{neuron}.")
         return Response(graphml_bytes(row, view.name, layer, neuron), media_type="application/graphml+xml",
-                        headers={"Content-Disposition": f'attachment; filename="{view.name}_{layer}_{neuron}.graphml"'})
+                        headers={"Content-Disposition": f'attachment; filename="{view.url}_{layer}_{neuron}.graphml"'})
 
     @app.get("/api/{model}/{service}/{layer}", tags=["layers"],
              summary="Layer summary for a service (paginated by neuron index)")

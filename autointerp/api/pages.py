@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from autointerp.api.app import Index
-from autointerp.api.data import SERVICES, ApiData, BadRequest
+from autointerp.api.data import SERVICES, ApiData, BadRequest, url_name
 from autointerp.api.live import Live
 
 HERE = Path(__file__).parent
@@ -53,6 +53,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 _env.filters["colour"] = token_colour
 _env.filters["tok"] = show_token
 _env.filters["fmt"] = fmt
+_env.filters["u"] = url_name  # a model name as a URL path segment
 
 
 def render(template: str, **context: Any) -> str:
@@ -137,7 +138,7 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
         view = data.model(model)
         layer, neuron = random_neuron(view)
-        return RedirectResponse(f"/m/{view.name}/neuron/{layer}/{neuron}", status_code=302)
+        return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
 
     @app.get("/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False)
     def neuron_page(model: str, layer: Index, neuron: Index) -> str:
@@ -151,8 +152,8 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             groups.setdefault(ex["kind"], []).append(example_view(ex))
         layers = list(view.layers)
         d_mlp = view.d_mlp or 1
-        prev_link = _step(view.name, layers, d_mlp, layer, neuron, -1)
-        next_link = _step(view.name, layers, d_mlp, layer, neuron, +1)
+        prev_link = _step(view.url, layers, d_mlp, layer, neuron, -1)
+        next_link = _step(view.url, layers, d_mlp, layer, neuron, +1)
         return render(
             "neuron.html", title=f"{view.name} {layer}/{neuron}", model=view.name, layer=layer, neuron=neuron,
             rec=rec, s=s, scale=scale, groups=groups,
