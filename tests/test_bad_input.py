@@ -190,6 +190,9 @@ API_CASES = [
     ("POST", f"/api/{M}/activations", {"text": "hi", "layer": 9}, 404, "Layer 9"),
     ("POST", f"/api/{M}/activations", {"text": "", "layer": 1}, 422, ""),
     ("POST", f"/api/{M}/layerscope", {"text": 5}, 422, ""),
+    # within --max-chars but over the 256-token limit: refused with a sentence (as README says), never cut silently
+    ("POST", f"/api/{M}/activations", {"text": "\U0001d518" * 150, "layer": 1}, 422, "tokens long"),
+    ("POST", f"/api/{M}/layerscope", {"text": "\U0001d518" * 150}, 422, "451 tokens long"),
     # lone surrogates are valid JSON but not text
     ("POST", f"/api/{M}/activations", {"text": "a\ud800b", "layer": 1}, 422, "lone surrogate \\ud800"),
     ("POST", f"/api/{M}/activations", {"text": "\udcff", "layer": 1, "neuron": 0}, 422, "lone surrogate"),
