@@ -216,6 +216,11 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     for q in ["text='; drop table neurons; --", "text=capital OR 1=1", "query=any:%27%3B%20drop"]:
         assert client.get(f"/api/{M}/search?{q}").status_code in (200, 422)
     assert _get(client, f"/api/{M}/stats/1/0")["stats"]["count"] > 0
+    # the page shows each match as a chip, never a raw Python list of dicts
+    nodes = _get(client, f"/api/{M}/n2g/1/{GRAPHED[0]}")["graph"]["nodes"]
+    word = next(n["token"] for n in nodes if n["kind"] == "activating" and n["token"].strip().isalnum())
+    page = client.get(f"/m/{M}/search", params={"query": f"activating:{word.strip().lower()}"}).text
+    assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[-1500:]
 
 
 # ------------------------------------------------------------------------------------------------ live activations
