@@ -562,10 +562,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535, not {args.port}.")
     if args.max_chars < 1:
         raise UserError("--max-chars must be at least 1.")
-    app = create_app(_db_path(args), max_chars=args.max_chars)
+    app = create_app(_db_path(args), max_chars=args.max_chars, cors_origins=args.cors or (),
+                     share_recent=args.share_recent_prompts, body_seconds=args.timeout)
+    _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than --timeout gets
+    # 408 (the app's BodyLimit), and at most 64 connections are served at once (more get 503).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_keep_alive=5, limit_concurrency=64)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host!r} is not an address of this machine ({exc.strerror}).") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"Cannot listen on {host}:{port}: {exc.strerror} (another server there? choose "
+                            "another --port).") from exc
 
 
 # ---- similarity / search / weights / compare (issue 5)
@@ -1007,6 +1029,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--cors", action="append", metavar="ORIGIN",
+                   help="let pages from this web origin (e.g. http://localhost:3000) read the API from a browser; "
+                   "repeatable (default: none, so other websites cannot read a local server)")
+    p.add_argument("--share-recent-prompts", action="store_true",
+                   help="list every client's recent Layerscope prompts to everyone (default: only to the browser "
+                   "that ran them)")
+    p.add_argument("--timeout", type=_finite, default=30.0,
+                   help="seconds a client may take to send its request body before a 408 (default 30)")
     _db_arg(p)
     p.set_defaults(func=cmd_serve)
     _add_issue5_commands(sub)

@@ -8,10 +8,12 @@ the valid ones; a parameter of the wrong type or value is a 422; a text over the
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
+import secrets
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +35,7 @@ from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before it is read (413)
+CLIENT_COOKIE = "autointerp_client"  # which browser ran which Layerscope prompts (they are listed only to it)
 RANK_BY = ("max", "min", "frac_positive", "variance", "n2g", "explanation", "baseline")
 
 
@@ -74,9 +77,10 @@ class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, before the JSON parser sees them (a 1 MB text must not
     cost a 1 MB parse and a forward pass to reject)."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, seconds: float = 30.0):
         self.app = app
         self.limit = limit
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,7 +94,10 @@ class BodyLimit:
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            try:  # a client that trickles its body in (or stops) must not hold a worker forever
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                raise _BodyTooSlow(self.seconds) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -101,6 +108,8 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _BodyTooLarge as exc:
             await _too_large(send, exc.size, self.limit)
+        except _BodyTooSlow as exc:
+            await _refuse(send, 408, f"The request body did not arrive within {exc.seconds:g} seconds.")
 
 
 class SlashedNames:
@@ -126,20 +135,34 @@ class _BodyTooLarge(BaseException):  # noqa: N818
         self.size = size
 
 
+class _BodyTooSlow(BaseException):  # noqa: N818 - not an Exception, for the same reason as _BodyTooLarge
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
 async def _too_large(send: Send, size: int, limit: int) -> None:
-    body = dumps({"detail": f"The request body is {size} bytes; this server takes at most {limit} "
-                            f"(texts are limited to a few thousand characters)."})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await _refuse(send, 413, f"The request body is {size} bytes; this server takes at most {limit} "
+                             f"(texts are limited to a few thousand characters).")
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = dumps({"detail": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, max_chars: int = 2000,
-               max_tokens: int = 256) -> FastAPI:
+               max_tokens: int = 256, cors_origins: Sequence[str] = (), share_recent: bool = False,
+               body_seconds: float = 30.0) -> FastAPI:
     """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live activations
-    (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound every live text."""
+    (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound every live text.
+    ``cors_origins``: web origins allowed to read answers from a browser (none by default: another website open in
+    the same browser must not read a local server). ``share_recent``: list every client's recent Layerscope prompts
+    to everyone. ``body_seconds``: a client that takes longer to send its request body gets 408."""
     data = ApiData(db_path)
-    live = Live(loader, max_chars=max_chars, max_tokens=max_tokens)
+    live = Live(loader, max_chars=max_chars, max_tokens=max_tokens, share_recent=share_recent)
     app = FastAPI(
         title="autointerp",
         version="1",
@@ -150,8 +173,10 @@ def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, 
     )
     app.state.data = data
     app.state.live = live
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, seconds=body_seconds)
     app.add_middleware(SlashedNames)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_errors(app)
@@ -266,18 +291,22 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.post("/api/{model}/layerscope", tags=["live"],
               summary="Run a prompt over every layer once (kept among the recent prompts); returns its id")
-    def api_layerscope_run(model: str, req: LayerscopeRequest) -> JSONBytes:
+    def api_layerscope_run(model: str, req: LayerscopeRequest, request: Request) -> JSONBytes:
         view = view_of(model)
-        prompt = live.layerscope(view.name, req.text)
-        return json_of({**prompt.summary(), **_prompt_links(view.url, prompt.prompt_id),
-                        "scales": {v: layer_scales(prompt, v) for v in VIEWS}})
+        client = request.cookies.get(CLIENT_COOKIE) or secrets.token_hex(12)
+        prompt = live.layerscope(view.name, req.text, owner=client)
+        response = json_of({**prompt.summary(), **_prompt_links(view.url, prompt.prompt_id),
+                            "scales": {v: layer_scales(prompt, v) for v in VIEWS}})
+        response.set_cookie(CLIENT_COOKIE, client, httponly=True, samesite="strict")
+        return response
 
-    @app.get("/api/{model}/layerscope", tags=["live"], summary="Recent Layerscope prompts (newest first)")
-    def api_layerscope_recent(model: str) -> JSONBytes:
+    @app.get("/api/{model}/layerscope", tags=["live"],
+             summary="Recent Layerscope prompts of this client (of everyone with serve --share-recent-prompts)")
+    def api_layerscope_recent(model: str, request: Request) -> JSONBytes:
         view = view_of(model)
-        return json_of({"model": view.name, "prompts": [
+        return json_of({"model": view.name, "shared": live.share_recent, "prompts": [
             {k: v for k, v in p.summary().items() if k != "tokens"} | _prompt_links(view.url, p.prompt_id)
-            for p in live.recent(view.name)]})
+            for p in live.recent(view.name, request.cookies.get(CLIENT_COOKIE))]})
 
     @app.get("/api/{model}/layerscope/{prompt_id}/{layer}", tags=["live"],
              summary="Threshold view: units of a layer above hi or below lo on a recent prompt")

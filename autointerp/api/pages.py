@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -165,7 +165,7 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         )
 
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
-    def layer_page(model: str, layer: Index) -> str:
+    def layer_page(model: str, layer: Index, request: Request) -> str:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
@@ -179,7 +179,8 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             counts = data.store().layer_counts(view.run_id(layer), layer)
         return render("layer.html", title=f"{view.name} layer {layer}", model=view.name, layer=layer,
                       n_layers=n_layers, harvested=list(view.layers), top=top, counts=counts,
-                      recent=live.recent(view.name), max_chars=live.max_chars)
+                      recent=live.recent(view.name, request.cookies.get("autointerp_client")),
+                      max_chars=live.max_chars)
 
     @app.get("/m/{model}/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(model: str, query: str | None = Query(None, max_length=500),
