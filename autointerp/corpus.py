@@ -136,8 +136,9 @@ def _mix(prose: list[Document], code: list[Document], code_share: float) -> list
 
 
 def _read_text_file(path: Path) -> str:
+    """UTF-8 text; a byte-order mark (Windows editors write one) is not part of the text."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded).") from exc
 

@@ -48,6 +48,15 @@ def test_documents_tokenized_in_pieces_equal_whole_documents(model_name: str) ->
         assert (a.offsets == b.offsets).all(), a.context_id
 
 
+def test_files_with_a_byte_order_mark_are_read_without_it(tmp_path: Path) -> None:
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes("\ufeff".encode() + b'{"text": "first document"}\n{"text": "second"}\n')
+    plain = tmp_path / "bom.txt"
+    plain.write_bytes("\ufeff".encode() + b"one document")
+    assert sorted(d.text for d in load_documents(str(lines), 0)) == ["first document", "second"]
+    assert [d.text for d in load_documents(str(plain), 0)] == ["one document"]
+
+
 def test_contexts_carry_exact_provenance(tiny: SubjectModel, text_corpus: Path) -> None:
     docs = load_documents(str(text_corpus), seed=0)
     contexts = list(iter_contexts(docs, tiny.tokenizer, 16, tiny.bos_id, tiny.sep_id))
