@@ -166,7 +166,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
+    from autointerp.harvest import HarvestConfig, HarvestResult, completed_run, harvest, parse_layers, parse_shard
 
     layers = parse_layers(args.layers)
     shard = parse_shard(args.shard)
@@ -175,11 +175,18 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k, seed=args.seed,
         batch_size=args.batch_size, shard=shard, checkpoint_seconds=args.checkpoint_seconds,
     )
-    model = _load(args.model, progress=not args.no_progress)
-    cfg.model = model.name
     db = _db_path(args)
-    result = harvest(model, db, cfg, progress=not args.no_progress)
-    out = {"run_id": result.run_id, "status": result.status, "model": model.name, "contexts": result.contexts,
+    cfg.model = _stored_name(args.model)
+    done = completed_run(db, cfg)
+    if done is not None:  # a rerun of a finished harvest: nothing to do, and no model to load for it
+        print(f"Harvest run {done['id']} with this config is already complete; nothing to do.", file=sys.stderr)
+        result = HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0)
+        name = cfg.model
+    else:
+        model = _load(args.model, progress=not args.no_progress)
+        cfg.model = name = model.name
+        result = harvest(model, db, cfg, progress=not args.no_progress)
+    out = {"run_id": result.run_id, "status": result.status, "model": name, "contexts": result.contexts,
            "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
     if args.json:
         _print_json(out)

@@ -478,6 +478,23 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     return out
 
 
+def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str, Any] | None:
+    """The complete run ``config`` names in ``db``, found without loading the model (its facts are stored with its
+    runs), so rerunning a finished harvest costs a corpus read, not a model load. None when there is none."""
+    if not os.path.exists(db):
+        return None
+    store = Store(db, create=False)
+    info = store.model_info(config.model)
+    if not info:
+        return None
+    layers = config.layers if config.layers is not None else list(range(int(info["n_layers"])))
+    bottom = config.bottom_k if config.bottom_k is not None else (config.top_k if info.get("gated_mlp") else 0)
+    cfg = HarvestConfig(**{**asdict(config), "layers": sorted(set(layers)), "bottom_k": bottom})
+    cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed))
+    run = store.find_run(config.model, "harvest", cfg.config_hash(), tuple(config.shard))  # type: ignore[arg-type]
+    return run if run and run["status"] == "complete" else None
+
+
 def _context_rows(model: SubjectModel, contexts: Iterable[Context]) -> Iterator[dict[str, Any]]:
     for c in contexts:
         yield {

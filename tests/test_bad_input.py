@@ -460,3 +460,16 @@ def test_an_empty_held_out_set_is_refused_before_any_run_or_call(tiny_gated: Sub
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "has no held-out examples" in err, err
     assert dump(small) == before  # no run row left "running"
+
+
+def test_rerunning_a_finished_harvest_does_not_even_load_the_model(db: Path, capsys: pytest.CaptureFixture[str]
+                                                                  ) -> None:
+    """The same command again finds its complete run from the stored model facts and the corpus alone: the tiny
+    test model cannot be loaded by name at all, so a load would fail here."""
+    before = dump(db)
+    argv = ["harvest", "--model", M, "--corpus", str(db.parent / "corpus.jsonl"), "--layers", "0,1", "--ctx-len",
+            "24", "--top-k", "8", "--random-k", "4", "--db", str(db), "--json", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "already complete" and out["model"] == M
+    assert dump(db) == before
