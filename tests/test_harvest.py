@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import brute_force, run_cli
 
+from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
     HIST_EDGES,
     SPLIT_PATTERN,
@@ -23,7 +24,6 @@ from autointerp.harvest import (
     merge,
     rank_keys,
 )
-from autointerp.corpus import iter_contexts
 from autointerp.models import SubjectModel
 from autointerp.store import Store
 
