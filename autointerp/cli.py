@@ -57,8 +57,8 @@ def _print_json(obj: Any) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one ``error: ...`` line (exit 2) like every other mistake, instead of
-    the usage block followed by the error."""
+    """argparse that reports a bad option as one ``error: ...`` line (exit 2) like every other mistake,
+    instead of the usage block followed by the error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
@@ -66,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _at_least(low: int):  # type: ignore[no-untyped-def]
-    """An integer option that must be ``>= low`` (an argparse type: checked before anything runs)."""
+    """An integer option that must be ``>= low`` (an argparse type: checked before anything runs).
+    """
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -90,7 +91,8 @@ def _finite(text: str) -> float:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """Every text argument must be valid Unicode (argv bytes that are not UTF-8 arrive as lone surrogates)."""
+    """Every text argument must be valid Unicode (argv bytes that are not UTF-8 arrive as lone
+    surrogates)."""
     for name, value in vars(args).items():
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
@@ -573,8 +575,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      share_recent=args.share_recent_prompts, body_seconds=args.timeout)
     _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
-    # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than --timeout gets
-    # 408 (the app's BodyLimit), and at most 64 connections are served at once (more get 503).
+    # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
+    # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
+    # get 503).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
                 timeout_keep_alive=5, limit_concurrency=64)
     return 0

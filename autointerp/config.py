@@ -1,6 +1,7 @@
-"""What the typed per-stage configs share: which fields identify a result, the hash that names it, and the checks
-their ``__post_init__`` run so that a nonsense value (a zero count, a nan threshold) is refused in one place with one
-sentence, whether it came from the command line or from a library caller."""
+"""What the typed per-stage configs share: which fields identify a result, the hash that names it, and
+the checks their ``__post_init__`` run so that a nonsense value (a zero count, a nan threshold) is
+refused in one place with one sentence, whether it came from the command line or from a library
+caller."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 # ---- validation shared by the configs' __post_init__: one sentence naming the option, before anything runs
 def check_int(value: Any, option: str, low: int, high: int | None = None) -> None:
-    """``value`` must be an integer in ``[low, high]``; ``option`` is how the user wrote it (``--top-k``)."""
+    """``value`` must be an integer in ``[low, high]``; ``option`` is how the user wrote it
+    (``--top-k``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"{option} must be a whole number, not {value!r}.")
     if value < low or (high is not None and value > high):
@@ -39,8 +41,8 @@ def check_int(value: Any, option: str, low: int, high: int | None = None) -> Non
 
 def check_number(value: Any, option: str, low: float = -math.inf, high: float = math.inf,
                  low_open: bool = False, finite: bool = True) -> None:
-    """``value`` must be a number (never nan) in ``[low, high]`` (``(low, high]`` with ``low_open``); ``finite``
-    refuses infinities too."""
+    """``value`` must be a number (never nan) in ``[low, high]`` (``(low, high]`` with ``low_open``);
+    ``finite`` refuses infinities too."""
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
             finite and math.isinf(value)):
         raise UserError(f"{option} must be a {'finite ' if finite else ''}number, not {value!r}.")

@@ -242,17 +242,19 @@ def corpus_fingerprint(docs: list[Document]) -> str:
 # Tokenisation into contexts
 
 
-#: Documents are tokenized in pieces of about this many characters, so a huge single document costs no more memory
-#: than a small one and tokenizing stops once the token budget is met. Ordinary documents (a Wikipedia summary, a
-#: 2,000-character code chunk) are one piece, so they tokenize exactly as a whole.
+#: Documents are tokenized in pieces of about this many characters, so a huge single document costs
+#: no more memory than a small one and tokenizing stops once the token budget is met. Ordinary
+#: documents (a Wikipedia summary, a 2,000-character code chunk) are one piece, so they tokenize
+#: exactly as a whole.
 PIECE_CHARS = 50_000
 
 
 def _cut(text: str, lo: int, hi: int) -> int:
-    """Where to end a piece: just before the last space in ``(lo, hi]`` that starts a word after a non-space (in the
-    whole text a token boundary is there for the BPE tokenizers of every supported model: GPT-2-style pre-tokenizers
-    split before " word", SentencePiece merges never cross a word start), else before such a newline, else ``hi``
-    (a text without any word boundary over half a piece)."""
+    """Where to end a piece: just before the last space in ``(lo, hi]`` that starts a word after a
+    non-space (in the whole text a token boundary is there for the BPE tokenizers of every supported
+    model: GPT-2-style pre-tokenizers split before " word", SentencePiece merges never cross a word
+    start), else before such a newline, else ``hi`` (a text without any word boundary over half a
+    piece)."""
     for sep in (" ", "\n"):
         p = text.rfind(sep, lo + 1, hi + 1)
         while p > lo:
@@ -263,7 +265,8 @@ def _cut(text: str, lo: int, hi: int) -> int:
 
 
 def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[int, str]]:
-    """``(start, piece)`` pairs that cover ``text`` in order, each at most ``piece_chars`` characters."""
+    """``(start, piece)`` pairs that cover ``text`` in order, each at most ``piece_chars`` characters.
+    """
     start = 0
     while len(text) - start > piece_chars:
         end = _cut(text, start + piece_chars // 2, start + piece_chars)
@@ -283,9 +286,10 @@ def iter_contexts(
 ) -> Iterator[Context]:
     """Pack the documents into contexts of ``ctx_len`` tokens (BOS + ``ctx_len - 1`` stream tokens).
 
-    Deterministic: the same documents, tokenizer and length always give the same contexts with the same ids, so a
-    resumed or sharded run can find its place by context id alone. The last partial context is dropped. Documents
-    are tokenized a piece at a time (:func:`text_pieces`), only as far as the contexts asked for need.
+    Deterministic: the same documents, tokenizer and length always give the same contexts with the
+    same ids, so a resumed or sharded run can find its place by context id alone. The last partial
+    context is dropped. Documents are tokenized a piece at a time (:func:`text_pieces`), only as far
+    as the contexts asked for need.
     """
     if ctx_len < 2:
         raise UserError("Contexts must be at least 2 tokens long (BOS plus one token).")

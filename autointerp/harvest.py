@@ -479,8 +479,9 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
 
 
 def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str, Any] | None:
-    """The complete run ``config`` names in ``db``, found without loading the model (its facts are stored with its
-    runs), so rerunning a finished harvest costs a corpus read, not a model load. None when there is none."""
+    """The complete run ``config`` names in ``db``, found without loading the model (its facts are
+    stored with its runs), so rerunning a finished harvest costs a corpus read, not a model load.
+    None when there is none."""
     if not os.path.exists(db):
         return None
     store = Store(db, create=False)
@@ -622,9 +623,9 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
 
 
 def _stream_end(last: Context | None) -> tuple[int, int] | None:
-    """``(document, character)`` where the token stream stopped inside a document (the token budget ran out before
-    its end), or None when it stopped between documents. Only the text before that point is stored: a 45 MB
-    document of which 2,000 tokens were read stores a few kilobytes."""
+    """``(document, character)`` where the token stream stopped inside a document (the token budget ran
+    out before its end), or None when it stopped between documents. Only the text before that point
+    is stored: a 45 MB document of which 2,000 tokens were read stores a few kilobytes."""
     if last is None or last.doc_index[-1] < 0:
         return None
     return int(last.doc_index[-1]), int(last.offsets[-1, 1])

@@ -146,9 +146,10 @@ def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
 
 
 def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
-    """Ask the server once, before any work, whether it is there: a malformed or unreachable ``--base-url`` is one
-    sentence and exit status 2, not a failed row for every neuron and a run that "succeeds" with nothing done.
-    Any HTTP answer other than an authentication refusal counts as reachable (some servers have no /models)."""
+    """Ask the server once, before any work, whether it is there: a malformed or unreachable
+    ``--base-url`` is one sentence and exit status 2, not a failed row for every neuron and a run
+    that "succeeds" with nothing done. Any HTTP answer other than an authentication refusal counts
+    as reachable (some servers have no /models)."""
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not {base_url!r}.")

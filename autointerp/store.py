@@ -74,7 +74,8 @@ EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "ma
 
 
 def _write_refused(exc: sqlite3.OperationalError) -> bool:
-    """SQLite's ways of saying the file or its folder cannot be written (read-only media, permissions)."""
+    """SQLite's ways of saying the file or its folder cannot be written (read-only media, permissions).
+    """
     text = str(exc).lower()
     return "readonly" in text or "read-only" in text or "unable to open" in text
 
@@ -112,9 +113,10 @@ class Store:
             except sqlite3.OperationalError as exc:
                 if not self.path.exists() or not _write_refused(exc):
                     raise
-                # Read-only media: WAL readers need a -shm file next to the database, which cannot be created
-                # there, and WAL mode cannot be set. Nobody can write the file either, so reading it immutable is
-                # exact (for a published database: checkpointed, no -wal file beside it).
+                # Read-only media: WAL readers need a -shm file next to the database, which cannot
+                # be created there, and WAL mode cannot be set. Nobody can write the file either, so
+                # reading it immutable is exact (for a published database: checkpointed, no -wal
+                # file beside it).
                 self.db.close()
                 self.db = sqlite_utils.Database(sqlite3.connect(
                     f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0))
@@ -127,7 +129,8 @@ class Store:
         self._ensure_schema()
 
     def _check_owner(self) -> None:
-        """Refuse another program's SQLite file: creating our tables in it would change someone else's data."""
+        """Refuse another program's SQLite file: creating our tables in it would change someone else's
+        data."""
         tables = set(self.db.table_names())
         if not tables:
             return

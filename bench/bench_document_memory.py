@@ -1,9 +1,9 @@
-"""Benchmark peak memory of a harvest whose corpus is one huge single-line document, at two document sizes and the
-same token budget: memory must not grow with the document (it is tokenized a piece at a time and only as far as
-the budget), nor the database (only the text that was read is stored).
+"""Benchmark peak memory of a harvest whose corpus is one huge single-line document, at two document
+sizes and the same token budget: memory must not grow with the document (it is tokenized a piece at
+a time and only as far as the budget), nor the database (only the text that was read is stored).
 
-Each size runs the real CLI (`autointerp harvest`) in its own child process; the peak resident set size is the
-child's (``ru_maxrss`` of a wrapper that runs nothing else).
+Each size runs the real CLI (`autointerp harvest`) in its own child process; the peak resident set
+size is the child's (``ru_maxrss`` of a wrapper that runs nothing else).
 
     .venv/bin/python bench/bench_document_memory.py                        # 5 MB and 45 MB, --tokens 2000
     .venv/bin/python bench/bench_document_memory.py --sizes 1,5 --out bench/results/document-memory.md

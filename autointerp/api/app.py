@@ -49,7 +49,8 @@ Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
 
 
 def _valid_unicode(text: str) -> str:
-    """Lone surrogates (``"\\ud800"``) are valid JSON but not text: refused (422) like any invalid value."""
+    """Lone surrogates (``"\\ud800"``) are valid JSON but not text: refused (422) like any invalid
+    value."""
     try:
         return check_unicode(text, "text")
     except UserError as exc:
@@ -113,8 +114,9 @@ class BodyLimit:
 
 
 class SlashedNames:
-    """``/api/EleutherAI%2Fpythia-70m/...`` (what ``encodeURIComponent`` makes of a Hugging Face id) reaches the
-    router as two path segments once decoded; an encoded slash is read as ``--``, the form the pages link with."""
+    """``/api/EleutherAI%2Fpythia-70m/...`` (what ``encodeURIComponent`` makes of a Hugging Face id)
+    reaches the router as two path segments once decoded; an encoded slash is read as ``--``, the
+    form the pages link with."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -156,11 +158,12 @@ async def _refuse(send: Send, status: int, message: str) -> None:
 def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, max_chars: int = 2000,
                max_tokens: int = 256, cors_origins: Sequence[str] = (), share_recent: bool = False,
                body_seconds: float = 30.0) -> FastAPI:
-    """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live activations
-    (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound every live text.
-    ``cors_origins``: web origins allowed to read answers from a browser (none by default: another website open in
-    the same browser must not read a local server). ``share_recent``: list every client's recent Layerscope prompts
-    to everyone. ``body_seconds``: a client that takes longer to send its request body gets 408."""
+    """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live
+    activations (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound
+    every live text. ``cors_origins``: web origins allowed to read answers from a browser (none by
+    default: another website open in the same browser must not read a local server).
+    ``share_recent``: list every client's recent Layerscope prompts to everyone. ``body_seconds``: a
+    client that takes longer to send its request body gets 408."""
     data = ApiData(db_path)
     live = Live(loader, max_chars=max_chars, max_tokens=max_tokens, share_recent=share_recent)
     app = FastAPI(

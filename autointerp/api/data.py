@@ -42,8 +42,8 @@ class BadRequest(Exception):
 
 
 def url_name(name: str) -> str:
-    """Model names may hold ``/`` (Hugging Face ids), which a path segment cannot: links use ``--`` instead (the
-    Hugging Face cache's own convention), and :meth:`ApiData.model` maps it back."""
+    """Model names may hold ``/`` (Hugging Face ids), which a path segment cannot: links use ``--``
+    instead (the Hugging Face cache's own convention), and :meth:`ApiData.model` maps it back."""
     return name.replace("/", "--")
 
 
@@ -61,7 +61,8 @@ class ModelView:
 
     @property
     def url(self) -> str:
-        """The name as one URL path segment: ``EleutherAI/pythia-70m`` -> ``EleutherAI--pythia-70m``."""
+        """The name as one URL path segment: ``EleutherAI/pythia-70m`` -> ``EleutherAI--pythia-70m``.
+        """
         return url_name(self.name)
 
     def run_id(self, layer: int) -> int:

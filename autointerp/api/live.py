@@ -59,8 +59,9 @@ class Live:
     def __init__(self, loader: Callable[[str], Any] | None = None, max_chars: int = 2000, max_tokens: int = 256,
                  recent_prompts: int = 8, share_recent: bool = False):
         self._loader = loader
-        # Recent prompts are listed only to the client (browser cookie) that ran them, unless the server was started
-        # to share them: a prompt typed into a local server is nobody else's business.
+        # Recent prompts are listed only to the client (browser cookie) that ran them, unless the
+        # server was started to share them: a prompt typed into a local server is nobody else's
+        # business.
         self.share_recent = share_recent
         self._owners: dict[tuple[str, str], set[str]] = {}
         self.max_chars = max_chars
@@ -131,8 +132,8 @@ class Live:
 
     # ------------------------------------------------------------------------------------------------ layerscope
     def layerscope(self, name: str, text: str, owner: str | None = None) -> Prompt:
-        """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner`` (the client) may
-        list it among its recent prompts."""
+        """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner`` (the
+        client) may list it among its recent prompts."""
         import torch
 
         key = (name, hashlib.sha256(text.encode()).hexdigest()[:16])
@@ -170,7 +171,8 @@ class Live:
         return prompt
 
     def recent(self, name: str, owner: str | None = None) -> list[Prompt]:
-        """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares them)."""
+        """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares them).
+        """
         with self._prompts_lock:
             return [p for key, p in reversed(self._prompts.items()) if key[0] == name and (
                 self.share_recent or (owner is not None and owner in self._owners.get(key, ())))]

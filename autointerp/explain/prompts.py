@@ -78,7 +78,8 @@ EXAMPLES_SCHEMA: dict[str, Any] = {
 
 
 def _check_examples(examples: Any, path: Path) -> None:
-    """The few-shot file is user-editable (``--prompts DIR``): a wrong shape is one sentence, not a KeyError later."""
+    """The few-shot file is user-editable (``--prompts DIR``): a wrong shape is one sentence, not a
+    KeyError later."""
     import jsonschema
 
     try:

@@ -322,8 +322,9 @@ def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, 
 
 
 def check_heldout(store: Store, plan: list[tuple[int, dict[str, Any], list[int]]], cfg: ExplainConfig) -> None:
-    """Refuse, before any run row or LLM call, a harvest too small to score on: with no held-out records every
-    simulation would fail. Every neuron of a run keeps the same number of examples, so one neuron per layer tells."""
+    """Refuse, before any run row or LLM call, a harvest too small to score on: with no held-out
+    records every simulation would fail. Every neuron of a run keeps the same number of examples, so
+    one neuron per layer tells."""
     for layer, run, neurons in plan:
         if neurons and not heldout_records(store, run["id"], layer, neurons[0], cfg):
             config = run.get("config") or {}

@@ -23,7 +23,8 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
     g = nx.DiGraph(**{k: xml_text(v) if isinstance(v, str) else v for k, v in (meta or {}).items() if v is not None})
     activation_of = {}
     for node in data["nodes"]:
-        # tokens come from an untrusted corpus: control characters are not XML (see autointerp.untrusted)
+        # tokens come from an untrusted corpus: control characters are not XML (see
+        # autointerp.untrusted)
         attrs: dict[str, Any] = {"token": xml_text(node["token"]), "kind": node["kind"], "depth": int(node["depth"]),
                                  "count": int(node["count"])}
         if node["importance"] is not None:
@@ -46,9 +47,9 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
 
 
 def safe_output_path(path: str | Path) -> Path:
-    """An export path is user input: it may only name a file inside the working directory (or a folder below it,
-    created as needed). ``..``, absolute paths elsewhere and symlinks that lead out are refused, as is a path that
-    is an existing folder."""
+    """An export path is user input: it may only name a file inside the working directory (or a folder
+    below it, created as needed). ``..``, absolute paths elsewhere and symlinks that lead out are
+    refused, as is a path that is an existing folder."""
     p = Path(path)
     if ".." in p.parts:
         raise UserError(f"The output path {str(path)!r} contains '..'; give a path inside the working directory.")
@@ -64,8 +65,8 @@ def safe_output_path(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` that becomes ``path`` only when writing it succeeded (and is removed when it
-    did not: a full disk or a folder in the way leaves nothing behind)."""
+    """A temporary file beside ``path`` that becomes ``path`` only when writing it succeeded (and is
+    removed when it did not: a full disk or a folder in the way leaves nothing behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
