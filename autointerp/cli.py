@@ -57,8 +57,8 @@ def _print_json(obj: Any) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one ``error: ...`` line (exit 2) like every other mistake,
-    instead of the usage block followed by the error."""
+    """argparse that reports a bad option as one ``error: ...`` line (exit 2) like every other
+    mistake, instead of the usage block followed by the error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
@@ -97,8 +97,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
             if isinstance(item, str):
-                flag = name if name in ("model", "neuron", "query", "format", "out", "shards", "model_a",
-                                        "model_b") else "--" + name.replace("_", "-")
+                positional = ("model", "neuron", "query", "format", "out", "shards", "model_a",
+                              "model_b")
+                flag = name if name in positional else "--" + name.replace("_", "-")
                 check_unicode(item, f"The argument {flag}", from_bytes=True)
 
 
@@ -167,28 +168,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished_harvest(db: str, cfg: Any) -> Any:
+    """The result of a harvest that is already complete in ``db``, found without loading the
+    model."""
+    from autointerp.harvest import HarvestResult, completed_run
+
+    done = completed_run(db, cfg)
+    if done is None:
+        return None
+    print(f"Harvest run {done['id']} with this config is already complete; nothing to do.",
+          file=sys.stderr)
+    return HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"],
+                         0.0)
+
+
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from autointerp.harvest import HarvestConfig, HarvestResult, completed_run, harvest, parse_layers, parse_shard
+    from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
 
     layers = parse_layers(args.layers)
     shard = parse_shard(args.shard)
     cfg = HarvestConfig(  # checks every number before the model is loaded
-        model=args.model, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len, n_tokens=args.tokens,
-        top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k, seed=args.seed,
-        batch_size=args.batch_size, shard=shard, checkpoint_seconds=args.checkpoint_seconds,
+        model=args.model, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len,
+        n_tokens=args.tokens, top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k,
+        seed=args.seed, batch_size=args.batch_size, shard=shard,
+        checkpoint_seconds=args.checkpoint_seconds,
     )
     db = _db_path(args)
     cfg.model = _stored_name(args.model)
-    done = completed_run(db, cfg)
-    if done is not None:  # a rerun of a finished harvest: nothing to do, and no model to load for it
-        print(f"Harvest run {done['id']} with this config is already complete; nothing to do.", file=sys.stderr)
-        result = HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0)
-        name = cfg.model
-    else:
+    result = _finished_harvest(db, cfg)  # a rerun of a finished harvest: no model to load
+    name = cfg.model
+    if result is None:
         model = _load(args.model, progress=not args.no_progress)
         cfg.model = name = model.name
         result = harvest(model, db, cfg, progress=not args.no_progress)
-    out = {"run_id": result.run_id, "status": result.status, "model": name, "contexts": result.contexts,
+    out = {"run_id": result.run_id, "status": result.status, "model": name,
+           "contexts": result.contexts,
            "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
     if args.json:
         _print_json(out)
@@ -326,10 +340,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.llm_server import local_server, resolve_local_llm
     from autointerp.store import LLMCache, Store
 
-    options = {"sim_top": args.sim_top, "sim_random": args.sim_random, "simulator_mode": args.simulator_mode,
-               "use_n2g": not args.no_n2g, "negative": args.negative, "baseline": not args.no_baseline,
+    options = {"sim_top": args.sim_top, "sim_random": args.sim_random,
+               "simulator_mode": args.simulator_mode, "use_n2g": not args.no_n2g,
+               "negative": args.negative, "baseline": not args.no_baseline,
                "explain_records": args.explain_records}
-    ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers are refused before anything runs
+    ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
     store = Store(_db_path(args), create=False)
     model = _stored_name(args.model)
     layers = parse_layers(args.layers)
@@ -344,7 +359,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     templates = load_templates(args.prompts)
     info = store.model_info(model)
     if info is None:
-        raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` first.")
+        raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` "
+                        "first.")
     # what the database can tell is checked before any LLM is contacted
     plan = plan_neurons(store, model, layers, args.neurons, int(info["d_mlp"]))
     check_heldout(store, plan, ExplainConfig(**options))
@@ -393,8 +409,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if summary.failed:
             print(f"Redo the failures with: autointerp explain {model} --retry-failed (same options)")
     if summary.failed and not summary.explained:
-        print(f"error: every one of the {summary.failed} neurons processed failed (the reasons are stored; "
-              f"see `autointerp neuron {model} L/N`).", file=sys.stderr)
+        print(f"error: every one of the {summary.failed} neurons processed failed (the reasons "
+              f"are stored; see `autointerp neuron {model} L/N`).", file=sys.stderr)
         return 1
     return 0
 
@@ -406,8 +422,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
     layers = parse_layers(args.layers)
-    cfg = N2GConfig(augmentations=args.augmentations, importance_threshold=args.importance_threshold,
-                    train_examples=args.train_examples, naive=args.naive)  # checks the numbers first
+    cfg = N2GConfig(augmentations=args.augmentations,  # checks the numbers first
+                    importance_threshold=args.importance_threshold,
+                    train_examples=args.train_examples, naive=args.naive)
     store = Store(_db_path(args), create=False)
     model = _load(args.model, progress=not args.no_progress)
     if layers is None:
@@ -467,7 +484,7 @@ def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, p
     if lo > 0:
         text.append("… ", style="dim")
     for i in range(lo, hi):
-        tok = terminal_text(tokens[i])  # corpus text: never raw escape sequences on the user's terminal
+        tok = terminal_text(tokens[i])  # corpus text: never raw escape sequences on a terminal
         a = acts[i] / scale if scale else 0.0
         if a >= 0:
             level = int(255 - min(a, 1.0) * 200)
@@ -506,12 +523,14 @@ def cmd_neuron(args: argparse.Namespace) -> int:
                       + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]), markup=False)
     for kind, row in record["explanations"].items():
         if row["status"] != "ok":
-            console.print(f"explanation ({kind}): failed - {terminal_text(row['error'] or '')}", markup=False)
+            console.print(f"explanation ({kind}): failed - {terminal_text(row['error'] or '')}",
+                          markup=False)
             continue
         method = {"llm": "explanation", "llm_negative": "explanation_negative"}.get(kind, kind)
         sc = record["scores"].get(method) or {}
         shown = f"score {sc['score']:.3f}" if sc.get("score") is not None else f"score {sc.get('status', '-')}"
-        console.print(f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  [{shown}]", markup=False)
+        console.print(f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  "
+                      f"[{shown}]", markup=False)
     n2g = record["scores"].get("n2g")
     if n2g and n2g.get("score") is not None:
         console.print(f"N2G graph score on the same held-out text: {n2g['score']:.3f}")
@@ -578,8 +597,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
     # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
     # get 503).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_keep_alive=5, limit_concurrency=64)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log, timeout_keep_alive=5, limit_concurrency=64)
     return 0
 
 
@@ -589,15 +608,16 @@ def _check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UserError(f"--host {host!r} is not an address of this machine ({exc.strerror}).") from exc
+        raise UserError(f"--host {host!r} is not an address of this machine "
+                        f"({exc.strerror}).") from exc
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind(address)
         except OSError as exc:
-            raise UserError(f"Cannot listen on {host}:{port}: {exc.strerror} (another server there? choose "
-                            "another --port).") from exc
+            raise UserError(f"Cannot listen on {host}:{port}: {exc.strerror} (another server "
+                            "there? choose another --port).") from exc
 
 
 # ---- similarity / search / weights / compare (issue 5)
@@ -665,7 +685,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(rows)
         for r in [] if args.json else rows:
-            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] {terminal_text(r['text'])}")
+            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] "
+                  f"{terminal_text(r['text'])}")
         if not rows and not args.json:
             print("No explanation matches.")
         return 0
@@ -757,7 +778,8 @@ def _add_issue5_commands(sub: Any) -> None:
                     "than --max-df graphs are stop tokens. Computed for all graphs of MODEL through an inverted "
                     "index (only pairs sharing a token); the top --limit per neuron are stored.")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--limit", type=_at_least(1), default=20, help="similar neurons kept per neuron (default 20)")
+    p.add_argument("--limit", type=_at_least(1), default=20,
+                   help="similar neurons kept per neuron (default 20)")
     p.add_argument("--max-df", type=_at_least(1), default=None,
                    help="stop-token cap: tokens in more graphs are ignored (default max(50, 2*sqrt(graphs)))")
     p.add_argument("--activating-weight", type=_finite, default=0.5,
@@ -806,8 +828,10 @@ def _add_issue5_commands(sub: Any) -> None:
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
     p.add_argument("--hi", type=_finite, default=3.0, help="fires above this (default 3.0)")
     p.add_argument("--lo", type=_finite, default=None, help="or below this (default: off)")
-    p.add_argument("--limit", type=_at_least(1), default=None, help="at most this many neurons (default: all)")
-    p.add_argument("--max-chars", type=_at_least(1), default=20000, help="refuse longer texts (default 20000)")
+    p.add_argument("--limit", type=_at_least(1), default=None,
+                   help="at most this many neurons (default: all)")
+    p.add_argument("--max-chars", type=_at_least(1), default=20000,
+                   help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_fire)
 
@@ -818,7 +842,8 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "shown by `autointerp neuron`.")
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
-    p.add_argument("--top-k", type=_at_least(1), default=10, help="top and bottom tokens kept per neuron (default 10)")
+    p.add_argument("--top-k", type=_at_least(1), default=10,
+                   help="top and bottom tokens kept per neuron (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _db_arg(p)
@@ -961,7 +986,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="neurons processed at once (default 1)")
     p.add_argument("--max-attempts", type=_at_least(1), default=4,
                    help="attempts per LLM call before recording a failure")
-    p.add_argument("--llm-timeout", type=_finite, default=300.0, help="seconds per LLM request (default 300)")
+    p.add_argument("--llm-timeout", type=_finite, default=300.0,
+                   help="seconds per LLM request (default 300)")
     p.add_argument("--threads", type=_at_least(1), default=None,
                    help="CPU threads for the local server (default: all)")
     p.add_argument("--price-table", default=None,
@@ -1009,7 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "peak token is underlined, tokens are red by activation (blue if negative).")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=_at_least(0), default=10, help="examples shown per kind (0 = all; default 10)")
+    p.add_argument("--limit", type=_at_least(0), default=10,
+                   help="examples shown per kind (0 = all; default 10)")
     p.add_argument("--kinds", default="top,bottom,quantile,random", type=lambda s: s.split(","),
                    help="which kinds to show (default top,bottom,quantile,random)")
     p.add_argument("--full", action="store_true", help="show whole contexts, not a window around the peak")
@@ -1024,7 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
-    p.add_argument("--max-chars", type=_at_least(1), default=20000, help="refuse longer texts (default 20000)")
+    p.add_argument("--max-chars", type=_at_least(1), default=20000,
+                   help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_activations)
 
@@ -1040,13 +1068,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--cors", action="append", metavar="ORIGIN",
-                   help="let pages from this web origin (e.g. http://localhost:3000) read the API from a browser; "
-                   "repeatable (default: none, so other websites cannot read a local server)")
+                   help="let pages from this web origin (e.g. http://localhost:3000) read the API "
+                   "from a browser; repeatable (default: none, so other websites cannot read a "
+                   "local server)")
     p.add_argument("--share-recent-prompts", action="store_true",
-                   help="list every client's recent Layerscope prompts to everyone (default: only to the browser "
-                   "that ran them)")
+                   help="list every client's recent Layerscope prompts to everyone (default: only "
+                   "to the browser that ran them)")
     p.add_argument("--timeout", type=_finite, default=30.0,
-                   help="seconds a client may take to send its request body before a 408 (default 30)")
+                   help="seconds a client may take to send its request body before a 408 "
+                   "(default 30)")
     _db_arg(p)
     p.set_defaults(func=cmd_serve)
     _add_issue5_commands(sub)
@@ -1068,9 +1098,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:  # a corrupted file, a full disk, read-only media: the environment, not a bug
-        print(f"error: the database {_db_path(args) if hasattr(args, 'db') else ''} cannot be used: {exc} "
-              "(nothing was changed by the failed step).", file=sys.stderr)
+    except sqlite3.Error as exc:  # a corrupted file, a full disk, read-only media: not a bug
+        where = f" {_db_path(args)}" if hasattr(args, "db") else ""
+        print(f"error: the database{where} cannot be used: {exc} (nothing was changed by the "
+              "failed step).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
@@ -1078,7 +1109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `autointerp neuron ... --json | head` closed the pipe early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a full disk, a folder where a file should be, no permission: one sentence
+    except OSError as exc:  # a full disk, a folder where a file should be, no permission
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (nothing was changed by the failed step).", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}{where} (nothing was changed by the failed step).",
+              file=sys.stderr)
         return 1

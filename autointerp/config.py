@@ -1,6 +1,6 @@
-"""What the typed per-stage configs share: which fields identify a result, the hash that names it, and
-the checks their ``__post_init__`` run so that a nonsense value (a zero count, a nan threshold) is
-refused in one place with one sentence, whether it came from the command line or from a library
+"""What the typed per-stage configs share: which fields identify a result, the hash that names it,
+and the checks their ``__post_init__`` run so that a nonsense value (a zero count, a nan threshold)
+is refused in one place with one sentence, whether it came from the command line or from a library
 caller."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ---- validation shared by the configs' __post_init__: one sentence naming the option, before anything runs
+# ---- validation shared by the configs' __post_init__: one sentence naming the option, before
+# anything runs
 def check_int(value: Any, option: str, low: int, high: int | None = None) -> None:
     """``value`` must be an integer in ``[low, high]``; ``option`` is how the user wrote it
     (``--top-k``)."""
@@ -41,8 +42,8 @@ def check_int(value: Any, option: str, low: int, high: int | None = None) -> Non
 
 def check_number(value: Any, option: str, low: float = -math.inf, high: float = math.inf,
                  low_open: bool = False, finite: bool = True) -> None:
-    """``value`` must be a number (never nan) in ``[low, high]`` (``(low, high]`` with ``low_open``);
-    ``finite`` refuses infinities too."""
+    """``value`` must be a number (never nan) in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); ``finite`` refuses infinities too."""
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
             finite and math.isinf(value)):
         raise UserError(f"{option} must be a {'finite ' if finite else ''}number, not {value!r}.")

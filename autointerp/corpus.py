@@ -265,7 +265,8 @@ def _cut(text: str, lo: int, hi: int) -> int:
 
 
 def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[int, str]]:
-    """``(start, piece)`` pairs that cover ``text`` in order, each at most ``piece_chars`` characters.
+    """``(start, piece)`` pairs that cover ``text`` in order, each at most ``piece_chars``
+    characters.
     """
     start = 0
     while len(text) - start > piece_chars:

@@ -94,7 +94,8 @@ class HarvestConfig:
         check_int(self.hist_sample, "hist_sample", 1)
         check_int(self.seed, "--seed", 0)
         check_int(self.batch_size, "--batch-size", 1)
-        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, low_open=True, finite=False)
+        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, low_open=True,
+                     finite=False)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
@@ -489,10 +490,12 @@ def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str
     if not info:
         return None
     layers = config.layers if config.layers is not None else list(range(int(info["n_layers"])))
-    bottom = config.bottom_k if config.bottom_k is not None else (config.top_k if info.get("gated_mlp") else 0)
+    bottom = config.bottom_k if config.bottom_k is not None else (
+        config.top_k if info.get("gated_mlp") else 0)
     cfg = HarvestConfig(**{**asdict(config), "layers": sorted(set(layers)), "bottom_k": bottom})
     cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed))
-    run = store.find_run(config.model, "harvest", cfg.config_hash(), tuple(config.shard))  # type: ignore[arg-type]
+    shard: tuple[int, int] = tuple(config.shard)  # type: ignore[assignment]
+    run = store.find_run(config.model, "harvest", cfg.config_hash(), shard)
     return run if run and run["status"] == "complete" else None
 
 
@@ -623,9 +626,9 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
 
 
 def _stream_end(last: Context | None) -> tuple[int, int] | None:
-    """``(document, character)`` where the token stream stopped inside a document (the token budget ran
-    out before its end), or None when it stopped between documents. Only the text before that point
-    is stored: a 45 MB document of which 2,000 tokens were read stores a few kilobytes."""
+    """``(document, character)`` where the token stream stopped inside a document (the token budget
+    ran out before its end), or None when it stopped between documents. Only the text before that
+    point is stored: a 45 MB document of which 2,000 tokens were read stores a few kilobytes."""
     if last is None or last.doc_index[-1] < 0:
         return None
     return int(last.doc_index[-1]), int(last.offsets[-1, 1])

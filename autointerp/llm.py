@@ -152,17 +152,18 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
     as reachable (some servers have no /models)."""
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not {base_url!r}.")
-    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=min(timeout, 15.0),
-                           max_retries=0)
+        raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not "
+                        f"{base_url!r}.")
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
+                           timeout=min(timeout, 15.0), max_retries=0)
     try:
         client.models.list()
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-        raise UserError(f"The LLM server at {base_url} does not answer ({describe_error(exc)}); start it or fix "
-                        "--base-url.") from exc
+        raise UserError(f"The LLM server at {base_url} does not answer ({describe_error(exc)}); "
+                        "start it or fix --base-url.") from exc
     except openai.AuthenticationError as exc:
-        raise UserError(f"The LLM server at {base_url} refused the API key ({describe_error(exc)}); set "
-                        "--api-key or OPENAI_API_KEY.") from exc
+        raise UserError(f"The LLM server at {base_url} refused the API key "
+                        f"({describe_error(exc)}); set --api-key or OPENAI_API_KEY.") from exc
     except Exception:  # noqa: BLE001, S110 - it answered; whether it lists models does not matter
         pass
 
@@ -236,7 +237,7 @@ class LLMClient:
             raw = api.create(model=model, **body)
         except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
             raise InvalidOutput(f"malformed response ({type(exc).__name__}: {str(exc)[:100]})") from exc
-        if not hasattr(raw, "model_dump"):  # the client hands back non-JSON bodies (an HTML error page) as text
+        if not hasattr(raw, "model_dump"):  # a non-JSON body (an HTML page) comes back as text
             raise InvalidOutput(f"malformed response: not the API's JSON but {str(raw)[:80]!r}")
         response = raw.model_dump()
         spent = response.get("usage") or {}

@@ -23,10 +23,10 @@ from typing import BinaryIO
 from autointerp.errors import UserError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# C0 controls (all of them, newline and tab included: the caller keeps those it wants), DEL, and the C1 controls
-# (0x80-0x9f: some terminals read 0x9b as CSI).
+# C0 controls (all of them, newline and tab included: the caller keeps those it wants), DEL, and
+# the C1 controls (0x80-0x9f: some terminals read 0x9b as CSI).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# Characters XML 1.0 cannot hold at all (not even as &#...; references); tab, newline and CR are fine.
+# Characters XML 1.0 cannot hold at all (not even as &#...; references); tab, newline, CR are fine.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -39,21 +39,22 @@ def check_unicode(text: str, what: str, from_bytes: bool = False) -> str:
         return text
     code = ord(bad.group())
     if from_bytes and 0xDC80 <= code <= 0xDCFF:
-        raise UserError(f"{what} is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character {bad.start()} cannot "
-                        "be decoded.")
-    raise UserError(f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at character "
-                    f"{bad.start()}.")
+        raise UserError(f"{what} is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character "
+                        f"{bad.start()} cannot be decoded.")
+    raise UserError(f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at "
+                    f"character {bad.start()}.")
 
 
 def read_text(stream: BinaryIO | None = None, what: str = "The text on standard input") -> str:
-    """All of standard input (or ``stream``) decoded as UTF-8, strictly (a byte-order mark is dropped).
+    """All of standard input (or ``stream``) decoded as UTF-8, strictly (a byte-order mark is
+    dropped).
     """
     data = (stream or sys.stdin.buffer).read()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte {exc.start} cannot be "
-                        "decoded.") from exc
+        raise UserError(f"{what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte "
+                        f"{exc.start} cannot be decoded.") from exc
 
 
 def _picture(match: re.Match[str]) -> str:
@@ -68,7 +69,8 @@ def _picture(match: re.Match[str]) -> str:
 
 
 def visible_controls(text: str, keep: str = "") -> str:
-    """Control characters (except those in ``keep``) as visible pictures: safe to print on a terminal.
+    """Control characters (except those in ``keep``) as visible pictures: safe to print on a
+    terminal.
     """
     if not _CONTROL.search(text):
         return text
@@ -76,8 +78,8 @@ def visible_controls(text: str, keep: str = "") -> str:
 
 
 def terminal_text(text: str) -> str:
-    """One line of untrusted text for the terminal: newlines and tabs as ``⏎``/``⇥``, other controls as
-    pictures."""
+    """One line of untrusted text for the terminal: newlines and tabs as ``⏎``/``⇥``, other controls
+    as pictures."""
     return visible_controls(text.replace("\n", "⏎").replace("\t", "⇥"))
 
 
@@ -93,6 +95,6 @@ _PICTURES_AS_ESCAPES = {0x2400 + code: f"\\x{code:02x}" for code in range(0x20)}
 
 
 def escaped_pictures(text: str) -> str:
-    """Control pictures as ``\\xNN`` escapes, for renderers whose fonts lack the pictures (matplotlib's
-    DejaVu)."""
+    """Control pictures as ``\\xNN`` escapes, for renderers whose fonts lack the pictures
+    (matplotlib's DejaVu)."""
     return text.translate(_PICTURES_AS_ESCAPES)

@@ -35,7 +35,8 @@ from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before it is read (413)
-CLIENT_COOKIE = "autointerp_client"  # which browser ran which Layerscope prompts (they are listed only to it)
+# which browser ran which Layerscope prompts (they are listed only to it)
+CLIENT_COOKIE = "autointerp_client"
 RANK_BY = ("max", "min", "frac_positive", "variance", "n2g", "explanation", "baseline")
 
 
@@ -43,8 +44,9 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
-MAX_INDEX = 2**31 - 1  # every integer parameter is bounded: SQLite integers overflow past 2**63, and no model
-#                        has more layers, neurons or examples than this
+# Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more
+# layers, neurons or examples than this.
+MAX_INDEX = 2**31 - 1
 Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
 
 
@@ -110,7 +112,8 @@ class BodyLimit:
         except _BodyTooLarge as exc:
             await _too_large(send, exc.size, self.limit)
         except _BodyTooSlow as exc:
-            await _refuse(send, 408, f"The request body did not arrive within {exc.seconds:g} seconds.")
+            await _refuse(send, 408,
+                          f"The request body did not arrive within {exc.seconds:g} seconds.")
 
 
 class SlashedNames:
@@ -137,7 +140,7 @@ class _BodyTooLarge(BaseException):  # noqa: N818
         self.size = size
 
 
-class _BodyTooSlow(BaseException):  # noqa: N818 - not an Exception, for the same reason as _BodyTooLarge
+class _BodyTooSlow(BaseException):  # noqa: N818 - not an Exception, as _BodyTooLarge
     def __init__(self, seconds: float):
         self.seconds = seconds
 
@@ -150,8 +153,8 @@ async def _too_large(send: Send, size: int, limit: int) -> None:
 async def _refuse(send: Send, status: int, message: str) -> None:
     body = dumps({"detail": message})
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -177,8 +180,8 @@ def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, 
     app.state.data = data
     app.state.live = live
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, seconds=body_seconds)
     app.add_middleware(SlashedNames)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -273,8 +276,8 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return json_of(data.search(view_of(model), query, text, limit))
 
     @app.get("/api/{model}/rank", tags=["queries"], summary="Neurons ranked by a statistic or score")
-    def api_rank(model: str, layer: int | None = Query(None, ge=0, le=MAX_INDEX), by: str = Query("max", description=
-                                                                                   ", ".join(RANK_BY)),
+    def api_rank(model: str, layer: int | None = Query(None, ge=0, le=MAX_INDEX),
+                 by: str = Query("max", description=", ".join(RANK_BY)),
                  limit: int = Query(20, ge=1, le=1000)) -> JSONBytes:
         return json_of(data.rank(view_of(model), by, layer, limit))
 
@@ -304,16 +307,19 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return response
 
     @app.get("/api/{model}/layerscope", tags=["live"],
-             summary="Recent Layerscope prompts of this client (of everyone with serve --share-recent-prompts)")
+             summary="Recent Layerscope prompts of this client (of everyone with serve "
+                     "--share-recent-prompts)")
     def api_layerscope_recent(model: str, request: Request) -> JSONBytes:
         view = view_of(model)
         return json_of({"model": view.name, "shared": live.share_recent, "prompts": [
-            {k: v for k, v in p.summary().items() if k != "tokens"} | _prompt_links(view.url, p.prompt_id)
+            {k: v for k, v in p.summary().items() if k != "tokens"}
+            | _prompt_links(view.url, p.prompt_id)
             for p in live.recent(view.name, request.cookies.get(CLIENT_COOKIE))]})
 
     @app.get("/api/{model}/layerscope/{prompt_id}/{layer}", tags=["live"],
              summary="Threshold view: units of a layer above hi or below lo on a recent prompt")
-    def api_layerscope_threshold(model: str, prompt_id: str, layer: Index, hi: float = Query(3.0, allow_inf_nan=False),
+    def api_layerscope_threshold(model: str, prompt_id: str, layer: Index,
+                                 hi: float = Query(3.0, allow_inf_nan=False),
                                  lo: float = Query(0.0, allow_inf_nan=False), view: str = Query("mlp"),
                                  limit: int = Query(100, ge=1, le=5000)) -> JSONBytes:
         prompt = _prompt(data, live, model, prompt_id, layer, view)
@@ -330,11 +336,13 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         if row is None:
             raise NotFound(f"No N2G graph computed for {view.name} {layer}/{neuron}.")
         return Response(graphml_bytes(row, view.name, layer, neuron), media_type="application/graphml+xml",
-                        headers={"Content-Disposition": f'attachment; filename="{view.url}_{layer}_{neuron}.graphml"'})
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{view.url}_{layer}_{neuron}.graphml"'})
 
     @app.get("/api/{model}/{service}/{layer}", tags=["layers"],
              summary="Layer summary for a service (paginated by neuron index)")
-    def api_layer(model: str, service: str, layer: Index, offset: int = Query(0, ge=0, le=MAX_INDEX),
+    def api_layer(model: str, service: str, layer: Index,
+                  offset: int = Query(0, ge=0, le=MAX_INDEX),
                   limit: int = Query(100, ge=1, le=1000)) -> JSONBytes:
         view = view_of(model)
         data.check_service(service)

@@ -61,8 +61,7 @@ class ModelView:
 
     @property
     def url(self) -> str:
-        """The name as one URL path segment: ``EleutherAI/pythia-70m`` -> ``EleutherAI--pythia-70m``.
-        """
+        """The name as one URL path segment: ``org/name`` -> ``org--name``."""
         return url_name(self.name)
 
     def run_id(self, layer: int) -> int:
@@ -232,7 +231,8 @@ class ApiData:
         info = view.info
         return {"name": view.name, "n_layers": info.get("n_layers"), "d_mlp": info.get("d_mlp"),
                 "act_fn": info.get("act_fn"), "gated_mlp": info.get("gated_mlp"),
-                "harvested_layers": list(view.layers), "url": f"/api/{view.url}", "page": f"/m/{view.url}"}
+                "harvested_layers": list(view.layers), "url": f"/api/{view.url}",
+                "page": f"/m/{view.url}"}
 
     def model_record(self, view: ModelView) -> dict[str, Any]:
         store = self.store()
@@ -278,7 +278,8 @@ class ApiData:
                       "url": f"/api/{view.url}/n2g/{layer}/{r['neuron']}"} for r in rows]
         elif service == "explanation":
             total, rows = store.layer_explanations(run_id, layer, offset, limit)
-            items = [{**r, "score": _r(r["score"]), "url": f"/api/{view.url}/explanation/{layer}/{r['neuron']}"}
+            items = [{**r, "score": _r(r["score"]),
+                      "url": f"/api/{view.url}/explanation/{layer}/{r['neuron']}"}
                      for r in rows]
         else:
             total = store.layer_neuron_count(run_id, layer)
@@ -488,7 +489,8 @@ class ApiData:
             items = method(view.name, layer, neuron, limit)
         except UserError as exc:
             return {**head, "available": False, "items": [], "message": str(exc)}
-        items = [{**it, "url": f"/m/{view.url}/neuron/{it['layer']}/{it['neuron']}"} for it in items or []]
+        items = [{**it, "url": f"/m/{view.url}/neuron/{it['layer']}/{it['neuron']}"}
+                 for it in items or []]
         if not items:
             return {**head, "available": False, "items": [],
                     "message": "No similar neurons computed for this neuron."}

@@ -132,8 +132,8 @@ class Live:
 
     # ------------------------------------------------------------------------------------------------ layerscope
     def layerscope(self, name: str, text: str, owner: str | None = None) -> Prompt:
-        """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner`` (the
-        client) may list it among its recent prompts."""
+        """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner``
+        (the client) may list it among its recent prompts."""
         import torch
 
         key = (name, hashlib.sha256(text.encode()).hexdigest()[:16])

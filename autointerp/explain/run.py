@@ -73,14 +73,17 @@ class ExplainConfig:
     def __post_init__(self) -> None:
         lowest = {"--explain-records": (self.explain_records, 1), "--sim-top": (self.sim_top, 0),
                   "--sim-random": (self.sim_random, 0), "--concurrency": (self.concurrency, 1),
-                  "explain_before": (self.explain_before, 0), "explain_after": (self.explain_after, 0),
+                  "explain_before": (self.explain_before, 0),
+                  "explain_after": (self.explain_after, 0),
                   "sim_window": (self.sim_window, 1), "sim_logprobs": (self.sim_logprobs, 1),
-                  "n2g_paths": (self.n2g_paths, 0), "explainer_max_tokens": (self.explainer_max_tokens, 1),
+                  "n2g_paths": (self.n2g_paths, 0),
+                  "explainer_max_tokens": (self.explainer_max_tokens, 1),
                   "max_prompt_chars": (self.max_prompt_chars, 1)}
         for option, (value, low) in lowest.items():
             check_int(value, option, low)
         if self.sim_top + self.sim_random < 1:
-            raise UserError("--sim-top and --sim-random are both 0: nothing would be simulated or scored.")
+            raise UserError("--sim-top and --sim-random are both 0: nothing would be simulated or "
+                            "scored.")
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
@@ -321,16 +324,18 @@ def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, 
     return plan
 
 
-def check_heldout(store: Store, plan: list[tuple[int, dict[str, Any], list[int]]], cfg: ExplainConfig) -> None:
+def check_heldout(store: Store, plan: list[tuple[int, dict[str, Any], list[int]]],
+                  cfg: ExplainConfig) -> None:
     """Refuse, before any run row or LLM call, a harvest too small to score on: with no held-out
     records every simulation would fail. Every neuron of a run keeps the same number of examples, so
     one neuron per layer tells."""
     for layer, run, neurons in plan:
         if neurons and not heldout_records(store, run["id"], layer, neurons[0], cfg):
             config = run.get("config") or {}
-            raise UserError(f"Harvest run {run['id']} (layer {layer}) has no held-out examples to score on "
-                            f"(top_k={config.get('top_k')}, random_k={config.get('random_k')}: the test split is "
-                            "every 4th example); harvest with --top-k 4 or more.")
+            raise UserError(f"Harvest run {run['id']} (layer {layer}) has no held-out examples to "
+                            f"score on (top_k={config.get('top_k')}, random_k="
+                            f"{config.get('random_k')}: the test split is every 4th example); "
+                            "harvest with --top-k 4 or more.")
 
 
 def _job(store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool) -> NeuronJob:

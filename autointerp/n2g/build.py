@@ -45,7 +45,7 @@ class N2GConfig:
     naive: bool = field(default=False, metadata={"hashed": False})
 
     def __post_init__(self) -> None:
-        check_int(self.train_examples, "--train-examples", 1)  # 0 would store an empty graph as the current one
+        check_int(self.train_examples, "--train-examples", 1)  # 0: an empty graph would be stored
         check_int(self.max_activating_per_example, "max_activating_per_example", 1)
         check_int(self.augmentations, "--augmentations", 0)  # 0 turns augmentation off
         check_int(self.augment_positions, "augment_positions", 0)
@@ -55,7 +55,8 @@ class N2GConfig:
         check_number(self.importance_threshold, "--importance-threshold", 0.0, 1.0)
         if not self.prune_lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                          for n in self.prune_lengths):
-            raise UserError(f"prune_lengths must be positive token counts, not {self.prune_lengths!r}.")
+            raise UserError(f"prune_lengths must be positive token counts, not "
+                            f"{self.prune_lengths!r}.")
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, n2g_version=N2G_VERSION)

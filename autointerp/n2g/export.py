@@ -20,12 +20,14 @@ from autointerp.untrusted import escaped_pictures, xml_text
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
     """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int), importance and
     activation (float; present where they apply). Edges point from a token to the one before it in the text."""
-    g = nx.DiGraph(**{k: xml_text(v) if isinstance(v, str) else v for k, v in (meta or {}).items() if v is not None})
+    g = nx.DiGraph(**{k: xml_text(v) if isinstance(v, str) else v
+                      for k, v in (meta or {}).items() if v is not None})
     activation_of = {}
     for node in data["nodes"]:
         # tokens come from an untrusted corpus: control characters are not XML (see
         # autointerp.untrusted)
-        attrs: dict[str, Any] = {"token": xml_text(node["token"]), "kind": node["kind"], "depth": int(node["depth"]),
+        attrs: dict[str, Any] = {"token": xml_text(node["token"]), "kind": node["kind"],
+                                 "depth": int(node["depth"]),
                                  "count": int(node["count"])}
         if node["importance"] is not None:
             attrs["importance"] = float(node["importance"])
@@ -47,19 +49,20 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
 
 
 def safe_output_path(path: str | Path) -> Path:
-    """An export path is user input: it may only name a file inside the working directory (or a folder
-    below it, created as needed). ``..``, absolute paths elsewhere and symlinks that lead out are
-    refused, as is a path that is an existing folder."""
+    """An export path is user input: it may only name a file inside the working directory (or a
+    folder below it, created as needed). ``..``, absolute paths elsewhere and symlinks that lead out
+    are refused, as is a path that is an existing folder."""
     p = Path(path)
     if ".." in p.parts:
         raise UserError(f"The output path {str(path)!r} contains '..'; give a path inside the working directory.")
     here = Path.cwd().resolve()
     target = (here / p).resolve()  # follows symlinks, also of folders that exist along the way
     if not target.is_relative_to(here):
-        raise UserError(f"The output path {str(path)!r} leads to {target}, outside the working directory {here}; "
-                        "exports are written only inside it.")
+        raise UserError(f"The output path {str(path)!r} leads to {target}, outside the working "
+                        f"directory {here}; exports are written only inside it.")
     if target.is_dir():
-        raise UserError(f"The output path {str(path)!r} is a folder; give a file name ending in .graphml.")
+        raise UserError(f"The output path {str(path)!r} is a folder; give a file name ending in "
+                        ".graphml.")
     return p
 
 
@@ -144,7 +147,8 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
         token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else escaped_pictures(repr(token)[1:-1])[:14]
+        shown = escaped_pictures(repr(token)[1:-1])[:14]
+        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
                            linewidths=0.5)
