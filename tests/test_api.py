@@ -374,7 +374,8 @@ def test_no_internet_assets_cors_openapi_and_docs(client: TestClient) -> None:
         assert not external, (url, external)
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
-    # CORS is opt-in: by default another website open in the same browser cannot read this server's answers
+    # CORS is opt-in: by default another website open in the same browser cannot read this server's
+    # answers
     r = client.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://example.org"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
@@ -456,8 +457,9 @@ def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -
 
 def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_path: Path,
                                                              tiny_gated: SubjectModel) -> None:
-    """Hugging Face ids hold a '/' (EleutherAI/pythia-70m): every route takes the name with '--' instead (what the
-    pages link to) or percent-encoded (what encodeURIComponent makes), and the links the server writes work."""
+    """Hugging Face ids hold a '/' (EleutherAI/pythia-70m): every route takes the name with '--'
+    instead (what the pages link to) or percent-encoded (what encodeURIComponent makes), and the
+    links the server writes work."""
     db = tmp_path / "slashed.db"
     with sqlite3.connect(api_db) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
@@ -485,8 +487,8 @@ def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_pa
 
 
 def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
-    """A busy port is one sentence before anything claims to be serving; a client that stops sending its body gets
-    408 after --timeout instead of holding the connection forever."""
+    """A busy port is one sentence before anything claims to be serving; a client that stops sending
+    its body gets 408 after --timeout instead of holding the connection forever."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -81,31 +81,45 @@ CLI_CASES = [
     (["export", "graphml", M, "1/0", "-o", "graphs/../../x.graphml"], 2, "contains '..'"),
     (["export", "graphml", "..", "1/0"], 2, "contains '..'"),
     (["export", "graphml", M, "1/0", "-o", "x.svg"], 2, "must end in .graphml"),
-    # -o writes only inside the working directory: absolute paths elsewhere are refused, nothing made at the root
-    (["export", "graphml", M, "1/0", "-o", "/nonexistent_dir/x.graphml"], 2, "outside the working directory"),
+    # -o writes only inside the working directory: absolute paths elsewhere are refused, nothing
+    # made at the root
+    (["export", "graphml", M, "1/0", "-o", "/nonexistent_dir/x.graphml"], 2,
+     "outside the working directory"),
     (["export", "graphml", M, "1/0", "-o", "/tmp/x.graphml"], 2, "outside the working directory"),
     # text that is not valid Unicode: argv bytes that are not UTF-8 reach Python as lone surrogates
     (["search", M, "any:caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
     (["search", M, "--explanations", "caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
-    (["activations", "smollm2-135m", "1/0", "--text", "\udcff\udcfe bad"], 2, "not valid UTF-8: byte 0xff"),
-    (["fire", "smollm2-135m", "--layer", "1", "--text", "caf\udce9"], 2, "not valid UTF-8: byte 0xe9"),
+    (["activations", "smollm2-135m", "1/0", "--text", "\udcff\udcfe bad"], 2,
+     "not valid UTF-8: byte 0xff"),
+    (["fire", "smollm2-135m", "--layer", "1", "--text", "caf\udce9"], 2,
+     "not valid UTF-8: byte 0xe9"),
     (["compare", M, "1/0", M, "--text", "caf\udce9"], 2, "not valid UTF-8: byte 0xe9"),
     (["neuron", "tiny\udcff", "1/0"], 2, "The argument model is not valid UTF-8"),
     # nonsense numbers: refused by the configs (or the option's type) before anything runs
-    (["graph", M, "--layers", "1", "--train-examples", "0"], 2, "--train-examples must be at least 1, not 0"),
-    (["graph", M, "--layers", "1", "--train-examples", "-5"], 2, "--train-examples must be at least 1, not -5"),
-    (["graph", M, "--layers", "1", "--importance-threshold", "-1"], 2, "--importance-threshold must be at least 0"),
-    (["graph", M, "--layers", "1", "--importance-threshold", "nan"], 2, "--importance-threshold must be a finite"),
-    (["graph", M, "--layers", "1", "--augmentations", "-1"], 2, "--augmentations must be at least 0, not -1"),
+    (["graph", M, "--layers", "1", "--train-examples", "0"], 2,
+     "--train-examples must be at least 1, not 0"),
+    (["graph", M, "--layers", "1", "--train-examples", "-5"], 2,
+     "--train-examples must be at least 1, not -5"),
+    (["graph", M, "--layers", "1", "--importance-threshold", "-1"], 2,
+     "--importance-threshold must be at least 0"),
+    (["graph", M, "--layers", "1", "--importance-threshold", "nan"], 2,
+     "--importance-threshold must be a finite"),
+    (["graph", M, "--layers", "1", "--augmentations", "-1"], 2,
+     "--augmentations must be at least 0, not -1"),
     (["harvest", "--model", M, "--top-k", "0"], 2, "--top-k must be at least 1, not 0"),
-    (["harvest", "--model", M, "--checkpoint-seconds", "nan"], 2, "--checkpoint-seconds must be a number"),
-    (["harvest", "--model", M, "--checkpoint-seconds", "-1"], 2, "--checkpoint-seconds must be more than 0"),
-    (["fire", "smollm2-135m", "--layer", "1", "--hi", "nan", "--text", "x"], 2, "--hi: must be a finite number"),
-    (["fire", "smollm2-135m", "--layer", "1", "--lo=-inf", "--text", "x"], 2, "--lo: must be a finite number"),
+    (["harvest", "--model", M, "--checkpoint-seconds", "nan"], 2,
+     "--checkpoint-seconds must be a number"),
+    (["harvest", "--model", M, "--checkpoint-seconds", "-1"], 2,
+     "--checkpoint-seconds must be more than 0"),
+    (["fire", "smollm2-135m", "--layer", "1", "--hi", "nan", "--text", "x"], 2,
+     "--hi: must be a finite number"),
+    (["fire", "smollm2-135m", "--layer", "1", "--lo=-inf", "--text", "x"], 2,
+     "--lo: must be a finite number"),
     (["explain", M, "--sim-top", "0", "--sim-random", "0", *EXPLAIN], 2, "both 0"),
     (["explain", M, "--explain-records", "0", *EXPLAIN], 2, "--explain-records must be at least 1"),
     (["similar", M, "1/0", "--limit", "x"], 2, "--limit: must be a whole number"),
-    # the LLM endpoint is checked once, up front: malformed or unreachable is one sentence, no failed rows
+    # the LLM endpoint is checked once, up front: malformed or unreachable is one sentence, no
+    # failed rows
     (["explain", M, "--layers", "1", "--neurons", "0", "--base-url", "not a url", "--explainer-model", "m"], 2,
      "--base-url must be an http(s) URL"),
     (["explain", M, "--layers", "1", "--neurons", "0", "--base-url", "file:///etc/passwd", "--explainer-model",
@@ -190,12 +204,15 @@ API_CASES = [
     ("POST", f"/api/{M}/activations", {"text": "hi", "layer": 9}, 404, "Layer 9"),
     ("POST", f"/api/{M}/activations", {"text": "", "layer": 1}, 422, ""),
     ("POST", f"/api/{M}/layerscope", {"text": 5}, 422, ""),
-    # within --max-chars but over the 256-token limit: refused with a sentence (as README says), never cut silently
+    # within --max-chars but over the 256-token limit: refused with a sentence (as README says),
+    # never cut silently
     ("POST", f"/api/{M}/activations", {"text": "\U0001d518" * 150, "layer": 1}, 422, "tokens long"),
     ("POST", f"/api/{M}/layerscope", {"text": "\U0001d518" * 150}, 422, "451 tokens long"),
     # lone surrogates are valid JSON but not text
-    ("POST", f"/api/{M}/activations", {"text": "a\ud800b", "layer": 1}, 422, "lone surrogate \\ud800"),
-    ("POST", f"/api/{M}/activations", {"text": "\udcff", "layer": 1, "neuron": 0}, 422, "lone surrogate"),
+    ("POST", f"/api/{M}/activations", {"text": "a\ud800b", "layer": 1}, 422,
+     "lone surrogate \\ud800"),
+    ("POST", f"/api/{M}/activations", {"text": "\udcff", "layer": 1, "neuron": 0}, 422,
+     "lone surrogate"),
     ("POST", f"/api/{M}/layerscope", {"text": "a\ud800b"}, 422, "lone surrogate \\ud800"),
     # integers beyond SQLite's range (and far beyond any model) are refused, not overflowed
     *[("GET", f"/api/{M}/{service}/1?offset={HUGE}", None, 422, "offset")
@@ -214,7 +231,8 @@ def test_api_bad_input_is_a_4xx_that_says_why_and_writes_nothing(db: Path, tiny_
     client = TestClient(create_app(db, loader=lambda name: tiny_gated, max_chars=300))
     before = dump(db)
     for method, url, body, status, needle in API_CASES:
-        # sent as JSON text with \uXXXX escapes, as a browser's JSON.stringify would send a lone surrogate
+        # sent as JSON text with \uXXXX escapes, as a browser's JSON.stringify would send a lone
+        # surrogate
         r = client.request(method, url, content=None if body is None else json.dumps(body),
                            headers={"content-type": "application/json"})
         assert r.status_code == status, (url, r.status_code, r.text[:300])
@@ -224,7 +242,7 @@ def test_api_bad_input_is_a_4xx_that_says_why_and_writes_nothing(db: Path, tiny_
     assert dump(db) == before
 
 
-# ------------------------------------------------------------------------------------------------ environment
+# ---------------------------------------------------------------------------------------- environment
 def _not_sqlite(tmp_path: Path, db: Path) -> Path:
     path = tmp_path / "notes.db"
     path.write_text("these are my notes, not a database\n" * 200)
@@ -310,15 +328,17 @@ def test_export_into_a_folder_or_through_a_symlink_out_is_refused_and_leaves_not
         assert code == 2 and "Traceback" not in err and needle in err, (target, err)
     assert list(outside.iterdir()) == [] and list((work / "taken.graphml").iterdir()) == []
     assert sorted(p.name for p in work.iterdir()) == ["out", "taken.graphml"]
-    # inside the working directory (also by an absolute path) it writes, creating the folders it needs
+    # inside the working directory (also by an absolute path) it writes, creating the folders it
+    # needs
     assert main(["export", "graphml", M, "1/0", "-o", str(work / "a" / "b.graphml"), "--db", str(db)]) == 0
     assert (work / "a" / "b.graphml").exists() and (work / "a" / "b.svg").exists()
     assert not list(work.rglob("*.tmp"))
 
 
 def _full_disk_cli(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:
-    """The real CLI with files capped at ``limit`` bytes (RLIMIT_FSIZE): every write past it fails with EFBIG, as
-    on a full disk (SIGXFSZ ignored, so the write fails instead of killing the process)."""
+    """The real CLI with files capped at ``limit`` bytes (RLIMIT_FSIZE): every write past it fails with
+    EFBIG, as on a full disk (SIGXFSZ ignored, so the write fails instead of killing the process).
+    """
     def cap() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -345,8 +365,9 @@ def test_a_full_disk_is_one_sentence_and_changes_nothing(db: Path, tmp_path: Pat
 
 
 def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) -> None:
-    """A published database on a read-only mount: WAL readers cannot create their -shm file there, so the store
-    opens it immutable. The mount is a bind mount in a user namespace (`unshare`), as a non-root user can make."""
+    """A published database on a read-only mount: WAL readers cannot create their -shm file there, so
+    the store opens it immutable. The mount is a bind mount in a user namespace (`unshare`), as a
+    non-root user can make."""
     src, ro = tmp_path / "src", tmp_path / "ro"
     src.mkdir()
     ro.mkdir()
@@ -369,13 +390,14 @@ def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) 
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
 
 
-# ------------------------------------------------------------------------------------------------ control characters
+# --------------------------------------------------------------------------------- control characters
 HOSTILE = "\x1b[2J\x00\x01\x07\x9b"  # clear screen, NUL, SOH, bell, 8-bit CSI: from an untrusted corpus
 
 
 @pytest.fixture
 def hostile_db(db: Path, tmp_path: Path) -> Path:
-    """The test database with corpus control characters in every stored token and in the graphs' tokens."""
+    """The test database with corpus control characters in every stored token and in the graphs'
+    tokens."""
     path = tmp_path / "hostile.db"
     with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
         src.backup(dst)
@@ -464,8 +486,8 @@ def test_an_empty_held_out_set_is_refused_before_any_run_or_call(tiny_gated: Sub
 
 def test_rerunning_a_finished_harvest_does_not_even_load_the_model(db: Path, capsys: pytest.CaptureFixture[str]
                                                                   ) -> None:
-    """The same command again finds its complete run from the stored model facts and the corpus alone: the tiny
-    test model cannot be loaded by name at all, so a load would fail here."""
+    """The same command again finds its complete run from the stored model facts and the corpus alone:
+    the tiny test model cannot be loaded by name at all, so a load would fail here."""
     before = dump(db)
     argv = ["harvest", "--model", M, "--corpus", str(db.parent / "corpus.jsonl"), "--layers", "0,1", "--ctx-len",
             "24", "--top-k", "8", "--random-k", "4", "--db", str(db), "--json", "--no-progress"]

@@ -29,9 +29,10 @@ def test_default_corpus_mixes_prose_and_code_deterministically() -> None:
 
 @pytest.mark.parametrize("model_name", ["smollm2-135m", "gemma-3-270m"])
 def test_documents_tokenized_in_pieces_equal_whole_documents(model_name: str) -> None:
-    """A huge document is tokenized a piece at a time, cut before a space that starts a word: the tokens, documents
-    and character offsets must be exactly those of tokenizing each document whole. Checked with pieces of 300
-    characters (so every ordinary document is cut many times) on the real tokenizers, over prose and code."""
+    """A huge document is tokenized a piece at a time, cut before a space that starts a word: the
+    tokens, documents and character offsets must be exactly those of tokenizing each document whole.
+    Checked with pieces of 300 characters (so every ordinary document is cut many times) on the real
+    tokenizers, over prose and code."""
     from transformers import AutoTokenizer
 
     path = packaged_model_dir(model_name)

@@ -1,7 +1,8 @@
-"""Fuzz every JSON endpoint from the server's own OpenAPI spec with schemathesis: whatever the parameters and bodies,
-the answer is never a 5xx (bad input is a 4xx that says what is wrong). The app is the real one over a real
-harvest database, with the real (tiny) subject model behind the live endpoints. Beyond the schema's own strategies,
-a quarter of the cases carry lone surrogates in their texts or integers past 64 bits in their integer parameters."""
+"""Fuzz every JSON endpoint from the server's own OpenAPI spec with schemathesis: whatever the
+parameters and bodies, the answer is never a 5xx (bad input is a 4xx that says what is wrong). The
+app is the real one over a real harvest database, with the real (tiny) subject model behind the live
+endpoints. Beyond the schema's own strategies, a quarter of the cases carry lone surrogates in their
+texts or integers past 64 bits in their integer parameters."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ HUGE = (2**63, -(2**63) - 1, 2**64, 10**30)  # past SQLite's integers, and past 
 
 
 def _hostile(case, kind: str, huge: int) -> None:  # type: ignore[no-untyped-def]
-    """Widen the generated inputs beyond what the schema's strategies make: lone surrogates in every text (valid
-    JSON, invalid Unicode) and integers past SQLite's 64 bits in every integer parameter."""
+    """Widen the generated inputs beyond what the schema's strategies make: lone surrogates in every
+    text (valid JSON, invalid Unicode) and integers past SQLite's 64 bits in every integer
+    parameter."""
     if kind == "surrogate":
         if isinstance(case.body, dict):
             for name, value in list(case.body.items()):

@@ -143,9 +143,9 @@ def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpu
 
 def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_that(tiny: SubjectModel,
                                                                                   tmp_path: Path) -> None:
-    """A 4 MB single-line document with a budget of a few contexts: tokenized a piece at a time, stopped at the
-    budget, and the stored document text is the part the contexts read - not 4 MB per run. (Peak memory at 5 and
-    45 MB is in BENCHMARKS.md: bench/bench_document_memory.py.)"""
+    """A 4 MB single-line document with a budget of a few contexts: tokenized a piece at a time,
+    stopped at the budget, and the stored document text is the part the contexts read - not 4 MB per
+    run. (Peak memory at 5 and 45 MB is in BENCHMARKS.md: bench/bench_document_memory.py.)"""
     from autointerp.corpus import load_documents
 
     words = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "

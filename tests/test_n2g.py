@@ -227,8 +227,9 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
 
 
 def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
-    """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns nothing for k = 0
-    (it used to check the count only after its first pick and return up to 8 neighbours), and exactly k for k > 0."""
+    """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns nothing
+    for k = 0 (it used to check the count only after its first pick and return up to 8 neighbours),
+    and exactly k for k > 0."""
     from autointerp.n2g.build import ModelSubject
 
     subject = ModelSubject(tiny, 0)

@@ -239,8 +239,9 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
 
 def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
         explain_base: Path, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A proxy's HTML error page with status 200 is a wrong answer like any other: retried, then recorded as
-    invalid output saying what came back (it used to be an internal AttributeError, recorded on the first try)."""
+    """A proxy's HTML error page with status 200 is a wrong answer like any other: retried, then
+    recorded as invalid output saying what came back (it used to be an internal AttributeError,
+    recorded on the first try)."""
     db = copy_db(explain_base, tmp_path / "run.db")
     server = fault_server("html")
     proc = explain_cli(db, server.url, "0", mode="json")
