@@ -46,7 +46,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
+## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes
+## and at two sizes of one single-line document,
 ## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
 ## stock llama.cpp). Raw sections go to bench/results/;
@@ -56,6 +57,7 @@ bench: setup
 	$(PY) bench/bench_harvest.py --out bench/results/harvest.md
 	$(PY) bench/bench_harvest.py --prefill-tokens 8192 --tokens 3072 --rounds 3 --no-memory --no-profile \
 		--out bench/results/harvest-steady.md
+	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
 	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
 	$(PY) bench/bench_api.py --out bench/results/api.md

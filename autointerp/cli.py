@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 from autointerp import __version__
 from autointerp.errors import UserError
+from autointerp.untrusted import check_unicode, read_text, terminal_text
 
 EPILOG = """examples:
   autointerp setup                                   # fetch + convert the default model and corpus (once)
@@ -51,6 +54,58 @@ def _db_path(args: argparse.Namespace) -> str:
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one ``error: ...`` line (exit 2) like every other
+    mistake, instead of the usage block followed by the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _at_least(low: int):  # type: ignore[no-untyped-def]
+    """An integer option that must be ``>= low`` (an argparse type: checked before anything runs).
+    """
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    return convert
+
+
+def _finite(text: str) -> float:
+    """A float option that must be a finite number (nan and inf compare with nothing sensibly)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every text argument must be valid Unicode (argv bytes that are not UTF-8 arrive as lone
+    surrogates)."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if isinstance(item, str):
+                positional = ("model", "neuron", "query", "format", "out", "shards", "model_a",
+                              "model_b")
+                flag = name if name in positional else "--" + name.replace("_", "-")
+                check_unicode(item, f"The argument {flag}", from_bytes=True)
+
+
+def _text_arg(args: argparse.Namespace) -> str:
+    """--text, or standard input read as strict UTF-8."""
+    return args.text if args.text is not None else read_text()
 
 
 @contextlib.contextmanager
@@ -126,30 +181,52 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished_harvest(db: str, cfg: Any) -> Any:
+    """The result of a harvest that is already complete in ``db``, found without loading the
+    model."""
+    from autointerp.harvest import HarvestResult, completed_run
+
+    done = completed_run(db, cfg)
+    if done is None:
+        return None
+    print(f"Harvest run {done['id']} with this config is already complete; nothing to do.",
+          file=sys.stderr)
+    return HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"],
+                         0.0)
+
+
 def cmd_harvest(args: argparse.Namespace) -> int:
     from autointerp.executors import Executor, ray_harvest
     from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
 
     layers = parse_layers(args.layers)
     shard = parse_shard(args.shard)
-    model = _load(args.model, progress=not args.no_progress, args=args)
-    cfg = HarvestConfig(
-        model=model.name, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len, n_tokens=args.tokens,
-        top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k, seed=args.seed,
-        batch_size=args.batch_size or model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers)),
-        shard=shard, checkpoint_seconds=args.checkpoint_seconds,
+    cfg = HarvestConfig(  # checks every number before the model is loaded
+        model=args.model, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len,
+        n_tokens=args.tokens, top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k,
+        seed=args.seed, batch_size=args.batch_size or 16, shard=shard,
+        checkpoint_seconds=args.checkpoint_seconds, dtype=args.dtype,
     )
-    db = _db_path(args)
     executor = Executor.parse(args.executor)
     if executor.kind == "ray" and (tuple(shard) != (0, 1) or (args.workers is not None and args.workers < 1)):
         raise UserError("With --executor ray the harvest is sharded for you: leave out --shard, and give "
                         "--workers of at least 1.")
-    if executor.kind == "ray":
-        result = ray_harvest(model, db, cfg, executor, workers=args.workers, progress=not args.no_progress,
-                             log=lambda m: print(m, file=sys.stderr))
-    else:
-        result = harvest(model, db, cfg, progress=not args.no_progress)
-    out = {"run_id": result.run_id, "status": result.status, "model": model.name, "contexts": result.contexts,
+    db = _db_path(args)
+    cfg.model = _stored_name(args.model)
+    result = _finished_harvest(db, cfg)  # a rerun of a finished harvest: no model to load
+    name = cfg.model
+    if result is None:
+        model = _load(args.model, progress=not args.no_progress, args=args)
+        cfg.model = name = model.name
+        if args.batch_size is None:  # 16 on the CPU; on CUDA what the free memory holds
+            cfg.batch_size = model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers))
+        if executor.kind == "ray":
+            result = ray_harvest(model, db, cfg, executor, workers=args.workers,
+                                 progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        else:
+            result = harvest(model, db, cfg, progress=not args.no_progress)
+    out = {"run_id": result.run_id, "status": result.status, "model": name,
+           "contexts": result.contexts,
            "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
     if args.json:
         _print_json(out)
@@ -266,7 +343,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
             cells = " ".join(f"{r[k]:6.3f}" if r[k] is not None else "     -" for k in ("score_top", "score_random"))
             base = f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
             n2g = f"{r['n2g_score']:6.3f}" if r.get("n2g_score") is not None else "     -"
-            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  {r['explanation'] or '-'}")
+            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  "
+                  f"{terminal_text(r['explanation'] or '-')}")
         return 0
     n2g = args.by == "n2g"
     print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
@@ -280,12 +358,17 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.explain.prompts import load_templates
-    from autointerp.explain.run import ExplainConfig, explain_layers
+    from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
     from autointerp.harvest import parse_layers
-    from autointerp.llm import LLMClient, LLMSettings, load_prices
+    from autointerp.llm import LLMClient, LLMSettings, check_endpoint, load_prices
     from autointerp.llm_server import local_server, resolve_local_llm
     from autointerp.store import LLMCache, Store
 
+    options = {"sim_top": args.sim_top, "sim_random": args.sim_random,
+               "simulator_mode": args.simulator_mode, "use_n2g": not args.no_n2g,
+               "negative": args.negative, "baseline": not args.no_baseline,
+               "explain_records": args.explain_records}
+    ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
     store = Store(_db_path(args), create=False)
     model = _stored_name(args.model)
     layers = parse_layers(args.layers)
@@ -298,6 +381,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     timeout=args.llm_timeout, max_attempts=args.max_attempts,
                                     concurrency=args.concurrency, prices=load_prices(args.price_table))
     templates = load_templates(args.prompts)
+    info = store.model_info(model)
+    if info is None:
+        raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` "
+                        "first.")
+    # what the database can tell is checked before any LLM is contacted
+    plan = plan_neurons(store, model, layers, args.neurons, int(info["d_mlp"]))
+    check_heldout(store, plan, ExplainConfig(**options))
+    unreachable: list[str] = []
+    for url in settings.base_urls:  # a pool works while one server answers; a bad URL is a mistake anywhere
+        try:
+            check_endpoint(url, settings.api_key, settings.timeout)
+        except UserError as exc:
+            if str(exc).startswith("--base-url must be") or len(settings.base_urls) == 1:
+                raise
+            unreachable.append(str(exc))
+    if settings.base_urls and len(unreachable) == len(settings.base_urls):
+        raise UserError("No LLM server of the pool answers: " + " ".join(unreachable))
+    for message in unreachable:
+        print(f"warning: {message} The other servers take its requests.", file=sys.stderr)
     cache = LLMCache(store.path)
 
     def run(base_url: str | tuple[str, ...], default_model: str | None) -> Any:
@@ -306,9 +408,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not explainer:
             raise UserError("Name the model on your endpoint with --explainer-model (and --simulator-model).")
         cfg = ExplainConfig(explainer_model=explainer, simulator_model=simulator, prompt_version=templates.version,
-                            sim_top=args.sim_top, sim_random=args.sim_random, simulator_mode=args.simulator_mode,
-                            use_n2g=not args.no_n2g, negative=args.negative, baseline=not args.no_baseline,
-                            concurrency=settings.concurrency, explain_records=args.explain_records)
+                            concurrency=settings.concurrency, **options)
         client = LLMClient(settings, cache, base_url)
         return explain_layers(store, model, layers, args.neurons, cfg, client, templates, settings.prices,
                               retry_failed=args.retry_failed, progress=not args.no_progress), cfg, client
@@ -347,6 +447,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                       f"in {e['calls']} calls, {e['failures']} failures")
         if summary.failed:
             print(f"Redo the failures with: autointerp explain {model} --retry-failed (same options)")
+    if summary.failed and not summary.explained:
+        print(f"error: every one of the {summary.failed} neurons processed failed (the reasons "
+              f"are stored; see `autointerp neuron {model} L/N`).", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -357,6 +461,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
     layers = parse_layers(args.layers)
+    cfg = N2GConfig(augmentations=args.augmentations,  # checks the numbers first
+                    importance_threshold=args.importance_threshold,
+                    train_examples=args.train_examples, naive=args.naive)
     store = Store(_db_path(args), create=False)
     model = _load(args.model, progress=not args.no_progress, args=args)
     if layers is None:
@@ -364,8 +471,6 @@ def cmd_graph(args: argparse.Namespace) -> int:
         if not layers:
             raise UserError(f"No complete harvest of {model.name} in {store.path}; run `autointerp harvest` first.")
     model.check_layers(layers)
-    cfg = N2GConfig(augmentations=args.augmentations, importance_threshold=args.importance_threshold,
-                    train_examples=args.train_examples, naive=args.naive)
     summaries = graph_layers(model, store, layers, args.neurons, cfg, progress=not args.no_progress)
     out = [{"layer": s.layer, "built": s.built, "already_done": s.skipped, "seconds": round(s.seconds, 2),
             "seconds_per_neuron": round(s.seconds / s.built, 3) if s.built else None} for s in summaries]
@@ -418,7 +523,7 @@ def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, p
     if lo > 0:
         text.append("… ", style="dim")
     for i in range(lo, hi):
-        tok = tokens[i].replace("\n", "⏎").replace("\t", "⇥")
+        tok = terminal_text(tokens[i])  # corpus text: never raw escape sequences on a terminal
         a = acts[i] / scale if scale else 0.0
         if a >= 0:
             level = int(255 - min(a, 1.0) * 200)
@@ -457,12 +562,14 @@ def cmd_neuron(args: argparse.Namespace) -> int:
                       + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]), markup=False)
     for kind, row in record["explanations"].items():
         if row["status"] != "ok":
-            console.print(f"explanation ({kind}): failed - {row['error']}", markup=False)
+            console.print(f"explanation ({kind}): failed - {terminal_text(row['error'] or '')}",
+                          markup=False)
             continue
         method = {"llm": "explanation", "llm_negative": "explanation_negative"}.get(kind, kind)
         sc = record["scores"].get(method) or {}
         shown = f"score {sc['score']:.3f}" if sc.get("score") is not None else f"score {sc.get('status', '-')}"
-        console.print(f"explanation ({kind}, {row['model']}): {row['text']}  [{shown}]", markup=False)
+        console.print(f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  "
+                      f"[{shown}]", markup=False)
     n2g = record["scores"].get("n2g")
     if n2g and n2g.get("score") is not None:
         console.print(f"N2G graph score on the same held-out text: {n2g['score']:.3f}")
@@ -488,7 +595,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
     import torch
 
     layer, neuron = _parse_neuron(args.neuron)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = _text_arg(args)
     if not text:
         raise UserError("Give some text with --text (or on standard input).")
     if len(text) > args.max_chars:
@@ -525,10 +632,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def loader(name: str) -> Any:  # live views run the subject model where --device/--dtype say
         return _load(name, progress=False, args=args)
 
-    app = create_app(_db_path(args), loader=loader, max_chars=args.max_chars)
+    app = create_app(_db_path(args), loader=loader, max_chars=args.max_chars, cors_origins=args.cors or (),
+                     share_recent=args.share_recent_prompts, body_seconds=args.timeout)
+    _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
+    # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
+    # get 503).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log, timeout_keep_alive=5, limit_concurrency=64)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host!r} is not an address of this machine "
+                        f"({exc.strerror}).") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"Cannot listen on {host}:{port}: {exc.strerror} (another server "
+                            "there? choose another --port).") from exc
 
 
 # ---- similarity / search / weights / compare (issue 5)
@@ -597,7 +728,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(rows)
         for r in [] if args.json else rows:
-            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] {r['text']}")
+            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] "
+                  f"{terminal_text(r['text'])}")
         if not rows and not args.json:
             print("No explanation matches.")
         return 0
@@ -616,7 +748,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_fire(args: argparse.Namespace) -> int:
     from autointerp.search import text_neurons
 
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = _text_arg(args)
     if len(text) > args.max_chars:
         raise UserError(f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars).")
     if args.limit is not None and args.limit < 1:
@@ -689,10 +821,11 @@ def _add_issue5_commands(sub: Any) -> None:
                     "than --max-df graphs are stop tokens. Computed for all graphs of MODEL through an inverted "
                     "index (only pairs sharing a token); the top --limit per neuron are stored.")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--limit", type=int, default=20, help="similar neurons kept per neuron (default 20)")
-    p.add_argument("--max-df", type=int, default=None,
+    p.add_argument("--limit", type=_at_least(1), default=20,
+                   help="similar neurons kept per neuron (default 20)")
+    p.add_argument("--max-df", type=_at_least(1), default=None,
                    help="stop-token cap: tokens in more graphs are ignored (default max(50, 2*sqrt(graphs)))")
-    p.add_argument("--activating-weight", type=float, default=0.5,
+    p.add_argument("--activating-weight", type=_finite, default=0.5,
                    help="weight of the activating-token overlap; the rest goes to context tokens (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -704,7 +837,7 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "computed first when missing or older than the graphs.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--limit", type=_at_least(1), default=10, help="how many (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar when computing")
     p.add_argument("--json", action="store_true", help='print JSON: [{"layer", "neuron", "similarity"}], best first')
     _db_arg(p)
@@ -730,7 +863,7 @@ def _add_issue5_commands(sub: Any) -> None:
                    "all-mpnet-base-v2, offline; score = cosine similarity)")
     p.add_argument("--exact", action="store_true",
                    help='with --explanations: exact words instead (FTS5: "a phrase", prefix*; score = -bm25)')
-    p.add_argument("--limit", type=int, default=20, help="how many results (default 20)")
+    p.add_argument("--limit", type=_at_least(1), default=20, help="how many results (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _db_arg(p)
     p.set_defaults(func=cmd_search)
@@ -740,12 +873,14 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "activation goes above --hi or below --lo on any token, strongest first, with "
                                    "their value at every token.")
     p.add_argument("model", help="packaged model or TransformerLens name")
-    p.add_argument("--layer", type=int, required=True, help="layer to look at")
+    p.add_argument("--layer", type=_at_least(0), required=True, help="layer to look at")
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
-    p.add_argument("--hi", type=float, default=3.0, help="fires above this (default 3.0)")
-    p.add_argument("--lo", type=float, default=None, help="or below this (default: off)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many neurons (default: all)")
-    p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
+    p.add_argument("--hi", type=_finite, default=3.0, help="fires above this (default 3.0)")
+    p.add_argument("--lo", type=_finite, default=None, help="or below this (default: off)")
+    p.add_argument("--limit", type=_at_least(1), default=None,
+                   help="at most this many neurons (default: all)")
+    p.add_argument("--max-chars", type=_at_least(1), default=20000,
+                   help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _device_args(p)
     p.set_defaults(func=cmd_fire)
@@ -757,7 +892,8 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "shown by `autointerp neuron`.")
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
-    p.add_argument("--top-k", type=int, default=10, help="top and bottom tokens kept per neuron (default 10)")
+    p.add_argument("--top-k", type=_at_least(1), default=10,
+                   help="top and bottom tokens kept per neuron (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _db_arg(p)
@@ -774,7 +910,7 @@ def _add_issue5_commands(sub: Any) -> None:
     p.add_argument("model_b", help="model to search")
     p.add_argument("--text", action="append", help="a text to compare on (repeatable)")
     p.add_argument("--layers", default=None, help="layers of MODEL_B to search (default: all)")
-    p.add_argument("--limit", type=int, default=10, help="how many neurons (default 10)")
+    p.add_argument("--limit", type=_at_least(1), default=10, help="how many neurons (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _db_arg(p)
     _device_args(p)
@@ -783,7 +919,7 @@ def _add_issue5_commands(sub: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autointerp",
         description="Explain the MLP neurons of transformer language models: harvest max-activating examples, "
                     "build N2G graphs, write and score explanations, and browse the results.",
@@ -863,7 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rank harvested neurons by an activation statistic, or by how well their "
                        "explanation (or N2G graph, or the token-lookup baseline) predicts them on held-out text.")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--layer", type=int, default=None, help="only this layer")
+    p.add_argument("--layer", type=_at_least(0), default=None, help="only this layer")
     p.add_argument("--by", default="max",
                    help="max (default), min (most negative), frac_positive, variance, n2g (graph correlation), "
                    "explanation (simulation score), baseline (token-lookup score), explanation_negative")
@@ -913,9 +1049,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-n2g", action="store_true", help="do not show the N2G graph's paths to the explainer")
     p.add_argument("--retry-failed", action="store_true", help="redo only the neurons with a recorded failure")
     p.add_argument("--concurrency", type=int, default=1, help="neurons processed at once (default 1)")
-    p.add_argument("--max-attempts", type=int, default=4, help="attempts per LLM call before recording a failure")
-    p.add_argument("--llm-timeout", type=float, default=300.0, help="seconds per LLM request (default 300)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the local server (default: all)")
+    p.add_argument("--max-attempts", type=_at_least(1), default=4,
+                   help="attempts per LLM call before recording a failure")
+    p.add_argument("--llm-timeout", type=_finite, default=300.0,
+                   help="seconds per LLM request (default 300)")
+    p.add_argument("--threads", type=_at_least(1), default=None,
+                   help="CPU threads for the local server (default: all)")
     p.add_argument("--price-table", default=None,
                    help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars')
     p.add_argument("--prompts", default=None, help="prompt template folder (default: prompts/)")
@@ -962,7 +1101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "peak token is underlined, tokens are red by activation (blue if negative).")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=int, default=10, help="examples shown per kind (0 = all; default 10)")
+    p.add_argument("--limit", type=_at_least(0), default=10,
+                   help="examples shown per kind (0 = all; default 10)")
     p.add_argument("--kinds", default="top,bottom,quantile,random", type=lambda s: s.split(","),
                    help="which kinds to show (default top,bottom,quantile,random)")
     p.add_argument("--full", action="store_true", help="show whole contexts, not a window around the peak")
@@ -977,7 +1117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
-    p.add_argument("--max-chars", type=int, default=20000, help="refuse longer texts (default 20000)")
+    p.add_argument("--max-chars", type=_at_least(1), default=20000,
+                   help="refuse longer texts (default 20000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _device_args(p)
     p.set_defaults(func=cmd_activations)
@@ -993,6 +1134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--cors", action="append", metavar="ORIGIN",
+                   help="let pages from this web origin (e.g. http://localhost:3000) read the API "
+                   "from a browser; repeatable (default: none, so other websites cannot read a "
+                   "local server)")
+    p.add_argument("--share-recent-prompts", action="store_true",
+                   help="list every client's recent Layerscope prompts to everyone (default: only "
+                   "to the browser that ran them)")
+    p.add_argument("--timeout", type=_finite, default=30.0,
+                   help="seconds a client may take to send its request body before a 408 "
+                   "(default 30)")
     _db_arg(p)
     _device_args(p)
     p.set_defaults(func=cmd_serve)
@@ -1002,18 +1153,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad option (already reported in one line)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
     try:
+        _check_arguments(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:  # a corrupted file, a full disk, read-only media: not a bug
+        where = f" {_db_path(args)}" if hasattr(args, "db") else ""
+        print(f"error: the database{where} cannot be used: {exc} (nothing was changed by the "
+              "failed step).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `autointerp neuron ... --json | head` closed the pipe early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full disk, a folder where a file should be, no permission
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (nothing was changed by the failed step).",
+              file=sys.stderr)
+        return 1

@@ -136,8 +136,9 @@ def _mix(prose: list[Document], code: list[Document], code_share: float) -> list
 
 
 def _read_text_file(path: Path) -> str:
+    """UTF-8 text; a byte-order mark (Windows editors write one) is not part of the text."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded).") from exc
 
@@ -241,6 +242,40 @@ def corpus_fingerprint(docs: list[Document]) -> str:
 # Tokenisation into contexts
 
 
+#: Documents are tokenized in pieces of about this many characters, so a huge single document costs
+#: no more memory than a small one and tokenizing stops once the token budget is met. Ordinary
+#: documents (a Wikipedia summary, a 2,000-character code chunk) are one piece, so they tokenize
+#: exactly as a whole.
+PIECE_CHARS = 50_000
+
+
+def _cut(text: str, lo: int, hi: int) -> int:
+    """Where to end a piece: just before the last space in ``(lo, hi]`` that starts a word after a
+    non-space (in the whole text a token boundary is there for the BPE tokenizers of every supported
+    model: GPT-2-style pre-tokenizers split before " word", SentencePiece merges never cross a word
+    start), else before such a newline, else ``hi`` (a text without any word boundary over half a
+    piece)."""
+    for sep in (" ", "\n"):
+        p = text.rfind(sep, lo + 1, hi + 1)
+        while p > lo:
+            if not text[p - 1].isspace() and p + 1 < len(text) and not text[p + 1].isspace():
+                return p
+            p = text.rfind(sep, lo + 1, p)
+    return hi
+
+
+def text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[int, str]]:
+    """``(start, piece)`` pairs that cover ``text`` in order, each at most ``piece_chars``
+    characters.
+    """
+    start = 0
+    while len(text) - start > piece_chars:
+        end = _cut(text, start + piece_chars // 2, start + piece_chars)
+        yield start, text[start:end]
+        start = end
+    yield start, text[start:]
+
+
 def iter_contexts(
     docs: list[Document],
     tokenizer: Any,
@@ -248,11 +283,14 @@ def iter_contexts(
     bos_id: int,
     sep_id: int,
     max_contexts: int | None = None,
+    piece_chars: int = PIECE_CHARS,
 ) -> Iterator[Context]:
     """Pack the documents into contexts of ``ctx_len`` tokens (BOS + ``ctx_len - 1`` stream tokens).
 
-    Deterministic: the same documents, tokenizer and length always give the same contexts with the same ids, so a
-    resumed or sharded run can find its place by context id alone. The last partial context is dropped.
+    Deterministic: the same documents, tokenizer and length always give the same contexts with the
+    same ids, so a resumed or sharded run can find its place by context id alone. The last partial
+    context is dropped. Documents are tokenized a piece at a time (:func:`text_pieces`), only as far
+    as the contexts asked for need.
     """
     if ctx_len < 2:
         raise UserError("Contexts must be at least 2 tokens long (BOS plus one token).")
@@ -261,15 +299,23 @@ def iter_contexts(
     buf_doc: list[int] = []
     buf_off: list[tuple[int, int]] = []
     context_id = 0
-    for index, doc in enumerate(docs):
-        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
-        buf_tok.extend(enc["input_ids"])
-        buf_doc.extend([index] * len(enc["input_ids"]))
-        buf_off.extend(tuple(o) for o in enc["offset_mapping"])
-        buf_tok.append(sep_id)
-        buf_doc.append(-1)
-        buf_off.append((0, 0))
-        pos = 0  # read position; the buffers are compacted once per document, not once per context
+
+    def pieces() -> Iterator[None]:
+        """Fill the buffers one piece at a time (a document's separator after its last piece)."""
+        for index, doc in enumerate(docs):
+            for start, piece in text_pieces(doc.text, piece_chars):
+                enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                buf_tok.extend(enc["input_ids"])
+                buf_doc.extend([index] * len(enc["input_ids"]))
+                buf_off.extend((start + a, start + b) for a, b in enc["offset_mapping"])
+                yield
+            buf_tok.append(sep_id)
+            buf_doc.append(-1)
+            buf_off.append((0, 0))
+            yield
+
+    for _ in pieces():
+        pos = 0  # read position; the buffers are compacted once per piece, not once per context
         while len(buf_tok) - pos >= body:
             if max_contexts is not None and context_id >= max_contexts:
                 return

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autointerp.config import config_identity, identity_hash
+from autointerp.config import check_int, check_number, config_identity, identity_hash
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
@@ -83,6 +83,22 @@ class HarvestConfig:
     # The subject model's dtype. float32 runs keep the identity they always had; a half-precision run is a
     # different result (activations differ in the third significant digit), so it gets its own identity.
     dtype: str = field(default="float32", metadata={"hashed": False})
+
+    def __post_init__(self) -> None:
+        check_int(self.ctx_len, "--ctx-len", 2)
+        if self.n_tokens is not None:
+            check_int(self.n_tokens, "--tokens", 1)
+        check_int(self.top_k, "--top-k", 1)  # 0 would leave nothing to explain or graph
+        if self.bottom_k is not None:
+            check_int(self.bottom_k, "--bottom-k", 0)
+        check_int(self.random_k, "--random-k", 0)
+        check_int(self.quantile_intervals, "quantile_intervals", 1)
+        check_int(self.quantile_per_interval, "quantile_per_interval", 0)
+        check_int(self.hist_sample, "hist_sample", 1)
+        check_int(self.seed, "--seed", 0)
+        check_int(self.batch_size, "--batch-size", 1)
+        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, low_open=True,
+                     finite=False)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
@@ -468,6 +484,26 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     return out
 
 
+def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str, Any] | None:
+    """The complete run ``config`` names in ``db``, found without loading the model (its facts are
+    stored with its runs), so rerunning a finished harvest costs a corpus read, not a model load.
+    None when there is none."""
+    if not os.path.exists(db):
+        return None
+    store = Store(db, create=False)
+    info = store.model_info(config.model)
+    if not info:
+        return None
+    layers = config.layers if config.layers is not None else list(range(int(info["n_layers"])))
+    bottom = config.bottom_k if config.bottom_k is not None else (
+        config.top_k if info.get("gated_mlp") else 0)
+    cfg = HarvestConfig(**{**asdict(config), "layers": sorted(set(layers)), "bottom_k": bottom})
+    cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed))
+    shard: tuple[int, int] = tuple(config.shard)  # type: ignore[assignment]
+    run = store.find_run(config.model, "harvest", cfg.config_hash(), shard)
+    return run if run and run["status"] == "complete" else None
+
+
 def _context_rows(model: SubjectModel, contexts: Iterable[Context]) -> Iterator[dict[str, Any]]:
     for c in contexts:
         yield {
@@ -558,7 +594,9 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
             states[layer].update(acts[layer], ids, hkeys)
 
     stream = iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts)
+    last: Context | None = None
     for ctx in stream:
+        last = ctx
         if ctx.context_id < start_ctx:
             continue
         if ctx.context_id % shard[1] == shard[0]:
@@ -584,10 +622,11 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     picked = [c for c in iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id,
                                        max(needed) + 1 if needed else 0) if c.context_id in needed]
     doc_indices = sorted({int(i) for c in picked for i in c.doc_index if i >= 0})
+    cut = _stream_end(last)
     log(f"Writing results for {len(layers)} layer(s) x {model.d_mlp} neurons ...")
     store.finish_run(
         run_id,
-        documents=(_document_row(i, docs[i]) for i in doc_indices),
+        documents=(_document_row(i, docs[i], cut) for i in doc_indices),
         contexts=_context_rows(model, picked),
         neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
         examples=(row for layer in layers
@@ -599,8 +638,18 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     return HarvestResult(run_id, "complete", contexts_done, tokens_done, time.time() - started)
 
 
-def _document_row(index: int, doc: Document) -> dict[str, Any]:
-    return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": doc.text}
+def _stream_end(last: Context | None) -> tuple[int, int] | None:
+    """``(document, character)`` where the token stream stopped inside a document (the token budget
+    ran out before its end), or None when it stopped between documents. Only the text before that
+    point is stored: a 45 MB document of which 2,000 tokens were read stores a few kilobytes."""
+    if last is None or last.doc_index[-1] < 0:
+        return None
+    return int(last.doc_index[-1]), int(last.offsets[-1, 1])
+
+
+def _document_row(index: int, doc: Document, cut: tuple[int, int] | None = None) -> dict[str, Any]:
+    text = doc.text[: cut[1]] if cut is not None and cut[0] == index else doc.text
+    return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": text}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -163,6 +164,29 @@ def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
     if not ok:
         raise UserError(f'The price table {path} must look like {{"model": {{"prompt": 0.15, "completion": 0.6}}}}.')
     return table
+
+
+def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
+    """Ask the server once, before any work, whether it is there: a malformed or unreachable
+    ``--base-url`` is one sentence and exit status 2, not a failed row for every neuron and a run
+    that "succeeds" with nothing done. Any HTTP answer other than an authentication refusal counts
+    as reachable (some servers have no /models)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not "
+                        f"{base_url!r}.")
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
+                           timeout=min(timeout, 15.0), max_retries=0)
+    try:
+        client.models.list()
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise UserError(f"The LLM server at {base_url} does not answer ({describe_error(exc)}); "
+                        "start it or fix --base-url.") from exc
+    except openai.AuthenticationError as exc:
+        raise UserError(f"The LLM server at {base_url} refused the API key "
+                        f"({describe_error(exc)}); set --api-key or OPENAI_API_KEY.") from exc
+    except Exception:  # noqa: BLE001, S110 - it answered; whether it lists models does not matter
+        pass
 
 
 def request_key(model: str, endpoint: str, payload: dict[str, Any]) -> str:
@@ -316,9 +340,12 @@ class LLMClient:
             raise ValueError(endpoint)
         api = server.client.chat.completions if endpoint == "chat" else server.client.completions
         try:
-            response = api.create(model=model, **body).model_dump()
+            raw = api.create(model=model, **body)
         except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
             raise InvalidOutput(f"malformed response ({type(exc).__name__}: {str(exc)[:100]})") from exc
+        if not hasattr(raw, "model_dump"):  # a non-JSON body (an HTML page) comes back as text
+            raise InvalidOutput(f"malformed response: not the API's JSON but {str(raw)[:80]!r}")
+        response = raw.model_dump()
         spent = response.get("usage") or {}
         call_usage = Usage(int(spent.get("prompt_tokens") or 0), int(spent.get("completion_tokens") or 0), 1, 0)
         usage.add(call_usage)

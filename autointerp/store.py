@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -74,6 +75,14 @@ EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "ma
                    "peak_index", "interval", "activations")
 
 
+def _write_refused(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's ways of saying the file or its folder cannot be written (read-only media,
+    permissions).
+    """
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
 def default_db_path() -> str:
     return os.environ.get("AUTOINTERP_DB", DEFAULT_DB)
 
@@ -91,15 +100,50 @@ class Store:
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"{self.path} is a folder, not a database file; pass --db with a file "
+                            "name.")
         if not create and not self.path.exists():
             raise UserError(f"No database at {self.path}; run `autointerp harvest` first or pass --db.")
         if self.path.parent and not self.path.parent.exists():
             raise UserError(f"The folder for the database {self.path} does not exist.")
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=30000")
+        self.read_only = False
+        try:
+            self.db = sqlite_utils.Database(self.path)
+            self.db.execute("PRAGMA busy_timeout=30000")
+            try:
+                self._check_owner()  # first read, before WAL mode (which changes the file)
+                self.db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if not self.path.exists() or not _write_refused(exc):
+                    raise
+                # Read-only media: WAL readers need a -shm file next to the database, which cannot
+                # be created there, and WAL mode cannot be set. Nobody can write the file either, so
+                # reading it immutable is exact (for a published database: checkpointed, no -wal
+                # file beside it).
+                self.db.close()
+                self.db = sqlite_utils.Database(sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0))
+                self.read_only = True
+                self._check_owner()
+            self.db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} cannot be read as an autointerp database ({exc}); give "
+                            "another --db or restore the file.") from exc
         self._ensure_schema()
+
+    def _check_owner(self) -> None:
+        """Refuse another program's SQLite file: creating our tables in it would change someone
+        else's data."""
+        tables = set(self.db.table_names())
+        if not tables:
+            return
+        row = self.db.execute("select value from meta where key = 'schema_version'").fetchone() \
+            if "meta" in tables and "value" in {c.name for c in self.db["meta"].columns} else None
+        if row is None:
+            some = ", ".join(sorted(tables)[:4])
+            raise UserError(f"{self.path} is an SQLite database of another program (tables: "
+                            f"{some}), not an autointerp database; give another --db.")
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
@@ -137,6 +181,9 @@ class Store:
                 )
             if version == SCHEMA_VERSION and set(TABLES) <= set(db.table_names()):
                 return  # opening a current database writes nothing, so readers never wait for a writer
+        if self.read_only:
+            raise UserError(f"The database {self.path} is read-only and was written by an older "
+                            "autointerp; copy it somewhere writable once so it can be upgraded.")
         with self.atomic():
             db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True)
             db["models"].create(
@@ -910,7 +957,6 @@ class LLMCache:
     """
 
     def __init__(self, path: str | Path):
-        import sqlite3
         import threading
 
         self.conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)

@@ -4,7 +4,8 @@ It is only ever the *LLM endpoint* (a remote service we do not control); the sub
 pipeline under test are real. Modes:
 
 * whole-request faults (every POST): ``500``, ``429``, ``hang`` (3 s, then 500), ``garbage`` (a 200 whose body is
-  not JSON), ``out-of-range`` (``{"activations": [42]}``), ``empty`` (an empty reply);
+  not JSON), ``html`` (a 200 with an HTML page, as a proxy sends for a dead server),
+  ``out-of-range`` (``{"activations": [42]}``), ``empty`` (an empty reply);
 * simulation faults (explanation requests are answered well, so the failure lands on the score): ``truncated``
   (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs, ``finish_reason: "length"``),
   ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
@@ -54,6 +55,9 @@ class FaultServer:
                     self._send(500, {"error": {"message": "too late"}})
                 elif mode == "garbage":
                     self._raw(200, b"{not json")
+                elif mode == "html":
+                    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                    self._raw(200, page, "text/html")
                 elif mode == "out-of-range":
                     self._send(200, _chat('{"activations": [42]}'))
                 elif mode == "truncated-explanation" and not is_simulation(body):
@@ -68,9 +72,10 @@ class FaultServer:
             def _send(self, status: int, obj: dict[str, Any]) -> None:
                 self._raw(status, json.dumps(obj).encode())
 
-            def _raw(self, status: int, data: bytes) -> None:
+            def _raw(self, status: int, data: bytes, content_type: str = "application/json"
+                     ) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:

@@ -216,6 +216,11 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     for q in ["text='; drop table neurons; --", "text=capital OR 1=1", "query=any:%27%3B%20drop"]:
         assert client.get(f"/api/{M}/search?{q}").status_code in (200, 422)
     assert _get(client, f"/api/{M}/stats/1/0")["stats"]["count"] > 0
+    # the page shows each match as a chip, never a raw Python list of dicts
+    nodes = _get(client, f"/api/{M}/n2g/1/{GRAPHED[0]}")["graph"]["nodes"]
+    word = next(n["token"] for n in nodes if n["kind"] == "activating" and n["token"].strip().isalnum())
+    page = client.get(f"/m/{M}/search", params={"query": f"activating:{word.strip().lower()}"}).text
+    assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[-1500:]
 
 
 # ------------------------------------------------------------------------------------------------ live activations
@@ -369,11 +374,34 @@ def test_no_internet_assets_cors_openapi_and_docs(client: TestClient) -> None:
         assert not external, (url, external)
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
+    # CORS is opt-in: by default another website open in the same browser cannot read this server's
+    # answers
     r = client.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://example.org"})
-    assert r.headers["access-control-allow-origin"] == "*"
-    pre = client.options(f"/api/{M}/activations", headers={
-        "Origin": "http://example.org", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_cors_only_for_the_origins_given(api_db: Path, tiny_gated: SubjectModel) -> None:
+    opened = TestClient(create_app(api_db, loader=lambda name: tiny_gated, cors_origins=["http://notebook.local"]))
+    r = opened.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://notebook.local"})
+    assert r.headers["access-control-allow-origin"] == "http://notebook.local"
+    pre = opened.options(f"/api/{M}/activations", headers={
+        "Origin": "http://notebook.local", "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 200
+    r = opened.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://example.org"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(api_db: Path, tiny_gated: SubjectModel) -> None:
+    app = create_app(api_db, loader=lambda name: tiny_gated)
+    alice, bob = TestClient(app), TestClient(app)  # two browsers: separate cookie jars
+    secret = "my private notes about Paris"
+    assert alice.post(f"/api/{M}/layerscope", json={"text": secret}).status_code == 200
+    assert [p["text"] for p in alice.get(f"/api/{M}/layerscope").json()["prompts"]] == [secret]
+    assert bob.get(f"/api/{M}/layerscope").json()["prompts"] == []
+    assert secret not in bob.get(f"/m/{M}/layer/1").text and secret in alice.get(f"/m/{M}/layer/1").text
+    shared = create_app(api_db, loader=lambda name: tiny_gated, share_recent=True)
+    TestClient(shared).post(f"/api/{M}/layerscope", json={"text": secret})
+    assert [p["text"] for p in TestClient(shared).get(f"/api/{M}/layerscope").json()["prompts"]] == [secret]
 
 
 def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
@@ -425,3 +453,73 @@ def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -
     missing = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(tmp_path / "none.db")],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "No database" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_path: Path,
+                                                             tiny_gated: SubjectModel) -> None:
+    """Hugging Face ids hold a '/' (EleutherAI/pythia-70m): every route takes the name with '--'
+    instead (what the pages link to) or percent-encoded (what encodeURIComponent makes), and the
+    links the server writes work."""
+    db = tmp_path / "slashed.db"
+    with sqlite3.connect(api_db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    name = "EleutherAI/tiny-gated"
+    with sqlite3.connect(db) as conn:
+        conn.execute("pragma foreign_keys=off")
+        for table in ("models", "runs", "token_index", "indexed_graphs", "weights"):
+            column = "name" if table == "models" else "model"
+            conn.execute(f"update {table} set {column} = ? where {column} = ?", [name, M])
+    client = TestClient(create_app(db, loader=lambda n: tiny_gated))
+    listed = client.get("/api/models").json()["models"]
+    assert [m["name"] for m in listed] == [name] and listed[0]["url"] == "/api/EleutherAI--tiny-gated"
+    for form in ("EleutherAI--tiny-gated", "EleutherAI%2Ftiny-gated"):
+        for url in (f"/api/{form}", f"/api/{form}/all/1/0", f"/api/{form}/stats/1", f"/api/{form}/n2g/1/0/graphml",
+                    f"/api/{form}/search?query=any:the", f"/api/{form}/rank", f"/m/{form}",
+                    f"/m/{form}/neuron/1/0", f"/m/{form}/layer/1", f"/m/{form}/search", f"/img/{form}/scores.svg"):
+            r = client.get(url)
+            assert r.status_code == 200, (url, r.status_code, r.text[:200])
+        r = client.post(f"/api/{form}/activations", json={"text": "Paris is", "layer": 1, "neuron": 0})
+        assert r.status_code == 200 and r.json()["model"] == name
+    page = client.get("/m/EleutherAI--tiny-gated/neuron/1/0").text
+    links = set(re.findall(r'href="(/(?:m|api)/[^"]+)"', page))
+    assert links and all(client.get(link).status_code == 200 for link in links), links
+    assert client.get("/m/EleutherAI--tiny-gated/random", follow_redirects=True).status_code == 200
+
+
+def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
+    """A busy port is one sentence before anything claims to be serving; a client that stops sending
+    its body gets 408 after --timeout instead of holding the connection forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr
+    assert "serving" not in busy.stderr and f"Cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port),
+                             "--timeout", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.time() < deadline, "server did not start"
+                time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(f"POST /api/{M}/layerscope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100\r\n\r\n{\"te".encode())
+            started = time.time()
+            chunks = []
+            while chunk := slow.recv(4096):  # the server closes the connection after answering
+                chunks.append(chunk)
+            answer = b"".join(chunks).decode()
+            assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 seconds" in answer, answer
+            assert time.time() - started < 8
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -67,7 +67,7 @@ def test_bad_layer_bad_corpus_and_bad_lengths_write_nothing(tmp_path: Path) -> N
         (["--corpus", str(tmp_path / "missing.txt")], ("neither a file",)),
         (["--ctx-len", "100000"], ("longer than",)),
         (["--shard", "3/2"], ("impossible",)),
-        (["--bottom-k", "-1"], ("must not be negative",)),
+        (["--bottom-k", "-1"], ("--bottom-k must be at least 0",)),
     ]
     for extra, needles in cases:
         proc = run_cli("harvest", "--model", "smollm2-135m", "--db", str(db), "--no-progress", *extra)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autointerp.corpus import CODE_SHARE, iter_contexts, load_documents
+from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.models import PACKAGED, SubjectModel, packaged_model_dir, resolve_model_name
 
@@ -25,6 +25,37 @@ def test_default_corpus_mixes_prose_and_code_deterministically() -> None:
     share = code_chars / sum(len(d.text) for d in prefix)
     assert abs(share - CODE_SHARE) < 0.02
     assert sum(d.source == "wiki" for d in docs) > 9000
+
+
+@pytest.mark.parametrize("model_name", ["smollm2-135m", "gemma-3-270m"])
+def test_documents_tokenized_in_pieces_equal_whole_documents(model_name: str) -> None:
+    """A huge document is tokenized a piece at a time, cut before a space that starts a word: the
+    tokens, documents and character offsets must be exactly those of tokenizing each document whole.
+    Checked with pieces of 300 characters (so every ordinary document is cut many times) on the real
+    tokenizers, over prose and code."""
+    from transformers import AutoTokenizer
+
+    path = packaged_model_dir(model_name)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        pytest.skip(f"{model_name} is not converted here (autointerp setup)")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    docs = load_documents("default", seed=0)[:300]
+    docs.append(Document("spaces", "a  b   c\n\n  d \t e, f" * 200, "test"))  # whitespace runs of every kind
+    whole = list(iter_contexts(docs, tokenizer, 64, 1, 2, piece_chars=10**9))
+    pieces = list(iter_contexts(docs, tokenizer, 64, 1, 2, piece_chars=300))
+    assert len(pieces) == len(whole) > 500
+    for a, b in zip(whole, pieces, strict=True):
+        assert (a.tokens == b.tokens).all() and (a.doc_index == b.doc_index).all(), a.context_id
+        assert (a.offsets == b.offsets).all(), a.context_id
+
+
+def test_files_with_a_byte_order_mark_are_read_without_it(tmp_path: Path) -> None:
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes("\ufeff".encode() + b'{"text": "first document"}\n{"text": "second"}\n')
+    plain = tmp_path / "bom.txt"
+    plain.write_bytes("\ufeff".encode() + b"one document")
+    assert sorted(d.text for d in load_documents(str(lines), 0)) == ["first document", "second"]
+    assert [d.text for d in load_documents(str(plain), 0)] == ["one document"]
 
 
 def test_contexts_carry_exact_provenance(tiny: SubjectModel, text_corpus: Path) -> None:

@@ -1,15 +1,20 @@
-"""Fuzz every JSON endpoint from the server's own OpenAPI spec with schemathesis: whatever the parameters and bodies,
-the answer is never a 5xx (bad input is a 4xx that says what is wrong). The app is the real one over a real
-harvest database, with the real (tiny) subject model behind the live endpoints."""
+"""Fuzz every JSON endpoint from the server's own OpenAPI spec with schemathesis: whatever the
+parameters and bodies, the answer is never a 5xx (bad input is a 4xx that says what is wrong). The
+app is the real one over a real harvest database, with the real (tiny) subject model behind the live
+endpoints. Beyond the schema's own strategies, a quarter of the cases carry lone surrogates in their
+texts or integers past 64 bits in their integer parameters."""
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import schemathesis
 from apidb import build_api_db
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -32,7 +37,37 @@ def api_schema(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactor
             raise UserError(f"no weights for {name}")
         return tiny_gated
 
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(db, loader=loader, max_chars=300))
+    app = create_app(db, loader=loader, max_chars=300)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema.test_client = TestClient(app)  # for bodies schemathesis' client cannot encode (lone surrogates)
+    return schema
+
+
+HUGE = (2**63, -(2**63) - 1, 2**64, 10**30)  # past SQLite's integers, and past any float's exactness
+
+
+def _hostile(case, kind: str, huge: int) -> None:  # type: ignore[no-untyped-def]
+    """Widen the generated inputs beyond what the schema's strategies make: lone surrogates in every
+    text (valid JSON, invalid Unicode) and integers past SQLite's 64 bits in every integer
+    parameter."""
+    if kind == "surrogate":
+        if isinstance(case.body, dict):
+            for name, value in list(case.body.items()):
+                if isinstance(value, str) or name == "text":
+                    case.body[name] = f"{value}"[:10] + "\ud800x\udcff"
+        for params in (case.query or {},):
+            for name, value in list(params.items()):
+                if isinstance(value, str):
+                    params[name] = value[:10] + "\ud800"
+    elif kind == "huge":
+        for params in (case.path_parameters or {}, case.query or {}):
+            for name in list(params):
+                if name in ("layer", "neuron", "offset", "limit"):
+                    params[name] = huge
+        if isinstance(case.body, dict):
+            for name in ("layer", "neuron"):
+                if name in case.body:
+                    case.body[name] = huge
 
 
 def _steer(case, real: bool, layer: int, neuron: int, service: str) -> None:  # type: ignore[no-untyped-def]
@@ -62,12 +97,24 @@ def test_no_input_makes_a_server_error(api_schema) -> None:  # type: ignore[no-u
     for operation in operations:
         @given(case=modes.flatmap(lambda mode, op=operation: op.as_strategy(generation_mode=mode)),
                real=st.sampled_from([False, True, True, True]), layer=st.sampled_from([0, 1, 1, 7]),
-               neuron=st.sampled_from([0, 1, 2, 23, 24]), service=st.sampled_from(SERVICES * 2 + ("x",)))
+               neuron=st.sampled_from([0, 1, 2, 23, 24]), service=st.sampled_from(SERVICES * 2 + ("x",)),
+               hostile=st.sampled_from(["none", "none", "surrogate", "huge"]), huge=st.sampled_from(HUGE))
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        def fuzz(case, real: bool, layer: int, neuron: int, service: str) -> None:  # type: ignore[no-untyped-def]
+        def fuzz(case, real: bool, layer: int, neuron: int, service: str, hostile: str,  # type: ignore[no-untyped-def]
+                 huge: int) -> None:
             _steer(case, real, layer, neuron, service)
-            response = case.call()
+            _hostile(case, hostile, huge)
+            if hostile == "surrogate":  # JSON text with \uXXXX escapes, as a browser sends it
+                body = case.body if isinstance(case.body, dict | list | str | int | float) else None
+                # in the URL: the surrogate's (invalid) UTF-8 bytes, percent-encoded, as a raw client can send
+                query = "&".join(f"{k}={urllib.parse.quote(str(v).encode('utf-8', 'surrogatepass'))}"
+                                 for k, v in (case.query or {}).items())
+                response = api_schema.test_client.request(
+                    case.method, case.formatted_path + (f"?{query}" if query else ""),
+                    content=None if body is None else json.dumps(body), headers={"content-type": "application/json"})
+            else:
+                response = case.call()
             statuses[response.status_code] += 1
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.formatted_path} query={case.query} body={case.body!r:.200} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import assert_same_harvest, brute_force, run_cli
 
+from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
     HIST_EDGES,
     SPLIT_PATTERN,
@@ -137,6 +139,34 @@ def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpu
     text_corpus.write_text(text_corpus.read_text() + '{"text": "One more document about foxes and dogs."}\n')
     changed = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     assert changed.status == "complete" and changed.run_id != first.run_id
+
+
+def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_that(tiny: SubjectModel,
+                                                                                  tmp_path: Path) -> None:
+    """A 4 MB single-line document with a budget of a few contexts: tokenized a piece at a time,
+    stopped at the budget, and the stored document text is the part the contexts read - not 4 MB per
+    run. (Peak memory at 5 and 45 MB is in BENCHMARKS.md: bench/bench_document_memory.py.)"""
+    from autointerp.corpus import load_documents
+
+    words = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "
+    big = tmp_path / "big.txt"
+    big.write_text(words * (4_000_000 // len(words)))
+    cfg = HarvestConfig(model=tiny.name, corpus=str(big), layers=[0], ctx_len=16, n_tokens=16 * 40, top_k=4,
+                        random_k=4, checkpoint_seconds=1e9)
+    result = harvest(tiny, tmp_path / "big.db", cfg, progress=False, log=lambda m: None)
+    assert result.contexts == 40
+    store = Store(tmp_path / "big.db")
+    (doc,) = list(store.db.query("select text from documents"))
+    assert 0 < len(doc["text"]) < 40 * 16 * 10 and big.read_text().startswith(doc["text"])
+    for row in store.db.query("select tokens, doc_index, offsets from contexts"):  # provenance within the kept text
+        ids, offsets = json.loads(row["tokens"]), json.loads(row["offsets"])
+        for tok, (start, end) in zip(ids[1:], offsets[1:], strict=True):
+            assert end <= len(doc["text"]) and tiny.tokenizer.decode([tok]) == doc["text"][start:end]
+    # the same contexts as tokenizing the whole document at once
+    whole = list(iter_contexts(load_documents(str(big), 0), tiny.tokenizer, 16, tiny.bos_id, tiny.sep_id, 40,
+                               piece_chars=10**9))
+    ids = {r["context_id"]: json.loads(r["tokens"]) for r in store.db.query("select context_id, tokens from contexts")}
+    assert ids and all(whole[c].tokens.tolist() == t for c, t in ids.items())
 
 
 def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, text_corpus: Path,

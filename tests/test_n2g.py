@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, token_metrics
 from autointerp.n2g.graph import NeuronGraph, PathExample, same_graph
 from autointerp.store import Store
@@ -223,3 +224,16 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     for n in exs:
         assert len(batched[n].to_json()["nodes"]) > 3
         assert same_graph(batched[n].to_json(), naive[n].to_json())
+
+
+def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
+    """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns nothing
+    for k = 0 (it used to check the count only after its first pick and return up to 8 neighbours),
+    and exactly k for k > 0."""
+    from autointerp.n2g.build import ModelSubject
+
+    subject = ModelSubject(tiny, 0)
+    token = tiny.tokenizer.encode(" fox", add_special_tokens=False)[0]
+    assert subject.substitutes(token, 0, str.lower) == []
+    assert len(subject.substitutes(token, 3, str.lower)) == 3
+    assert subject.substitutes(token, 0, str.lower) == []  # not a cached k = 3 answer

@@ -202,7 +202,9 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
         server.mode = mode
         before = server.requests
         proc = explain_cli(db, server.url, neurons, "--concurrency", "2", mode="json")  # backoffs overlap
-        assert proc.returncode == 0, proc.stderr
+        # every neuron of this run failed: recorded, and the command says so with its exit status
+        assert proc.returncode == 1 and "error: every one of the 2 neurons" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
         summary = json.loads(proc.stdout)
         assert summary["failed"] == 2 and summary["explained"] == 0, (mode, summary)
         first, last = (int(x) for x in neurons.split("-"))
@@ -233,6 +235,24 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
         assert conn.execute("select count(*) from explanations where status = 'failed'").fetchone() == (0,)
         assert conn.execute("select count(distinct neuron) from scores where method = 'explanation' and "
                             "score is not null").fetchone() == (10,)
+
+
+def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
+        explain_base: Path, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A proxy's HTML error page with status 200 is a wrong answer like any other: retried, then
+    recorded as invalid output saying what came back (it used to be an internal AttributeError,
+    recorded on the first try)."""
+    db = copy_db(explain_base, tmp_path / "run.db")
+    server = fault_server("html")
+    proc = explain_cli(db, server.url, "0", mode="json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    with sqlite3.connect(db) as conn:
+        errors = [r[0] for r in conn.execute("select error from explanations where status = 'failed'")]
+    assert errors, "the failure was not recorded"
+    for error in errors:
+        assert "invalid output: malformed response: not the API's JSON but '<html>" in error, error
+        assert "(after 2 attempts)" in error and "AttributeError" not in error, error
+    assert server.requests >= 2
 
 
 # ------------------------------------------------------------------------------------------------ concurrency

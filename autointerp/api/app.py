@@ -8,17 +8,22 @@ the valid ones; a parameter of the wrong type or value is a 422; a text over the
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable
+import re
+import secrets
+import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,9 +31,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autointerp.api.data import EXAMPLE_KINDS, ApiData, BadRequest, ModelView, NotFound, dumps
 from autointerp.api.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
 from autointerp.errors import UserError
+from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before it is read (413)
+# which browser ran which Layerscope prompts (they are listed only to it)
+CLIENT_COOKIE = "autointerp_client"
 RANK_BY = ("max", "min", "frac_positive", "variance", "n2g", "explanation", "baseline")
 
 
@@ -36,25 +44,46 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
+# Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more
+# layers, neurons or examples than this.
+MAX_INDEX = 2**31 - 1
+Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
+
+
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (``"\\ud800"``) are valid JSON but not text: refused (422) like any invalid
+    value."""
+    try:
+        return check_unicode(text, "text")
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class ActivationsRequest(BaseModel):
     """Text to run, and which layer (and optionally which neuron) to read."""
 
     text: str = Field(description="the text to run the subject model on (BOS is prepended)")
-    layer: int = Field(description="MLP layer", ge=0)
-    neuron: int | None = Field(default=None, ge=0, description="one neuron; omit for the whole layer")
+    layer: int = Field(description="MLP layer", ge=0, le=MAX_INDEX)
+    neuron: int | None = Field(default=None, ge=0, le=MAX_INDEX,
+                               description="one neuron; omit for the whole layer")
+
+    text_is_unicode = field_validator("text")(classmethod(lambda cls, text: _valid_unicode(text)))
 
 
 class LayerscopeRequest(BaseModel):
     text: str = Field(description="the prompt to run over every layer")
+
+    text_is_unicode = field_validator("text")(classmethod(lambda cls, text: _valid_unicode(text)))
 
 
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, before the JSON parser sees them (a 1 MB text must not
     cost a 1 MB parse and a forward pass to reject)."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, seconds: float = 30.0):
         self.app = app
         self.limit = limit
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +97,10 @@ class BodyLimit:
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            try:  # a client that trickles its body in (or stops) must not hold a worker forever
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                raise _BodyTooSlow(self.seconds) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -79,6 +111,25 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _BodyTooLarge as exc:
             await _too_large(send, exc.size, self.limit)
+        except _BodyTooSlow as exc:
+            await _refuse(send, 408,
+                          f"The request body did not arrive within {exc.seconds:g} seconds.")
+
+
+class SlashedNames:
+    """``/api/EleutherAI%2Fpythia-70m/...`` (what ``encodeURIComponent`` makes of a Hugging Face id)
+    reaches the router as two path segments once decoded; an encoded slash is read as ``--``, the
+    form the pages link with."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            path = urllib.parse.unquote(re.sub(rb"%2[fF]", b"--", raw).decode("latin-1"))
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
 
 
 class _BodyTooLarge(BaseException):  # noqa: N818
@@ -89,20 +140,35 @@ class _BodyTooLarge(BaseException):  # noqa: N818
         self.size = size
 
 
+class _BodyTooSlow(BaseException):  # noqa: N818 - not an Exception, as _BodyTooLarge
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
 async def _too_large(send: Send, size: int, limit: int) -> None:
-    body = dumps({"detail": f"The request body is {size} bytes; this server takes at most {limit} "
-                            f"(texts are limited to a few thousand characters)."})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await _refuse(send, 413, f"The request body is {size} bytes; this server takes at most {limit} "
+                             f"(texts are limited to a few thousand characters).")
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = dumps({"detail": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, max_chars: int = 2000,
-               max_tokens: int = 256) -> FastAPI:
-    """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live activations
-    (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound every live text."""
+               max_tokens: int = 256, cors_origins: Sequence[str] = (), share_recent: bool = False,
+               body_seconds: float = 30.0) -> FastAPI:
+    """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live
+    activations (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound
+    every live text. ``cors_origins``: web origins allowed to read answers from a browser (none by
+    default: another website open in the same browser must not read a local server).
+    ``share_recent``: list every client's recent Layerscope prompts to everyone. ``body_seconds``: a
+    client that takes longer to send its request body gets 408."""
     data = ApiData(db_path)
-    live = Live(loader, max_chars=max_chars, max_tokens=max_tokens)
+    live = Live(loader, max_chars=max_chars, max_tokens=max_tokens, share_recent=share_recent)
     app = FastAPI(
         title="autointerp",
         version="1",
@@ -113,8 +179,11 @@ def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, 
     )
     app.state.data = data
     app.state.live = live
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, seconds=body_seconds)
+    app.add_middleware(SlashedNames)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_errors(app)
     _api_routes(app, data, live)
@@ -209,8 +278,8 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return json_of(data.search(view_of(model), query, text, limit, exact))
 
     @app.get("/api/{model}/rank", tags=["queries"], summary="Neurons ranked by a statistic or score")
-    def api_rank(model: str, layer: int | None = Query(None, ge=0), by: str = Query("max", description=
-                                                                                   ", ".join(RANK_BY)),
+    def api_rank(model: str, layer: int | None = Query(None, ge=0, le=MAX_INDEX),
+                 by: str = Query("max", description=", ".join(RANK_BY)),
                  limit: int = Query(20, ge=1, le=1000)) -> JSONBytes:
         return json_of(data.rank(view_of(model), by, layer, limit))
 
@@ -230,22 +299,29 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.post("/api/{model}/layerscope", tags=["live"],
               summary="Run a prompt over every layer once (kept among the recent prompts); returns its id")
-    def api_layerscope_run(model: str, req: LayerscopeRequest) -> JSONBytes:
+    def api_layerscope_run(model: str, req: LayerscopeRequest, request: Request) -> JSONBytes:
         view = view_of(model)
-        prompt = live.layerscope(view.name, req.text)
-        return json_of({**prompt.summary(), **_prompt_links(view.name, prompt.prompt_id),
-                        "scales": {v: layer_scales(prompt, v) for v in VIEWS}})
+        client = request.cookies.get(CLIENT_COOKIE) or secrets.token_hex(12)
+        prompt = live.layerscope(view.name, req.text, owner=client)
+        response = json_of({**prompt.summary(), **_prompt_links(view.url, prompt.prompt_id),
+                            "scales": {v: layer_scales(prompt, v) for v in VIEWS}})
+        response.set_cookie(CLIENT_COOKIE, client, httponly=True, samesite="strict")
+        return response
 
-    @app.get("/api/{model}/layerscope", tags=["live"], summary="Recent Layerscope prompts (newest first)")
-    def api_layerscope_recent(model: str) -> JSONBytes:
+    @app.get("/api/{model}/layerscope", tags=["live"],
+             summary="Recent Layerscope prompts of this client (of everyone with serve "
+                     "--share-recent-prompts)")
+    def api_layerscope_recent(model: str, request: Request) -> JSONBytes:
         view = view_of(model)
-        return json_of({"model": view.name, "prompts": [
-            {k: v for k, v in p.summary().items() if k != "tokens"} | _prompt_links(view.name, p.prompt_id)
-            for p in live.recent(view.name)]})
+        return json_of({"model": view.name, "shared": live.share_recent, "prompts": [
+            {k: v for k, v in p.summary().items() if k != "tokens"}
+            | _prompt_links(view.url, p.prompt_id)
+            for p in live.recent(view.name, request.cookies.get(CLIENT_COOKIE))]})
 
     @app.get("/api/{model}/layerscope/{prompt_id}/{layer}", tags=["live"],
              summary="Threshold view: units of a layer above hi or below lo on a recent prompt")
-    def api_layerscope_threshold(model: str, prompt_id: str, layer: int, hi: float = Query(3.0, allow_inf_nan=False),
+    def api_layerscope_threshold(model: str, prompt_id: str, layer: Index,
+                                 hi: float = Query(3.0, allow_inf_nan=False),
                                  lo: float = Query(0.0, allow_inf_nan=False), view: str = Query("mlp"),
                                  limit: int = Query(100, ge=1, le=5000)) -> JSONBytes:
         prompt = _prompt(data, live, model, prompt_id, layer, view)
@@ -253,7 +329,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/n2g/{layer}/{neuron}/graphml", tags=["neurons"],
              summary="The neuron's N2G graph as GraphML (download)")
-    def api_graphml(model: str, layer: int, neuron: int) -> Response:
+    def api_graphml(model: str, layer: Index, neuron: Index) -> Response:
         from autointerp.api.plots import graphml_bytes
 
         view = view_of(model)
@@ -262,11 +338,13 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         if row is None:
             raise NotFound(f"No N2G graph computed for {view.name} {layer}/{neuron}.")
         return Response(graphml_bytes(row, view.name, layer, neuron), media_type="application/graphml+xml",
-                        headers={"Content-Disposition": f'attachment; filename="{view.name}_{layer}_{neuron}.graphml"'})
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{view.url}_{layer}_{neuron}.graphml"'})
 
     @app.get("/api/{model}/{service}/{layer}", tags=["layers"],
              summary="Layer summary for a service (paginated by neuron index)")
-    def api_layer(model: str, service: str, layer: int, offset: int = Query(0, ge=0),
+    def api_layer(model: str, service: str, layer: Index,
+                  offset: int = Query(0, ge=0, le=MAX_INDEX),
                   limit: int = Query(100, ge=1, le=1000)) -> JSONBytes:
         view = view_of(model)
         data.check_service(service)
@@ -274,7 +352,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/api/{model}/{service}/{layer}/{neuron}", tags=["neurons"],
              summary="One neuron: neuroscope, n2g, explanation, similar, stats, weights or all")
-    async def api_neuron(model: str, service: str, layer: int, neuron: int,
+    async def api_neuron(model: str, service: str, layer: Index, neuron: Index,
                          kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,"
                                                                      "random"),
                          limit: int | None = Query(None, ge=0, le=1000, description="neuroscope: examples per kind")
@@ -302,7 +380,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return Response(cached(key, lambda: score_plot(view.name, per_layer)), media_type="image/svg+xml")
 
     @app.get("/img/{model}/n2g/{layer}/{neuron}.svg", include_in_schema=False)
-    def img_graph(model: str, layer: int, neuron: int) -> Response:
+    def img_graph(model: str, layer: Index, neuron: Index) -> Response:
         from autointerp.api.plots import cached, graph_svg
 
         view = view_of(model)
@@ -314,7 +392,7 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         return Response(cached(key, lambda: graph_svg(row, view.name, layer, neuron)), media_type="image/svg+xml")
 
     @app.get("/img/{model}/layerscope/{prompt_id}/{layer}.png", include_in_schema=False)
-    def img_layer(model: str, prompt_id: str, layer: int, view: str = "mlp") -> Response:
+    def img_layer(model: str, prompt_id: str, layer: Index, view: str = "mlp") -> Response:
         prompt = _prompt(data, live, model, prompt_id, layer, view)
         return Response(live.image(prompt, layer, view), media_type="image/png")
 

@@ -41,6 +41,12 @@ class BadRequest(Exception):
     """A parameter has the right type but a value we cannot use (sent as 422 with one message)."""
 
 
+def url_name(name: str) -> str:
+    """Model names may hold ``/`` (Hugging Face ids), which a path segment cannot: links use ``--``
+    instead (the Hugging Face cache's own convention), and :meth:`ApiData.model` maps it back."""
+    return name.replace("/", "--")
+
+
 @dataclass
 class ModelView:
     """One model as the server sees it: its facts (from the ``models`` table) and the run each layer is read from."""
@@ -52,6 +58,11 @@ class ModelView:
     @property
     def d_mlp(self) -> int | None:
         return self.info.get("d_mlp")
+
+    @property
+    def url(self) -> str:
+        """The name as one URL path segment: ``org/name`` -> ``org--name``."""
+        return url_name(self.name)
 
     def run_id(self, layer: int) -> int:
         return int(self.layers[layer]["id"])
@@ -186,6 +197,9 @@ class ApiData:
         canonical = _packaged_name(name)
         if canonical in models:
             return models[canonical]
+        unslashed = name.replace("--", "/")
+        if unslashed in models:
+            return models[unslashed]
         raise NotFound(f"No harvested model {name!r} in this database." + (
             f" It has: {', '.join(models)}." if models else " It has no complete harvest yet."), models=list(models))
 
@@ -217,7 +231,8 @@ class ApiData:
         info = view.info
         return {"name": view.name, "n_layers": info.get("n_layers"), "d_mlp": info.get("d_mlp"),
                 "act_fn": info.get("act_fn"), "gated_mlp": info.get("gated_mlp"),
-                "harvested_layers": list(view.layers), "url": f"/api/{view.name}", "page": f"/m/{view.name}"}
+                "harvested_layers": list(view.layers), "url": f"/api/{view.url}",
+                "page": f"/m/{view.url}"}
 
     def model_record(self, view: ModelView) -> dict[str, Any]:
         store = self.store()
@@ -229,7 +244,7 @@ class ApiData:
                 totals[k] += counts[k]
             layers.append({"layer": layer, "run_id": run["id"], **counts,
                            "tokens": run.get("tokens_done"), "corpus": run.get("corpus", {}).get("spec"),
-                           "url": f"/api/{view.name}/all/{layer}"})
+                           "url": f"/api/{view.url}/all/{layer}"})
         runs = {r["id"]: r for r in view.layers.values()}
         corpora = [{"run_id": rid, "spec": r["corpus"].get("spec"), "documents": r["corpus"].get("documents"),
                     "fingerprint": r["corpus"].get("fingerprint"), "tokens": r.get("tokens_done"),
@@ -260,16 +275,17 @@ class ApiData:
         if service == "n2g":
             total, rows = store.layer_graphs(run_id, layer, offset, limit)
             items = [{**{k: _r(v) if isinstance(v, float) else v for k, v in r.items()},
-                      "url": f"/api/{view.name}/n2g/{layer}/{r['neuron']}"} for r in rows]
+                      "url": f"/api/{view.url}/n2g/{layer}/{r['neuron']}"} for r in rows]
         elif service == "explanation":
             total, rows = store.layer_explanations(run_id, layer, offset, limit)
-            items = [{**r, "score": _r(r["score"]), "url": f"/api/{view.name}/explanation/{layer}/{r['neuron']}"}
+            items = [{**r, "score": _r(r["score"]),
+                      "url": f"/api/{view.url}/explanation/{layer}/{r['neuron']}"}
                      for r in rows]
         else:
             total = store.layer_neuron_count(run_id, layer)
             rows = store.layer_stats(run_id, layer, offset, limit)
             items = [{**{k: _r(v, 6) if isinstance(v, float) else v for k, v in r.items()},
-                      "url": f"/api/{view.name}/{service}/{layer}/{r['neuron']}"} for r in rows]
+                      "url": f"/api/{view.url}/{service}/{layer}/{r['neuron']}"} for r in rows]
         return {**base, "total": total, "items": items}
 
     # ------------------------------------------------------------------------------------------------ neurons
@@ -433,8 +449,8 @@ class ApiData:
         return {**self._head(view, layer, neuron), "available": True, "config_hash": row["config_hash"],
                 "n_nodes": row["n_nodes"], "precision": row["precision"], "recall": row["recall"], "f1": row["f1"],
                 "correlation": row["correlation"], "n_tokens": row["n_tokens"],
-                "graphml_url": f"/api/{view.name}/n2g/{layer}/{neuron}/graphml",
-                "svg_url": f"/img/{view.name}/n2g/{layer}/{neuron}.svg"}
+                "graphml_url": f"/api/{view.url}/n2g/{layer}/{neuron}/graphml",
+                "svg_url": f"/img/{view.url}/n2g/{layer}/{neuron}.svg"}
 
     def explanation_record(self, view: ModelView, layer: int, neuron: int, run_id: int) -> dict[str, Any]:
         store = self.store()
@@ -473,7 +489,8 @@ class ApiData:
             items = method(view.name, layer, neuron, limit)
         except UserError as exc:
             return {**head, "available": False, "items": [], "message": str(exc)}
-        items = [{**it, "url": f"/m/{view.name}/neuron/{it['layer']}/{it['neuron']}"} for it in items or []]
+        items = [{**it, "url": f"/m/{view.url}/neuron/{it['layer']}/{it['neuron']}"}
+                 for it in items or []]
         if not items:
             return {**head, "available": False, "items": [],
                     "message": "No similar neurons computed for this neuron."}
@@ -504,8 +521,8 @@ class ApiData:
         except UserError as exc:
             raise BadRequest(str(exc)) from exc
         items = [{**{k: _r(v, 6) if isinstance(v, float) else v for k, v in r.items()},
-                  "page": f"/m/{view.name}/neuron/{r['layer']}/{r['neuron']}",
-                  "url": f"/api/{view.name}/all/{r['layer']}/{r['neuron']}"} for r in rows]
+                  "page": f"/m/{view.url}/neuron/{r['layer']}/{r['neuron']}",
+                  "url": f"/api/{view.url}/all/{r['layer']}/{r['neuron']}"} for r in rows]
         return {"model": view.name, "by": by, "layer": layer, "limit": limit, "items": items}
 
     def search(self, view: ModelView, query: str | None, text: str | None, limit: int,
@@ -557,7 +574,7 @@ class ApiData:
             out["message"] = " ".join(messages)
         for it in items:
             if "layer" in it and "neuron" in it:
-                it["page"] = f"/m/{view.name}/neuron/{it['layer']}/{it['neuron']}"
+                it["page"] = f"/m/{view.url}/neuron/{it['layer']}/{it['neuron']}"
         out["items"] = items
         return out
 

@@ -57,8 +57,13 @@ class Live:
     """Lazily loaded subject models and the forward passes the server runs on them."""
 
     def __init__(self, loader: Callable[[str], Any] | None = None, max_chars: int = 2000, max_tokens: int = 256,
-                 recent_prompts: int = 8):
+                 recent_prompts: int = 8, share_recent: bool = False):
         self._loader = loader
+        # Recent prompts are listed only to the client (browser cookie) that ran them, unless the
+        # server was started to share them: a prompt typed into a local server is nobody else's
+        # business.
+        self.share_recent = share_recent
+        self._owners: dict[tuple[str, str], set[str]] = {}
         self.max_chars = max_chars
         self.max_tokens = max_tokens
         self.recent_prompts = recent_prompts
@@ -126,14 +131,17 @@ class Live:
         return out
 
     # ------------------------------------------------------------------------------------------------ layerscope
-    def layerscope(self, name: str, text: str) -> Prompt:
-        """Run ``text`` over every layer once (or reuse a recent run of the same text)."""
+    def layerscope(self, name: str, text: str, owner: str | None = None) -> Prompt:
+        """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner``
+        (the client) may list it among its recent prompts."""
         import torch
 
         key = (name, hashlib.sha256(text.encode()).hexdigest()[:16])
         with self._prompts_lock:
             if key in self._prompts:
                 self._prompts.move_to_end(key)
+                if owner:
+                    self._owners.setdefault(key, set()).add(owner)
                 return self._prompts[key]
         subject = self.model(name)
         ids = self._encode(subject, text)
@@ -156,13 +164,19 @@ class Live:
                         torch.stack([resid[i] for i in range(n_layers)]).numpy(), time.time())
         with self._prompts_lock:
             self._prompts[key] = prompt
+            if owner:
+                self._owners.setdefault(key, set()).add(owner)
             while len(self._prompts) > self.recent_prompts:
-                self._prompts.popitem(last=False)
+                old, _ = self._prompts.popitem(last=False)
+                self._owners.pop(old, None)
         return prompt
 
-    def recent(self, name: str) -> list[Prompt]:
+    def recent(self, name: str, owner: str | None = None) -> list[Prompt]:
+        """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares them).
+        """
         with self._prompts_lock:
-            return [p for (m, _), p in reversed(self._prompts.items()) if m == name]
+            return [p for key, p in reversed(self._prompts.items()) if key[0] == name and (
+                self.share_recent or (owner is not None and owner in self._owners.get(key, ())))]
 
     def prompt(self, name: str, prompt_id: str) -> Prompt | None:
         with self._prompts_lock:

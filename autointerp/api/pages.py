@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from autointerp.api.data import SERVICES, ApiData, BadRequest
+from autointerp.api.app import Index
+from autointerp.api.data import SERVICES, ApiData, BadRequest, url_name
 from autointerp.api.live import Live
 
 HERE = Path(__file__).parent
@@ -52,6 +53,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 _env.filters["colour"] = token_colour
 _env.filters["tok"] = show_token
 _env.filters["fmt"] = fmt
+_env.filters["u"] = url_name  # a model name as a URL path segment
 
 
 def render(template: str, **context: Any) -> str:
@@ -136,10 +138,10 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
         view = data.model(model)
         layer, neuron = random_neuron(view)
-        return RedirectResponse(f"/m/{view.name}/neuron/{layer}/{neuron}", status_code=302)
+        return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
 
     @app.get("/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False)
-    def neuron_page(model: str, layer: int, neuron: int) -> str:
+    def neuron_page(model: str, layer: Index, neuron: Index) -> str:
         view = data.model(model)
         rec = data.neuron_record(view, "all", layer, neuron)
         stats = rec["stats"]
@@ -150,8 +152,8 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             groups.setdefault(ex["kind"], []).append(example_view(ex))
         layers = list(view.layers)
         d_mlp = view.d_mlp or 1
-        prev_link = _step(view.name, layers, d_mlp, layer, neuron, -1)
-        next_link = _step(view.name, layers, d_mlp, layer, neuron, +1)
+        prev_link = _step(view.url, layers, d_mlp, layer, neuron, -1)
+        next_link = _step(view.url, layers, d_mlp, layer, neuron, +1)
         return render(
             "neuron.html", title=f"{view.name} {layer}/{neuron}", model=view.name, layer=layer, neuron=neuron,
             rec=rec, s=s, scale=scale, groups=groups,
@@ -163,7 +165,7 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         )
 
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
-    def layer_page(model: str, layer: int) -> str:
+    def layer_page(model: str, layer: Index, request: Request) -> str:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
@@ -177,7 +179,8 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             counts = data.store().layer_counts(view.run_id(layer), layer)
         return render("layer.html", title=f"{view.name} layer {layer}", model=view.name, layer=layer,
                       n_layers=n_layers, harvested=list(view.layers), top=top, counts=counts,
-                      recent=live.recent(view.name), max_chars=live.max_chars)
+                      recent=live.recent(view.name, request.cookies.get("autointerp_client")),
+                      max_chars=live.max_chars)
 
     @app.get("/m/{model}/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(model: str, query: str | None = Query(None, max_length=500),

@@ -55,12 +55,46 @@ def load_templates(folder: str | None = None) -> Templates:
         examples = json.loads((root / "examples.json").read_text(encoding="utf-8"))
     except ValueError as exc:
         raise UserError(f"{root / 'examples.json'} is not valid JSON: {exc}") from exc
+    _check_examples(examples, root / "examples.json")
     return Templates(
         explain_system=(root / "explain_system.txt").read_text(encoding="utf-8").strip(),
         simulate_system=(root / "simulate_system.txt").read_text(encoding="utf-8").strip(),
         examples=examples["neurons"],
         version=f"{examples.get('version', 'v?')}-{digest.hexdigest()[:12]}",
     )
+
+
+_RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["tokens", "activations"],
+    "properties": {"tokens": {"type": "array", "items": {"type": "string"}},
+                   "activations": {"type": "array",
+                                   "items": {"type": "integer", "minimum": 0, "maximum": 9}}}}
+_NEURON_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["explanation", "records"],
+    "properties": {"explanation": {"type": "string", "minLength": 1},
+                   "records": {"type": "array", "minItems": 1, "items": _RECORD_SCHEMA}}}
+EXAMPLES_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["neurons"],
+    "properties": {"version": {"type": "string"},
+                   "neurons": {"type": "array", "minItems": 1, "items": _NEURON_SCHEMA}}}
+
+
+def _check_examples(examples: Any, path: Path) -> None:
+    """The few-shot file is user-editable (``--prompts DIR``): a wrong shape is one sentence, not a
+    KeyError later."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(examples, EXAMPLES_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+        raise UserError(f"{path} does not have the few-shot examples' shape at {where}: "
+                        f"{exc.message}.") from exc
+    for i, neuron in enumerate(examples["neurons"]):
+        for j, record in enumerate(neuron["records"]):
+            if len(record["tokens"]) != len(record["activations"]):
+                raise UserError(f"{path}: neurons/{i}/records/{j} has {len(record['tokens'])} "
+                                f"tokens but {len(record['activations'])} activations.")
 
 
 def escape_token(token: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autointerp.config import config_identity, identity_hash
+from autointerp.config import check_int, config_identity, identity_hash
 from autointerp.errors import UserError
 from autointerp.explain.prompts import (
     SCALE_MAX,
@@ -69,6 +69,21 @@ class ExplainConfig:
     max_prompt_chars: int = 7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
     # not part of the identity
     concurrency: int = field(default=1, metadata={"hashed": False})
+
+    def __post_init__(self) -> None:
+        lowest = {"--explain-records": (self.explain_records, 1), "--sim-top": (self.sim_top, 0),
+                  "--sim-random": (self.sim_random, 0), "--concurrency": (self.concurrency, 1),
+                  "explain_before": (self.explain_before, 0),
+                  "explain_after": (self.explain_after, 0),
+                  "sim_window": (self.sim_window, 1), "sim_logprobs": (self.sim_logprobs, 1),
+                  "n2g_paths": (self.n2g_paths, 0),
+                  "explainer_max_tokens": (self.explainer_max_tokens, 1),
+                  "max_prompt_chars": (self.max_prompt_chars, 1)}
+        for option, (value, low) in lowest.items():
+            check_int(value, option, low)
+        if self.sim_top + self.sim_random < 1:
+            raise UserError("--sim-top and --sim-random are both 0: nothing would be simulated or "
+                            "scored.")
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
@@ -309,6 +324,20 @@ def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, 
     return plan
 
 
+def check_heldout(store: Store, plan: list[tuple[int, dict[str, Any], list[int]]],
+                  cfg: ExplainConfig) -> None:
+    """Refuse, before any run row or LLM call, a harvest too small to score on: with no held-out
+    records every simulation would fail. Every neuron of a run keeps the same number of examples, so
+    one neuron per layer tells."""
+    for layer, run, neurons in plan:
+        if neurons and not heldout_records(store, run["id"], layer, neurons[0], cfg):
+            config = run.get("config") or {}
+            raise UserError(f"Harvest run {run['id']} (layer {layer}) has no held-out examples to "
+                            f"score on (top_k={config.get('top_k')}, random_k="
+                            f"{config.get('random_k')}: the test split is every 4th example); "
+                            "harvest with --top-k 4 or more.")
+
+
 def _job(store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool) -> NeuronJob:
     stats = store.neuron(run["id"], layer, neuron)
     graph_row = store.graph_for_run(run["id"], layer, neuron)
@@ -330,6 +359,7 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
     if info is None:
         raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` first.")
     plan = plan_neurons(store, model, layers, neurons_spec, int(info["d_mlp"]))
+    check_heldout(store, plan, cfg)
     config_hash = cfg.config_hash()
     run = store.find_run(model, "explain", config_hash, (0, 1))
     run_id = run["id"] if run else store.create_run(model, "explain", cfg.identity(), config_hash, (0, 1), {})

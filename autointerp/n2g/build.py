@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from autointerp.config import config_identity, identity_hash
+from autointerp.config import check_int, check_number, config_identity, identity_hash
+from autointerp.errors import UserError
 from autointerp.models import SubjectModel
 from autointerp.n2g.graph import NeuronGraph, PathExample
 
@@ -43,6 +44,20 @@ class N2GConfig:
     batch_tokens: int = 4096  # padded tokens per forward pass
     naive: bool = field(default=False, metadata={"hashed": False})
     dtype: str = field(default="float32", metadata={"hashed": False})  # the subject model's (see HarvestConfig)
+
+    def __post_init__(self) -> None:
+        check_int(self.train_examples, "--train-examples", 1)  # 0: an empty graph would be stored
+        check_int(self.max_activating_per_example, "max_activating_per_example", 1)
+        check_int(self.augmentations, "--augmentations", 0)  # 0 turns augmentation off
+        check_int(self.augment_positions, "augment_positions", 0)
+        check_int(self.batch_tokens, "batch_tokens", 1)
+        for name in ("activating_threshold", "prune_keep", "fire_threshold"):
+            check_number(getattr(self, name), name, 0.0, 1.0, low_open=True)
+        check_number(self.importance_threshold, "--importance-threshold", 0.0, 1.0)
+        if not self.prune_lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                         for n in self.prune_lengths):
+            raise UserError(f"prune_lengths must be positive token counts, not "
+                            f"{self.prune_lengths!r}.")
 
     def identity(self) -> dict[str, Any]:
         half = {"dtype": self.dtype} if self.dtype != "float32" else {}
@@ -175,6 +190,8 @@ class ModelSubject:
         return self.model.str_tokens(ids)
 
     def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
+        if k <= 0:  # no augmentation (the loop below checks the count only after its first pick)
+            return []
         if (token, k) in self._cache:
             return self._cache[(token, k)]
         scores = (self._w @ self._w[token]) / self._norms

@@ -6,21 +6,28 @@ wildcards grey; the text reads right to left from the activating token back into
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
 from autointerp.errors import UserError
+from autointerp.untrusted import escaped_pictures, xml_text
 
 
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
     """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int), importance and
     activation (float; present where they apply). Edges point from a token to the one before it in the text."""
-    g = nx.DiGraph(**{k: v for k, v in (meta or {}).items() if v is not None})
+    g = nx.DiGraph(**{k: xml_text(v) if isinstance(v, str) else v
+                      for k, v in (meta or {}).items() if v is not None})
     activation_of = {}
     for node in data["nodes"]:
-        attrs: dict[str, Any] = {"token": node["token"], "kind": node["kind"], "depth": int(node["depth"]),
+        # tokens come from an untrusted corpus: control characters are not XML (see
+        # autointerp.untrusted)
+        attrs: dict[str, Any] = {"token": xml_text(node["token"]), "kind": node["kind"],
+                                 "depth": int(node["depth"]),
                                  "count": int(node["count"])}
         if node["importance"] is not None:
             attrs["importance"] = float(node["importance"])
@@ -42,18 +49,39 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
 
 
 def safe_output_path(path: str | Path) -> Path:
-    """Refuse paths that climb out of the working directory with ``..`` (an export path is user input)."""
+    """An export path is user input: it may only name a file inside the working directory (or a
+    folder below it, created as needed). ``..``, absolute paths elsewhere and symlinks that lead out
+    are refused, as is a path that is an existing folder."""
     p = Path(path)
     if ".." in p.parts:
         raise UserError(f"The output path {str(path)!r} contains '..'; give a path inside the working directory.")
+    here = Path.cwd().resolve()
+    target = (here / p).resolve()  # follows symlinks, also of folders that exist along the way
+    if not target.is_relative_to(here):
+        raise UserError(f"The output path {str(path)!r} leads to {target}, outside the working "
+                        f"directory {here}; exports are written only inside it.")
+    if target.is_dir():
+        raise UserError(f"The output path {str(path)!r} is a folder; give a file name ending in "
+                        ".graphml.")
     return p
 
 
-def write_graphml(g: nx.DiGraph, path: Path) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that becomes ``path`` only when writing it succeeded (and is
+    removed when it did not: a full disk or a folder in the way leaves nothing behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    nx.write_graphml(g, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_graphml(g: nx.DiGraph, path: Path) -> None:
+    with _replacing(path) as tmp:
+        nx.write_graphml(g, tmp)
 
 
 def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
@@ -102,7 +130,6 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
     import matplotlib.pyplot as plt
     from matplotlib import colormaps
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     pos = _layout(g)
     rows = max((-y for _, y in pos.values()), default=0) + 1
     depth = max((-x for x, _ in pos.values()), default=0) + 1
@@ -120,7 +147,8 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
         token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else repr(token)[1:-1][:14]
+        shown = escaped_pictures(repr(token)[1:-1])[:14]
+        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
                            linewidths=0.5)
@@ -128,7 +156,8 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp" + path.suffix)
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "svg", dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with _replacing(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "svg", dpi=110)
+    finally:
+        plt.close(fig)
