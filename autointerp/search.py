@@ -235,8 +235,9 @@ def search_explanations_by_meaning(store: Any, model: str, text: str, limit: int
 
     from autointerp.embeddings import EMBEDDER, embed, text_key
 
-    if not text.strip():
-        raise UserError("The explanation search is empty; type what the neurons should do, e.g. 'dates'.")
+    if not re.search(r"\w", text):  # punctuation alone means nothing, whatever its embedding
+        raise UserError(f"The explanation search {text!r} has no words to look for; type what the neurons "
+                        "should do, e.g. 'dates'.")
     if limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
     rows = store.ok_explanations(model)

@@ -68,7 +68,7 @@ CLI_CASES = [
     (["search", M, 'any:"unclosed'], 2, "never closed"),
     (["search", M, "colour:red"], 2, "Unknown search kind 'colour'"),
     (["search", M, "any:a,"], 2, "token is missing"),
-    (["search", M, "--explanations", '"unclosed'], 2, "unmatched double quote"),
+    (["search", M, "--explanations", '"unclosed', "--exact"], 2, "unmatched double quote"),
     (["search", M, "--explanations", "***"], 2, "no words to look for"),
     (["search", M], 2, "Give either a token query"),
     # SQL-like strings are plain data: searched for, found nowhere, nothing dropped
