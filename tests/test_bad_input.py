@@ -74,8 +74,9 @@ CLI_CASES = [
     # SQL-like strings are plain data: searched for, found nowhere, nothing dropped
     (["search", M, SQL], 0, ""),
     (["search", M, f'important:"{SQL}" activating:"x\' or \'1\'=\'1"'], 0, ""),
-    (["search", M, "--explanations", SQL + " OR 1=1; select * from runs"], 0, ""),
-    (["search", M, "--explanations", "capital NEAR(x) AND -y"], 0, ""),
+    # FTS5 syntax and SQL in an exact search are data (a search by meaning sends no text to SQL at all)
+    (["search", M, "--explanations", SQL + " OR 1=1; select * from runs", "--exact"], 0, ""),
+    (["search", M, "--explanations", "capital NEAR(x) AND -y", "--exact"], 0, ""),
     # paths that climb out of the working directory
     (["export", "graphml", M, "1/0", "-o", "../x.graphml"], 2, "contains '..'"),
     (["export", "graphml", M, "1/0", "-o", "graphs/../../x.graphml"], 2, "contains '..'"),
