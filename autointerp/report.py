@@ -56,10 +56,10 @@ def build_report(store: Any, model: str, layers: list[int] | None = None, limit:
         })
     tokens = max((int(run.get("tokens_done") or 0) for run in harvested.values()), default=0)
     graphs = None
-    if graphs_folder is not None:
-        files = sorted(graphs_folder.glob("*.graphml")) if graphs_folder.is_dir() else []
-        graphs = {"folder": str(graphs_folder), "files": len(files)}
+    if graphs_folder is not None and graphs_folder.is_dir():  # only a folder that was exported to
+        graphs = {"folder": str(graphs_folder), "files": len(list(graphs_folder.glob("*.graphml")))}
     return {"model": model, "layers": wanted, "tokens": tokens, "ranked_by": ranked_by,
+            "similarity_computed": store.similarity_run(model) is not None,
             "explained": len(scored), "failed": failed, "beat_baseline": beat,
             "with_baseline": sum(1 for r in scored if r.get("baseline_score") is not None),
             "neurons": neurons, "graphs": graphs}
@@ -89,23 +89,27 @@ def format_report(report: dict[str, Any], db: str) -> str:
         for n in report["neurons"]:
             lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(n['score'])} {_fmt(n['baseline_score'], 8)} "
                          f"{_fmt(n['n2g_score'])}  {n['explanation'] or '-'}")
-            lines.append(" " * 35 + _similar_text(n["similar"]))
+            lines.append(" " * 35 + _similar_text(report, n["similar"]))
     else:
         what = "N2G graph correlation on held-out text" if report["ranked_by"] == "n2g" else "max activation"
         lines.append(f"No explanation scores yet (run `autointerp explain {model}`); top neurons by {what}:")
         for n in report["neurons"]:
             value = n["n2g_score"] if report["ranked_by"] == "n2g" else n["max"]
-            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(value)}  {_similar_text(n['similar'])}")
+            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(value)}  {_similar_text(report, n['similar'])}")
     if report["graphs"] is not None:
         g = report["graphs"]
         lines.append(f"GraphML + SVG of {g['files']} graphs in {g['folder']}/ (networkx.read_graphml, or open the "
                      "folder in Gephi)")
-    lines.append(f"Look at one:  autointerp neuron {model} L/N --db {db}")
+    first = report["neurons"][0] if report["neurons"] else None
+    which = f"{first['layer']}/{first['neuron']}" if first else "L/N"
+    lines.append(f"Look at one:  autointerp neuron {model} {which} --db {db}")
     lines.append(f"Browse:       autointerp serve --db {db}   then open http://127.0.0.1:8000/m/{model}")
     return "\n".join(lines)
 
 
-def _similar_text(similar: list[dict[str, Any]]) -> str:
+def _similar_text(report: dict[str, Any], similar: list[dict[str, Any]]) -> str:
+    if not report["similarity_computed"]:
+        return f"similar: not computed yet (autointerp similarity {report['model']})"
     if not similar:
         return "similar: (none sharing a graph token)"
     return "similar: " + ", ".join(f"{s['layer']}/{s['neuron']} ({s['similarity']:.2f})" for s in similar)

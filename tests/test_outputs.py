@@ -169,11 +169,13 @@ def test_report_puts_scores_side_by_side_with_similar_neurons(api_db: Path, tmp_
     assert report["beat_baseline"] == 1
     store = Store(api_db, create=False)
     assert best["similar"] == store.similar(M, 1, EXPLAINED, 3)
-    assert main(["report", M, "--db", str(api_db)]) == 0
+    assert main(["report", M, "--db", str(api_db), "--graphs", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "the word <b>capital</b> & cities" in text and "0.610" in text and "0.220" in text
     assert f"autointerp serve --db {api_db}" in text
-    assert f"1/{FAILED}" not in text.split("\n", 2)[2]  # a failed explanation is never listed as a score
+    scored = [line.split()[0] for line in text.splitlines() if line.startswith(" ") and line.split()[0][0].isdigit()]
+    assert scored == [f"1/{EXPLAINED}"]  # a failed explanation is never listed as a score
+    assert f"GraphML + SVG of 0 graphs in {tmp_path}/" in text
 
 
 def test_rank_defaults_to_explanation_score_once_there_is_one(api_db: Path, tiny_gated: SubjectModel,
