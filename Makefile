@@ -55,8 +55,8 @@ browser:
 		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
 		else echo "error: the browser tests need chromium: run  sudo apt-get install -y chromium" >&2; exit 2; fi; }
 
-## test-fast: skip the tests that use the real packaged model
-test-fast: setup
+## test-fast: skip the tests that use the real packaged model (the browser tests still run)
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes,
