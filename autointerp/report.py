@@ -59,7 +59,7 @@ def build_report(store: Any, model: str, layers: list[int] | None = None, limit:
     if graphs_folder is not None and graphs_folder.is_dir():  # only a folder that was exported to
         graphs = {"folder": str(graphs_folder), "files": len(list(graphs_folder.glob("*.graphml")))}
     return {"model": model, "layers": wanted, "tokens": tokens, "ranked_by": ranked_by,
-            "similarity_computed": store.similarity_run(model) is not None,
+            "similarity_computed": store.similarity_run(model) is not None, "similar_per_neuron": similar,
             "explained": len(scored), "failed": failed, "beat_baseline": beat,
             "with_baseline": sum(1 for r in scored if r.get("baseline_score") is not None),
             "neurons": neurons, "graphs": graphs}
@@ -81,7 +81,8 @@ def format_report(report: dict[str, Any], db: str) -> str:
     lines = [f"== {model}: layers {','.join(map(str, report['layers']))}, {report['tokens']:,} tokens harvested =="]
     if report["ranked_by"] == "explanation":
         lines.append(
-            f"{report['explained']} neurons explained ({report['failed']} failed LLM calls recorded); the "
+            f"{report['explained']} neuron{'' if report['explained'] == 1 else 's'} explained and scored "
+            f"({report['failed']} with a recorded LLM failure); the "
             f"explanation beat the token-lookup baseline on {report['beat_baseline']} of "
             f"{report['with_baseline']}. Scores: correlation of simulated and real activations on held-out top + "
             "random text; baseline and n2g are scored on the same text.")
@@ -89,13 +90,15 @@ def format_report(report: dict[str, Any], db: str) -> str:
         for n in report["neurons"]:
             lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(n['score'])} {_fmt(n['baseline_score'], 8)} "
                          f"{_fmt(n['n2g_score'])}  {n['explanation'] or '-'}")
-            lines.append(" " * 35 + _similar_text(report, n["similar"]))
+            if report["similar_per_neuron"]:
+                lines.append(" " * 35 + _similar_text(report, n["similar"]))
     else:
         what = "N2G graph correlation on held-out text" if report["ranked_by"] == "n2g" else "max activation"
         lines.append(f"No explanation scores yet (run `autointerp explain {model}`); top neurons by {what}:")
         for n in report["neurons"]:
             value = n["n2g_score"] if report["ranked_by"] == "n2g" else n["max"]
-            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(value)}  {_similar_text(report, n['similar'])}")
+            similar = _similar_text(report, n["similar"]) if report["similar_per_neuron"] else ""
+            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(value)}  {similar}".rstrip())
     if report["graphs"] is not None:
         g = report["graphs"]
         lines.append(f"GraphML + SVG of {g['files']} graphs in {g['folder']}/ (networkx.read_graphml, or open the "

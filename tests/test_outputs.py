@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import torch
-from apidb import EXPLAINED, FAILED, GRAPHED, build_api_db
+from apidb import EXPLAINED, GRAPHED, build_api_db
 from conftest import PARAGRAPHS
 
 from autointerp.cli import main
