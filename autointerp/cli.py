@@ -25,6 +25,8 @@ EPILOG = """examples:
   autointerp activations smollm2-135m 2/17 --text "def f(x): return x"
   autointerp harvest --model gemma-3-270m --shard 0/2 --db part0.db   # ... and 1/2 elsewhere, then:
   autointerp merge all.db part0.db part1.db
+  autointerp export graphml smollm2-135m --all       # every N2G graph -> graphs/smollm2-135m/<L>_<N>.graphml
+  autointerp report smollm2-135m                     # best-explained neurons, baseline/graph scores, similar
 """
 
 
