@@ -6,7 +6,7 @@ AI     := $(VENV)/bin/autointerp
 
 MODEL  ?= gemma-3-270m
 CORPUS ?= default
-# empty LAYERS: an early, a middle and a late layer of MODEL ((2k+1)/6 of its depth: 3,9,15 of Gemma's 18)
+# empty LAYERS: an early, a middle and a late layer of MODEL ((2k+1)/6 of its depth; Gemma: 3,9,15)
 LAYERS ?=
 TOKENS ?= 65536
 NEURONS ?= top:4
@@ -33,9 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain and score
-## EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), export the graphs to GRAPHS as GraphML +
-## SVG, compute similar neurons by graph overlap, and print a report of the best-explained neurons
+## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain
+## and score EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), export graphs
+## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, report the best-explained
 explain: setup
 	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) $(LAYERS_ARG) --tokens $(TOKENS) --db $(DB)
 	$(AI) graph $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) --db $(DB)
@@ -48,12 +48,14 @@ explain: setup
 test: setup browser
 	$(PY) -m pytest -q
 
-## browser: the Debian chromium package the browser tests drive (installed when missing; needs root or sudo)
+## browser: the Debian chromium package the browser tests drive (installed when missing; root/sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
-		else echo "error: the browser tests need chromium: run  sudo apt-get install -y chromium" >&2; exit 2; fi; }
+		elif command -v sudo >/dev/null 2>&1; then \
+			sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+		else echo "error: the browser tests need chromium: run  sudo apt-get install -y chromium" >&2; \
+			exit 2; fi; }
 
 ## test-fast: skip the tests that use the real packaged model (the browser tests still run)
 test-fast: setup browser

@@ -25,8 +25,8 @@ EPILOG = """examples:
   autointerp activations smollm2-135m 2/17 --text "def f(x): return x"
   autointerp harvest --model gemma-3-270m --shard 0/2 --db part0.db   # ... and 1/2 elsewhere, then:
   autointerp merge all.db part0.db part1.db
-  autointerp export graphml smollm2-135m --all       # every N2G graph -> graphs/smollm2-135m/<L>_<N>.graphml
-  autointerp report smollm2-135m                     # best-explained neurons, baseline/graph scores, similar
+  autointerp export graphml smollm2-135m --all       # every N2G graph -> graphs/smollm2-135m/
+  autointerp report smollm2-135m                     # best-explained neurons, scores, similar ones
 """
 
 
@@ -63,8 +63,8 @@ def _stdout_to_stderr():  # type: ignore[no-untyped-def]
 
 
 def _stored_name(name: str) -> str:
-    """The name a model is stored under: packaged aliases (``smollm2``) and TransformerLens aliases (``gpt2``) map
-    to their canonical name (``smollm2-135m``, ``gpt2-small``)."""
+    """The name a model is stored under: packaged aliases (``smollm2``) and TransformerLens aliases
+    (``gpt2``) map to their canonical name (``smollm2-135m``, ``gpt2-small``)."""
     from autointerp.models import canonical_model_name
 
     return canonical_model_name(name)
@@ -78,16 +78,17 @@ def _load(name: str, progress: bool = True):  # type: ignore[no-untyped-def]
 
 
 def _stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
-    """``--layers`` of a stage that reads the database: ``auto`` is resolved from the depth recorded with the
-    model's harvest (the same layers `harvest --layers auto` chose); ``None`` means every harvested layer."""
+    """``--layers`` of a stage that reads the database: ``auto`` is resolved from the depth recorded
+    with the model's harvest (the same layers `harvest --layers auto` chose); ``None`` means every
+    harvested layer."""
     from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
 
     if not is_auto_layers(text):
         return parse_layers(text)
     info = store.model_info(model)
     if not info or not info.get("n_layers"):
-        raise UserError(f"No harvest of {model} in {store.path}; run `autointerp harvest --model {model} "
-                        "--layers auto` first.")
+        raise UserError(f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
+                        f"{model} --layers auto` first.")
     return resolve_layers(text, int(info["n_layers"]))
 
 
@@ -130,7 +131,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from autointerp.harvest import HarvestConfig, harvest, is_auto_layers, parse_layers, parse_shard, resolve_layers
+    from autointerp.harvest import (
+        HarvestConfig,
+        harvest,
+        is_auto_layers,
+        parse_layers,
+        parse_shard,
+        resolve_layers,
+    )
 
     if not is_auto_layers(args.layers):
         parse_layers(args.layers)  # a typo is one sentence before the model loads
@@ -236,9 +244,9 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
 
 
 def default_rank_order(store: Any, model: str, layer: int | None) -> str:
-    """What ``rank`` orders by when no ``--by`` is given: the explanation score once any neuron (of ``layer``) has
-    a successful one - ranking neurons by how well they are explained is what people run it for - else the max
-    activation, which every harvest has."""
+    """What ``rank`` orders by when no ``--by`` is given: the explanation score once any neuron (of
+    ``layer``) has a successful one - ranking neurons by how well they are explained is what people
+    run it for - else the max activation, which every harvest has."""
     return "explanation" if store.rank_neurons(model, "explanation", layer, 1) else "max"
 
 
@@ -306,10 +314,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     concurrency=args.concurrency, prices=load_prices(args.price_table))
     info = store.model_info(model) or {}
     if args.negative and info and not info.get("gated_mlp"):
-        # GELU/ReLU neurons (GPT-2 style) barely go below zero (GELU's minimum is -0.17) and their harvest keeps no
-        # bottom examples, so there is no negative side to explain; the positive side is explained as usual.
-        print(f"note: --negative does nothing for {model}: its MLP is not gated ({info.get('act_fn')}), so its "
-              "neurons have no negative side worth explaining", file=sys.stderr)
+        # GELU/ReLU neurons (GPT-2 style) barely go below zero (GELU's minimum is -0.17) and their
+        # harvest keeps no bottom examples, so there is no negative side to explain; the positive
+        # side is explained as usual.
+        print(f"note: --negative does nothing for {model}: its MLP is not gated "
+              f"({info.get('act_fn')}), so its neurons have no negative side worth explaining",
+              file=sys.stderr)
     templates = load_templates(args.prompts)
     cache = LLMCache(store.path)
 
@@ -399,14 +409,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("Give either one neuron L/N or --layers/--neurons/--all, not both.")
     layer, neuron = _parse_neuron(args.neuron)
     suffix = EXPORT_FORMATS[args.format]
-    out = safe_output_path(args.output or Path("graphs") / model_folder(model) / f"{layer}_{neuron}{suffix}")
+    default = Path("graphs") / model_folder(model) / f"{layer}_{neuron}{suffix}"
+    out = safe_output_path(args.output or default)
     if out.suffix != suffix:
         raise UserError(f"The output file must end in {suffix}, not {out.name!r}.")
     store = Store(_db_path(args), create=False)
     row = store.graph(model, layer, neuron)
     if row is None:
-        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} --layers {layer} "
-                        f"--neurons {neuron}` first.")
+        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} "
+                        f"--layers {layer} --neurons {neuron}` first.")
     written = export_graph(model, layer, neuron, row, out, args.format, svg=not args.no_svg)
     if args.json:
         _print_json(written)
@@ -416,8 +427,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_bulk(args: argparse.Namespace, model: str) -> int:
-    """``export FORMAT MODEL [--layers] [--neurons|--all] [-o DIR]``: every chosen neuron that has a graph."""
-    from autointerp.n2g.export import EXPORT_FORMATS, export_graphs, graphed_neurons, model_folder, safe_output_path
+    """``export FORMAT MODEL [--layers] [--neurons|--all] [-o DIR]``: every chosen neuron that has a
+    graph."""
+    from autointerp.n2g.export import (
+        EXPORT_FORMATS,
+        export_graphs,
+        graphed_neurons,
+        model_folder,
+        safe_output_path,
+    )
     from autointerp.n2g.run import select_neurons
     from autointerp.store import Store
 
@@ -432,16 +450,17 @@ def _export_bulk(args: argparse.Namespace, model: str) -> int:
     if args.neurons is None or args.all:
         chosen = graphed
     else:
-        info = store.model_info(model) or {}
-        chosen = [(layer, n) for layer in (layers if layers is not None else sorted({g[0] for g in graphed}))
-                  for n in select_neurons(store, model, layer, args.neurons, int(info.get("d_mlp") or 0))]
+        d_mlp = int((store.model_info(model) or {}).get("d_mlp") or 0)
+        in_layers = layers if layers is not None else sorted({g[0] for g in graphed})
+        chosen = [(layer, n) for layer in in_layers
+                  for n in select_neurons(store, model, layer, args.neurons, d_mlp)]
     have = set(graphed)
     missing = [c for c in chosen if c not in have]
     todo = [c for c in chosen if c in have]
     if not todo:
         where = f" in layers {','.join(map(str, layers))}" if layers is not None else ""
-        raise UserError(f"No N2G graphs of {model}{where} to export from {store.path}; run `autointerp graph "
-                        f"{model}` first.")
+        raise UserError(f"No N2G graphs of {model}{where} to export from {store.path}; run "
+                        f"`autointerp graph {model}` first.")
     written = export_graphs(store, model, todo, folder, args.format, svg=not args.no_svg,
                             progress=not args.no_progress)
     out = {"model": model, "format": args.format, "folder": str(folder), "graphs": len(written),
@@ -450,15 +469,18 @@ def _export_bulk(args: argparse.Namespace, model: str) -> int:
         _print_json(out)
         return 0
     kinds = args.format.upper() if args.format == "dot" else "GraphML"
-    print(f"{len(written)} graphs of {model} written to {folder}/ as <layer>_<neuron>{EXPORT_FORMATS[args.format]}"
+    suffix = EXPORT_FORMATS[args.format]
+    print(f"{len(written)} graphs of {model} written to {folder}/ as <layer>_<neuron>{suffix}"
           f" ({kinds}{'' if args.no_svg else ' + SVG'})")
     if missing:
-        print(f"no graph yet for {len(missing)} chosen neuron(s): {', '.join(out['without_graph'][:10])}"
+        listed = ", ".join(out["without_graph"][:10])
+        print(f"no graph yet for {len(missing)} chosen neuron(s): {listed}"
               + (" ..." if len(missing) > 10 else ""))
     return 0
 
 
-EXPORT_FORMAT_NAMES = ("graphml", "dot")  # autointerp.n2g.export.EXPORT_FORMATS, without importing networkx
+# autointerp.n2g.export.EXPORT_FORMATS, without importing networkx for --help
+EXPORT_FORMAT_NAMES = ("graphml", "dot")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -470,7 +492,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     model = _store_model(store, args.model)
     layers = _stored_layers(store, model, args.layers)
     folder = safe_output_path(args.graphs or Path("graphs") / model_folder(model))
-    report = build_report(store, model, layers, limit=args.limit, similar=args.similar, graphs_folder=folder)
+    report = build_report(store, model, layers, limit=args.limit, similar=args.similar,
+                          graphs_folder=folder)
     if args.json:
         _print_json(report)
     else:
@@ -817,8 +840,8 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "shown by `autointerp neuron`.")
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("--layers", default=None,
-                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: (2k+1)/6 of the "
-                        "depth; 3,9,15 of an 18-layer model) (default: all layers)")
+                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
     p.add_argument("--top-k", type=int, default=10, help="top and bottom tokens kept per neuron (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -879,8 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default | wiki | code | FILE.txt/.jsonl | FOLDER | hf:NAME[:CONFIG[:SPLIT]] "
                         "(default: $CORPUS or default)")
     p.add_argument("--layers", default=None,
-                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: (2k+1)/6 of the "
-                        "depth; 3,9,15 of an 18-layer model) (default: all layers)")
+                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
     p.add_argument("--tokens", type=int, default=None, help="token budget (default: the whole corpus)")
     p.add_argument("--ctx-len", type=int, default=64, help="tokens per context, BOS included (default 64)")
     p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass (default 16)")
@@ -916,10 +939,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layer", type=int, default=None, help="only this layer")
     p.add_argument("--by", default=None,
-                   help="explanation (simulation score; the default once explanations exist), max (the default "
-                   "before), min (most negative), frac_positive, variance, n2g (graph correlation), baseline "
-                   "(token-lookup score), explanation_negative. The order used is said on stderr and as "
-                   '"ranked_by" in --json')
+                   help="explanation (simulation score; the default once explanations exist), "
+                   "max (the default before), min (most negative), frac_positive, variance, n2g "
+                   "(graph correlation), baseline (token-lookup score), explanation_negative. The "
+                   'order used is said on stderr and as "ranked_by" in --json')
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true",
                    help='print JSON: a list of {"layer", "neuron", "score", "explanation", ...}, best first')
@@ -941,8 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None,
-                   help="layers, e.g. 3,9 or 0-5, or auto (the layers `harvest --layers auto` chose) (default: "
-                        "every harvested layer)")
+                   help="layers, e.g. 3,9 or 0-5, or auto (the layers `harvest --layers auto` "
+                        "chose) (default: every harvested layer)")
     p.add_argument("--neurons", default="top:4",
                    help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, "
@@ -985,8 +1008,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None,
-                   help="e.g. 3,9, or auto (the layers `harvest --layers auto` chose) (default: every harvested "
-                        "layer)")
+                   help="e.g. 3,9, or auto (the layers `harvest --layers auto` chose) (default: "
+                        "every harvested layer)")
     p.add_argument("--neurons", default=None,
                    help="e.g. 0-15,100, or top:K for the K strongest by max activation (default: all neurons)")
     p.add_argument("--train-examples", type=int, default=20, help="top training examples per neuron (default 20)")
@@ -1000,25 +1023,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser(
-        "export", help="export N2G graphs as GraphML or Graphviz DOT (+ SVG pictures), one neuron or in bulk",
-        description="Write N2G graphs as GraphML (typed attributes: token, kind, activation, importance, depth, "
-                    "count; edges: relation) or DOT (the same attributes as strings; tokens with \\n-style "
-                    "escapes), each with an SVG picture beside it. With L/N: that neuron, to -o FILE (default "
-                    "graphs/<model>/<L>_<N>.graphml). Without: every chosen neuron that has a graph, to -o DIR "
-                    "(default graphs/<model>/), as <L>_<N>.graphml.",
+        "export",
+        help="export N2G graphs as GraphML or Graphviz DOT (+ SVG pictures), one neuron or in bulk",
+        description="Write N2G graphs as GraphML (typed attributes: token, kind, activation, "
+                    "importance, depth, count; edges: relation) or DOT (the same attributes as "
+                    "strings; tokens with \\n-style escapes), each with an SVG picture beside it. "
+                    "With L/N: that neuron, to -o FILE (default graphs/<model>/<L>_<N>.graphml). "
+                    "Without: every chosen neuron that has a graph, to -o DIR (default "
+                    "graphs/<model>/), as <L>_<N>.graphml.",
         epilog="examples:\n  autointerp export graphml gemma-3-270m 9/408\n"
-               "  autointerp export graphml gemma-3-270m --all                 # every graph of the model\n"
+               "  autointerp export graphml gemma-3-270m --all      # every graph of the model\n"
                "  autointerp export dot gemma-3-270m --layers 3,9 --neurons top:4 -o dot/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("format", choices=sorted(EXPORT_FORMAT_NAMES), help="graphml or dot")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("neuron", nargs="?", default=None, help="L/N, e.g. 3/117 (omit for a bulk export)")
+    p.add_argument("neuron", nargs="?", default=None,
+                   help="L/N, e.g. 3/117 (omit for a bulk export)")
     p.add_argument("-o", "--output", default=None,
-                   help="output file for one neuron, folder for a bulk export (default graphs/<model>/)")
-    p.add_argument("--layers", default=None, help="bulk: these layers, or auto (default: every layer with graphs)")
+                   help="output file for one neuron, folder for a bulk export "
+                        "(default graphs/<model>/)")
+    p.add_argument("--layers", default=None,
+                   help="bulk: these layers, or auto (default: every layer with graphs)")
     p.add_argument("--neurons", default=None,
-                   help="bulk: top:K (strongest by max activation), ranges like 0-15,100, or all (default: all)")
-    p.add_argument("--all", action="store_true", help="bulk: every neuron that has a graph (the default)")
+                   help="bulk: top:K (strongest by max activation), ranges like 0-15,100, or all "
+                        "(default: all)")
+    p.add_argument("--all", action="store_true",
+                   help="bulk: every neuron that has a graph (the default)")
     p.add_argument("--no-svg", action="store_true", help="skip the SVG pictures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
@@ -1026,17 +1056,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "report", help="what a run found: best-explained neurons with baseline and graph scores, similar neurons",
-        description="The report `make explain` ends with, from the database alone: the neurons with the best "
-                    "explanation scores (or, before any explanation, the best N2G graphs), each with its explanation, "
-                    "its score next to the token-lookup baseline's and the N2G graph's on the same held-out text, and "
-                    "its most similar neurons by graph overlap (stored by `autointerp similarity`); then where the "
-                    "graph files are and how to browse.")
+        "report",
+        help="what a run found: best-explained neurons, baseline and graph scores, similar neurons",
+        description="The report `make explain` ends with, from the database alone: the neurons "
+                    "with the best explanation scores (or, before any explanation, the best N2G "
+                    "graphs), each with its explanation, its score next to the token-lookup "
+                    "baseline's and the N2G graph's on the same held-out text, and its most "
+                    "similar neurons by graph overlap (stored by `autointerp similarity`); then "
+                    "where the graph files are and how to browse.")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--layers", default=None, help="only these layers, or auto (default: every harvested layer)")
+    p.add_argument("--layers", default=None,
+                   help="only these layers, or auto (default: every harvested layer)")
     p.add_argument("--limit", type=int, default=5, help="neurons shown (default 5)")
     p.add_argument("--similar", type=int, default=3, help="similar neurons per neuron (default 3)")
-    p.add_argument("--graphs", default=None, help="folder of exported graphs to mention (default graphs/<model>)")
+    p.add_argument("--graphs", default=None,
+                   help="folder of exported graphs to mention (default graphs/<model>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _db_arg(p)
     p.set_defaults(func=cmd_report)

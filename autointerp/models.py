@@ -93,10 +93,11 @@ def _packaged_lookup(name: str) -> PackagedModel | None:
 def _tl_tables() -> tuple[list[str], dict[str, list[str]]]:
     """TransformerLens' official names and its alias table (``{"gpt2": ["gpt2-small"], ...}``).
 
-    They live in ``transformer_lens/supported_models.py``, a plain data module that ``loading_from_pretrained``
-    imports. Importing it through the package would import torch and transformers first (seconds), which every
-    read-only command (``rank``, ``export``) would pay just to spell a name, so the file is loaded on its own; if a
-    TransformerLens version moves it, the package import is the fallback.
+    They live in ``transformer_lens/supported_models.py``, a plain data module that
+    ``loading_from_pretrained`` imports. Importing it through the package would import torch and
+    transformers first (seconds), which every read-only command (``rank``, ``export``) would pay
+    just to spell a name, so the file is loaded on its own; if a TransformerLens version moves it,
+    the package import is the fallback.
     """
     import importlib.util
 
@@ -116,7 +117,8 @@ def _tl_tables() -> tuple[list[str], dict[str, list[str]]]:
 
 
 def _tl_names() -> tuple[list[str], dict[str, str]]:
-    """TransformerLens official names and the alias -> official map (as ``make_model_alias_map`` builds it)."""
+    """TransformerLens official names and the alias -> official map (as ``make_model_alias_map``
+    builds it)."""
     official, aliases = _tl_tables()
     alias_map: dict[str, str] = {}
     for name in official:
@@ -127,16 +129,18 @@ def _tl_names() -> tuple[list[str], dict[str, str]]:
 
 
 def tl_default_name(official: str) -> str:
-    """The name a TransformerLens model is stored under: its default alias (TransformerLens' convention, the first
-    alias in its table: ``gpt2`` -> ``gpt2-small``), else the official name. Every spelling of one model then
-    lands on one stored name, and it is the name people type (``MODEL=gpt2-small``)."""
+    """The name a TransformerLens model is stored under: its default alias (TransformerLens'
+    convention, the first alias in its table: ``gpt2`` -> ``gpt2-small``), else the official name.
+    Every spelling of one model then lands on one stored name, and it is the name people type
+    (``MODEL=gpt2-small``)."""
     aliases = _tl_tables()[1].get(official) or []
     return aliases[0] if aliases else official
 
 
 def canonical_model_name(name: str) -> str:
-    """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one canonical name;
-    a name known to neither (e.g. a model stored by a library caller under its own name) comes back unchanged."""
+    """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one
+    canonical name; a name known to neither (e.g. a model stored by a library caller under its own
+    name) comes back unchanged."""
     packaged = _packaged_lookup(name)
     if packaged is not None:
         return packaged.name
@@ -156,8 +160,8 @@ def _offline_sentence(name: str) -> str:
 def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
     """Map a user-given model name to (canonical name, packaged spec or None for a TransformerLens model).
 
-    A TransformerLens model's canonical name is its default alias (``gpt2``, ``GPT2-small`` -> ``gpt2-small``);
-    :func:`tl_official_name` gives the Hugging Face repository it loads from.
+    A TransformerLens model's canonical name is its default alias (``gpt2``, ``GPT2-small`` ->
+    ``gpt2-small``); :func:`tl_official_name` gives the Hugging Face repository it loads from.
 
     A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a "did you mean"
     suggestion, before anything slow or irreversible happens.
@@ -481,7 +485,8 @@ def load_model(name: str, progress: bool = True) -> SubjectModel:
 
 
 def tl_official_name(canonical: str) -> str:
-    """The Hugging Face repository TransformerLens loads a model from (``gpt2-small`` -> ``gpt2``)."""
+    """The Hugging Face repository TransformerLens loads a model from (``gpt2-small`` ->
+    ``gpt2``)."""
     return _tl_names()[1].get(canonical.strip().lower(), canonical)
 
 
@@ -489,16 +494,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
 def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
-    """Where a TransformerLens model's weights came from: the Hugging Face repository, the revision (commit) of the
-    cached snapshot that was loaded, and the sha256 of each weight file in it.
+    """Where a TransformerLens model's weights came from: the Hugging Face repository, the revision
+    (commit) of the cached snapshot that was loaded, and the sha256 of each weight file in it.
 
-    The hub cache names each large file's blob by its sha256, so the checksum is read from the blob's name when it
-    is one (no 500 MB re-read); other files are hashed. Loaded offline or online, the snapshot is the one in the
-    local cache afterwards; a model that TransformerLens builds from elsewhere records ``revision: null``.
+    The hub cache names each large file's blob by its sha256, so the checksum is read from the
+    blob's name when it is one (no 500 MB re-read); other files are hashed. Loaded offline or
+    online, the snapshot is the one in the local cache afterwards; a model that TransformerLens
+    builds from elsewhere records ``revision: null``.
     """
     provenance: dict[str, Any] = {
-        "model": canonical, "source": f"transformer-lens:{official}", "hf_repo": official, "revision": None,
-        "weights": [], "source_sha256": None, "dtype": "float32", "transformer_lens": _version("transformer-lens"),
+        "model": canonical,
+        "source": f"transformer-lens:{official}",
+        "hf_repo": official,
+        "revision": None,
+        "weights": [],
+        "source_sha256": None,
+        "dtype": "float32",
+        "transformer_lens": _version("transformer-lens"),
     }
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -515,7 +527,11 @@ def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
         if file.suffix not in WEIGHT_SUFFIXES:
             continue
         blob = file.resolve()
-        sha = blob.name if len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name) else None
+        sha = (
+            blob.name
+            if len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name)
+            else None
+        )
         if sha is None:
             digest = hashlib.sha256()
             with blob.open("rb") as fh:
@@ -525,7 +541,10 @@ def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
         weights.append({"file": file.name, "sha256": sha, "bytes": blob.stat().st_size})
     provenance["weights"] = weights
     if len(weights) == 1:
-        provenance["source_file"], provenance["source_sha256"] = weights[0]["file"], weights[0]["sha256"]
+        provenance["source_file"], provenance["source_sha256"] = (
+            weights[0]["file"],
+            weights[0]["sha256"],
+        )
     return provenance
 
 

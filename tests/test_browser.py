@@ -27,8 +27,8 @@ M = "tiny-gated"
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium_installed() -> None:
-    """The browser tests are part of the suite `make test` promises: without chromium they fail with the command
-    that installs it (`make test` runs it first), never skip."""
+    """The browser tests are part of the suite `make test` promises: without chromium they fail with
+    the command that installs it (`make test` runs it first), never skip."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         pytest.fail("the browser tests need the Debian chromium package: run  make browser  "
                     "(apt-get install -y chromium)", pytrace=False)

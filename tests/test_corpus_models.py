@@ -82,14 +82,16 @@ def test_hf_dataset_offline_fails_fast_and_clearly(monkeypatch: pytest.MonkeyPat
 def test_model_names_resolve_or_suggest() -> None:
     assert resolve_model_name("gemma3-270m")[0] == "gemma-3-270m"
     assert resolve_model_name("SmolLM2")[0] == "smollm2-135m"
-    # TransformerLens names: every alias is stored under the default alias; the official name is the HF repo
+    # TransformerLens names: every alias is stored under the default alias; the official name is the
+    # HF repo
     assert resolve_model_name("gpt2-small") == ("gpt2-small", None)
     assert resolve_model_name("GPT2") == ("gpt2-small", None)
     assert canonical_model_name("gpt2") == canonical_model_name("gpt2-small") == "gpt2-small"
     assert tl_official_name("gpt2-small") == "gpt2"
     assert canonical_model_name("EleutherAI/pythia-70m") == "pythia-70m"
     assert canonical_model_name("smollm2") == "smollm2-135m"
-    assert canonical_model_name("tiny-gated") == "tiny-gated"  # unknown names stay as stored by their caller
+    # unknown names stay as their caller stored them
+    assert canonical_model_name("tiny-gated") == "tiny-gated"
     assert resolve_model_name("solu-1l")[1] is None
     with pytest.raises(UserError, match="Did you mean 'pythia-70m'"):
         resolve_model_name("pythia-70n")

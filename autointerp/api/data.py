@@ -560,7 +560,8 @@ def _plain(row: Any) -> dict[str, Any]:
 
 
 def _packaged_name(name: str) -> str:
-    """Packaged and TransformerLens aliases (``smollm2``, ``gpt2``) map to the name results are stored under."""
+    """Packaged and TransformerLens aliases (``smollm2``, ``gpt2``) map to the name results are
+    stored under."""
     from autointerp.models import canonical_model_name
 
     return canonical_model_name(name)

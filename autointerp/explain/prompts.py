@@ -29,11 +29,13 @@ TEMPLATE_FILES = ("explain_system.txt", "simulate_system.txt", "examples.json")
 
 
 def prompts_dir() -> Path:
-    """``$AUTOINTERP_PROMPTS``, else the templates installed with the package, else the repository's ``prompts/``.
+    """``$AUTOINTERP_PROMPTS``, else the templates installed with the package, else the repository's
+    ``prompts/``.
 
     ``prompts/`` stays the top-level folder people edit; the build maps it into the package as
-    ``autointerp/prompts/`` (pyproject's ``package-dir``), so a regular ``pip install`` carries the templates. In a
-    checkout or an editable install there is no ``autointerp/prompts/`` folder and the repository's is used.
+    ``autointerp/prompts/`` (pyproject's ``package-dir``), so a regular ``pip install`` carries the
+    templates. In a checkout or an editable install there is no ``autointerp/prompts/`` folder and
+    the repository's is used.
     """
     env = os.environ.get("AUTOINTERP_PROMPTS")
     if env:

@@ -134,15 +134,17 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
     tmp.replace(path)
 
 
-# ----------------------------------------------------------------------------------------------- DOT, bulk export
-# networkx writes DOT only through pydot or pygraphviz (nx.nx_pydot / nx.nx_agraph), neither of which is a
-# dependency; the format is small, so it is written here, with the escaping spelled out and tested against pydot's
-# parser.
+# ------------------------------------------------------------------------- DOT, bulk export
+# networkx writes DOT only through pydot or pygraphviz (nx.nx_pydot / nx.nx_agraph), neither of
+# which is a dependency; the format is small, so it is written here, with the escaping spelled out
+# and tested against pydot's parser.
+
 
 def visible_token(token: str) -> str:
-    """A token with backslash escapes for what would not show or would break a line: ``\\`` -> ``\\\\``, newline
-    -> ``\\n``, tab -> ``\\t``, carriage return -> ``\\r``, other control characters -> ``\\xNN``. Reversible
-    (:func:`unescape_visible`), and what the DOT file's ``token`` and ``label`` hold."""
+    """A token with backslash escapes for what would not show or would break a line: ``\\`` ->
+    ``\\\\``, newline -> ``\\n``, tab -> ``\\t``, carriage return -> ``\\r``, other control
+    characters -> ``\\xNN``. Reversible (:func:`unescape_visible`), and what the DOT file's
+    ``token`` and ``label`` hold."""
     out = []
     for ch in token:
         if ch == "\\":
@@ -173,7 +175,7 @@ def unescape_visible(text: str) -> str:
                 i += 2
                 continue
             if nxt == "x" and i + 3 < len(text):
-                out.append(chr(int(text[i + 2:i + 4], 16)))
+                out.append(chr(int(text[i + 2 : i + 4], 16)))
                 i += 4
                 continue
         out.append(ch)
@@ -182,9 +184,10 @@ def unescape_visible(text: str) -> str:
 
 
 def dot_string(text: str) -> str:
-    """A DOT quoted string. In DOT only ``\\"`` is an escape and Graphviz reads ``\\\\`` in labels as one
-    backslash, so doubling every backslash and escaping quotes keeps any text - a trailing backslash included -
-    inside its quotes and shows it as written. Text is made visible first, so a value never spans lines."""
+    """A DOT quoted string. In DOT only ``\\"`` is an escape and Graphviz reads ``\\\\`` in labels
+    as one backslash, so doubling every backslash and escaping quotes keeps any text - a trailing
+    backslash included - inside its quotes and shows it as written. Text is made visible first, so a
+    value never spans lines."""
     return '"' + visible_token(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -197,7 +200,8 @@ def _dot_value(value: Any) -> str:
 
 
 def _fill(kind: str, attrs: dict[str, Any]) -> str:
-    """Node colour as in the SVG: activating/end nodes red by activation, context blue by importance."""
+    """Node colour as in the SVG: activating/end nodes red by activation, context blue by
+    importance."""
     if kind == "wildcard":
         return "#d9d9d9"
     if kind == "context":
@@ -210,22 +214,36 @@ def _fill(kind: str, attrs: dict[str, Any]) -> str:
 
 
 def to_dot(g: nx.DiGraph) -> str:
-    """Graphviz DOT text of an N2G graph: the same nodes, edges and attributes as the GraphML (all DOT values are
-    strings; ``token`` and ``label`` hold :func:`visible_token`), plus a label and fill colour per node and the
-    graph's metadata as graph attributes. Read right to left, like the SVG."""
+    """Graphviz DOT text of an N2G graph: the same nodes, edges and attributes as the GraphML (all
+    DOT values are strings; ``token`` and ``label`` hold :func:`visible_token`), plus a label and
+    fill colour per node and the graph's metadata as graph attributes. Read right to left, like the
+    SVG."""
     name = " ".join(str(g.graph[k]) for k in ("model", "layer", "neuron") if k in g.graph) or "n2g"
     lines = [f"digraph {dot_string(name)} {{"]
     graph_attrs = {**{k: v for k, v in g.graph.items() if v is not None}, "rankdir": "RL"}
-    lines.append("  graph [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in graph_attrs.items()) + "];")
+    lines.append(
+        "  graph [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in graph_attrs.items()) + "];"
+    )
     lines.append('  node [shape="box", style="filled", fontname="monospace"];')
     for node, attrs in g.nodes(data=True):
         kind = attrs.get("kind", "")
-        label = f"{attrs['activation']:.2f}" if kind == "end" and "activation" in attrs else attrs.get("token", "")
+        label = (
+            f"{attrs['activation']:.2f}"
+            if kind == "end" and "activation" in attrs
+            else attrs.get("token", "")
+        )
         shown = {**attrs, "label": label, "fillcolor": _fill(kind, attrs)}
-        lines.append(f"  {dot_string(str(node))} [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in shown.items())
-                     + "];")
+        lines.append(
+            f"  {dot_string(str(node))} ["
+            + ", ".join(f"{k}={_dot_value(v)}" for k, v in shown.items())
+            + "];"
+        )
     for source, target, attrs in g.edges(data=True):
-        extra = " [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in attrs.items()) + "]" if attrs else ""
+        extra = (
+            " [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in attrs.items()) + "]"
+            if attrs
+            else ""
+        )
         lines.append(f"  {dot_string(str(source))} -> {dot_string(str(target))}{extra};")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -243,10 +261,16 @@ EXPORT_FORMATS = {"graphml": ".graphml", "dot": ".dot"}
 
 
 def graph_meta(model: str, layer: int, neuron: int, row: dict[str, Any]) -> dict[str, Any]:
-    """The graph-level attributes every exported file carries: which neuron, which N2G config, how well the graph
-    predicts the neuron on held-out text."""
-    return {"model": model, "layer": layer, "neuron": neuron, "config_hash": row["config_hash"],
-            "correlation": row["correlation"], "f1": row["f1"]}
+    """The graph-level attributes every exported file carries: which neuron, which N2G config, how
+    well the graph predicts the neuron on held-out text."""
+    return {
+        "model": model,
+        "layer": layer,
+        "neuron": neuron,
+        "config_hash": row["config_hash"],
+        "correlation": row["correlation"],
+        "f1": row["f1"],
+    }
 
 
 def model_folder(model: str) -> str:
@@ -254,10 +278,17 @@ def model_folder(model: str) -> str:
     return model.replace("/", "_")
 
 
-def export_graph(model: str, layer: int, neuron: int, row: dict[str, Any], out: Path, fmt: str = "graphml",
-                 svg: bool = True) -> dict[str, str]:
-    """Write one stored graph as ``out`` (GraphML or DOT, by ``fmt``) and, with ``svg``, its picture beside it.
-    Returns ``{"graphml" or "dot": path, "svg": path}``."""
+def export_graph(
+    model: str,
+    layer: int,
+    neuron: int,
+    row: dict[str, Any],
+    out: Path,
+    fmt: str = "graphml",
+    svg: bool = True,
+) -> dict[str, str]:
+    """Write one stored graph as ``out`` (GraphML or DOT, by ``fmt``) and, with ``svg``, its picture
+    beside it. Returns ``{"graphml" or "dot": path, "svg": path}``."""
     g = to_networkx(row["graph"], graph_meta(model, layer, neuron, row))
     (write_graphml if fmt == "graphml" else write_dot)(g, out)
     written = {fmt: str(out)}
@@ -269,29 +300,53 @@ def export_graph(model: str, layer: int, neuron: int, row: dict[str, Any], out: 
     return written
 
 
-def graphed_neurons(store: Any, model: str, layers: list[int] | None = None) -> list[tuple[int, int]]:
-    """Every (layer, neuron) of ``model`` with a stored N2G graph, in order (only ``layers`` when given)."""
+def graphed_neurons(
+    store: Any, model: str, layers: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """Every (layer, neuron) of ``model`` with a stored N2G graph, in order (only ``layers`` when
+    given)."""
     rows = store.db.execute(
-        "select distinct g.layer, g.neuron from graphs g join runs r on r.id = g.run_id where r.model = ? "
-        "order by g.layer, g.neuron", [model]).fetchall()
+        "select distinct g.layer, g.neuron from graphs g join runs r on r.id = g.run_id "
+        "where r.model = ? "
+        "order by g.layer, g.neuron",
+        [model],
+    ).fetchall()
     wanted = None if layers is None else set(layers)
     return [(int(r[0]), int(r[1])) for r in rows if wanted is None or int(r[0]) in wanted]
 
 
-def export_graphs(store: Any, model: str, neurons: list[tuple[int, int]], folder: Path, fmt: str = "graphml",
-                  svg: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    """Write ``folder/<L>_<N>.graphml`` (or ``.dot``) and ``.svg`` for each of ``neurons`` that has a graph, with a
-    progress bar; each file is written atomically, so an interrupted export leaves whole files. Returns one
-    ``{"layer", "neuron", fmt: path, "svg": path}`` per graph written."""
+def export_graphs(
+    store: Any,
+    model: str,
+    neurons: list[tuple[int, int]],
+    folder: Path,
+    fmt: str = "graphml",
+    svg: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Write ``folder/<L>_<N>.graphml`` (or ``.dot``) and ``.svg`` for each of ``neurons`` that has
+    a graph, with a progress bar; each file is written atomically, so an interrupted export leaves
+    whole files. Returns one ``{"layer", "neuron", fmt: path, "svg": path}`` per graph written."""
     from tqdm import tqdm
 
     folder = safe_output_path(folder)
     out = []
-    for layer, neuron in tqdm(neurons, unit="graph", desc=f"export {fmt} {model}", disable=not progress,
-                              dynamic_ncols=True):
+    for layer, neuron in tqdm(
+        neurons,
+        unit="graph",
+        desc=f"export {fmt} {model}",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
         row = store.graph(model, layer, neuron)
         if row is None:
             continue
         path = folder / f"{layer}_{neuron}{EXPORT_FORMATS[fmt]}"
-        out.append({"layer": layer, "neuron": neuron, **export_graph(model, layer, neuron, row, path, fmt, svg)})
+        out.append(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                **export_graph(model, layer, neuron, row, path, fmt, svg),
+            }
+        )
     return out
