@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -20,16 +21,30 @@ SMALL = ["NEURONS=top:1", "EXPLAIN_NEURONS=top:1", "LLM=qwen2.5-coder-0.5b"]
 
 
 def make(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 1500
+    *args: str, env: dict[str, str] | None = None, timeout: float = 2400
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """Run a make target in its own process group: on a timeout the whole group is stopped (make
+    and the autointerp stage it runs, which stops its LLM server on SIGTERM), not just make."""
+    proc = subprocess.Popen(
         ["make", "--no-print-directory", *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _check_outputs(
