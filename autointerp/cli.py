@@ -28,6 +28,8 @@ EPILOG = """examples:
   autointerp activations smollm2-135m 2/17 --text "def f(x): return x"
   autointerp harvest --model gemma-3-270m --shard 0/2 --db part0.db   # ... and 1/2 elsewhere, then:
   autointerp merge all.db part0.db part1.db
+  autointerp export graphml smollm2-135m --all       # every N2G graph -> graphs/smollm2-135m/
+  autointerp report smollm2-135m                     # best-explained neurons, scores, similar ones
 """
 
 
@@ -116,11 +118,11 @@ def _stdout_to_stderr():  # type: ignore[no-untyped-def]
 
 
 def _stored_name(name: str) -> str:
-    """The name a model is stored under: packaged aliases (``smollm2``) map to their canonical name."""
-    from autointerp.models import _packaged_lookup
+    """The name a model is stored under: packaged aliases (``smollm2``) and TransformerLens aliases
+    (``gpt2``) map to their canonical name (``smollm2-135m``, ``gpt2-small``)."""
+    from autointerp.models import canonical_model_name
 
-    packaged = _packaged_lookup(name)
-    return packaged.name if packaged else name
+    return canonical_model_name(name)
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
@@ -137,6 +139,21 @@ def _load(name: str, progress: bool = True, args: argparse.Namespace | None = No
     device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "float32")
     with _stdout_to_stderr():
         return load_model(name, progress=progress, device=device, dtype=dtype)
+
+
+def _stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
+    """``--layers`` of a stage that reads the database: ``auto`` is resolved from the depth recorded
+    with the model's harvest (the same layers `harvest --layers auto` chose); ``None`` means every
+    harvested layer."""
+    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
+
+    if not is_auto_layers(text):
+        return parse_layers(text)
+    info = store.model_info(model)
+    if not info or not info.get("n_layers"):
+        raise UserError(f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
+                        f"{model} --layers auto` first.")
+    return resolve_layers(text, int(info["n_layers"]))
 
 
 # ------------------------------------------------------------------------------------------------------- commands
@@ -197,9 +214,17 @@ def _finished_harvest(db: str, cfg: Any) -> Any:
 
 def cmd_harvest(args: argparse.Namespace) -> int:
     from autointerp.executors import Executor, ray_harvest
-    from autointerp.harvest import HarvestConfig, harvest, parse_layers, parse_shard
+    from autointerp.harvest import (
+        HarvestConfig,
+        harvest,
+        is_auto_layers,
+        parse_layers,
+        parse_shard,
+        resolve_layers,
+    )
 
-    layers = parse_layers(args.layers)
+    auto = is_auto_layers(args.layers)
+    layers = None if auto else parse_layers(args.layers)  # a typo is one sentence before the model loads
     shard = parse_shard(args.shard)
     cfg = HarvestConfig(  # checks every number before the model is loaded
         model=args.model, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len,
@@ -213,11 +238,14 @@ def cmd_harvest(args: argparse.Namespace) -> int:
                         "--workers of at least 1.")
     db = _db_path(args)
     cfg.model = _stored_name(args.model)
-    result = _finished_harvest(db, cfg)  # a rerun of a finished harvest: no model to load
+    # a rerun of a finished harvest loads no model (auto layers need the model's depth first)
+    result = None if auto else _finished_harvest(db, cfg)
     name = cfg.model
     if result is None:
         model = _load(args.model, progress=not args.no_progress, args=args)
         cfg.model = name = model.name
+        if auto:
+            cfg.layers = layers = resolve_layers(args.layers, model.n_layers)
         if args.batch_size is None:  # 16 on the CPU; on CUDA what the free memory holds
             cfg.batch_size = model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers))
         if executor.kind == "ray":
@@ -317,6 +345,13 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
     }
 
 
+def default_rank_order(store: Any, model: str, layer: int | None) -> str:
+    """What ``rank`` orders by when no ``--by`` is given: the explanation score once any neuron (of
+    ``layer``) has a successful one - ranking neurons by how well they are explained is what people
+    run it for - else the max activation, which every harvest has."""
+    return "explanation" if store.rank_neurons(model, "explanation", layer, 1) else "max"
+
+
 def cmd_rank(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
@@ -324,13 +359,19 @@ def cmd_rank(args: argparse.Namespace) -> int:
     model = _stored_name(args.model)
     if args.limit < 1:
         raise UserError("--limit must be at least 1.")
-    rows = store.rank_neurons(model, args.by, args.layer, args.limit)
+    by = args.by or default_rank_order(store, model, args.layer)
+    rows = store.rank_neurons(model, by, args.layer, args.limit)
+    if args.by is None:
+        why = ("explanations exist; --by max for activation order" if by == "explanation"
+               else "no explanations yet; --by explanation once `autointerp explain` ran")
+        print(f"ranked by {by} ({why})", file=sys.stderr)
+    args.by = by
 
     def score(r: dict[str, Any]) -> float:
         return {"min": -r["min"]}.get(args.by, r.get("score", r.get(args.by)))  # type: ignore[return-value]
 
     if args.json:
-        _print_json([{"model": model, **r, "score": score(r)} for r in rows])
+        _print_json([{"model": model, **r, "score": score(r), "ranked_by": by} for r in rows])
         return 0
     if not rows:
         print(f"No neurons of {model} have a {args.by} score yet.")
@@ -359,7 +400,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
-    from autointerp.harvest import parse_layers
     from autointerp.llm import LLMClient, LLMSettings, check_endpoint, load_prices
     from autointerp.llm_server import local_server, resolve_local_llm
     from autointerp.store import LLMCache, Store
@@ -371,7 +411,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
     store = Store(_db_path(args), create=False)
     model = _stored_name(args.model)
-    layers = parse_layers(args.layers)
+    layers = _stored_layers(store, model, args.layers)
     if layers is None:
         layers = sorted(store.harvested_layers(model))
         if not layers:
@@ -380,11 +420,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     explainer_model=args.explainer_model, simulator_model=args.simulator_model,
                                     timeout=args.llm_timeout, max_attempts=args.max_attempts,
                                     concurrency=args.concurrency, prices=load_prices(args.price_table))
-    templates = load_templates(args.prompts)
     info = store.model_info(model)
     if info is None:
         raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` "
                         "first.")
+    if args.negative and not info.get("gated_mlp"):
+        # GELU/ReLU neurons (GPT-2 style) barely go below zero (GELU's minimum is -0.17) and their
+        # harvest keeps no bottom examples, so there is no negative side to explain; the positive
+        # side is explained as usual.
+        print(f"note: --negative does nothing for {model}: its MLP is not gated "
+              f"({info.get('act_fn')}), so its neurons have no negative side worth explaining",
+              file=sys.stderr)
+    templates = load_templates(args.prompts)
     # what the database can tell is checked before any LLM is contacted
     plan = plan_neurons(store, model, layers, args.neurons, int(info["d_mlp"]))
     check_heldout(store, plan, ExplainConfig(**options))
@@ -455,17 +502,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from autointerp.harvest import parse_layers
+    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
     from autointerp.store import Store
 
-    layers = parse_layers(args.layers)
+    if not is_auto_layers(args.layers):
+        parse_layers(args.layers)  # a typo is one sentence before the model loads
     cfg = N2GConfig(augmentations=args.augmentations,  # checks the numbers first
                     importance_threshold=args.importance_threshold,
                     train_examples=args.train_examples, naive=args.naive)
     store = Store(_db_path(args), create=False)
     model = _load(args.model, progress=not args.no_progress, args=args)
+    layers = resolve_layers(args.layers, model.n_layers)
     if layers is None:
         layers = sorted(store.harvested_layers(model.name))
         if not layers:
@@ -484,33 +533,105 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autointerp.n2g.export import safe_output_path, to_networkx, write_graphml, write_svg
+    from autointerp.n2g.export import EXPORT_FORMATS, export_graph, model_folder, safe_output_path
     from autointerp.store import Store
 
-    layer, neuron = _parse_neuron(args.neuron)
     model = _stored_name(args.model)
-    out = safe_output_path(args.output or Path("graphs") / model.replace("/", "_") / f"{layer}_{neuron}.graphml")
-    if out.suffix != ".graphml":
-        raise UserError(f"The output file must end in .graphml, not {out.name!r}.")
+    if args.neuron is None:
+        return _export_bulk(args, model)
+    if args.layers is not None or args.neurons is not None or args.all:
+        raise UserError("Give either one neuron L/N or --layers/--neurons/--all, not both.")
+    layer, neuron = _parse_neuron(args.neuron)
+    suffix = EXPORT_FORMATS[args.format]
+    default = Path("graphs") / model_folder(model) / f"{layer}_{neuron}{suffix}"
+    out = safe_output_path(args.output or default)
+    if out.suffix != suffix:
+        raise UserError(f"The output file must end in {suffix}, not {out.name!r}.")
     store = Store(_db_path(args), create=False)
     row = store.graph(model, layer, neuron)
     if row is None:
-        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} --layers {layer} "
-                        f"--neurons {neuron}` first.")
-    meta = {"model": model, "layer": layer, "neuron": neuron, "config_hash": row["config_hash"],
-            "correlation": row["correlation"], "f1": row["f1"]}
-    g = to_networkx(row["graph"], meta)
-    write_graphml(g, out)
-    written = {"graphml": str(out)}
-    if not args.no_svg:
-        svg = out.with_suffix(".svg")
-        corr = f"{row['correlation']:.2f}" if row["correlation"] is not None else "n/a"
-        write_svg(g, svg, f"{model} {layer}/{neuron}  (held-out correlation {corr})")
-        written["svg"] = str(svg)
+        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} "
+                        f"--layers {layer} --neurons {neuron}` first.")
+    written = export_graph(model, layer, neuron, row, out, args.format, svg=not args.no_svg)
     if args.json:
         _print_json(written)
     else:
         print(" ".join(written.values()))
+    return 0
+
+
+def _export_bulk(args: argparse.Namespace, model: str) -> int:
+    """``export FORMAT MODEL [--layers] [--neurons|--all] [-o DIR]``: every chosen neuron that has a
+    graph."""
+    from autointerp.n2g.export import (
+        EXPORT_FORMATS,
+        export_graphs,
+        graphed_neurons,
+        model_folder,
+        safe_output_path,
+    )
+    from autointerp.n2g.run import select_neurons
+    from autointerp.store import Store
+
+    if args.all and args.neurons is not None:
+        raise UserError("Give --neurons or --all, not both.")
+    folder = safe_output_path(args.output or Path("graphs") / model_folder(model))
+    if folder.suffix in EXPORT_FORMATS.values() or folder.is_file():
+        raise UserError(f"Without a neuron, -o is a folder for the files, not {str(folder)!r}.")
+    store = Store(_db_path(args), create=False)
+    layers = _stored_layers(store, model, args.layers)
+    graphed = graphed_neurons(store, model, layers)
+    if args.neurons is None or args.all:
+        chosen = graphed
+    else:
+        d_mlp = int((store.model_info(model) or {}).get("d_mlp") or 0)
+        in_layers = layers if layers is not None else sorted({g[0] for g in graphed})
+        chosen = [(layer, n) for layer in in_layers
+                  for n in select_neurons(store, model, layer, args.neurons, d_mlp)]
+    have = set(graphed)
+    missing = [c for c in chosen if c not in have]
+    todo = [c for c in chosen if c in have]
+    if not todo:
+        where = f" in layers {','.join(map(str, layers))}" if layers is not None else ""
+        raise UserError(f"No N2G graphs of {model}{where} to export from {store.path}; run "
+                        f"`autointerp graph {model}` first.")
+    written = export_graphs(store, model, todo, folder, args.format, svg=not args.no_svg,
+                            progress=not args.no_progress)
+    out = {"model": model, "format": args.format, "folder": str(folder), "graphs": len(written),
+           "files": written, "without_graph": [f"{layer}/{n}" for layer, n in missing]}
+    if args.json:
+        _print_json(out)
+        return 0
+    kinds = args.format.upper() if args.format == "dot" else "GraphML"
+    suffix = EXPORT_FORMATS[args.format]
+    print(f"{len(written)} graphs of {model} written to {folder}/ as <layer>_<neuron>{suffix}"
+          f" ({kinds}{'' if args.no_svg else ' + SVG'})")
+    if missing:
+        listed = ", ".join(out["without_graph"][:10])
+        print(f"no graph yet for {len(missing)} chosen neuron(s): {listed}"
+              + (" ..." if len(missing) > 10 else ""))
+    return 0
+
+
+# autointerp.n2g.export.EXPORT_FORMATS, without importing networkx for --help
+EXPORT_FORMAT_NAMES = ("graphml", "dot")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autointerp.n2g.export import model_folder, safe_output_path
+    from autointerp.report import build_report, format_report
+    from autointerp.store import Store
+
+    store = Store(_db_path(args), create=False)
+    model = _store_model(store, args.model)
+    layers = _stored_layers(store, model, args.layers)
+    folder = safe_output_path(args.graphs or Path("graphs") / model_folder(model))
+    report = build_report(store, model, layers, limit=args.limit, similar=args.similar,
+                          graphs_folder=folder)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report, _db_path(args)))
     return 0
 
 
@@ -771,13 +892,15 @@ def cmd_fire(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from autointerp.harvest import parse_layers
+    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
     from autointerp.store import Store
     from autointerp.weights import store_weight_facts
 
-    layers = parse_layers(args.layers)
+    if not is_auto_layers(args.layers):
+        parse_layers(args.layers)
     store = Store(_db_path(args))
     model = _load(args.model, progress=not args.no_progress, args=args)
+    layers = resolve_layers(args.layers, model.n_layers)
     layers = list(range(model.n_layers)) if layers is None else layers
     with _stdout_to_stderr():
         out = store_weight_facts(store, model, layers, top_k=args.top_k, progress=not args.no_progress)
@@ -891,7 +1014,9 @@ def _add_issue5_commands(sub: Any) -> None:
                                    "cos(W_gate, w_out)) and the top/bottom tokens of w_out . W_U. No corpus needed; "
                                    "shown by `autointerp neuron`.")
     p.add_argument("model", help="packaged model or TransformerLens name")
-    p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
+    p.add_argument("--layers", default=None,
+                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
     p.add_argument("--top-k", type=_at_least(1), default=10,
                    help="top and bottom tokens kept per neuron (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -956,7 +1081,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=os.environ.get("CORPUS", "default"),
                    help="default | wiki | code | FILE.txt/.jsonl | FOLDER | hf:NAME[:CONFIG[:SPLIT]] "
                         "(default: $CORPUS or default)")
-    p.add_argument("--layers", default=None, help="e.g. 0,3,5 or 2-4 (default: all layers)")
+    p.add_argument("--layers", default=None,
+                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
     p.add_argument("--tokens", type=int, default=None, help="token budget (default: the whole corpus)")
     p.add_argument("--ctx-len", type=int, default=64, help="tokens per context, BOS included (default 64)")
     p.add_argument("--executor", default="local",
@@ -1000,9 +1127,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "explanation (or N2G graph, or the token-lookup baseline) predicts them on held-out text.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layer", type=_at_least(0), default=None, help="only this layer")
-    p.add_argument("--by", default="max",
-                   help="max (default), min (most negative), frac_positive, variance, n2g (graph correlation), "
-                   "explanation (simulation score), baseline (token-lookup score), explanation_negative")
+    p.add_argument("--by", default=None,
+                   help="explanation (simulation score; the default once explanations exist), "
+                   "max (the default before), min (most negative), frac_positive, variance, n2g "
+                   "(graph correlation), baseline (token-lookup score), explanation_negative. The "
+                   'order used is said on stderr and as "ranked_by" in --json')
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true",
                    help='print JSON: a list of {"layer", "neuron", "score", "explanation", ...}, best first')
@@ -1023,7 +1152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "      --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode chat-logprobs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--layers", default=None, help="layers, e.g. 3,9 or 0-5 (default: every harvested layer)")
+    p.add_argument("--layers", default=None,
+                   help="layers, e.g. 3,9 or 0-5, or auto (the layers `harvest --layers auto` "
+                        "chose) (default: every harvested layer)")
     p.add_argument("--neurons", default="top:4",
                    help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all")
     p.add_argument("--base-url", action="append", default=None,
@@ -1070,7 +1201,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "variants, and build a token trie that predicts the neuron. Scored on held-out top + random "
                     "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--layers", default=None, help="e.g. 3,9 (default: every harvested layer)")
+    p.add_argument("--layers", default=None,
+                   help="e.g. 3,9, or auto (the layers `harvest --layers auto` chose) (default: "
+                        "every harvested layer)")
     p.add_argument("--neurons", default=None,
                    help="e.g. 0-15,100, or top:K for the K strongest by max activation (default: all neurons)")
     p.add_argument("--train-examples", type=int, default=20, help="top training examples per neuron (default 20)")
@@ -1084,17 +1217,58 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(p)
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("export", help="export a neuron's N2G graph (GraphML + SVG picture)",
-                       description="Write the N2G graph of L/N as GraphML (typed attributes: token, kind, "
-                                   "activation, importance, depth, count) and an SVG picture beside it.")
-    p.add_argument("format", choices=["graphml"], help="graphml")
+    p = sub.add_parser(
+        "export",
+        help="export N2G graphs as GraphML or Graphviz DOT (+ SVG pictures), one neuron or in bulk",
+        description="Write N2G graphs as GraphML (typed attributes: token, kind, activation, "
+                    "importance, depth, count; edges: relation) or DOT (the same attributes as "
+                    "strings; tokens with \\n-style escapes), each with an SVG picture beside it. "
+                    "With L/N: that neuron, to -o FILE (default graphs/<model>/<L>_<N>.graphml). "
+                    "Without: every chosen neuron that has a graph, to -o DIR (default "
+                    "graphs/<model>/), as <L>_<N>.graphml.",
+        epilog="examples:\n  autointerp export graphml gemma-3-270m 9/408\n"
+               "  autointerp export graphml gemma-3-270m --all      # every graph of the model\n"
+               "  autointerp export dot gemma-3-270m --layers 3,9 --neurons top:4 -o dot/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("format", choices=sorted(EXPORT_FORMAT_NAMES), help="graphml or dot")
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("-o", "--output", default=None, help="output .graphml (default graphs/<model>/<L>_<N>.graphml)")
-    p.add_argument("--no-svg", action="store_true", help="skip the SVG picture")
+    p.add_argument("neuron", nargs="?", default=None,
+                   help="L/N, e.g. 3/117 (omit for a bulk export)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output file for one neuron, folder for a bulk export "
+                        "(default graphs/<model>/)")
+    p.add_argument("--layers", default=None,
+                   help="bulk: these layers, or auto (default: every layer with graphs)")
+    p.add_argument("--neurons", default=None,
+                   help="bulk: top:K (strongest by max activation), ranges like 0-15,100, or all "
+                        "(default: all)")
+    p.add_argument("--all", action="store_true",
+                   help="bulk: every neuron that has a graph (the default)")
+    p.add_argument("--no-svg", action="store_true", help="skip the SVG pictures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     _db_arg(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "report",
+        help="what a run found: best-explained neurons, baseline and graph scores, similar neurons",
+        description="The report `make explain` ends with, from the database alone: the neurons "
+                    "with the best explanation scores (or, before any explanation, the best N2G "
+                    "graphs), each with its explanation, its score next to the token-lookup "
+                    "baseline's and the N2G graph's on the same held-out text, and its most "
+                    "similar neurons by graph overlap (stored by `autointerp similarity`); then "
+                    "where the graph files are and how to browse.")
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--layers", default=None,
+                   help="only these layers, or auto (default: every harvested layer)")
+    p.add_argument("--limit", type=int, default=5, help="neurons shown (default 5)")
+    p.add_argument("--similar", type=int, default=3, help="similar neurons per neuron (default 3)")
+    p.add_argument("--graphs", default=None,
+                   help="folder of exported graphs to mention (default graphs/<model>)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _db_arg(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("neuron", help="show a neuron's statistics and examples (coloured, or --json)",
                        description="Statistics and examples of neuron L/N from the latest complete harvest; the "

@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,63 @@ def _packaged_lookup(name: str) -> PackagedModel | None:
     return None
 
 
-def _tl_names() -> tuple[list[str], dict[str, str]]:
-    """TransformerLens official names and the alias -> official map (imported lazily: it is slow)."""
+@lru_cache(maxsize=1)
+def _tl_tables() -> tuple[list[str], dict[str, list[str]]]:
+    """TransformerLens' official names and its alias table (``{"gpt2": ["gpt2-small"], ...}``).
+
+    They live in ``transformer_lens/supported_models.py``, a plain data module that
+    ``loading_from_pretrained`` imports. Importing it through the package would import torch and
+    transformers first (seconds), which every read-only command (``rank``, ``export``) would pay
+    just to spell a name, so the file is loaded on its own; if a TransformerLens version moves it,
+    the package import is the fallback.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformer_lens")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / "supported_models.py" if locations else None
+    if path is not None and path.is_file():
+        file_spec = importlib.util.spec_from_file_location("_autointerp_tl_supported_models", path)
+        if file_spec is not None and file_spec.loader is not None:
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+            if hasattr(module, "OFFICIAL_MODEL_NAMES") and hasattr(module, "MODEL_ALIASES"):
+                return list(module.OFFICIAL_MODEL_NAMES), dict(module.MODEL_ALIASES)
     import transformer_lens.loading_from_pretrained as loading
 
-    return list(loading.OFFICIAL_MODEL_NAMES), loading.make_model_alias_map()
+    return list(loading.OFFICIAL_MODEL_NAMES), dict(loading.MODEL_ALIASES)
+
+
+def _tl_names() -> tuple[list[str], dict[str, str]]:
+    """TransformerLens official names and the alias -> official map (as ``make_model_alias_map``
+    builds it)."""
+    official, aliases = _tl_tables()
+    alias_map: dict[str, str] = {}
+    for name in official:
+        for alias in aliases.get(name, []):
+            alias_map[alias.lower()] = name
+        alias_map[name.lower()] = name
+    return official, alias_map
+
+
+def tl_default_name(official: str) -> str:
+    """The name a TransformerLens model is stored under: its default alias (TransformerLens'
+    convention, the first alias in its table: ``gpt2`` -> ``gpt2-small``), else the official name.
+    Every spelling of one model then lands on one stored name, and it is the name people type
+    (``MODEL=gpt2-small``)."""
+    aliases = _tl_tables()[1].get(official) or []
+    return aliases[0] if aliases else official
+
+
+def canonical_model_name(name: str) -> str:
+    """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one
+    canonical name; a name known to neither (e.g. a model stored by a library caller under its own
+    name) comes back unchanged."""
+    packaged = _packaged_lookup(name)
+    if packaged is not None:
+        return packaged.name
+    official = _tl_names()[1].get(name.strip().lower())
+    return tl_default_name(official) if official else name
 
 
 def _offline_sentence(name: str) -> str:
@@ -145,6 +198,9 @@ def _offline_sentence(name: str) -> str:
 def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
     """Map a user-given model name to (canonical name, packaged spec or None for a TransformerLens model).
 
+    A TransformerLens model's canonical name is its default alias (``gpt2``, ``GPT2-small`` ->
+    ``gpt2-small``); :func:`tl_official_name` gives the Hugging Face repository it loads from.
+
     A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a "did you mean"
     suggestion, before anything slow or irreversible happens.
     """
@@ -156,7 +212,7 @@ def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
     lowered.update({a.lower(): o for a, o in aliases.items()})
     key = name.strip().lower()
     if key in lowered:
-        return lowered[key], None
+        return tl_default_name(lowered[key]), None
     candidates = list(PACKAGED) + [a for m in PACKAGED.values() for a in m.aliases] + list(aliases) + official
     close = difflib.get_close_matches(name.strip(), candidates, n=3, cutoff=0.75)
     if not close:
@@ -498,15 +554,78 @@ def load_model(name: str, progress: bool = True, device: str | None = "auto",
 
     from transformer_lens import HookedTransformer
 
-    if not _tl_weights_cached(canonical) and not _hub_reachable():
+    official = tl_official_name(canonical)
+    if not _tl_weights_cached(official) and not _hub_reachable():
         raise UserError(_offline_sentence(name))
     try:
-        model = HookedTransformer.from_pretrained(canonical, device=str(target), dtype=torch_dtype)
+        model = HookedTransformer.from_pretrained(official, device=str(target), dtype=torch_dtype)
     except OSError as exc:  # hub unreachable mid-way, or gated repo without a token
         raise UserError(_offline_sentence(name) + f" ({str(exc).splitlines()[0]})") from exc
-    provenance = {"model": canonical, "source": f"transformer-lens:{canonical}", "source_sha256": None,
-                  "dtype": "float32"}
-    return SubjectModel(name, model, model.tokenizer, provenance)
+    return SubjectModel(canonical, model, model.tokenizer, tl_provenance(canonical, official))
+
+
+def tl_official_name(canonical: str) -> str:
+    """The Hugging Face repository TransformerLens loads a model from (``gpt2-small`` ->
+    ``gpt2``)."""
+    return _tl_names()[1].get(canonical.strip().lower(), canonical)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
+    """Where a TransformerLens model's weights came from: the Hugging Face repository, the revision
+    (commit) of the cached snapshot that was loaded, and the sha256 of each weight file in it.
+
+    The hub cache names each large file's blob by its sha256, so the checksum is read from the
+    blob's name when it is one (no 500 MB re-read); other files are hashed. Loaded offline or
+    online, the snapshot is the one in the local cache afterwards; a model that TransformerLens
+    builds from elsewhere records ``revision: null``.
+    """
+    provenance: dict[str, Any] = {
+        "model": canonical,
+        "source": f"transformer-lens:{official}",
+        "hf_repo": official,
+        "revision": None,
+        "weights": [],
+        "source_sha256": None,
+        "dtype": "float32",
+        "transformer_lens": _version("transformer-lens"),
+    }
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(official, "config.json")
+    except Exception:  # noqa: BLE001 - provenance is best effort; the model is already loaded
+        config = None
+    if not isinstance(config, str):
+        return provenance
+    snapshot = Path(config).parent
+    provenance["revision"] = snapshot.name
+    weights = []
+    for file in sorted(snapshot.iterdir()):
+        if file.suffix not in WEIGHT_SUFFIXES:
+            continue
+        blob = file.resolve()
+        sha = (
+            blob.name
+            if len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name)
+            else None
+        )
+        if sha is None:
+            digest = hashlib.sha256()
+            with blob.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+            sha = digest.hexdigest()
+        weights.append({"file": file.name, "sha256": sha, "bytes": blob.stat().st_size})
+    provenance["weights"] = weights
+    if len(weights) == 1:
+        provenance["source_file"], provenance["source_sha256"] = (
+            weights[0]["file"],
+            weights[0]["sha256"],
+        )
+    return provenance
 
 
 def _quiet_libraries() -> None:

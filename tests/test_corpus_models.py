@@ -11,7 +11,14 @@ import torch
 
 from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
 from autointerp.errors import UserError
-from autointerp.models import PACKAGED, SubjectModel, packaged_model_dir, resolve_model_name
+from autointerp.models import (
+    PACKAGED,
+    SubjectModel,
+    canonical_model_name,
+    packaged_model_dir,
+    resolve_model_name,
+    tl_official_name,
+)
 
 
 def test_default_corpus_mixes_prose_and_code_deterministically() -> None:
@@ -106,7 +113,16 @@ def test_hf_dataset_offline_fails_fast_and_clearly(monkeypatch: pytest.MonkeyPat
 def test_model_names_resolve_or_suggest() -> None:
     assert resolve_model_name("gemma3-270m")[0] == "gemma-3-270m"
     assert resolve_model_name("SmolLM2")[0] == "smollm2-135m"
-    assert resolve_model_name("gpt2-small") == ("gpt2", None)
+    # TransformerLens names: every alias is stored under the default alias; the official name is the
+    # HF repo
+    assert resolve_model_name("gpt2-small") == ("gpt2-small", None)
+    assert resolve_model_name("GPT2") == ("gpt2-small", None)
+    assert canonical_model_name("gpt2") == canonical_model_name("gpt2-small") == "gpt2-small"
+    assert tl_official_name("gpt2-small") == "gpt2"
+    assert canonical_model_name("EleutherAI/pythia-70m") == "pythia-70m"
+    assert canonical_model_name("smollm2") == "smollm2-135m"
+    # unknown names stay as their caller stored them
+    assert canonical_model_name("tiny-gated") == "tiny-gated"
     assert resolve_model_name("solu-1l")[1] is None
     with pytest.raises(UserError, match="Did you mean 'pythia-70m'"):
         resolve_model_name("pythia-70n")

@@ -591,8 +591,8 @@ def _plain(row: Any) -> dict[str, Any]:
 
 
 def _packaged_name(name: str) -> str:
-    """Packaged aliases (``smollm2``) map to the name results are stored under."""
-    from autointerp.models import _packaged_lookup
+    """Packaged and TransformerLens aliases (``smollm2``, ``gpt2``) map to the name results are
+    stored under."""
+    from autointerp.models import canonical_model_name
 
-    packaged = _packaged_lookup(name)
-    return packaged.name if packaged else name
+    return canonical_model_name(name)

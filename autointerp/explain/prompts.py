@@ -29,9 +29,21 @@ TEMPLATE_FILES = ("explain_system.txt", "simulate_system.txt", "examples.json")
 
 
 def prompts_dir() -> Path:
-    """``$AUTOINTERP_PROMPTS`` or the repository's ``prompts/`` folder."""
+    """``$AUTOINTERP_PROMPTS``, else the templates installed with the package, else the repository's
+    ``prompts/``.
+
+    ``prompts/`` stays the top-level folder people edit; the build maps it into the package as
+    ``autointerp/prompts/`` (pyproject's ``package-dir``), so a regular ``pip install`` carries the
+    templates. In a checkout or an editable install there is no ``autointerp/prompts/`` folder and
+    the repository's is used.
+    """
     env = os.environ.get("AUTOINTERP_PROMPTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
+    if env:
+        return Path(env)
+    installed = Path(__file__).resolve().parents[1] / "prompts"
+    if (installed / TEMPLATE_FILES[0]).is_file():
+        return installed
+    return Path(__file__).resolve().parents[2] / "prompts"
 
 
 @dataclass(frozen=True)

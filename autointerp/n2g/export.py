@@ -161,3 +161,220 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
             fig.savefig(tmp, format=path.suffix.lstrip(".") or "svg", dpi=110)
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------- DOT, bulk export
+# networkx writes DOT only through pydot or pygraphviz (nx.nx_pydot / nx.nx_agraph), neither of
+# which is a dependency; the format is small, so it is written here, with the escaping spelled out
+# and tested against pydot's parser.
+
+
+def visible_token(token: str) -> str:
+    """A token with backslash escapes for what would not show or would break a line: ``\\`` ->
+    ``\\\\``, newline -> ``\\n``, tab -> ``\\t``, carriage return -> ``\\r``, other control
+    characters -> ``\\xNN``. Reversible (:func:`unescape_visible`), and what the DOT file's
+    ``token`` and ``label`` hold."""
+    out = []
+    for ch in token:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_visible(text: str) -> str:
+    """The inverse of :func:`visible_token`."""
+    out, i = [], 0
+    simple = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            if nxt == "x" and i + 3 < len(text):
+                out.append(chr(int(text[i + 2 : i + 4], 16)))
+                i += 4
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def dot_string(text: str) -> str:
+    """A DOT quoted string. In DOT only ``\\"`` is an escape and Graphviz reads ``\\\\`` in labels
+    as one backslash, so doubling every backslash and escaping quotes keeps any text - a trailing
+    backslash included - inside its quotes and shows it as written. Text is made visible first, so a
+    value never spans lines."""
+    return '"' + visible_token(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dot_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return dot_string(str(value).lower())
+    if isinstance(value, float):
+        return dot_string(repr(value))
+    return dot_string(str(value))
+
+
+def _fill(kind: str, attrs: dict[str, Any]) -> str:
+    """Node colour as in the SVG: activating/end nodes red by activation, context blue by
+    importance."""
+    if kind == "wildcard":
+        return "#d9d9d9"
+    if kind == "context":
+        level = min(max(float(attrs.get("importance", 0.0)), 0.0), 1.0)
+        shade = int(255 - 180 * level)
+        return f"#{shade:02x}{shade:02x}ff"
+    level = min(max(float(attrs.get("activation", 0.0)), 0.0), 1.0)
+    shade = int(255 - 180 * level)
+    return f"#ff{shade:02x}{shade:02x}"
+
+
+def to_dot(g: nx.DiGraph) -> str:
+    """Graphviz DOT text of an N2G graph: the same nodes, edges and attributes as the GraphML (all
+    DOT values are strings; ``token`` and ``label`` hold :func:`visible_token`), plus a label and
+    fill colour per node and the graph's metadata as graph attributes. Read right to left, like the
+    SVG."""
+    name = " ".join(str(g.graph[k]) for k in ("model", "layer", "neuron") if k in g.graph) or "n2g"
+    lines = [f"digraph {dot_string(name)} {{"]
+    graph_attrs = {**{k: v for k, v in g.graph.items() if v is not None}, "rankdir": "RL"}
+    lines.append(
+        "  graph [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in graph_attrs.items()) + "];"
+    )
+    lines.append('  node [shape="box", style="filled", fontname="monospace"];')
+    for node, attrs in g.nodes(data=True):
+        kind = attrs.get("kind", "")
+        label = (
+            f"{attrs['activation']:.2f}"
+            if kind == "end" and "activation" in attrs
+            else attrs.get("token", "")
+        )
+        shown = {**attrs, "label": label, "fillcolor": _fill(kind, attrs)}
+        lines.append(
+            f"  {dot_string(str(node))} ["
+            + ", ".join(f"{k}={_dot_value(v)}" for k, v in shown.items())
+            + "];"
+        )
+    for source, target, attrs in g.edges(data=True):
+        extra = (
+            " [" + ", ".join(f"{k}={_dot_value(v)}" for k, v in attrs.items()) + "]"
+            if attrs
+            else ""
+        )
+        lines.append(f"  {dot_string(str(source))} -> {dot_string(str(target))}{extra};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_dot(g: nx.DiGraph, path: Path) -> None:
+    """Write :func:`to_dot` atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path) as tmp:
+        tmp.write_text(to_dot(g), encoding="utf-8")
+
+
+EXPORT_FORMATS = {"graphml": ".graphml", "dot": ".dot"}
+
+
+def graph_meta(model: str, layer: int, neuron: int, row: dict[str, Any]) -> dict[str, Any]:
+    """The graph-level attributes every exported file carries: which neuron, which N2G config, how
+    well the graph predicts the neuron on held-out text."""
+    return {
+        "model": model,
+        "layer": layer,
+        "neuron": neuron,
+        "config_hash": row["config_hash"],
+        "correlation": row["correlation"],
+        "f1": row["f1"],
+    }
+
+
+def model_folder(model: str) -> str:
+    """The folder name of a model under ``graphs/`` (a hub name's ``/`` would make a subfolder)."""
+    return model.replace("/", "_")
+
+
+def export_graph(
+    model: str,
+    layer: int,
+    neuron: int,
+    row: dict[str, Any],
+    out: Path,
+    fmt: str = "graphml",
+    svg: bool = True,
+) -> dict[str, str]:
+    """Write one stored graph as ``out`` (GraphML or DOT, by ``fmt``) and, with ``svg``, its picture
+    beside it. Returns ``{"graphml" or "dot": path, "svg": path}``."""
+    g = to_networkx(row["graph"], graph_meta(model, layer, neuron, row))
+    (write_graphml if fmt == "graphml" else write_dot)(g, out)
+    written = {fmt: str(out)}
+    if svg:
+        picture = out.with_suffix(".svg")
+        corr = f"{row['correlation']:.2f}" if row["correlation"] is not None else "n/a"
+        write_svg(g, picture, f"{model} {layer}/{neuron}  (held-out correlation {corr})")
+        written["svg"] = str(picture)
+    return written
+
+
+def graphed_neurons(
+    store: Any, model: str, layers: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """Every (layer, neuron) of ``model`` with a stored N2G graph, in order (only ``layers`` when
+    given)."""
+    rows = store.db.execute(
+        "select distinct g.layer, g.neuron from graphs g join runs r on r.id = g.run_id "
+        "where r.model = ? "
+        "order by g.layer, g.neuron",
+        [model],
+    ).fetchall()
+    wanted = None if layers is None else set(layers)
+    return [(int(r[0]), int(r[1])) for r in rows if wanted is None or int(r[0]) in wanted]
+
+
+def export_graphs(
+    store: Any,
+    model: str,
+    neurons: list[tuple[int, int]],
+    folder: Path,
+    fmt: str = "graphml",
+    svg: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Write ``folder/<L>_<N>.graphml`` (or ``.dot``) and ``.svg`` for each of ``neurons`` that has
+    a graph, with a progress bar; each file is written atomically, so an interrupted export leaves
+    whole files. Returns one ``{"layer", "neuron", fmt: path, "svg": path}`` per graph written."""
+    from tqdm import tqdm
+
+    folder = safe_output_path(folder)
+    out = []
+    for layer, neuron in tqdm(
+        neurons,
+        unit="graph",
+        desc=f"export {fmt} {model}",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
+        row = store.graph(model, layer, neuron)
+        if row is None:
+            continue
+        path = folder / f"{layer}_{neuron}{EXPORT_FORMATS[fmt]}"
+        out.append(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                **export_graph(model, layer, neuron, row, path, fmt, svg),
+            }
+        )
+    return out

@@ -1,0 +1,328 @@
+"""What `make explain` leaves behind, checked on a real (tiny-model) database: default layers for
+any depth, bulk GraphML/DOT export that other tools read back with the right types, the report, and
+rank's default order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+from apidb import EXPLAINED, GRAPHED, build_api_db
+from conftest import PARAGRAPHS
+
+from autointerp.cli import main
+from autointerp.errors import UserError
+from autointerp.harvest import HarvestConfig, default_layers, harvest, resolve_layers
+from autointerp.models import SubjectModel
+from autointerp.store import Store
+
+M = "tiny-gated"
+
+
+@pytest.fixture(scope="module")
+def api_db(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_api_db(tiny_gated, tmp_path_factory.mktemp("outputs"))
+
+
+# ------------------------------------------------------------------------------------------------
+# default layers
+@pytest.mark.parametrize(
+    ("n_layers", "expected"),
+    [(1, [0]), (6, [1, 3, 5]), (12, [2, 6, 10]), (18, [3, 9, 15]), (30, [5, 15, 25])],
+)
+def test_default_layers_follow_the_depth_of_a_real_config(
+    n_layers: int, expected: list[int]
+) -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=16,
+        d_head=4,
+        n_heads=4,
+        d_mlp=8,
+        n_ctx=16,
+        d_vocab=50,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
+    model = SubjectModel(
+        f"depth-{n_layers}", HookedTransformer(cfg, move_to_device=False), None, {}
+    )
+    layers = resolve_layers("auto", model.n_layers)
+    assert layers == expected
+    model.check_layers(
+        layers
+    )  # in range, so a harvest of them can run: one forward pass reads them all
+    acts = model.mlp_activations(torch.zeros((1, 4), dtype=torch.long), layers)
+    assert sorted(acts) == expected and all(a.shape == (1, 4, 8) for a in acts.values())
+    with pytest.raises(
+        UserError, match=f"Layer {n_layers} is out of range: depth-{n_layers} has layers 0-"
+    ):
+        model.check_layers([n_layers])
+
+
+def test_default_layers_small_depths_are_distinct_and_sorted() -> None:
+    for n in range(1, 100):
+        layers = default_layers(n)
+        assert layers == sorted(set(layers)) and all(0 <= x < n for x in layers)
+        assert len(layers) == min(n, 3)
+    assert resolve_layers("2-4", 30) == [2, 3, 4] and resolve_layers(None, 30) is None
+
+
+# --------------------------------------------------------------------------------------------
+# export
+def test_bulk_graphml_export_is_read_by_networkx_with_typed_attributes(
+    api_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "graphs"
+    assert (
+        main(
+            [
+                "export",
+                "graphml",
+                M,
+                "--all",
+                "-o",
+                str(out),
+                "--db",
+                str(api_db),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["graphs"] == len(GRAPHED) and report["without_graph"] == []
+    assert sorted(p.name for p in out.glob("*.graphml")) == sorted(
+        f"1_{n}.graphml" for n in GRAPHED
+    )
+    assert sorted(p.name for p in out.glob("*.svg")) == sorted(f"1_{n}.svg" for n in GRAPHED)
+    store = Store(api_db, create=False)
+    for n in GRAPHED:
+        g = nx.read_graphml(out / f"1_{n}.graphml")
+        stored = store.graph(M, 1, n)
+        assert (g.graph["model"], g.graph["layer"], g.graph["neuron"]) == (M, 1, n)
+        assert g.number_of_nodes() == len(stored["graph"]["nodes"])
+        for _, attrs in g.nodes(data=True):
+            assert isinstance(attrs["token"], str) and isinstance(attrs["kind"], str)
+            assert isinstance(attrs["depth"], int) and isinstance(attrs["count"], int)
+            for key in ("activation", "importance"):
+                assert key not in attrs or isinstance(attrs[key], float)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_bulk_export_of_chosen_neurons_says_which_have_no_graph(
+    api_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "dot"
+    assert (
+        main(
+            [
+                "export",
+                "dot",
+                M,
+                "--layers",
+                "1",
+                "--neurons",
+                "1-4",
+                "-o",
+                str(out),
+                "--no-svg",
+                "--db",
+                str(api_db),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["1_1.dot", "1_2.dot"]
+    assert (
+        "2 graphs of tiny-gated written" in text
+        and "no graph yet for 2 chosen neuron(s): 1/3, 1/4" in text
+    )
+
+
+def test_single_neuron_export_still_writes_one_file(
+    api_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "one.graphml"
+    assert (
+        main(["export", "graphml", M, f"1/{GRAPHED[0]}", "-o", str(target), "--db", str(api_db)])
+        == 0
+    )
+    assert capsys.readouterr().out.split() == [str(target), str(target.with_suffix(".svg"))]
+    assert nx.read_graphml(target).graph["neuron"] == GRAPHED[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["1/0", "--all"], "either one neuron L/N or --layers/--neurons/--all"),
+        (["--neurons", "0", "--all"], "--neurons or --all, not both"),
+        (["-o", "x.graphml"], "-o is a folder"),
+        (["--layers", "0"], "No N2G graphs of tiny-gated in layers 0"),
+        (["-o", "../out"], "contains '..'"),
+    ],
+)
+def test_bad_export_requests_are_one_sentence(
+    api_db: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "graphml", M, *args, "--db", str(api_db), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err
+
+
+def _hostile_graph() -> nx.DiGraph:
+    from autointerp.n2g.export import to_networkx
+
+    tokens = ['"', "\\", 'a\\"b', "\n", " \t", "{x} -> [y];", "\x00\x1b", "end\\", "日本", "\u0085"]
+    nodes = [
+        {
+            "id": i,
+            "token": t,
+            "kind": "activating" if i == 0 else "context",
+            "depth": i,
+            "count": 1,
+            "importance": None if i == 0 else 0.5 + i / 100,
+            "activation": None,
+        }
+        for i, t in enumerate(tokens)
+    ]
+    nodes.append(
+        {
+            "id": len(tokens),
+            "token": "",
+            "kind": "end",
+            "depth": len(tokens),
+            "count": 2,
+            "importance": None,
+            "activation": 0.75,
+        }
+    )
+    edges = [{"source": i, "target": i + 1} for i in range(len(tokens))]
+    return to_networkx(
+        {"nodes": nodes, "edges": edges}, {"model": 'we"ird\\model', "layer": 3, "neuron": 7}
+    )
+
+
+def test_dot_is_parsed_by_pydot_with_every_token_intact(tmp_path: Path) -> None:
+    import pydot
+
+    from autointerp.n2g.export import unescape_visible, write_dot
+
+    g = _hostile_graph()
+    write_dot(g, tmp_path / "g.dot")
+    text = (tmp_path / "g.dot").read_text(encoding="utf-8")
+    assert all(
+        0x20 <= ord(c) or c == "\n" for c in text
+    )  # no raw control characters: one line per statement
+    (parsed,) = pydot.graph_from_dot_data(text)
+
+    def value(
+        raw: str,
+    ) -> str:  # DOT quoted string -> the text: undo DOT's \" and doubled \\, then the escapes
+        assert raw.startswith('"') and raw.endswith('"')
+        inner, out, i = raw[1:-1], [], 0
+        while i < len(inner):
+            if inner[i] == "\\" and i + 1 < len(inner) and inner[i + 1] in '"\\':
+                out.append(inner[i + 1])
+                i += 2
+            else:
+                out.append(inner[i])
+                i += 1
+        return unescape_visible("".join(out))
+
+    nodes = {
+        value(n.get_name()): n
+        for n in parsed.get_nodes()
+        if n.get_name().strip('"') not in ("node", "graph")
+    }
+    assert set(nodes) == set(g.nodes)
+    for name, attrs in g.nodes(data=True):
+        got = nodes[name].get_attributes()
+        assert value(got["token"]) == attrs["token"]
+        assert value(got["kind"]) == attrs["kind"] and int(value(got["depth"])) == attrs["depth"]
+        if "importance" in attrs:
+            assert float(value(got["importance"])) == attrs["importance"]
+    edges = {(value(e.get_source()), value(e.get_destination())) for e in parsed.get_edges()}
+    assert edges == set(g.edges)
+    (graph_attrs,) = parsed.get_node("graph")  # the `graph [...]` statement
+    assert value(graph_attrs.get_attributes()["model"]) == 'we"ird\\model'
+    assert value(graph_attrs.get_attributes()["neuron"]) == "7"
+
+
+# ----------------------------------------------------------------------------------------------
+# report, rank
+def test_report_puts_scores_side_by_side_with_similar_neurons(
+    api_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", M, "--db", str(api_db), "--json", "--graphs", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (
+        report["ranked_by"] == "explanation" and report["explained"] == 1 and report["failed"] == 1
+    )
+    (best,) = report["neurons"]
+    assert (best["layer"], best["neuron"], best["score"], best["baseline_score"]) == (
+        1,
+        EXPLAINED,
+        0.61,
+        0.22,
+    )
+    assert report["beat_baseline"] == 1
+    store = Store(api_db, create=False)
+    assert best["similar"] == store.similar(M, 1, EXPLAINED, 3)
+    assert main(["report", M, "--db", str(api_db), "--graphs", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "the word <b>capital</b> & cities" in text and "0.610" in text and "0.220" in text
+    assert f"autointerp serve --db {api_db}" in text
+    scored = [
+        line.split()[0]
+        for line in text.splitlines()
+        if line.startswith(" ") and line.split()[0][0].isdigit()
+    ]
+    assert scored == [f"1/{EXPLAINED}"]  # a failed explanation is never listed as a score
+    assert f"GraphML + SVG of 0 graphs in {tmp_path}/" in text
+
+
+def test_rank_defaults_to_explanation_score_once_there_is_one(
+    api_db: Path, tiny_gated: SubjectModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rank", M, "--db", str(api_db), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [(r["layer"], r["neuron"], r["ranked_by"]) for r in rows] == [
+        (1, EXPLAINED, "explanation")
+    ]
+    assert "ranked by explanation" in captured.err
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": p}) for p in PARAGRAPHS))
+    db = tmp_path / "bare.db"
+    harvest(
+        tiny_gated,
+        db,
+        HarvestConfig(
+            model=M,
+            corpus=str(corpus),
+            layers=[0],
+            ctx_len=16,
+            top_k=4,
+            random_k=2,
+            checkpoint_seconds=1e9,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
+    assert main(["rank", M, "--db", str(db), "--json", "--limit", "3"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["ranked_by"] for r in rows] == ["max"] * 3
+    assert [r["max"] for r in rows] == sorted((r["max"] for r in rows), reverse=True)
+    assert "ranked by max (no explanations yet" in captured.err
