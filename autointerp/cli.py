@@ -217,10 +217,12 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
     }
 
 
-#: What an explanation score is, in every `rank --json` row: the headline and the published convention beside it.
-SCORE_BASIS = ("correlation of simulated and real activations against the activation's positive part (the headline: "
-               "an explanation says what a neuron finds, and gated MLPs' negative values are not that); score_raw: "
-               "against the raw signed activation, as OpenAI and Neuronpedia score")
+#: What an explanation score is, in every `rank --json` row: the headline and the published
+#: convention beside it.
+SCORE_BASIS = ("correlation of simulated and real activations against the activation's "
+               "positive part (the headline: an explanation says what a neuron finds, and gated "
+               "MLPs' negative values are not that); score_raw: against the raw signed activation, "
+               "as OpenAI and Neuronpedia score")
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -243,11 +245,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
         print(f"No neurons of {model} have a {args.by} score yet.")
         return 0
     if args.by in Store.SCORE_METHODS:
-        print(f"ranked by {args.by} score: correlation of simulated and real activations (positive part: the "
-              "headline) on held-out top + random text; raw = against the signed activation (OpenAI/Neuronpedia); "
-              "baseline = token-lookup explanation, n2g = graph, on the same text")
-        print(f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} {'n2g':>6}  "
-              "explanation")
+        print(f"ranked by {args.by} score: correlation of simulated and real activations "
+              "(positive part: the headline) on held-out top + random text; raw = against the "
+              "signed activation (OpenAI/Neuronpedia); baseline = token-lookup explanation, "
+              "n2g = graph, on the same text")
+        print(f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} "
+              f"{'n2g':>6}  explanation")
         for r in rows:
             cells = " ".join(f"{r[k]:6.3f}" if r.get(k) is not None else "     -"
                              for k in ("score_raw", "score_top", "score_random"))

@@ -62,7 +62,8 @@ import sqlite_utils
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 
-#: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table. Older databases
+#: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table.
+#: Older databases
 #: are upgraded in place when opened (new tables and columns only; no row is rewritten).
 SCHEMA_VERSION = 3
 DEFAULT_DB = "autointerp.db"
@@ -216,8 +217,8 @@ class Store:
             db["scores"].create(
                 {
                     "run_id": int, "layer": int, "neuron": int, "method": str, "config_hash": str, "status": str,
-                    "score": float, "score_raw": float, "score_top": float, "score_random": float, "r2": float,
-                    "n_tokens": int,
+                    "score": float, "score_raw": float, "score_top": float, "score_random": float,
+                    "r2": float, "n_tokens": int,
                     "simulator_model": str, "simulator_mode": str, "error": str, "prompt_tokens": int,
                     "completion_tokens": int, "cost_usd": float, "explain_run_id": int, "created": float,
                 },
@@ -236,8 +237,10 @@ class Store:
             self._ensure_evaluation_schema()
 
     def _ensure_evaluation_schema(self) -> None:
-        """Schema 3, inside ``_ensure_schema``'s transaction: the raw-activation score column (added to older
-        databases) and the stored results of ``eval`` and ``calibrate`` runs (their config is the ``runs`` row)."""
+        """Schema 3, inside ``_ensure_schema``'s transaction: the raw-activation score column (added
+        to older
+        databases) and the stored results of ``eval`` and ``calibrate`` runs (their config is the
+        ``runs`` row)."""
         db = self.db
         if "score_raw" not in db["scores"].columns_dict:
             db.execute("alter table scores add column score_raw float")
@@ -248,29 +251,35 @@ class Store:
 
     def save_evaluation(self, model: str, kind: str, config: dict[str, Any], config_hash: str,
                         result: dict[str, Any] | list[Any]) -> int:
-        """Store one ``eval`` / ``calibrate`` result with its config (a ``runs`` row of that stage) in one
-        transaction; returns the run id. Every invocation is kept, so a later explainer can be compared."""
+        """Store one ``eval`` / ``calibrate`` result with its config (a ``runs`` row of that stage)
+        in one
+        transaction; returns the run id. Every invocation is kept, so a later explainer can be
+        compared."""
         now = time.time()
         with self.atomic():
             table = self.db["runs"]
-            table.insert({"model": model, "stage": kind, "config": json.dumps(config, sort_keys=True),
-                          "config_hash": config_hash, "shard_index": 0, "shard_count": 1, "status": "complete",
-                          "corpus": json.dumps({}), "contexts_done": 0, "tokens_done": 0, "created": now,
-                          "finished": now})
+            table.insert({"model": model, "stage": kind,
+                          "config": json.dumps(config, sort_keys=True), "config_hash": config_hash,
+                          "shard_index": 0, "shard_count": 1, "status": "complete",
+                          "corpus": json.dumps({}), "contexts_done": 0, "tokens_done": 0,
+                          "created": now, "finished": now})
             run_id = int(table.last_pk)
             self.db["evaluations"].insert({"run_id": run_id, "model": model, "kind": kind,
                                            "result": json.dumps(result), "created": now})
         return run_id
 
     def latest_evaluation(self, model: str, kind: str) -> dict[str, Any] | None:
-        """The newest stored ``eval`` / ``calibrate`` result of ``model``: ``{run_id, config, result, created}``."""
+        """The newest stored ``eval`` / ``calibrate`` result of ``model``: ``{run_id, config,
+        result, created}``."""
         row = next(self.db.query(
-            "select e.run_id, e.result, e.created, r.config, r.config_hash from evaluations e join runs r on "
-            "r.id = e.run_id where e.model = ? and e.kind = ? order by e.run_id desc limit 1", [model, kind]), None)
+            "select e.run_id, e.result, e.created, r.config, r.config_hash from evaluations e "
+            "join runs r on r.id = e.run_id where e.model = ? and e.kind = ? "
+            "order by e.run_id desc limit 1", [model, kind]), None)
         if row is None:
             return None
-        return {"run_id": row["run_id"], "config": json.loads(row["config"]), "config_hash": row["config_hash"],
-                "result": json.loads(row["result"]), "created": row["created"]}
+        return {"run_id": row["run_id"], "config": json.loads(row["config"]),
+                "config_hash": row["config_hash"], "result": json.loads(row["result"]),
+                "created": row["created"]}
 
     # ---------------------------------------------------------------------------------------------- models/runs
     def upsert_model(self, info: dict[str, Any]) -> None:
@@ -472,8 +481,8 @@ class Store:
             other = ("(select o.score from scores o where o.run_id = s.run_id and o.layer = s.layer and "
                      "o.neuron = s.neuron and o.config_hash = s.config_hash and o.method = '{}' and "
                      "o.status = 'ok')")
-            extra = (", s.score, s.score_raw, s.score_top, s.score_random, s.r2, s.simulator_model, "
-                     "s.simulator_mode, "
+            extra = (", s.score, s.score_raw, s.score_top, s.score_random, s.r2, "
+                     "s.simulator_model, s.simulator_mode, "
                      "e.text as explanation, e.model as explainer_model, e.prompt_version, s.config_hash, "
                      f"{other.format('baseline')} as baseline_score, {other.format('n2g')} as n2g_score")
         sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id{extra} "
@@ -887,8 +896,9 @@ class Store:
         """(explanations by kind, scores by method) of one neuron under one explain config."""
         out = []
         for table, column in (("explanations", "kind"), ("scores", "method")):
-            rows = self.db.query(f"select * from {table} where run_id = ? and layer = ? and neuron = ? and "
-                                 "config_hash = ?", [run_id, layer, neuron, config_hash])
+            rows = self.db.query(f"select * from {table} where run_id = ? and layer = ? and "
+                                 "neuron = ? and config_hash = ?",
+                                 [run_id, layer, neuron, config_hash])
             out.append({r[column]: dict(r) for r in rows})
         return out[0], out[1]
 

@@ -157,7 +157,8 @@ class NeuronJob:
     graph: NeuronGraph | None
     train_negative: list[Record] = field(default_factory=list)
     heldout_negative: list[Record] = field(default_factory=list)
-    #: other explanations to simulate and score on the same records, by score method (e.g. a known-answer
+    #: other explanations to simulate and score on the same records, by score method (e.g. a
+    #: known-answer
     #: feature's true description as ``true_description``)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -243,9 +244,11 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
         result = result or {}
         status = "failed" if error is not None else ("ok" if result.get("score") is not None else "undefined")
         if status == "undefined":
-            error = result.get("undefined") or "no score"  # why: constant or non-finite held-out activations
+            # why: constant or non-finite held-out activations
+            error = result.get("undefined") or "no score"
         scores.append({
-            "method": method, "status": status, "score": result.get("score"), "score_raw": result.get("score_raw"),
+            "method": method, "status": status, "score": result.get("score"),
+            "score_raw": result.get("score_raw"),
             "score_top": result.get("score_top"),
             "score_random": result.get("score_random"), "r2": result.get("r2"), "n_tokens": result.get("n_tokens"),
             "simulator_model": cfg.simulator_model if mode else None, "simulator_mode": mode, "error": error,
@@ -254,10 +257,11 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
         })
 
     if not job.heldout:
-        # nothing to score on (tiny corpus, small top_k): say so for this neuron instead of paying for an
+        # nothing to score on (tiny corpus, small top_k): say so for this neuron instead of paying
+        # for an
         # explanation that can never be scored
-        reason = ("not explained: no held-out records to score on (the harvest kept no test-split examples for "
-                  "this neuron; harvest more tokens or a larger top_k)")
+        reason = ("not explained: no held-out records to score on (the harvest kept no "
+                  "test-split examples for this neuron; harvest more tokens or a larger top_k)")
         add_explanation("llm", None, reason, Usage(), cfg.explainer_model, 0.0)
         add_score("explanation", None, reason, Usage(), None)
         return NeuronResult(job, explanations, scores, usage)
@@ -324,8 +328,8 @@ def check_config(cfg: ExplainConfig) -> None:
     if cfg.sim_top < 0 or cfg.sim_random < 0:
         raise UserError("--sim-top and --sim-random must not be negative.")
     if cfg.sim_top + cfg.sim_random < 1:
-        raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out text to score "
-                        "explanations on; give at least one of them.")
+        raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out "
+                        "text to score explanations on; give at least one of them.")
     if cfg.sim_window < 2:
         raise UserError("The simulation window must be at least 2 tokens.")
 
@@ -362,8 +366,10 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                    neurons: dict[int, list[int]] | None = None) -> ExplainSummary:
     """Explain and score the chosen neurons of each layer; returns counts and the tokens spent.
 
-    ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method (calibration's
-    true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec`` (eval's seeded sample)."""
+    ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
+    (calibration's
+    true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec`` (eval's seeded
+    sample)."""
     check_config(cfg)
     info = store.model_info(model)
     if info is None:

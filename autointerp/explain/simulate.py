@@ -13,10 +13,14 @@ Three simulator modes, picked by what the endpoint can do (``auto`` probes once)
 Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM explanation,
 token-lookup baseline and N2G graph - so the numbers compare directly.
 
-A simulation is only trusted when the simulator actually answered on the 0-9 scale: in echo modes a slot whose top
-logprobs hold no digit is counted, and a record with more than :data:`MAX_DIGITLESS_FRACTION` of its slots
-digit-less fails the whole simulation with the reason ("no digit in the top 15 at 28 of 32 slots") instead of
-turning into a string of zeros that would look like a bad explanation. Below the threshold a digit-less slot
+A simulation is only trusted when the simulator actually answered on the 0-9 scale: in echo modes a
+slot whose top
+logprobs hold no digit is counted, and a record with more than :data:`MAX_DIGITLESS_FRACTION` of its
+slots
+digit-less fails the whole simulation with the reason ("no digit in the top 15 at 28 of 32 slots")
+instead of
+turning into a string of zeros that would look like a bad explanation. Below the threshold a
+digit-less slot
 counts as 0 (the simulator expects no activation there).
 """
 
@@ -42,12 +46,14 @@ from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
 
 MODES = ("auto", "echo", "echo-shifted", "chat-logprobs", "json")
 DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}
-#: A record whose slots lack a digit in the top logprobs more often than this is a failed simulation, not a score.
+#: A record whose slots lack a digit in the top logprobs more often than this is a failed
+#: simulation, not a score.
 MAX_DIGITLESS_FRACTION = 0.25
 
 
 class SimulationFailure(LLMFailure):
-    """The simulator answered, but not on the 0-9 scale (see :data:`MAX_DIGITLESS_FRACTION`). Not retried: echo
+    """The simulator answered, but not on the 0-9 scale (see :data:`MAX_DIGITLESS_FRACTION`). Not
+    retried: echo
     calls run at temperature 0, so a retry would repeat the same answer."""
 
     def __init__(self, reason: str):
@@ -70,13 +76,16 @@ def expected_digit(top: dict[str, float] | None) -> float | None:
 
 
 def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> list[float]:
-    """Predictions at the slot offsets from an echo response (see the module docstring for ``shift``); a slot
+    """Predictions at the slot offsets from an echo response (see the module docstring for
+    ``shift``); a slot
     with no digit in its top logprobs is 0."""
     return [0.0 if v is None else v for v in parse_echo_slots(response, slots, shift)]
 
 
-def parse_echo_slots(response: dict[str, Any], slots: Sequence[int], shift: int) -> list[float | None]:
-    """Like :func:`parse_echo`, but a slot with no digit in its top logprobs is None, so it can be counted."""
+def parse_echo_slots(response: dict[str, Any], slots: Sequence[int], shift: int
+                     ) -> list[float | None]:
+    """Like :func:`parse_echo`, but a slot with no digit in its top logprobs is None, so it can be
+    counted."""
     try:
         lp = response["choices"][0]["logprobs"]
         offsets, tops = lp["text_offset"], lp["top_logprobs"]
@@ -102,7 +111,8 @@ def check_digits(values: Sequence[float | None], top_logprobs: int) -> list[floa
     :data:`MAX_DIGITLESS_FRACTION` of them (the simulator did not answer on the scale)."""
     missing = sum(v is None for v in values)
     if values and missing > MAX_DIGITLESS_FRACTION * len(values):
-        raise SimulationFailure(f"no digit in the top {top_logprobs} at {missing} of {len(values)} slots")
+        raise SimulationFailure(f"no digit in the top {top_logprobs} at {missing} of "
+                                f"{len(values)} slots")
     return [0.0 if v is None else v for v in values]
 
 
@@ -216,8 +226,9 @@ class Simulator:
             body = {"prompt": prompt.text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1,
                     "temperature": 0}
             shift = -1 if self.mode == "echo-shifted" else 0
-            slots, usage = self.client.call("completions", self.model, body,
-                                            lambda r: parse_echo_slots(r, prompt.slot_offsets, shift))
+            slots, usage = self.client.call(
+                "completions", self.model, body,
+                lambda r: parse_echo_slots(r, prompt.slot_offsets, shift))
             return check_digits(slots, self.top_logprobs), usage
         json_only = self.mode == "json"
         body = {"messages": simulation_messages(explanation, tokens, self.templates, json_only),
@@ -251,19 +262,22 @@ def _probe_echo(response: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------------ scoring
 def correlation(pred: np.ndarray, true: np.ndarray) -> float | None:
-    """Pearson correlation; None when the truth is constant or the result is not finite (no score can be
+    """Pearson correlation; None when the truth is constant or the result is not finite (no score
+    can be
     given); 0 when the prediction is constant (it explains nothing)."""
     return correlation_or_reason(pred, true)[0]
 
 
 def correlation_or_reason(pred: np.ndarray, true: np.ndarray) -> tuple[float | None, str | None]:
-    """:func:`correlation` and, when it is None, the one-line reason stored with an ``undefined`` score."""
+    """:func:`correlation` and, when it is None, the one-line reason stored with an ``undefined``
+    score."""
     if len(true) < 2:
         return None, f"only {len(true)} held-out token(s): a correlation needs at least 2"
     if not (np.all(np.isfinite(true)) and np.all(np.isfinite(pred))):
         return None, "the activations or predictions are not finite (nan or inf)"
     if float(true.std()) == 0.0:
-        return None, f"the held-out activations are constant ({float(true[0]):g}) over {len(true)} tokens"
+        return None, (f"the held-out activations are constant ({float(true[0]):g}) over "
+                      f"{len(true)} tokens")
     if float(pred.std()) == 0.0:
         return 0.0, None
     with np.errstate(all="ignore"):
@@ -285,10 +299,14 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
     "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to activation units
     (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative).
 
-    ``score`` (the headline) correlates with the activation's positive part: an explanation says what the neuron
-    *finds*, and gated MLPs have large negative activations no such phrase predicts. ``score_raw`` correlates
-    with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers do, so our numbers can be set beside
-    published ones. ``undefined`` says why ``score`` is None (constant or non-finite held-out activations)."""
+    ``score`` (the headline) correlates with the activation's positive part: an explanation says
+    what the neuron
+    *finds*, and gated MLPs have large negative activations no such phrase predicts. ``score_raw``
+    correlates
+    with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers do, so our numbers can
+    be set beside
+    published ones. ``undefined`` says why ``score`` is None (constant or non-finite held-out
+    activations)."""
     if not records:
         raise ValueError("no held-out records to score on")
     p = [np.asarray(x, dtype=np.float64) for x in preds]

@@ -67,7 +67,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
     written in one transaction (with their token-index rows), so an interrupted run loses at most one chunk and
     never leaves a partial graph; rerunning the same command skips the stored neurons.
 
-    ``subject_for(layer)`` gives the ``feature_activation`` seam for features that are not MLP neurons (known-answer
+    ``subject_for(layer)`` gives the ``feature_activation`` seam for features that are not MLP
+    neurons (known-answer
     regex features compute it from the tokenizer); by default the model's layer is run.
     """
     config_hash = cfg.config_hash()
