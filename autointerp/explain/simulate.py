@@ -6,8 +6,10 @@ Three simulator modes, picked by what the endpoint can do (``auto`` probes once)
   the prediction at each token is the expected value over the digits 0-9 in the top logprobs at its activation slot
   (llama.cpp through :mod:`autointerp.llm_serve`, vLLM). ``echo-shifted`` is the same for servers whose
   ``top_logprobs[i]`` predicts token ``i + 1`` (llama-cpp-python's stock server); the probe tells them apart.
-* ``chat-logprobs`` - hosted chat models: the reply is one digit per token, and each generated digit's top
-  logprobs give the expected value.
+* ``chat-logprobs`` - hosted chat models: the reply is one line per token, ``index<TAB>token<TAB>digit``,
+  and each generated digit's top logprobs give the expected value. Index and token are repeated because small
+  models lose count in a bare list of digits (the local 0.5B answered 10 values for 18 tokens, and 7 lines
+  for 8 tokens with the index alone).
 * ``json`` - no logprobs at all: the reply is ``{"activations": [...]}``, validated with jsonschema.
 
 Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM explanation,
@@ -116,7 +118,10 @@ def check_digits(values: Sequence[float | None], top_logprobs: int) -> list[floa
     return [0.0 if v is None else v for v in values]
 
 
-def parse_chat_digits(response: dict[str, Any], n: int) -> list[float]:
+def parse_chat_digits(response: dict[str, Any], n: int, indexed: bool = False) -> list[float]:
+    """Expected values of the generated digits; with ``indexed`` only a digit right after the second tab of
+    a line counts (the ``index<TAB>token<TAB>digit`` lines of a chat simulation: indexes and tokens may hold
+    digits too)."""
     try:
         content = response["choices"][0]["logprobs"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
@@ -124,14 +129,19 @@ def parse_chat_digits(response: dict[str, Any], n: int) -> list[float]:
     if not content:
         raise InvalidOutput("the reply has no token logprobs")
     out = []
+    text = ""
     for item in content:
-        tok = (item.get("token") or "").strip()
-        if tok in DIGITS:
+        raw = item.get("token") or ""
+        tok = raw.strip()
+        before = text + raw[: len(raw) - len(raw.lstrip())]
+        text += raw
+        line = before.rsplit("\n", 1)[-1]
+        if tok in DIGITS and (not indexed or (line.endswith("\t") and line.count("\t") == 2)):
             top = {t["token"]: t["logprob"] for t in item.get("top_logprobs") or []}
             top.setdefault(item["token"], item["logprob"])
             value = expected_digit(top)
             out.append(float(DIGITS[tok]) if value is None else value)
-        elif tok and not re.fullmatch(r"[\s,]*", tok):
+        elif not indexed and tok and not re.fullmatch(r"[\s,]*", tok):
             raise InvalidOutput(f"unexpected token {tok[:20]!r} in the list of values")
     if len(out) != n:
         raise InvalidOutput(f"expected {n} values, got {len(out)}")
@@ -232,10 +242,11 @@ class Simulator:
             return check_digits(slots, self.top_logprobs), usage
         json_only = self.mode == "json"
         body = {"messages": simulation_messages(explanation, tokens, self.templates, json_only),
-                "max_tokens": (4 if json_only else 3) * n + 40, "temperature": 0}
+                "max_tokens": (4 if json_only else 6) * n + 40, "temperature": 0}
         if not json_only:
             body.update({"logprobs": True, "top_logprobs": min(self.top_logprobs, 20)})
-            return self.client.call("chat", self.model, body, lambda r: parse_chat_digits(r, n), _retry_hotter)
+            return self.client.call("chat", self.model, body,
+                                    lambda r: parse_chat_digits(r, n, indexed=True), _retry_hotter)
         return self.client.call("chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter)
 
 
