@@ -602,6 +602,7 @@ def test_real_calibrate_gives_a_true_description_score_for_every_feature(tmp_pat
         "--json",
         "--db",
         str(tmp_path / "c.db"),
+        timeout=1800,  # ~26 LLM calls: a few minutes on a quiet machine, far more on a shared one
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
