@@ -250,15 +250,16 @@ class Store:
         )
 
     def save_evaluation(self, model: str, kind: str, config: dict[str, Any], config_hash: str,
-                        result: dict[str, Any] | list[Any]) -> int:
-        """Store one ``eval`` / ``calibrate`` result with its config (a ``runs`` row of that stage)
-        in one
-        transaction; returns the run id. Every invocation is kept, so a later explainer can be
-        compared."""
+                        result: dict[str, Any] | list[Any], run_model: str | None = None) -> int:
+        """Store one ``eval`` / ``calibrate`` result with its config (a ``runs`` row of that stage) in
+        one transaction; returns the run id. Every invocation is kept, so a later explainer can be
+        compared. ``run_model`` names the ``runs`` row's model when it differs: a calibration run
+        belongs to the feature set's model (which the ``models`` table holds), while its result is
+        filed under the real model that ``eval`` looks it up by."""
         now = time.time()
         with self.atomic():
             table = self.db["runs"]
-            table.insert({"model": model, "stage": kind,
+            table.insert({"model": run_model or model, "stage": kind,
                           "config": json.dumps(config, sort_keys=True), "config_hash": config_hash,
                           "shard_index": 0, "shard_count": 1, "status": "complete",
                           "corpus": json.dumps({}), "contexts_done": 0, "tokens_done": 0,

@@ -506,6 +506,36 @@ def test_eval_bad_input_is_one_sentence(gated_db, tmp_path) -> None:  # type: ig
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_calibrate_command_runs_features_through_the_whole_pipeline(tmp_path: Path, fault_server
+                                                                   ) -> None:  # type: ignore
+    """The calibrate flow end to end (harvest, N2G from the tokenizer, explain, simulate, store, print) with the
+    keyword stand-in simulator; the real-LLM version is the slow test below."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 8))
+    feats = tmp_path / "features.json"
+    feats.write_text(json.dumps([{"name": "capital", "pattern": r"\bcapital\b", "description": "capital"},
+                                 {"name": "print", "pattern": r"\bprint\b", "description": "print"}]))
+    server = fault_server("keyword")
+    db = tmp_path / "c.db"
+    common = ["--features", str(feats), "--tokens", "2048", "--corpus", str(corpus), "--base-url", server.url,
+              "--explainer-model", "fault-model", "--simulator-mode", "echo", "--sim-top", "2",
+              "--sim-random", "4", "--no-progress", "--db", str(db)]
+    proc = run_cli("calibrate", "smollm2-135m", *common, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == ["capital", "print"]
+    for r in rows:
+        assert {"name", "description", "true_score", "explanation", "explanation_score", "baseline_score",
+                "n2g_score"} <= set(r)
+        assert r["true_score"] is not None and r["true_score"] > 0.5  # the keyword simulator knows the answer
+        assert r["explanation"] == "tokens that matter"
+    store = Store(db)
+    stored = store.latest_evaluation("smollm2-135m", "calibrate")
+    assert stored and [f["name"] for f in stored["result"]["features"]] == ["capital", "print"]
+    text = run_cli("calibrate", "smollm2-135m", *common)
+    assert text.returncode == 0 and "median" in text.stdout and "capital" in text.stdout
+
+
 def test_chat_simulation_reads_only_the_digit_after_each_tab() -> None:
     from autointerp.explain.simulate import parse_chat_digits
 

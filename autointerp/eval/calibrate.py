@@ -153,6 +153,6 @@ def calibrate(
         "explain_config_hash": config_hash,
     }
     result["run_id"] = store.save_evaluation(
-        base_model, "calibrate", config, identity_hash(config), result
+        base_model, "calibrate", config, identity_hash(config), result, run_model=known.name
     )
     return result
