@@ -487,6 +487,32 @@ def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
         assert ">raw<" in web.get(f"/m/tiny-gated/neuron/1/{neuron}").text
 
 
+def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(gated_db, fault_server, tmp_path,
+                                                                      tiny_gated) -> None:  # type: ignore
+    from autointerp.eval.evaluate import EvalConfig, evaluate
+    from autointerp.n2g.build import N2GConfig
+    from autointerp.n2g.run import graph_layers
+
+    store = _copy(gated_db, tmp_path)
+    store.save_evaluation("tiny-gated", "calibrate", {"x": 1}, "h", {"features": [
+        {"name": "a", "true_score": 0.9, "explanation_score": 0.4},
+        {"name": "b", "true_score": 0.7, "explanation_score": None}]})
+    server = fault_server("keyword")
+    built: list[int] = []
+
+    def build(layer: int, neurons: list[int]) -> None:
+        built.extend(neurons)
+        graph_layers(tiny_gated, store, [layer], ",".join(map(str, neurons)), N2GConfig(), progress=False)
+
+    out = evaluate(store, "tiny-gated", EvalConfig(layers=[1], sample=3, seed=1), _cfg(), _client(server.url),
+                   load_templates(), build_graphs=build, progress=False)
+    assert sorted(built) == [n["neuron"] for n in out["neurons"]]
+    assert all(n["status"]["n2g"] in ("ok", "undefined") for n in out["neurons"])
+    known = out["methods"]["known_true_description"]
+    assert known["n"] == 2 and known["mean"] == pytest.approx(0.8)
+    assert out["methods"]["known_explanation"]["failed"] == 1
+
+
 def test_eval_bad_input_is_one_sentence(gated_db, tmp_path) -> None:  # type: ignore
     for extra, says in (
         (["--layers", "7"], "has not been harvested"),
