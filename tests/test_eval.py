@@ -487,25 +487,45 @@ def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
         assert ">raw<" in web.get(f"/m/tiny-gated/neuron/1/{neuron}").text
 
 
-def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(gated_db, fault_server, tmp_path,
-                                                                      tiny_gated) -> None:  # type: ignore
+def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
+    gated_db, fault_server, tmp_path, tiny_gated
+) -> None:  # type: ignore
     from autointerp.eval.evaluate import EvalConfig, evaluate
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
 
     store = _copy(gated_db, tmp_path)
-    store.save_evaluation("tiny-gated", "calibrate", {"x": 1}, "h", {"features": [
-        {"name": "a", "true_score": 0.9, "explanation_score": 0.4},
-        {"name": "b", "true_score": 0.7, "explanation_score": None}]})
+    store.save_evaluation(
+        "tiny-gated",
+        "calibrate",
+        {"x": 1},
+        "h",
+        {
+            "features": [
+                {"name": "a", "true_score": 0.9, "explanation_score": 0.4},
+                {"name": "b", "true_score": 0.7, "explanation_score": None},
+            ]
+        },
+    )
     server = fault_server("keyword")
     built: list[int] = []
 
     def build(layer: int, neurons: list[int]) -> None:
         built.extend(neurons)
-        graph_layers(tiny_gated, store, [layer], ",".join(map(str, neurons)), N2GConfig(), progress=False)
+        graph_layers(
+            tiny_gated, store, [layer], ",".join(map(str, neurons)), N2GConfig(), progress=False
+        )
 
-    out = evaluate(store, "tiny-gated", EvalConfig(layers=[1], sample=3, seed=1), _cfg(), _client(server.url),
-                   load_templates(), build_graphs=build, progress=False)
+    out = evaluate(
+        store,
+        "tiny-gated",
+        EvalConfig(layers=[1], sample=3, seed=1),
+        _cfg(),
+        _client(server.url),
+        load_templates(),
+        build_graphs=build,
+        progress=False,
+    )
     assert sorted(built) == [n["neuron"] for n in out["neurons"]]
     assert all(n["status"]["n2g"] in ("ok", "undefined") for n in out["neurons"])
     known = out["methods"]["known_true_description"]
@@ -532,28 +552,63 @@ def test_eval_bad_input_is_one_sentence(gated_db, tmp_path) -> None:  # type: ig
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_calibrate_command_runs_features_through_the_whole_pipeline(tmp_path: Path, fault_server
-                                                                   ) -> None:  # type: ignore
-    """The calibrate flow end to end (harvest, N2G from the tokenizer, explain, simulate, store, print) with the
+def test_calibrate_command_runs_features_through_the_whole_pipeline(
+    tmp_path: Path, fault_server
+) -> None:  # type: ignore
+    """The calibrate flow end to end (harvest, N2G from the tokenizer, explain, simulate, store,
+    print) with the
     keyword stand-in simulator; the real-LLM version is the slow test below."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 8))
     feats = tmp_path / "features.json"
-    feats.write_text(json.dumps([{"name": "capital", "pattern": r"\bcapital\b", "description": "capital"},
-                                 {"name": "print", "pattern": r"\bprint\b", "description": "print"}]))
+    feats.write_text(
+        json.dumps(
+            [
+                {"name": "capital", "pattern": r"\bcapital\b", "description": "capital"},
+                {"name": "print", "pattern": r"\bprint\b", "description": "print"},
+            ]
+        )
+    )
     server = fault_server("keyword")
     db = tmp_path / "c.db"
-    common = ["--features", str(feats), "--tokens", "2048", "--corpus", str(corpus), "--base-url", server.url,
-              "--explainer-model", "fault-model", "--simulator-mode", "echo", "--sim-top", "2",
-              "--sim-random", "4", "--no-progress", "--db", str(db)]
+    common = [
+        "--features",
+        str(feats),
+        "--tokens",
+        "2048",
+        "--corpus",
+        str(corpus),
+        "--base-url",
+        server.url,
+        "--explainer-model",
+        "fault-model",
+        "--simulator-mode",
+        "echo",
+        "--sim-top",
+        "2",
+        "--sim-random",
+        "4",
+        "--no-progress",
+        "--db",
+        str(db),
+    ]
     proc = run_cli("calibrate", "smollm2-135m", *common, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows] == ["capital", "print"]
     for r in rows:
-        assert {"name", "description", "true_score", "explanation", "explanation_score", "baseline_score",
-                "n2g_score"} <= set(r)
-        assert r["true_score"] is not None and r["true_score"] > 0.5  # the keyword simulator knows the answer
+        assert {
+            "name",
+            "description",
+            "true_score",
+            "explanation",
+            "explanation_score",
+            "baseline_score",
+            "n2g_score",
+        } <= set(r)
+        assert (
+            r["true_score"] is not None and r["true_score"] > 0.5
+        )  # the keyword simulator knows the answer
         assert r["explanation"] == "tokens that matter"
     store = Store(db)
     stored = store.latest_evaluation("smollm2-135m", "calibrate")
@@ -567,14 +622,29 @@ def test_chat_simulation_reads_only_the_digit_after_each_tab() -> None:
 
     def item(tok: str, top: dict[str, float] | None = None) -> dict[str, Any]:
         top = top or {tok: -0.01}
-        return {"token": tok, "logprob": max(top.values()),
-                "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}
+        return {
+            "token": tok,
+            "logprob": max(top.values()),
+            "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()],
+        }
 
     # "9\t 3\t0\n10\t x\t7": indexes and tokens may be digits (Qwen spells 10 as "1", "0"); only the
     # digit after a line's second tab is a value
-    content = [item("9"), item("\t"), item(" "), item("3"), item("\t"), item("0"), item("\n"), item("1"),
-               item("0"), item("\t"), item(" x"), item("\t"),
-               item("7", {"7": float(np.log(0.5)), "9": float(np.log(0.5))})]
+    content = [
+        item("9"),
+        item("\t"),
+        item(" "),
+        item("3"),
+        item("\t"),
+        item("0"),
+        item("\n"),
+        item("1"),
+        item("0"),
+        item("\t"),
+        item(" x"),
+        item("\t"),
+        item("7", {"7": float(np.log(0.5)), "9": float(np.log(0.5))}),
+    ]
     reply = {"choices": [{"logprobs": {"content": content}}]}
     assert parse_chat_digits(reply, 2, indexed=True) == pytest.approx([0.0, 8.0])
     with pytest.raises(Exception, match="expected 3 values"):
