@@ -352,6 +352,14 @@ def default_rank_order(store: Any, model: str, layer: int | None) -> str:
     return "explanation" if store.rank_neurons(model, "explanation", layer, 1) else "max"
 
 
+#: What an explanation score is, in every `rank --json` row: the headline and the published
+#: convention beside it.
+SCORE_BASIS = ("correlation of simulated and real activations against the activation's "
+               "positive part (the headline: an explanation says what a neuron finds, and gated "
+               "MLPs' negative values are not that); score_raw: against the raw signed activation, "
+               "as OpenAI and Neuronpedia score")
+
+
 def cmd_rank(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
@@ -371,17 +379,22 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return {"min": -r["min"]}.get(args.by, r.get("score", r.get(args.by)))  # type: ignore[return-value]
 
     if args.json:
-        _print_json([{"model": model, **r, "score": score(r), "ranked_by": by} for r in rows])
+        basis = {"score_is": SCORE_BASIS} if by in Store.SCORE_METHODS else {}
+        _print_json([{"model": model, **r, "score": score(r), "ranked_by": by, **basis} for r in rows])
         return 0
     if not rows:
         print(f"No neurons of {model} have a {args.by} score yet.")
         return 0
     if args.by in Store.SCORE_METHODS:
-        print(f"ranked by {args.by} score: correlation of simulated and real activations on held-out top + random "
-              "text; baseline = token-lookup explanation, n2g = graph, on the same text")
-        print(f"{'neuron':>10} {'score':>7} {'top':>6} {'random':>6} {'baseline':>8} {'n2g':>6}  explanation")
+        print(f"ranked by {args.by} score: correlation of simulated and real activations "
+              "(positive part: the headline) on held-out top + random text; raw = against the "
+              "signed activation (OpenAI/Neuronpedia); baseline = token-lookup explanation, "
+              "n2g = graph, on the same text")
+        print(f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} "
+              f"{'n2g':>6}  explanation")
         for r in rows:
-            cells = " ".join(f"{r[k]:6.3f}" if r[k] is not None else "     -" for k in ("score_top", "score_random"))
+            cells = " ".join(f"{r[k]:6.3f}" if r.get(k) is not None else "     -"
+                             for k in ("score_raw", "score_top", "score_random"))
             base = f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
             n2g = f"{r['n2g_score']:6.3f}" if r.get("n2g_score") is not None else "     -"
             print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  "
@@ -689,6 +702,8 @@ def cmd_neuron(args: argparse.Namespace) -> int:
         method = {"llm": "explanation", "llm_negative": "explanation_negative"}.get(kind, kind)
         sc = record["scores"].get(method) or {}
         shown = f"score {sc['score']:.3f}" if sc.get("score") is not None else f"score {sc.get('status', '-')}"
+        if sc.get("score_raw") is not None:
+            shown += f", raw {sc['score_raw']:.3f}"
         console.print(f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  "
                       f"[{shown}]", markup=False)
     n2g = record["scores"].get("n2g")
@@ -1322,6 +1337,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(p)
     p.set_defaults(func=cmd_serve)
     _add_issue5_commands(sub)
+    from autointerp.eval.commands import add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 

@@ -655,3 +655,19 @@ def packaged_status() -> list[dict[str, Any]]:
         }
         for m in PACKAGED.values()
     ]
+
+
+def load_tokenizer(name: str, progress: bool = True) -> tuple[str, Any]:
+    """(canonical name, tokenizer) of a subject model without loading its weights: what known-answer
+    features
+    need. Packaged models read the tokenizer from their converted directory; TransformerLens models
+    load whole
+    (their tokenizer comes with them)."""
+    canonical, packaged = resolve_model_name(name)
+    _quiet_libraries()
+    if packaged is not None:
+        from transformers import AutoTokenizer
+
+        folder = prepare_packaged(packaged, progress=progress)
+        return canonical, AutoTokenizer.from_pretrained(str(folder))
+    return canonical, load_model(name, progress=progress).tokenizer

@@ -63,14 +63,17 @@ import sqlite_utils
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 
-SCHEMA_VERSION = 2
+#: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table.
+#: Older databases
+#: are upgraded in place when opened (new tables and columns only; no row is rewritten).
+SCHEMA_VERSION = 3
 DEFAULT_DB = "autointerp.db"
 TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs",
           "explanations", "scores", "llm_cache",
           # issue 5: similarity / search / weights
           "explanations_fts", "token_index", "indexed_graphs", "similarities", "weights",
-          # search by meaning
-          "text_embeddings")
+          # evaluation results; search by meaning
+          "evaluations", "text_embeddings")
 EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
                    "peak_index", "interval", "activations")
 
@@ -262,7 +265,8 @@ class Store:
             db["scores"].create(
                 {
                     "run_id": int, "layer": int, "neuron": int, "method": str, "config_hash": str, "status": str,
-                    "score": float, "score_top": float, "score_random": float, "r2": float, "n_tokens": int,
+                    "score": float, "score_raw": float, "score_top": float, "score_random": float,
+                    "r2": float, "n_tokens": int,
                     "simulator_model": str, "simulator_mode": str, "error": str, "prompt_tokens": int,
                     "completion_tokens": int, "cost_usd": float, "explain_run_id": int, "created": float,
                 },
@@ -281,6 +285,53 @@ class Store:
             # sentence embeddings of explanation texts, keyed by a hash of (embedder, text): computed once
             db["text_embeddings"].create({"key": str, "embedder": str, "vector": bytes, "created": float},
                                          pk="key", if_not_exists=True)
+            self._ensure_evaluation_schema()
+
+    def _ensure_evaluation_schema(self) -> None:
+        """Schema 3, inside ``_ensure_schema``'s transaction: the raw-activation score column (added
+        to older
+        databases) and the stored results of ``eval`` and ``calibrate`` runs (their config is the
+        ``runs`` row)."""
+        db = self.db
+        if "score_raw" not in db["scores"].columns_dict:
+            db.execute("alter table scores add column score_raw float")
+        db["evaluations"].create(
+            {"run_id": int, "model": str, "kind": str, "result": str, "created": float},
+            pk="run_id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True,
+        )
+
+    def save_evaluation(self, model: str, kind: str, config: dict[str, Any], config_hash: str,
+                        result: dict[str, Any] | list[Any], run_model: str | None = None) -> int:
+        """Store one ``eval`` / ``calibrate`` result with its config (a ``runs`` row of that stage) in
+        one transaction; returns the run id. Every invocation is kept, so a later explainer can be
+        compared. ``run_model`` names the ``runs`` row's model when it differs: a calibration run
+        belongs to the feature set's model (which the ``models`` table holds), while its result is
+        filed under the real model that ``eval`` looks it up by."""
+        now = time.time()
+        with self.atomic():
+            table = self.db["runs"]
+            table.insert({"model": run_model or model, "stage": kind,
+                          "config": json.dumps(config, sort_keys=True), "config_hash": config_hash,
+                          "shard_index": 0, "shard_count": 1, "status": "complete",
+                          "corpus": json.dumps({}), "contexts_done": 0, "tokens_done": 0,
+                          "created": now, "finished": now})
+            run_id = int(table.last_pk)
+            self.db["evaluations"].insert({"run_id": run_id, "model": model, "kind": kind,
+                                           "result": json.dumps(result), "created": now})
+        return run_id
+
+    def latest_evaluation(self, model: str, kind: str) -> dict[str, Any] | None:
+        """The newest stored ``eval`` / ``calibrate`` result of ``model``: ``{run_id, config,
+        result, created}``."""
+        row = next(self.db.query(
+            "select e.run_id, e.result, e.created, r.config, r.config_hash from evaluations e "
+            "join runs r on r.id = e.run_id where e.model = ? and e.kind = ? "
+            "order by e.run_id desc limit 1", [model, kind]), None)
+        if row is None:
+            return None
+        return {"run_id": row["run_id"], "config": json.loads(row["config"]),
+                "config_hash": row["config_hash"], "result": json.loads(row["result"]),
+                "created": row["created"]}
 
     # ---------------------------------------------------------------------------------------------- models/runs
     def upsert_model(self, info: dict[str, Any]) -> None:
@@ -482,7 +533,8 @@ class Store:
             other = ("(select o.score from scores o where o.run_id = s.run_id and o.layer = s.layer and "
                      "o.neuron = s.neuron and o.config_hash = s.config_hash and o.method = '{}' and "
                      "o.status = 'ok')")
-            extra = (", s.score, s.score_top, s.score_random, s.r2, s.simulator_model, s.simulator_mode, "
+            extra = (", s.score, s.score_raw, s.score_top, s.score_random, s.r2, "
+                     "s.simulator_model, s.simulator_mode, "
                      "e.text as explanation, e.model as explainer_model, e.prompt_version, s.config_hash, "
                      f"{other.format('baseline')} as baseline_score, {other.format('n2g')} as n2g_score")
         sql = (f"select n.layer, n.neuron, n.max, n.min, n.mean, n.frac_positive, n.variance, n.run_id{extra} "
@@ -928,6 +980,23 @@ class Store:
             self.db["explanations"].insert_all({**key, **r} for r in explanations)
             self.db["scores"].insert_all({**key, **r} for r in scores)
 
+
+    def config_results(self, run_id: int, layer: int, neuron: int, config_hash: str
+                       ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """(explanations by kind, scores by method) of one neuron under one explain config."""
+        out = []
+        for table, column in (("explanations", "kind"), ("scores", "method")):
+            rows = self.db.query(f"select * from {table} where run_id = ? and layer = ? and "
+                                 "neuron = ? and config_hash = ?",
+                                 [run_id, layer, neuron, config_hash])
+            out.append({r[column]: dict(r) for r in rows})
+        return out[0], out[1]
+
+    def firing_neurons(self, run_id: int, layer: int) -> list[int]:
+        """Neurons of a harvested layer that fire at all (max activation > 0), in index order."""
+        return [int(r["neuron"]) for r in self.db.query(
+            "select neuron from neurons where run_id = ? and layer = ? and max > 0 order by neuron",
+            [run_id, layer])]
 
     def explanation_summary(self, model: str, layer: int, neuron: int) -> dict[str, Any]:
         """The newest explanation of each kind and score of each method for a neuron (from the model's harvests)."""

@@ -10,6 +10,14 @@ pipeline under test are real. Modes:
   (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs, ``finish_reason: "length"``),
   ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
 * ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations answered well);
+* ``no-digits``: echo simulations whose top logprobs hold no digit at any position (the simulator
+"answered" but
+  not on the 0-9 scale); explanations answered well;
+* ``keyword``: a deterministic stand-in simulator for testing what is computed *from* simulations
+(controls,
+  summaries), never the simulator's quality: echo prompts get a '9' at every slot whose token (lower
+case, space
+  stripped) is a word of the target explanation, '0' elsewhere;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo prompts, a
   valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
@@ -62,7 +70,10 @@ class FaultServer:
                     self._send(200, _chat('{"activations": [42]}'))
                 elif mode == "truncated-explanation" and not is_simulation(body):
                     self._send(200, _chat(" tokens that", finish_reason="length"))  # cut inside the phrase
-                elif mode in ("ok", "truncated-explanation") or (mode in SIMULATION_FAULTS and not is_simulation(body)):
+                elif mode in ("no-digits", "keyword") and "prompt" in body:
+                    self._send(200, _echo_digits(body["prompt"], keyword=mode == "keyword"))
+                elif mode in ("ok", "truncated-explanation", "no-digits", "keyword") or (
+                        mode in SIMULATION_FAULTS and not is_simulation(body)):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:
                     self._send(200, _simulation_fault(mode, body))
@@ -123,6 +134,28 @@ def _echo(prompt: str, upto: int | None = None) -> dict[str, Any]:
                          "logprobs": {"tokens": chars, "text_offset": list(range(len(chars))),
                                       "token_logprobs": [None] * len(chars), "top_logprobs": top}}],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0, "total_tokens": len(prompt)}}
+
+
+def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
+    """Echo logprobs, one character per token: no digit anywhere (``keyword=False``), or a 9/0 at
+    each activation
+    slot of the target record by whether its token is a word of the target explanation."""
+    response = _echo(prompt)
+    tops = response["choices"][0]["logprobs"]["top_logprobs"]
+    for i in range(1, len(tops)):
+        tops[i] = {"?": -0.05, "x": -3.0}
+    if keyword:
+        head, _, target = prompt.rpartition("<start>\n")
+        explanation = head.rsplit("behavior:", 1)[-1].lower().split("find", 1)[-1]
+        words = set(re.findall(r"\w+", explanation))
+        offset = len(head) + len("<start>\n")
+        for line in target.split("\n"):
+            token, tab, _ = line.partition("\t")
+            if tab:
+                slot = offset + len(token) + 1
+                tops[slot] = {"9" if token.strip().lower() in words else "0": -0.05, "x": -3.0}
+            offset += len(line) + 1
+    return response
 
 
 def ok_answer(body: dict[str, Any]) -> dict[str, Any]:

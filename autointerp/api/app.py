@@ -379,6 +379,25 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
                                                 for k, s in per_layer.items())))
         return Response(cached(key, lambda: score_plot(view.name, per_layer)), media_type="image/svg+xml")
 
+    @app.get("/img/{model}/eval.png", include_in_schema=False)
+    def img_eval(model: str) -> Response:
+        """The newest `autointerp eval` of the model: score distributions per method with the
+        controls."""
+        from autointerp.api.plots import cached
+        from autointerp.eval.plot import eval_plot
+
+        view = view_of(model)
+        store = data.store()
+        evaluation = store.latest_evaluation(view.name, "eval")
+        if evaluation is None:
+            raise NotFound(f"{view.name} has no stored evaluation; run "
+                           f"`autointerp eval {view.name}`.")
+        known = store.latest_evaluation(view.name, "calibrate")
+        rows = known["result"]["features"] if known else None
+        key = ("eval", view.name, evaluation["run_id"], known["run_id"] if known else None)
+        png = cached(key, lambda: eval_plot(evaluation["result"], rows))
+        return Response(png, media_type="image/png")
+
     @app.get("/img/{model}/n2g/{layer}/{neuron}.svg", include_in_schema=False)
     def img_graph(model: str, layer: Index, neuron: Index) -> Response:
         from autointerp.api.plots import cached, graph_svg

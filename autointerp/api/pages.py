@@ -130,7 +130,9 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
                 break
         else:
             ranked_by = "max"
-        return render("model.html", title=view.name, m=record, ranked=ranked, ranked_by=ranked_by)
+        evaluation = data.store().latest_evaluation(view.name, "eval")
+        return render("model.html", title=view.name, m=record, ranked=ranked, ranked_by=ranked_by,
+                      evaluation=evaluation["result"] if evaluation else None)
 
     @app.get("/m/{model}/random", include_in_schema=False)
     def random_page(model: str) -> RedirectResponse:

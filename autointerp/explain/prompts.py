@@ -238,22 +238,26 @@ def simulation_prompt(explanation: str, tokens: Sequence[str], templates: Templa
 
 def simulation_messages(explanation: str, tokens: Sequence[str], templates: Templates, json_only: bool
                         ) -> list[dict[str, str]]:
-    """Chat messages for simulators without prompt logprobs: the reply is the list of values (digits separated by
-    spaces, whose generated-token logprobs give expected values), or a JSON object when ``json_only``."""
+    """Chat messages for simulators without prompt logprobs: the reply is one ``index<TAB>token<TAB>digit``
+    line per token (the generated digits' logprobs give expected values; repeating the numbered token keeps
+    small models from losing count), or a JSON object when ``json_only``."""
     def numbered(toks: Sequence[str]) -> str:
         return "\n".join(f"{i}\t{escape_token(t)}" for i, t in enumerate(toks))
 
     if json_only:
         fmt = ('Answer with JSON only: {"activations": [...]} with exactly one integer 0-9 per token, in order.')
     else:
-        fmt = "Answer with the activations only: one digit 0-9 per token, in order, separated by single spaces."
+        fmt = ("Answer with one line per token, in order: the token's number, a tab, the token exactly as "
+               "given, a tab, and its activation (one digit 0-9). Nothing else.")
     messages = [{"role": "system", "content": templates.simulate_system + "\n\n" + fmt}]
     for ex in templates.examples:
         for r in ex["records"][:1]:
             messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {ex['explanation']}.\n"
                              f"Tokens ({len(r['tokens'])}):\n{numbered(r['tokens'])}"})
             values = r["activations"]
-            answer = json.dumps({"activations": values}) if json_only else " ".join(str(v) for v in values)
+            answer = (json.dumps({"activations": values}) if json_only else "\n".join(
+                f"{i}\t{escape_token(t)}\t{v}" for i, (t, v) in enumerate(zip(r["tokens"], values,
+                                                                                strict=True))))
             messages.append({"role": "assistant", "content": answer})
     messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
                      f"Tokens ({len(tokens)}):\n{numbered(tokens)}"})

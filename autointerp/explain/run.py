@@ -172,6 +172,10 @@ class NeuronJob:
     graph: NeuronGraph | None
     train_negative: list[Record] = field(default_factory=list)
     heldout_negative: list[Record] = field(default_factory=list)
+    #: other explanations to simulate and score on the same records, by score method (e.g. a
+    #: known-answer
+    #: feature's true description as ``true_description``)
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,16 +258,30 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
                   ) -> None:
         result = result or {}
         status = "failed" if error is not None else ("ok" if result.get("score") is not None else "undefined")
+        if status == "undefined":
+            # why: constant or non-finite held-out activations
+            error = result.get("undefined") or "no score"
         scores.append({
-            "method": method, "status": status, "score": result.get("score"), "score_top": result.get("score_top"),
+            "method": method, "status": status, "score": result.get("score"),
+            "score_raw": result.get("score_raw"),
+            "score_top": result.get("score_top"),
             "score_random": result.get("score_random"), "r2": result.get("r2"), "n_tokens": result.get("n_tokens"),
             "simulator_model": cfg.simulator_model if mode else None, "simulator_mode": mode, "error": error,
             "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
             "cost_usd": used.cost(cfg.simulator_model, prices), "created": now,
         })
 
+    if not job.heldout:
+        # nothing to score on (tiny corpus, small top_k): say so for this neuron instead of paying
+        # for an
+        # explanation that can never be scored
+        reason = ("not explained: no held-out records to score on (the harvest kept no "
+                  "test-split examples for this neuron; harvest more tokens or a larger top_k)")
+        add_explanation("llm", None, reason, Usage(), cfg.explainer_model, 0.0)
+        add_score("explanation", None, reason, Usage(), None)
+        return NeuronResult(job, explanations, scores, usage)
     sides = [("llm", "explanation", job.train, job.heldout, job.max_activation, 1.0, evidence)]
-    if cfg.negative and job.train_negative and job.min_activation < 0:
+    if cfg.negative and job.train_negative and job.heldout_negative and job.min_activation < 0:
         sides.append(("llm_negative", "explanation_negative", job.train_negative, job.heldout_negative,
                       -job.min_activation, -1.0, None))
     for kind, method, train, heldout, max_act, sign, ev in sides:
@@ -293,6 +311,14 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
             add_score("baseline", result, None, used, sim.mode)
         except LLMFailure as exc:
             add_score("baseline", None, exc.reason, Usage(), sim.mode)
+    for method, text in job.extra.items():
+        add_explanation(method, text, None, Usage(), "given", 0.0)
+        try:
+            result, used = _simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
+            usage.add(used)
+            add_score(method, result, None, used, sim.mode)
+        except LLMFailure as exc:
+            add_score(method, None, exc.reason, Usage(), sim.mode)
     if job.graph is not None:
         preds = [job.graph.predict(r.tokens) for r in job.heldout]
         add_score("n2g", score_predictions(preds, job.heldout, job.max_activation, 1.0), None, Usage(), None)
@@ -310,6 +336,17 @@ class ExplainSummary:
     seconds: float = 0.0
     run_id: int | None = None
     neurons: list[tuple[int, int]] = field(default_factory=list)
+
+
+def check_config(cfg: ExplainConfig) -> None:
+    """Refuse settings that leave nothing to score, before any LLM call is paid for."""
+    if cfg.sim_top < 0 or cfg.sim_random < 0:
+        raise UserError("--sim-top and --sim-random must not be negative.")
+    if cfg.sim_top + cfg.sim_random < 1:
+        raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out "
+                        "text to score explanations on; give at least one of them.")
+    if cfg.sim_window < 2:
+        raise UserError("The simulation window must be at least 2 tokens.")
 
 
 def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, d_mlp: int
@@ -353,12 +390,22 @@ def _job(store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: Explai
 
 def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: str | None, cfg: ExplainConfig,
                    client: LLMClient, templates: Templates, prices: dict[str, dict[str, float]] | None = None,
-                   retry_failed: bool = False, progress: bool = True) -> ExplainSummary:
-    """Explain and score the chosen neurons of each layer; returns counts and the tokens spent."""
+                   retry_failed: bool = False, progress: bool = True,
+                   extra: dict[tuple[int, int], dict[str, str]] | None = None,
+                   neurons: dict[int, list[int]] | None = None) -> ExplainSummary:
+    """Explain and score the chosen neurons of each layer; returns counts and the tokens spent.
+
+    ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
+    (calibration's
+    true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec`` (eval's seeded
+    sample)."""
+    check_config(cfg)
     info = store.model_info(model)
     if info is None:
         raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` first.")
     plan = plan_neurons(store, model, layers, neurons_spec, int(info["d_mlp"]))
+    if neurons is not None:
+        plan = [(layer, run, neurons.get(layer, [])) for layer, run, _ in plan]
     check_heldout(store, plan, cfg)
     config_hash = cfg.config_hash()
     run = store.find_run(model, "explain", config_hash, (0, 1))
@@ -386,6 +433,7 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                 return False
             harvest_run, layer, n = item
             job = _job(store, harvest_run, layer, n, cfg, gated)  # store reads stay on this thread
+            job.extra = dict((extra or {}).get((layer, n), {}))
             pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
             return True
 

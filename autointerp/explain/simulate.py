@@ -6,12 +6,24 @@ Three simulator modes, picked by what the endpoint can do (``auto`` probes once)
   the prediction at each token is the expected value over the digits 0-9 in the top logprobs at its activation slot
   (llama.cpp through :mod:`autointerp.llm_serve`, vLLM). ``echo-shifted`` is the same for servers whose
   ``top_logprobs[i]`` predicts token ``i + 1`` (llama-cpp-python's stock server); the probe tells them apart.
-* ``chat-logprobs`` - hosted chat models: the reply is one digit per token, and each generated digit's top
-  logprobs give the expected value.
+* ``chat-logprobs`` - hosted chat models: the reply is one line per token, ``index<TAB>token<TAB>digit``,
+  and each generated digit's top logprobs give the expected value. Index and token are repeated because small
+  models lose count in a bare list of digits (the local 0.5B answered 10 values for 18 tokens, and 7 lines
+  for 8 tokens with the index alone).
 * ``json`` - no logprobs at all: the reply is ``{"activations": [...]}``, validated with jsonschema.
 
 Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM explanation,
 token-lookup baseline and N2G graph - so the numbers compare directly.
+
+A simulation is only trusted when the simulator actually answered on the 0-9 scale: in echo modes a
+slot whose top
+logprobs hold no digit is counted, and a record with more than :data:`MAX_DIGITLESS_FRACTION` of its
+slots
+digit-less fails the whole simulation with the reason ("no digit in the top 15 at 28 of 32 slots")
+instead of
+turning into a string of zeros that would look like a bad explanation. Below the threshold a
+digit-less slot
+counts as 0 (the simulator expects no activation there).
 """
 
 from __future__ import annotations
@@ -36,6 +48,18 @@ from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
 
 MODES = ("auto", "echo", "echo-shifted", "chat-logprobs", "json")
 DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}
+#: A record whose slots lack a digit in the top logprobs more often than this is a failed
+#: simulation, not a score.
+MAX_DIGITLESS_FRACTION = 0.25
+
+
+class SimulationFailure(LLMFailure):
+    """The simulator answered, but not on the 0-9 scale (see :data:`MAX_DIGITLESS_FRACTION`). Not
+    retried: echo
+    calls run at temperature 0, so a retry would repeat the same answer."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, attempts=1, transient=False)
 
 
 def expected_digit(top: dict[str, float] | None) -> float | None:
@@ -54,7 +78,16 @@ def expected_digit(top: dict[str, float] | None) -> float | None:
 
 
 def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> list[float]:
-    """Predictions at the slot offsets from an echo response (see the module docstring for ``shift``)."""
+    """Predictions at the slot offsets from an echo response (see the module docstring for
+    ``shift``); a slot
+    with no digit in its top logprobs is 0."""
+    return [0.0 if v is None else v for v in parse_echo_slots(response, slots, shift)]
+
+
+def parse_echo_slots(response: dict[str, Any], slots: Sequence[int], shift: int
+                     ) -> list[float | None]:
+    """Like :func:`parse_echo`, but a slot with no digit in its top logprobs is None, so it can be
+    counted."""
     try:
         lp = response["choices"][0]["logprobs"]
         offsets, tops = lp["text_offset"], lp["top_logprobs"]
@@ -65,18 +98,30 @@ def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> li
     at = {}
     for i, off in enumerate(offsets):
         at.setdefault(off, i)
-    out = []
+    out: list[float | None] = []
     for slot in slots:
         i = at.get(slot)
         if i is None:
             raise InvalidOutput(f"no token starts at the activation slot at character {slot}")
         j = i + shift
-        value = expected_digit(tops[j]) if 0 <= j < len(tops) else None
-        out.append(0.0 if value is None else value)  # no digit in the top-k: the model expects no activation
+        out.append(expected_digit(tops[j]) if 0 <= j < len(tops) else None)
     return out
 
 
-def parse_chat_digits(response: dict[str, Any], n: int) -> list[float]:
+def check_digits(values: Sequence[float | None], top_logprobs: int) -> list[float]:
+    """Digit-less slots as 0, or :class:`SimulationFailure` when there are more than
+    :data:`MAX_DIGITLESS_FRACTION` of them (the simulator did not answer on the scale)."""
+    missing = sum(v is None for v in values)
+    if values and missing > MAX_DIGITLESS_FRACTION * len(values):
+        raise SimulationFailure(f"no digit in the top {top_logprobs} at {missing} of "
+                                f"{len(values)} slots")
+    return [0.0 if v is None else v for v in values]
+
+
+def parse_chat_digits(response: dict[str, Any], n: int, indexed: bool = False) -> list[float]:
+    """Expected values of the generated digits; with ``indexed`` only a digit right after the second tab of
+    a line counts (the ``index<TAB>token<TAB>digit`` lines of a chat simulation: indexes and tokens may hold
+    digits too)."""
     try:
         content = response["choices"][0]["logprobs"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
@@ -84,14 +129,19 @@ def parse_chat_digits(response: dict[str, Any], n: int) -> list[float]:
     if not content:
         raise InvalidOutput("the reply has no token logprobs")
     out = []
+    text = ""
     for item in content:
-        tok = (item.get("token") or "").strip()
-        if tok in DIGITS:
+        raw = item.get("token") or ""
+        tok = raw.strip()
+        before = text + raw[: len(raw) - len(raw.lstrip())]
+        text += raw
+        line = before.rsplit("\n", 1)[-1]
+        if tok in DIGITS and (not indexed or (line.endswith("\t") and line.count("\t") == 2)):
             top = {t["token"]: t["logprob"] for t in item.get("top_logprobs") or []}
             top.setdefault(item["token"], item["logprob"])
             value = expected_digit(top)
             out.append(float(DIGITS[tok]) if value is None else value)
-        elif tok and not re.fullmatch(r"[\s,]*", tok):
+        elif not indexed and tok and not re.fullmatch(r"[\s,]*", tok):
             raise InvalidOutput(f"unexpected token {tok[:20]!r} in the list of values")
     if len(out) != n:
         raise InvalidOutput(f"expected {n} values, got {len(out)}")
@@ -186,14 +236,17 @@ class Simulator:
             body = {"prompt": prompt.text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1,
                     "temperature": 0}
             shift = -1 if self.mode == "echo-shifted" else 0
-            return self.client.call("completions", self.model, body,
-                                    lambda r: parse_echo(r, prompt.slot_offsets, shift))
+            slots, usage = self.client.call(
+                "completions", self.model, body,
+                lambda r: parse_echo_slots(r, prompt.slot_offsets, shift))
+            return check_digits(slots, self.top_logprobs), usage
         json_only = self.mode == "json"
         body = {"messages": simulation_messages(explanation, tokens, self.templates, json_only),
-                "max_tokens": (4 if json_only else 3) * n + 40, "temperature": 0}
+                "max_tokens": (4 if json_only else 6) * n + 40, "temperature": 0}
         if not json_only:
             body.update({"logprobs": True, "top_logprobs": min(self.top_logprobs, 20)})
-            return self.client.call("chat", self.model, body, lambda r: parse_chat_digits(r, n), _retry_hotter)
+            return self.client.call("chat", self.model, body,
+                                    lambda r: parse_chat_digits(r, n, indexed=True), _retry_hotter)
         return self.client.call("chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter)
 
 
@@ -220,13 +273,29 @@ def _probe_echo(response: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------------ scoring
 def correlation(pred: np.ndarray, true: np.ndarray) -> float | None:
-    """Pearson correlation; None when the truth is constant; 0 when the prediction is constant (it explains
-    nothing)."""
-    if len(true) < 2 or float(true.std()) == 0.0:
-        return None
+    """Pearson correlation; None when the truth is constant or the result is not finite (no score
+    can be
+    given); 0 when the prediction is constant (it explains nothing)."""
+    return correlation_or_reason(pred, true)[0]
+
+
+def correlation_or_reason(pred: np.ndarray, true: np.ndarray) -> tuple[float | None, str | None]:
+    """:func:`correlation` and, when it is None, the one-line reason stored with an ``undefined``
+    score."""
+    if len(true) < 2:
+        return None, f"only {len(true)} held-out token(s): a correlation needs at least 2"
+    if not (np.all(np.isfinite(true)) and np.all(np.isfinite(pred))):
+        return None, "the activations or predictions are not finite (nan or inf)"
+    if float(true.std()) == 0.0:
+        return None, (f"the held-out activations are constant ({float(true[0]):g}) over "
+                      f"{len(true)} tokens")
     if float(pred.std()) == 0.0:
-        return 0.0
-    return float(np.corrcoef(pred, true)[0, 1])
+        return 0.0, None
+    with np.errstate(all="ignore"):
+        value = float(np.corrcoef(pred, true)[0, 1])
+    if not np.isfinite(value):
+        return None, f"the correlation is not finite ({value})"
+    return value, None
 
 
 def target(record: Record, sign: float = 1.0) -> np.ndarray:
@@ -239,19 +308,34 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
                       pred_scale: float = SCALE_MAX, sign: float = 1.0) -> dict[str, Any]:
     """Pooled Pearson correlation over every token of every record (top and random together, as OpenAI's
     "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to activation units
-    (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative)."""
+    (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative).
+
+    ``score`` (the headline) correlates with the activation's positive part: an explanation says
+    what the neuron
+    *finds*, and gated MLPs have large negative activations no such phrase predicts. ``score_raw``
+    correlates
+    with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers do, so our numbers can
+    be set beside
+    published ones. ``undefined`` says why ``score`` is None (constant or non-finite held-out
+    activations)."""
+    if not records:
+        raise ValueError("no held-out records to score on")
     p = [np.asarray(x, dtype=np.float64) for x in preds]
     t = [target(r, sign) for r in records]
     for a, b in zip(p, t, strict=True):
         if a.shape != b.shape:
             raise ValueError("prediction and record lengths differ")
     allp, allt = np.concatenate(p), np.concatenate(t)
-    out: dict[str, Any] = {"score": correlation(allp, allt), "n_tokens": int(len(allt))}
+    raw = np.concatenate([sign * np.asarray(r.activations, dtype=np.float64) for r in records])
+    score, reason = correlation_or_reason(allp, allt)
+    out: dict[str, Any] = {"score": score, "undefined": reason, "score_raw": correlation(allp, raw),
+                           "n_tokens": int(len(allt))}
     for kind in ("top", "random"):
         idx = [i for i, r in enumerate(records) if r.kind == kind]
         out[f"score_{kind}"] = (correlation(np.concatenate([p[i] for i in idx]), np.concatenate([t[i] for i in idx]))
                                 if idx else None)
-    sst = float(((allt - allt.mean()) ** 2).sum())
+    sst = float(((allt - allt.mean()) ** 2).sum()) if np.all(np.isfinite(allt)) else 0.0
     mapped = allp / pred_scale * max_activation
-    out["r2"] = 1.0 - float(((allt - mapped) ** 2).sum()) / sst if sst > 0 else None
+    r2 = 1.0 - float(((allt - mapped) ** 2).sum()) / sst if sst > 0 else None
+    out["r2"] = r2 if r2 is not None and np.isfinite(r2) else None
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
-from autointerp.n2g.build import Example, ModelSubject, N2GConfig, build_graphs, evaluate
+from autointerp.n2g.build import Example, ModelSubject, N2GConfig, Subject, build_graphs, evaluate
 from autointerp.ranges import parse_ranges
 from autointerp.store import Store
 
@@ -58,12 +59,17 @@ class GraphSummary:
 
 
 def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_spec: str | None, cfg: N2GConfig,
-                 progress: bool = True, chunk: int = 16) -> list[GraphSummary]:
+                 progress: bool = True, chunk: int = 16,
+                 subject_for: Callable[[int], Subject] | None = None) -> list[GraphSummary]:
     """Graphs for the given neurons of each layer, from the latest complete harvest of that layer.
 
     Neurons are processed ``chunk`` at a time (their forward passes batched together); each chunk's rows are
     written in one transaction (with their token-index rows), so an interrupted run loses at most one chunk and
     never leaves a partial graph; rerunning the same command skips the stored neurons.
+
+    ``subject_for(layer)`` gives the ``feature_activation`` seam for features that are not MLP
+    neurons (known-answer
+    regex features compute it from the tokenizer); by default the model's layer is run.
     """
     cfg = replace(cfg, dtype=model.dtype_name)  # the graphs of a half-precision model are their own result
     config_hash = cfg.config_hash()
@@ -82,7 +88,7 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
         done = store.graph_done(run["id"], layer, config_hash)
         todo = [n for n in neurons if n not in done]
         started = time.time()
-        subject = ModelSubject(model, layer)
+        subject = subject_for(layer) if subject_for is not None else ModelSubject(model, layer)
         bar = tqdm(total=len(todo), unit="neuron", disable=not progress, desc=f"n2g {model.name} L{layer}",
                    dynamic_ncols=True)
         for start in range(0, len(todo), chunk):

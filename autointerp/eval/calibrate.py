@@ -1,0 +1,158 @@
+"""Calibration on known-answer features: how well can the pipeline do when the answer is known?
+
+For every regex feature (:mod:`autointerp.eval.features`) the unchanged pipeline runs on its
+activations over the
+corpus - harvest, N2G graph, LLM explanation, simulation, score - and the feature's true description
+is simulated
+and scored on exactly the same held-out records. Per feature:
+
+* ``true_score``: the simulator given the right answer - the ceiling any explanation could reach
+with this
+  simulator on these records;
+* ``explanation_score``: the explainer's phrase - how much of the answer it recovered;
+* ``baseline_score``, ``n2g_score``: the token-lookup baseline and the N2G graph on the same
+records.
+
+Everything is stored like a model's neurons, under the feature set's own model name, and the summary
+(with its
+config) as a ``calibrate`` run of the real model, which ``eval`` shows as its known-answer control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from autointerp.config import identity_hash
+from autointerp.eval.features import KnownFeatureModel, RegexFeature, RegexSubject
+from autointerp.explain.prompts import Templates
+from autointerp.explain.run import ExplainConfig, explain_layers
+from autointerp.harvest import HarvestConfig, harvest
+from autointerp.llm import LLMClient
+from autointerp.n2g.build import N2GConfig
+from autointerp.n2g.run import graph_layers
+from autointerp.store import Store
+
+TRUE_METHOD = "true_description"
+
+
+@dataclass
+class CalibrateConfig:
+    """The harvest of the known-answer features (the explain config is stored beside it)."""
+
+    corpus: str = "default"
+    tokens: int = 32768
+    ctx_len: int = 64
+    seed: int = 0
+
+
+def _median(values: list[float | None]) -> float | None:
+    ok = [v for v in values if v is not None]
+    return float(np.median(ok)) if ok else None
+
+
+def calibrate(
+    store: Store,
+    base_model: str,
+    tokenizer: Any,
+    features: list[RegexFeature],
+    cfg: CalibrateConfig,
+    explain_cfg: ExplainConfig,
+    client: LLMClient,
+    templates: Templates,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the pipeline on the features and return ``{"model", "features_model", "features": [...],
+    "medians"}``;
+    the result is stored as a ``calibrate`` run of ``base_model``."""
+    known = KnownFeatureModel(base_model, tokenizer, features)
+    harvest(
+        known,
+        store,
+        HarvestConfig(
+            model=known.name,
+            corpus=cfg.corpus,
+            layers=[0],
+            ctx_len=cfg.ctx_len,
+            n_tokens=cfg.tokens,
+            seed=cfg.seed,
+        ),
+        progress=progress,
+        log=log,
+    )
+    graph_layers(
+        known,
+        store,
+        [0],
+        None,
+        N2GConfig(),
+        progress=progress,
+        subject_for=lambda _: RegexSubject(known),
+    )
+    extra = {(0, i): {TRUE_METHOD: f.description} for i, f in enumerate(features)}
+    explain_layers(
+        store,
+        known.name,
+        [0],
+        "all",
+        explain_cfg,
+        client,
+        templates,
+        progress=progress,
+        extra=extra,
+    )
+    run = store.latest_complete_run(known.name, 0)
+    assert run is not None  # harvested just above
+    rows = []
+    config_hash = explain_cfg.config_hash()
+    for i, f in enumerate(features):
+        expl, scores = store.config_results(run["id"], 0, i, config_hash)
+        stats = store.neuron(run["id"], 0, i) or {}
+
+        def score(method: str, scores: dict[str, dict[str, Any]] = scores) -> float | None:
+            row = scores.get(method)
+            return row["score"] if row and row["status"] == "ok" else None
+
+        llm = expl.get("llm") or {}
+        rows.append(
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "pattern": f.pattern,
+                "description": f.description,
+                "true_score": score(TRUE_METHOD),
+                "explanation": llm.get("text"),
+                "explanation_score": score("explanation"),
+                "baseline_score": score("baseline"),
+                "n2g_score": score("n2g"),
+                "frac_active": stats.get("frac_positive"),
+                "status": {m: r["status"] for m, r in scores.items()},
+                "errors": {m: r["error"] for m, r in scores.items() if r.get("error")},
+                "baseline": (expl.get("baseline") or {}).get("text"),
+            }
+        )
+    medians = {
+        key: _median([r[key] for r in rows])
+        for key in ("true_score", "explanation_score", "baseline_score", "n2g_score")
+    }
+    result = {
+        "model": base_model,
+        "features_model": known.name,
+        "features": rows,
+        "medians": medians,
+        "explainer_model": explain_cfg.explainer_model,
+        "simulator_model": explain_cfg.simulator_model,
+    }
+    config = {
+        "calibrate": asdict(cfg),
+        "features": [[f.name, f.pattern, f.description] for f in features],
+        "explain": explain_cfg.identity(),
+        "explain_config_hash": config_hash,
+    }
+    result["run_id"] = store.save_evaluation(
+        base_model, "calibrate", config, identity_hash(config), result, run_model=known.name
+    )
+    return result

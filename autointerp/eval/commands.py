@@ -1,0 +1,364 @@
+"""The ``calibrate`` and ``eval`` commands: argument parsing, the LLM endpoint (or the embedded
+local server),
+text and JSON reports. Kept beside the evaluation code so the main CLI module only registers
+them."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autointerp.errors import UserError
+
+
+def _add_llm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, "
+        "else the embedded local server)",
+    )
+    p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
+    p.add_argument("--explainer-model", default=None, help="model that writes explanations")
+    p.add_argument(
+        "--simulator-model", default=None, help="model that simulates (default: the explainer)"
+    )
+    p.add_argument(
+        "--local-llm",
+        default="qwen2.5-coder-1.5b",
+        help="packaged model for the local server: qwen2.5-coder-1.5b (default) or "
+        "qwen2.5-coder-0.5b",
+    )
+    p.add_argument(
+        "--simulator-mode",
+        default="auto",
+        choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
+        help="how the simulator is read (default: probe the endpoint)",
+    )
+    p.add_argument(
+        "--sim-top", type=int, default=5, help="held-out top examples simulated (default 5)"
+    )
+    p.add_argument(
+        "--sim-random", type=int, default=5, help="held-out random examples simulated (default 5)"
+    )
+    p.add_argument(
+        "--explain-records", type=int, default=8, help="top training examples shown (default 8)"
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=4,
+        help="attempts per LLM call before recording a failure",
+    )
+    p.add_argument(
+        "--llm-timeout", type=float, default=300.0, help="seconds per LLM request (default 300)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the local server (default: all)"
+    )
+    p.add_argument(
+        "--prompts", default=None, help="prompt template folder (default: the packaged prompts)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="SQLite results file (default: $AUTOINTERP_DB or ./autointerp.db)",
+    )
+
+
+@contextlib.contextmanager
+def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """(client, explain config, templates) for the endpoint the options name, starting and stopping
+    the local
+    llama.cpp server when none is named (as ``explain`` does)."""
+    from autointerp.explain.prompts import load_templates
+    from autointerp.explain.run import ExplainConfig, check_config
+    from autointerp.llm import LLMClient, LLMSettings
+    from autointerp.llm_server import local_server, resolve_local_llm
+    from autointerp.store import LLMCache
+
+    settings = LLMSettings.from_env(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        explainer_model=args.explainer_model,
+        simulator_model=args.simulator_model,
+        timeout=args.llm_timeout,
+        max_attempts=args.max_attempts,
+    )
+    templates = load_templates(args.prompts)
+
+    def config(explainer: str | None, simulator: str | None) -> Any:
+        if not explainer:
+            raise UserError(
+                "Name the model on your endpoint with --explainer-model (and --simulator-model)."
+            )
+        cfg = ExplainConfig(
+            explainer_model=explainer,
+            simulator_model=simulator or explainer,
+            prompt_version=templates.version,
+            sim_top=args.sim_top,
+            sim_random=args.sim_random,
+            simulator_mode=args.simulator_mode,
+            explain_records=args.explain_records,
+        )
+        check_config(cfg)
+        return cfg
+
+    if settings.base_url:
+        cfg = config(settings.explainer_model, settings.simulator_model)
+        cache = LLMCache(store.path)
+        try:
+            yield LLMClient(settings, cache, settings.base_url), cfg, templates
+        finally:
+            cache.close()
+        return
+    local = resolve_local_llm(settings.explainer_model or args.local_llm).name
+    if settings.simulator_model and resolve_local_llm(settings.simulator_model).name != local:
+        raise UserError(
+            "The local server runs one model: give the same --explainer-model and "
+            "--simulator-model, "
+            "or point --base-url at a server that has both."
+        )
+    config("-", None)  # refuse bad settings before the server starts
+    print(f"Starting the local LLM server ({local}) ...", file=sys.stderr)
+    cache = LLMCache(store.path)
+    try:
+        with local_server(local, threads=args.threads) as (base_url, served):
+            yield LLMClient(settings, cache, base_url), config(served, served), templates
+    finally:
+        cache.close()
+
+
+def _fmt(value: float | None, width: int = 6) -> str:
+    return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
+
+
+# ------------------------------------------------------------------------------------------------
+# calibrate
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from autointerp.eval.calibrate import CalibrateConfig, calibrate
+    from autointerp.eval.features import load_features
+    from autointerp.models import load_tokenizer
+    from autointerp.store import Store, default_db_path
+
+    features = load_features(args.features)
+    if args.tokens < 256:
+        raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
+    with contextlib.redirect_stdout(sys.stderr):
+        name, tokenizer = load_tokenizer(args.model, progress=not args.no_progress)
+    store = Store(args.db or default_db_path())
+    cfg = CalibrateConfig(corpus=args.corpus, tokens=args.tokens)
+    with (
+        llm_session(args, store) as (client, explain_cfg, templates),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
+        result = calibrate(
+            store,
+            name,
+            tokenizer,
+            features,
+            cfg,
+            explain_cfg,
+            client,
+            templates,
+            progress=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+    if args.json:
+        json.dump(result["features"], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(
+        f"known-answer features of {name} ({len(features)}, {args.tokens} tokens of "
+        f"{args.corpus}); "
+        f"explainer {result['explainer_model']}, simulator {result['simulator_model']}"
+    )
+    print(
+        "true = simulator given the true description (its ceiling); explanation = the explainer's "
+        "phrase; "
+        "scores are correlations on held-out text"
+    )
+    print(
+        f"{'feature':<24} {'active':>7} {'true':>6} {'expl':>6} {'base':>6} {'n2g':>6}  explanation"
+    )
+    for r in result["features"]:
+        active = f"{100 * r['frac_active']:6.2f}%" if r["frac_active"] is not None else "      -"
+        print(
+            f"{r['name'][:24]:<24} {active} {_fmt(r['true_score'])} {_fmt(r['explanation_score'])} "
+            f"{_fmt(r['baseline_score'])} {_fmt(r['n2g_score'])}  {r['explanation'] or '-'}"
+        )
+        for method, error in r["errors"].items():
+            print(f"{'':<24} {method}: {error}")
+    m = result["medians"]
+    print(
+        f"{'median':<24} {'':>7} {_fmt(m['true_score'])} {_fmt(m['explanation_score'])} "
+        f"{_fmt(m['baseline_score'])} {_fmt(m['n2g_score'])}"
+    )
+    print(f"stored as calibrate run {result['run_id']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from autointerp.eval.evaluate import EvalConfig, evaluate
+    from autointerp.eval.plot import eval_plot
+    from autointerp.harvest import parse_layers
+    from autointerp.models import _packaged_lookup
+    from autointerp.store import Store, default_db_path
+
+    store = Store(args.db or default_db_path(), create=False)
+    packaged = _packaged_lookup(args.model)
+    model = packaged.name if packaged else args.model
+    layers = parse_layers(args.layers)
+    if layers is None:
+        layers = sorted(store.harvested_layers(model))
+        if not layers:
+            raise UserError(
+                f"No complete harvest of {model} in {store.path}; run `autointerp harvest` first."
+            )
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise UserError(f"The folder for the plot {args.plot} does not exist.")
+    if args.sample < 2:
+        raise UserError(
+            "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
+        )
+    cfg = EvalConfig(layers=layers, sample=args.sample, seed=args.seed)
+    subject: dict[str, Any] = {}
+
+    def build_graphs(layer: int, neurons: list[int]) -> None:
+        from autointerp.models import load_model
+        from autointerp.n2g.build import N2GConfig
+        from autointerp.n2g.run import graph_layers
+
+        if "model" not in subject:
+            subject["model"] = load_model(model, progress=not args.no_progress)
+        graph_layers(
+            subject["model"],
+            store,
+            [layer],
+            ",".join(str(n) for n in neurons),
+            N2GConfig(),
+            progress=not args.no_progress,
+        )
+
+    for layer in layers:  # refuse unharvested layers before the LLM server starts
+        if store.latest_complete_run(model, layer) is None:
+            raise UserError(
+                f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
+                f"--model {model} --layers {layer}` first."
+            )
+    with (
+        llm_session(args, store) as (client, explain_cfg, templates),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
+        result = evaluate(
+            store,
+            model,
+            cfg,
+            explain_cfg,
+            client,
+            templates,
+            build_graphs=None if args.no_graphs else build_graphs,
+            progress=not args.no_progress,
+        )
+    if args.plot:
+        known = store.latest_evaluation(model, "calibrate")
+        Path(args.plot).write_bytes(
+            eval_plot(result, known["result"]["features"] if known else None)
+        )
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(
+        f"{model} layers {','.join(map(str, layers))}: {args.sample} random firing neurons per "
+        "layer "
+        f"(seed {args.seed}); explainer {result['explainer_model']}, simulator "
+        f"{result['simulator_model']}"
+    )
+    print(
+        f"{'method':<24} {'n':>3} {'mean':>6} {'median':>6} {'95% CI':>16} {'>=0.5':>6} "
+        f"{'failed':>6} "
+        f"{'undef':>6}"
+    )
+    for name, s in result["methods"].items():
+        ci = f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]" if s["ci95"] else "-"
+        frac = f"{s['frac_ge_0_5']:6.2f}" if s["frac_ge_0_5"] is not None else "     -"
+        print(
+            f"{name:<24} {s['n']:>3} {_fmt(s['mean'])} {_fmt(s['median'])} {ci:>16} {frac} "
+            f"{s['failed']:>6} "
+            f"{s['undefined']:>6}"
+        )
+    print("paired differences (per neuron, both scored):")
+    for name, d in result["paired"].items():
+        ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
+        print(f"  {name:<22} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+    print(f"stored as eval run {result['run_id']}" + (f"; plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
+def add_eval_commands(sub: Any) -> None:
+    """Register ``calibrate`` and ``eval`` on the main parser's subcommands."""
+    p = sub.add_parser(
+        "calibrate",
+        help="score the pipeline on known-answer regex features (true description vs explanation)",
+        description="Known-answer features (a regular expression over the decoded text; activation "
+        "1 on every token whose characters overlap a match) go through the same harvest, N2G, "
+        "explain and simulate code as neurons, using only MODEL's tokenizer. Per feature: the true "
+        "description's score (the simulator's ceiling), the explanation's score (the explainer's "
+        "recovery), the baseline's and N2G's, plus medians.",
+        epilog="examples:\n  autointerp calibrate gemma-3-270m\n"
+        "  autointerp calibrate smollm2-135m --features my_features.json --tokens 16384 --json\n"
+        'FILE is JSON: [{"name": ..., "pattern": ..., "description": ...}]',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="model whose tokenizer cuts the text (e.g. gemma-3-270m)")
+    p.add_argument(
+        "--features", default=None, help="JSON feature file (default: the packaged set of 12)"
+    )
+    p.add_argument(
+        "--tokens", type=int, default=32768, help="corpus tokens to harvest (default 32768)"
+    )
+    p.add_argument(
+        "--corpus", default="default", help="corpus (default: the packaged wiki + code mix)"
+    )
+    _add_llm_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "eval",
+        help="score explanations of a seeded random sample of neurons, against baseline, N2G and "
+        "controls",
+        description="A seeded random sample of --sample neurons per layer among those that fire "
+        "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
+        "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
+        "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
+        "differences. Stored as an eval run.",
+        epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot "
+        "eval.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument(
+        "--layers", default=None, help="layers, e.g. 3,9,15 (default: every harvested layer)"
+    )
+    p.add_argument(
+        "--sample", type=int, default=16, help="random firing neurons per layer (default 16)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")
+    p.add_argument(
+        "--no-graphs",
+        action="store_true",
+        help="do not build missing N2G graphs (no subject model)",
+    )
+    _add_llm_options(p)
+    p.set_defaults(func=cmd_eval)

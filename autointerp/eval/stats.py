@@ -1,0 +1,61 @@
+"""Summaries of score samples: mean, median, bootstrap 95% intervals, paired differences.
+
+The bootstrap is the percentile method over resampled neurons, seeded, so a stored evaluation is
+reproducible.
+Failed and undefined scores are counted beside the summary and never enter it: a failure is not a
+low score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+N_BOOT = 2000
+
+
+def bootstrap_ci(
+    values: Sequence[float], seed: int = 0, n_boot: int = N_BOOT
+) -> list[float] | None:
+    """Percentile bootstrap 95% interval of the mean; None with fewer than 2 values (no spread to
+    resample)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def summarize(
+    values: Sequence[float], failed: int = 0, undefined: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """``{"n", "mean", "median", "ci95", "frac_ge_0_5", "failed", "undefined"}`` of the ok
+    scores."""
+    x = np.asarray(values, dtype=np.float64)
+    empty = len(x) == 0
+    return {
+        "n": int(len(x)),
+        "mean": None if empty else float(x.mean()),
+        "median": None if empty else float(np.median(x)),
+        "ci95": bootstrap_ci(x, seed),
+        "frac_ge_0_5": None if empty else float((x >= 0.5).mean()),
+        "failed": int(failed),
+        "undefined": int(undefined),
+    }
+
+
+def paired(
+    a: Mapping[Any, float | None], b: Mapping[Any, float | None], seed: int = 0
+) -> dict[str, Any]:
+    """Mean of ``a - b`` over the keys where both have a score, with its bootstrap 95% interval."""
+    both = [k for k in a if a[k] is not None and b.get(k) is not None]
+    diffs = [float(a[k]) - float(b[k]) for k in both]  # type: ignore[arg-type]
+    return {
+        "n": len(diffs),
+        "mean": float(np.mean(diffs)) if diffs else None,
+        "ci95": bootstrap_ci(diffs, seed),
+    }
