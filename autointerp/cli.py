@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -246,12 +247,22 @@ def cmd_rank(args: argparse.Namespace) -> int:
             print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  {r['explanation'] or '-'}")
         return 0
     n2g = args.by == "n2g"
-    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
-          + f"   (ranked by {args.by})")
+    if n2g:
+        print("n2g: held-out correlation and F1 on the test top + random examples pooled, then on each alone "
+              "(- : undefined, e.g. F1 where neither the graph nor the neuron fires)")
+    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}"
+          + ("   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else "") + f"   (ranked by {args.by})")
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{value:{width}.2f}" if value is not None else " " * (width - 1) + "-"
+
     for r in rows:
-        f1 = f"{r['n2g_f1']:5.2f}" if n2g and r["n2g_f1"] is not None else "    -"
-        print(f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
-              f"{100 * r['frac_positive']:6.1f}%" + (f"   {r['n2g_correlation']:8.3f} {f1}" if n2g else ""))
+        line = (f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
+                f"{100 * r['frac_positive']:6.1f}%")
+        if n2g:
+            line += (f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} {cell(r['n2g_correlation_top'], 9)} "
+                     f"{cell(r['n2g_f1_top'], 7)} {cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}")
+        print(line)
     return 0
 
 
@@ -338,6 +349,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     model.check_layers(layers)
     cfg = N2GConfig(augmentations=args.augmentations, importance_threshold=args.importance_threshold,
                     train_examples=args.train_examples, naive=args.naive)
+    if args.top_only:  # the original recipe: top examples only, paths not calibrated
+        cfg = dataclasses.replace(cfg, extra_kinds=(), calibrate=False)
     summaries = graph_layers(model, store, layers, args.neurons, cfg, progress=not args.no_progress)
     out = [{"layer": s.layer, "built": s.built, "already_done": s.skipped, "seconds": round(s.seconds, 2),
             "seconds_per_neuron": round(s.seconds / s.built, 3) if s.built else None} for s in summaries]
@@ -872,10 +885,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "graph", help="build N2G graphs (prune, saliency, augmentation, trie) and score them on held-out text",
-        description="Neuron-to-Graph: for each neuron, prune its top training examples to the shortest context "
-                    "that keeps the activation, find which tokens matter by replacing each, add embedding-neighbour "
-                    "variants, and build a token trie that predicts the neuron. Scored on held-out top + random "
-                    "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
+        description="Neuron-to-Graph: for each neuron, prune its top training examples (and the firing tokens of "
+                    "its training random/quantile examples) to the shortest context that keeps the activation, find "
+                    "which tokens matter by replacing each, add embedding-neighbour variants, build a token trie and "
+                    "calibrate its paths on the training text. Scored on held-out top + random examples "
+                    "(precision/recall/F1 at 0.5 x max, Pearson correlation; also each kind alone). Resumable per "
+                    "neuron.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None, help="e.g. 3,9 (default: every harvested layer)")
     p.add_argument("--neurons", default=None,
@@ -884,6 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentations", type=int, default=5, help="substitutes per important token (default 5)")
     p.add_argument("--importance-threshold", type=float, default=0.5,
                    help="saliency at which a context token becomes a concrete node (default 0.5)")
+    p.add_argument("--top-only", action="store_true",
+                   help="build from the top examples alone and do not calibrate the paths on the training random and "
+                        "quantile examples (the original N2G recipe; for comparison)")
     p.add_argument("--naive", action="store_true", help="one forward pass per sequence (for comparison only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
