@@ -509,7 +509,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError("--max-chars must be at least 1.")
     app = create_app(_db_path(args), max_chars=args.max_chars)
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                http=args.http, loop=args.loop)
     return 0
 
 
@@ -955,6 +956,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                   help="HTTP parser (default auto: httptools when installed, else h11)")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
     _db_arg(p)
     p.set_defaults(func=cmd_serve)
     _add_issue5_commands(sub)

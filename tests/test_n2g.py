@@ -176,6 +176,19 @@ def test_version_and_recipe_change_the_config_hash() -> None:
     assert N2GConfig().identity()["n2g_version"] == 2
 
 
+def test_an_older_database_gets_the_per_kind_score_columns_when_opened(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    Store(db)
+    with sqlite3.connect(db) as conn:  # as a database written before the columns existed
+        for column in ("f1_top", "correlation_top", "f1_random", "correlation_random"):
+            conn.execute(f"alter table graphs drop column {column}")
+        assert "f1_top" not in {row[1] for row in conn.execute("pragma table_info(graphs)")}
+    columns = Store(db, create=False).db["graphs"].columns_dict  # opening adds them back
+    assert {"f1_top", "correlation_top", "f1_random", "correlation_random"} <= set(columns)
+
+
 def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
     """A random 3-layer rotary, grouped-query model (the packaged models' kind of attention) on SmolLM2's tokens."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -296,10 +309,12 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     store = Store(db)
     run_id = store.runs()[0]["id"]
     exs = {n: load_examples(store, run_id, 2, n, "train", ("top",))[:4] for n in (5, 6)}
+    # the quantile examples have firing tokens the top ones lack: they are built and calibrated on too
+    extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3] for n in (5, 6)}
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
     subject = ModelSubject(smol, 2)
-    batched = build_graphs(subject, exs, maxima, N2GConfig())
-    naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True))
+    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse their prefix here
+    naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True), extra)
     for n in exs:
         assert len(batched[n].to_json()["nodes"]) > 3
         assert same_graph(batched[n].to_json(), naive[n].to_json())

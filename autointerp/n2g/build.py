@@ -1,20 +1,23 @@
-"""Building N2G graphs from a neuron's training examples: prune, saliency, augmentation, trie, calibration.
+"""Building N2G graphs from a neuron's training examples: prune, saliency, augmentation, trie and
+calibration.
 
-All model work is forward passes of short token sequences that only need one neuron's activation at one position.
-:func:`run_readouts` batches them across examples *and neurons of the same layer*: sequences are sorted by length,
-packed into batches of about ``batch_tokens`` tokens, right-padded (harmless: attention is causal and we read at or
-before the last real token) and run with the model stopped after the neuron's layer. Identical sequences run once.
-Saliency and augmentation variants change one token of a pruned context, so everything before that token is the
-same as in the unchanged context: when the subject can reuse attention keys/values (:class:`ModelSubject` can), the
-unchanged context runs once and each variant runs only from the changed token on (about half the tokens).
-``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks both paths build the
-same graph.
+All model work is forward passes of short token sequences that only need one neuron's activation at
+one position. :func:`run_readouts` batches them across examples *and neurons of the same layer*:
+sequences are sorted by length, packed into batches of about ``batch_tokens`` tokens, right-padded
+(harmless: attention is causal and we read at or before the last real token) and run with the model
+stopped after the neuron's layer. Identical sequences run once. Saliency and augmentation variants
+change one token of a pruned context, so everything before that token is the unchanged context's:
+when the subject can reuse attention keys/values (:class:`ModelSubject` can), the unchanged context
+runs once and each variant runs only from the changed token on (about half the tokens).
+``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks
+that both paths build the same graph.
 
-Top examples alone give graphs that fire off-distribution (Foote et al.'s graphs and ours both had F1 ~ 0 on random
-held-out text), so the training split's random and quantile examples are used too: their firing tokens become
-activating tokens like the top examples' (paths the top examples never showed), and every path's activation is
-calibrated on all training text (see :func:`calibrate`), so a path that also matches where the neuron stays quiet
-predicts what the neuron does there on average.
+Top examples alone give graphs that fire off-distribution (Foote et al.'s graphs and ours both had
+F1 ~ 0 on random held-out text), so the training split's random and quantile examples are used too:
+their firing tokens become activating tokens like the top examples' (paths the top examples never
+showed), and every path's activation is calibrated on all training text (see :func:`calibrate`), so
+a path that also matches where the neuron stays quiet predicts what the neuron does there on
+average.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from autointerp.config import config_identity, identity_hash
 from autointerp.models import SubjectModel
 from autointerp.n2g.graph import NeuronGraph, Node, PathExample
 
-N2G_VERSION = 2  # 2: activating tokens from the training random/quantile examples too; calibrated paths
+N2G_VERSION = 2  # 2: firing tokens of training random/quantile examples too; calibrated paths
 
 
 @dataclass
@@ -50,14 +53,15 @@ class N2GConfig:
     fire_threshold: float = 0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
     case_sensitive: bool = False
     strip_space: bool = True
-    # Beyond the top examples (all from the training split): the kinds whose tokens at >= extra_threshold x max
-    # become activating tokens too (the top examples miss what the neuron does elsewhere), and whether every path's
-    # activation is calibrated on all training text (a path that also matches where the neuron is quiet is
-    # lowered to the neuron's mean activation over its matches). Empty / False give the version-1 graphs.
+    # Beyond the top examples (all from the training split): the kinds whose tokens at >=
+    # extra_threshold x max become activating tokens too (the top examples miss what the neuron does
+    # elsewhere), and whether every path's activation is calibrated on all training text (a path
+    # that also matches where the neuron is quiet is lowered to the neuron's mean activation over
+    # its matches). Empty / False give the version-1 graphs.
     extra_kinds: tuple[str, ...] = ("random", "quantile")
     extra_threshold: float = 0.5
     calibrate: bool = True
-    batch_tokens: int = field(default=4096, metadata={"hashed": False})  # padded tokens per forward pass
+    batch_tokens: int = field(default=4096, metadata={"hashed": False})  # padded tokens per pass
     naive: bool = field(default=False, metadata={"hashed": False})
 
     def identity(self) -> dict[str, Any]:
@@ -104,8 +108,9 @@ def neutral_token(model: SubjectModel) -> int:
 class Readout:
     """Run ``tokens`` and read neuron ``neuron`` at position ``position`` (``-1``: the last token).
 
-    ``base``/``shared``: the first ``shared`` tokens equal those of the sequence ``base`` (a variant of it), so a
-    subject that can reuse attention keys/values runs ``base`` once and this readout only from token ``shared`` on.
+    ``base``/``shared``: the first ``shared`` tokens equal those of the sequence ``base`` (a variant
+    of it), so a subject that can reuse attention keys/values runs ``base`` once and this readout
+    only from token ``shared`` on.
     """
 
     tokens: list[int]
@@ -116,23 +121,25 @@ class Readout:
 
 
 class PrefixReuse(Protocol):
-    """What a subject offers to run variants of a sequence from the changed token on (see :class:`ModelSubject`)."""
+    """What a subject offers to run variants of a sequence from the changed token on
+    (see :class:`ModelSubject`)."""
 
     pad_id: int
 
     def prefix_states(self, tokens: torch.Tensor) -> Any:
-        """Run ``tokens`` [B, T] and keep what later positions need of them (a batch's attention keys/values)."""
+        """Run ``tokens`` [B, T]; keep what later positions need (attention keys/values)."""
         ...
 
     def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
                           ) -> torch.Tensor:
-        """Activations [B, S, d] of ``tokens`` [B, S] continuing, row by row, the first ``shared`` tokens of the
-        sequences behind ``states`` (a ``prefix_states`` result and a row of it)."""
+        """Activations [B, S, d] of ``tokens`` [B, S] continuing, row by row, the first ``shared``
+        tokens of the sequences behind ``states`` (a ``prefix_states`` result and a row of it)."""
         ...
 
 
 def _pack(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices sorted by length, cut into chunks whose padded size (rows x longest) fits ``batch_tokens``."""
+    """Indices sorted by length, cut into chunks whose padded size (rows x longest) fits
+    ``batch_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks, start = [], 0
     while start < len(order):
@@ -154,8 +161,9 @@ def _padded(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
 @torch.inference_mode()
 def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: int = 4096,
                  naive: bool = False) -> np.ndarray:
-    """Activation of each readout's neuron at its position: batched by length, identical sequences once, variants
-    from their changed token on where the subject can (or one full sequence at a time if ``naive``)."""
+    """Activation of each readout's neuron at its position: batched by length, identical sequences
+    once, variants from their changed token on where the subject can (or one full sequence at a time
+    if ``naive``)."""
     out = np.zeros(len(readouts), dtype=np.float32)
     if not readouts:
         return out
@@ -179,17 +187,19 @@ def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: in
         for row, c in enumerate(chunk):
             for i in full[sequences[c]]:
                 r = readouts[i]
-                out[i] = float(acts[row, r.position if r.position >= 0 else len(r.tokens) + r.position, r.neuron])
+                position = r.position if r.position >= 0 else len(r.tokens) + r.position
+                out[i] = float(acts[row, position, r.neuron])
     if variants:
         _run_variants(cast(PrefixReuse, subject), readouts, variants, batch_tokens, out)
     return out
 
 
-def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout], variants: dict[tuple[int, ...], list[int]],
-                  batch_tokens: int, out: np.ndarray) -> None:
-    """Run each base once (keeping its attention keys/values), then its variants from their first changed token on,
-    grouped by that position (a batch needs one prefix length). Bases are taken a few thousand tokens at a time so
-    the kept keys/values stay small."""
+def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout],
+                  variants: dict[tuple[int, ...], list[int]], batch_tokens: int,
+                  out: np.ndarray) -> None:
+    """Run each base once (keeping its attention keys/values), then its variants from their first
+    changed token on, grouped by that position (a batch needs one prefix length). Bases are taken a
+    few thousand tokens at a time so the kept keys/values stay small."""
     bases = sorted(variants, key=len)
     group: list[tuple[int, ...]] = []
     size = 0
@@ -211,12 +221,13 @@ def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout], variants: d
             tails = [readouts[i].tokens[shared:] for i in idx]
             for chunk in _pack([len(t) + shared for t in tails], batch_tokens):
                 rows = [idx[c] for c in chunk]
-                acts = subject.activations_after([states[cast(tuple, readouts[i].base)] for i in rows], shared,
+                prefixes = [states[cast(tuple, readouts[i].base)] for i in rows]
+                acts = subject.activations_after(prefixes, shared,
                                                  _padded([tails[c] for c in chunk], subject.pad_id))
                 for row, i in enumerate(rows):
                     r = readouts[i]
-                    position = (r.position if r.position >= 0 else len(r.tokens) + r.position) - shared
-                    out[i] = float(acts[row, position, r.neuron])
+                    position = r.position if r.position >= 0 else len(r.tokens) + r.position
+                    out[i] = float(acts[row, position - shared, r.neuron])
         group, size = [], 0
 
 
@@ -259,16 +270,18 @@ class ModelSubject:
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.mlp_activations(tokens, [self.layer])[self.layer]
 
-    # Prefix reuse through TransformerLens's key/value cache. Every call passes an explicit all-ones attention mask:
-    # without one TransformerLens derives the mask from pad tokens, and the neutral token of saliency *is* the pad
-    # token in Gemma and SmolLM2 (it must be attended to, as in a plain forward pass). Keys are cached before the
-    # rotary embedding, which is applied to the whole key sequence at the right positions on every call.
+    # Prefix reuse through TransformerLens's key/value cache. Every call passes an explicit all-ones
+    # attention mask: without one TransformerLens derives the mask from pad tokens, and the neutral
+    # token of saliency *is* the pad token in Gemma and SmolLM2 (it must be attended to, as in a
+    # plain forward pass). Keys are cached before the rotary embedding, which is applied to the
+    # whole key sequence at the right positions on every call.
     def prefix_states(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         hooked = self.model.model
         cache = TransformerLensKeyValueCache.init_cache(hooked.cfg, tokens.device, tokens.shape[0])
-        hooked(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache, stop_at_layer=self.layer + 1)
+        hooked(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
+               stop_at_layer=self.layer + 1)
         return [(e.past_keys, e.past_values) for e in cache.entries[: self.layer + 1]]
 
     def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
@@ -281,15 +294,16 @@ class ModelSubject:
             keys = torch.stack([layers[layer][0][row, :shared] for layers, row in states])
             values = torch.stack([layers[layer][1][row, :shared] for layers, row in states])
             entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
-        cache = TransformerLensKeyValueCache(entries, torch.ones(len(states), shared, dtype=torch.long), frozen=True)
+        mask = torch.ones(len(states), shared, dtype=torch.long)
+        cache = TransformerLensKeyValueCache(entries, mask, frozen=True)
         out: dict[str, torch.Tensor] = {}
 
         def keep(act: torch.Tensor, hook: Any) -> None:
             out["act"] = act
 
-        self.model.model.run_with_hooks(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
-                                        stop_at_layer=self.layer + 1,
-                                        fwd_hooks=[(self.model.hook_name(self.layer), keep)])
+        self.model.model.run_with_hooks(
+            tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
+            stop_at_layer=self.layer + 1, fwd_hooks=[(self.model.hook_name(self.layer), keep)])
         return out["act"]
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -317,24 +331,24 @@ class ModelSubject:
 
 
 def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: dict[int, float],
-                 cfg: N2GConfig, extra: dict[int, list[Example]] | None = None) -> dict[int, NeuronGraph]:
+                 cfg: N2GConfig, extra: dict[int, list[Example]] | None = None
+                 ) -> dict[int, NeuronGraph]:
     """Build one graph per neuron of a layer from its training examples; all neurons' work is batched together.
 
-    ``examples`` are each neuron's top training examples; ``extra`` its other training examples (random and
-    quantile), whose tokens at >= ``extra_threshold`` x max become activating tokens too and on which, with the top
-    examples, the paths are calibrated. ``maxima`` are the neurons' max activations over the harvest (activations are
-    normalised by them).
+    ``examples`` are each neuron's top training examples; ``extra`` its other training examples
+    (random and quantile), whose tokens at >= ``extra_threshold`` x max become activating tokens too
+    and on which, with the top examples, the paths are calibrated. ``maxima`` are the neurons' max
+    activations over the harvest (activations are normalised by them).
     """
     bos = subject.bos_id
     pad = subject.pad_id
     extra = extra or {}
     graphs = {n: NeuronGraph(cfg.case_sensitive, cfg.strip_space) for n in examples}
 
-    # Activating tokens: each top example's peak, plus other tokens >= activating_threshold x max; in the extra
-    # examples, the tokens >= extra_threshold x max (most random contexts have none). ``used`` remembers where each
-    # came from, so calibration does not count a path's own source again.
+    # Activating tokens: each top example's peak, plus other tokens >= activating_threshold x max;
+    # in the extra examples, the tokens >= extra_threshold x max (most random contexts have none).
     items: list[_Item] = []
-    used: set[tuple[int, tuple[int, ...]]] = set()  # (neuron, the example's tokens up to the activating one)
+    used: set[tuple[int, tuple[int, ...]]] = set()  # (neuron, tokens up to an activating one)
     for n, exs in examples.items():
         top = maxima[n]
         if top <= 0:
@@ -347,7 +361,7 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
             chosen = [int(j) + 1 for k, j in enumerate(order)
                       if (k == 0 and with_peak) or acts[j] >= threshold * top]
             for j in chosen[: cfg.max_activating_per_example]:
-                key = (n, tuple(ex.tokens[: j + 1]))  # a random context can also be a top one: use it once
+                key = (n, tuple(ex.tokens[: j + 1]))  # a random context can also be a top one
                 if ex.activations[j] > 0 and key not in used:
                     items.append(_Item(n, list(ex.tokens[: j + 1]), float(ex.activations[j])))
                     used.add(key)
@@ -355,9 +369,10 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     def run(readouts: list[Readout]) -> np.ndarray:
         return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive)
 
-    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the activation. Short
-    #    lengths first for everyone; long ones only for the tokens that need them (most need few tokens). The whole
-    #    context is the example itself, whose activation is known: it is never run again.
+    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the
+    # activation. Short lengths first for everyone; long ones only for the tokens that need them
+    # (most need few tokens). The whole context is the example itself, whose activation is known: it
+    # is never run again.
     best: dict[int, tuple[int, float]] = {}
     longest: dict[int, tuple[int, float]] = {}  # fallback: the longest length tried
     short = [x for x in cfg.prune_lengths if x <= 8]
@@ -403,7 +418,7 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     # 3. Paths from the activating token back to the earliest important token; then augmentation variants.
     variants: list[tuple[int, int, int]] = []  # (item, position in pruned, substitute token)
     readouts = []
-    own: dict[tuple[int, tuple[int, ...]], set[int]] = {}  # (neuron, tokens up to a source token) -> its path ends
+    own: dict[tuple[int, tuple[int, ...]], set[int]] = {}  # (neuron, source tokens) -> path ends
     for k, it in enumerate(items):
         graph = graphs[it.neuron]
         # The path stands for the activation the neuron had in real text (normalised), not in the pruned snippet.
@@ -424,30 +439,34 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
         it = items[k]
         variant = list(it.pruned)
         variant[i] = sub
-        # Firing and non-firing variants both inform the graph: the latter teach it where the neuron stays quiet.
-        # A variant keeps the relative change it caused in the snippet, applied to the real activation.
+        # Firing and non-firing variants both inform the graph: the latter teach it where the neuron
+        # stays quiet. A variant keeps the relative change it caused in the snippet, applied to the
+        # real activation.
         ratio = min(max(float(value), 0.0) / it.pruned_act, 1.0) if it.pruned_act > 0 else 0.0
         _add(graphs[it.neuron], subject, variant, it.importance, ratio * it.target / maxima[it.neuron], cfg)
 
     if cfg.calibrate:
         for n, graph in graphs.items():
             if maxima[n] > 0:
-                texts = {tuple(ex.tokens): ex for ex in [*examples[n][: cfg.train_examples], *extra.get(n, [])]}
-                calibrate(graph, list(texts.values()), maxima[n], {key: ends for (m, key), ends in own.items()
-                                                                    if m == n})
+                everything = [*examples[n][: cfg.train_examples], *extra.get(n, [])]
+                texts = {tuple(ex.tokens): ex for ex in everything}  # each context once
+                mine = {key: ends for (m, key), ends in own.items() if m == n}
+                calibrate(graph, list(texts.values()), maxima[n], mine)
     return graphs
 
 
 def calibrate(graph: NeuronGraph, texts: Sequence[Example], max_activation: float,
               own: dict[tuple[int, ...], set[int]] | None = None) -> int:
-    """Lower every path to what the neuron does where the path matches: each time a path's end is reached in the
-    training text, the true normalised activation there (negative counted as 0) joins the path's average - except
-    where the path was built from that very token (``own``: the tokens up to and including a source token -> ids of
-    the end nodes its paths made), which its average already holds.
+    """Lower every path to what the neuron does where the path matches: each time a path's end is
+    reached in the training text, the true normalised activation there (negative counted as 0) joins
+    the path's average - except where the path was built from that very token (``own``: the tokens
+    up to and including a source token -> ids of the end nodes its paths made), which its average
+    holds.
 
-    A path built from one top example with only its activating token concrete (``" the"``) matches many tokens
-    where the neuron is quiet; calibrated, it predicts the neuron's mean there and stops firing on random text,
-    while a path whose matches all fire keeps its value. Returns how many matches were counted."""
+    A path built from one top example with only its activating token concrete (``" the"``) matches
+    many tokens where the neuron is quiet; calibrated, it predicts the neuron's mean there and stops
+    firing on random text, while a path whose matches all fire keeps its value. Returns how many
+    matches were counted."""
     own = own or {}
     counted = 0
     for ex in texts:
