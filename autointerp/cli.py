@@ -248,20 +248,22 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     n2g = args.by == "n2g"
     if n2g:
-        print("n2g: held-out correlation and F1 on the test top + random examples pooled, then on each alone "
-              "(- : undefined, e.g. F1 where neither the graph nor the neuron fires)")
-    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}"
-          + ("   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else "") + f"   (ranked by {args.by})")
+        print("n2g: held-out correlation and F1 on the test top + random examples pooled, then on "
+              "each alone (- : undefined, e.g. F1 where neither the graph nor the neuron fires)")
+    columns = "   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else ""
+    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}{columns}"
+          f"   (ranked by {args.by})")
 
     def cell(value: float | None, width: int) -> str:
         return f"{value:{width}.2f}" if value is not None else " " * (width - 1) + "-"
 
     for r in rows:
-        line = (f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
-                f"{100 * r['frac_positive']:6.1f}%")
+        line = (f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} "
+                f"{r['mean']:9.4f} {100 * r['frac_positive']:6.1f}%")
         if n2g:
-            line += (f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} {cell(r['n2g_correlation_top'], 9)} "
-                     f"{cell(r['n2g_f1_top'], 7)} {cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}")
+            line += (f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} "
+                     f"{cell(r['n2g_correlation_top'], 9)} {cell(r['n2g_f1_top'], 7)} "
+                     f"{cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}")
         print(line)
     return 0
 
@@ -509,8 +511,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError("--max-chars must be at least 1.")
     app = create_app(_db_path(args), max_chars=args.max_chars)
     print(f"serving {_db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                http=args.http, loop=args.loop)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log, http=args.http, loop=args.loop)
     return 0
 
 
@@ -886,12 +888,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "graph", help="build N2G graphs (prune, saliency, augmentation, trie) and score them on held-out text",
-        description="Neuron-to-Graph: for each neuron, prune its top training examples (and the firing tokens of "
-                    "its training random/quantile examples) to the shortest context that keeps the activation, find "
-                    "which tokens matter by replacing each, add embedding-neighbour variants, build a token trie and "
-                    "calibrate its paths on the training text. Scored on held-out top + random examples "
-                    "(precision/recall/F1 at 0.5 x max, Pearson correlation; also each kind alone). Resumable per "
-                    "neuron.")
+        description="Neuron-to-Graph: for each neuron, prune its top training examples (and "
+                    "the firing tokens of its training random/quantile examples) to the shortest "
+                    "context that keeps the activation, find which tokens matter by replacing "
+                    "each, add embedding-neighbour variants, build a token trie and calibrate its "
+                    "paths on the training text. Scored on held-out top + random examples "
+                    "(precision/recall/F1 at 0.5 x max, Pearson correlation; also each kind "
+                    "alone). Resumable per neuron.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None, help="e.g. 3,9 (default: every harvested layer)")
     p.add_argument("--neurons", default=None,
@@ -901,8 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-threshold", type=float, default=0.5,
                    help="saliency at which a context token becomes a concrete node (default 0.5)")
     p.add_argument("--top-only", action="store_true",
-                   help="build from the top examples alone and do not calibrate the paths on the training random and "
-                        "quantile examples (the original N2G recipe; for comparison)")
+                   help="build from the top examples alone and do not calibrate the paths on the "
+                        "training random and quantile examples (the original N2G recipe)")
     p.add_argument("--naive", action="store_true", help="one forward pass per sequence (for comparison only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -1,13 +1,15 @@
-"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer; the speed-up of reusing
-the unchanged prefix of saliency/augmentation variants (attention keys/values) over running every variant in full;
-and of the batched builder over a naive one-forward-pass-per-sequence loop that builds the same graphs.
+"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer; the
+speed-up of reusing the unchanged prefix of saliency/augmentation variants (attention keys/values)
+over running every variant in full; and of the batched builder over a naive
+one-forward-pass-per-sequence loop that builds the same graphs.
 
-All timings of a ratio come from the same process, interleaved (full, reuse, full, reuse ...; naive, batched, ...),
-best of the rounds, because this 2-core machine is shared and noisy; the graphs of the builders are compared for
-identity in the same run. Graphs use the default N2GConfig (top, random and quantile training examples).
+All timings of a ratio come from the same process, interleaved (full, reuse, full, reuse ...; naive,
+batched, ...), best of the rounds, because this 2-core machine is shared and noisy; the graphs of
+the builders are compared for identity in the same run. Graphs use the default N2GConfig (top,
+random and quantile training examples).
 
-    .venv/bin/python bench/bench_n2g.py                       # gemma-3-270m, layers 3,9,15, 4 neurons each
-    .venv/bin/python bench/bench_n2g.py --quick               # smollm2-135m, tiny sizes (smoke check)
+    .venv/bin/python bench/bench_n2g.py            # gemma-3-270m, layers 3,9,15, 4 neurons each
+    .venv/bin/python bench/bench_n2g.py --quick    # smollm2-135m, tiny sizes (smoke check)
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from autointerp.store import Store
 
 
 class FullSequences:
-    """The same subject without prefix reuse: every variant runs in full (the builder before reuse existed)."""
+    """The same subject without prefix reuse: every variant runs in full (the builder before reuse
+    existed)."""
 
     def __init__(self, subject: ModelSubject):
         self.subject = subject
@@ -49,14 +52,24 @@ class FullSequences:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smollm2-135m, small sizes")
     ap.add_argument("--model", default=None)
     ap.add_argument("--layers", default=None, help="early,middle,late (default 3,9,15 for Gemma)")
-    ap.add_argument("--neurons", type=int, default=None, help="neurons per layer for s/neuron (default 4)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per layer (default 2)")
-    ap.add_argument("--naive-neurons", type=int, default=None,
-                    help="neurons for the naive ratio at the middle layer (default 1; 0: skip it)")
+    ap.add_argument(
+        "--neurons", type=int, default=None, help="neurons per layer for s/neuron (default 4)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds per layer (default 2)"
+    )
+    ap.add_argument(
+        "--naive-neurons",
+        type=int,
+        default=None,
+        help="neurons for the naive ratio at the middle layer (default 1; 0: skip it)",
+    )
     ap.add_argument("--tokens", type=int, default=None, help="harvest budget (default 16384)")
     ap.add_argument("--db", default=None, help="reuse a harvest database instead of harvesting")
     ap.add_argument("--out", default=None, help="also write the Markdown section here")
@@ -71,7 +84,12 @@ def main() -> None:
     model = load_model(model_name, progress=False)
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "bench.db"
     if not args.db:
-        harvest(model, db, HarvestConfig(model=model.name, layers=layers, n_tokens=tokens), progress=False)
+        harvest(
+            model,
+            db,
+            HarvestConfig(model=model.name, layers=layers, n_tokens=tokens),
+            progress=False,
+        )
     store = Store(db)
     cfg = N2GConfig()
     naive_cfg = N2GConfig(naive=True)
@@ -79,9 +97,13 @@ def main() -> None:
     ratio_line = ""
     for position, layer in enumerate(layers):
         run = store.latest_complete_run(model.name, layer)
-        neurons = list(range(per_layer))  # the first neurons: neither cherry-picked nor the strongest
+        neurons = list(
+            range(per_layer)
+        )  # the first neurons: neither cherry-picked nor the strongest
         train = {n: load_examples(store, run["id"], layer, n, "train", ("top",)) for n in neurons}
-        extra = {n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) for n in neurons}
+        extra = {
+            n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) for n in neurons
+        }
         maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in neurons}
         subject = ModelSubject(model, layer)
         full_t, reuse_t = [], []
@@ -93,16 +115,29 @@ def main() -> None:
             t0 = time.perf_counter()
             graphs = build_graphs(subject, train, maxima, cfg, extra)
             reuse_t.append(time.perf_counter() - t0)
-            identical &= all(same_graph(full_graphs[n].to_json(), graphs[n].to_json()) for n in neurons)
+            identical &= all(
+                same_graph(full_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
+            )
         corr = []
         for n in neurons:
             test = load_examples(store, run["id"], layer, n, "test", ("top", "random"))
             c = evaluate(graphs[n], test, maxima[n], cfg.fire_threshold)["correlation"]
             if c is not None:
                 corr.append(c)
-        rows.append((layer, len(neurons), min(full_t) / len(neurons), min(reuse_t) / len(neurons),
-                     min(full_t) / min(reuse_t), identical, statistics.median(corr) if corr else float("nan")))
-        if position == len(layers) // 2 and naive_n:  # the middle layer: naive vs batched, interleaved
+        rows.append(
+            (
+                layer,
+                len(neurons),
+                min(full_t) / len(neurons),
+                min(reuse_t) / len(neurons),
+                min(full_t) / min(reuse_t),
+                identical,
+                statistics.median(corr) if corr else float("nan"),
+            )
+        )
+        if (
+            position == len(layers) // 2 and naive_n
+        ):  # the middle layer: naive vs batched, interleaved
             sub = {n: train[n] for n in neurons[:naive_n]}
             naive_t, batched_t = [], []
             same = True
@@ -113,26 +148,33 @@ def main() -> None:
                 t0 = time.perf_counter()
                 batched_graphs = build_graphs(subject, sub, maxima, cfg, extra)
                 batched_t.append(time.perf_counter() - t0)
-                same &= all(same_graph(naive_graphs[n].to_json(), batched_graphs[n].to_json()) for n in sub)
+                same &= all(
+                    same_graph(naive_graphs[n].to_json(), batched_graphs[n].to_json()) for n in sub
+                )
             ratio = min(naive_t) / min(batched_t)
-            ratio_line = (f"- Naive per-sequence loop vs batched, layer {layer}, {naive_n} neuron(s), best of 2 "
-                          f"interleaved: naive {min(naive_t) / naive_n:.1f} s/neuron, batched "
-                          f"{min(batched_t) / naive_n:.1f} s/neuron, **{ratio:.1f}x** faster; graphs identical "
-                          f"(same nodes and edges, numbers within 1e-5): **{same}**.")
+            ratio_line = (
+                f"- Naive per-sequence loop vs batched, layer {layer}, {naive_n} neuron(s), "
+                f"best of 2 interleaved: naive {min(naive_t) / naive_n:.1f} s/neuron, batched "
+                f"{min(batched_t) / naive_n:.1f} s/neuron, **{ratio:.1f}x** faster; graphs "
+                f"identical (same nodes and edges, numbers within 1e-5): **{same}**."
+            )
     command = "`.venv/bin/python bench/bench_n2g.py" + (" --quick" if args.quick else "") + "`"
     lines = [
         f"### N2G graph building: {model.name}",
         "",
         f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}, load average {os.getloadavg()[0]:.1f} at the "
-        f"end; harvest of {tokens} tokens; default N2GConfig (20 top training examples + the firing tokens of the "
-        f"training random/quantile examples, 5 augmentations, calibrated); best of {args.rounds} interleaved rounds.",
+        f"{torch.get_num_threads()} threads, {platform.machine()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig (20 top "
+        "training examples + the firing tokens of the training random/quantile examples, 5 "
+        f"augmentations, calibrated); best of {args.rounds} interleaved rounds.",
         "",
-        "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up | same graphs "
-        "| median held-out correlation |",
+        "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "
+        "| same graphs | median held-out correlation |",
         "|---:|---:|---:|---:|---:|---|---:|",
-        *[f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} |"
-          for layer, n, f, r, x, same, c in rows],
+        *[
+            f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} |"
+            for layer, n, f, r, x, same, c in rows
+        ],
         "",
         ratio_line,
         "",

@@ -45,9 +45,9 @@ class RuleSubject:
                     out[i, j, 0] = 1.0 if j >= 2 and tokens[i, j - 2] == ID["quick"] else 0.2
                 if tokens[i, j] == ID["dog"]:
                     out[i, j, 1] = 0.8
-                if tokens[i, j] == ID["runs"]:  # by position: no context token is important, " runs" alone is
-                    out[i, j, 2] = 1.0 if j >= 3 else 0.0  # the path, and it fires too often
-                if tokens[i, j] in (ID["dog"], ID["wolf"]):  # " wolf" never shows in its top examples
+                if tokens[i, j] == ID["runs"]:  # by position: no context token is important, so
+                    out[i, j, 2] = 1.0 if j >= 3 else 0.0  # " runs" alone is the path
+                if tokens[i, j] in (ID["dog"], ID["wolf"]):  # " wolf" is never in its top examples
                     out[i, j, 3] = 0.8 if tokens[i, j] == ID["dog"] else 0.7
         return out
 
@@ -145,12 +145,13 @@ def test_calibration_quiets_paths_that_fire_where_the_neuron_does_not() -> None:
     s = RuleSubject()
     top = {2: [example(s, "the big dog runs", 2)]}
     # training random text: " runs" early in a context (quiet), and once late (firing)
-    extra = {2: [example(s, "runs runs and the cat", 2), example(s, "runs and a dog", 2), example(s, "a dog runs", 2)]}
+    extra = {2: [example(s, "runs runs and the cat", 2), example(s, "runs and a dog", 2),
+                 example(s, "a dog runs", 2)]}
     plain = build_graphs(s, top, {2: 1.0}, N2GConfig(extra_kinds=(), calibrate=False))[2]
     calibrated = build_graphs(s, top, {2: 1.0}, N2GConfig(), extra)[2]
-    text = [" runs", " and", " the", " fox", " runs"]  # the neuron: 0 at the first " runs", 1.0 at the last
+    text = [" runs", " and", " the", " fox", " runs"]  # the neuron: 0 at the first, 1 at the last
     assert plain.predict(text)[0] == 1.0  # top examples alone: " runs" always fires
-    # " runs" was built from 2 firing tokens (1.0) and matched 3 quiet ones in the training text: 2/5
+    # " runs" was built from 2 firing tokens (1.0) and matched 3 quiet ones in training text: 2/5
     assert calibrated.predict(text)[0] == pytest.approx(0.4)
     assert paths(calibrated) == {((" runs".strip(),), 0.4)}
     # a path whose every match fires keeps its value
@@ -172,7 +173,8 @@ def test_firing_tokens_of_random_examples_become_paths() -> None:
 
 def test_version_and_recipe_change_the_config_hash() -> None:
     assert N2GConfig().config_hash() != N2GConfig(extra_kinds=(), calibrate=False).config_hash()
-    assert N2GConfig().config_hash() == N2GConfig(batch_tokens=64, naive=True).config_hash()  # how, not what
+    # how it runs, not what it builds
+    assert N2GConfig().config_hash() == N2GConfig(batch_tokens=64, naive=True).config_hash()
     assert N2GConfig().identity()["n2g_version"] == 2
 
 
@@ -190,14 +192,16 @@ def test_an_older_database_gets_the_per_kind_score_columns_when_opened(tmp_path:
 
 
 def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
-    """A random 3-layer rotary, grouped-query model (the packaged models' kind of attention) on SmolLM2's tokens."""
+    """A random 3-layer rotary, grouped-query model (the packaged models' kind of attention) on
+    SmolLM2's tokens."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from autointerp.models import SubjectModel
 
     cfg = HookedTransformerConfig(
         n_layers=3, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=24, n_ctx=64,
-        d_vocab=tiny_gated.model.cfg.d_vocab, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+        d_vocab=tiny_gated.model.cfg.d_vocab, act_fn="silu", gated_mlp=True,
+        normalization_type="RMS",
         positional_embedding_type="rotary", rotary_dim=8, seed=1,
     )
     model = HookedTransformer(cfg, tiny_gated.tokenizer, move_to_device=False)
@@ -206,7 +210,8 @@ def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("kind", ["absolute", "rotary"])
-def test_prefix_reuse_reads_what_full_forward_passes_read(tiny_gated, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_prefix_reuse_reads_what_full_forward_passes_read(  # type: ignore[no-untyped-def]
+        tiny_gated, kind: str) -> None:
     from autointerp.n2g.build import ModelSubject, Readout, run_readouts
 
     model = tiny_gated if kind == "absolute" else _tiny_rotary(tiny_gated)
@@ -216,10 +221,11 @@ def test_prefix_reuse_reads_what_full_forward_passes_read(tiny_gated, kind: str)
     for _ in range(12):
         base = [subject.bos_id, *rng.integers(100, 5000, size=int(rng.integers(2, 12))).tolist()]
         for _ in range(5):
-            at = int(rng.integers(1, len(base)))  # the changed token: the pad token (saliency) or another one
+            at = int(rng.integers(1, len(base)))  # changed: to the pad token (saliency) or another
             variant = list(base)
             variant[at] = subject.pad_id if rng.random() < 0.5 else int(rng.integers(100, 5000))
-            readouts.append(Readout(variant, int(rng.integers(0, model.d_mlp)), base=tuple(base), shared=at))
+            neuron = int(rng.integers(0, model.d_mlp))
+            readouts.append(Readout(variant, neuron, base=tuple(base), shared=at))
         readouts.append(Readout(list(base), 3))  # and plain ones, some twice
         readouts.append(Readout(list(base), 5))
     naive = run_readouts(subject, readouts, naive=True)
@@ -309,11 +315,12 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     store = Store(db)
     run_id = store.runs()[0]["id"]
     exs = {n: load_examples(store, run_id, 2, n, "train", ("top",))[:4] for n in (5, 6)}
-    # the quantile examples have firing tokens the top ones lack: they are built and calibrated on too
-    extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3] for n in (5, 6)}
+    # the quantile examples have firing tokens the top ones lack: built and calibrated on too
+    extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3]
+             for n in (5, 6)}
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
     subject = ModelSubject(smol, 2)
-    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse their prefix here
+    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse prefixes
     naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True), extra)
     for n in exs:
         assert len(batched[n].to_json()["nodes"]) > 3

@@ -283,9 +283,9 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
     async def api_neuron(model: str, service: str, layer: int, neuron: int,
                          kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,"
                                                                      "random"),
-                         limit: int = Query(NEUROSCOPE_LIMIT, ge=0, le=1000,
-                                            description=f"neuroscope: examples per kind (default {NEUROSCOPE_LIMIT}, "
-                                                        "as many as the page shows; 1000 for all of them)")
+                         limit: int = Query(NEUROSCOPE_LIMIT, ge=0, le=1000, description=(
+                             f"neuroscope: examples per kind (default {NEUROSCOPE_LIMIT}, as "
+                             "many as the page shows; 1000 for all of them)"))
                          ) -> JSONBytes:
         # async: a cached answer is sent straight from the event loop; anything that reads the database goes to
         # the thread pool (each pool thread has its own SQLite connection)

@@ -26,8 +26,9 @@ from autointerp.store import Store
 
 SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all")
 EXAMPLE_KINDS = ("top", "bottom", "quantile", "random")
-# Examples per kind in a neuroscope answer unless ``limit`` asks for more: what a page shows. All of them (~140 with
-# their activations, ~200 KB) made a cold answer cost 4x more to read and encode than what a reader looks at.
+# Examples per kind in a neuroscope answer unless ``limit`` asks for more: what a page shows.
+# All of them (~140 with their activations, ~200 KB) made a cold answer cost 4x more to read and
+# encode than what a reader looks at.
 NEUROSCOPE_LIMIT = 10
 
 
@@ -331,7 +332,7 @@ class ApiData:
             return cached
         store = self.store()
         rows = store.example_rows_raw(run_id, layer, neuron, kinds, limit)
-        stored = store.example_counts(run_id, layer, neuron)  # all of them, also those past the limit
+        stored = store.example_counts(run_id, layer, neuron)  # also those past the limit
         per_kind = {k: stored[k] for k in kinds or EXAMPLE_KINDS if k in stored}
         shown: dict[str, int] = {}
         keep = []
@@ -424,7 +425,8 @@ class ApiData:
                 "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
             })
         return {**self._head(view, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-                "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit, "examples": examples,
+                "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
+                "examples": examples,
                 "note": "token 0 of every example is BOS and never counts in statistics"}
 
     def n2g_record(self, view: ModelView, layer: int, neuron: int) -> dict[str, Any]:

@@ -102,8 +102,8 @@ class NeuronGraph:
         return [max([0.0, *(end.activation for end in ends)]) for ends in self.matched_ends(tokens)]
 
     def matched_ends(self, tokens: Sequence[str]) -> list[list[Node]]:
-        """At every token, the end nodes of all paths that match the text ending there (what :meth:`predict` takes
-        the best of); calibration counts what the neuron does at each of them."""
+        """At every token, the end nodes of all paths that match the text ending there (what
+        :meth:`predict` takes the best of); calibration counts what the neuron does at each."""
         keys = [self.norm(t) for t in tokens]
         out: list[list[Node]] = []
         for j, key in enumerate(keys):

@@ -50,16 +50,18 @@ def load_examples(store: Store, run_id: int, layer: int, neuron: int, split: str
     return [_example(r) for r in store.examples(run_id, layer, neuron, kinds=kinds, split=split)]
 
 
-def held_out_metrics(store: Store, run_id: int, layer: int, neuron: int, graph: NeuronGraph, max_activation: float,
-                     cfg: N2GConfig) -> dict[str, Any]:
-    """The graph's scores on the test split: top and random examples pooled (the headline numbers), and each kind
-    alone (``f1_top``, ``correlation_random``, ...): pooled scores hide a graph that fires all over random text."""
+def held_out_metrics(store: Store, run_id: int, layer: int, neuron: int, graph: NeuronGraph,
+                     max_activation: float, cfg: N2GConfig) -> dict[str, Any]:
+    """The graph's scores on the test split: top and random examples pooled (the headline numbers),
+    and each kind alone (``f1_top``, ``correlation_random``, ...): pooled scores hide a graph that
+    fires all over random text."""
     if max_activation <= 0:
         return {}
     top = load_examples(store, run_id, layer, neuron, "test", ("top",))
     random = load_examples(store, run_id, layer, neuron, "test", ("random",))
     pooled = evaluate(graph, top + random, max_activation, cfg.fire_threshold)
-    out = {k: pooled[k] for k in ("precision", "recall", "f1", "correlation", "n_tokens", "n_true_firing")}
+    keys = ("precision", "recall", "f1", "correlation", "n_tokens", "n_true_firing")
+    out = {k: pooled[k] for k in keys}
     for kind, records in (("top", top), ("random", random)):
         alone = evaluate(graph, records, max_activation, cfg.fire_threshold)
         out[f"f1_{kind}"] = alone["f1"]
@@ -107,8 +109,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
             t0 = time.time()
             maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in part}
             train = {n: load_examples(store, run["id"], layer, n, "train", ("top",)) for n in part}
-            extra = {n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) if cfg.extra_kinds
-                     else [] for n in part}
+            extra = {n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds)
+                     if cfg.extra_kinds else [] for n in part}
             graphs = build_graphs(subject, train, maxima, cfg, extra)
             per_neuron = (time.time() - t0) / len(part)
             rows = []
