@@ -579,12 +579,13 @@ class Store:
         return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
 
     def example_rows_raw(self, run_id: int, layer: int, neuron: int,
-                         kinds: Iterable[str] | None = None, limit: int | None = None
-                         ) -> list[tuple[Any, ...]]:
+                         kinds: Iterable[str] | None = None, limit: int | None = None,
+                         ranks: dict[str, list[int]] | None = None) -> list[tuple[Any, ...]]:
         """Examples as raw tuples (kind, rank, split, context_id, max, min, peak_index, interval, activations blob,
         str_tokens JSON, tokens JSON, doc_index JSON), in :meth:`examples` order: the server embeds the stored JSON
         text as it is instead of decoding and re-encoding it for every request. ``limit``: the first
-        ranks of each kind only (the rest are never read)."""
+        ranks of each kind only (the rest are never read); ``ranks``: :meth:`example_ranks`, if the
+        caller has them."""
         sql = ("select e.kind, e.rank, e.split, e.context_id, e.max_activation, e.min_activation, e.peak_index, "
                "e.interval, e.activations, c.str_tokens, c.tokens, c.doc_index from examples e join contexts c "
                "on c.run_id = e.run_id and c.context_id = e.context_id where e.run_id = ? and e.layer = ? and "
@@ -595,11 +596,7 @@ class Store:
             sql += f" and e.kind in ({','.join('?' * len(kinds))})"
             params += kinds
         if limit is not None:  # ranks need not be contiguous (quantile ranks are interval x 4 + k)
-            ranks: dict[str, list[int]] = {}
-            keys = self.db.execute("select kind, rank from examples where run_id = ? and layer = ? "
-                                   "and neuron = ? order by rank", [run_id, layer, neuron])
-            for kind, rank in keys:
-                ranks.setdefault(kind, []).append(rank)
+            ranks = ranks if ranks is not None else self.example_ranks(run_id, layer, neuron)
             cuts = {kind: (r[limit - 1] if limit else -1) for kind, r in ranks.items()
                     if len(r) > limit}
             if cuts:
@@ -609,11 +606,15 @@ class Store:
         sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
         return self.db.execute(sql, params).fetchall()
 
-    def example_counts(self, run_id: int, layer: int, neuron: int) -> dict[str, int]:
-        """How many examples of each kind a neuron has (read from the primary key's index alone)."""
-        rows = self.db.execute("select kind, count(*) from examples where run_id = ? and layer = ? "
-                               "and neuron = ? group by kind", [run_id, layer, neuron]).fetchall()
-        return {kind: int(n) for kind, n in rows}
+    def example_ranks(self, run_id: int, layer: int, neuron: int) -> dict[str, list[int]]:
+        """Kind -> the ranks of a neuron's examples of that kind, in order (from the primary key's
+        index alone: no example is read)."""
+        ranks: dict[str, list[int]] = {}
+        for kind, rank in self.db.execute("select kind, rank from examples where run_id = ? and "
+                                          "layer = ? and neuron = ? order by rank",
+                                          [run_id, layer, neuron]):
+            ranks.setdefault(kind, []).append(rank)
+        return ranks
 
     def graph_raw(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
         """Like :meth:`graph` but with the graph left as its stored JSON text."""

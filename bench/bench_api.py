@@ -172,6 +172,25 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def cpu_per_answer(db: Path, model: str, neurons: list[tuple[int, int]]) -> dict[str, float]:
+    """Mean CPU seconds to build a cold neuroscope answer in this process, default answer and every
+    example, on alternate neurons (no HTTP: what the answer itself costs)."""
+    from autointerp.api.data import NEUROSCOPE_LIMIT, ApiData
+
+    data = ApiData(db)
+    view = data.model(model)
+    spent = {"default": 0.0, "all": 0.0}
+    counts = {"default": 0, "all": 0}
+    for i, (layer, neuron) in enumerate(neurons):
+        key, limit = ("default", NEUROSCOPE_LIMIT) if i % 2 == 0 else ("all", 1000)
+        run_id = data.check_neuron(view, layer, neuron)
+        t0 = time.process_time()
+        data.neuroscope_bytes(view, layer, neuron, run_id, None, limit)
+        spent[key] += time.process_time() - t0
+        counts[key] += 1
+    return {k: spent[k] / max(counts[k], 1) for k in spent}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", default="/tmp/autointerp-bench-api.db")
@@ -183,6 +202,8 @@ def main() -> None:
         "--rounds", type=int, default=4, help="interleaved slices per compared phase (default 4)"
     )
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--cpu-neurons", type=int, default=2000,
+                    help="neurons for the in-process CPU time per answer (default 2000)")
     ap.add_argument(
         "--compare-http",
         action="store_true",
@@ -295,6 +316,17 @@ def main() -> None:
             f"| {name} | {phase} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p90']:.1f} | "
             f"{r['p99']:.1f} | {r['max']:.1f} | {r['kb']:.0f} KB | {r['errors']} |"
         )
+    cpu = cpu_per_answer(db, model, everyone[: args.cpu_neurons])
+    lines += [
+        "",
+        "Server CPU time per cold neuroscope answer, measured in-process "
+        "(`ApiData.neuroscope_bytes`,"
+        " CPU seconds of this process, so less sensitive to the machine's load than requests/s; "
+        f"{len(everyone[: args.cpu_neurons])} neurons never asked before, the two sizes on "
+        "alternate neurons): default answer "
+        f"**{cpu['default'] * 1000:.2f} ms**, every example (limit=1000) "
+        f"**{cpu['all'] * 1000:.2f} ms** ({cpu['all'] / cpu['default']:.1f}x).",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -135,6 +136,8 @@ def main() -> None:
                 statistics.median(corr) if corr else float("nan"),
             )
         )
+        print(f"layer {layer}: full {full_t}, reused {reuse_t} s, same graphs {identical}",
+              file=sys.stderr, flush=True)
         if (
             position == len(layers) // 2 and naive_n
         ):  # the middle layer: naive vs batched, interleaved
@@ -164,8 +167,8 @@ def main() -> None:
         "",
         f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig (20 top "
-        "training examples + the firing tokens of the training random/quantile examples, 5 "
+        f"{os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig "
+        "(20 top training examples + the firing tokens of the training random/quantile examples, 5 "
         f"augmentations, calibrated); best of {args.rounds} interleaved rounds.",
         "",
         "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "

@@ -331,9 +331,9 @@ class ApiData:
         if cached is not None:
             return cached
         store = self.store()
-        rows = store.example_rows_raw(run_id, layer, neuron, kinds, limit)
-        stored = store.example_counts(run_id, layer, neuron)  # also those past the limit
-        per_kind = {k: stored[k] for k in kinds or EXAMPLE_KINDS if k in stored}
+        ranks = store.example_ranks(run_id, layer, neuron)  # also those past the limit
+        rows = store.example_rows_raw(run_id, layer, neuron, kinds, limit, ranks)
+        per_kind = {k: len(ranks[k]) for k in kinds or EXAMPLE_KINDS if k in ranks}
         shown: dict[str, int] = {}
         keep = []
         for row in rows:
