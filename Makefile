@@ -66,7 +66,8 @@ test-fast: setup browser
 
 ## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes
 ## and at two sizes of one single-line document,
-## N2G seconds per neuron (early/middle/late layer) and naive/batched ratio, graph similarity for 36,864 graphs, API neuron JSON requests/s and
+## N2G seconds per neuron (early/middle/late layer), prefix-reuse and naive/batched ratios, N2G quality on
+## held-out top and random text (version 1 vs 2), graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
 ## stock llama.cpp). Raw sections go to bench/results/;
 ## BENCHMARKS.md quotes them with the commands that made them.
@@ -77,8 +78,9 @@ bench: setup
 		--out bench/results/harvest-steady.md
 	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
+	$(PY) bench/bench_n2g_quality.py --out bench/results/n2g-quality.md
 	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
-	$(PY) bench/bench_api.py --out bench/results/api.md
+	$(PY) bench/bench_api.py --compare-http --out bench/results/api.md
 	$(AI) harvest --model gemma-3-270m --layers 3,9 --tokens 16384 --db bench/explain.db --no-progress
 	$(AI) graph gemma-3-270m --layers 3,9 --neurons top:2 --db bench/explain.db --no-progress
 	$(PY) bench/bench_explain.py --db bench/explain.db --layers 3,9 --neurons top:2 --echo-compare \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -401,12 +402,24 @@ def cmd_rank(args: argparse.Namespace) -> int:
                   f"{terminal_text(r['explanation'] or '-')}")
         return 0
     n2g = args.by == "n2g"
-    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}" + ("   n2g corr    f1" if n2g else "")
-          + f"   (ranked by {args.by})")
+    if n2g:
+        print("n2g: held-out correlation and F1 on the test top + random examples pooled, then on "
+              "each alone (- : undefined, e.g. F1 where neither the graph nor the neuron fires)")
+    columns = "   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else ""
+    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}{columns}"
+          f"   (ranked by {args.by})")
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{value:{width}.2f}" if value is not None else " " * (width - 1) + "-"
+
     for r in rows:
-        f1 = f"{r['n2g_f1']:5.2f}" if n2g and r["n2g_f1"] is not None else "    -"
-        print(f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} {r['mean']:9.4f} "
-              f"{100 * r['frac_positive']:6.1f}%" + (f"   {r['n2g_correlation']:8.3f} {f1}" if n2g else ""))
+        line = (f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} "
+                f"{r['mean']:9.4f} {100 * r['frac_positive']:6.1f}%")
+        if n2g:
+            line += (f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} "
+                     f"{cell(r['n2g_correlation_top'], 9)} {cell(r['n2g_f1_top'], 7)} "
+                     f"{cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}")
+        print(line)
     return 0
 
 
@@ -525,6 +538,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     cfg = N2GConfig(augmentations=args.augmentations,  # checks the numbers first
                     importance_threshold=args.importance_threshold,
                     train_examples=args.train_examples, naive=args.naive)
+    if args.top_only:  # the original recipe: top examples only, paths not calibrated
+        cfg = dataclasses.replace(cfg, extra_kinds=(), calibrate=False)
     store = Store(_db_path(args), create=False)
     model = _load(args.model, progress=not args.no_progress, args=args)
     layers = resolve_layers(args.layers, model.n_layers)
@@ -776,7 +791,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
     # get 503).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log, timeout_keep_alive=5, limit_concurrency=64)
+                access_log=args.access_log, timeout_keep_alive=5, limit_concurrency=64,
+                http=args.http, loop=args.loop)
     return 0
 
 
@@ -1211,10 +1227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "graph", help="build N2G graphs (prune, saliency, augmentation, trie) and score them on held-out text",
-        description="Neuron-to-Graph: for each neuron, prune its top training examples to the shortest context "
-                    "that keeps the activation, find which tokens matter by replacing each, add embedding-neighbour "
-                    "variants, and build a token trie that predicts the neuron. Scored on held-out top + random "
-                    "examples (precision/recall/F1 at 0.5 x max, Pearson correlation). Resumable per neuron.")
+        description="Neuron-to-Graph: for each neuron, prune its top training examples (and "
+                    "the firing tokens of its training random/quantile examples) to the shortest "
+                    "context that keeps the activation, find which tokens matter by replacing "
+                    "each, add embedding-neighbour variants, build a token trie and calibrate its "
+                    "paths on the training text. Scored on held-out top + random examples "
+                    "(precision/recall/F1 at 0.5 x max, Pearson correlation; also each kind "
+                    "alone). Resumable per neuron.")
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None,
                    help="e.g. 3,9, or auto (the layers `harvest --layers auto` chose) (default: "
@@ -1225,6 +1244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentations", type=int, default=5, help="substitutes per important token (default 5)")
     p.add_argument("--importance-threshold", type=float, default=0.5,
                    help="saliency at which a context token becomes a concrete node (default 0.5)")
+    p.add_argument("--top-only", action="store_true",
+                   help="build from the top examples alone and do not calibrate the paths on the "
+                        "training random and quantile examples (the original N2G recipe)")
     p.add_argument("--naive", action="store_true", help="one forward pass per sequence (for comparison only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -1333,6 +1355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_finite, default=30.0,
                    help="seconds a client may take to send its request body before a 408 "
                    "(default 30)")
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                   help="HTTP parser (default auto: httptools when installed, else h11)")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
     _db_arg(p)
     _device_args(p)
     p.set_defaults(func=cmd_serve)

@@ -172,6 +172,19 @@ class Store:
             raise
 
     # ---------------------------------------------------------------------------------------------- schema
+    # Nullable columns added after a table first shipped: a database that lacks them gets them when
+    # opened (older rows read NULL there; older code ignores them), without a schema version bump.
+    ADDED_COLUMNS: dict[str, dict[str, type]] = {
+        "graphs": {"f1_top": float, "correlation_top": float, "f1_random": float,
+                   "correlation_random": float},
+    }
+
+    def _missing_columns(self) -> list[tuple[str, str, type]]:
+        tables = set(self.db.table_names())
+        return [(table, column, kind) for table, columns in self.ADDED_COLUMNS.items()
+                if table in tables
+                for column, kind in columns.items() if column not in self.db[table].columns_dict]
+
     def _ensure_schema(self) -> None:
         db = self.db
         if "meta" in db.table_names():
@@ -182,7 +195,8 @@ class Store:
                     f"The database {self.path} has schema version {version}, newer than this autointerp "
                     f"understands ({SCHEMA_VERSION}); upgrade autointerp."
                 )
-            if version == SCHEMA_VERSION and set(TABLES) <= set(db.table_names()):
+            current = set(TABLES) <= set(db.table_names()) and not self._missing_columns()
+            if version == SCHEMA_VERSION and current:
                 return  # opening a current database writes nothing, so readers never wait for a writer
         if self.read_only:
             raise UserError(f"The database {self.path} is read-only and was written by an older "
@@ -246,6 +260,7 @@ class Store:
                     "run_id": int, "layer": int, "neuron": int, "config_hash": str, "graph": str, "n_nodes": int,
                     "precision": float, "recall": float, "f1": float, "correlation": float, "n_tokens": int,
                     "n_true_firing": int, "n2g_run_id": int, "seconds": float, "created": float,
+                    **self.ADDED_COLUMNS["graphs"],
                 },
                 pk=("run_id", "layer", "neuron", "config_hash"),
                 foreign_keys=[("run_id", "runs", "id"), ("n2g_run_id", "runs", "id")],
@@ -281,6 +296,9 @@ class Store:
                 if_not_exists=True,
             )
             db["runs"].create_index(["model", "status"], if_not_exists=True)
+            for table, column, kind in self._missing_columns():  # plain SQL: inside the transaction
+                sql_type = {float: "FLOAT", int: "INTEGER", str: "TEXT"}[kind]
+                db.execute(f"alter table [{table}] add column [{column}] {sql_type}")
             self._ensure_issue5_schema()
             # sentence embeddings of explanation texts, keyed by a hash of (embedder, text): computed once
             db["text_embeddings"].create({"key": str, "embedder": str, "vector": bytes, "created": float},
@@ -521,7 +539,9 @@ class Store:
                     "g.created = (select max(created) from graphs h where h.run_id = n.run_id and "
                     "h.layer = n.layer and h.neuron = n.neuron) and g.correlation is not null")
             extra = (", g.correlation as score, g.correlation as n2g_correlation, g.f1 as n2g_f1, "
-                     "g.precision as n2g_precision, g.recall as n2g_recall")
+                     "g.precision as n2g_precision, g.recall as n2g_recall, "
+                     "g.f1_top as n2g_f1_top, g.correlation_top as n2g_correlation_top, "
+                     "g.f1_random as n2g_f1_random, g.correlation_random as n2g_correlation_random")
         elif by in self.SCORE_METHODS:
             method, kind = self.SCORE_METHODS[by]
             join = ("join scores s on s.run_id = n.run_id and s.layer = n.layer and s.neuron = n.neuron and "
@@ -674,11 +694,14 @@ class Store:
         }
         return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
 
-    def example_rows_raw(self, run_id: int, layer: int, neuron: int, kinds: Iterable[str] | None = None
-                         ) -> list[tuple[Any, ...]]:
+    def example_rows_raw(self, run_id: int, layer: int, neuron: int,
+                         kinds: Iterable[str] | None = None, limit: int | None = None,
+                         ranks: dict[str, list[int]] | None = None) -> list[tuple[Any, ...]]:
         """Examples as raw tuples (kind, rank, split, context_id, max, min, peak_index, interval, activations blob,
         str_tokens JSON, tokens JSON, doc_index JSON), in :meth:`examples` order: the server embeds the stored JSON
-        text as it is instead of decoding and re-encoding it for every request."""
+        text as it is instead of decoding and re-encoding it for every request. ``limit``: the first
+        ranks of each kind only (the rest are never read); ``ranks``: :meth:`example_ranks`, if the
+        caller has them."""
         sql = ("select e.kind, e.rank, e.split, e.context_id, e.max_activation, e.min_activation, e.peak_index, "
                "e.interval, e.activations, c.str_tokens, c.tokens, c.doc_index from examples e join contexts c "
                "on c.run_id = e.run_id and c.context_id = e.context_id where e.run_id = ? and e.layer = ? and "
@@ -688,8 +711,26 @@ class Store:
             kinds = list(kinds)
             sql += f" and e.kind in ({','.join('?' * len(kinds))})"
             params += kinds
+        if limit is not None:  # ranks need not be contiguous (quantile ranks are interval x 4 + k)
+            ranks = ranks if ranks is not None else self.example_ranks(run_id, layer, neuron)
+            cuts = {kind: (r[limit - 1] if limit else -1) for kind, r in ranks.items()
+                    if len(r) > limit}
+            if cuts:
+                sql += " and (" + " or ".join("(e.kind = ? and e.rank <= ?)" for _ in cuts)
+                sql += f" or e.kind not in ({','.join('?' * len(cuts))}))"
+                params += [v for kind, cut in cuts.items() for v in (kind, cut)] + list(cuts)
         sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
         return self.db.execute(sql, params).fetchall()
+
+    def example_ranks(self, run_id: int, layer: int, neuron: int) -> dict[str, list[int]]:
+        """Kind -> the ranks of a neuron's examples of that kind, in order (from the primary key's
+        index alone: no example is read)."""
+        ranks: dict[str, list[int]] = {}
+        for kind, rank in self.db.execute("select kind, rank from examples where run_id = ? and "
+                                          "layer = ? and neuron = ? order by rank",
+                                          [run_id, layer, neuron]):
+            ranks.setdefault(kind, []).append(rank)
+        return ranks
 
     def graph_raw(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
         """Like :meth:`graph` but with the graph left as its stored JSON text."""

@@ -1,20 +1,27 @@
-"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer, and the speed-up of the
-batched builder over a naive one-forward-pass-per-sequence loop that builds the same graphs.
+"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer; the
+speed-up of reusing the unchanged prefix of saliency/augmentation variants (attention keys/values)
+over running every variant in full; and of the batched builder over a naive
+one-forward-pass-per-sequence loop that builds the same graphs.
 
-Both timings of the ratio come from the same process, interleaved (naive, batched, naive, batched ...), because this
-2-core machine is noisy; the graphs of both builders are compared for identity in the same run.
+All timings of a ratio come from the same process, interleaved (full, reuse, full, reuse ...; naive,
+batched, ...), best of the rounds, because this 2-core machine is shared and noisy; the graphs of
+the builders are compared for identity in the same run. Graphs use the default N2GConfig (top,
+random and quantile training examples).
 
-    .venv/bin/python bench/bench_n2g.py                       # gemma-3-270m, layers 2,9,16, 8 neurons each
-    .venv/bin/python bench/bench_n2g.py --quick               # smollm2-135m, tiny sizes (smoke check)
+    .venv/bin/python bench/bench_n2g.py            # gemma-3-270m, layers 3,9,15, 4 neurons each
+    .venv/bin/python bench/bench_n2g.py --quick    # smollm2-135m, tiny sizes (smoke check)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -27,28 +34,63 @@ from autointerp.n2g.run import load_examples
 from autointerp.store import Store
 
 
+class FullSequences:
+    """The same subject without prefix reuse: every variant runs in full (the builder before reuse
+    existed)."""
+
+    def __init__(self, subject: ModelSubject):
+        self.subject = subject
+        self.bos_id, self.pad_id = subject.bos_id, subject.pad_id
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.subject.activations(tokens)
+
+    def str_tokens(self, ids: Sequence[int]) -> list[str]:
+        return self.subject.str_tokens(ids)
+
+    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
+        return self.subject.substitutes(token, k, norm)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smollm2-135m, small sizes")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--layers", default=None, help="early,middle,late (default 2,9,16 for Gemma)")
-    ap.add_argument("--neurons", type=int, default=None, help="neurons per layer for s/neuron (default 8)")
-    ap.add_argument("--naive-neurons", type=int, default=None, help="neurons for the naive ratio (default 2)")
+    ap.add_argument("--layers", default=None, help="early,middle,late (default 3,9,15 for Gemma)")
+    ap.add_argument(
+        "--neurons", type=int, default=None, help="neurons per layer for s/neuron (default 4)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds per layer (default 2)"
+    )
+    ap.add_argument(
+        "--naive-neurons",
+        type=int,
+        default=None,
+        help="neurons for the naive ratio at the middle layer (default 1; 0: skip it)",
+    )
     ap.add_argument("--tokens", type=int, default=None, help="harvest budget (default 16384)")
     ap.add_argument("--db", default=None, help="reuse a harvest database instead of harvesting")
     ap.add_argument("--out", default=None, help="also write the Markdown section here")
     args = ap.parse_args()
     model_name = args.model or ("smollm2-135m" if args.quick else "gemma-3-270m")
-    layers = [int(x) for x in (args.layers or ("1,4,8" if args.quick else "2,9,16")).split(",")]
-    per_layer = args.neurons or (2 if args.quick else 8)
-    naive_n = args.naive_neurons or (1 if args.quick else 2)
+    layers = [int(x) for x in (args.layers or ("1,4,8" if args.quick else "3,9,15")).split(",")]
+    per_layer = args.neurons or (2 if args.quick else 4)
+    naive_n = 1 if args.naive_neurons is None else args.naive_neurons
     tokens = args.tokens or (4096 if args.quick else 16384)
     torch.set_grad_enabled(False)
 
     model = load_model(model_name, progress=False)
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "bench.db"
     if not args.db:
-        harvest(model, db, HarvestConfig(model=model.name, layers=layers, n_tokens=tokens), progress=False)
+        harvest(
+            model,
+            db,
+            HarvestConfig(model=model.name, layers=layers, n_tokens=tokens),
+            progress=False,
+        )
     store = Store(db)
     cfg = N2GConfig()
     naive_cfg = N2GConfig(naive=True)
@@ -56,48 +98,86 @@ def main() -> None:
     ratio_line = ""
     for position, layer in enumerate(layers):
         run = store.latest_complete_run(model.name, layer)
-        neurons = list(range(per_layer))  # the first neurons: neither cherry-picked nor the strongest
+        neurons = list(
+            range(per_layer)
+        )  # the first neurons: neither cherry-picked nor the strongest
         train = {n: load_examples(store, run["id"], layer, n, "train", ("top",)) for n in neurons}
+        extra = {
+            n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) for n in neurons
+        }
         maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in neurons}
         subject = ModelSubject(model, layer)
-        start = time.perf_counter()
-        graphs = build_graphs(subject, train, maxima, cfg)
-        seconds = time.perf_counter() - start
+        full_t, reuse_t = [], []
+        identical = True
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            full_graphs = build_graphs(FullSequences(subject), train, maxima, cfg, extra)
+            full_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            graphs = build_graphs(subject, train, maxima, cfg, extra)
+            reuse_t.append(time.perf_counter() - t0)
+            identical &= all(
+                same_graph(full_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
+            )
         corr = []
         for n in neurons:
             test = load_examples(store, run["id"], layer, n, "test", ("top", "random"))
             c = evaluate(graphs[n], test, maxima[n], cfg.fire_threshold)["correlation"]
             if c is not None:
                 corr.append(c)
-        rows.append((layer, len(neurons), seconds / len(neurons), statistics.median(corr) if corr else float("nan")))
-        if position == len(layers) // 2:  # the middle layer: naive vs batched on the same neurons, interleaved
+        rows.append(
+            (
+                layer,
+                len(neurons),
+                min(full_t) / len(neurons),
+                min(reuse_t) / len(neurons),
+                min(full_t) / min(reuse_t),
+                identical,
+                statistics.median(corr) if corr else float("nan"),
+            )
+        )
+        print(f"layer {layer}: full {full_t}, reused {reuse_t} s, same graphs {identical}",
+              file=sys.stderr, flush=True)
+        if (
+            position == len(layers) // 2 and naive_n
+        ):  # the middle layer: naive vs batched, interleaved
             sub = {n: train[n] for n in neurons[:naive_n]}
             naive_t, batched_t = [], []
-            identical = True
+            same = True
             for _ in range(2):
                 t0 = time.perf_counter()
-                naive_graphs = build_graphs(subject, sub, maxima, naive_cfg)
+                naive_graphs = build_graphs(subject, sub, maxima, naive_cfg, extra)
                 naive_t.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                batched_graphs = build_graphs(subject, sub, maxima, cfg)
+                batched_graphs = build_graphs(subject, sub, maxima, cfg, extra)
                 batched_t.append(time.perf_counter() - t0)
-                identical &= all(same_graph(naive_graphs[n].to_json(), batched_graphs[n].to_json()) for n in sub)
+                same &= all(
+                    same_graph(naive_graphs[n].to_json(), batched_graphs[n].to_json()) for n in sub
+                )
             ratio = min(naive_t) / min(batched_t)
-            ratio_line = (f"- Naive per-sequence loop vs batched, layer {layer}, {naive_n} neuron(s), best of 2 "
-                          f"interleaved: naive {min(naive_t) / naive_n:.1f} s/neuron, batched "
-                          f"{min(batched_t) / naive_n:.1f} s/neuron, **{ratio:.1f}x** faster; graphs identical "
-                          f"(same nodes and edges, numbers within 1e-5): **{identical}**.")
+            ratio_line = (
+                f"- Naive per-sequence loop vs batched, layer {layer}, {naive_n} neuron(s), "
+                f"best of 2 interleaved: naive {min(naive_t) / naive_n:.1f} s/neuron, batched "
+                f"{min(batched_t) / naive_n:.1f} s/neuron, **{ratio:.1f}x** faster; graphs "
+                f"identical (same nodes and edges, numbers within 1e-5): **{same}**."
+            )
     command = "`.venv/bin/python bench/bench_n2g.py" + (" --quick" if args.quick else "") + "`"
     lines = [
         f"### N2G graph building: {model.name}",
         "",
         f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}; harvest of {tokens} tokens; default N2GConfig "
-        "(20 training examples, 5 augmentations).",
+        f"{torch.get_num_threads()} threads, {platform.machine()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig "
+        "(20 top training examples + the firing tokens of the training random/quantile examples, 5 "
+        f"augmentations, calibrated); best of {args.rounds} interleaved rounds.",
         "",
-        "| layer | neurons | s/neuron (batched) | median held-out correlation |",
-        "|---:|---:|---:|---:|",
-        *[f"| {layer} | {n} | {s:.2f} | {c:.3f} |" for layer, n, s, c in rows],
+        "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "
+        "| same graphs | median held-out correlation |",
+        "|---:|---:|---:|---:|---:|---|---:|",
+        *[
+            f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} |"
+            for layer, n, f, r, x, same, c in rows
+        ],
         "",
         ratio_line,
         "",

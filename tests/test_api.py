@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,30 @@ def test_neuroscope_examples_equal_the_store(client: TestClient, api_db: Path) -
         assert got["peak_index"] == want["peak_index"]
     top = _get(client, f"/api/{M}/neuroscope/1/3?kinds=top,random&limit=2")
     assert [(e["kind"], e["rank"]) for e in top["examples"]] == [("top", 0), ("top", 1), ("random", 0), ("random", 1)]
+
+
+def test_neuroscope_answers_a_few_per_kind_unless_asked_for_more(client: TestClient,
+                                                                 api_db: Path) -> None:
+    store = Store(api_db)
+    run_id = store.latest_complete_run(M, 1)["id"]
+    stored = list(store.examples(run_id, 1, 3))
+    totals = Counter(e["kind"] for e in stored)
+    default = _get(client, f"/api/{M}/neuroscope/1/3")
+    assert default["limit"] == 10 and default["counts"] == dict(totals)
+    shown = Counter(e["kind"] for e in default["examples"])
+    assert shown == {k: min(n, 10) for k, n in totals.items()}
+    for limit in (0, 1, 3):  # the first examples of each kind by rank (quantile ranks have gaps)
+        want, seen = [], Counter()
+        for e in stored:
+            seen[e["kind"]] += 1
+            if seen[e["kind"]] <= limit:
+                want.append((e["kind"], e["rank"]))
+        got = _get(client, f"/api/{M}/neuroscope/1/3?limit={limit}")
+        assert [(e["kind"], e["rank"]) for e in got["examples"]] == want
+        assert got["counts"] == dict(totals)  # what exists, also past the limit
+    assert len(_get(client, f"/api/{M}/neuroscope/1/3?limit=1000")["examples"]) == len(stored)
+    everything = _get(client, f"/api/{M}/all/1/3")["neuroscope"]["examples"]
+    assert len(everything) == sum(min(n, 10) for n in totals.values())
 
 
 def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_db: Path) -> None:

@@ -28,6 +28,8 @@ class RuleSubject:
 
     neuron 0: 1.0 at "fox" when "quick" is exactly two tokens earlier; 0.2 at any other "fox".
     neuron 1: 0.8 at "dog" whatever comes before.
+    neuron 2: 1.0 at "runs" from the third token on, else 0.
+    neuron 3: 0.8 at "dog", 0.7 at "wolf".
     Substitutes come from a fixed table (stand-ins for embedding neighbours).
     """
 
@@ -37,13 +39,17 @@ class RuleSubject:
 
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         b, t = tokens.shape
-        out = torch.zeros(b, t, 2)
+        out = torch.zeros(b, t, 4)
         for i in range(b):
             for j in range(t):
                 if tokens[i, j] == ID["fox"]:
                     out[i, j, 0] = 1.0 if j >= 2 and tokens[i, j - 2] == ID["quick"] else 0.2
                 if tokens[i, j] == ID["dog"]:
                     out[i, j, 1] = 0.8
+                if tokens[i, j] == ID["runs"]:  # by position: no context token is important, so
+                    out[i, j, 2] = 1.0 if j >= 3 else 0.0  # " runs" alone is the path
+                if tokens[i, j] in (ID["dog"], ID["wolf"]):  # " wolf" is never in its top examples
+                    out[i, j, 3] = 0.8 if tokens[i, j] == ID["dog"] else 0.7
         return out
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -136,6 +142,99 @@ def test_batched_and_naive_building_give_identical_graphs() -> None:
     assert {n: g.to_json() for n, g in batched.items()} == {n: g.to_json() for n, g in naive.items()}
 
 
+def test_calibration_quiets_paths_that_fire_where_the_neuron_does_not() -> None:
+    s = RuleSubject()
+    top = {2: [example(s, "the big dog runs", 2)]}
+    # training random text: " runs" early in a context (quiet), and once late (firing)
+    extra = {2: [example(s, "runs runs and the cat", 2), example(s, "runs and a dog", 2),
+                 example(s, "a dog runs", 2)]}
+    plain = build_graphs(s, top, {2: 1.0}, N2GConfig(extra_kinds=(), calibrate=False))[2]
+    calibrated = build_graphs(s, top, {2: 1.0}, N2GConfig(), extra)[2]
+    text = [" runs", " and", " the", " fox", " runs"]  # the neuron: 0 at the first, 1 at the last
+    assert plain.predict(text)[0] == 1.0  # top examples alone: " runs" always fires
+    # " runs" was built from 2 firing tokens (1.0) and matched 3 quiet ones in training text: 2/5
+    assert calibrated.predict(text)[0] == pytest.approx(0.4)
+    assert paths(calibrated) == {((" runs".strip(),), 0.4)}
+    # a path whose every match fires keeps its value
+    dog = build_graphs(s, {1: [example(s, "the lazy dog", 1)]}, {1: 0.8}, N2GConfig(),
+                       {1: [example(s, "a dog and the cat", 1)]})[1]
+    assert dog.predict([" dog"]) == [pytest.approx(1.0)]
+
+
+def test_firing_tokens_of_random_examples_become_paths() -> None:
+    s = RuleSubject()
+    top = {3: [example(s, "the lazy dog", 3)]}
+    extra = {3: [example(s, "a wolf runs", 3), example(s, "the cat runs", 3)]}
+    plain = build_graphs(s, top, {3: 0.8}, N2GConfig(extra_kinds=(), calibrate=False))[3]
+    both = build_graphs(s, top, {3: 0.8}, N2GConfig(), extra)[3]
+    assert plain.predict([" a", " wolf"])[1] == 0.0
+    assert both.predict([" a", " wolf"])[1] == pytest.approx(0.7 / 0.8)
+    assert both.predict([" the", " cat"]) == [0.0, 0.0]
+
+
+def test_version_and_recipe_change_the_config_hash() -> None:
+    assert N2GConfig().config_hash() != N2GConfig(extra_kinds=(), calibrate=False).config_hash()
+    # how it runs, not what it builds
+    assert N2GConfig().config_hash() == N2GConfig(batch_tokens=64, naive=True).config_hash()
+    assert N2GConfig().identity()["n2g_version"] == 2
+
+
+def test_an_older_database_gets_the_per_kind_score_columns_when_opened(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    Store(db)
+    with sqlite3.connect(db) as conn:  # as a database written before the columns existed
+        for column in ("f1_top", "correlation_top", "f1_random", "correlation_random"):
+            conn.execute(f"alter table graphs drop column {column}")
+        assert "f1_top" not in {row[1] for row in conn.execute("pragma table_info(graphs)")}
+    columns = Store(db, create=False).db["graphs"].columns_dict  # opening adds them back
+    assert {"f1_top", "correlation_top", "f1_random", "correlation_random"} <= set(columns)
+
+
+def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
+    """A random 3-layer rotary, grouped-query model (the packaged models' kind of attention) on
+    SmolLM2's tokens."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from autointerp.models import SubjectModel
+
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=24, n_ctx=64,
+        d_vocab=tiny_gated.model.cfg.d_vocab, act_fn="silu", gated_mlp=True,
+        normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=8, seed=1,
+    )
+    model = HookedTransformer(cfg, tiny_gated.tokenizer, move_to_device=False)
+    model.eval()
+    return SubjectModel("tiny-rotary", model, tiny_gated.tokenizer, {"model": "tiny-rotary"})
+
+
+@pytest.mark.parametrize("kind", ["absolute", "rotary"])
+def test_prefix_reuse_reads_what_full_forward_passes_read(  # type: ignore[no-untyped-def]
+        tiny_gated, kind: str) -> None:
+    from autointerp.n2g.build import ModelSubject, Readout, run_readouts
+
+    model = tiny_gated if kind == "absolute" else _tiny_rotary(tiny_gated)
+    subject = ModelSubject(model, 1)
+    rng = np.random.default_rng(0)
+    readouts = []
+    for _ in range(12):
+        base = [subject.bos_id, *rng.integers(100, 5000, size=int(rng.integers(2, 12))).tolist()]
+        for _ in range(5):
+            at = int(rng.integers(1, len(base)))  # changed: to the pad token (saliency) or another
+            variant = list(base)
+            variant[at] = subject.pad_id if rng.random() < 0.5 else int(rng.integers(100, 5000))
+            neuron = int(rng.integers(0, model.d_mlp))
+            readouts.append(Readout(variant, neuron, base=tuple(base), shared=at))
+        readouts.append(Readout(list(base), 3))  # and plain ones, some twice
+        readouts.append(Readout(list(base), 5))
+    naive = run_readouts(subject, readouts, naive=True)
+    reused = run_readouts(subject, readouts, batch_tokens=64)
+    assert np.abs(naive).max() > 0.01
+    np.testing.assert_allclose(reused, naive, rtol=1e-4, atol=1e-5)
+
+
 def test_json_and_graphml_round_trip(tmp_path: Path) -> None:
     from autointerp.n2g.export import to_networkx, write_graphml
 
@@ -217,10 +316,13 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     store = Store(db)
     run_id = store.runs()[0]["id"]
     exs = {n: load_examples(store, run_id, 2, n, "train", ("top",))[:4] for n in (5, 6)}
+    # the quantile examples have firing tokens the top ones lack: built and calibrated on too
+    extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3]
+             for n in (5, 6)}
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
     subject = ModelSubject(smol, 2)
-    batched = build_graphs(subject, exs, maxima, N2GConfig())
-    naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True))
+    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse prefixes
+    naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True), extra)
     for n in exs:
         assert len(batched[n].to_json()["nodes"]) > 3
         assert same_graph(batched[n].to_json(), naive[n].to_json())

@@ -28,7 +28,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autointerp.api.data import EXAMPLE_KINDS, ApiData, BadRequest, ModelView, NotFound, dumps
+from autointerp.api.data import (
+    EXAMPLE_KINDS,
+    NEUROSCOPE_LIMIT,
+    ApiData,
+    BadRequest,
+    ModelView,
+    NotFound,
+    dumps,
+)
 from autointerp.api.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
 from autointerp.errors import UserError
 from autointerp.untrusted import check_unicode
@@ -355,7 +363,9 @@ def _api_routes(app: FastAPI, data: ApiData, live: Live) -> None:
     async def api_neuron(model: str, service: str, layer: Index, neuron: Index,
                          kinds: str | None = Query(None, description="neuroscope: comma list of top,bottom,quantile,"
                                                                      "random"),
-                         limit: int | None = Query(None, ge=0, le=1000, description="neuroscope: examples per kind")
+                         limit: int = Query(NEUROSCOPE_LIMIT, ge=0, le=1000, description=(
+                             f"neuroscope: examples per kind (default {NEUROSCOPE_LIMIT}, as "
+                             "many as the page shows; 1000 for all of them)"))
                          ) -> JSONBytes:
         # async: a cached answer is sent straight from the event loop; anything that reads the database goes to
         # the thread pool (each pool thread has its own SQLite connection)

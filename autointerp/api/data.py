@@ -26,6 +26,10 @@ from autointerp.store import Store
 
 SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all")
 EXAMPLE_KINDS = ("top", "bottom", "quantile", "random")
+# Examples per kind in a neuroscope answer unless ``limit`` asks for more: what a page shows.
+# All of them (~140 with their activations, ~200 KB) made a cold answer cost 4x more to read and
+# encode than what a reader looks at.
+NEUROSCOPE_LIMIT = 10
 
 
 class NotFound(Exception):
@@ -342,12 +346,15 @@ class ApiData:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        rows = self.store().example_rows_raw(run_id, layer, neuron, kinds)
-        per_kind: dict[str, int] = {}
+        store = self.store()
+        ranks = store.example_ranks(run_id, layer, neuron)  # also those past the limit
+        rows = store.example_rows_raw(run_id, layer, neuron, kinds, limit, ranks)
+        per_kind = {k: len(ranks[k]) for k in kinds or EXAMPLE_KINDS if k in ranks}
+        shown: dict[str, int] = {}
         keep = []
         for row in rows:
-            per_kind[row[0]] = per_kind.get(row[0], 0) + 1
-            if limit is None or per_kind[row[0]] <= limit:
+            shown[row[0]] = shown.get(row[0], 0) + 1
+            if limit is None or shown[row[0]] <= limit:
                 keep.append(row)
         acts_json = _activation_arrays([row[8] for row in keep])
         pieces = []
@@ -358,7 +365,7 @@ class ApiData:
                  "min_activation": _r(mn), "peak_index": peak, "interval": interval})[1:-1]
                 + b"," + self._context_json(run_id, context_id, row) + b',"activations":' + acts + b"}")
         head = dumps({**self._head(view, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-                      "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind,
+                      "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
                       "note": "token 0 of every example is BOS and never counts in statistics"})
         out = head[:-1] + b',"examples":[' + b",".join(pieces) + b"]}"
         self.cache.put(key, out)
@@ -434,7 +441,8 @@ class ApiData:
                 "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
             })
         return {**self._head(view, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-                "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "examples": examples,
+                "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
+                "examples": examples,
                 "note": "token 0 of every example is BOS and never counts in statistics"}
 
     def n2g_record(self, view: ModelView, layer: int, neuron: int) -> dict[str, Any]:

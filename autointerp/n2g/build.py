@@ -1,17 +1,30 @@
-"""Building N2G graphs from a neuron's top training examples: prune, saliency, augmentation, trie.
+"""Building N2G graphs from a neuron's training examples: prune, saliency, augmentation, trie and
+calibration.
 
-All model work is forward passes of short token sequences that only need one neuron's activation at one position.
-:func:`run_readouts` batches them across examples *and neurons of the same layer*: sequences are sorted by length,
-packed into batches of about ``batch_tokens`` tokens, right-padded (harmless: attention is causal and we read at or
-before the last real token) and run with the model stopped after the neuron's layer. ``naive=True`` runs the same
-readouts one sequence at a time, as the original N2G code did; the benchmark and a test compare the two.
+All model work is forward passes of short token sequences that only need one neuron's activation at
+one position. :func:`run_readouts` batches them across examples *and neurons of the same layer*:
+sequences are sorted by length, packed into batches of about ``batch_tokens`` tokens, right-padded
+(harmless: attention is causal and we read at or before the last real token) and run with the model
+stopped after the neuron's layer. Identical sequences run once. Saliency and augmentation variants
+change one token of a pruned context, so everything before that token is the unchanged context's:
+when the subject can reuse attention keys/values (:class:`ModelSubject` can), the unchanged context
+runs once and each variant runs only from the changed token on (about half the tokens).
+``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks
+that both paths build the same graph.
+
+Top examples alone give graphs that fire off-distribution (Foote et al.'s graphs and ours both had
+F1 ~ 0 on random held-out text), so the training split's random and quantile examples are used too:
+their firing tokens become activating tokens like the top examples' (paths the top examples never
+showed), and every path's activation is calibrated on all training text (see :func:`calibrate`), so
+a path that also matches where the neuron stays quiet predicts what the neuron does there on
+average.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -19,9 +32,9 @@ import torch
 from autointerp.config import check_int, check_number, config_identity, identity_hash
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
-from autointerp.n2g.graph import NeuronGraph, PathExample
+from autointerp.n2g.graph import NeuronGraph, Node, PathExample
 
-N2G_VERSION = 1
+N2G_VERSION = 2  # 2: firing tokens of training random/quantile examples too; calibrated paths
 
 
 @dataclass
@@ -41,7 +54,15 @@ class N2GConfig:
     fire_threshold: float = 0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
     case_sensitive: bool = False
     strip_space: bool = True
-    batch_tokens: int = 4096  # padded tokens per forward pass
+    # Beyond the top examples (all from the training split): the kinds whose tokens at >=
+    # extra_threshold x max become activating tokens too (the top examples miss what the neuron does
+    # elsewhere), and whether every path's activation is calibrated on all training text (a path
+    # that also matches where the neuron is quiet is lowered to the neuron's mean activation over
+    # its matches). Empty / False give the version-1 graphs.
+    extra_kinds: tuple[str, ...] = ("random", "quantile")
+    extra_threshold: float = 0.5
+    calibrate: bool = True
+    batch_tokens: int = field(default=4096, metadata={"hashed": False})  # padded tokens per pass
     naive: bool = field(default=False, metadata={"hashed": False})
     dtype: str = field(default="float32", metadata={"hashed": False})  # the subject model's (see HarvestConfig)
 
@@ -102,17 +123,64 @@ def neutral_token(model: SubjectModel) -> int:
 
 @dataclass
 class Readout:
-    """Run ``tokens`` and read neuron ``neuron`` at position ``position`` (``-1``: the last token)."""
+    """Run ``tokens`` and read neuron ``neuron`` at position ``position`` (``-1``: the last token).
+
+    ``base``/``shared``: the first ``shared`` tokens equal those of the sequence ``base`` (a variant
+    of it), so a subject that can reuse attention keys/values runs ``base`` once and this readout
+    only from token ``shared`` on.
+    """
 
     tokens: list[int]
     neuron: int
     position: int = -1
+    base: tuple[int, ...] | None = None
+    shared: int = 0
+
+
+class PrefixReuse(Protocol):
+    """What a subject offers to run variants of a sequence from the changed token on
+    (see :class:`ModelSubject`)."""
+
+    pad_id: int
+
+    def prefix_states(self, tokens: torch.Tensor) -> Any:
+        """Run ``tokens`` [B, T]; keep what later positions need (attention keys/values)."""
+        ...
+
+    def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
+                          ) -> torch.Tensor:
+        """Activations [B, S, d] of ``tokens`` [B, S] continuing, row by row, the first ``shared``
+        tokens of the sequences behind ``states`` (a ``prefix_states`` result and a row of it)."""
+        ...
+
+
+def _pack(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into chunks whose padded size (rows x longest) fits
+    ``batch_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end - start + 1) * lengths[order[end]] <= batch_tokens:
+            end += 1
+        chunks.append(order[start:end])
+        start = end
+    return chunks
+
+
+def _padded(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    batch = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return batch
 
 
 @torch.inference_mode()
 def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: int = 4096,
                  naive: bool = False) -> np.ndarray:
-    """Activation of each readout's neuron at its position, batched by length (or one by one if ``naive``)."""
+    """Activation of each readout's neuron at its position: batched by length, identical sequences
+    once, variants from their changed token on where the subject can (or one full sequence at a time
+    if ``naive``)."""
     out = np.zeros(len(readouts), dtype=np.float32)
     if not readouts:
         return out
@@ -121,29 +189,63 @@ def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: in
             acts = subject.activations(torch.tensor([r.tokens]))
             out[i] = float(acts[0, r.position, r.neuron])
         return out
-    order = sorted(range(len(readouts)), key=lambda i: len(readouts[i].tokens))
-    start = 0
-    while start < len(order):
-        end = start  # grow the chunk while its padded size (rows x the longest, i.e. last, length) fits
-        while end < len(order):
-            if (end - start + 1) * len(readouts[order[end]].tokens) > batch_tokens and end > start:
-                break
-            end += 1
-        chunk = order[start:end]
-        width = len(readouts[chunk[-1]].tokens)
-        batch = torch.full((len(chunk), width), subject.pad_id, dtype=torch.long)
-        positions = torch.empty(len(chunk), dtype=torch.long)
-        neurons = torch.empty(len(chunk), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            r = readouts[i]
-            batch[row, : len(r.tokens)] = torch.tensor(r.tokens)
-            positions[row] = r.position if r.position >= 0 else len(r.tokens) + r.position
-            neurons[row] = r.neuron
-        acts = subject.activations(batch)
-        values = acts[torch.arange(len(chunk)), positions, neurons]
-        out[chunk] = values.numpy()
-        start = end
+    reuse = hasattr(subject, "prefix_states") and hasattr(subject, "activations_after")
+    full: dict[tuple[int, ...], list[int]] = {}  # sequence -> readouts that read it
+    variants: dict[tuple[int, ...], list[int]] = {}  # base -> readouts that are its variants
+    for i, r in enumerate(readouts):
+        position = r.position if r.position >= 0 else len(r.tokens) + r.position
+        if reuse and r.base is not None and 0 < r.shared <= position:
+            variants.setdefault(r.base, []).append(i)
+        else:
+            full.setdefault(tuple(r.tokens), []).append(i)
+    sequences = list(full)
+    for chunk in _pack([len(t) for t in sequences], batch_tokens):
+        acts = subject.activations(_padded([sequences[c] for c in chunk], subject.pad_id))
+        for row, c in enumerate(chunk):
+            for i in full[sequences[c]]:
+                r = readouts[i]
+                position = r.position if r.position >= 0 else len(r.tokens) + r.position
+                out[i] = float(acts[row, position, r.neuron])
+    if variants:
+        _run_variants(cast(PrefixReuse, subject), readouts, variants, batch_tokens, out)
     return out
+
+
+def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout],
+                  variants: dict[tuple[int, ...], list[int]], batch_tokens: int,
+                  out: np.ndarray) -> None:
+    """Run each base once (keeping its attention keys/values), then its variants from their first
+    changed token on, grouped by that position (a batch needs one prefix length). Bases are taken a
+    few thousand tokens at a time so the kept keys/values stay small."""
+    bases = sorted(variants, key=len)
+    group: list[tuple[int, ...]] = []
+    size = 0
+    for k, base in enumerate(bases):
+        group.append(base)
+        size += len(base)
+        if size < batch_tokens and k + 1 < len(bases):
+            continue
+        states: dict[tuple[int, ...], Any] = {}
+        for chunk in _pack([len(b) for b in group], batch_tokens):
+            batch_states = subject.prefix_states(_padded([group[c] for c in chunk], subject.pad_id))
+            for row, c in enumerate(chunk):
+                states[group[c]] = (batch_states, row)
+        by_shared: dict[int, list[int]] = {}
+        for base in group:
+            for i in variants[base]:
+                by_shared.setdefault(readouts[i].shared, []).append(i)
+        for shared, idx in sorted(by_shared.items()):
+            tails = [readouts[i].tokens[shared:] for i in idx]
+            for chunk in _pack([len(t) + shared for t in tails], batch_tokens):
+                rows = [idx[c] for c in chunk]
+                prefixes = [states[cast(tuple, readouts[i].base)] for i in rows]
+                acts = subject.activations_after(prefixes, shared,
+                                                 _padded([tails[c] for c in chunk], subject.pad_id))
+                for row, i in enumerate(rows):
+                    r = readouts[i]
+                    position = r.position if r.position >= 0 else len(r.tokens) + r.position
+                    out[i] = float(acts[row, position - shared, r.neuron])
+        group, size = [], 0
 
 
 @dataclass
@@ -186,6 +288,42 @@ class ModelSubject:
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.mlp_activations(tokens, [self.layer])[self.layer]
 
+    # Prefix reuse through TransformerLens's key/value cache. Every call passes an explicit all-ones
+    # attention mask: without one TransformerLens derives the mask from pad tokens, and the neutral
+    # token of saliency *is* the pad token in Gemma and SmolLM2 (it must be attended to, as in a
+    # plain forward pass). Keys are cached before the rotary embedding, which is applied to the
+    # whole key sequence at the right positions on every call.
+    def prefix_states(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        hooked = self.model.model
+        cache = TransformerLensKeyValueCache.init_cache(hooked.cfg, tokens.device, tokens.shape[0])
+        hooked(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
+               stop_at_layer=self.layer + 1)
+        return [(e.past_keys, e.past_values) for e in cache.entries[: self.layer + 1]]
+
+    def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
+                          ) -> torch.Tensor:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        entries = []
+        for layer in range(self.layer + 1):
+            keys = torch.stack([layers[layer][0][row, :shared] for layers, row in states])
+            values = torch.stack([layers[layer][1][row, :shared] for layers, row in states])
+            entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
+        mask = torch.ones(len(states), shared, dtype=torch.long)
+        cache = TransformerLensKeyValueCache(entries, mask, frozen=True)
+        out: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any) -> None:
+            out["act"] = act
+
+        self.model.model.run_with_hooks(
+            tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
+            stop_at_layer=self.layer + 1, fwd_hooks=[(self.model.hook_name(self.layer), keep)])
+        return out["act"]
+
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
         return self.model.str_tokens(ids)
 
@@ -213,48 +351,64 @@ class ModelSubject:
 
 
 def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: dict[int, float],
-                 cfg: N2GConfig) -> dict[int, NeuronGraph]:
+                 cfg: N2GConfig, extra: dict[int, list[Example]] | None = None
+                 ) -> dict[int, NeuronGraph]:
     """Build one graph per neuron of a layer from its training examples; all neurons' work is batched together.
 
-    ``maxima`` are the neurons' max activations over the harvest (activations are normalised by them).
+    ``examples`` are each neuron's top training examples; ``extra`` its other training examples
+    (random and quantile), whose tokens at >= ``extra_threshold`` x max become activating tokens too
+    and on which, with the top examples, the paths are calibrated. ``maxima`` are the neurons' max
+    activations over the harvest (activations are normalised by them).
     """
     bos = subject.bos_id
     pad = subject.pad_id
+    extra = extra or {}
     graphs = {n: NeuronGraph(cfg.case_sensitive, cfg.strip_space) for n in examples}
 
-    # Activating tokens: each example's peak, plus other tokens >= activating_threshold x max.
+    # Activating tokens: each top example's peak, plus other tokens >= activating_threshold x max;
+    # in the extra examples, the tokens >= extra_threshold x max (most random contexts have none).
     items: list[_Item] = []
+    used: set[tuple[int, tuple[int, ...]]] = set()  # (neuron, tokens up to an activating one)
     for n, exs in examples.items():
         top = maxima[n]
         if top <= 0:
             continue
-        for ex in exs[: cfg.train_examples]:
+        sources = [(ex, cfg.activating_threshold, True) for ex in exs[: cfg.train_examples]]
+        sources += [(ex, cfg.extra_threshold, False) for ex in extra.get(n, [])]
+        for ex, threshold, with_peak in sources:
             acts = np.asarray(ex.activations[1:])
             order = np.argsort(-acts, kind="stable")
-            chosen = [int(order[0]) + 1] + [int(j) + 1 for j in order[1:]
-                                             if acts[j] >= cfg.activating_threshold * top]
+            chosen = [int(j) + 1 for k, j in enumerate(order)
+                      if (k == 0 and with_peak) or acts[j] >= threshold * top]
             for j in chosen[: cfg.max_activating_per_example]:
-                if ex.activations[j] > 0:
+                key = (n, tuple(ex.tokens[: j + 1]))  # a random context can also be a top one
+                if ex.activations[j] > 0 and key not in used:
                     items.append(_Item(n, list(ex.tokens[: j + 1]), float(ex.activations[j])))
+                    used.add(key)
 
     def run(readouts: list[Readout]) -> np.ndarray:
         return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive)
 
-    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the activation. Short
-    #    lengths first for everyone; long ones only for the tokens that need them (most need few tokens).
+    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the
+    # activation. Short lengths first for everyone; long ones only for the tokens that need them
+    # (most need few tokens). The whole context is the example itself, whose activation is known: it
+    # is never run again.
     best: dict[int, tuple[int, float]] = {}
     longest: dict[int, tuple[int, float]] = {}  # fallback: the longest length tried
     short = [x for x in cfg.prune_lengths if x <= 8]
     for lengths_round in (short, [x for x in cfg.prune_lengths if x > 8]):
-        readouts, owners = [], []
+        readouts, owners, known = [], [], []
         for k, it in enumerate(items):
             if k in best:
                 continue
             body = it.tokens[1:]
             for length in sorted({min(x, len(body)) for x in lengths_round}):
+                if length == len(body):
+                    known.append(((k, length), it.target))
+                    continue
                 readouts.append(Readout([bos] + body[-length:], it.neuron))
                 owners.append((k, length))
-        for (k, length), value in zip(owners, run(readouts), strict=True):
+        for (k, length), value in [*zip(owners, run(readouts).tolist(), strict=True), *known]:
             if value >= cfg.prune_keep * items[k].target and (k not in best or length < best[k][0]):
                 best[k] = (length, float(value))
             if k not in longest or length > longest[k][0]:
@@ -267,10 +421,11 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     # 2. Saliency: replace each token of the pruned context with the neutral token; relative drop = importance.
     readouts, owners = [], []
     for k, it in enumerate(items):
+        base = (bos, *it.pruned)
         for i in range(len(it.pruned)):
             masked = list(it.pruned)
             masked[i] = pad
-            readouts.append(Readout([bos] + masked, it.neuron))
+            readouts.append(Readout([bos] + masked, it.neuron, base=base, shared=i + 1))
             owners.append(k)
     values = run(readouts)
     for it in items:
@@ -283,33 +438,73 @@ def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: d
     # 3. Paths from the activating token back to the earliest important token; then augmentation variants.
     variants: list[tuple[int, int, int]] = []  # (item, position in pruned, substitute token)
     readouts = []
+    own: dict[tuple[int, tuple[int, ...]], set[int]] = {}  # (neuron, source tokens) -> path ends
     for k, it in enumerate(items):
         graph = graphs[it.neuron]
         # The path stands for the activation the neuron had in real text (normalised), not in the pruned snippet.
-        _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
+        end = _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
+        own.setdefault((it.neuron, tuple(it.tokens)), set()).add(id(end))
         last = len(it.pruned) - 1
         context = [i for i in range(last) if it.importance[i] >= cfg.importance_threshold]
         context = sorted(context, key=lambda i: (-it.importance[i], -i))[: cfg.augment_positions]
+        base = (bos, *it.pruned)
         for i in [last, *sorted(context)]:  # the activating token is always worth varying
             for sub in subject.substitutes(it.pruned[i], cfg.augmentations, graph.norm):
                 variant = list(it.pruned)
                 variant[i] = sub
-                readouts.append(Readout([bos] + variant, it.neuron))
+                readouts.append(Readout([bos] + variant, it.neuron, base=base, shared=i + 1))
                 variants.append((k, i, sub))
     values = run(readouts)
     for (k, i, sub), value in zip(variants, values, strict=True):
         it = items[k]
         variant = list(it.pruned)
         variant[i] = sub
-        # Firing and non-firing variants both inform the graph: the latter teach it where the neuron stays quiet.
-        # A variant keeps the relative change the substitution caused in the snippet, applied to the real activation.
+        # Firing and non-firing variants both inform the graph: the latter teach it where the neuron
+        # stays quiet. A variant keeps the relative change it caused in the snippet, applied to the
+        # real activation.
         ratio = min(max(float(value), 0.0) / it.pruned_act, 1.0) if it.pruned_act > 0 else 0.0
         _add(graphs[it.neuron], subject, variant, it.importance, ratio * it.target / maxima[it.neuron], cfg)
+
+    if cfg.calibrate:
+        for n, graph in graphs.items():
+            if maxima[n] > 0:
+                everything = [*examples[n][: cfg.train_examples], *extra.get(n, [])]
+                texts = {tuple(ex.tokens): ex for ex in everything}  # each context once
+                mine = {key: ends for (m, key), ends in own.items() if m == n}
+                calibrate(graph, list(texts.values()), maxima[n], mine)
     return graphs
 
 
+def calibrate(graph: NeuronGraph, texts: Sequence[Example], max_activation: float,
+              own: dict[tuple[int, ...], set[int]] | None = None) -> int:
+    """Lower every path to what the neuron does where the path matches: each time a path's end is
+    reached in the training text, the true normalised activation there (negative counted as 0) joins
+    the path's average - except where the path was built from that very token (``own``: the tokens
+    up to and including a source token -> ids of the end nodes its paths made), which its average
+    holds.
+
+    A path built from one top example with only its activating token concrete (``" the"``) matches
+    many tokens where the neuron is quiet; calibrated, it predicts the neuron's mean there and stops
+    firing on random text, while a path whose matches all fire keeps its value. Returns how many
+    matches were counted."""
+    own = own or {}
+    counted = 0
+    for ex in texts:
+        for j, ends in enumerate(graph.matched_ends(ex.str_tokens[1:]), start=1):
+            if not ends:
+                continue
+            truth = max(float(ex.activations[j]) / max_activation, 0.0)
+            mine = own.get(tuple(ex.tokens[: j + 1]), set())
+            for end in ends:
+                if id(end) not in mine:
+                    end.end_sum += truth
+                    end.end_count += 1
+                    counted += 1
+    return counted
+
+
 def _add(graph: NeuronGraph, subject: Subject, pruned: list[int], importance: list[float], activation: float,
-         cfg: N2GConfig) -> None:
+         cfg: N2GConfig) -> Node:
     last = len(pruned) - 1
     important = [i for i in range(last) if importance[i] >= cfg.importance_threshold]
     earliest = min(important) if important else last
@@ -320,7 +515,7 @@ def _add(graph: NeuronGraph, subject: Subject, pruned: list[int], importance: li
         concrete = i == last or importance[i] >= cfg.importance_threshold
         tokens.append(strs[i] if concrete else None)
         imps.append(importance[i])
-    graph.add_path(PathExample(tuple(tokens), tuple(imps), float(activation)))
+    return graph.add_path(PathExample(tuple(tokens), tuple(imps), float(activation)))
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

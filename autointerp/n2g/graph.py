@@ -78,8 +78,8 @@ class NeuronGraph:
         return normalize_token(token, self.case_sensitive, self.strip_space)
 
     # ---------------------------------------------------------------------------------------------- building
-    def add_path(self, path: PathExample) -> None:
-        """Insert a path; identical paths average their activations."""
+    def add_path(self, path: PathExample) -> Node:
+        """Insert a path; identical paths average their activations. Returns the path's end node."""
         first = path.tokens[0]
         if first is None:
             raise ValueError("A path must start at a concrete activating token.")
@@ -94,28 +94,34 @@ class NeuronGraph:
             node.importance_count += 1
         node.end_sum += path.activation
         node.end_count += 1
+        return node
 
     # ---------------------------------------------------------------------------------------------- prediction
     def predict(self, tokens: Sequence[str]) -> list[float]:
         """Predicted normalised activation at every token (all-path matching, best end wins)."""
+        return [max([0.0, *(end.activation for end in ends)]) for ends in self.matched_ends(tokens)]
+
+    def matched_ends(self, tokens: Sequence[str]) -> list[list[Node]]:
+        """At every token, the end nodes of all paths that match the text ending there (what
+        :meth:`predict` takes the best of); calibration counts what the neuron does at each."""
         keys = [self.norm(t) for t in tokens]
-        out = []
+        out: list[list[Node]] = []
         for j, key in enumerate(keys):
             root = self.roots.get(key)
-            best = 0.0
+            ends: list[Node] = []
             if root is not None:
                 stack = [(root, j - 1)]
                 while stack:
                     node, i = stack.pop()
                     if node.is_end:
-                        best = max(best, node.activation)
+                        ends.append(node)
                     if i < 0:
                         continue
                     for child_key in (keys[i], WILDCARD):
                         child = node.children.get(child_key)
                         if child is not None:
                             stack.append((child, i - 1))
-            out.append(best)
+            out.append(ends)
         return out
 
     def predict_greedy(self, tokens: Sequence[str]) -> list[float]:

@@ -13,6 +13,7 @@ from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, ModelSubject, N2GConfig, Subject, build_graphs, evaluate
+from autointerp.n2g.graph import NeuronGraph
 from autointerp.ranges import parse_ranges
 from autointerp.store import Store
 
@@ -48,6 +49,25 @@ def _example(row: dict[str, Any]) -> Example:
 def load_examples(store: Store, run_id: int, layer: int, neuron: int, split: str, kinds: tuple[str, ...]
                   ) -> list[Example]:
     return [_example(r) for r in store.examples(run_id, layer, neuron, kinds=kinds, split=split)]
+
+
+def held_out_metrics(store: Store, run_id: int, layer: int, neuron: int, graph: NeuronGraph,
+                     max_activation: float, cfg: N2GConfig) -> dict[str, Any]:
+    """The graph's scores on the test split: top and random examples pooled (the headline numbers),
+    and each kind alone (``f1_top``, ``correlation_random``, ...): pooled scores hide a graph that
+    fires all over random text."""
+    if max_activation <= 0:
+        return {}
+    top = load_examples(store, run_id, layer, neuron, "test", ("top",))
+    random = load_examples(store, run_id, layer, neuron, "test", ("random",))
+    pooled = evaluate(graph, top + random, max_activation, cfg.fire_threshold)
+    keys = ("precision", "recall", "f1", "correlation", "n_tokens", "n_true_firing")
+    out = {k: pooled[k] for k in keys}
+    for kind, records in (("top", top), ("random", random)):
+        alone = evaluate(graph, records, max_activation, cfg.fire_threshold)
+        out[f"f1_{kind}"] = alone["f1"]
+        out[f"correlation_{kind}"] = alone["correlation"]
+    return out
 
 
 @dataclass
@@ -96,19 +116,17 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
             t0 = time.time()
             maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in part}
             train = {n: load_examples(store, run["id"], layer, n, "train", ("top",)) for n in part}
-            graphs = build_graphs(subject, train, maxima, cfg)
+            extra = {n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds)
+                     if cfg.extra_kinds else [] for n in part}
+            graphs = build_graphs(subject, train, maxima, cfg, extra)
             per_neuron = (time.time() - t0) / len(part)
             rows = []
             for n in part:
-                test = load_examples(store, run["id"], layer, n, "test", ("top", "random"))
-                metrics = evaluate(graphs[n], test, maxima[n], cfg.fire_threshold) if maxima[n] > 0 else {}
                 data = graphs[n].to_json()
                 rows.append({
                     "run_id": run["id"], "layer": layer, "neuron": n, "config_hash": config_hash,
                     "graph": _dumps(data), "n_nodes": len(data["nodes"]),
-                    "precision": metrics.get("precision"), "recall": metrics.get("recall"),
-                    "f1": metrics.get("f1"), "correlation": metrics.get("correlation"),
-                    "n_tokens": metrics.get("n_tokens"), "n_true_firing": metrics.get("n_true_firing"),
+                    **held_out_metrics(store, run["id"], layer, n, graphs[n], maxima[n], cfg),
                     "n2g_run_id": n2g_run_id, "seconds": per_neuron, "created": time.time(),
                 })
             store.save_graphs(rows, model=model.name)  # graphs + their token-index rows: one transaction
