@@ -297,6 +297,7 @@ class ModelSubject:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         hooked = self.model.model
+        tokens = tokens.to(self.model.device)  # the cached keys and values stay on the model's device
         cache = TransformerLensKeyValueCache.init_cache(hooked.cfg, tokens.device, tokens.shape[0])
         hooked(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
                stop_at_layer=self.layer + 1)
@@ -312,7 +313,8 @@ class ModelSubject:
             keys = torch.stack([layers[layer][0][row, :shared] for layers, row in states])
             values = torch.stack([layers[layer][1][row, :shared] for layers, row in states])
             entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
-        mask = torch.ones(len(states), shared, dtype=torch.long)
+        tokens = tokens.to(self.model.device)
+        mask = torch.ones(len(states), shared, dtype=torch.long, device=tokens.device)
         cache = TransformerLensKeyValueCache(entries, mask, frozen=True)
         out: dict[str, torch.Tensor] = {}
 
@@ -322,7 +324,7 @@ class ModelSubject:
         self.model.model.run_with_hooks(
             tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
             stop_at_layer=self.layer + 1, fwd_hooks=[(self.model.hook_name(self.layer), keep)])
-        return out["act"]
+        return out["act"].to("cpu", torch.float32)  # as SubjectModel.mlp_activations: host float32
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
         return self.model.str_tokens(ids)
