@@ -243,6 +243,14 @@ class KnownFeatureModel(SubjectModel):
         return 1
 
     @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # a regular expression over the text: no weights, no accelerator
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
     def d_mlp(self) -> int:
         return len(self.features)
 
