@@ -659,10 +659,8 @@ def packaged_status() -> list[dict[str, Any]]:
 
 def load_tokenizer(name: str, progress: bool = True) -> tuple[str, Any]:
     """(canonical name, tokenizer) of a subject model without loading its weights: what known-answer
-    features
-    need. Packaged models read the tokenizer from their converted directory; TransformerLens models
-    load whole
-    (their tokenizer comes with them)."""
+    features need. Packaged models read the tokenizer from their converted directory;
+    TransformerLens models load whole (their tokenizer comes with them)."""
     canonical, packaged = resolve_model_name(name)
     _quiet_libraries()
     if packaged is not None:

@@ -64,8 +64,8 @@ from autointerp.errors import UserError
 from autointerp.faults import kill_point
 
 #: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table.
-#: Older databases
-#: are upgraded in place when opened (new tables and columns only; no row is rewritten).
+#: Older databases are upgraded in place when opened (new tables and columns only; no row is
+#: rewritten).
 SCHEMA_VERSION = 3
 DEFAULT_DB = "autointerp.db"
 TABLES = ("meta", "models", "runs", "checkpoints", "documents", "contexts", "neurons", "examples", "graphs",
@@ -307,9 +307,8 @@ class Store:
 
     def _ensure_evaluation_schema(self) -> None:
         """Schema 3, inside ``_ensure_schema``'s transaction: the raw-activation score column (added
-        to older
-        databases) and the stored results of ``eval`` and ``calibrate`` runs (their config is the
-        ``runs`` row)."""
+        to older databases) and the stored results of ``eval`` and ``calibrate`` runs (their config
+        is the ``runs`` row)."""
         db = self.db
         if "score_raw" not in db["scores"].columns_dict:
             db.execute("alter table scores add column score_raw float")

@@ -11,13 +11,10 @@ pipeline under test are real. Modes:
   ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
 * ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations answered well);
 * ``no-digits``: echo simulations whose top logprobs hold no digit at any position (the simulator
-"answered" but
-  not on the 0-9 scale); explanations answered well;
+  "answered" but not on the 0-9 scale); explanations answered well;
 * ``keyword``: a deterministic stand-in simulator for testing what is computed *from* simulations
-(controls,
-  summaries), never the simulator's quality: echo prompts get a '9' at every slot whose token (lower
-case, space
-  stripped) is a word of the target explanation, '0' elsewhere;
+  (controls, summaries), never the simulator's quality: echo prompts get a '9' at every slot whose
+  token (lower case, space stripped) is a word of the target explanation, '0' elsewhere;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo prompts, a
   valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
@@ -138,8 +135,8 @@ def _echo(prompt: str, upto: int | None = None) -> dict[str, Any]:
 
 def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
     """Echo logprobs, one character per token: no digit anywhere (``keyword=False``), or a 9/0 at
-    each activation
-    slot of the target record by whether its token is a word of the target explanation."""
+    each activation slot of the target record by whether its token is a word of the target
+    explanation."""
     response = _echo(prompt)
     tops = response["choices"][0]["logprobs"]["top_logprobs"]
     for i in range(1, len(tops)):

@@ -1,10 +1,7 @@
 """Trustworthy scores: the scorer's failure modes (digit-less simulations, non-finite and empty
-inputs), the raw
-score and its schema migration, known-answer regex features on two real tokenizers, the shuffled
-control, the
-`eval` and `calibrate` commands - and, against the real local llama.cpp server, the chat-logprobs
-simulator and a
-small calibration."""
+inputs), the raw score and its schema migration, known-answer regex features on two real tokenizers,
+the shuffled control, the `eval` and `calibrate` commands - and, against the real local llama.cpp
+server, the chat-logprobs simulator and a small calibration."""
 
 from __future__ import annotations
 
@@ -354,10 +351,8 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
     tmp_path: Path, fault_server
 ) -> None:
     """A constructed set of distinct neurons (regex features over real text, each with its true
-    description);
-    each scored with another's description must score lower. The simulator is the deterministic
-    keyword stand-in:
-    what is tested is the control's computation, not an LLM."""
+    description); each scored with another's description must score lower. The simulator is the
+    deterministic keyword stand-in: what is tested is the control's computation, not an LLM."""
     _, tok = load_tokenizer("smollm2-135m", progress=False)
     words = ["capital", "the", "print", "import", "is"]
     feats = [RegexFeature(w, rf"\b{w}\b", w) for w in words]
@@ -556,8 +551,7 @@ def test_calibrate_command_runs_features_through_the_whole_pipeline(
     tmp_path: Path, fault_server
 ) -> None:  # type: ignore
     """The calibrate flow end to end (harvest, N2G from the tokenizer, explain, simulate, store,
-    print) with the
-    keyword stand-in simulator; the real-LLM version is the slow test below."""
+    print) with the keyword stand-in simulator; the real-LLM version is the slow test below."""
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 8))
     feats = tmp_path / "features.json"

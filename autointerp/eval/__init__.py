@@ -1,3 +1,2 @@
 """Measuring explanation quality: known-answer features (``calibrate``) and seeded evaluations with
-controls
-(``eval``)."""
+controls (``eval``)."""

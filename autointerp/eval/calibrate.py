@@ -1,21 +1,19 @@
 """Calibration on known-answer features: how well can the pipeline do when the answer is known?
 
 For every regex feature (:mod:`autointerp.eval.features`) the unchanged pipeline runs on its
-activations over the
-corpus - harvest, N2G graph, LLM explanation, simulation, score - and the feature's true description
-is simulated
-and scored on exactly the same held-out records. Per feature:
+activations over the corpus - harvest, N2G graph, LLM explanation, simulation, score - and the
+feature's true description is simulated and scored on exactly the same held-out records. Per
+feature:
 
 * ``true_score``: the simulator given the right answer - the ceiling any explanation could reach
-with this
-  simulator on these records;
+  with this simulator on these records;
 * ``explanation_score``: the explainer's phrase - how much of the answer it recovered;
 * ``baseline_score``, ``n2g_score``: the token-lookup baseline and the N2G graph on the same
-records.
+  records.
 
 Everything is stored like a model's neurons, under the feature set's own model name, and the summary
-(with its
-config) as a ``calibrate`` run of the real model, which ``eval`` shows as its known-answer control.
+(with its config) as a ``calibrate`` run of the real model, which ``eval`` shows as its known-answer
+control.
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ def calibrate(
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the pipeline on the features and return ``{"model", "features_model", "features": [...],
-    "medians"}``;
-    the result is stored as a ``calibrate`` run of ``base_model``."""
+    "medians"}``; the result is stored as a ``calibrate`` run of ``base_model``."""
     known = KnownFeatureModel(base_model, tokenizer, features)
     harvest(
         known,

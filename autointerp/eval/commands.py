@@ -1,7 +1,6 @@
 """The ``calibrate`` and ``eval`` commands: argument parsing, the LLM endpoint (or the embedded
-local server),
-text and JSON reports. Kept beside the evaluation code so the main CLI module only registers
-them."""
+local server), text and JSON reports. Kept beside the evaluation code so the main CLI module only
+registers them."""
 
 from __future__ import annotations
 
@@ -76,8 +75,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]:
     """(client, explain config, templates) for the endpoint the options name, starting and stopping
-    the local
-    llama.cpp server when none is named (as ``explain`` does)."""
+    the local llama.cpp server when none is named (as ``explain`` does)."""
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_config
     from autointerp.llm import LLMClient, LLMSettings

@@ -2,26 +2,21 @@
 controls.
 
 * **Sample.** A seeded random sample of N neurons per layer among those that fire at all (max
-activation > 0) -
-  never the top ones by activation, which flatter every method. The seed and layer fix the sample.
+  activation > 0) - never the top ones by activation, which flatter every method. The seed and layer
+  fix the sample.
 * **Missing stages** (N2G graphs, explanations and scores) run for the sampled neurons only; what is
-stored under
-  the same configs is reused, so a rerun costs nothing.
+  stored under the same configs is reused, so a rerun costs nothing.
 * **Methods**: the LLM explanation, the token-lookup baseline and the N2G graph, each scored by
-correlation on the
-  same held-out records (:mod:`autointerp.explain.simulate`).
+  correlation on the same held-out records (:mod:`autointerp.explain.simulate`).
 * **Controls**: ``shuffled`` - each neuron scored with the explanation of another sampled neuron of
-the same layer
-  (a fixed-point-free seeded permutation): what an explanation carrying no information about *this*
-neuron
-  scores on these records; ``known_true_description`` / ``known_explanation`` - the newest
-``calibrate`` result
-  of the model (the simulator's ceiling and the explainer's recovery when the answer is known).
+  the same layer (a fixed-point-free seeded permutation): what an explanation carrying no
+  information about *this* neuron scores on these records; ``known_true_description`` /
+  ``known_explanation`` - the newest ``calibrate`` result of the model (the simulator's ceiling and
+  the explainer's recovery when the answer is known).
 * **Summaries**: n, mean, median, bootstrap 95% interval, fraction >= 0.5, failed and undefined
-counts (never
-  averaged in), and paired differences per neuron (explanation - baseline, explanation - shuffled,
-explanation -
-  n2g) with bootstrap intervals: the paired view removes the neuron-to-neuron spread.
+  counts (never averaged in), and paired differences per neuron (explanation - baseline,
+  explanation - shuffled, explanation - n2g) with bootstrap intervals: the paired view removes the
+  neuron-to-neuron spread.
 
 Every evaluation is stored (config + hash + result) as an ``eval`` run, so a later explainer can be
 compared.
@@ -122,8 +117,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the evaluation (see the module docstring); ``build_graphs(layer, neurons)`` makes missing
-    N2G graphs
-    (the caller owns the subject model). Returns and stores the result."""
+    N2G graphs (the caller owns the subject model). Returns and stores the result."""
     if cfg.sample < 2:
         raise UserError(
             "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."

@@ -1,33 +1,23 @@
 """Known-answer features: a regular expression over decoded text plus its true description.
 
 "What is explained" is a seam: a feature is a function from token ids to per-token activations. MLP
-neurons are
-one kind (:class:`autointerp.models.SubjectModel`); known-answer features are another, built only
-from the
-model's tokenizer - no forward pass. A feature fires (1.0) on every token whose characters overlap a
-match of its
-pattern, 0 elsewhere: character overlap rather than token index, because the same text is cut into
-different
-tokens by different tokenizers and a match may start or end inside a token.
+neurons are one kind (:class:`autointerp.models.SubjectModel`); known-answer features are another,
+built only from the model's tokenizer - no forward pass. A feature fires (1.0) on every token whose
+characters overlap a match of its pattern, 0 elsewhere: character overlap rather than token index,
+because the same text is cut into different tokens by different tokenizers and a match may start or
+end inside a token.
 
 :class:`KnownFeatureModel` presents a feature set as a one-layer "model" (layer 0, one "neuron" per
-feature), so
-the unchanged harvest -> N2G -> explain -> simulate -> score code runs on it; :class:`RegexSubject`
-is the N2G
-``feature_activation`` for their variants, computed from the tokenizer. Because the true description
-is known,
-the simulator's score for it is the ceiling the pipeline could reach on that feature, and the
-explainer's score
-says how much of it was recovered.
+feature), so the unchanged harvest -> N2G -> explain -> simulate -> score code runs on it;
+:class:`RegexSubject` is the N2G ``feature_activation`` for their variants, computed from the
+tokenizer. Because the true description is known, the simulator's score for it is the ceiling the
+pipeline could reach on that feature, and the explainer's score says how much of it was recovered.
 
 Texts are decoded one token at a time (as the harvest shows tokens) and concatenated; special tokens
-(BOS, the EOS
-between packed documents, padding) contribute no text and split the stream, so no match spans two
-documents.
-Zero-width matches cover no character and fire nothing. Features need not be causal (a pattern may
-look ahead);
-N2G, which prunes context from the left, then simply predicts them less well - part of what
-calibration shows.
+(BOS, the EOS between packed documents, padding) contribute no text and split the stream, so no
+match spans two documents. Zero-width matches cover no character and fire nothing. Features need not
+be causal (a pattern may look ahead); N2G, which prunes context from the left, then simply predicts
+them less well - part of what calibration shows.
 """
 
 from __future__ import annotations
@@ -79,8 +69,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 def load_features(path: str | Path | None = None) -> list[RegexFeature]:
     """Features from a JSON file ``[{"name", "pattern", "description"}]`` (``kind`` optional), or
-    the packaged
-    default set. Every problem is one :class:`UserError` sentence naming the entry."""
+    the packaged default set. Every problem is one :class:`UserError` sentence naming the entry."""
     if path is None:
         text = (
             resources.files("autointerp.eval")
@@ -214,9 +203,8 @@ def batch_activations(
 
 class KnownFeatureModel(SubjectModel):
     """A feature set presented as a one-layer model (layer 0, neuron i = feature i), stored under
-    its own name
-    ``<model>+known-<hash>`` so its rows never mix with the model's neurons. Only the tokenizer is
-    used."""
+    its own name ``<model>+known-<hash>`` so its rows never mix with the model's neurons. Only the
+    tokenizer is used."""
 
     def __init__(
         self, base_model: str, tokenizer: Any, features: Sequence[RegexFeature], n_ctx: int = 8192
@@ -295,9 +283,8 @@ class RegexSubject:
     forward pass.
 
     There are no substitutes for augmentation: without the model's embedding, the tokenizer alone
-    has no notion of
-    which tokens could stand in for each other (so the graphs hold only tokens seen in training
-    examples)."""
+    has no notion of which tokens could stand in for each other (so the graphs hold only tokens seen
+    in training examples)."""
 
     def __init__(self, model: KnownFeatureModel):
         from autointerp.n2g.build import neutral_token

@@ -2,10 +2,8 @@
 plot.
 
 Points matter more than boxes at the sample sizes we can afford (16 per layer): a box of 5 numbers
-hides that.
-Drawn with matplotlib's object API on an Agg canvas (no pyplot global state), so the web server can
-draw it in
-any thread.
+hides that. Drawn with matplotlib's object API on an Agg canvas (no pyplot global state), so the web
+server can draw it in any thread.
 """
 
 from __future__ import annotations

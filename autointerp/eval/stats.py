@@ -1,9 +1,8 @@
 """Summaries of score samples: mean, median, bootstrap 95% intervals, paired differences.
 
 The bootstrap is the percentile method over resampled neurons, seeded, so a stored evaluation is
-reproducible.
-Failed and undefined scores are counted beside the summary and never enter it: a failure is not a
-low score.
+reproducible. Failed and undefined scores are counted beside the summary and never enter it: a
+failure is not a low score.
 """
 
 from __future__ import annotations

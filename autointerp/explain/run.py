@@ -173,8 +173,7 @@ class NeuronJob:
     train_negative: list[Record] = field(default_factory=list)
     heldout_negative: list[Record] = field(default_factory=list)
     #: other explanations to simulate and score on the same records, by score method (e.g. a
-    #: known-answer
-    #: feature's true description as ``true_description``)
+    #: known-answer feature's true description as ``true_description``)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -273,8 +272,7 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
 
     if not job.heldout:
         # nothing to score on (tiny corpus, small top_k): say so for this neuron instead of paying
-        # for an
-        # explanation that can never be scored
+        # for an explanation that can never be scored
         reason = ("not explained: no held-out records to score on (the harvest kept no "
                   "test-split examples for this neuron; harvest more tokens or a larger top_k)")
         add_explanation("llm", None, reason, Usage(), cfg.explainer_model, 0.0)
@@ -396,9 +394,8 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
     """Explain and score the chosen neurons of each layer; returns counts and the tokens spent.
 
     ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
-    (calibration's
-    true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec`` (eval's seeded
-    sample)."""
+    (calibration's true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec``
+    (eval's seeded sample)."""
     check_config(cfg)
     info = store.model_info(model)
     if info is None:

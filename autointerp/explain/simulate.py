@@ -16,14 +16,11 @@ Scores (what :func:`score_predictions` computes) use the same records for every 
 token-lookup baseline and N2G graph - so the numbers compare directly.
 
 A simulation is only trusted when the simulator actually answered on the 0-9 scale: in echo modes a
-slot whose top
-logprobs hold no digit is counted, and a record with more than :data:`MAX_DIGITLESS_FRACTION` of its
-slots
-digit-less fails the whole simulation with the reason ("no digit in the top 15 at 28 of 32 slots")
-instead of
-turning into a string of zeros that would look like a bad explanation. Below the threshold a
-digit-less slot
-counts as 0 (the simulator expects no activation there).
+slot whose top logprobs hold no digit is counted, and a record with more than
+:data:`MAX_DIGITLESS_FRACTION` of its slots digit-less fails the whole simulation with the reason
+("no digit in the top 15 at 28 of 32 slots") instead of turning into a string of zeros that would
+look like a bad explanation. Below the threshold a digit-less slot counts as 0 (the simulator
+expects no activation there).
 """
 
 from __future__ import annotations
@@ -55,8 +52,7 @@ MAX_DIGITLESS_FRACTION = 0.25
 
 class SimulationFailure(LLMFailure):
     """The simulator answered, but not on the 0-9 scale (see :data:`MAX_DIGITLESS_FRACTION`). Not
-    retried: echo
-    calls run at temperature 0, so a retry would repeat the same answer."""
+    retried: echo calls run at temperature 0, so a retry would repeat the same answer."""
 
     def __init__(self, reason: str):
         super().__init__(reason, attempts=1, transient=False)
@@ -79,8 +75,7 @@ def expected_digit(top: dict[str, float] | None) -> float | None:
 
 def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> list[float]:
     """Predictions at the slot offsets from an echo response (see the module docstring for
-    ``shift``); a slot
-    with no digit in its top logprobs is 0."""
+    ``shift``); a slot with no digit in its top logprobs is 0."""
     return [0.0 if v is None else v for v in parse_echo_slots(response, slots, shift)]
 
 
@@ -274,8 +269,7 @@ def _probe_echo(response: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------------ scoring
 def correlation(pred: np.ndarray, true: np.ndarray) -> float | None:
     """Pearson correlation; None when the truth is constant or the result is not finite (no score
-    can be
-    given); 0 when the prediction is constant (it explains nothing)."""
+    can be given); 0 when the prediction is constant (it explains nothing)."""
     return correlation_or_reason(pred, true)[0]
 
 
@@ -311,13 +305,10 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
     (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative).
 
     ``score`` (the headline) correlates with the activation's positive part: an explanation says
-    what the neuron
-    *finds*, and gated MLPs have large negative activations no such phrase predicts. ``score_raw``
-    correlates
-    with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers do, so our numbers can
-    be set beside
-    published ones. ``undefined`` says why ``score`` is None (constant or non-finite held-out
-    activations)."""
+    what the neuron *finds*, and gated MLPs have large negative activations no such phrase predicts.
+    ``score_raw`` correlates with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers
+    do, so our numbers can be set beside published ones. ``undefined`` says why ``score`` is None
+    (constant or non-finite held-out activations)."""
     if not records:
         raise ValueError("no held-out records to score on")
     p = [np.asarray(x, dtype=np.float64) for x in preds]

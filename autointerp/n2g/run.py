@@ -88,8 +88,8 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
     never leaves a partial graph; rerunning the same command skips the stored neurons.
 
     ``subject_for(layer)`` gives the ``feature_activation`` seam for features that are not MLP
-    neurons (known-answer
-    regex features compute it from the tokenizer); by default the model's layer is run.
+    neurons (known-answer regex features compute it from the tokenizer); by default the model's
+    layer is run.
     """
     cfg = replace(cfg, dtype=model.dtype_name)  # the graphs of a half-precision model are their own result
     config_hash = cfg.config_hash()
