@@ -520,9 +520,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
                       f"in {e['calls']} calls, {e['failures']} failures")
         if summary.failed:
             print(f"Redo the failures with: autointerp explain {model} --retry-failed (same options)")
-    if summary.failed and not summary.explained:
-        print(f"error: every one of the {summary.failed} neurons processed failed (the reasons "
-              f"are stored; see `autointerp neuron {model} L/N`).", file=sys.stderr)
+    # Nothing explained at all (every explanation call failed) is an error; explanations whose scores
+    # failed (e.g. a simulator that does not answer on the 0-9 scale) are output, with the failures
+    # recorded, counted above and redone by --retry-failed.
+    if summary.failed and not summary.explained and summary.unexplained == summary.failed:
+        print(f"error: every one of the {summary.failed} neurons processed failed to get an "
+              f"explanation (the reasons are stored; see `autointerp neuron {model} L/N`).",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -603,7 +607,7 @@ def _export_bulk(args: argparse.Namespace, model: str) -> int:
 
     if args.all and args.neurons is not None:
         raise UserError("Give --neurons or --all, not both.")
-    folder = safe_output_path(args.output or Path("graphs") / model_folder(model))
+    folder = safe_output_path(args.output or Path("graphs") / model_folder(model), folder=True)
     if folder.suffix in EXPORT_FORMATS.values() or folder.is_file():
         raise UserError(f"Without a neuron, -o is a folder for the files, not {str(folder)!r}.")
     store = Store(_db_path(args), create=False)
@@ -653,7 +657,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = Store(_db_path(args), create=False)
     model = _store_model(store, args.model)
     layers = _stored_layers(store, model, args.layers)
-    folder = safe_output_path(args.graphs or Path("graphs") / model_folder(model))
+    folder = safe_output_path(args.graphs or Path("graphs") / model_folder(model), folder=True)
     report = build_report(store, model, layers, limit=args.limit, similar=args.similar,
                           graphs_folder=folder)
     if args.json:

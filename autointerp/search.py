@@ -224,13 +224,14 @@ def search_explanations(store: Any, model: str, text: str, limit: int = 20) -> l
              "score": round(-r["rank"], 6)} for r in rows]
 
 
-def search_explanations_by_meaning(store: Any, model: str, text: str, limit: int = 20, save: bool = True
-                                   ) -> list[dict[str, Any]]:
+def search_explanations_by_meaning(store: Any, model: str, text: str, limit: int = 20, save: bool = True,
+                                   memo: dict[str, bytes] | None = None) -> list[dict[str, Any]]:
     """Ok explanations of ``model`` closest in meaning to ``text``, best first:
     ``[{"layer", "neuron", "kind", "text", "score"}]`` (score = cosine similarity, -1 to 1).
 
-    Vectors missing from the store are computed; ``save=False`` (or a database that cannot be written now) keeps
-    them in memory only, so a read path never waits for a writer."""
+    Vectors missing from the store are computed and stored (the CLI); ``save=False`` never writes (the
+    server: a GET writes nothing) and keeps them in ``memo`` instead, a dict the caller holds across
+    requests. A database that cannot be written now is treated like ``save=False``."""
     import numpy as np
 
     from autointerp.embeddings import EMBEDDER, embed, text_key
@@ -245,11 +246,17 @@ def search_explanations_by_meaning(store: Any, model: str, text: str, limit: int
         return []
     keys = [text_key(r["text"]) for r in rows]
     stored = store.text_embeddings(keys)
+    if memo is not None:
+        stored.update({k: memo[k] for k in keys if k not in stored and k in memo})
     missing = sorted({k: r["text"] for k, r in zip(keys, rows, strict=True) if k not in stored}.items())
     if missing:
         fresh = embed([t for _, t in missing])
         computed = {k: fresh[i].tobytes() for i, (k, _) in enumerate(missing)}
         stored.update(computed)
+        if memo is not None:
+            if len(memo) > 100_000:  # ~300 MB of vectors: start again rather than grow without bound
+                memo.clear()
+            memo.update(computed)
         if save:
             try:
                 store.db.execute("PRAGMA busy_timeout=200")

@@ -82,11 +82,11 @@ CLI_CASES = [
     (["export", "graphml", M, "1/0", "-o", "graphs/../../x.graphml"], 2, "contains '..'"),
     (["export", "graphml", "..", "1/0"], 2, "contains '..'"),
     (["export", "graphml", M, "1/0", "-o", "x.svg"], 2, "must end in .graphml"),
-    # -o writes only inside the working directory: absolute paths elsewhere are refused, nothing
-    # made at the root
+    # -o may be anywhere, but no folder is made outside the working directory (not at the root)
     (["export", "graphml", M, "1/0", "-o", "/nonexistent_dir/x.graphml"], 2,
-     "outside the working directory"),
-    (["export", "graphml", M, "1/0", "-o", "/tmp/x.graphml"], 2, "outside the working directory"),
+     "/nonexistent_dir does not exist; create it first"),
+    (["export", "graphml", M, "--all", "-o", "/nonexistent_dir/sub/graphs"], 2,
+     "/nonexistent_dir does not exist; create it first"),
     # text that is not valid Unicode: argv bytes that are not UTF-8 reach Python as lone surrogates
     (["search", M, "any:caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
     (["search", M, "--explanations", "caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
@@ -111,7 +111,7 @@ CLI_CASES = [
     (["harvest", "--model", M, "--checkpoint-seconds", "nan"], 2,
      "--checkpoint-seconds must be a number"),
     (["harvest", "--model", M, "--checkpoint-seconds", "-1"], 2,
-     "--checkpoint-seconds must be more than 0"),
+     "--checkpoint-seconds must be at least 0"),
     (["fire", "smollm2-135m", "--layer", "1", "--hi", "nan", "--text", "x"], 2,
      "--hi: must be a finite number"),
     (["fire", "smollm2-135m", "--layer", "1", "--lo=-inf", "--text", "x"], 2,
@@ -314,7 +314,7 @@ def test_merge_with_a_shard_that_is_not_sqlite_creates_nothing(db: Path, tmp_pat
     assert not (tmp_path / "out.db").exists()
 
 
-def test_export_into_a_folder_or_through_a_symlink_out_is_refused_and_leaves_nothing(
+def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_working_directory(
         db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     work, outside = tmp_path / "work", tmp_path / "outside"
     work.mkdir()
@@ -322,18 +322,20 @@ def test_export_into_a_folder_or_through_a_symlink_out_is_refused_and_leaves_not
     (work / "taken.graphml").mkdir()
     (work / "out").symlink_to(outside)
     monkeypatch.chdir(work)
-    for target, needle in (("taken.graphml", "is a folder"), ("out/x.graphml", "outside the working directory"),
-                           (str(outside / "x.graphml"), "outside the working directory")):
+    for target, needle in (("taken.graphml", "is a folder"),
+                           (str(outside / "missing" / "x.graphml"), "missing does not exist; create it first")):
         code = main(["export", "graphml", M, "1/0", "-o", target, "--db", str(db)])
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and needle in err, (target, err)
     assert list(outside.iterdir()) == [] and list((work / "taken.graphml").iterdir()) == []
     assert sorted(p.name for p in work.iterdir()) == ["out", "taken.graphml"]
-    # inside the working directory (also by an absolute path) it writes, creating the folders it
-    # needs
+    # -o is the user's choice: an existing folder anywhere, through a link too, and inside the
+    # working directory (also by an absolute path) the folders it needs are created
+    assert main(["export", "graphml", M, "1/0", "-o", str(outside / "o.graphml"), "--db", str(db)]) == 0
+    assert main(["export", "graphml", M, "1/0", "-o", "out/l.graphml", "--db", str(db)]) == 0
+    assert sorted(p.name for p in outside.iterdir()) == ["l.graphml", "l.svg", "o.graphml", "o.svg"]
     assert main(["export", "graphml", M, "1/0", "-o", str(work / "a" / "b.graphml"), "--db", str(db)]) == 0
     assert (work / "a" / "b.graphml").exists() and (work / "a" / "b.svg").exists()
-    assert not list(work.rglob("*.tmp"))
 
 
 def _full_disk_cli(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:

@@ -296,6 +296,7 @@ def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: P
                                "--json", "--no-progress").stdout)
     assert again[0]["built"] == 0 and again[0]["already_done"] == 1
     out = tmp_path / "g" / "n.graphml"
+    out.parent.mkdir()  # export creates folders only inside the working directory
     proc = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     g = nx.read_graphml(out)

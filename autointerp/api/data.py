@@ -163,6 +163,7 @@ class ApiData:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self.cache = ByteCache()
+        self._vectors: dict[str, bytes] = {}  # explanation embeddings the database did not hold yet
         self._contexts: dict[tuple[int, int], bytes] = {}  # (run, context) -> JSON fragment; plain dict ops are atomic
         self.store()  # fail now (newer schema, unreadable file), not on the first request
         import autointerp.harvest  # noqa: F401  (imports torch: 2 s that must not land on the first request)
@@ -572,9 +573,10 @@ class ApiData:
             if exact:
                 items += [{**_plain(r), "matched": "explanation"}
                           for r in search_mod.search_explanations(store, view.name, text, limit)]
-            else:  # a GET never waits on a writer: vectors it cannot store stay in memory
+            else:  # a GET writes nothing: vectors the database lacks are kept in this process
                 items += [{**_plain(r), "matched": "explanation-meaning"}
-                          for r in search_mod.search_explanations_by_meaning(store, view.name, text, limit)]
+                          for r in search_mod.search_explanations_by_meaning(
+                              store, view.name, text, limit, save=False, memo=self._vectors)]
             out["explanation_search"] = "exact" if exact else "meaning"
         if messages and not items:
             out.update(available=False, message=" ".join(messages))

@@ -82,8 +82,8 @@ class ExplainConfig:
         for option, (value, low) in lowest.items():
             check_int(value, option, low)
         if self.sim_top + self.sim_random < 1:
-            raise UserError("--sim-top and --sim-random are both 0: nothing would be simulated or "
-                            "scored.")
+            raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out "
+                            "text to score explanations on; give at least one of them.")
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
@@ -328,7 +328,8 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
 class ExplainSummary:
     explained: int = 0
     skipped: int = 0
-    failed: int = 0
+    failed: int = 0  # neurons with any failed row (explanation or score)
+    unexplained: int = 0  # of those, neurons whose LLM explanation itself failed
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None  # None when no price table was given
     seconds: float = 0.0
@@ -337,12 +338,8 @@ class ExplainSummary:
 
 
 def check_config(cfg: ExplainConfig) -> None:
-    """Refuse settings that leave nothing to score, before any LLM call is paid for."""
-    if cfg.sim_top < 0 or cfg.sim_random < 0:
-        raise UserError("--sim-top and --sim-random must not be negative.")
-    if cfg.sim_top + cfg.sim_random < 1:
-        raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out "
-                        "text to score explanations on; give at least one of them.")
+    """Refuse settings that leave nothing to score, before any LLM call is paid for (the numbers
+    the user gives are checked when the config is made; see ``ExplainConfig.__post_init__``)."""
     if cfg.sim_window < 2:
         raise UserError("The simulation window must be at least 2 tokens.")
 
@@ -452,6 +449,8 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                 failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
                 summary.failed += failed
                 summary.explained += not failed
+                summary.unexplained += not any(r["kind"] == "llm" and r["status"] == "ok"
+                                               for r in result.explanations)
                 summary.neurons.append((job.layer, job.neuron))
                 bar.update(1)
                 minutes = max(time.time() - started, 1e-9) / 60

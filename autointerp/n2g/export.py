@@ -48,21 +48,31 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
     return g
 
 
-def safe_output_path(path: str | Path) -> Path:
-    """An export path is user input: it may only name a file inside the working directory (or a
-    folder below it, created as needed). ``..``, absolute paths elsewhere and symlinks that lead out
-    are refused, as is a path that is an existing folder."""
+def safe_output_path(path: str | Path, folder: bool = False) -> Path:
+    """Check an export path (a file, or with ``folder`` the folder the files go to) before anything
+    is written. It may be anywhere the user can write - ``-o`` is the user's own choice, as for any
+    command-line program, and symbolic links are followed as the system follows them - but two
+    mistakes are refused in one sentence: a file path that is an existing folder (or a folder path
+    that is an existing file), a missing folder outside the working directory (a typo such as
+    ``/nonexistent_dir/x.graphml`` would otherwise create folders at the filesystem root; inside the
+    working directory missing folders are created; an export folder itself may be new), and ``..``
+    in a path."""
     p = Path(path)
-    if ".." in p.parts:
-        raise UserError(f"The output path {str(path)!r} contains '..'; give a path inside the working directory.")
-    here = Path.cwd().resolve()
-    target = (here / p).resolve()  # follows symlinks, also of folders that exist along the way
-    if not target.is_relative_to(here):
-        raise UserError(f"The output path {str(path)!r} leads to {target}, outside the working "
-                        f"directory {here}; exports are written only inside it.")
-    if target.is_dir():
+    if ".." in p.parts:  # a relative climb out is almost always a mistake (and a model named "..")
+        raise UserError(f"The output path {str(path)!r} contains '..'; give the folder directly.")
+    target = (Path.cwd() / p).resolve()
+    if not folder and target.is_dir():
         raise UserError(f"The output path {str(path)!r} is a folder; give a file name ending in "
                         ".graphml.")
+    if folder and target.is_file():
+        raise UserError(f"The output folder {str(path)!r} is a file; give a folder for the files.")
+    here = Path.cwd().resolve()
+    parent = target.parent  # the file's folder, or the folder's own parent (the folder may be new)
+    existing = next(q for q in (parent, *parent.parents) if q.exists())
+    if existing != parent and not parent.is_relative_to(here):
+        raise UserError(f"The folder {existing / parent.relative_to(existing).parts[0]} does not "
+                        f"exist; create it first (folders are created only inside the working "
+                        f"directory {here}).")
     return p
 
 
@@ -357,7 +367,7 @@ def export_graphs(
     whole files. Returns one ``{"layer", "neuron", fmt: path, "svg": path}`` per graph written."""
     from tqdm import tqdm
 
-    folder = safe_output_path(folder)
+    folder = safe_output_path(folder, folder=True)
     out = []
     for layer, neuron in tqdm(
         neurons,
