@@ -184,21 +184,9 @@ def visible_token(token: str) -> str:
     ``\\\\``, newline -> ``\\n``, tab -> ``\\t``, carriage return -> ``\\r``, other control
     characters -> ``\\xNN``. Reversible (:func:`unescape_visible`), and what the DOT file's
     ``token`` and ``label`` hold."""
-    out = []
-    for ch in token:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    from autointerp.explain.prompts import escape_token  # the explainer prompt's escaping, plus C1
+
+    return "".join(f"\\x{ord(c):02x}" if 0x80 <= ord(c) <= 0x9F else c for c in escape_token(token))
 
 
 def unescape_visible(text: str) -> str:
