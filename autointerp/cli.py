@@ -177,7 +177,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
         print(f"embedding model {EMBEDDER}: ready at {prepare_embedder()}", file=sys.stderr)
     if not args.no_llm:
-        from autointerp.llm_server import LOCAL_LLMS, local_gguf
+        from autointerp.llm.local_server import LOCAL_LLMS, local_gguf
 
         for spec in LOCAL_LLMS.values():
             print(f"local LLM {spec.name}: ready at {local_gguf(spec)}", file=sys.stderr)
@@ -426,9 +426,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
-    from autointerp.llm import LLMClient, LLMSettings, check_endpoint, load_prices
-    from autointerp.llm_server import local_server, resolve_local_llm
-    from autointerp.store import LLMCache, Store
+    from autointerp.llm.cache import LLMCache
+    from autointerp.llm.client import LLMClient, LLMSettings, check_endpoint, load_prices
+    from autointerp.llm.local_server import local_server, resolve_local_llm
+    from autointerp.store import Store
 
     options = {"sim_top": args.sim_top, "sim_random": args.sim_random,
                "simulator_mode": args.simulator_mode, "use_n2g": not args.no_n2g,

@@ -6,7 +6,8 @@
 Uses a copy of a database that already has a harvest (and graphs) of the model, and no response cache, so every
 call is real. Reports seconds and tokens per neuron for the explanation call and for simulation (all held-out records
 of the LLM explanation and of the baseline). ``--echo-compare`` also times one simulation prompt on
-llama-cpp-python's stock server (``python -m llama_cpp.server --logits_all true``) against ``autointerp.llm_serve``.
+llama-cpp-python's stock server (``python -m llama_cpp.server --logits_all true``) against
+``autointerp.llm.echo_server``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 from autointerp.explain.prompts import load_templates, simulation_prompt
 from autointerp.explain.run import ExplainConfig, explain_layers
 from autointerp.harvest import parse_layers
-from autointerp.llm import LLMClient, LLMSettings
-from autointerp.llm_server import _free_port, local_gguf, local_server, resolve_local_llm
+from autointerp.llm.client import LLMClient, LLMSettings
+from autointerp.llm.local_server import _free_port, local_gguf, local_server, resolve_local_llm
 from autointerp.store import Store
 
 
@@ -80,7 +81,7 @@ def echo_compare(llm: str) -> dict:
             "model": resolve_local_llm(llm).name}
     out = {}
     with local_server(llm) as (url, _):
-        out["autointerp.llm_serve"] = [round(_post(url, body)[0], 2) for _ in range(2)]
+        out["autointerp.llm.echo_server"] = [round(_post(url, body)[0], 2) for _ in range(2)]
     port = _free_port()
     gguf = local_gguf(resolve_local_llm(llm))
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",

@@ -18,8 +18,8 @@ import time
 from autointerp.corpus import load_documents
 from autointerp.explain.prompts import load_templates, simulation_prompt
 from autointerp.explain.simulate import MAX_DIGITLESS_FRACTION, parse_echo_slots
-from autointerp.llm import LLMClient, LLMSettings
-from autointerp.llm_server import local_server
+from autointerp.llm.client import LLMClient, LLMSettings
+from autointerp.llm.local_server import local_server
 from autointerp.models import load_tokenizer
 
 EXPLANATIONS = ["names of animals", 'the word "the"', "punctuation at the end of a sentence",

@@ -35,7 +35,7 @@ from autointerp.explain.simulate import (
     score_predictions,
 )
 from autointerp.harvest import HarvestConfig, harvest
-from autointerp.llm import LLMClient, LLMSettings
+from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.models import load_tokenizer
 from autointerp.store import SCHEMA_VERSION, Store
 
@@ -674,7 +674,7 @@ ANIMALS = (
 
 @pytest.mark.slow
 def test_real_chat_logprobs_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None:
-    from autointerp.llm_server import local_server
+    from autointerp.llm.local_server import local_server
 
     # the 1.5B: the 0.5B drops the last line of the reply (7 lines for 8 tokens) however it is asked
     with local_server("qwen2.5-coder-1.5b") as (url, model):

@@ -30,8 +30,9 @@ from autointerp.explain.simulate import (
     parse_json_values,
     score_predictions,
 )
-from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, LLMSettings
-from autointerp.store import LLMCache, Store
+from autointerp.llm.cache import LLMCache
+from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, LLMSettings
+from autointerp.store import Store
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORDS = [
@@ -216,7 +217,7 @@ HYPHENS = (["The", " Rhine", "-", "Main", " region", " and", " Miami", "-", "Dad
 
 @pytest.mark.slow
 def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None:
-    from autointerp.llm_server import local_server
+    from autointerp.llm.local_server import local_server
 
     with local_server("qwen2.5-coder-0.5b") as (url, model):
         sim = Simulator(_client(url, timeout=120), model, load_templates())

@@ -17,7 +17,7 @@ from conftest import copy_db, run_cli
 from autointerp.explain.prompts import load_templates
 from autointerp.explain.run import ExplainConfig, explain_layers
 from autointerp.explain.simulate import parse_json_values
-from autointerp.llm import LLMClient, LLMFailure, LLMSettings, split_base_urls
+from autointerp.llm.client import LLMClient, LLMFailure, LLMSettings, split_base_urls
 from autointerp.store import Store
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}

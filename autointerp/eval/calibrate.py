@@ -28,7 +28,7 @@ from autointerp.eval.features import KnownFeatureModel, RegexFeature, RegexSubje
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import ExplainConfig, explain_layers
 from autointerp.harvest import HarvestConfig, harvest
-from autointerp.llm import LLMClient
+from autointerp.llm.client import LLMClient
 from autointerp.n2g.build import N2GConfig
 from autointerp.n2g.run import graph_layers
 from autointerp.store import Store

@@ -78,9 +78,9 @@ def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any
     the local llama.cpp server when none is named (as ``explain`` does)."""
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_config
-    from autointerp.llm import LLMClient, LLMSettings
-    from autointerp.llm_server import local_server, resolve_local_llm
-    from autointerp.store import LLMCache
+    from autointerp.llm.cache import LLMCache
+    from autointerp.llm.client import LLMClient, LLMSettings
+    from autointerp.llm.local_server import local_server, resolve_local_llm
 
     settings = LLMSettings.from_env(
         base_url=args.base_url,

