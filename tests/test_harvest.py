@@ -13,7 +13,6 @@ from conftest import assert_same_harvest, brute_force, run_cli
 
 from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
-    HIST_EDGES,
     SPLIT_PATTERN,
     HarvestConfig,
     harvest,
@@ -24,6 +23,7 @@ from autointerp.harvest import (
     merge,
     rank_keys,
 )
+from autointerp.histogram import HIST_EDGES
 from autointerp.models import SubjectModel
 from autointerp.store import Store
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import UserError
+from autointerp.histogram import HIST_EDGES
 from autointerp.store import Store
 
 SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all")
@@ -166,7 +167,7 @@ class ApiData:
         self._vectors: dict[str, bytes] = {}  # explanation embeddings the database did not hold yet
         self._contexts: dict[tuple[int, int], bytes] = {}  # (run, context) -> JSON fragment; plain dict ops are atomic
         self.store()  # fail now (newer schema, unreadable file), not on the first request
-        import autointerp.harvest  # noqa: F401  (imports torch: 2 s that must not land on the first request)
+        import autointerp.models  # noqa: F401  (imports torch: 2 s that must not land on the first request)
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def store(self) -> Store:
@@ -199,7 +200,9 @@ class ApiData:
         models = self.catalog().models
         if name in models:
             return models[name]
-        canonical = _packaged_name(name)
+        from autointerp.models import canonical_model_name
+
+        canonical = canonical_model_name(name)
         if canonical in models:
             return models[canonical]
         unslashed = name.replace("--", "/")
@@ -412,8 +415,6 @@ class ApiData:
         return out
 
     def stats_record(self, view: ModelView, layer: int, neuron: int, run_id: int) -> dict[str, Any]:
-        from autointerp.harvest import HIST_EDGES
-
         row = self.store().neuron(run_id, layer, neuron)
         if row is None:
             raise NotFound(f"Neuron {layer}/{neuron} has no statistics in run {run_id}.")
@@ -598,11 +599,3 @@ def _plain(row: Any) -> dict[str, Any]:
     if is_dataclass(row):
         return asdict(row)  # type: ignore[arg-type]
     return dict(row)
-
-
-def _packaged_name(name: str) -> str:
-    """Packaged and TransformerLens aliases (``smollm2``, ``gpt2``) map to the name results are
-    stored under."""
-    from autointerp.models import canonical_model_name
-
-    return canonical_model_name(name)

