@@ -37,10 +37,9 @@ import re
 import sqlite3
 from typing import Any
 
-from tqdm import tqdm
-
 from autointerp.errors import UserError
 from autointerp.n2g.graph import normalize_token
+from autointerp.token_index import ensure_token_index
 
 QUERY_KINDS = {"any": ("activating", "context"), "activating": ("activating",), "important": ("context",)}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r"}
@@ -116,50 +115,6 @@ def _read_value(text: str, i: int, term_start: int) -> tuple[str, int]:
         hint = "; to search for a comma, quote it: any:\",\"" if i < n and text[i] == "," else ""
         raise UserError(f"A token is missing {where} (after {text[term_start:i]!r}){hint}.")
     return text[i:j], j
-
-
-# ------------------------------------------------------------------------------------------------------ token index
-def ensure_token_index(store: Any, model: str, progress: bool = False, chunk: int = 500) -> int:
-    """Bring ``token_index`` up to date with the model's newest graphs (only neurons whose graph changed are read);
-    one transaction per ``chunk`` neurons, so an interrupted run keeps whole neurons. Returns how many were indexed."""
-    from autointerp.similarity import graph_token_weights
-
-    todo = store.graphs_to_index(model)
-    bar = tqdm(total=len(todo), unit="graph", desc="index graphs", disable=not progress or not todo,
-               dynamic_ncols=True)
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        items = [(key, graph_token_weights(store.graph_json(key["run_id"], key["layer"], key["neuron"],
-                                                            key["config_hash"]))) for key in part]
-        store.save_token_index(model, items)
-        bar.update(len(part))
-    bar.close()
-    return len(todo)
-
-
-def refresh_token_index(store: Any, model: str, wait_ms: int = 200) -> bool:
-    """Bring the token index up to date if that can be done without waiting: for read paths (the API server).
-
-    The graph stage writes each chunk's token rows in the same transaction as its graphs, so the index is normally
-    current and this writes nothing. It is behind only for graphs written some other way (an older version, a
-    direct insert); then indexing them here is a write, and a GET request must never fail with "database is
-    locked" or stall behind a pipeline's long transaction. So the write waits at most ``wait_ms`` for the lock and
-    is skipped when the database is busy: the answer then comes from the index as it is. Returns True when the
-    index is current."""
-    db = store.db
-    try:
-        if not store.graphs_to_index(model):
-            return True
-        db.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
-        try:
-            ensure_token_index(store, model)
-        finally:
-            db.execute("PRAGMA busy_timeout=30000")
-        return True
-    except sqlite3.OperationalError:  # locked/busy: another process is writing; serve what is indexed
-        if db.conn.in_transaction:
-            db.conn.rollback()
-        return False
 
 
 def search_tokens(store: Any, model: str, query: str | list[dict[str, Any]], limit: int = 20,

@@ -2,8 +2,8 @@
 
 **What is compared.** A neuron's N2G graph (:mod:`autointerp.n2g.graph`) has two sets of tokens that say what it does:
 its *activating* tokens (the trie roots, the tokens it fires on: those whose best normalised activation in the
-graph is at least 0.1, see :data:`MIN_ACTIVATION`) and its *important context* tokens (concrete, non-wildcard
-context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
+graph is at least 0.1, see :data:`autointerp.token_index.MIN_ACTIVATION`) and its *important context* tokens
+(concrete, non-wildcard context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
 normalised (case-insensitive, leading space stripped; see :func:`autointerp.n2g.graph.normalize_token`).
 
 **The formula.** DeepDecipher's idea is the two-way proportion of overlapping nodes: the share of A's tokens that
@@ -48,57 +48,16 @@ import numpy as np
 from tqdm import tqdm
 
 from autointerp.errors import UserError
+from autointerp.token_index import (
+    TokenSets,
+    ensure_token_index,
+    graph_token_weights,  # noqa: F401  (moved: lead updates callers after merge)
+)
 
 DEFAULT_LIMIT = 20
 DEFAULT_ACTIVATING_WEIGHT = 0.5
 KINDS = ("activating", "context")
-MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on from this normalised activation
 ROUND = 12  # similarities are rounded so that mathematically equal ones tie exactly (then the lower index wins)
-
-
-@dataclass(frozen=True)
-class TokenSets:
-    """The two token sets of one graph that similarity compares."""
-
-    activating: frozenset[str]
-    context: frozenset[str]
-
-
-def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"activating": {token: activation}, "context": {token: importance}}`` of a serialised graph.
-
-    An activating token's weight is the highest (normalised) activation of any end node below it; a context token's
-    weight is its highest importance anywhere in the graph. Search ranks matches by these weights. Activating nodes
-    whose best activation is below :data:`MIN_ACTIVATION` are left out: N2G adds augmentation variants that *stopped*
-    the neuron as activating nodes too (so the graph predicts it stays quiet there), and those are not tokens it
-    fires on.
-    """
-    nodes = graph["nodes"]
-    parent = {e["target"]: e["source"] for e in graph["edges"]}
-    root_of: dict[int, int] = {}
-    out: dict[str, dict[str, float]] = {"activating": {}, "context": {}}
-    for node in nodes:  # parents precede children in to_json's order
-        ident = node["id"]
-        root_of[ident] = ident if node["kind"] == "activating" else root_of.get(parent.get(ident, -1), -1)
-        if node["kind"] == "activating":
-            out["activating"].setdefault(node["token"], 0.0)
-        elif node["kind"] == "context":
-            imp = float(node["importance"] or 0.0)
-            ctx = out["context"]
-            ctx[node["token"]] = max(ctx.get(node["token"], imp), imp)
-    for node in nodes:
-        if node["kind"] == "end" and node["activation"] is not None:
-            root = nodes[root_of[node["id"]]]["token"] if root_of.get(node["id"], -1) >= 0 else None
-            if root is not None:
-                act = out["activating"]
-                act[root] = max(act[root], float(node["activation"]))
-    out["activating"] = {t: w for t, w in out["activating"].items() if w >= MIN_ACTIVATION}
-    return out
-
-
-def graph_token_sets(graph: dict[str, Any]) -> TokenSets:
-    weights = graph_token_weights(graph)
-    return TokenSets(frozenset(weights["activating"]), frozenset(weights["context"]))
 
 
 def overlap(x: frozenset[str] | set[str], y: frozenset[str] | set[str]) -> float:
@@ -286,8 +245,6 @@ def compute_similarities(store: Any, model: str, limit: int = DEFAULT_LIMIT, max
     Returns ``{"model", "run_id", "graphs", "max_df", "stop_tokens": {"activating": n, "context": n}, "pairs",
     "seconds"}``.
     """
-    from autointerp.search import ensure_token_index
-
     if not 0 <= activating_weight <= 1:
         raise UserError(f"The activating-token weight must be between 0 and 1, not {activating_weight}.")
     if limit < 1:

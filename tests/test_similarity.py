@@ -12,18 +12,16 @@ from conftest import run_cli
 
 from autointerp.n2g.graph import NeuronGraph, PathExample
 from autointerp.similarity import (
-    TokenSets,
     brute_force_top,
     compute_similarities,
     graph_similarity,
-    graph_token_sets,
-    graph_token_weights,
     overlap,
     similar,
     stop_tokens,
     top_similar,
 )
 from autointerp.store import Store
+from autointerp.token_index import TokenSets, graph_token_sets, graph_token_weights
 
 MODEL = "synthetic-model"
 

@@ -24,6 +24,7 @@ import numpy as np
 from autointerp.errors import UserError
 from autointerp.histogram import HIST_EDGES
 from autointerp.store import Store
+from autointerp.token_index import refresh_token_index
 
 SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all")
 EXAMPLE_KINDS = ("top", "bottom", "quantile", "random")
@@ -561,7 +562,7 @@ class ApiData:
                 messages.append("Token search needs N2G graphs, and none are computed for this model yet.")
             else:
                 # read-only unless the index is behind and the lock is free at once: a GET never waits on a writer
-                search_mod.refresh_token_index(store, view.name)
+                refresh_token_index(store, view.name)
                 items += [{**_plain(r), "matched": "tokens"}
                           for r in search_mod.search_tokens(store, view.name, terms, limit, update_index=False)]
         if words:
