@@ -11,7 +11,9 @@ Text going **out** keeps what it is wherever the format can carry it (JSON, the 
 made visible where it cannot: control characters from an untrusted corpus are not well-formed XML
 (GraphML) and would drive the user's terminal (``\\x1b[2J`` clears it). They become the Unicode
 control pictures (U+2400 block: ``\\x00`` -> ``␀``, ``\\x1b`` -> ``␛``), the same idea as the
-``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs.
+``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. Where one token must stay on
+one line and be read back exactly (the explainer's prompts, the DOT export), :func:`escape_token` writes
+backslash escapes instead.
 """
 
 from __future__ import annotations
@@ -98,3 +100,22 @@ def escaped_pictures(text: str) -> str:
     """Control pictures as ``\\xNN`` escapes, for renderers whose fonts lack the pictures
     (matplotlib's DejaVu)."""
     return text.translate(_PICTURES_AS_ESCAPES)
+
+
+def escape_token(token: str) -> str:
+    """Make whitespace and control characters visible and keep one token per line."""
+    out = []
+    for ch in token:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 32 or ch == "\x7f":
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -381,10 +381,11 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
         range(len(words))
     )
     shuffled = [true[i]["score"] for i in true]
-    from autointerp.explain.run import _simulate_score, heldout_records
+    from autointerp.explain.run import heldout_records
+    from autointerp.explain.simulate import simulate_score
 
     own = [
-        _simulate_score(sim, words[i], heldout_records(store, run["id"], 0, i, cfg), 1.0, 1.0)[0][
+        simulate_score(sim, words[i], heldout_records(store, run["id"], 0, i, cfg), 1.0, 1.0)[0][
             "score"
         ]
         for i in range(len(words))

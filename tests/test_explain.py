@@ -16,7 +16,6 @@ from conftest import copy_db, run_cli
 from autointerp.explain.prompts import (
     Record,
     discretise,
-    escape_token,
     explanation_messages,
     load_templates,
     parse_explanation,
@@ -33,6 +32,7 @@ from autointerp.explain.simulate import (
 from autointerp.llm.cache import LLMCache
 from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, LLMSettings
 from autointerp.store import Store
+from autointerp.untrusted import escape_token
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORDS = [

@@ -34,8 +34,8 @@ from autointerp.config import identity_hash
 from autointerp.errors import UserError
 from autointerp.eval.stats import paired, summarize
 from autointerp.explain.prompts import Templates
-from autointerp.explain.run import ExplainConfig, _simulate_score, explain_layers, heldout_records
-from autointerp.explain.simulate import Simulator
+from autointerp.explain.run import ExplainConfig, explain_layers, heldout_records
+from autointerp.explain.simulate import Simulator, simulate_score
 from autointerp.llm.client import LLMClient, LLMFailure
 from autointerp.store import Store
 
@@ -94,7 +94,7 @@ def shuffled_scores(
             row.update(status="failed", error="no held-out records")
         else:
             try:
-                result, _ = _simulate_score(
+                result, _ = simulate_score(
                     sim, explanations[other], records, max_activation[n], 1.0
                 )
                 row["score"] = result["score"]

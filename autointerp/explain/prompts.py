@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.untrusted import escape_token
 
 SCALE_MAX = 9
 PLACEHOLDER = "?"  # what simulation prompts put in the activation slots (the model's own guess is read, not this)
@@ -107,25 +108,6 @@ def _check_examples(examples: Any, path: Path) -> None:
             if len(record["tokens"]) != len(record["activations"]):
                 raise UserError(f"{path}: neurons/{i}/records/{j} has {len(record['tokens'])} "
                                 f"tokens but {len(record['activations'])} activations.")
-
-
-def escape_token(token: str) -> str:
-    """Make whitespace and control characters visible and keep one token per line."""
-    out = []
-    for ch in token:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 32 or ch == "\x7f":
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def discretise(values: Sequence[float], max_activation: float) -> list[int]:

@@ -32,16 +32,16 @@ from autointerp.explain.prompts import (
     SCALE_MAX,
     Record,
     Templates,
-    escape_token,
     explanation_messages,
     parse_explanation,
 )
-from autointerp.explain.simulate import Simulator, score_predictions
+from autointerp.explain.simulate import Simulator, score_predictions, simulate_score
 from autointerp.faults import kill_point
 from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
 from autointerp.n2g.graph import NeuronGraph, normalize_token
-from autointerp.n2g.run import select_neurons
+from autointerp.selection import select_neurons
 from autointerp.store import Store
+from autointerp.untrusted import escape_token
 
 EXPLAIN_VERSION = 1
 
@@ -222,17 +222,6 @@ def _explain(client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str
     return client.call("chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a})
 
 
-def _simulate_score(sim: Simulator, explanation: str, records: list[Record], max_act: float, sign: float
-                    ) -> tuple[dict[str, Any], Usage]:
-    usage = Usage()
-    preds = []
-    for r in records:
-        values, used = sim.simulate(explanation, r.tokens)
-        usage.add(used)
-        preds.append(values)
-    return score_predictions(preds, records, max_act, SCALE_MAX, sign), usage
-
-
 def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: ExplainConfig, templates: Templates,
                    prices: dict[str, dict[str, float]] | None) -> NeuronResult:
     """Everything LLM-related for one neuron; returns rows for the main thread to write. Never raises LLMFailure:
@@ -295,7 +284,7 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
             add_score(method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
             continue
         try:
-            result, used = _simulate_score(sim, text, heldout, max_act, sign)
+            result, used = simulate_score(sim, text, heldout, max_act, sign)
             usage.add(used)
             add_score(method, result, None, used, sim.mode)
         except LLMFailure as exc:
@@ -304,7 +293,7 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
         text = baseline_explanation(job.train, job.max_activation)
         add_explanation("baseline", text, None, Usage(), "token-lookup", 0.0)
         try:
-            result, used = _simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
+            result, used = simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
             usage.add(used)
             add_score("baseline", result, None, used, sim.mode)
         except LLMFailure as exc:
@@ -312,7 +301,7 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
     for method, text in job.extra.items():
         add_explanation(method, text, None, Usage(), "given", 0.0)
         try:
-            result, used = _simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
+            result, used = simulate_score(sim, text, job.heldout, job.max_activation, 1.0)
             usage.add(used)
             add_score(method, result, None, used, sim.mode)
         except LLMFailure as exc:

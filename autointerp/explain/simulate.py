@@ -330,3 +330,16 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
     r2 = 1.0 - float(((allt - mapped) ** 2).sum()) / sst if sst > 0 else None
     out["r2"] = r2 if r2 is not None and np.isfinite(r2) else None
     return out
+
+
+def simulate_score(sim: Simulator, explanation: str, records: list[Record], max_act: float, sign: float
+                   ) -> tuple[dict[str, Any], Usage]:
+    """Simulate ``explanation`` on each held-out record and score the predictions against the real activations
+    (:func:`score_predictions`); also returns what the simulator's calls used."""
+    usage = Usage()
+    preds = []
+    for r in records:
+        values, used = sim.simulate(explanation, r.tokens)
+        usage.add(used)
+        preds.append(values)
+    return score_predictions(preds, records, max_act, SCALE_MAX, sign), usage

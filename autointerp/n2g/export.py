@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from autointerp.errors import UserError
-from autointerp.untrusted import escaped_pictures, xml_text
+from autointerp.untrusted import escape_token, escaped_pictures, xml_text
 
 
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
@@ -184,8 +184,7 @@ def visible_token(token: str) -> str:
     ``\\\\``, newline -> ``\\n``, tab -> ``\\t``, carriage return -> ``\\r``, other control
     characters -> ``\\xNN``. Reversible (:func:`unescape_visible`), and what the DOT file's
     ``token`` and ``label`` hold."""
-    from autointerp.explain.prompts import escape_token  # the explainer prompt's escaping, plus C1
-
+    # the explainer prompt's escaping, plus the C1 controls
     return "".join(f"\\x{ord(c):02x}" if 0x80 <= ord(c) <= 0x9F else c for c in escape_token(token))
 
 
