@@ -213,10 +213,10 @@ def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("kind", ["absolute", "rotary"])
 def test_prefix_reuse_reads_what_full_forward_passes_read(  # type: ignore[no-untyped-def]
         tiny_gated, kind: str) -> None:
-    from autointerp.n2g.build import ModelSubject, Readout, run_readouts
+    from autointerp.n2g.build import ModelLayerSubject, Readout, run_readouts
 
     model = tiny_gated if kind == "absolute" else _tiny_rotary(tiny_gated)
-    subject = ModelSubject(model, 1)
+    subject = ModelLayerSubject(model, 1)
     rng = np.random.default_rng(0)
     readouts = []
     for _ in range(12):
@@ -309,7 +309,7 @@ def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: P
 @pytest.mark.slow
 def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autointerp.harvest import HarvestConfig, harvest
-    from autointerp.n2g.build import ModelSubject
+    from autointerp.n2g.build import ModelLayerSubject
     from autointerp.n2g.run import load_examples
 
     db = tmp_path / "h.db"
@@ -321,7 +321,7 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3]
              for n in (5, 6)}
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
-    subject = ModelSubject(smol, 2)
+    subject = ModelLayerSubject(smol, 2)
     batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse prefixes
     naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True), extra)
     for n in exs:
@@ -333,9 +333,9 @@ def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
     """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns nothing
     for k = 0 (it used to check the count only after its first pick and return up to 8 neighbours),
     and exactly k for k > 0."""
-    from autointerp.n2g.build import ModelSubject
+    from autointerp.n2g.build import ModelLayerSubject
 
-    subject = ModelSubject(tiny, 0)
+    subject = ModelLayerSubject(tiny, 0)
     token = tiny.tokenizer.encode(" fox", add_special_tokens=False)[0]
     assert subject.substitutes(token, 0, str.lower) == []
     assert len(subject.substitutes(token, 3, str.lower)) == 3

@@ -279,8 +279,8 @@ class KnownFeatureModel(SubjectModel):
 
 
 class RegexSubject:
-    """The N2G ``Subject`` of a :class:`KnownFeatureModel`: activations from the tokenizer, no
-    forward pass.
+    """The N2G :class:`~autointerp.n2g.build.GraphSubject` of a :class:`KnownFeatureModel`:
+    activations from the tokenizer, no forward pass.
 
     There are no substitutes for augmentation: without the model's embedding, the tokenizer alone
     has no notion of which tokens could stand in for each other (so the graphs hold only tokens seen

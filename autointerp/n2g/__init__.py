@@ -5,8 +5,8 @@ neuron's training examples into a trie with prune -> saliency -> augmentation, b
 :mod:`autointerp.n2g.run` drives whole layers against the store; :mod:`autointerp.n2g.export` writes GraphML/SVG.
 """
 
-from autointerp.n2g.build import Example, ModelSubject, N2GConfig, build_graphs, evaluate, neutral_token
+from autointerp.n2g.build import Example, ModelLayerSubject, N2GConfig, build_graphs, evaluate, neutral_token
 from autointerp.n2g.graph import NeuronGraph, PathExample, normalize_token
 
-__all__ = ["Example", "ModelSubject", "N2GConfig", "NeuronGraph", "PathExample", "build_graphs", "evaluate",
+__all__ = ["Example", "ModelLayerSubject", "N2GConfig", "NeuronGraph", "PathExample", "build_graphs", "evaluate",
            "neutral_token", "normalize_token"]

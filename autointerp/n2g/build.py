@@ -7,7 +7,7 @@ sequences are sorted by length, packed into batches of about ``batch_tokens`` to
 (harmless: attention is causal and we read at or before the last real token) and run with the model
 stopped after the neuron's layer. Identical sequences run once. Saliency and augmentation variants
 change one token of a pruned context, so everything before that token is the unchanged context's:
-when the subject can reuse attention keys/values (:class:`ModelSubject` can), the unchanged context
+when the subject can reuse attention keys/values (:class:`ModelLayerSubject` can), the unchanged context
 runs once and each variant runs only from the changed token on (about half the tokens).
 ``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks
 that both paths build the same graph.
@@ -88,7 +88,7 @@ class N2GConfig:
         return identity_hash(self.identity())
 
 
-class Subject(Protocol):
+class GraphSubject(Protocol):
     """What graph building needs from a model layer (the N2G fork's ``feature_activation`` seam): activations of
     every neuron of one layer for a batch of token ids, token strings, and plausible substitutes for a token."""
 
@@ -139,7 +139,7 @@ class Readout:
 
 class PrefixReuse(Protocol):
     """What a subject offers to run variants of a sequence from the changed token on
-    (see :class:`ModelSubject`)."""
+    (see :class:`ModelLayerSubject`)."""
 
     pad_id: int
 
@@ -176,7 +176,7 @@ def _padded(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_readouts(subject: Subject, readouts: Sequence[Readout], batch_tokens: int = 4096,
+def run_readouts(subject: GraphSubject, readouts: Sequence[Readout], batch_tokens: int = 4096,
                  naive: bool = False) -> np.ndarray:
     """Activation of each readout's neuron at its position: batched by length, identical sequences
     once, variants from their changed token on where the subject can (or one full sequence at a time
@@ -269,10 +269,11 @@ class _Item:
     importance: list[float] = field(default_factory=list)
 
 
-class ModelSubject:
-    """A :class:`SubjectModel` layer as a :class:`Subject`: forward passes stop after ``layer``; substitutes are
-    embedding-space neighbours (the subject model's own idea of what could stand in a token's place, so no extra
-    model is downloaded, unlike the original's DistilBERT; and no unembedding is run)."""
+class ModelLayerSubject:
+    """One layer of a :class:`SubjectModel` as a :class:`GraphSubject` (the protocol graph building reads):
+    forward passes stop after ``layer``; substitutes are embedding-space neighbours (the subject model's own
+    idea of what could stand in a token's place, so no extra model is downloaded, unlike the original's
+    DistilBERT; and no unembedding is run)."""
 
     def __init__(self, model: SubjectModel, layer: int):
         self.model = model
@@ -352,7 +353,7 @@ class ModelSubject:
         return picked
 
 
-def build_graphs(subject: Subject, examples: dict[int, list[Example]], maxima: dict[int, float],
+def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxima: dict[int, float],
                  cfg: N2GConfig, extra: dict[int, list[Example]] | None = None
                  ) -> dict[int, NeuronGraph]:
     """Build one graph per neuron of a layer from its training examples; all neurons' work is batched together.
@@ -505,8 +506,8 @@ def calibrate(graph: NeuronGraph, texts: Sequence[Example], max_activation: floa
     return counted
 
 
-def _add(graph: NeuronGraph, subject: Subject, pruned: list[int], importance: list[float], activation: float,
-         cfg: N2GConfig) -> Node:
+def _add(graph: NeuronGraph, subject: GraphSubject, pruned: list[int], importance: list[float],
+         activation: float, cfg: N2GConfig) -> Node:
     last = len(pruned) - 1
     important = [i for i in range(last) if importance[i] >= cfg.importance_threshold]
     earliest = min(important) if important else last
@@ -546,3 +547,6 @@ def token_metrics(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[
         correlation = float(np.corrcoef(pred, true)[0, 1])
     return {"precision": precision, "recall": recall, "f1": f1, "correlation": correlation,
             "n_tokens": int(len(pred)), "n_true_firing": int(fired_t.sum())}
+
+
+ModelSubject = ModelLayerSubject  # moved: lead updates callers after merge (bench/bench_n2g*.py)

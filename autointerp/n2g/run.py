@@ -12,7 +12,7 @@ from tqdm import tqdm
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
-from autointerp.n2g.build import Example, ModelSubject, N2GConfig, Subject, build_graphs, evaluate
+from autointerp.n2g.build import Example, GraphSubject, ModelLayerSubject, N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import NeuronGraph
 from autointerp.selection import select_neurons
 from autointerp.store import Store
@@ -56,7 +56,7 @@ class GraphSummary:
 
 def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_spec: str | None, cfg: N2GConfig,
                  progress: bool = True, chunk: int = 16,
-                 subject_for: Callable[[int], Subject] | None = None) -> list[GraphSummary]:
+                 subject_for: Callable[[int], GraphSubject] | None = None) -> list[GraphSummary]:
     """Graphs for the given neurons of each layer, from the latest complete harvest of that layer.
 
     Neurons are processed ``chunk`` at a time (their forward passes batched together); each chunk's rows are
@@ -84,7 +84,7 @@ def graph_layers(model: SubjectModel, store: Store, layers: list[int], neurons_s
         done = store.graph_done(run["id"], layer, config_hash)
         todo = [n for n in neurons if n not in done]
         started = time.time()
-        subject = subject_for(layer) if subject_for is not None else ModelSubject(model, layer)
+        subject = subject_for(layer) if subject_for is not None else ModelLayerSubject(model, layer)
         bar = tqdm(total=len(todo), unit="neuron", disable=not progress, desc=f"n2g {model.name} L{layer}",
                    dynamic_ncols=True)
         for start in range(0, len(todo), chunk):
