@@ -13,7 +13,8 @@ from conftest import run_cli
 from test_similarity import MODEL, add_graphs, make_graph
 
 from autointerp.errors import UserError
-from autointerp.search import fts_query, parse_query, search_explanations, search_tokens, text_neurons
+from autointerp.live import text_neurons
+from autointerp.search import fts_query, parse_query, search_explanations, search_tokens
 from autointerp.store import Store
 
 

@@ -37,8 +37,8 @@ from autointerp.api.data import (
     NotFound,
     dumps,
 )
-from autointerp.api.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
 from autointerp.errors import UserError
+from autointerp.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
 from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from autointerp.api.app import Index
 from autointerp.api.data import SERVICES, ApiData, BadRequest, url_name
-from autointerp.api.live import Live
+from autointerp.live import Live
 
 HERE = Path(__file__).parent
 WINDOW_BEFORE, WINDOW_AFTER = 12, 4  # tokens shown around an example's peak until "full text" is toggled

@@ -1,4 +1,8 @@
-"""Live forward passes for the server: the interactive neuroscope and the Layerscope.
+"""Live forward passes: text -> neurons, and for the server the interactive neuroscope and the Layerscope.
+
+:func:`text_neurons` runs a text through the model and lists the neurons of a layer that fire above ``hi`` or below
+``lo`` on any token (the threshold filter of the GPT-J-6B neuroscope study), with their value at every token: the
+CLI's ``text`` command. The rest serves the API and the pages (:mod:`autointerp.api`), which read it from here.
 
 The subject model is loaded lazily, once per model name, and kept; forward passes are serialised with one lock
 (two cores gain nothing from running two at once, and TransformerLens hooks are per-model state). Layerscope prompts
@@ -262,3 +266,43 @@ def _png(img: Any) -> bytes:
 
 def layer_scales(prompt: Prompt, view: str) -> list[float]:
     return [round(_scale(prompt.acts(view)[layer].astype(np.float32)), 4) for layer in range(prompt.mlp.shape[0])]
+
+
+def text_neurons(subject: Any, text: str, layer: int, hi: float | None = 3.0, lo: float | None = None,
+                 limit: int | None = None) -> dict[str, Any]:
+    """The neurons of ``layer`` that fire above ``hi`` or below ``lo`` on any token of ``text``, strongest first.
+
+    Returns ``{"model", "layer", "hi", "lo", "tokens": [str], "neurons": [{"neuron", "max", "min", "peak_index",
+    "peak_token", "values": [float per token]}]}``; BOS is left out of tokens and values. Strength is the larger of
+    ``max`` (when above ``hi``) and ``-min`` (when below ``lo``).
+    """
+    import torch
+
+    if hi is None and lo is None:
+        raise UserError("Give a threshold: --hi (fires above) and/or --lo (fires below).")
+    if hi is not None and lo is not None and lo >= hi:
+        raise UserError(f"--lo ({lo}) must be below --hi ({hi}).")
+    if not text:
+        raise UserError("Give some text to run (--text or standard input).")
+    subject.check_layers([layer])
+    ids, _ = subject.encode(text)
+    acts = subject.mlp_activations(torch.tensor([ids]), [layer])[layer][0, 1:]  # [T, d_mlp], BOS dropped
+    mx, arg_mx = acts.max(dim=0)
+    mn, arg_mn = acts.min(dim=0)
+    above = mx > hi if hi is not None else torch.zeros_like(mx, dtype=torch.bool)
+    below = mn < lo if lo is not None else torch.zeros_like(mn, dtype=torch.bool)
+    strength = torch.where(above, mx, torch.full_like(mx, -torch.inf))
+    strength = torch.maximum(strength, torch.where(below, -mn, torch.full_like(mn, -torch.inf)))
+    chosen = torch.nonzero(above | below).flatten()
+    chosen = chosen[torch.argsort(strength[chosen], descending=True, stable=True)]
+    if limit is not None:
+        chosen = chosen[:limit]
+    tokens = subject.str_tokens(ids)[1:]
+    neurons = []
+    for nrn in chosen.tolist():
+        peak = int(arg_mx[nrn]) if bool(above[nrn]) and (not bool(below[nrn]) or mx[nrn] >= -mn[nrn]) \
+            else int(arg_mn[nrn])
+        neurons.append({"neuron": nrn, "max": round(float(mx[nrn]), 4), "min": round(float(mn[nrn]), 4),
+                        "peak_index": peak, "peak_token": tokens[peak],
+                        "values": [round(v, 4) for v in acts[:, nrn].tolist()]})
+    return {"model": subject.name, "layer": layer, "hi": hi, "lo": lo, "tokens": tokens, "neurons": neurons}
