@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from autointerp.api import create_app
-from autointerp.api.data import SERVICES
 from autointerp.errors import UserError
 from autointerp.models import SubjectModel
+from autointerp.records import SERVICES
 
 EXAMPLES = 60  # per operation: 11 operations, ~20 s in all on 2 cores
 M = "tiny-gated"

@@ -9,16 +9,14 @@ the valid ones; a parameter of the wrong type or value is a 422; a text over the
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
@@ -28,17 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autointerp.api.data import (
-    EXAMPLE_KINDS,
-    NEUROSCOPE_LIMIT,
-    ApiData,
-    BadRequest,
-    ModelView,
-    NotFound,
-    dumps,
-)
+from autointerp.api.catalog import BadRequest, ModelView
+from autointerp.api.data import NEUROSCOPE_LIMIT, ApiData
+from autointerp.api.fastpath import dumps
+from autointerp.api.pages import error_page, page_routes
+from autointerp.api.params import MAX_INDEX, Index
 from autointerp.errors import UserError
 from autointerp.live import VIEWS, Live, LiveUnavailable, TooLong, layer_scales, threshold_view
+from autointerp.records import EXAMPLE_KINDS, NotFound
 from autointerp.untrusted import check_unicode
 
 HERE = Path(__file__).parent
@@ -50,12 +45,6 @@ RANK_BY = ("max", "min", "frac_positive", "variance", "n2g", "explanation", "bas
 
 class JSONBytes(Response):
     media_type = "application/json"
-
-
-# Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more
-# layers, neurons or examples than this.
-MAX_INDEX = 2**31 - 1
-Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
 
 
 def _valid_unicode(text: str) -> str:
@@ -195,8 +184,6 @@ def create_app(db_path: str | Path, loader: Callable[[str], Any] | None = None, 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_errors(app)
     _api_routes(app, data, live)
-    from autointerp.api.pages import page_routes
-
     page_routes(app, data, live)
     return app
 
@@ -207,8 +194,6 @@ def _wants_html(request: Request) -> bool:
 
 
 def _install_errors(app: FastAPI) -> None:
-    from autointerp.api.pages import error_page
-
     def respond(request: Request, status: int, message: str, extra: dict[str, Any] | None = None) -> Response:
         if _wants_html(request):
             return HTMLResponse(error_page(status, message, extra or {}), status_code=status)
@@ -461,10 +446,3 @@ def _prompt(data: ApiData, live: Live, model: str, prompt_id: str, layer: int, v
     if not 0 <= layer < n_layers:
         raise NotFound(f"Layer {layer} does not exist: {name} has layers 0-{n_layers - 1}.", layers=[0, n_layers - 1])
     return prompt
-
-
-def random_neuron(view: ModelView, rng: random.Random | None = None) -> tuple[int, int]:
-    rng = rng or random.Random()
-    layer = rng.choice(list(view.layers))
-    return layer, rng.randrange(view.d_mlp or 1)
-

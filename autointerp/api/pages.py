@@ -12,9 +12,11 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from autointerp.api.app import Index
-from autointerp.api.data import SERVICES, ApiData, BadRequest, url_name
+from autointerp.api.catalog import BadRequest, random_neuron
+from autointerp.api.data import ApiData
+from autointerp.api.params import Index
 from autointerp.live import Live
+from autointerp.records import SERVICES, NotFound, url_name
 
 HERE = Path(__file__).parent
 WINDOW_BEFORE, WINDOW_AFTER = 12, 4  # tokens shown around an example's peak until "full text" is toggled
@@ -136,8 +138,6 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/m/{model}/random", include_in_schema=False)
     def random_page(model: str) -> RedirectResponse:
-        from autointerp.api.app import random_neuron
-
         view = data.model(model)
         layer, neuron = random_neuron(view)
         return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
@@ -171,8 +171,6 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
-            from autointerp.api.data import NotFound
-
             raise NotFound(f"Layer {layer} does not exist: {view.name} has layers 0-{n_layers - 1}.")
         top: list[dict[str, Any]] = []
         counts = None

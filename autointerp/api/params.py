@@ -1,0 +1,16 @@
+"""Request parameter types shared by the JSON routes (:mod:`autointerp.api.app`) and the pages
+(:mod:`autointerp.api.pages`).
+
+Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more layers, neurons or
+examples than this.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path as FastPath
+
+MAX_INDEX = 2**31 - 1
+Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
+"""A layer or neuron number in a URL path."""
