@@ -1,6 +1,6 @@
 """A real results database for the API and browser tests: a real harvest of the tiny gated model on a small corpus,
 real N2G graphs for a few neurons, and explanation/score rows written the way the explain stage writes them
-(issue 4's tables), including a failure that must never show as a score."""
+(the explanations and scores tables), including a failure that must never show as a score."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def build_api_db(model: SubjectModel, folder: Path) -> Path:
 
     try:
         compute_similarities(store, model.name, progress=False)
-    except Exception as exc:  # issue 5's code is young; the similar-neuron test skips (saying why) if it fails
+    except Exception as exc:  # then the similar-neuron test skips, saying why
         (folder / "similarity_failed.txt").write_text(repr(exc))
     store.save_weight_facts(model.name, [{
         "layer": 1, "neuron": WEIGHTS, "input_vector": "mlp.W_in", "cos_in_out": 0.12, "cos_gate_out": -0.05,

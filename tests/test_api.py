@@ -1,4 +1,4 @@
-"""The JSON API and pages (issue 6) against a real database from a real harvest: every endpoint's shape and every
+"""The JSON API and pages against a real database from a real harvest: every endpoint's shape and every
 error case (404 says what exists, 422 for bad parameters, 413 for long texts), live activations equal the model's,
 CORS, no assets from the internet, and `autointerp serve` as a user starts it."""
 
@@ -179,7 +179,7 @@ def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_d
 def test_similar_neurons_link_to_pages(client: TestClient, api_db: Path) -> None:
     failed = api_db.parent / "similarity_failed.txt"
     if failed.exists():
-        pytest.skip(f"issue 5's compute_similarities failed on the test database: {failed.read_text()}")
+        pytest.skip(f"compute_similarities failed on the test database: {failed.read_text()}")
     s = _get(client, f"/api/{M}/similar/1/{GRAPHED[0]}")
     assert s["available"] and s["items"], s
     assert all(it["url"] == f"/m/{M}/neuron/{it['layer']}/{it['neuron']}" for it in s["items"])

@@ -1,4 +1,4 @@
-"""Issue 7: no lost or fake results under crashes, LLM faults and concurrent load.
+"""Reliability: no lost or fake results under crashes, LLM faults and concurrent load.
 
 * **SIGKILL** every long stage through the real CLI (graph, explain/score, similarity; harvest is in
   test_harvest.py) at a fixed point - right after a unit of work commits, or inside similarity's one transaction -
