@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import PARAGRAPHS
+from helpers import PARAGRAPHS
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import SubjectModel

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from apidb import EXPLAINED, FAILED, GRAPHED, WEIGHTS, build_api_db
-from conftest import REPO
 from fastapi.testclient import TestClient
+from helpers import REPO, free_port
 from PIL import Image
 
 from autointerp.api import create_app
@@ -447,14 +447,8 @@ def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Pat
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -523,7 +517,7 @@ def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
     assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr
     assert "serving" not in busy.stderr and f"Cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port),
                              "--timeout", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from apidb import build_api_db
-from conftest import PARAGRAPHS, REPO
 from fastapi.testclient import TestClient
+from helpers import PARAGRAPHS, REPO
 
 from autointerp.api import create_app
 from autointerp.cli import main

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from apidb import EXPLAINED, build_api_db
-from conftest import REPO
+from helpers import REPO, free_port
 
 from autointerp.models import SubjectModel
 
@@ -34,12 +33,6 @@ def chromium_installed() -> None:
                     "(apt-get install -y chromium)", pytrace=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import uvicorn
@@ -48,7 +41,7 @@ def server(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -
 
     db = build_api_db(tiny_gated, tmp_path_factory.mktemp("browser"))
     app = create_app(db, loader=lambda name: tiny_gated)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

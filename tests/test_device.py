@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from autointerp.errors import UserError
 from autointerp.harvest import HarvestConfig, harvest

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import copy_db, run_cli
+from helpers import copy_db, run_cli
 
 from autointerp.embeddings import EMBEDDER, embed, embedder_ready, prepare_embedder, text_key
 from autointerp.store import Store

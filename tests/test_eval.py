@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PARAGRAPHS, run_cli
+from helpers import PARAGRAPHS, copy_store, run_cli
 
 from autointerp.errors import UserError
 from autointerp.eval.evaluate import derangement, sample_neurons, shuffled_scores
@@ -79,13 +79,6 @@ def gated_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-d
     return db
 
 
-def _copy(db: Path, tmp_path: Path) -> Store:
-    target = tmp_path / "run.db"
-    with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    return Store(target)
-
-
 # ------------------------------------------------------------------------------------------------
 # scorer defects
 def test_digitless_slots_are_counted_and_past_the_threshold_fail() -> None:
@@ -99,7 +92,7 @@ def test_digitless_slots_are_counted_and_past_the_threshold_fail() -> None:
 def test_a_digitless_simulation_is_a_recorded_failure_never_a_score(
     gated_db, fault_server, tmp_path
 ) -> None:  # type: ignore
-    store = _copy(gated_db, tmp_path)
+    store = copy_store(gated_db, tmp_path)
     server = fault_server("no-digits")
     summary = explain_layers(
         store,
@@ -151,7 +144,7 @@ def test_non_finite_correlation_is_undefined_with_its_reason(fault_server) -> No
 def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
     gated_db, fault_server, tmp_path
 ) -> None:  # type: ignore
-    store = _copy(gated_db, tmp_path)
+    store = copy_store(gated_db, tmp_path)
     server = fault_server("ok")
     with pytest.raises(UserError, match="no held-out text"):
         explain_layers(
@@ -209,7 +202,7 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
     out = score_predictions([[0.0, 9.0, 0.0, 4.0]], records, 2.0)
     assert out["score"] == pytest.approx(np.corrcoef([0, 9, 0, 4], [0, 2, 0, 1])[0, 1])
     assert out["score_raw"] == pytest.approx(np.corrcoef([0, 9, 0, 4], [0, 2, -3, 1])[0, 1])
-    store = _copy(gated_db, tmp_path)
+    store = copy_store(gated_db, tmp_path)
     server = fault_server("keyword")
     explain_layers(
         store,
@@ -411,7 +404,7 @@ def test_summaries_count_failures_apart_and_pair_by_neuron() -> None:
 def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
     gated_db, fault_server, tmp_path
 ) -> None:  # type: ignore
-    store = _copy(gated_db, tmp_path)
+    store = copy_store(gated_db, tmp_path)
     server = fault_server("keyword")
     plot = tmp_path / "eval.png"
     args = [
@@ -490,7 +483,7 @@ def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
 
-    store = _copy(gated_db, tmp_path)
+    store = copy_store(gated_db, tmp_path)
     store.save_evaluation(
         "tiny-gated",
         "calibrate",

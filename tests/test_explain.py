@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import copy_db, run_cli
+from helpers import copy_store, run_cli
 
 from autointerp.explain.prompts import (
     Record,
@@ -142,10 +142,6 @@ def test_endpoint_down_is_a_recorded_reason() -> None:
     assert "connection error" in info.value.reason and info.value.transient
 
 
-def _copy(db: Path, tmp_path: Path) -> Store:
-    return Store(copy_db(db, tmp_path / "run.db"))
-
-
 def _cfg(**kw: Any) -> ExplainConfig:
     base = dict(explainer_model="fault-model", simulator_model="fault-model", prompt_version="test",
                 simulator_mode="echo", sim_top=2, sim_random=2, explain_records=3)
@@ -154,7 +150,7 @@ def _cfg(**kw: Any) -> ExplainConfig:
 
 def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(small_db, fault_server, tmp_path
                                                                                ) -> None:  # type: ignore[no-untyped-def]
-    store = _copy(small_db, tmp_path)
+    store = copy_store(small_db, tmp_path)
     server = fault_server("500")
     cfg = _cfg()
     summary = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
@@ -182,7 +178,7 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(sm
 
 
 def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = _copy(small_db, tmp_path)
+    store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     cache = LLMCache(store.path)
     first = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url, cache), load_templates(),
@@ -272,7 +268,7 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
 
 def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small_db, fault_server, tmp_path
                                                                             ) -> None:  # type: ignore[no-untyped-def]
-    store = _copy(small_db, tmp_path)
+    store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(negative=True), _client(server.url),
                              load_templates(), progress=False)
@@ -284,7 +280,7 @@ def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small
 
 
 def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = _copy(small_db, tmp_path)
+    store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     prices = {"fault-model": {"prompt": 1.0, "completion": 2.0}}  # dollars per 1M tokens
     summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url), load_templates(), prices,

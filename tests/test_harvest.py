@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_harvest, brute_force, run_cli
+from helpers import assert_same_harvest, brute_force, run_cli
 
 from autointerp.corpus import iter_contexts
 from autointerp.harvest import (

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_db, run_cli
+from helpers import copy_db, run_cli
 
 from autointerp.explain.prompts import load_templates
 from autointerp.explain.run import ExplainConfig, explain_layers

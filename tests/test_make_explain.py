@@ -13,7 +13,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from autointerp.store import Store
 

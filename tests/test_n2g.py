@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, token_metrics

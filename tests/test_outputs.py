@@ -11,7 +11,7 @@ import networkx as nx
 import pytest
 import torch
 from apidb import EXPLAINED, GRAPHED, build_api_db
-from conftest import PARAGRAPHS
+from helpers import PARAGRAPHS
 
 from autointerp.cli import main
 from autointerp.errors import UserError

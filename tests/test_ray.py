@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_harvest, run_cli
+from helpers import assert_same_harvest, run_cli
 
 from autointerp.errors import UserError
 from autointerp.executors import Executor

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from apidb import build_api_db
-from conftest import PARAGRAPHS, REPO, run_cli
+from helpers import PARAGRAPHS, REPO, copy_db, free_port, run_cli
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import SubjectModel
@@ -40,13 +40,6 @@ VOLATILE = {"created", "finished", "seconds"}  # wall-clock columns: legitimatel
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def copy_db(src: Path, dst: Path) -> Path:
-    """A consistent copy (WAL mode: the main file alone may lack the newest pages)."""
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    return dst
-
-
 def rows(db: Path, table: str, drop: frozenset[str] | set[str] = frozenset(), where: str = "") -> list[tuple[Any, ...]]:
     """Every row of ``table`` without the ``drop`` columns, sorted: what two runs must agree on."""
     with sqlite3.connect(db) as conn:
@@ -260,12 +253,6 @@ def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
 
 
 # ------------------------------------------------------------------------------------------------ concurrency
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening_addresses(port: int) -> set[str]:
     """Local addresses listening on ``port``, from /proc/net/tcp{,6} (no `ss` needed)."""
     found = set()
@@ -296,7 +283,7 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
         token = next(t for t in tokens if t.isalnum())
         conn.execute("delete from indexed_graphs")
         conn.execute("delete from token_index")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(db), "--port", str(port)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

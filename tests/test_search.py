@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from test_similarity import MODEL, add_graphs, make_graph
 
 from autointerp.errors import UserError

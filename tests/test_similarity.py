@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from autointerp.n2g.graph import NeuronGraph, PathExample
 from autointerp.similarity import (

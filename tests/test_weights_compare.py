@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from transformers import AutoTokenizer
 
 from autointerp.compare import align_offsets, compare_neuron

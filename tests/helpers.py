@@ -1,0 +1,96 @@
+"""Helpers shared by the tests (fixtures stay in conftest.py): the test corpus, running the real CLI, copying a
+database, a free port, and the brute-force reference a harvest must equal."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autointerp.corpus import iter_contexts, load_documents
+from autointerp.models import SubjectModel
+from autointerp.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+PARAGRAPHS = [
+    "The quick brown fox jumps over the lazy dog. Foxes are small omnivorous mammals.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
+    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
+    "In 1905 Albert Einstein published four papers; in 1915 he completed general relativity.",
+    "for i in range(10):\n    if i % 2 == 0:\n        continue\n    print(i)\n",
+    "The mitochondria is the powerhouse of the cell, producing ATP through respiration.",
+    "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday are the days of the week.",
+    "import os\nimport sys\n\nPATH = os.path.join(sys.prefix, 'lib')\n",
+]
+
+
+def brute_force(model: SubjectModel, corpus: str, layers: list[int], ctx_len: int, n_tokens: int | None,
+                seed: int = 0) -> dict[str, Any]:
+    """Every activation of every context, computed one context at a time: the reference a harvest must equal."""
+    docs = load_documents(corpus, seed)
+    max_contexts = n_tokens // ctx_len if n_tokens else None
+    contexts = list(iter_contexts(docs, model.tokenizer, ctx_len, model.bos_id, model.sep_id, max_contexts))
+    acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    for c in contexts:
+        out = model.mlp_activations(torch.from_numpy(c.tokens)[None], layers)
+        for layer in layers:
+            acts[layer].append(out[layer][0].numpy())
+    return {"contexts": contexts, "acts": {layer: np.stack(a) for layer, a in acts.items()}}  # [C, T, d]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `autointerp` entry point in a subprocess (as a user would)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autointerp", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+
+
+def copy_db(db: Path, target: Path) -> Path:
+    """A consistent copy of a WAL-mode database (the file alone may not hold the latest pages)."""
+    with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
+def copy_store(db: Path, tmp_path: Path) -> Store:
+    """A writable :class:`Store` on a consistent copy of ``db`` (``tmp_path/run.db``)."""
+    return Store(copy_db(db, tmp_path / "run.db"))
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_rows(db: Any, run_id: int) -> tuple[list[tuple], list[tuple], np.ndarray]:
+    """A harvest run's examples and neuron statistics, and separately the neurons' float64 sums: activations of
+    the same contexts in different forward batches (shards, another executor) differ in the last float32 bits, so
+    sums are compared with a tolerance (:func:`assert_same_harvest`) and everything else exactly."""
+    ex = [
+        (r["layer"], r["neuron"], r["kind"], r["rank"], r["split"], r["context_id"], r["peak_index"],
+         r["interval"], tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)))
+        for r in db.db.query("select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id])
+    ]
+    rows = list(db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id]))
+    ne = [(r["layer"], r["neuron"], r["count"], round(r["max"], 5), round(r["min"], 5), r["n_positive"], r["hist"],
+           r["ctx_max_hist"]) for r in rows]
+    return ex, ne, np.array([r["sum"] for r in rows])
+
+
+def assert_same_harvest(a: Any, run_a: int, b: Any, run_b: int) -> None:
+    """Two harvest runs hold the same examples and statistics (sums to 1e-5 relative)."""
+    ex_a, ne_a, sums_a = run_rows(a, run_a)
+    ex_b, ne_b, sums_b = run_rows(b, run_b)
+    assert ex_a == ex_b
+    assert ne_a == ne_b
+    np.testing.assert_allclose(sums_a, sums_b, rtol=1e-5, atol=1e-4)
