@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import PARAGRAPHS
 
-from autointerp.models import SubjectModel, load_model, packaged_model_dir
+from autointerp.models import SubjectModel, load_model
+from autointerp.packaged import packaged_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from autointerp.models import cache_dir
+from autointerp.packaged import cache_dir
 
 REPO_ID = (
     "gpt2"  # what transformer_lens 3.9 loads "gpt2-small" from (its OFFICIAL_MODEL_NAMES entry)

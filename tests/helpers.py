@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from autointerp.corpus import iter_contexts, load_documents
+from autointerp.explain.run import ExplainConfig
 from autointerp.models import SubjectModel
 from autointerp.store import Store
 
@@ -63,6 +64,14 @@ def copy_db(db: Path, target: Path) -> Path:
 def copy_store(db: Path, tmp_path: Path) -> Store:
     """A writable :class:`Store` on a consistent copy of ``db`` (``tmp_path/run.db``)."""
     return Store(copy_db(db, tmp_path / "run.db"))
+
+
+def fault_config(**kw: Any) -> ExplainConfig:
+    """An explain configuration for the fake LLM endpoints (conftest's ``fault_server``): small record counts,
+    echo simulation, one model name for both roles; ``kw`` overrides any field."""
+    base: dict[str, Any] = dict(explainer_model="fault-model", simulator_model="fault-model", prompt_version="test",
+                                simulator_mode="echo", sim_top=2, sim_random=2, explain_records=3)
+    return ExplainConfig(**{**base, **kw})
 
 
 def free_port() -> int:

@@ -11,14 +11,8 @@ import torch
 
 from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
 from autointerp.errors import UserError
-from autointerp.models import (
-    PACKAGED,
-    SubjectModel,
-    canonical_model_name,
-    packaged_model_dir,
-    resolve_model_name,
-    tl_official_name,
-)
+from autointerp.models import SubjectModel, canonical_model_name, resolve_model_name, tl_official_name
+from autointerp.packaged import PACKAGED, packaged_model_dir
 
 
 def test_default_corpus_mixes_prose_and_code_deterministically() -> None:

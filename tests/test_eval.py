@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import PARAGRAPHS, copy_store, run_cli
+from helpers import PARAGRAPHS, copy_store, fault_config, run_cli
 
 from autointerp.errors import UserError
 from autointerp.eval.evaluate import derangement, sample_neurons, shuffled_scores
@@ -26,7 +26,7 @@ from autointerp.eval.features import (
 )
 from autointerp.eval.stats import paired, summarize
 from autointerp.explain.prompts import Record, load_templates
-from autointerp.explain.run import ExplainConfig, NeuronJob, explain_layers, process_neuron
+from autointerp.explain.run import NeuronJob, explain_layers, process_neuron
 from autointerp.explain.simulate import (
     MAX_DIGITLESS_FRACTION,
     SimulationFailure,
@@ -46,37 +46,10 @@ def _client(url: str, timeout: float = 10.0) -> LLMClient:
     )
 
 
-def _cfg(**kw: Any) -> ExplainConfig:
-    base = dict(
-        explainer_model="fault-model",
-        simulator_model="fault-model",
-        prompt_version="test",
-        simulator_mode="echo",
-        sim_top=2,
-        sim_random=2,
-        explain_records=3,
-    )
-    return ExplainConfig(**{**base, **kw})
-
-
 @pytest.fixture(scope="module")
-def gated_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-def]
-    folder = tmp_path_factory.mktemp("eval")
-    corpus = folder / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
-    db = folder / "base.db"
-    cfg = HarvestConfig(
-        model=tiny_gated.name,
-        corpus=str(corpus),
-        layers=[1],
-        ctx_len=24,
-        top_k=8,
-        random_k=8,
-        batch_size=8,
-        checkpoint_seconds=1e9,
-    )
-    harvest(tiny_gated, db, cfg, progress=False, log=lambda m: None)
-    return db
+def gated_db(small_db: Path) -> Path:
+    """The tiny gated model's harvest (conftest's ``small_db``); tests that write copy it first."""
+    return small_db
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +72,7 @@ def test_a_digitless_simulation_is_a_recorded_failure_never_a_score(
         "tiny-gated",
         [1],
         "0-1",
-        _cfg(),
+        fault_config(),
         _client(server.url),
         load_templates(),
         progress=False,
@@ -135,7 +108,7 @@ def test_non_finite_correlation_is_undefined_with_its_reason(fault_server) -> No
     )
     client = _client(server.url)
     sim = Simulator(client, "fault-model", load_templates(), "echo")
-    result = process_neuron(job, client, sim, _cfg(), load_templates(), None)
+    result = process_neuron(job, client, sim, fault_config(), load_templates(), None)
     scores = {r["method"]: r for r in result.scores}
     assert scores["explanation"]["status"] == "undefined" and scores["explanation"]["score"] is None
     assert "not finite" in scores["explanation"]["error"]
@@ -152,7 +125,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
             "tiny-gated",
             [1],
             "0",
-            _cfg(sim_top=0, sim_random=0),
+            fault_config(sim_top=0, sim_random=0),
             _client(server.url),
             load_templates(),
             progress=False,
@@ -186,7 +159,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
         job,
         client,
         Simulator(client, "fault-model", load_templates(), "echo"),
-        _cfg(),
+        fault_config(),
         load_templates(),
         None,
     )
@@ -209,7 +182,7 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
         "tiny-gated",
         [1],
         "0-2",
-        _cfg(),
+        fault_config(),
         _client(server.url),
         load_templates(),
         progress=False,
@@ -365,7 +338,7 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
     store = Store(db)
     run = store.latest_complete_run(known.name, 0)
     server = fault_server("keyword")
-    cfg = _cfg()
+    cfg = fault_config()
     sim = Simulator(_client(server.url), "fault-model", load_templates(), "echo")
     maxima = {i: 1.0 for i in range(len(words))}
     true = shuffled_scores(store, run["id"], 0, dict(enumerate(words)), cfg, sim, 0, maxima)
@@ -509,7 +482,7 @@ def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
         store,
         "tiny-gated",
         EvalConfig(layers=[1], sample=3, seed=1),
-        _cfg(),
+        fault_config(),
         _client(server.url),
         load_templates(),
         build_graphs=build,

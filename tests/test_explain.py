@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import copy_store, run_cli
+from helpers import copy_store, fault_config, run_cli
 
 from autointerp.explain.prompts import (
     Record,
@@ -21,7 +21,7 @@ from autointerp.explain.prompts import (
     parse_explanation,
     simulation_prompt,
 )
-from autointerp.explain.run import ExplainConfig, baseline_explanation, explain_layers
+from autointerp.explain.run import baseline_explanation, explain_layers
 from autointerp.explain.simulate import (
     Simulator,
     expected_digit,
@@ -142,17 +142,11 @@ def test_endpoint_down_is_a_recorded_reason() -> None:
     assert "connection error" in info.value.reason and info.value.transient
 
 
-def _cfg(**kw: Any) -> ExplainConfig:
-    base = dict(explainer_model="fault-model", simulator_model="fault-model", prompt_version="test",
-                simulator_mode="echo", sim_top=2, sim_random=2, explain_records=3)
-    return ExplainConfig(**{**base, **kw})
-
-
 def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(small_db, fault_server, tmp_path
                                                                                ) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("500")
-    cfg = _cfg()
+    cfg = fault_config()
     summary = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
                              progress=False)
     assert summary.failed == 3 and summary.explained == 0
@@ -181,14 +175,14 @@ def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     cache = LLMCache(store.path)
-    first = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url, cache), load_templates(),
+    first = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
                            progress=False)
     assert first.usage.calls > 0 and first.usage.prompt_tokens > 0
     store.db.execute("delete from explanations")
     store.db.execute("delete from scores")
     store.db.conn.commit()
     calls = server.requests
-    second = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url, cache), load_templates(),
+    second = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
                             progress=False)
     assert server.requests == calls and second.usage.calls == 0 and second.usage.prompt_tokens == 0
     assert second.usage.cached_calls == first.usage.calls
@@ -270,7 +264,7 @@ def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small
                                                                             ) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
-    summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(negative=True), _client(server.url),
+    summary = explain_layers(store, "tiny-gated", [1], "0", fault_config(negative=True), _client(server.url),
                              load_templates(), progress=False)
     assert summary.explained == 1
     kinds = {r["kind"] for r in store.db.query("select kind from explanations where status = 'ok'")}
@@ -283,8 +277,8 @@ def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, t
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     prices = {"fault-model": {"prompt": 1.0, "completion": 2.0}}  # dollars per 1M tokens
-    summary = explain_layers(store, "tiny-gated", [1], "0", _cfg(), _client(server.url), load_templates(), prices,
-                             progress=False)
+    summary = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url), load_templates(),
+                             prices, progress=False)
     rows = list(store.db.query("select prompt_tokens, completion_tokens, cost_usd from explanations where "
                                "kind = 'llm' union all select prompt_tokens, completion_tokens, cost_usd from scores "
                                "where method != 'n2g'"))

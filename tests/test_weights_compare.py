@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 
 from autointerp.compare import align_offsets, compare_neuron
 from autointerp.errors import UserError
-from autointerp.models import SubjectModel, load_model, packaged_model_dir
+from autointerp.models import SubjectModel, load_model
+from autointerp.packaged import packaged_model_dir
 from autointerp.store import Store
 from autointerp.weights import compute_weight_facts, store_weight_facts
 
