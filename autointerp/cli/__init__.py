@@ -9,10 +9,10 @@ group of commands, in the order ``autointerp --help`` lists them (:data:`COMMAND
 those, each command is a function that adds its options - registered with its one-line help by
 ``@commands.add`` - right above the handler that runs it, which makes one library call.
 
-Option defaults that a stage's config dataclass defines are read from it (:func:`.common.default_of`),
-which means importing the stage (and torch). So :func:`build_parser` adds the options of the
-command being run only; the others get just their one-line help, which is all ``autointerp
---help`` shows, and ``autointerp rank`` stays as quick to start as before.
+Option defaults that a stage's config dataclass defines are read from it
+(:func:`.common.default_of`), which means importing the stage (and torch). So :func:`build_parser`
+adds the options of the command being run only; the others get just their one-line help, which is
+all ``autointerp --help`` shows, and ``autointerp rank`` stays as quick to start as before.
 """
 
 from __future__ import annotations

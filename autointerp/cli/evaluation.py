@@ -259,7 +259,10 @@ def eval_options(p: argparse.ArgumentParser) -> None:
     )
     sample, seed = default_of(EvalConfig, "sample"), default_of(EvalConfig, "seed")
     p.add_argument(
-        "--sample", type=int, default=sample, help=f"random firing neurons per layer (default {sample})"
+        "--sample",
+        type=int,
+        default=sample,
+        help=f"random firing neurons per layer (default {sample})",
     )
     p.add_argument("--seed", type=int, default=seed, help=f"sample seed (default {seed})")
     p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")

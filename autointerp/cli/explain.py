@@ -77,7 +77,8 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="redo only the neurons with a recorded failure")
     p.add_argument("--concurrency", type=int, default=default("concurrency"),
                    help=f"neurons processed at once (default {default('concurrency')})")
-    p.add_argument("--max-attempts", type=at_least(1), default=default_of(LLMSettings, "max_attempts"),
+    p.add_argument("--max-attempts", type=at_least(1),
+                   default=default_of(LLMSettings, "max_attempts"),
                    help="attempts per LLM call before recording a failure")
     timeout = default_of(LLMSettings, "timeout")
     p.add_argument("--llm-timeout", type=finite, default=timeout,
@@ -135,9 +136,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     llm = LLMSession(settings, store.path, local_llm=args.local_llm, threads=args.threads,
                      check_endpoints=True, log=log)
     with llm:
-        cfg = ExplainConfig(explainer_model=llm.explainer_model, simulator_model=llm.simulator_model,
-                            prompt_version=templates.version, concurrency=settings.concurrency,
-                            **options)
+        cfg = ExplainConfig(explainer_model=llm.explainer_model,
+                            simulator_model=llm.simulator_model, prompt_version=templates.version,
+                            concurrency=settings.concurrency, **options)
         summary = explain_layers(store, model, layers, args.neurons, cfg, llm.client, templates,
                                  settings.prices, retry_failed=args.retry_failed,
                                  progress=not args.no_progress)

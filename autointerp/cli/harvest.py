@@ -54,8 +54,8 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
                    help="with --executor ray: shard tasks (default: the cluster's CPUs, or GPUs with --device "
                    "cuda; at least 2)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"contexts per forward pass (default {default('batch_size')} on the CPU; on CUDA, "
-                        "from free device memory)")
+                   help=f"contexts per forward pass (default {default('batch_size')} on the CPU; "
+                        "on CUDA, from free device memory)")
     p.add_argument("--top-k", type=int, default=default("top_k"),
                    help="top contexts kept per neuron (20 train/10 valid/10 test)")
     p.add_argument("--bottom-k", type=int, default=None,

@@ -68,7 +68,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     if args.json:
         basis = {"score_is": SCORE_BASIS} if by in Store.SCORE_METHODS else {}
-        print_json([{"model": model, **r, "score": score(r), "ranked_by": by, **basis} for r in rows])
+        print_json([{"model": model, **r, "score": score(r), "ranked_by": by, **basis}
+                    for r in rows])
         return 0
     if not rows:
         print(f"No neurons of {model} have a {args.by} score yet.")

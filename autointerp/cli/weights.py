@@ -64,7 +64,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-@commands.add("compare", help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
+@commands.add("compare",
+              help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
               description="Runs both models on the texts, aligns their tokens by character offsets (a "
                           "position counts where both tokenizers end a token: both have read the same "
                           "text), and ranks MODEL_B's neurons by Pearson correlation with L/N of MODEL_A. "
@@ -96,8 +97,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         store = Store(db_path(args), create=False)
         texts = example_texts(store, store_model(store, args.model_a), layer, neuron)
     a = load_subject(args.model_a, progress=False, args=args)
-    b = a if canonical_model_name(args.model_b) == a.name else load_subject(args.model_b, progress=False,
-                                                                            args=args)
+    same = canonical_model_name(args.model_b) == a.name
+    b = a if same else load_subject(args.model_b, progress=False, args=args)
     out = compare_neuron(a, layer, neuron, b, texts, layers=layers, limit=args.limit)
     if args.json:
         print_json(out)

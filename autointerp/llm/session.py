@@ -106,5 +106,5 @@ class LLMSession:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:  # the error, if any, goes on to the server's cleanup (it keeps its log)
+        if stack is not None:  # an error goes on to the server's cleanup (which keeps its log)
             stack.__exit__(kind, error, traceback)
