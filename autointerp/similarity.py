@@ -286,3 +286,13 @@ def similar(store: Any, model: str, layer: int, neuron: int, limit: int = 10, co
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """The settings of a similarity computation (:func:`compute_similarities`'s keyword arguments;
+    `autointerp similarity` reads its option defaults from here)."""
+
+    limit: int = DEFAULT_LIMIT  # similar neurons kept per neuron
+    max_df: int | None = None  # stop-token cap; None: default_max_df(number of graphs)
+    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT  # the rest goes to context tokens

@@ -29,6 +29,7 @@ Everything is vectorised per layer: one [d_mlp, d_model] × [d_model, vocab] pro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,3 +104,11 @@ def store_weight_facts(store: Any, subject: Any, layers: Sequence[int], top_k: i
         store.save_weight_facts(subject.name, rows)
         total += len(rows)
     return {"model": subject.name, "layers": list(layers), "neurons": total}
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """The settings of the weight facts (:func:`store_weight_facts`'s keyword arguments;
+    `autointerp weights` reads its option defaults from here)."""
+
+    top_k: int = 10  # top and bottom tokens of the direct logit effect kept per neuron

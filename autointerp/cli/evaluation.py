@@ -1,21 +1,39 @@
-"""The ``calibrate`` and ``eval`` commands: argument parsing, the LLM endpoint (or the embedded
-local server), text and JSON reports. Kept beside the evaluation code so the main CLI module only
-registers them."""
+"""``autointerp calibrate`` and ``autointerp eval``: measuring explanation quality on
+known-answer features and on a seeded random sample of neurons, with text and JSON reports.
+
+Both talk to an LLM as ``explain`` does (:class:`autointerp.llm.session.LLMSession`: the endpoint
+the options name, or the embedded local server) and share its options here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from autointerp.cli.common import (
+    Commands,
+    add_db_option,
+    db_path,
+    default_of,
+    log,
+    print_json,
+    stdout_to_stderr,
+)
 from autointerp.errors import UserError
+
+commands = Commands()
 
 
 def _add_llm_options(p: argparse.ArgumentParser) -> None:
+    from autointerp.explain.run import ExplainConfig
+    from autointerp.llm.client import LLMSettings
+
+    def default(name: str) -> Any:
+        return default_of(ExplainConfig, name)
+
     p.add_argument(
         "--base-url",
         default=None,
@@ -35,27 +53,40 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--simulator-mode",
-        default="auto",
+        default=default("simulator_mode"),
         choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
         help="how the simulator is read (default: probe the endpoint)",
     )
     p.add_argument(
-        "--sim-top", type=int, default=5, help="held-out top examples simulated (default 5)"
+        "--sim-top",
+        type=int,
+        default=default("sim_top"),
+        help=f"held-out top examples simulated (default {default('sim_top')})",
     )
     p.add_argument(
-        "--sim-random", type=int, default=5, help="held-out random examples simulated (default 5)"
+        "--sim-random",
+        type=int,
+        default=default("sim_random"),
+        help=f"held-out random examples simulated (default {default('sim_random')})",
     )
     p.add_argument(
-        "--explain-records", type=int, default=8, help="top training examples shown (default 8)"
+        "--explain-records",
+        type=int,
+        default=default("explain_records"),
+        help=f"top training examples shown (default {default('explain_records')})",
     )
     p.add_argument(
         "--max-attempts",
         type=int,
-        default=4,
+        default=default_of(LLMSettings, "max_attempts"),
         help="attempts per LLM call before recording a failure",
     )
+    timeout = default_of(LLMSettings, "timeout")
     p.add_argument(
-        "--llm-timeout", type=float, default=300.0, help="seconds per LLM request (default 300)"
+        "--llm-timeout",
+        type=float,
+        default=timeout,
+        help=f"seconds per LLM request (default {timeout:g})",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for the local server (default: all)"
@@ -65,22 +96,17 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument(
-        "--db",
-        default=None,
-        help="SQLite results file (default: $AUTOINTERP_DB or ./autointerp.db)",
-    )
+    add_db_option(p)
 
 
 @contextlib.contextmanager
-def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]:
-    """(client, explain config, templates) for the endpoint the options name, starting and stopping
-    the local llama.cpp server when none is named (as ``explain`` does)."""
+def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """(client, explain config, templates) for the LLM the options name; the settings are all
+    checked before the local server (if any) starts."""
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_config
-    from autointerp.llm.cache import LLMCache
-    from autointerp.llm.client import LLMClient, LLMSettings
-    from autointerp.llm.local_server import local_server, resolve_local_llm
+    from autointerp.llm.client import LLMSettings
+    from autointerp.llm.session import LLMSession
 
     settings = LLMSettings.from_env(
         base_url=args.base_url,
@@ -91,15 +117,12 @@ def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any
         max_attempts=args.max_attempts,
     )
     templates = load_templates(args.prompts)
+    llm = LLMSession(settings, store.path, local_llm=args.local_llm, threads=args.threads, log=log)
 
-    def config(explainer: str | None, simulator: str | None) -> Any:
-        if not explainer:
-            raise UserError(
-                "Name the model on your endpoint with --explainer-model (and --simulator-model)."
-            )
+    def config(explainer: str, simulator: str) -> Any:
         cfg = ExplainConfig(
             explainer_model=explainer,
-            simulator_model=simulator or explainer,
+            simulator_model=simulator,
             prompt_version=templates.version,
             sim_top=args.sim_top,
             sim_random=args.sim_random,
@@ -109,53 +132,65 @@ def llm_session(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any
         check_config(cfg)
         return cfg
 
-    if settings.base_url:
-        cfg = config(settings.explainer_model, settings.simulator_model)
-        cache = LLMCache(store.path)
-        try:
-            yield LLMClient(settings, cache, settings.base_url), cfg, templates
-        finally:
-            cache.close()
-        return
-    local = resolve_local_llm(settings.explainer_model or args.local_llm).name
-    if settings.simulator_model and resolve_local_llm(settings.simulator_model).name != local:
-        raise UserError(
-            "The local server runs one model: give the same --explainer-model and "
-            "--simulator-model, "
-            "or point --base-url at a server that has both."
-        )
-    config("-", None)  # refuse bad settings before the server starts
-    print(f"Starting the local LLM server ({local}) ...", file=sys.stderr)
-    cache = LLMCache(store.path)
-    try:
-        with local_server(local, threads=args.threads) as (base_url, served):
-            yield LLMClient(settings, cache, base_url), config(served, served), templates
-    finally:
-        cache.close()
+    config("-", "-")  # refuse bad settings before the server starts
+    with llm:
+        yield llm.client, config(llm.explainer_model, llm.simulator_model), templates
 
 
 def _fmt(value: float | None, width: int = 6) -> str:
     return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
 
 
-# ------------------------------------------------------------------------------------------------
-# calibrate
+
+@commands.add(
+    "calibrate",
+    help="score the pipeline on known-answer regex features (true description vs explanation)",
+    description="Known-answer features (a regular expression over the decoded text; activation "
+    "1 on every token whose characters overlap a match) go through the same harvest, N2G, "
+    "explain and simulate code as neurons, using only MODEL's tokenizer. Per feature: the true "
+    "description's score (the simulator's ceiling), the explanation's score (the explainer's "
+    "recovery), the baseline's and N2G's, plus medians.",
+    epilog="examples:\n  autointerp calibrate gemma-3-270m\n"
+    "  autointerp calibrate smollm2-135m --features my_features.json --tokens 16384 --json\n"
+    'FILE is JSON: [{"name": ..., "pattern": ..., "description": ...}]',
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
+def calibrate_options(p: argparse.ArgumentParser) -> None:
+    from autointerp.eval.calibrate import CalibrateConfig
+
+    p.add_argument("model", help="model whose tokenizer cuts the text (e.g. gemma-3-270m)")
+    p.add_argument(
+        "--features", default=None, help="JSON feature file (default: the packaged set of 12)"
+    )
+    tokens = default_of(CalibrateConfig, "tokens")
+    p.add_argument(
+        "--tokens", type=int, default=tokens, help=f"corpus tokens to harvest (default {tokens})"
+    )
+    p.add_argument(
+        "--corpus",
+        default=default_of(CalibrateConfig, "corpus"),
+        help="corpus (default: the packaged wiki + code mix)",
+    )
+    _add_llm_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autointerp.eval.calibrate import CalibrateConfig, calibrate
     from autointerp.eval.features import load_features
     from autointerp.models import load_tokenizer
-    from autointerp.store import Store, default_db_path
+    from autointerp.store import Store
 
     features = load_features(args.features)
     if args.tokens < 256:
         raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
-    with contextlib.redirect_stdout(sys.stderr):
+    with stdout_to_stderr():
         name, tokenizer = load_tokenizer(args.model, progress=not args.no_progress)
-    store = Store(args.db or default_db_path())
+    store = Store(db_path(args))
     cfg = CalibrateConfig(corpus=args.corpus, tokens=args.tokens)
     with (
-        llm_session(args, store) as (client, explain_cfg, templates),
-        contextlib.redirect_stdout(sys.stderr),
+        _llm(args, store) as (client, explain_cfg, templates),
+        stdout_to_stderr(),
     ):
         result = calibrate(
             store,
@@ -167,11 +202,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             client,
             templates,
             progress=not args.no_progress,
-            log=lambda m: print(m, file=sys.stderr),
+            log=log,
         )
     if args.json:
-        json.dump(result["features"], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result["features"])
         return 0
     print(
         f"known-answer features of {name} ({len(features)}, {args.tokens} tokens of "
@@ -203,18 +237,53 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------
-# eval
+@commands.add(
+    "eval",
+    help="score explanations of a seeded random sample of neurons, against baseline, N2G and "
+    "controls",
+    description="A seeded random sample of --sample neurons per layer among those that fire "
+    "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
+    "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
+    "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
+    "differences. Stored as an eval run.",
+    epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot "
+    "eval.png",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
+def eval_options(p: argparse.ArgumentParser) -> None:
+    from autointerp.eval.evaluate import EvalConfig
+
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument(
+        "--layers", default=None, help="layers, e.g. 3,9,15 (default: every harvested layer)"
+    )
+    sample, seed = default_of(EvalConfig, "sample"), default_of(EvalConfig, "seed")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=sample,
+        help=f"random firing neurons per layer (default {sample})",
+    )
+    p.add_argument("--seed", type=int, default=seed, help=f"sample seed (default {seed})")
+    p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")
+    p.add_argument(
+        "--no-graphs",
+        action="store_true",
+        help="do not build missing N2G graphs (no subject model)",
+    )
+    _add_llm_options(p)
+    p.set_defaults(func=cmd_eval)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from autointerp.eval.evaluate import EvalConfig, evaluate
     from autointerp.eval.plot import eval_plot
     from autointerp.harvest import parse_layers
-    from autointerp.models import _packaged_lookup
-    from autointerp.store import Store, default_db_path
+    from autointerp.models import canonical_model_name
+    from autointerp.store import Store
 
-    store = Store(args.db or default_db_path(), create=False)
-    packaged = _packaged_lookup(args.model)
-    model = packaged.name if packaged else args.model
+    store = Store(db_path(args), create=False)
+    model = canonical_model_name(args.model)
     layers = parse_layers(args.layers)
     if layers is None:
         layers = sorted(store.harvested_layers(model))
@@ -254,8 +323,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"--model {model} --layers {layer}` first."
             )
     with (
-        llm_session(args, store) as (client, explain_cfg, templates),
-        contextlib.redirect_stdout(sys.stderr),
+        _llm(args, store) as (client, explain_cfg, templates),
+        stdout_to_stderr(),
     ):
         result = evaluate(
             store,
@@ -273,8 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             eval_plot(result, known["result"]["features"] if known else None)
         )
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result)
         return 0
     print(
         f"{model} layers {','.join(map(str, layers))}: {args.sample} random firing neurons per "
@@ -301,62 +369,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {name:<22} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
     print(f"stored as eval run {result['run_id']}" + (f"; plot: {args.plot}" if args.plot else ""))
     return 0
-
-
-def add_eval_commands(sub: Any) -> None:
-    """Register ``calibrate`` and ``eval`` on the main parser's subcommands."""
-    p = sub.add_parser(
-        "calibrate",
-        help="score the pipeline on known-answer regex features (true description vs explanation)",
-        description="Known-answer features (a regular expression over the decoded text; activation "
-        "1 on every token whose characters overlap a match) go through the same harvest, N2G, "
-        "explain and simulate code as neurons, using only MODEL's tokenizer. Per feature: the true "
-        "description's score (the simulator's ceiling), the explanation's score (the explainer's "
-        "recovery), the baseline's and N2G's, plus medians.",
-        epilog="examples:\n  autointerp calibrate gemma-3-270m\n"
-        "  autointerp calibrate smollm2-135m --features my_features.json --tokens 16384 --json\n"
-        'FILE is JSON: [{"name": ..., "pattern": ..., "description": ...}]',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("model", help="model whose tokenizer cuts the text (e.g. gemma-3-270m)")
-    p.add_argument(
-        "--features", default=None, help="JSON feature file (default: the packaged set of 12)"
-    )
-    p.add_argument(
-        "--tokens", type=int, default=32768, help="corpus tokens to harvest (default 32768)"
-    )
-    p.add_argument(
-        "--corpus", default="default", help="corpus (default: the packaged wiki + code mix)"
-    )
-    _add_llm_options(p)
-    p.set_defaults(func=cmd_calibrate)
-
-    p = sub.add_parser(
-        "eval",
-        help="score explanations of a seeded random sample of neurons, against baseline, N2G and "
-        "controls",
-        description="A seeded random sample of --sample neurons per layer among those that fire "
-        "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
-        "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
-        "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
-        "differences. Stored as an eval run.",
-        epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot "
-        "eval.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("model", help="model name as harvested")
-    p.add_argument(
-        "--layers", default=None, help="layers, e.g. 3,9,15 (default: every harvested layer)"
-    )
-    p.add_argument(
-        "--sample", type=int, default=16, help="random firing neurons per layer (default 16)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
-    p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")
-    p.add_argument(
-        "--no-graphs",
-        action="store_true",
-        help="do not build missing N2G graphs (no subject model)",
-    )
-    _add_llm_options(p)
-    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,178 @@
+"""What the command modules share: the command registry, option helpers (--db, --device/--dtype,
+checked numbers), option defaults read from the config dataclasses, and small output helpers.
+
+Nothing here imports a pipeline stage at module level: ``autointerp rank`` and ``autointerp --help``
+must not pay for importing torch. A command's options that read a stage's config import it inside
+the function that adds them, which only runs for the command being run (see
+:func:`autointerp.cli.build_parser`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from autointerp.errors import UserError
+from autointerp.untrusted import read_text
+
+
+# ------------------------------------------------------------------------------------ the registry
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its name and one-line help (always shown by ``autointerp --help``), the
+    rest of ``add_parser``'s arguments, and the function that adds its options and handler."""
+
+    name: str
+    help: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    parser_options: dict[str, Any]
+
+
+class Commands(list[Command]):
+    """The commands of one module, in the order they are defined (the order `--help` lists)."""
+
+    def add(self, name: str, help: str, **parser_options: Any
+            ) -> Callable[[Callable[[argparse.ArgumentParser], None]],
+                          Callable[[argparse.ArgumentParser], None]]:
+        """Decorator for the function that adds a command's options (and ``func``, its handler)."""
+        def register(add_options: Callable[[argparse.ArgumentParser], None]
+                     ) -> Callable[[argparse.ArgumentParser], None]:
+            self.append(Command(name, help, add_options, parser_options))
+            return add_options
+        return register
+
+
+# ------------------------------------------------------------------------------------ defaults
+def default_of(config: type, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``config``: an option's default and
+    the value its help states are read from the one place the stage defines it."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{config.__name__}.{name} has no default")
+
+
+# ------------------------------------------------------------------------------------ options
+def add_db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None,
+                   help="SQLite results file (default: $AUTOINTERP_DB or ./autointerp.db)")
+
+
+def db_path(args: argparse.Namespace) -> str:
+    from autointerp.store import default_db_path
+
+    return args.db or default_db_path()
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype, for every command that runs the subject model."""
+    p.add_argument("--device", default="auto",
+                   help="where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the subject model's dtype (default float32); statistics stay float32/float64 either way")
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An integer option that must be ``>= low`` (an argparse type: checked before anything runs).
+    """
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    return convert
+
+
+def finite(text: str) -> float:
+    """A float option that must be a finite number (nan and inf compare with nothing sensibly)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def parse_neuron(text: str) -> tuple[int, int]:
+    try:
+        layer, neuron = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise UserError(f"Neurons are written L/N (layer/neuron), e.g. 3/117, not {text!r}.") from exc
+    if layer < 0 or neuron < 0:
+        raise UserError(f"Layer and neuron must not be negative in {text!r}.")
+    return layer, neuron
+
+
+def text_arg(args: argparse.Namespace) -> str:
+    """--text, or standard input read as strict UTF-8."""
+    return args.text if args.text is not None else read_text()
+
+
+# ------------------------------------------------------------------------------------ running
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Libraries print progress to stdout; keep stdout clean for --json output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def log(message: str) -> None:
+    """Progress and warnings for the user go to stderr."""
+    print(message, file=sys.stderr)
+
+
+def load_subject(name: str, progress: bool = True, args: argparse.Namespace | None = None) -> Any:
+    """The subject model ``name`` on the --device/--dtype that ``args`` give."""
+    from autointerp.models import load_model
+
+    device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "float32")
+    with stdout_to_stderr():
+        return load_model(name, progress=progress, device=device, dtype=dtype)
+
+
+def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
+    """``--layers`` of a stage that reads the database: ``auto`` is resolved from the depth recorded
+    with the model's harvest (the same layers `harvest --layers auto` chose); ``None`` means every
+    harvested layer."""
+    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
+
+    if not is_auto_layers(text):
+        return parse_layers(text)
+    info = store.model_info(model)
+    if not info or not info.get("n_layers"):
+        raise UserError(f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
+                        f"{model} --layers auto` first.")
+    return resolve_layers(text, int(info["n_layers"]))
+
+
+def store_model(store: Any, name: str) -> str:
+    """The stored name of a model that has N2G graphs or harvests in ``store`` (one sentence if it has none)."""
+    from autointerp.models import canonical_model_name
+
+    model = canonical_model_name(name)
+    names = {r["model"] for r in store.runs()}
+    if model not in names and name in names:
+        model = name
+    if model not in names:
+        have = f"; it has: {', '.join(sorted(names))}" if names else ""
+        raise UserError(f"No results for {model} in {store.path}{have}.")
+    return model
