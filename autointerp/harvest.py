@@ -43,7 +43,6 @@ from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contex
 from autointerp.errors import UserError
 from autointerp.histogram import (
     HIST_BINS,
-    HIST_EDGES,  # noqa: F401  (moved: lead updates callers after merge)
     HIST_HI,
     HIST_LO,
 )

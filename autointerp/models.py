@@ -47,9 +47,6 @@ from autointerp.packaged import (
     packaged_model_dir,
 )
 
-# moved: lead updates callers after merge (eval.commands; the public name is packaged.find_packaged)
-_packaged_lookup = find_packaged
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -36,7 +36,6 @@ import sqlite3
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.live import text_neurons  # noqa: F401  (moved: lead updates callers after merge)
 from autointerp.n2g.graph import normalize_token
 from autointerp.token_index import ensure_token_index
 

@@ -51,7 +51,6 @@ from autointerp.errors import UserError
 from autointerp.token_index import (
     TokenSets,
     ensure_token_index,
-    graph_token_weights,  # noqa: F401  (moved: lead updates callers after merge)
 )
 
 DEFAULT_LIMIT = 20
@@ -97,7 +96,7 @@ def stop_tokens(sets: Sequence[TokenSets], max_df: int) -> tuple[frozenset[str],
 
 # ------------------------------------------------------------------------------------------------------ all pairs
 @dataclass
-class _Kind:
+class KindIndex:
     """One kind's sets as CSR arrays: graph -> token ids, token -> graph ids (the inverted index)."""
 
     g_ptr: np.ndarray
@@ -107,7 +106,7 @@ class _Kind:
     size: np.ndarray  # tokens per graph after stop tokens are dropped
 
 
-def _index(token_lists: Sequence[Iterable[str]], max_df: int) -> _Kind:
+def index_kind(token_lists: Sequence[Iterable[str]], max_df: int) -> KindIndex:
     vocab: dict[str, int] = {}
     ids: list[np.ndarray] = []
     for tokens in token_lists:
@@ -124,7 +123,7 @@ def _index(token_lists: Sequence[Iterable[str]], max_df: int) -> _Kind:
     order = np.argsort(flat, kind="stable")  # owner is already sorted, so each posting list is sorted by graph
     t_graph = owner[order]
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(vocab)))])
-    return _Kind(g_ptr, flat, t_ptr, t_graph, size)
+    return KindIndex(g_ptr, flat, t_ptr, t_graph, size)
 
 
 def _gather(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +149,7 @@ def top_similar(sets: Sequence[TokenSets], limit: int = DEFAULT_LIMIT, max_df: i
     n = len(sets)
     if max_df is None:
         max_df = default_max_df(n)
-    kinds = [_index([getattr(s, k) for s in sets], max_df) for k in KINDS]
+    kinds = [index_kind([getattr(s, k) for s in sets], max_df) for k in KINDS]
     # Pairs per query through each kind: sum over its tokens of the posting list lengths (to size the blocks).
     work = np.zeros(n, dtype=np.int64)
     for kd in kinds:
@@ -171,7 +170,7 @@ def top_similar(sets: Sequence[TokenSets], limit: int = DEFAULT_LIMIT, max_df: i
     return out
 
 
-def _score_block(kinds: list[_Kind], start: int, end: int, n: int, limit: int, weight: float,
+def _score_block(kinds: list[KindIndex], start: int, end: int, n: int, limit: int, weight: float,
                  out: list[list[tuple[int, float]]]) -> None:
     """Score every candidate pair of queries ``start:end`` and keep each query's top ``limit``."""
     queries = np.arange(start, end, dtype=np.int64)

@@ -28,7 +28,7 @@ from autointerp.explain.prompts import load_templates, simulation_prompt
 from autointerp.explain.run import ExplainConfig, explain_layers
 from autointerp.harvest import parse_layers
 from autointerp.llm.client import LLMClient, LLMSettings
-from autointerp.llm.local_server import _free_port, local_gguf, local_server, resolve_local_llm
+from autointerp.llm.local_server import free_port, local_gguf, local_server, resolve_local_llm
 from autointerp.store import Store
 
 
@@ -82,7 +82,7 @@ def echo_compare(llm: str) -> dict:
     out = {}
     with local_server(llm) as (url, _):
         out["autointerp.llm.echo_server"] = [round(_post(url, body)[0], 2) for _ in range(2)]
-    port = _free_port()
+    port = free_port()
     gguf = local_gguf(resolve_local_llm(llm))
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
                              resolve_local_llm(llm).name, "--port", str(port), "--n_ctx", "3072",

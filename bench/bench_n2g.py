@@ -28,7 +28,7 @@ import torch
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import load_model
-from autointerp.n2g.build import ModelSubject, N2GConfig, build_graphs, evaluate
+from autointerp.n2g.build import ModelLayerSubject, N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import same_graph
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
@@ -38,7 +38,7 @@ class FullSequences:
     """The same subject without prefix reuse: every variant runs in full (the builder before reuse
     existed)."""
 
-    def __init__(self, subject: ModelSubject):
+    def __init__(self, subject: ModelLayerSubject):
         self.subject = subject
         self.bos_id, self.pad_id = subject.bos_id, subject.pad_id
 
@@ -106,7 +106,7 @@ def main() -> None:
             n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) for n in neurons
         }
         maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in neurons}
-        subject = ModelSubject(model, layer)
+        subject = ModelLayerSubject(model, layer)
         full_t, reuse_t = [], []
         identical = True
         for _ in range(args.rounds):

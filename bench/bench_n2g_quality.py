@@ -29,7 +29,7 @@ import torch
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import load_model
-from autointerp.n2g.build import ModelSubject, N2GConfig, build_graphs, evaluate
+from autointerp.n2g.build import ModelLayerSubject, N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import NeuronGraph
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
@@ -101,7 +101,7 @@ def main() -> None:
         test_random = {
             n: load_examples(store, run["id"], layer, n, "test", ("random",)) for n in neurons
         }
-        subject = ModelSubject(model, layer)
+        subject = ModelLayerSubject(model, layer)
         for name, cfg in recipes.items():
             t0 = time.perf_counter()
             graphs = build_graphs(subject, train, maxima, cfg, extra if cfg.extra_kinds else None)

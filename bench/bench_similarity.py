@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autointerp.similarity import KINDS, TokenSets, _index, brute_force_top, default_max_df, top_similar
+from autointerp.similarity import KINDS, TokenSets, brute_force_top, default_max_df, index_kind, top_similar
 
 
 def synthetic_sets(n: int, vocab: int = 50_000, zipf: float = 1.1, mean_tokens: int = 60, seed: int = 0
@@ -44,7 +44,7 @@ def candidate_keys(sets: list[TokenSets], max_df: int) -> int:
     """(query, candidate, kind) triples the index emits: the sum over kept tokens of df², per kind."""
     total = 0
     for kind in KINDS:
-        kd = _index([getattr(s, kind) for s in sets], max_df)
+        kd = index_kind([getattr(s, kind) for s in sets], max_df)
         df = np.diff(kd.t_ptr).astype(np.int64)
         total += int((df * (df - 1)).sum())
     return total

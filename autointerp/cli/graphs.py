@@ -174,7 +174,7 @@ def _export_bulk(args: argparse.Namespace, model: str) -> int:
         model_folder,
         safe_output_path,
     )
-    from autointerp.n2g.run import select_neurons
+    from autointerp.selection import select_neurons
     from autointerp.store import Store
 
     if args.all and args.neurons is not None:

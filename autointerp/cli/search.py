@@ -184,7 +184,7 @@ def fire_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fire(args: argparse.Namespace) -> int:
-    from autointerp.search import text_neurons
+    from autointerp.live import text_neurons
 
     text = text_arg(args)
     if len(text) > args.max_chars:

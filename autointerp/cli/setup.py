@@ -27,7 +27,8 @@ def setup_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from autointerp.corpus import wiki_documents
-    from autointerp.models import PACKAGED, prepare_packaged, resolve_model_name
+    from autointerp.models import prepare_packaged, resolve_model_name
+    from autointerp.packaged import PACKAGED
 
     names = args.model or ["gemma-3-270m", "smollm2-135m"]
     for name in names:
@@ -44,7 +45,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
         log(f"embedding model {EMBEDDER}: ready at {prepare_embedder()}")
     if not args.no_llm:
-        from autointerp.llm.local_server import LOCAL_LLMS, local_gguf
+        from autointerp.llm.local_server import local_gguf
+        from autointerp.packaged import LOCAL_LLMS
 
         for spec in LOCAL_LLMS.values():
             log(f"local LLM {spec.name}: ready at {local_gguf(spec)}")

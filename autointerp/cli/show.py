@@ -118,7 +118,7 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
         info = store.model_info(model) or {}
         raise UserError(f"Neuron {layer}/{neuron} is not in run {run['id']} ({model} has "
                         f"{info.get('d_mlp', '?')} neurons per layer).")
-    from autointerp.harvest import HIST_EDGES
+    from autointerp.histogram import HIST_EDGES
 
     examples = []
     per_kind: dict[str, int] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from autointerp.errors import UserError
 from autointerp.packaged import (
     DEFAULT_LOCAL_LLM,
-    LOCAL_LLMS,  # moved: lead updates callers after merge (the CLI still reads it from here)
+    LOCAL_LLMS,
     PackagedModel,
     assemble_gguf,
     cache_dir,
@@ -54,7 +54,7 @@ def local_gguf(spec: PackagedModel) -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -83,7 +83,7 @@ def local_server(name: str | None = None, n_ctx: int = 4096, threads: int | None
                         "--base-url / OPENAI_BASE_URL at an OpenAI-compatible server.") from exc
     spec = resolve_local_llm(name)
     gguf = local_gguf(spec)
-    port = _free_port()
+    port = free_port()
     log_path = cache_dir() / "logs" / f"llama-server-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, os.cpu_count() or 1)

@@ -549,4 +549,3 @@ def token_metrics(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[
             "n_tokens": int(len(pred)), "n_true_firing": int(fired_t.sum())}
 
 
-ModelSubject = ModelLayerSubject  # moved: lead updates callers after merge (bench/bench_n2g*.py)
