@@ -63,6 +63,49 @@ def stats_record(store: Any, model: str, layer: int, neuron: int, run_id: int) -
                          "each context's maximum, over all contexts"}
 
 
+def example_fields(ex: dict[str, Any], digits: int | None = None) -> dict[str, Any]:
+    """One stored example as a record: its tokens, per-token activations (rounded to ``digits`` for the
+    API's compact answers, exact for the terminal) and the documents its context came from."""
+    acts = ex["activations"] if digits is None else [round(a, digits) for a in ex["activations"]]
+    peak_values = (ex["max_activation"], ex["min_activation"])
+    if digits is not None:
+        peak_values = (rounded(peak_values[0], digits), rounded(peak_values[1], digits))
+    return {
+        "kind": ex["kind"], "rank": ex["rank"], "split": ex["split"], "context_id": ex["context_id"],
+        "tokens": ex["str_tokens"], "token_ids": ex["tokens"], "activations": acts,
+        "max_activation": peak_values[0], "min_activation": peak_values[1],
+        "peak_index": ex["peak_index"], "interval": ex["interval"],
+        "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
+    }
+
+
+def neuron_summary(store: Any, model: str, layer: int, neuron: int, run_id: int,
+                   limit: int | None = None) -> dict[str, Any] | None:
+    """Everything about one neuron in one record, as the CLI's ``neuron`` command prints it: statistics
+    with histograms, up to ``limit`` examples of each kind (exact activations), weight facts (None until
+    ``autointerp weights`` ran), and the newest explanation of each kind and score of each method,
+    failed ones included. None when the harvest ``run_id`` has no such neuron."""
+    stats = store.neuron(run_id, layer, neuron)
+    if stats is None:
+        return None
+    examples = []
+    per_kind: dict[str, int] = {}
+    for ex in store.examples(run_id, layer, neuron):
+        per_kind[ex["kind"]] = per_kind.get(ex["kind"], 0) + 1
+        if limit and per_kind[ex["kind"]] > limit:
+            continue
+        examples.append(example_fields(ex))
+    keep = ("count", "mean", "variance", "max", "min", "frac_positive")
+    return {
+        **head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
+        "stats": {**{k: stats[k] for k in keep}, "hist": stats["hist"], "hist_edges": HIST_EDGES,
+                  "ctx_max_hist": stats["ctx_max_hist"]},
+        "examples": examples,
+        "weights": store.weight_facts(model, layer, neuron),
+        **store.explanation_summary(model, layer, neuron),  # {"explanations": {...}, "scores": {...}}
+    }
+
+
 def neuroscope_record(store: Any, model: str, layer: int, neuron: int, run_id: int,
                       kinds: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
     examples = []
@@ -71,14 +114,7 @@ def neuroscope_record(store: Any, model: str, layer: int, neuron: int, run_id: i
         per_kind[ex["kind"]] = per_kind.get(ex["kind"], 0) + 1
         if limit is not None and per_kind[ex["kind"]] > limit:
             continue
-        examples.append({
-            "kind": ex["kind"], "rank": ex["rank"], "split": ex["split"], "context_id": ex["context_id"],
-            "tokens": ex["str_tokens"], "token_ids": ex["tokens"],
-            "activations": [round(a, 4) for a in ex["activations"]],
-            "max_activation": rounded(ex["max_activation"]), "min_activation": rounded(ex["min_activation"]),
-            "peak_index": ex["peak_index"], "interval": ex["interval"],
-            "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
-        })
+        examples.append(example_fields(ex, digits=4))
     return {**head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
             "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
             "examples": examples,

@@ -113,36 +113,14 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
     if run is None:
         raise UserError(f"Layer {layer} of {model} has not been harvested; harvested layers: "
                         f"{sorted(store.harvested_layers(model))}.")
-    stats = store.neuron(run["id"], layer, neuron)
-    if stats is None:
+    from autointerp.records import neuron_summary
+
+    record = neuron_summary(store, model, layer, neuron, run["id"], limit)
+    if record is None:
         info = store.model_info(model) or {}
         raise UserError(f"Neuron {layer}/{neuron} is not in run {run['id']} ({model} has "
                         f"{info.get('d_mlp', '?')} neurons per layer).")
-    from autointerp.histogram import HIST_EDGES
-
-    examples = []
-    per_kind: dict[str, int] = {}
-    for ex in store.examples(run["id"], layer, neuron):
-        per_kind[ex["kind"]] = per_kind.get(ex["kind"], 0) + 1
-        if limit and per_kind[ex["kind"]] > limit:
-            continue
-        examples.append({
-            "kind": ex["kind"], "rank": ex["rank"], "split": ex["split"], "context_id": ex["context_id"],
-            "tokens": ex["str_tokens"], "token_ids": ex["tokens"], "activations": ex["activations"],
-            "max_activation": ex["max_activation"], "min_activation": ex["min_activation"],
-            "peak_index": ex["peak_index"], "interval": ex["interval"],
-            "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
-        })
-    keep = ("count", "mean", "variance", "max", "min", "frac_positive")
-    return {
-        "model": model, "layer": layer, "neuron": neuron, "run_id": run["id"],
-        "hook": f"blocks.{layer}.mlp.hook_post",
-        "stats": {**{k: stats[k] for k in keep}, "hist": stats["hist"], "hist_edges": HIST_EDGES,
-                  "ctx_max_hist": stats["ctx_max_hist"]},
-        "examples": examples,
-        "weights": store.weight_facts(model, layer, neuron),  # None until `autointerp weights` ran
-        **store.explanation_summary(model, layer, neuron),  # {"explanations": {kind: row}, "scores": {method: row}}
-    }
+    return record
 
 
 def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, peak: int | None,
