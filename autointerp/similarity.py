@@ -49,10 +49,12 @@ from tqdm import tqdm
 
 from autointerp.errors import UserError
 
+# moved: lead updates callers after merge (search.py and tests import these from here)
+from autointerp.store.search_index import MIN_ACTIVATION, graph_token_weights  # noqa: F401
+
 DEFAULT_LIMIT = 20
 DEFAULT_ACTIVATING_WEIGHT = 0.5
 KINDS = ("activating", "context")
-MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on from this normalised activation
 ROUND = 12  # similarities are rounded so that mathematically equal ones tie exactly (then the lower index wins)
 
 
@@ -62,38 +64,6 @@ class TokenSets:
 
     activating: frozenset[str]
     context: frozenset[str]
-
-
-def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"activating": {token: activation}, "context": {token: importance}}`` of a serialised graph.
-
-    An activating token's weight is the highest (normalised) activation of any end node below it; a context token's
-    weight is its highest importance anywhere in the graph. Search ranks matches by these weights. Activating nodes
-    whose best activation is below :data:`MIN_ACTIVATION` are left out: N2G adds augmentation variants that *stopped*
-    the neuron as activating nodes too (so the graph predicts it stays quiet there), and those are not tokens it
-    fires on.
-    """
-    nodes = graph["nodes"]
-    parent = {e["target"]: e["source"] for e in graph["edges"]}
-    root_of: dict[int, int] = {}
-    out: dict[str, dict[str, float]] = {"activating": {}, "context": {}}
-    for node in nodes:  # parents precede children in to_json's order
-        ident = node["id"]
-        root_of[ident] = ident if node["kind"] == "activating" else root_of.get(parent.get(ident, -1), -1)
-        if node["kind"] == "activating":
-            out["activating"].setdefault(node["token"], 0.0)
-        elif node["kind"] == "context":
-            imp = float(node["importance"] or 0.0)
-            ctx = out["context"]
-            ctx[node["token"]] = max(ctx.get(node["token"], imp), imp)
-    for node in nodes:
-        if node["kind"] == "end" and node["activation"] is not None:
-            root = nodes[root_of[node["id"]]]["token"] if root_of.get(node["id"], -1) >= 0 else None
-            if root is not None:
-                act = out["activating"]
-                act[root] = max(act[root], float(node["activation"]))
-    out["activating"] = {t: w for t, w in out["activating"].items() if w >= MIN_ACTIVATION}
-    return out
 
 
 def graph_token_sets(graph: dict[str, Any]) -> TokenSets:
@@ -294,7 +264,8 @@ def compute_similarities(store: Any, model: str, limit: int = DEFAULT_LIMIT, max
         raise UserError(f"--limit must be at least 1, not {limit}.")
     started = time.time()
     ensure_token_index(store, model, progress=progress)
-    neurons, sets = store.graph_token_sets(model)
+    neurons, token_sets = store.graph_token_sets(model)
+    sets = [TokenSets(activating, context) for activating, context in token_sets]
     if not neurons:
         raise UserError(f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first.")
     df_cap = default_max_df(len(sets)) if max_df is None else max_df
