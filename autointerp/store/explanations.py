@@ -8,13 +8,13 @@ import time
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.store.core import newest_first, newest_rowids
+from autointerp.store.core import newest_rowids
 from autointerp.store.harvest import HarvestTables
 
 
 class ExplanationTables(HarvestTables):
-    """The ``explanations``, ``scores`` and ``evaluations`` tables (their rankings read the harvest's
-    statistics: hence on top of the harvest's tables)."""
+    """The ``explanations``, ``scores`` and ``evaluations`` tables (their rankings read the
+    harvest's statistics: hence on top of the harvest's tables)."""
 
     def explain_state(self, run_id: int, layer: int, config_hash: str) -> dict[int, str]:
         """Neuron -> ``ok`` or ``failed`` (any failed row) for neurons already processed with this explain config."""
@@ -60,31 +60,32 @@ class ExplanationTables(HarvestTables):
         for table, column in (("explanations", "kind"), ("scores", "method")):
             rows = self.db.query(
                 f"select t.* from {table} t join runs r on r.id = t.run_id where r.model = ? and t.layer = ? and "
-                f"t.neuron = ? order by t.created, t.rowid", [model, layer, neuron])
-            for row in rows:  # oldest first (the reverse of newest_first), so the newest row of each wins
+                f"t.neuron = ? order by t.created", [model, layer, neuron])
+            for row in rows:  # later rows win; a kind keeps the place of its first row (output order)
                 out[table][row[column]] = dict(row)
         return out
 
     def neuron_explanations(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
         """Every explanation row of a neuron (all kinds and configs, failures included), newest first."""
         return [dict(r) for r in self.db.query(
-            "select * from explanations t where run_id = ? and layer = ? and neuron = ? "
-            f"order by {newest_first('t')}", [run_id, layer, neuron])]
+            "select * from explanations where run_id = ? and layer = ? and neuron = ? order by created desc",
+            [run_id, layer, neuron])]
 
     def neuron_scores(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
         """Every score row of a neuron (all methods and configs, failures included), newest first."""
         return [dict(r) for r in self.db.query(
-            f"select * from scores t where run_id = ? and layer = ? and neuron = ? order by {newest_first('t')}",
+            "select * from scores where run_id = ? and layer = ? and neuron = ? order by created desc",
             [run_id, layer, neuron])]
 
     def layer_explanations(self, run_id: int, layer: int, offset: int, limit: int
                            ) -> tuple[int, list[dict[str, Any]]]:
         """(how many neurons have an ok ``llm`` explanation, a page of them with their newest explanation score)."""
-        newest = newest_rowids("explanations", ("neuron",),
-                               "h.run_id = ? and h.layer = ? and h.kind = 'llm' and h.status = 'ok'")
+        newest = newest_rowids("explanations", ("neuron",), "h.run_id = ? and h.layer = ? and "
+                               "h.kind = 'llm' and h.status = 'ok'")
         newest = f"from explanations e where e.rowid in ({newest})"
-        score = newest_rowids("scores", ("neuron",), "h.run_id = e.run_id and h.layer = e.layer and "
-                              "h.neuron = e.neuron and h.method = 'explanation' and h.status = 'ok'")
+        score = newest_rowids("scores", ("neuron",), "h.run_id = e.run_id and h.layer = e.layer "
+                              "and h.neuron = e.neuron and h.method = 'explanation' and "
+                              "h.status = 'ok'")
         total = int(self.db.execute(f"select count(*) {newest}", [run_id, layer]).fetchone()[0])
         rows = self.db.query(
             f"select e.neuron, e.text, e.model, e.prompt_version, (select s.score from scores s where "
@@ -106,14 +107,16 @@ class ExplanationTables(HarvestTables):
     def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
         """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph correlations."""
         out: dict[str, list[float]] = {}
-        newest = newest_rowids("scores", ("neuron", "method"), "h.run_id = ? and h.layer = ? and h.status = 'ok'")
-        for row in self.db.query(f"select s.method, s.score from scores s where s.rowid in ({newest}) and "
-                                 "s.score is not null order by s.neuron, s.method", [run_id, layer]):
+        newest = newest_rowids("scores", ("neuron", "method"),
+                               "h.run_id = ? and h.layer = ? and h.status = 'ok'")
+        for row in self.db.query(f"select s.method, s.score from scores s where s.rowid in "
+                                 f"({newest}) and s.score is not null order by s.neuron, s.method",
+                                 [run_id, layer]):
             out.setdefault(row["method"], []).append(float(row["score"]))
         newest = newest_rowids("graphs", ("neuron",), "h.run_id = ? and h.layer = ?")
         graphs = [float(r["correlation"]) for r in self.db.query(
-            f"select g.correlation from graphs g where g.rowid in ({newest}) and g.correlation is not null "
-            "order by g.neuron", [run_id, layer])]
+            f"select g.correlation from graphs g where g.rowid in ({newest}) and "
+            "g.correlation is not null order by g.neuron", [run_id, layer])]
         if graphs:
             out["n2g_graph"] = graphs
         return out
@@ -145,9 +148,9 @@ class ExplanationTables(HarvestTables):
         join, extra, join_params = "", "", []
         if by == "n2g":
             # the newest graph of each neuron, scored by its held-out correlation
-            join = (f"join graphs g on g.rowid in ({newest_rowids('graphs', per_neuron, of_runs)}) and "
-                    "g.run_id = n.run_id and g.layer = n.layer and g.neuron = n.neuron and "
-                    "g.correlation is not null")
+            newest = newest_rowids("graphs", per_neuron, of_runs)
+            join = (f"join graphs g on g.rowid in ({newest}) and g.run_id = n.run_id and "
+                    "g.layer = n.layer and g.neuron = n.neuron and g.correlation is not null")
             join_params = params
             extra = (", g.correlation as score, g.correlation as n2g_correlation, g.f1 as n2g_f1, "
                      "g.precision as n2g_precision, g.recall as n2g_recall, "
@@ -155,10 +158,12 @@ class ExplanationTables(HarvestTables):
                      "g.f1_random as n2g_f1_random, g.correlation_random as n2g_correlation_random")
         elif by in self.SCORE_METHODS:
             method, kind = self.SCORE_METHODS[by]
-            newest = newest_rowids("scores", per_neuron, f"{of_runs} and h.method = ? and h.status = 'ok'")
-            join = (f"join scores s on s.rowid in ({newest}) and s.run_id = n.run_id and s.layer = n.layer and "
-                    "s.neuron = n.neuron left join explanations e on e.run_id = s.run_id and "
-                    "e.layer = s.layer and e.neuron = s.neuron and e.config_hash = s.config_hash and e.kind = ?")
+            newest = newest_rowids("scores", per_neuron,
+                                   f"{of_runs} and h.method = ? and h.status = 'ok'")
+            join = (f"join scores s on s.rowid in ({newest}) and s.run_id = n.run_id and "
+                    "s.layer = n.layer and s.neuron = n.neuron left join explanations e on "
+                    "e.run_id = s.run_id and e.layer = s.layer and e.neuron = s.neuron and "
+                    "e.config_hash = s.config_hash and e.kind = ?")
             join_params = [*params, method, kind]
             other = ("(select o.score from scores o where o.run_id = s.run_id and o.layer = s.layer and "
                      "o.neuron = s.neuron and o.config_hash = s.config_hash and o.method = '{}' and "

@@ -10,14 +10,17 @@ from typing import Any
 from autointerp.store.core import newest_rowids
 from autointerp.store.search_index import SearchIndexTables, graph_token_weights
 
-#: The newest graph of one neuron (any N2G config) from any harvest of a model; parameters: model, layer, neuron.
+#: The newest graph of one neuron (any N2G config) from any harvest of a model; parameters:
+#: model, layer, neuron.
 _NEWEST_GRAPH = ("select * from graphs where rowid in ("
-                 + newest_rowids("graphs", ("layer", "neuron"), "h.run_id in (select id from runs where model = ?) "
-                                 "and h.layer = ? and h.neuron = ?") + ")")
+                 + newest_rowids("graphs", ("layer", "neuron"),
+                                 "h.run_id in (select id from runs where model = ?) and "
+                                 "h.layer = ? and h.neuron = ?") + ")")
 
 
 class GraphTables(SearchIndexTables):
-    """The ``graphs`` table (written with its token-index rows: hence on top of the search index)."""
+    """The ``graphs`` table (written with its token-index rows: hence on top of the search
+    index)."""
 
     def graph_done(self, run_id: int, layer: int, config_hash: str) -> set[int]:
         rows = self.db.query("select neuron from graphs where run_id = ? and layer = ? and config_hash = ?",
@@ -46,8 +49,10 @@ class GraphTables(SearchIndexTables):
 
     def graph_for_run(self, run_id: int, layer: int, neuron: int) -> dict[str, Any] | None:
         """The newest N2G graph built from harvest ``run_id`` for a neuron (any N2G config)."""
-        newest = newest_rowids("graphs", ("neuron",), "h.run_id = ? and h.layer = ? and h.neuron = ?")
-        row = next(self.db.query(f"select * from graphs where rowid in ({newest})", [run_id, layer, neuron]), None)
+        newest = newest_rowids("graphs", ("neuron",),
+                               "h.run_id = ? and h.layer = ? and h.neuron = ?")
+        row = next(self.db.query(f"select * from graphs where rowid in ({newest})",
+                                 [run_id, layer, neuron]), None)
         if row is None:
             return None
         out = dict(row)

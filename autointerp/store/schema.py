@@ -232,9 +232,10 @@ def _create_fts(db: sqlite_utils.Database, fts: FullTextIndex) -> None:
     db.execute(f"create virtual table {name} using fts5 ({column}, tokenize='porter', "
                f"content={table})")
     db.execute(f"insert into {name} ({name}) values ('rebuild')")
-    delete = f"insert into {name} ({name}, rowid, {column}) values ('delete', old.rowid, old.{column});"
+    delete = (f"insert into {name} ({name}, rowid, {column}) values "
+              f"('delete', old.rowid, old.{column});")
     insert = f"insert into {name} (rowid, {column}) values (new.rowid, new.{column});"
-    db.execute(f"create trigger if not exists {table}_ai after insert on {table} begin {insert} end")
-    db.execute(f"create trigger if not exists {table}_ad after delete on {table} begin {delete} end")
-    db.execute(f"create trigger if not exists {table}_au after update on {table} begin "
-               f"{delete} {insert} end")
+    trigger = "create trigger if not exists {table}_{suffix} after {event} on {table} begin {body} end"
+    db.execute(trigger.format(table=table, suffix="ai", event="insert", body=insert))
+    db.execute(trigger.format(table=table, suffix="ad", event="delete", body=delete))
+    db.execute(trigger.format(table=table, suffix="au", event="update", body=f"{delete} {insert}"))

@@ -10,13 +10,16 @@ from typing import Any
 
 from autointerp.store.core import StoreCore, newest_rowids
 
+#: A graph's (activating, context) tokens.
+TokenSetPair = tuple[frozenset[str], frozenset[str]]
+
 MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on from this normalised activation
 
-#: The newest graph of each neuron of a model (one parameter: the model), from any of its runs and N2G configs:
-#: ``layer, neuron, run_id, config_hash, created``.
+#: The newest graph of each neuron of a model (one parameter: the model), from any of its runs
+#: and N2G configs: ``layer, neuron, run_id, config_hash, created``.
 CURRENT_GRAPHS = ("select layer, neuron, run_id, config_hash, created from graphs where rowid in ("
-                  + newest_rowids("graphs", ("layer", "neuron"), "h.run_id in (select id from runs where model = ?)")
-                  + ")")
+                  + newest_rowids("graphs", ("layer", "neuron"),
+                                  "h.run_id in (select id from runs where model = ?)") + ")")
 
 
 def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -57,7 +60,8 @@ class SearchIndexTables(StoreCore):
     def graphs_to_index(self, model: str) -> list[dict[str, Any]]:
         """Neurons whose newest graph is not (or not yet) what ``token_index`` holds: ``[{layer, neuron, run_id,
         config_hash, created}]``."""
-        sql = (f"select c.* from ({CURRENT_GRAPHS}) c left join indexed_graphs i on i.model = ? and "
+        sql = (f"select c.* from ({CURRENT_GRAPHS}) c left join indexed_graphs i on "
+               "i.model = ? and "
                "i.layer = c.layer and i.neuron = c.neuron where i.created is null or i.created != c.created or "
                "i.run_id != c.run_id or i.config_hash != c.config_hash order by c.layer, c.neuron")
         return [dict(r) for r in self.db.query(sql, [model, model])]
@@ -83,10 +87,9 @@ class SearchIndexTables(StoreCore):
                 {"model": model, "layer": layer, "neuron": neuron, "run_id": key["run_id"],
                  "config_hash": key["config_hash"], "created": key["created"]}, replace=True)
 
-    def graph_token_sets(self, model: str
-                         ) -> tuple[list[tuple[int, int]], list[tuple[frozenset[str], frozenset[str]]]]:
-        """Every indexed neuron of ``model`` (ordered by layer, neuron) and its graph's (activating, context)
-        token sets (:class:`autointerp.similarity.TokenSets` holds them)."""
+    def graph_token_sets(self, model: str) -> tuple[list[tuple[int, int]], list[TokenSetPair]]:
+        """Every indexed neuron of ``model`` (ordered by layer, neuron) and its graph's
+        (activating, context) token sets (:class:`autointerp.similarity.TokenSets` holds them)."""
         neurons = [(int(r[0]), int(r[1])) for r in self.db.execute(
             "select layer, neuron from indexed_graphs where model = ? order by layer, neuron", [model])]
         sets: dict[tuple[int, int], tuple[set[str], set[str]]] = {n: (set(), set()) for n in neurons}

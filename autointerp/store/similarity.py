@@ -18,7 +18,8 @@ class SimilarityTables(StoreCore):
 
     def graph_state(self, model: str) -> dict[str, Any]:
         """A fingerprint of the model's current graphs: similarities older than it are stale."""
-        row = self.db.execute(f"select count(*), max(created) from ({CURRENT_GRAPHS})", [model]).fetchone()
+        row = self.db.execute(f"select count(*), max(created) from ({CURRENT_GRAPHS})",
+                              [model]).fetchone()
         return {"graphs": int(row[0]), "created": row[1]}
 
     def save_similarities(self, model: str, config: dict[str, Any], state: dict[str, Any],
