@@ -5,7 +5,7 @@ finds a stage's queries together and every caller still sees one object:
 
 * :mod:`~autointerp.store.core` - the connection (WAL, foreign keys), :meth:`~StoreCore.atomic`
   (every unit of work in one ``BEGIN IMMEDIATE`` transaction), the schema version check, and
-  :func:`~autointerp.store.core.newest_rowids`: the one definition of a neuron's newest row;
+  :func:`~autointerp.store.core.newest_row`: the one definition of a neuron's newest row;
 * :mod:`~autointerp.store.schema` - every table declared once, and the in-place upgrade of older
   databases;
 * :mod:`~autointerp.store.codec` - the byte format of example activations;

@@ -6,8 +6,8 @@ first read of the unit and a concurrent writer makes it wait, never fail), so a 
 the whole unit or none of it. Opening a database checks that it is ours and of a schema version we
 understand, and upgrades an older one in place (:mod:`autointerp.store.schema`).
 
-Also here, because every owner's queries use them: :func:`newest_rowids`, the one definition of
-"the newest row" of a neuron (or of any group of rows), and :func:`run_row`.
+Also here, because every owner's queries use them: :func:`newest_row`, the one definition of "the
+newest row" of a neuron (or of any group of rows), and :func:`run_row`.
 """
 
 from __future__ import annotations
@@ -47,16 +47,26 @@ def newest_first(alias: str) -> str:
     return f"{alias}.created desc, {alias}.rowid desc"
 
 
-def newest_rowids(table: str, per: Sequence[str], where: str = "") -> str:
-    """A SELECT of the rowid of the newest row (:func:`newest_first`) of ``table`` in each group of
-    rows with equal ``per`` columns, among the rows that satisfy ``where`` (written over the alias
-    ``h``; it may refer to columns of an enclosing query). Use it as ``x.rowid in (...)``: the one
-    definition of "a neuron's newest graph / explanation / score" in the store."""
-    partition = ", ".join(f"h.{column}" for column in per)
-    condition = f" where {where}" if where else ""
-    return (f"select newest_rowid from (select h.rowid as newest_rowid, row_number() over "
-            f"(partition by {partition} order by {newest_first('h')}) as newest_rank "
-            f"from {table} h{condition}) where newest_rank = 1")
+def newest_row(table: str, alias: str, per: Sequence[str], where: str = "",
+               every_group: bool = False) -> str:
+    """SQL condition: row ``alias`` of ``table`` is the newest (:func:`newest_first`) of the rows
+    with its ``per`` columns that satisfy ``where`` (written over the alias ``h``). The one
+    definition of "a neuron's newest graph / explanation / score" in the store.
+
+    Two plans, one meaning. By default a lookup for each row of ``alias`` (``per`` should lead an
+    index): cheap when the query reads a page of rows or joins row by row. With ``every_group``,
+    the newest row of every group is found once by a window function: for a query that reads
+    every group (all of a model's graphs); ``where`` may then not refer to ``alias``."""
+    if every_group:
+        partition = ", ".join(f"h.{column}" for column in per)
+        condition = f" where {where}" if where else ""
+        return (f"{alias}.rowid in (select newest_rowid from (select h.rowid as newest_rowid, "
+                f"row_number() over (partition by {partition} order by {newest_first('h')}) "
+                f"as newest_rank from {table} h{condition}) where newest_rank = 1)")
+    match = " and ".join([*(f"h.{column} = {alias}.{column}" for column in per),
+                          *([where] if where else [])])
+    return (f"{alias}.rowid = (select h.rowid from {table} h where {match} "
+            f"order by {newest_first('h')} limit 1)")
 
 
 def run_row(row: dict[str, Any]) -> dict[str, Any]:

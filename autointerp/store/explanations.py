@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.store.core import newest_rowids
+from autointerp.store.core import newest_first, newest_row
 from autointerp.store.harvest import HarvestTables
 
 
@@ -61,7 +61,7 @@ class ExplanationTables(HarvestTables):
             rows = self.db.query(
                 f"select t.* from {table} t join runs r on r.id = t.run_id where r.model = ? and t.layer = ? and "
                 f"t.neuron = ? order by t.created", [model, layer, neuron])
-            for row in rows:  # later rows win; a kind keeps the place of its first row (output order)
+            for row in rows:  # later rows win; a kind keeps the place of its first row
                 out[table][row[column]] = dict(row)
         return out
 
@@ -80,16 +80,16 @@ class ExplanationTables(HarvestTables):
     def layer_explanations(self, run_id: int, layer: int, offset: int, limit: int
                            ) -> tuple[int, list[dict[str, Any]]]:
         """(how many neurons have an ok ``llm`` explanation, a page of them with their newest explanation score)."""
-        newest = newest_rowids("explanations", ("neuron",), "h.run_id = ? and h.layer = ? and "
-                               "h.kind = 'llm' and h.status = 'ok'")
-        newest = f"from explanations e where e.rowid in ({newest})"
-        score = newest_rowids("scores", ("neuron",), "h.run_id = e.run_id and h.layer = e.layer "
-                              "and h.neuron = e.neuron and h.method = 'explanation' and "
-                              "h.status = 'ok'")
+        newest = newest_row("explanations", "e", ("run_id", "layer", "neuron", "kind"),
+                            "h.status = 'ok'")
+        newest = ("from explanations e where e.run_id = ? and e.layer = ? and e.kind = 'llm' and "
+                  f"e.status = 'ok' and {newest}")
         total = int(self.db.execute(f"select count(*) {newest}", [run_id, layer]).fetchone()[0])
         rows = self.db.query(
             f"select e.neuron, e.text, e.model, e.prompt_version, (select s.score from scores s where "
-            f"s.rowid in ({score})) as score {newest} order by e.neuron limit ? offset ?",
+            f"s.run_id = e.run_id and s.layer = e.layer and s.neuron = e.neuron and s.method = 'explanation' and "
+            f"s.status = 'ok' order by {newest_first('s')} limit 1) as score {newest} "
+            "order by e.neuron limit ? offset ?",
             [run_id, layer, limit, offset])
         return total, [dict(r) for r in rows]
 
@@ -107,16 +107,17 @@ class ExplanationTables(HarvestTables):
     def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
         """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph correlations."""
         out: dict[str, list[float]] = {}
-        newest = newest_rowids("scores", ("neuron", "method"),
-                               "h.run_id = ? and h.layer = ? and h.status = 'ok'")
-        for row in self.db.query(f"select s.method, s.score from scores s where s.rowid in "
-                                 f"({newest}) and s.score is not null order by s.neuron, s.method",
+        newest = newest_row("scores", "s", ("neuron", "method"),
+                            "h.run_id = ? and h.layer = ? and h.status = 'ok'", every_group=True)
+        for row in self.db.query(f"select s.method, s.score from scores s where {newest} and "
+                                 "s.score is not null order by s.neuron, s.method",
                                  [run_id, layer]):
             out.setdefault(row["method"], []).append(float(row["score"]))
-        newest = newest_rowids("graphs", ("neuron",), "h.run_id = ? and h.layer = ?")
+        newest = newest_row("graphs", "g", ("neuron",), "h.run_id = ? and h.layer = ?",
+                            every_group=True)
         graphs = [float(r["correlation"]) for r in self.db.query(
-            f"select g.correlation from graphs g where g.rowid in ({newest}) and "
-            "g.correlation is not null order by g.neuron", [run_id, layer])]
+            f"select g.correlation from graphs g where {newest} and g.correlation is not null "
+            "order by g.neuron", [run_id, layer])]
         if graphs:
             out["n2g_graph"] = graphs
         return out
@@ -143,28 +144,24 @@ class ExplanationTables(HarvestTables):
             raise UserError(f"No complete harvest of {model} in {self.path}.")
         where = " or ".join("(n.run_id = ? and n.layer = ?)" for _ in runs)
         params: list[Any] = [v for lay, run_id in runs.items() for v in (run_id, lay)]
-        of_runs = "(" + where.replace("n.", "h.") + ")"  # the same layers' graphs or scores
         per_neuron = ("run_id", "layer", "neuron")
         join, extra, join_params = "", "", []
         if by == "n2g":
             # the newest graph of each neuron, scored by its held-out correlation
-            newest = newest_rowids("graphs", per_neuron, of_runs)
-            join = (f"join graphs g on g.rowid in ({newest}) and g.run_id = n.run_id and "
-                    "g.layer = n.layer and g.neuron = n.neuron and g.correlation is not null")
-            join_params = params
+            join = ("join graphs g on g.run_id = n.run_id and g.layer = n.layer and g.neuron = n.neuron and "
+                    f"{newest_row('graphs', 'g', per_neuron)} and g.correlation is not null")
             extra = (", g.correlation as score, g.correlation as n2g_correlation, g.f1 as n2g_f1, "
                      "g.precision as n2g_precision, g.recall as n2g_recall, "
                      "g.f1_top as n2g_f1_top, g.correlation_top as n2g_correlation_top, "
                      "g.f1_random as n2g_f1_random, g.correlation_random as n2g_correlation_random")
         elif by in self.SCORE_METHODS:
             method, kind = self.SCORE_METHODS[by]
-            newest = newest_rowids("scores", per_neuron,
-                                   f"{of_runs} and h.method = ? and h.status = 'ok'")
-            join = (f"join scores s on s.rowid in ({newest}) and s.run_id = n.run_id and "
-                    "s.layer = n.layer and s.neuron = n.neuron left join explanations e on "
+            newest = newest_row("scores", "s", (*per_neuron, "method"), "h.status = 'ok'")
+            join = ("join scores s on s.run_id = n.run_id and s.layer = n.layer and s.neuron = n.neuron and "
+                    f"s.method = ? and s.status = 'ok' and {newest} left join explanations e on "
                     "e.run_id = s.run_id and e.layer = s.layer and e.neuron = s.neuron and "
                     "e.config_hash = s.config_hash and e.kind = ?")
-            join_params = [*params, method, kind]
+            join_params = [method, kind]
             other = ("(select o.score from scores o where o.run_id = s.run_id and o.layer = s.layer and "
                      "o.neuron = s.neuron and o.config_hash = s.config_hash and o.method = '{}' and "
                      "o.status = 'ok')")

@@ -7,15 +7,15 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from autointerp.store.core import newest_rowids
+from autointerp.store.core import newest_row
 from autointerp.store.search_index import SearchIndexTables, graph_token_weights
 
 #: The newest graph of one neuron (any N2G config) from any harvest of a model; parameters:
 #: model, layer, neuron.
-_NEWEST_GRAPH = ("select * from graphs where rowid in ("
-                 + newest_rowids("graphs", ("layer", "neuron"),
-                                 "h.run_id in (select id from runs where model = ?) and "
-                                 "h.layer = ? and h.neuron = ?") + ")")
+_NEWEST_GRAPH = "select * from graphs g where " + newest_row(
+    "graphs", "g", ("layer", "neuron"),
+    "h.run_id in (select id from runs where model = ?) and h.layer = ? and h.neuron = ?",
+    every_group=True)
 
 
 class GraphTables(SearchIndexTables):
@@ -49,10 +49,10 @@ class GraphTables(SearchIndexTables):
 
     def graph_for_run(self, run_id: int, layer: int, neuron: int) -> dict[str, Any] | None:
         """The newest N2G graph built from harvest ``run_id`` for a neuron (any N2G config)."""
-        newest = newest_rowids("graphs", ("neuron",),
-                               "h.run_id = ? and h.layer = ? and h.neuron = ?")
-        row = next(self.db.query(f"select * from graphs where rowid in ({newest})",
-                                 [run_id, layer, neuron]), None)
+        newest = newest_row("graphs", "g", ("neuron",),
+                            "h.run_id = ? and h.layer = ? and h.neuron = ?", every_group=True)
+        row = next(self.db.query(f"select * from graphs g where {newest}", [run_id, layer, neuron]),
+                   None)
         if row is None:
             return None
         out = dict(row)
@@ -66,8 +66,8 @@ class GraphTables(SearchIndexTables):
 
     def layer_graphs(self, run_id: int, layer: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """(how many neurons of the layer have a graph, a page of their newest graphs' scores by neuron)."""
-        newest = newest_rowids("graphs", ("neuron",), "h.run_id = ? and h.layer = ?")
-        newest = f"from graphs g where g.rowid in ({newest})"
+        newest = ("from graphs g where g.run_id = ? and g.layer = ? and "
+                  + newest_row("graphs", "g", ("run_id", "layer", "neuron")))
         total = int(self.db.execute(f"select count(*) {newest}", [run_id, layer]).fetchone()[0])
         rows = self.db.query(f"select g.neuron, g.n_nodes, g.precision, g.recall, g.f1, g.correlation, "
                              f"g.config_hash {newest} order by g.neuron limit ? offset ?",

@@ -235,7 +235,8 @@ def _create_fts(db: sqlite_utils.Database, fts: FullTextIndex) -> None:
     delete = (f"insert into {name} ({name}, rowid, {column}) values "
               f"('delete', old.rowid, old.{column});")
     insert = f"insert into {name} (rowid, {column}) values (new.rowid, new.{column});"
-    trigger = "create trigger if not exists {table}_{suffix} after {event} on {table} begin {body} end"
+    trigger = ("create trigger if not exists {table}_{suffix} after {event} on {table} "
+               "begin {body} end")
     db.execute(trigger.format(table=table, suffix="ai", event="insert", body=insert))
     db.execute(trigger.format(table=table, suffix="ad", event="delete", body=delete))
     db.execute(trigger.format(table=table, suffix="au", event="update", body=f"{delete} {insert}"))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from autointerp.store.core import StoreCore, newest_rowids
+from autointerp.store.core import StoreCore, newest_row
 
 #: A graph's (activating, context) tokens.
 TokenSetPair = tuple[frozenset[str], frozenset[str]]
@@ -17,9 +17,10 @@ MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on
 
 #: The newest graph of each neuron of a model (one parameter: the model), from any of its runs
 #: and N2G configs: ``layer, neuron, run_id, config_hash, created``.
-CURRENT_GRAPHS = ("select layer, neuron, run_id, config_hash, created from graphs where rowid in ("
-                  + newest_rowids("graphs", ("layer", "neuron"),
-                                  "h.run_id in (select id from runs where model = ?)") + ")")
+CURRENT_GRAPHS = ("select layer, neuron, run_id, config_hash, created from graphs g where "
+                  + newest_row("graphs", "g", ("layer", "neuron"),
+                               "h.run_id in (select id from runs where model = ?)",
+                               every_group=True))
 
 
 def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
