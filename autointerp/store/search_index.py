@@ -1,6 +1,10 @@
 """The search indexes: ``token_index`` / ``indexed_graphs`` (the tokens of each neuron's newest
 N2G graph: token search and graph similarity read them), the FTS5 index over explanation texts,
-and the sentence embeddings of explanation texts (search by meaning)."""
+and the sentence embeddings of explanation texts (search by meaning).
+
+:func:`graph_token_weights` (which tokens of a graph the index holds, and their weights) lives
+here rather than with similarity: :meth:`autointerp.store.graphs.GraphTables.save_graphs` writes
+a batch of graphs and their index rows in one transaction, and the store imports no stage."""
 
 from __future__ import annotations
 
