@@ -2,7 +2,7 @@
 
 **What is compared.** A neuron's N2G graph (:mod:`autointerp.n2g.graph`) has two sets of tokens that say what it does:
 its *activating* tokens (the trie roots, the tokens it fires on: those whose best normalised activation in the
-graph is at least 0.1, see :data:`autointerp.token_index.MIN_ACTIVATION`) and its *important context* tokens
+graph is at least 0.1, see :data:`autointerp.store.search_index.MIN_ACTIVATION`) and its *important context* tokens
 (concrete, non-wildcard context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
 normalised (case-insensitive, leading space stripped; see :func:`autointerp.n2g.graph.normalize_token`).
 
@@ -250,7 +250,8 @@ def compute_similarities(store: Any, model: str, limit: int = DEFAULT_LIMIT, max
         raise UserError(f"--limit must be at least 1, not {limit}.")
     started = time.time()
     ensure_token_index(store, model, progress=progress)
-    neurons, sets = store.graph_token_sets(model)
+    neurons, token_sets = store.graph_token_sets(model)
+    sets = [TokenSets(activating, context) for activating, context in token_sets]
     if not neurons:
         raise UserError(f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first.")
     df_cap = default_max_df(len(sets)) if max_df is None else max_df

@@ -2,11 +2,14 @@
 
 Two stages read it: token search (:mod:`autointerp.search`) ranks neurons by these tokens' weights, and similarity
 (:mod:`autointerp.similarity`) compares their sets. The store keeps the rows (``token_index``) and writes them in
-the same transaction as the graphs. What a graph's tokens are (:func:`graph_token_weights`) and how the index is
-brought up to date (:func:`ensure_token_index`) live here, below both stages, so that neither imports the other.
+the same transaction as the graphs, so what a graph's tokens are
+(:func:`autointerp.store.search_index.graph_token_weights`) lives in the store; the token sets similarity compares
+and how the index is brought up to date (:func:`ensure_token_index`) live here, below both stages, so that
+neither imports the other.
 
 **Activating tokens** are the trie roots of a graph, the tokens it fires on: those whose best normalised activation
-in the graph is at least :data:`MIN_ACTIVATION`. **Context tokens** are its concrete, non-wildcard context nodes.
+in the graph is at least :data:`autointerp.store.search_index.MIN_ACTIVATION`. **Context tokens** are its
+concrete, non-wildcard context nodes.
 Tokens are normalised as the graphs store them (:func:`autointerp.n2g.graph.normalize_token`).
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-MIN_ACTIVATION = 0.1  # an activating node counts as a token the neuron fires on from this normalised activation
+from autointerp.store.search_index import graph_token_weights
 
 
 @dataclass(frozen=True)
@@ -29,42 +32,9 @@ class TokenSets:
     context: frozenset[str]
 
 
-def graph_token_weights(graph: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"activating": {token: activation}, "context": {token: importance}}`` of a serialised graph.
-
-    An activating token's weight is the highest (normalised) activation of any end node below it; a context token's
-    weight is its highest importance anywhere in the graph. Search ranks matches by these weights. Activating nodes
-    whose best activation is below :data:`MIN_ACTIVATION` are left out: N2G adds augmentation variants that *stopped*
-    the neuron as activating nodes too (so the graph predicts it stays quiet there), and those are not tokens it
-    fires on.
-    """
-    nodes = graph["nodes"]
-    parent = {e["target"]: e["source"] for e in graph["edges"]}
-    root_of: dict[int, int] = {}
-    out: dict[str, dict[str, float]] = {"activating": {}, "context": {}}
-    for node in nodes:  # parents precede children in to_json's order
-        ident = node["id"]
-        root_of[ident] = ident if node["kind"] == "activating" else root_of.get(parent.get(ident, -1), -1)
-        if node["kind"] == "activating":
-            out["activating"].setdefault(node["token"], 0.0)
-        elif node["kind"] == "context":
-            imp = float(node["importance"] or 0.0)
-            ctx = out["context"]
-            ctx[node["token"]] = max(ctx.get(node["token"], imp), imp)
-    for node in nodes:
-        if node["kind"] == "end" and node["activation"] is not None:
-            root = nodes[root_of[node["id"]]]["token"] if root_of.get(node["id"], -1) >= 0 else None
-            if root is not None:
-                act = out["activating"]
-                act[root] = max(act[root], float(node["activation"]))
-    out["activating"] = {t: w for t, w in out["activating"].items() if w >= MIN_ACTIVATION}
-    return out
-
-
 def graph_token_sets(graph: dict[str, Any]) -> TokenSets:
     weights = graph_token_weights(graph)
     return TokenSets(frozenset(weights["activating"]), frozenset(weights["context"]))
-
 
 
 # ------------------------------------------------------------------------------------------------------ the index

@@ -23,7 +23,7 @@ import pytest
 import torch
 from apidb import EXPLAINED, FAILED, GRAPHED, WEIGHTS, build_api_db
 from fastapi.testclient import TestClient
-from helpers import REPO, free_port
+from helpers import REPO, free_port, rename_model, write_lock_held
 from PIL import Image
 
 from autointerp.api import create_app
@@ -431,17 +431,11 @@ def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(api_db: Path,
 
 def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
     """WAL: a pipeline in the middle of a write transaction never blocks the server's reads."""
-    writer = sqlite3.connect(api_db, timeout=1)
-    try:
-        writer.execute("begin immediate")
-        writer.execute("insert into meta (key, value) values ('api-test-lock', '1')")
+    with write_lock_held(api_db, "api-test-lock"):
         started = time.time()
         for url in [f"/api/{M}/all/1/2", f"/api/{M}", f"/m/{M}/neuron/1/2", f"/api/{M}/n2g/1"]:
             assert client.get(url).status_code == 200
         assert time.time() - started < 5
-    finally:
-        writer.rollback()
-        writer.close()
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -483,11 +477,7 @@ def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_pa
     with sqlite3.connect(api_db) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
     name = "EleutherAI/tiny-gated"
-    with sqlite3.connect(db) as conn:
-        conn.execute("pragma foreign_keys=off")
-        for table in ("models", "runs", "token_index", "indexed_graphs", "weights"):
-            column = "name" if table == "models" else "model"
-            conn.execute(f"update {table} set {column} = ? where {column} = ?", [name, M])
+    rename_model(db, M, name)
     client = TestClient(create_app(db, loader=lambda n: tiny_gated))
     listed = client.get("/api/models").json()["models"]
     assert [m["name"] for m in listed] == [name] and listed[0]["url"] == "/api/EleutherAI--tiny-gated"

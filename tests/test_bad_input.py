@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from apidb import build_api_db
 from fastapi.testclient import TestClient
-from helpers import PARAGRAPHS, REPO
+from helpers import PARAGRAPHS, REPO, set_schema_version
 
 from autointerp.api import create_app
 from autointerp.cli import main
@@ -165,8 +165,7 @@ def test_a_newer_schema_is_refused_by_every_command(db: Path, tmp_path: Path, ar
     newer = tmp_path / "newer.db"
     with sqlite3.connect(db) as src, sqlite3.connect(newer) as dst:
         src.backup(dst)
-    with sqlite3.connect(newer) as conn:
-        conn.execute("update meta set value = '99' where key = 'schema_version'")
+    set_schema_version(newer, 99)
     monkeypatch.chdir(tmp_path)
     before = dump(newer)
     code = main([*argv, "--db", str(newer)])
@@ -182,8 +181,7 @@ def test_merge_refuses_a_newer_schema_and_creates_nothing(db: Path, tmp_path: Pa
     newer = tmp_path / "newer.db"
     with sqlite3.connect(db) as src, sqlite3.connect(newer) as dst:
         src.backup(dst)
-    with sqlite3.connect(newer) as conn:
-        conn.execute("update meta set value = '99' where key = 'schema_version'")
+    set_schema_version(newer, 99)
     assert main(["merge", str(tmp_path / "out.db"), str(newer)]) == 2
     assert "upgrade autointerp" in capsys.readouterr().err
     assert not (tmp_path / "out.db").exists()

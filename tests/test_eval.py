@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import PARAGRAPHS, copy_store, fault_config, run_cli
+from helpers import PARAGRAPHS, as_older_database, copy_store, fault_config, run_cli
 
 from autointerp.errors import UserError
 from autointerp.eval.evaluate import derangement, sample_neurons, shuffled_scores
@@ -198,12 +197,8 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
 def test_a_schema_2_database_opens_and_gains_the_new_column_and_table(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     Store(db).db.conn.close()
-    with sqlite3.connect(
-        db
-    ) as conn:  # make it look like a database written by the previous version
-        conn.execute("alter table scores drop column score_raw")
-        conn.execute("drop table evaluations")
-        conn.execute("update meta set value = '2' where key = 'schema_version'")
+    # make it look like a database written by the previous version
+    as_older_database(db, {"scores": ["score_raw"]}, ["evaluations"], version=2)
     store = Store(db)
     assert (
         "score_raw" in store.db["scores"].columns_dict and "evaluations" in store.db.table_names()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import copy_store, fault_config, run_cli
+from helpers import clear_tables, copy_store, fault_config, run_cli
 
 from autointerp.explain.prompts import (
     Record,
@@ -178,9 +178,7 @@ def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp
     first = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
                            progress=False)
     assert first.usage.calls > 0 and first.usage.prompt_tokens > 0
-    store.db.execute("delete from explanations")
-    store.db.execute("delete from scores")
-    store.db.conn.commit()
+    clear_tables(store, "explanations", "scores")
     calls = server.requests
     second = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
                             progress=False)
@@ -253,9 +251,7 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
         assert ranked[0]["neuron"] == best and ranked[0]["explanation"] == expl["llm"]["text"]
         assert ranked[0]["score"] == pytest.approx(scores["explanation"]["score"])
     # a rerun with the rows removed is answered entirely from the cache
-    store.db.execute("delete from explanations")
-    store.db.execute("delete from scores")
-    store.db.conn.commit()
+    clear_tables(store, "explanations", "scores")
     again = json.loads(run_cli(*args).stdout)
     assert again["llm_calls"] == 0 and again["cached_calls"] > 0 and again["prompt_tokens"] == 0
 

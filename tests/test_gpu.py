@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import clear_tables
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import load_model
@@ -51,8 +52,7 @@ def test_cuda_graphs_equal_cpu_graphs(smol, on_gpu, text_corpus, tmp_path) -> No
     store = Store(db)
     graph_layers(smol, store, [2], "0-7", N2GConfig(), progress=False)
     cpu = {r["neuron"]: r["graph"] for r in store.db.query("select neuron, graph from graphs")}
-    store.db.execute("delete from graphs")
-    store.db.conn.commit()
+    clear_tables(store, "graphs")
     graph_layers(on_gpu, store, [2], "0-7", N2GConfig(), progress=False)
     gpu = {r["neuron"]: r["graph"] for r in store.db.query("select neuron, graph from graphs")}
     assert cpu == gpu

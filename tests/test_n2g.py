@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import as_older_database, run_cli
 
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, token_metrics
@@ -184,9 +184,10 @@ def test_an_older_database_gets_the_per_kind_score_columns_when_opened(tmp_path:
 
     db = tmp_path / "old.db"
     Store(db)
-    with sqlite3.connect(db) as conn:  # as a database written before the columns existed
-        for column in ("f1_top", "correlation_top", "f1_random", "correlation_random"):
-            conn.execute(f"alter table graphs drop column {column}")
+    # as a database written before the columns existed
+    as_older_database(db, {"graphs": ["f1_top", "correlation_top", "f1_random",
+                                      "correlation_random"]})
+    with sqlite3.connect(db) as conn:
         assert "f1_top" not in {row[1] for row in conn.execute("pragma table_info(graphs)")}
     columns = Store(db, create=False).db["graphs"].columns_dict  # opening adds them back
     assert {"f1_top", "correlation_top", "f1_random", "correlation_random"} <= set(columns)

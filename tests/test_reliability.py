@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from apidb import build_api_db
-from helpers import PARAGRAPHS, REPO, copy_db, free_port, run_cli
+from helpers import PARAGRAPHS, REPO, clear_tables, copy_db, free_port, run_cli, write_lock_held
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import SubjectModel
@@ -281,8 +281,7 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
     with sqlite3.connect(db) as conn:  # a database whose token index is behind its graphs (older version)
         tokens = [r[0] for r in conn.execute("select token from token_index order by weight desc")]
         token = next(t for t in tokens if t.isalnum())
-        conn.execute("delete from indexed_graphs")
-        conn.execute("delete from token_index")
+        clear_tables(conn, "indexed_graphs", "token_index")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(db), "--port", str(port)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -302,18 +301,12 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
 
         search = f"{base}/api/{M}/search?query=any:{token}&limit=5"
         # 1. another connection holds the write lock: reads (and the search that would index) answer at once
-        holder = sqlite3.connect(db, timeout=1)
-        holder.execute("begin immediate")
-        holder.execute("insert into meta (key, value) values ('lock-test', '1')")
-        try:
+        with write_lock_held(db, "lock-test"):
             started = time.time()
             for url in (search, f"{base}/api/{M}/all/1/0", f"{base}/api/{M}/rank?by=explanation"):
                 r = httpx.get(url, timeout=10)
                 assert r.status_code == 200, (url, r.text[:300])
             assert time.time() - started < 3
-        finally:
-            holder.rollback()
-            holder.close()
         indexed = httpx.get(search, timeout=10).json()  # lock free: the index catches up, results appear
         assert indexed["available"] and indexed["items"]
 

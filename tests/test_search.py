@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import drop_explanation_index, run_cli
 from test_similarity import MODEL, add_graphs, make_graph
 
 from autointerp.errors import UserError
@@ -166,10 +166,7 @@ def test_fts_index_is_built_for_explanations_written_before_it(tmp_path: Path) -
     store = Store(path)
     add_graphs(store, {(0, 1): make_graph([(["a"], [1], 1.0)])})
     add_explanations(store, [(0, 1, "llm", "ok", "capital cities of Europe")])
-    for name in ("explanations_ai", "explanations_ad", "explanations_au"):
-        store.db.execute(f"drop trigger {name}")
-    store.db.execute("drop table explanations_fts")
-    store.db.conn.commit()
+    drop_explanation_index(store)
     reopened = Store(path)
     assert [r["neuron"] for r in search_explanations(reopened, MODEL, "europe")] == [1]
 

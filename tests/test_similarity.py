@@ -21,7 +21,8 @@ from autointerp.similarity import (
     top_similar,
 )
 from autointerp.store import Store
-from autointerp.token_index import TokenSets, graph_token_sets, graph_token_weights
+from autointerp.store.search_index import graph_token_weights
+from autointerp.token_index import TokenSets, graph_token_sets
 
 MODEL = "synthetic-model"
 
