@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import sys
@@ -49,9 +50,15 @@ class Commands(list[Command]):
 
 
 # ------------------------------------------------------------------------------------ defaults
-def default_of(config: type, name: str) -> Any:
-    """The default of field ``name`` of the config dataclass ``config``: an option's default and
-    the value its help states are read from the one place the stage defines it."""
+def default_of(config: Any, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``config`` (or of parameter ``name`` of
+    the library function ``config``): an option's default and the value its help states are read
+    from the one place the stage defines it."""
+    if not dataclasses.is_dataclass(config):
+        default = inspect.signature(config).parameters[name].default
+        if default is inspect.Parameter.empty:
+            raise KeyError(f"{config.__name__}({name}) has no default")
+        return default
     for f in dataclasses.fields(config):
         if f.name == name:
             if f.default is not dataclasses.MISSING:

@@ -23,6 +23,7 @@ from autointerp.cli.common import (
     stdout_to_stderr,
 )
 from autointerp.errors import UserError
+from autointerp.packaged import DEFAULT_LOCAL_LLM
 
 commands = Commands()
 
@@ -47,8 +48,8 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--local-llm",
-        default="qwen2.5-coder-1.5b",
-        help="packaged model for the local server: qwen2.5-coder-1.5b (default) or "
+        default=DEFAULT_LOCAL_LLM,
+        help=f"packaged model for the local server: {DEFAULT_LOCAL_LLM} (default) or "
         "qwen2.5-coder-0.5b",
     )
     p.add_argument(

@@ -20,6 +20,7 @@ from autointerp.cli.common import (
     stored_layers,
 )
 from autointerp.errors import UserError
+from autointerp.packaged import DEFAULT_LOCAL_LLM
 
 commands = Commands()
 
@@ -58,9 +59,9 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explainer-model", default=None, help="model that writes explanations "
                    "($AUTOINTERP_EXPLAINER_MODEL; local default qwen2.5-coder-1.5b)")
     p.add_argument("--simulator-model", default=None, help="model that simulates (default: the explainer)")
-    p.add_argument("--local-llm", default="qwen2.5-coder-1.5b",
-                   help="packaged model for the local server: qwen2.5-coder-1.5b (default) or qwen2.5-coder-0.5b "
-                   "(fast)")
+    p.add_argument("--local-llm", default=DEFAULT_LOCAL_LLM,
+                   help=f"packaged model for the local server: {DEFAULT_LOCAL_LLM} (default) or "
+                   "qwen2.5-coder-0.5b (fast)")
     p.add_argument("--simulator-mode", default=default("simulator_mode"),
                    choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
                    help="auto (probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs "

@@ -10,6 +10,7 @@ from autointerp.cli.common import (
     Commands,
     add_db_option,
     db_path,
+    default_of,
     print_json,
     store_model,
     stored_layers,
@@ -31,8 +32,12 @@ def report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layers", default=None,
                    help="only these layers, or auto (default: every harvested layer)")
-    p.add_argument("--limit", type=int, default=5, help="neurons shown (default 5)")
-    p.add_argument("--similar", type=int, default=3, help="similar neurons per neuron (default 3)")
+    from autointerp.report import build_report
+
+    limit, similar = default_of(build_report, "limit"), default_of(build_report, "similar")
+    p.add_argument("--limit", type=int, default=limit, help=f"neurons shown (default {limit})")
+    p.add_argument("--similar", type=int, default=similar,
+                   help=f"similar neurons per neuron (default {similar})")
     p.add_argument("--graphs", default=None,
                    help="folder of exported graphs to mention (default graphs/<model>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -77,7 +77,10 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def similar_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=at_least(1), default=10, help="how many (default 10)")
+    from autointerp.similarity import similar
+
+    limit = default_of(similar, "limit")
+    p.add_argument("--limit", type=at_least(1), default=limit, help=f"how many (default {limit})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar when computing")
     p.add_argument("--json", action="store_true", help='print JSON: [{"layer", "neuron", "similarity"}], best first')
     add_db_option(p)
@@ -126,7 +129,10 @@ def search_options(p: argparse.ArgumentParser) -> None:
                    "all-mpnet-base-v2, offline; score = cosine similarity)")
     p.add_argument("--exact", action="store_true",
                    help='with --explanations: exact words instead (FTS5: "a phrase", prefix*; score = -bm25)')
-    p.add_argument("--limit", type=at_least(1), default=20, help="how many results (default 20)")
+    from autointerp.search import search_tokens
+
+    limit = default_of(search_tokens, "limit")
+    p.add_argument("--limit", type=at_least(1), default=limit, help=f"how many results (default {limit})")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_db_option(p)
     p.set_defaults(func=cmd_search)
@@ -172,7 +178,10 @@ def fire_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("--layer", type=at_least(0), required=True, help="layer to look at")
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
-    p.add_argument("--hi", type=finite, default=3.0, help="fires above this (default 3.0)")
+    from autointerp.live import text_neurons
+
+    hi = default_of(text_neurons, "hi")
+    p.add_argument("--hi", type=finite, default=hi, help=f"fires above this (default {hi})")
     p.add_argument("--lo", type=finite, default=None, help="or below this (default: off)")
     p.add_argument("--limit", type=at_least(1), default=None,
                    help="at most this many neurons (default: all)")

@@ -11,6 +11,7 @@ from autointerp.cli.common import (
     add_db_option,
     add_device_options,
     db_path,
+    default_of,
     finite,
     load_subject,
 )
@@ -26,8 +27,11 @@ commands = Commands()
 def serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-chars", type=int, default=2000,
-                   help="longest text the live activation endpoints accept (default 2000)")
+    from autointerp.api.app import create_app
+
+    max_chars = default_of(create_app, "max_chars")
+    p.add_argument("--max-chars", type=int, default=max_chars,
+                   help=f"longest text the live activation endpoints accept (default {max_chars})")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning)")
     p.add_argument("--access-log", action="store_true", help="log every request")

@@ -32,8 +32,11 @@ def neuron_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("neuron", help="L/N, e.g. 3/117")
     p.add_argument("--limit", type=at_least(0), default=10,
                    help="examples shown per kind (0 = all; default 10)")
-    p.add_argument("--kinds", default="top,bottom,quantile,random", type=lambda s: s.split(","),
-                   help="which kinds to show (default top,bottom,quantile,random)")
+    from autointerp.records import EXAMPLE_KINDS
+
+    kinds = ",".join(EXAMPLE_KINDS)
+    p.add_argument("--kinds", default=kinds, type=lambda s: s.split(","),
+                   help=f"which kinds to show (default {kinds})")
     p.add_argument("--full", action="store_true", help="show whole contexts, not a window around the peak")
     p.add_argument("--run", type=int, default=None, help="a specific run id (default: latest complete)")
     p.add_argument("--json", action="store_true", help="print JSON")
