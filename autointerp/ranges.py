@@ -6,9 +6,11 @@ from autointerp.errors import UserError
 
 
 def parse_ranges(text: str | None, what: str, example: str) -> set[int] | None:
-    """``"0-3,7"`` -> ``{0, 1, 2, 3, 7}``; ``None``, ``""`` or ``"all"`` -> ``None`` (meaning everything).
+    """``"0-3,7"`` -> ``{0, 1, 2, 3, 7}``; ``None``, ``""`` or ``"all"`` -> ``None`` (meaning
+    everything).
 
-    ``what`` and ``example`` make the error say what was expected, e.g. "Layers must look like 0,3,5 or 2-4".
+    ``what`` and ``example`` make the error say what was expected, e.g. "Layers must look like 0,3,5
+    or 2-4".
     """
     if text is None or text.strip().lower() in ("", "all"):
         return None

@@ -1,13 +1,15 @@
-"""What is known about one neuron, as plain dicts: statistics, examples, its N2G graph, explanations and scores,
-similar neurons and weight facts.
+"""What is known about one neuron, as plain dicts: statistics, examples, its N2G graph, explanations
+and scores, similar neurons and weight facts.
 
-These are the records the JSON API sends (``/api/{model}/{service}/{layer}/{neuron}``) and the pages render; they
-are a library function of the store, not of the server, so that any reader (the CLI's ``neuron`` command, a
-notebook) gets the same record. Each one carries the links the API answers with (``url``, ``graphml_url``, ...):
-``url`` is the model name as one URL path segment (:func:`url_name`).
+These are the records the JSON API sends (``/api/{model}/{service}/{layer}/{neuron}``) and the pages
+render; they are a library function of the store, not of the server, so that any reader (the CLI's
+``neuron`` command, a notebook) gets the same record. Each one carries the links the API answers
+with (``url``, ``graphml_url``, ...): ``url`` is the model name as one URL path segment
+(:func:`url_name`).
 
-Every record says plainly when its data has not been computed (``available: false`` and a ``message`` naming the
-command that computes it) rather than failing: a neuron with examples but no graph is normal.
+Every record says plainly when its data has not been computed (``available: false`` and a
+``message`` naming the command that computes it) rather than failing: a neuron with examples but no
+graph is normal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "
 
 
 class NotFound(Exception):
-    """Something the request names does not exist; ``available`` says what does (sent as the 404 body)."""
+    """Something the request names does not exist; ``available`` says what does (sent as the 404
+    body)."""
 
     def __init__(self, message: str, **available: Any):
         super().__init__(message)
@@ -57,34 +60,50 @@ def stats_record(store: Any, model: str, layer: int, neuron: int, run_id: int) -
     keep = ("count", "mean", "variance", "max", "min", "frac_positive")
     stats = {k: row[k] for k in keep}
     stats["std"] = math.sqrt(max(row["variance"] or 0.0, 0.0))
-    return {**head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post", "stats": stats,
-            "hist": row["hist"], "hist_edges": HIST_EDGES, "ctx_max_hist": row["ctx_max_hist"],
-            "hist_note": "token histogram over a fixed 1-in-hist_sample sample of contexts; ctx_max_hist counts "
-                         "each context's maximum, over all contexts"}
+    return {
+        **head(model, layer, neuron, run_id),
+        "hook": f"blocks.{layer}.mlp.hook_post",
+        "stats": stats,
+        "hist": row["hist"],
+        "hist_edges": HIST_EDGES,
+        "ctx_max_hist": row["ctx_max_hist"],
+        "hist_note": (
+            "token histogram over a fixed 1-in-hist_sample sample of contexts; ctx_max_hist counts "
+            "each context's maximum, over all contexts"
+        ),
+    }
 
 
 def example_fields(ex: dict[str, Any], digits: int | None = None) -> dict[str, Any]:
-    """One stored example as a record: its tokens, per-token activations (rounded to ``digits`` for the
-    API's compact answers, exact for the terminal) and the documents its context came from."""
+    """One stored example as a record: its tokens, per-token activations (rounded to ``digits`` for
+    the API's compact answers, exact for the terminal) and the documents its context came from."""
     acts = ex["activations"] if digits is None else [round(a, digits) for a in ex["activations"]]
     peak_values = (ex["max_activation"], ex["min_activation"])
     if digits is not None:
         peak_values = (rounded(peak_values[0], digits), rounded(peak_values[1], digits))
     return {
-        "kind": ex["kind"], "rank": ex["rank"], "split": ex["split"], "context_id": ex["context_id"],
-        "tokens": ex["str_tokens"], "token_ids": ex["tokens"], "activations": acts,
-        "max_activation": peak_values[0], "min_activation": peak_values[1],
-        "peak_index": ex["peak_index"], "interval": ex["interval"],
+        "kind": ex["kind"],
+        "rank": ex["rank"],
+        "split": ex["split"],
+        "context_id": ex["context_id"],
+        "tokens": ex["str_tokens"],
+        "token_ids": ex["tokens"],
+        "activations": acts,
+        "max_activation": peak_values[0],
+        "min_activation": peak_values[1],
+        "peak_index": ex["peak_index"],
+        "interval": ex["interval"],
         "documents": sorted({i for i in ex["doc_index"] if i >= 0}),
     }
 
 
-def neuron_summary(store: Any, model: str, layer: int, neuron: int, run_id: int,
-                   limit: int | None = None) -> dict[str, Any] | None:
-    """Everything about one neuron in one record, as the CLI's ``neuron`` command prints it: statistics
-    with histograms, up to ``limit`` examples of each kind (exact activations), weight facts (None until
-    ``autointerp weights`` ran), and the newest explanation of each kind and score of each method,
-    failed ones included. None when the harvest ``run_id`` has no such neuron."""
+def neuron_summary(
+    store: Any, model: str, layer: int, neuron: int, run_id: int, limit: int | None = None
+) -> dict[str, Any] | None:
+    """Everything about one neuron in one record, as the CLI's ``neuron`` command prints it:
+    statistics with histograms, up to ``limit`` examples of each kind (exact activations), weight
+    facts (None until ``autointerp weights`` ran), and the newest explanation of each kind and score
+    of each method, failed ones included. None when the harvest ``run_id`` has no such neuron."""
     stats = store.neuron(run_id, layer, neuron)
     if stats is None:
         return None
@@ -97,17 +116,31 @@ def neuron_summary(store: Any, model: str, layer: int, neuron: int, run_id: int,
         examples.append(example_fields(ex))
     keep = ("count", "mean", "variance", "max", "min", "frac_positive")
     return {
-        **head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-        "stats": {**{k: stats[k] for k in keep}, "hist": stats["hist"], "hist_edges": HIST_EDGES,
-                  "ctx_max_hist": stats["ctx_max_hist"]},
+        **head(model, layer, neuron, run_id),
+        "hook": f"blocks.{layer}.mlp.hook_post",
+        "stats": {
+            **{k: stats[k] for k in keep},
+            "hist": stats["hist"],
+            "hist_edges": HIST_EDGES,
+            "ctx_max_hist": stats["ctx_max_hist"],
+        },
         "examples": examples,
         "weights": store.weight_facts(model, layer, neuron),
-        **store.explanation_summary(model, layer, neuron),  # {"explanations": {...}, "scores": {...}}
+        **store.explanation_summary(
+            model, layer, neuron
+        ),  # {"explanations": {...}, "scores": {...}}
     }
 
 
-def neuroscope_record(store: Any, model: str, layer: int, neuron: int, run_id: int,
-                      kinds: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
+def neuroscope_record(
+    store: Any,
+    model: str,
+    layer: int,
+    neuron: int,
+    run_id: int,
+    kinds: tuple[str, ...] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
     examples = []
     per_kind: dict[str, int] = {}
     for ex in store.examples(run_id, layer, neuron, kinds=kinds):
@@ -115,58 +148,125 @@ def neuroscope_record(store: Any, model: str, layer: int, neuron: int, run_id: i
         if limit is not None and per_kind[ex["kind"]] > limit:
             continue
         examples.append(example_fields(ex, digits=4))
-    return {**head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-            "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
-            "examples": examples,
-            "note": "token 0 of every example is BOS and never counts in statistics"}
+    return {
+        **head(model, layer, neuron, run_id),
+        "hook": f"blocks.{layer}.mlp.hook_post",
+        "kinds": list(kinds or EXAMPLE_KINDS),
+        "counts": per_kind,
+        "limit": limit,
+        "examples": examples,
+        "note": "token 0 of every example is BOS and never counts in statistics",
+    }
 
 
 def n2g_record(store: Any, model: str, layer: int, neuron: int) -> dict[str, Any]:
     row = store.graph(model, layer, neuron)
     if row is None:
-        return {**head(model, layer, neuron), "available": False,
-                "message": f"No N2G graph computed for this neuron; run `autointerp graph {model} --layers "
-                           f"{layer} --neurons {neuron}`."}
+        return {
+            **head(model, layer, neuron),
+            "available": False,
+            "message": (
+                f"No N2G graph computed for this neuron; run `autointerp graph {model} --layers "
+                f"{layer} --neurons {neuron}`."
+            ),
+        }
     return {**n2g_fields(model, layer, neuron, row), "graph": row["graph"]}
 
 
 def n2g_fields(model: str, layer: int, neuron: int, row: dict[str, Any]) -> dict[str, Any]:
-    """A stored graph's record without the graph itself (the byte fast path splices the stored JSON in)."""
+    """A stored graph's record without the graph itself (the byte fast path splices the stored
+    JSON in)."""
     url = url_name(model)
-    return {**head(model, layer, neuron), "available": True, "config_hash": row["config_hash"],
-            "n_nodes": row["n_nodes"], "precision": row["precision"], "recall": row["recall"], "f1": row["f1"],
-            "correlation": row["correlation"], "n_tokens": row["n_tokens"],
-            "graphml_url": f"/api/{url}/n2g/{layer}/{neuron}/graphml",
-            "svg_url": f"/img/{url}/n2g/{layer}/{neuron}.svg"}
+    return {
+        **head(model, layer, neuron),
+        "available": True,
+        "config_hash": row["config_hash"],
+        "n_nodes": row["n_nodes"],
+        "precision": row["precision"],
+        "recall": row["recall"],
+        "f1": row["f1"],
+        "correlation": row["correlation"],
+        "n_tokens": row["n_tokens"],
+        "graphml_url": f"/api/{url}/n2g/{layer}/{neuron}/graphml",
+        "svg_url": f"/img/{url}/n2g/{layer}/{neuron}.svg",
+    }
 
 
-def explanation_record(store: Any, model: str, layer: int, neuron: int, run_id: int) -> dict[str, Any]:
+def explanation_record(
+    store: Any, model: str, layer: int, neuron: int, run_id: int
+) -> dict[str, Any]:
     explanations: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
-    for row in store.neuron_explanations(run_id, layer, neuron):  # newest first: the first ok row wins
+    for row in store.neuron_explanations(
+        run_id, layer, neuron
+    ):  # newest first: the first ok row wins
         if row["status"] == "ok" and row["kind"] not in explanations:
-            explanations[row["kind"]] = {k: row.get(k) for k in (
-                "text", "model", "prompt_version", "prompt_hash", "config_hash", "created")}
+            explanations[row["kind"]] = {
+                k: row.get(k)
+                for k in (
+                    "text",
+                    "model",
+                    "prompt_version",
+                    "prompt_hash",
+                    "config_hash",
+                    "created",
+                )
+            }
         elif row["status"] != "ok":
-            failures.append({"what": f"explanation:{row['kind']}", "error": row.get("error"),
-                             "created": row.get("created")})
+            failures.append(
+                {
+                    "what": f"explanation:{row['kind']}",
+                    "error": row.get("error"),
+                    "created": row.get("created"),
+                }
+            )
     scores: dict[str, dict[str, Any]] = {}
     for row in store.neuron_scores(run_id, layer, neuron):
         if row["status"] == "ok" and row["method"] not in scores:
-            scores[row["method"]] = {k: row.get(k) for k in (
-                "score", "score_top", "score_random", "r2", "n_tokens", "simulator_model", "simulator_mode",
-                "config_hash", "created")}
+            scores[row["method"]] = {
+                k: row.get(k)
+                for k in (
+                    "score",
+                    "score_top",
+                    "score_random",
+                    "r2",
+                    "n_tokens",
+                    "simulator_model",
+                    "simulator_mode",
+                    "config_hash",
+                    "created",
+                )
+            }
         elif row["status"] != "ok":
-            failures.append({"what": f"score:{row['method']}", "error": row.get("error"),
-                             "created": row.get("created")})
+            failures.append(
+                {
+                    "what": f"score:{row['method']}",
+                    "error": row.get("error"),
+                    "created": row.get("created"),
+                }
+            )
     first = head(model, layer, neuron, run_id)
     if not explanations and not scores:
-        return {**first, "available": False, "explanations": {}, "scores": {}, "failures": failures,
-                "message": "No explanation computed for this neuron; run `autointerp explain`."}
-    return {**first, "available": True, "explanations": explanations, "scores": scores, "failures": failures}
+        return {
+            **first,
+            "available": False,
+            "explanations": {},
+            "scores": {},
+            "failures": failures,
+            "message": "No explanation computed for this neuron; run `autointerp explain`.",
+        }
+    return {
+        **first,
+        "available": True,
+        "explanations": explanations,
+        "scores": scores,
+        "failures": failures,
+    }
 
 
-def similar_record(store: Any, model: str, layer: int, neuron: int, limit: int = 10) -> dict[str, Any]:
+def similar_record(
+    store: Any, model: str, layer: int, neuron: int, limit: int = 10
+) -> dict[str, Any]:
     first = head(model, layer, neuron)
     try:
         items = store.similar(model, layer, neuron, limit)
@@ -175,8 +275,12 @@ def similar_record(store: Any, model: str, layer: int, neuron: int, limit: int =
     url = url_name(model)
     items = [{**it, "url": f"/m/{url}/neuron/{it['layer']}/{it['neuron']}"} for it in items or []]
     if not items:
-        return {**first, "available": False, "items": [],
-                "message": "No similar neurons computed for this neuron."}
+        return {
+            **first,
+            "available": False,
+            "items": [],
+            "message": "No similar neurons computed for this neuron.",
+        }
     return {**first, "available": True, "items": items}
 
 
@@ -187,15 +291,27 @@ def weights_record(store: Any, model: str, layer: int, neuron: int) -> dict[str,
     except UserError as exc:
         return {**first, "available": False, "facts": None, "message": str(exc)}
     if not facts:
-        return {**first, "available": False, "facts": None, "message": "No weight facts computed for this "
-                "neuron."}
+        return {
+            **first,
+            "available": False,
+            "facts": None,
+            "message": "No weight facts computed for this neuron.",
+        }
     return {**first, "available": True, "facts": facts}
 
 
-def neuron_record(store: Any, model: str, service: str, layer: int, neuron: int, run_id: int,
-                  kinds: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
-    """The record of one service (:data:`SERVICES`) for a neuron whose harvest is ``run_id``; ``all`` nests every
-    service's record under its name."""
+def neuron_record(
+    store: Any,
+    model: str,
+    service: str,
+    layer: int,
+    neuron: int,
+    run_id: int,
+    kinds: tuple[str, ...] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The record of one service (:data:`SERVICES`) for a neuron whose harvest is ``run_id``;
+    ``all`` nests every service's record under its name."""
     makers: dict[str, Callable[[], dict[str, Any]]] = {
         "stats": lambda: stats_record(store, model, layer, neuron, run_id),
         "neuroscope": lambda: neuroscope_record(store, model, layer, neuron, run_id, kinds, limit),
@@ -209,5 +325,7 @@ def neuron_record(store: Any, model: str, service: str, layer: int, neuron: int,
     out = {"model": model, "layer": layer, "neuron": neuron, "run_id": run_id}
     for name, make in makers.items():
         record = make()
-        out[name] = {k: v for k, v in record.items() if k not in ("model", "layer", "neuron", "run_id")}
+        out[name] = {
+            k: v for k, v in record.items() if k not in ("model", "layer", "neuron", "run_id")
+        }
     return out

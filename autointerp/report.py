@@ -81,9 +81,9 @@ def build_report(
                 "n2g_score": r.get("n2g_score", r.get("n2g_correlation")),
                 "explanation": r.get("explanation"),
                 "max": r["max"],
-                "similar": store.similar(model, r["layer"], r["neuron"], similar)
-                if similar
-                else [],
+                "similar": (
+                    store.similar(model, r["layer"], r["neuron"], similar) if similar else []
+                ),
             }
         )
     tokens = max((int(run.get("tokens_done") or 0) for run in harvested.values()), default=0)

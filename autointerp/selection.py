@@ -1,8 +1,8 @@
 """Which neurons of a layer a stage works on: ``top:K`` by max activation, ranges, or all.
 
-The graph stage (:mod:`autointerp.n2g.run`), the explain stage (:mod:`autointerp.explain.run`) and the export
-command choose neurons with the same ``--neurons`` spec; it lives here, below the stages, so that choosing neurons
-for explanations does not import the graph stage's driver.
+The graph stage (:mod:`autointerp.n2g.run`), the explain stage (:mod:`autointerp.explain.run`) and
+the export command choose neurons with the same ``--neurons`` spec; it lives here, below the stages,
+so that choosing neurons for explanations does not import the graph stage's driver.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def parse_neurons(text: str | None, d_mlp: int) -> list[int]:
 
 
 def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp: int) -> list[int]:
-    """``top:K`` (the K neurons with the highest max activation in the layer's harvest), ranges, or all."""
+    """``top:K`` (the K neurons with the highest max activation in the layer's harvest), ranges,
+    or all."""
     if spec and spec.strip().lower().startswith("top:"):
         try:
             k = int(spec.split(":", 1)[1])

@@ -1,38 +1,46 @@
 """Similar neurons by N2G graph overlap, computed for a whole model through an inverted index.
 
-**What is compared.** A neuron's N2G graph (:mod:`autointerp.n2g.graph`) has two sets of tokens that say what it does:
-its *activating* tokens (the trie roots, the tokens it fires on: those whose best normalised activation in the
-graph is at least 0.1, see :data:`autointerp.store.search_index.MIN_ACTIVATION`) and its *important context* tokens
-(concrete, non-wildcard context nodes: the earlier tokens that mattered). Tokens are compared as the graphs store them,
-normalised (case-insensitive, leading space stripped; see :func:`autointerp.n2g.graph.normalize_token`).
+**What is compared.** A neuron's N2G graph (:mod:`autointerp.n2g.graph`) has two sets of tokens that
+say what it does: its *activating* tokens (the trie roots, the tokens it fires on: those whose best
+normalised activation in the graph is at least 0.1, see
+:data:`autointerp.store.search_index.MIN_ACTIVATION`) and its *important context* tokens (concrete,
+non-wildcard context nodes: the earlier tokens that mattered). Tokens are compared as the graphs
+store them, normalised (case-insensitive, leading space stripped; see
+:func:`autointerp.n2g.graph.normalize_token`).
 
-**The formula.** DeepDecipher's idea is the two-way proportion of overlapping nodes: the share of A's tokens that
-are in B, and the share of B's tokens that are in A. Its code used one direction only, so sim(A, B) != sim(B, A).
-We combine the two proportions by their *harmonic mean*, which is the Dice coefficient::
+**The formula.** DeepDecipher's idea is the two-way proportion of overlapping nodes: the share of
+A's tokens that are in B, and the share of B's tokens that are in A. Its code used one direction
+only, so sim(A, B) != sim(B, A). We combine the two proportions by their *harmonic mean*, which is
+the Dice coefficient::
 
-    overlap(X, Y) = 2 |X ∩ Y| / (|X| + |Y|)        # harmonic mean of |X∩Y|/|X| and |X∩Y|/|Y|; 0 if both empty
+    overlap(X, Y) = 2 |X ∩ Y| / (|X| + |Y|)        # harmonic mean of |X∩Y|/|X| and |X∩Y|/|Y|; 0 if
+    both empty
 
-    similarity(A, B) = w · overlap(act_A, act_B) + (1 - w) · overlap(ctx_A, ctx_B)     (w = 0.5 by default)
+    similarity(A, B) = w · overlap(act_A, act_B) + (1 - w) · overlap(ctx_A, ctx_B)     (w = 0.5 by
+    default)
 
-When neither graph has context tokens, the context term is left out and similarity = overlap(act_A, act_B).
-It is symmetric, 1.0 for identical graphs and 0 for graphs with no token in common. The harmonic mean (rather than
-the arithmetic one) is dominated by the smaller proportion, so a tiny graph is not "similar" to every big graph that
-happens to contain its one token.
+When neither graph has context tokens, the context term is left out and similarity = overlap(act_A,
+act_B). It is symmetric, 1.0 for identical graphs and 0 for graphs with no token in common. The
+harmonic mean (rather than the arithmetic one) is dominated by the smaller proportion, so a tiny
+graph is not "similar" to every big graph that happens to contain its one token.
 
-**Stop tokens.** A token that occurs (as the same kind) in more than ``max_df`` of the model's graphs - ``","``,
-``"."``, ``"the"`` as context tokens - says little about what a neuron does, and under a Zipfian token distribution
-it would make the candidate pairs quadratic in the number of graphs (a token in k graphs makes k² pairs). Such tokens
-are dropped from both sets before the overlap is taken, as a search engine drops stop words. The default cap is
-``max(50, ceil(2 · sqrt(N)))`` graphs for N graphs (384 of 36,864 graphs, 1%; nothing is dropped below 50
-graphs), which bounds the work by ``max_df × (number of token occurrences)``: O(N^1.5) at worst (measured growth
-on Zipfian tokens: ~N^1.4, see BENCHMARKS.md). The stop tokens are part of the definition, so
-:func:`brute_force_top` (every pair) gives exactly the same answer as :func:`top_similar` (candidate pairs from the
-index); a test checks it. ``--max-df`` changes the cap (a cap of N or more keeps every token).
+**Stop tokens.** A token that occurs (as the same kind) in more than ``max_df`` of the model's
+graphs - ``","``, ``"."``, ``"the"`` as context tokens - says little about what a neuron does, and
+under a Zipfian token distribution it would make the candidate pairs quadratic in the number of
+graphs (a token in k graphs makes k² pairs). Such tokens are dropped from both sets before the
+overlap is taken, as a search engine drops stop words. The default cap is ``max(50, ceil(2 ·
+sqrt(N)))`` graphs for N graphs (384 of 36,864 graphs, 1%; nothing is dropped below 50 graphs),
+which bounds the work by ``max_df × (number of token occurrences)``: O(N^1.5) at worst (measured
+growth on Zipfian tokens: ~N^1.4, see BENCHMARKS.md). The stop tokens are part of the definition, so
+:func:`brute_force_top` (every pair) gives exactly the same answer as :func:`top_similar` (candidate
+pairs from the index); a test checks it. ``--max-df`` changes the cap (a cap of N or more keeps
+every token).
 
-**The algorithm.** Token ids are interned per kind; each graph is a list of ids; the inverted index is one CSR
-posting list per token. Queries are processed in blocks: every (query, candidate, kind) triple reachable through a
-shared token is emitted as one int64 key, the keys are sorted, and runs of equal keys give the intersection sizes.
-Only pairs that share a token are ever scored; the top ``limit`` per neuron (ties broken by layer, neuron) are kept.
+**The algorithm.** Token ids are interned per kind; each graph is a list of ids; the inverted index
+is one CSR posting list per token. Queries are processed in blocks: every (query, candidate, kind)
+triple reachable through a shared token is emitted as one int64 key, the keys are sorted, and runs
+of equal keys give the intersection sizes. Only pairs that share a token are ever scored; the top
+``limit`` per neuron (ties broken by layer, neuron) are kept.
 """
 
 from __future__ import annotations
@@ -56,25 +64,34 @@ from autointerp.token_index import (
 DEFAULT_LIMIT = 20
 DEFAULT_ACTIVATING_WEIGHT = 0.5
 KINDS = ("activating", "context")
-ROUND = 12  # similarities are rounded so that mathematically equal ones tie exactly (then the lower index wins)
+# similarities are rounded so that mathematically equal ones tie exactly (then the lower index wins)
+ROUND = 12
 
 
 def overlap(x: frozenset[str] | set[str], y: frozenset[str] | set[str]) -> float:
-    """Dice coefficient: the harmonic mean of the two proportions |x∩y|/|x| and |x∩y|/|y|; 0 when both are empty."""
+    """Dice coefficient: the harmonic mean of the two proportions |x∩y|/|x| and |x∩y|/|y|; 0 when
+    both are empty."""
     total = len(x) + len(y)
     return 2 * len(x & y) / total if total else 0.0
 
 
-def graph_similarity(a: TokenSets, b: TokenSets, activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
-                     stop: tuple[frozenset[str], frozenset[str]] | None = None) -> float:
-    """Similarity of two graphs' token sets (formula in the module docstring); ``stop`` = (activating, context)
-    stop tokens to drop first."""
+def graph_similarity(
+    a: TokenSets,
+    b: TokenSets,
+    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
+    stop: tuple[frozenset[str], frozenset[str]] | None = None,
+) -> float:
+    """Similarity of two graphs' token sets (formula in the module docstring); ``stop`` =
+    (activating, context) stop tokens to drop first."""
     sa, sc = stop or (frozenset(), frozenset())
     act_a, act_b = a.activating - sa, b.activating - sa
     ctx_a, ctx_b = a.context - sc, b.context - sc
     if not ctx_a and not ctx_b:
         return round(overlap(act_a, act_b), ROUND)
-    return round(activating_weight * overlap(act_a, act_b) + (1 - activating_weight) * overlap(ctx_a, ctx_b), ROUND)
+    return round(
+        activating_weight * overlap(act_a, act_b) + (1 - activating_weight) * overlap(ctx_a, ctx_b),
+        ROUND,
+    )
 
 
 def default_max_df(n_graphs: int) -> int:
@@ -94,10 +111,12 @@ def stop_tokens(sets: Sequence[TokenSets], max_df: int) -> tuple[frozenset[str],
     return out[0], out[1]
 
 
-# ------------------------------------------------------------------------------------------------------ all pairs
+# --------------------------------------------------------------------------------------------------
+# all pairs
 @dataclass
 class KindIndex:
-    """One kind's sets as CSR arrays: graph -> token ids, token -> graph ids (the inverted index)."""
+    """One kind's sets as CSR arrays: graph -> token ids, token -> graph ids (the inverted
+    index)."""
 
     g_ptr: np.ndarray
     g_tok: np.ndarray
@@ -120,7 +139,9 @@ def index_kind(token_lists: Sequence[Iterable[str]], max_df: int) -> KindIndex:
     flat, owner = flat[keep], owner[keep]
     size = np.bincount(owner, minlength=n).astype(np.int64)
     g_ptr = np.concatenate([[0], np.cumsum(size)])
-    order = np.argsort(flat, kind="stable")  # owner is already sorted, so each posting list is sorted by graph
+    order = np.argsort(
+        flat, kind="stable"
+    )  # owner is already sorted, so each posting list is sorted by graph
     t_graph = owner[order]
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(vocab)))])
     return KindIndex(g_ptr, flat, t_ptr, t_graph, size)
@@ -138,24 +159,34 @@ def _gather(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.n
     return values[np.repeat(starts, lengths) + offsets], which
 
 
-def top_similar(sets: Sequence[TokenSets], limit: int = DEFAULT_LIMIT, max_df: int | None = None,
-                activating_weight: float = DEFAULT_ACTIVATING_WEIGHT, block_pairs: int = 2_000_000,
-                progress: bool = False) -> list[list[tuple[int, float]]]:
-    """For each graph, its ``limit`` most similar other graphs as (index, similarity), most similar first.
+def top_similar(
+    sets: Sequence[TokenSets],
+    limit: int = DEFAULT_LIMIT,
+    max_df: int | None = None,
+    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
+    block_pairs: int = 2_000_000,
+    progress: bool = False,
+) -> list[list[tuple[int, float]]]:
+    """For each graph, its ``limit`` most similar other graphs as (index, similarity), most similar
+    first.
 
-    Only pairs sharing a non-stop token are scored (all others have similarity 0 and are never listed). Ties are
-    broken by the lower index, so the answer is deterministic and equal to :func:`brute_force_top`'s.
+    Only pairs sharing a non-stop token are scored (all others have similarity 0 and are never
+    listed). Ties are broken by the lower index, so the answer is deterministic and equal to
+    :func:`brute_force_top`'s.
     """
     n = len(sets)
     if max_df is None:
         max_df = default_max_df(n)
     kinds = [index_kind([getattr(s, k) for s in sets], max_df) for k in KINDS]
-    # Pairs per query through each kind: sum over its tokens of the posting list lengths (to size the blocks).
+    # Pairs per query through each kind: sum over its tokens of the posting list lengths (to size
+    # the blocks).
     work = np.zeros(n, dtype=np.int64)
     for kd in kinds:
         df = np.diff(kd.t_ptr)
         per_occ = df[kd.g_tok]
-        work += np.bincount(np.repeat(np.arange(n), kd.size), weights=per_occ, minlength=n).astype(np.int64)
+        work += np.bincount(np.repeat(np.arange(n), kd.size), weights=per_occ, minlength=n).astype(
+            np.int64
+        )
     out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     bar = tqdm(total=n, unit="graph", desc="similarity", disable=not progress, dynamic_ncols=True)
     start = 0
@@ -170,8 +201,15 @@ def top_similar(sets: Sequence[TokenSets], limit: int = DEFAULT_LIMIT, max_df: i
     return out
 
 
-def _score_block(kinds: list[KindIndex], start: int, end: int, n: int, limit: int, weight: float,
-                 out: list[list[tuple[int, float]]]) -> None:
+def _score_block(
+    kinds: list[KindIndex],
+    start: int,
+    end: int,
+    n: int,
+    limit: int,
+    weight: float,
+    out: list[list[tuple[int, float]]],
+) -> None:
     """Score every candidate pair of queries ``start:end`` and keep each query's top ``limit``."""
     queries = np.arange(start, end, dtype=np.int64)
     keys = []
@@ -220,32 +258,49 @@ def _score_block(kinds: list[KindIndex], start: int, end: int, n: int, limit: in
         out[qi + start].append((ci, si))
 
 
-def brute_force_top(sets: Sequence[TokenSets], limit: int = DEFAULT_LIMIT, max_df: int | None = None,
-                    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT) -> list[list[tuple[int, float]]]:
-    """Every pair through :func:`graph_similarity`: the O(N²) reference the index must equal (tests only)."""
+def brute_force_top(
+    sets: Sequence[TokenSets],
+    limit: int = DEFAULT_LIMIT,
+    max_df: int | None = None,
+    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
+) -> list[list[tuple[int, float]]]:
+    """Every pair through :func:`graph_similarity`: the O(N²) reference the index must equal
+    (tests only)."""
     n = len(sets)
     stop = stop_tokens(sets, default_max_df(n) if max_df is None else max_df)
     out = []
     for i in range(n):
-        scored = [(j, graph_similarity(sets[i], sets[j], activating_weight, stop)) for j in range(n) if j != i]
+        scored = [
+            (j, graph_similarity(sets[i], sets[j], activating_weight, stop))
+            for j in range(n)
+            if j != i
+        ]
         scored = [p for p in scored if p[1] > 0]
         scored.sort(key=lambda p: (-p[1], p[0]))
         out.append(scored[:limit])
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ the store
-def compute_similarities(store: Any, model: str, limit: int = DEFAULT_LIMIT, max_df: int | None = None,
-                         activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
-                         progress: bool = True) -> dict[str, Any]:
-    """Compute the top ``limit`` similar neurons of every neuron with an N2G graph of ``model`` and store them (one
-    transaction: the previous result stays until the new one is complete).
+# --------------------------------------------------------------------------------------------------
+# the store
+def compute_similarities(
+    store: Any,
+    model: str,
+    limit: int = DEFAULT_LIMIT,
+    max_df: int | None = None,
+    activating_weight: float = DEFAULT_ACTIVATING_WEIGHT,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute the top ``limit`` similar neurons of every neuron with an N2G graph of ``model`` and
+    store them (one transaction: the previous result stays until the new one is complete).
 
-    Returns ``{"model", "run_id", "graphs", "max_df", "stop_tokens": {"activating": n, "context": n}, "pairs",
-    "seconds"}``.
+    Returns ``{"model", "run_id", "graphs", "max_df", "stop_tokens": {"activating": n, "context":
+    n}, "pairs", "seconds"}``.
     """
     if not 0 <= activating_weight <= 1:
-        raise UserError(f"The activating-token weight must be between 0 and 1, not {activating_weight}.")
+        raise UserError(
+            f"The activating-token weight must be between 0 and 1, not {activating_weight}."
+        )
     if limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
     started = time.time()
@@ -253,32 +308,57 @@ def compute_similarities(store: Any, model: str, limit: int = DEFAULT_LIMIT, max
     neurons, token_sets = store.graph_token_sets(model)
     sets = [TokenSets(activating, context) for activating, context in token_sets]
     if not neurons:
-        raise UserError(f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first.")
+        raise UserError(
+            f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first."
+        )
     df_cap = default_max_df(len(sets)) if max_df is None else max_df
     if df_cap < 1:
         raise UserError(f"--max-df must be at least 1, not {df_cap}.")
     tops = top_similar(sets, limit, df_cap, activating_weight, progress=progress)
     stop = stop_tokens(sets, df_cap)
-    config = {"limit": limit, "max_df": df_cap, "activating_weight": activating_weight, "formula": "dice-v1"}
+    config = {
+        "limit": limit,
+        "max_df": df_cap,
+        "activating_weight": activating_weight,
+        "formula": "dice-v1",
+    }
     rows = [
         (i_rank, neurons[i], neurons[j], s)
-        for i, top in enumerate(tops) for i_rank, (j, s) in enumerate(top)
+        for i, top in enumerate(tops)
+        for i_rank, (j, s) in enumerate(top)
     ]
     run_id = store.save_similarities(model, config, store.graph_state(model), rows)
-    return {"model": model, "run_id": run_id, "graphs": len(sets), "max_df": df_cap,
-            "stop_tokens": {"activating": len(stop[0]), "context": len(stop[1])}, "pairs": len(rows),
-            "seconds": round(time.time() - started, 3)}
+    return {
+        "model": model,
+        "run_id": run_id,
+        "graphs": len(sets),
+        "max_df": df_cap,
+        "stop_tokens": {"activating": len(stop[0]), "context": len(stop[1])},
+        "pairs": len(rows),
+        "seconds": round(time.time() - started, 3),
+    }
 
 
-def similar(store: Any, model: str, layer: int, neuron: int, limit: int = 10, compute: bool = True,
-            progress: bool = False) -> list[dict[str, Any]]:
-    """The neurons most similar to ``layer/neuron``: ``[{"layer", "neuron", "similarity"}]``, most similar first.
+def similar(
+    store: Any,
+    model: str,
+    layer: int,
+    neuron: int,
+    limit: int = 10,
+    compute: bool = True,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The neurons most similar to ``layer/neuron``: ``[{"layer", "neuron", "similarity"}]``, most
+    similar first.
 
-    With ``compute`` the similarities are (re)computed first when they are missing or older than the graphs.
+    With ``compute`` the similarities are (re)computed first when they are missing or older than the
+    graphs.
     """
     if store.graph(model, layer, neuron) is None:
-        raise UserError(f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} --layers {layer} "
-                        f"--neurons {neuron}` first.")
+        raise UserError(
+            f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} --layers"
+            f" {layer} --neurons {neuron}` first."
+        )
     if compute and store.similarity_stale(model, limit):
         compute_similarities(store, model, limit=max(limit, DEFAULT_LIMIT), progress=progress)
     return store.similar(model, layer, neuron, limit)

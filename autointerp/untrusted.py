@@ -11,9 +11,9 @@ Text going **out** keeps what it is wherever the format can carry it (JSON, the 
 made visible where it cannot: control characters from an untrusted corpus are not well-formed XML
 (GraphML) and would drive the user's terminal (``\\x1b[2J`` clears it). They become the Unicode
 control pictures (U+2400 block: ``\\x00`` -> ``␀``, ``\\x1b`` -> ``␛``), the same idea as the
-``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. Where one token must stay on
-one line and be read back exactly (the explainer's prompts, the DOT export), :func:`escape_token` writes
-backslash escapes instead.
+``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. Where one token must stay
+on one line and be read back exactly (the explainer's prompts, the DOT export), :func:`escape_token`
+writes backslash escapes instead.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ def check_unicode(text: str, what: str, from_bytes: bool = False) -> str:
         return text
     code = ord(bad.group())
     if from_bytes and 0xDC80 <= code <= 0xDCFF:
-        raise UserError(f"{what} is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character "
-                        f"{bad.start()} cannot be decoded.")
-    raise UserError(f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at "
-                    f"character {bad.start()}.")
+        raise UserError(
+            f"{what} is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character "
+            f"{bad.start()} cannot be decoded."
+        )
+    raise UserError(
+        f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at "
+        f"character {bad.start()}."
+    )
 
 
 def read_text(stream: BinaryIO | None = None, what: str = "The text on standard input") -> str:
@@ -55,8 +59,10 @@ def read_text(stream: BinaryIO | None = None, what: str = "The text on standard 
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte "
-                        f"{exc.start} cannot be decoded.") from exc
+        raise UserError(
+            f"{what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte "
+            f"{exc.start} cannot be decoded."
+        ) from exc
 
 
 def _picture(match: re.Match[str]) -> str:

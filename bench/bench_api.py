@@ -1,15 +1,16 @@
-"""API benchmark: neuron JSON requests per second and latency percentiles over loopback with a concurrent client.
+"""API benchmark: neuron JSON requests per second and latency percentiles over loopback with a
+concurrent client.
 
-The server is started the way a user starts it (``autointerp serve`` in its own process); the client is a minimal
-asyncio HTTP/1.1 keep-alive client in this process (httpx would cost more CPU per request than the server, and both
-share the same cores). Phases, each for ``--seconds`` in all:
+The server is started the way a user starts it (``autointerp serve`` in its own process); the client
+is a minimal asyncio HTTP/1.1 keep-alive client in this process (httpx would cost more CPU per
+request than the server, and both share the same cores). Phases, each for ``--seconds`` in all:
 
 * ``neuroscope cold`` - every request is a neuron not asked for before (nothing cached: SQLite read
   + JSON encode), with the default answer (10 examples per kind) and with ``limit=1000`` (every
   example: the answer before the default was cut);
 * ``neuroscope warm`` - requests cycle over 200 neurons (served from the per-run byte cache);
-* ``stats`` and ``all`` (stats, examples, graph, explanation, similar, weights read fresh every time) on random
-  neurons.
+* ``stats`` and ``all`` (stats, examples, graph, explanation, similar, weights read fresh every
+  time) on random neurons.
 
 With ``--compare-http``, a second server runs with ``--http h11 --loop asyncio`` (uvicorn's
 pure-Python stack) beside the default one (httptools + uvloop when installed). Phases that are
@@ -91,8 +92,8 @@ async def _request(
 async def run_phase(
     port: int, paths: Iterable[str], seconds: float, concurrency: int
 ) -> dict[str, Any]:
-    """``concurrency`` keep-alive connections, each sending its next request as soon as the previous answer
-    arrived, until ``seconds`` have passed; every latency is recorded."""
+    """``concurrency`` keep-alive connections, each sending its next request as soon as the previous
+    answer arrived, until ``seconds`` have passed; every latency is recorded."""
     latencies: list[float] = []
     sizes: list[int] = []
     errors = 0
@@ -202,8 +203,12 @@ def main() -> None:
         "--rounds", type=int, default=4, help="interleaved slices per compared phase (default 4)"
     )
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--cpu-neurons", type=int, default=2000,
-                    help="neurons for the in-process CPU time per answer (default 2000)")
+    ap.add_argument(
+        "--cpu-neurons",
+        type=int,
+        default=2000,
+        help="neurons for the in-process CPU time per answer (default 2000)",
+    )
     ap.add_argument(
         "--compare-http",
         action="store_true",
@@ -298,17 +303,21 @@ def main() -> None:
     lines = [
         "## API",
         "",
-        f"`{' '.join(['python', 'bench/bench_api.py', *sys.argv[1:]])}` on {platform.machine()} with "
-        f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, load average {load[0]:.1f} / "
-        f"{load[1]:.1f} / {load[2]:.1f} at the end (1/5/15 min). Server: `autointerp serve` (one "
-        f"uvicorn process; default stack here: {auto[0]} + {auto[1]}); client: {args.concurrency} "
-        "keep-alive connections from one asyncio process on the same machine; each phase "
-        f"{args.seconds:g} s in {args.rounds} interleaved slices. Database: {model}, layers "
-        f"{layers}, {harvest['tokens_done']} tokens, {d_mlp} neurons per layer (top/bottom 40, "
-        "random 40, quantile samples per neuron).",
+        (
+            f"`{' '.join(['python', 'bench/bench_api.py', *sys.argv[1:]])}` on {platform.machine()}"
+            f" with {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, load average"
+            f" {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end (1/5/15 min). Server:"
+            f" `autointerp serve` (one uvicorn process; default stack here: {auto[0]} + {auto[1]});"
+            f" client: {args.concurrency} keep-alive connections from one asyncio process on the"
+            f" same machine; each phase {args.seconds:g} s in {args.rounds} interleaved slices."
+            f" Database: {model}, layers {layers}, {harvest['tokens_done']} tokens, {d_mlp} neurons"
+            " per layer (top/bottom 40, random 40, quantile samples per neuron)."
+        ),
         "",
-        "| server | request | requests/s | p50 ms | p90 ms | p99 ms | max ms | answer size "
-        "| errors |",
+        (
+            "| server | request | requests/s | p50 ms | p90 ms | p99 ms | max ms | answer size "
+            "| errors |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, phase), r in results.items():
@@ -319,13 +328,14 @@ def main() -> None:
     cpu = cpu_per_answer(db, model, everyone[: args.cpu_neurons])
     lines += [
         "",
-        "Server CPU time per cold neuroscope answer, measured in-process "
-        "(`ApiData.neuroscope_bytes`,"
-        " CPU seconds of this process, so less sensitive to the machine's load than requests/s; "
-        f"{len(everyone[: args.cpu_neurons])} neurons never asked before, the two sizes on "
-        "alternate neurons): default answer "
-        f"**{cpu['default'] * 1000:.2f} ms**, every example (limit=1000) "
-        f"**{cpu['all'] * 1000:.2f} ms** ({cpu['all'] / cpu['default']:.1f}x).",
+        (
+            "Server CPU time per cold neuroscope answer, measured in-process"
+            " (`ApiData.neuroscope_bytes`, CPU seconds of this process, so less sensitive to the"
+            f" machine's load than requests/s; {len(everyone[: args.cpu_neurons])} neurons never"
+            " asked before, the two sizes on alternate neurons): default answer"
+            f" **{cpu['default'] * 1000:.2f} ms**, every example (limit=1000)"
+            f" **{cpu['all'] * 1000:.2f} ms** ({cpu['all'] / cpu['default']:.1f}x)."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -136,8 +136,11 @@ def main() -> None:
                 statistics.median(corr) if corr else float("nan"),
             )
         )
-        print(f"layer {layer}: full {full_t}, reused {reuse_t} s, same graphs {identical}",
-              file=sys.stderr, flush=True)
+        print(
+            f"layer {layer}: full {full_t}, reused {reuse_t} s, same graphs {identical}",
+            file=sys.stderr,
+            flush=True,
+        )
         if (
             position == len(layers) // 2 and naive_n
         ):  # the middle layer: naive vs batched, interleaved
@@ -165,14 +168,18 @@ def main() -> None:
     lines = [
         f"### N2G graph building: {model.name}",
         "",
-        f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig "
-        "(20 top training examples + the firing tokens of the training random/quantile examples, 5 "
-        f"augmentations, calibrated); best of {args.rounds} interleaved rounds.",
+        (
+            f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__},"
+            f" {torch.get_num_threads()} threads, {platform.machine()}, load average"
+            f" {os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig"
+            " (20 top training examples + the firing tokens of the training random/quantile"
+            f" examples, 5 augmentations, calibrated); best of {args.rounds} interleaved rounds."
+        ),
         "",
-        "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "
-        "| same graphs | median held-out correlation |",
+        (
+            "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "
+            "| same graphs | median held-out correlation |"
+        ),
         "|---:|---:|---:|---:|---:|---|---:|",
         *[
             f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} |"

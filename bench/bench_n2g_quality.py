@@ -142,17 +142,21 @@ def main() -> None:
     lines = [
         f"### N2G quality on held-out top and random text: {model.name}",
         "",
-        f"Command: `.venv/bin/python bench/bench_n2g_quality.py --layers {args.layers} "
-        f"--neurons {args.neurons} --seed {args.seed} --tokens {args.tokens}`. "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, load average {load[0]:.1f} "
-        "(a shared machine: seconds are not comparable across runs). Medians over seeded random "
-        "neurons of each layer (in brackets: for how many neurons the number is defined); test "
-        "split only: 10 top and 10 random examples per neuron. False firing: tokens of the random "
-        "test text where the graph predicts >= 0.5 x max and the neuron is below, per 1,000 "
-        "tokens, all neurons pooled.",
+        (
+            f"Command: `.venv/bin/python bench/bench_n2g_quality.py --layers {args.layers}"
+            f" --neurons {args.neurons} --seed {args.seed} --tokens {args.tokens}`."
+            f" {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, load average {load[0]:.1f}"
+            " (a shared machine: seconds are not comparable across runs). Medians over seeded"
+            " random neurons of each layer (in brackets: for how many neurons the number is"
+            " defined); test split only: 10 top and 10 random examples per neuron. False firing:"
+            " tokens of the random test text where the graph predicts >= 0.5 x max and the neuron"
+            " is below, per 1,000 tokens, all neurons pooled."
+        ),
         "",
-        "| layer | neurons | recipe | F1 top | corr top | F1 random | corr random | F1 pooled "
-        "| corr pooled | false firing / 1k random tokens | median nodes | s/neuron |",
+        (
+            "| layer | neurons | recipe | F1 top | corr top | F1 random | corr random | F1 pooled "
+            "| corr pooled | false firing / 1k random tokens | median nodes | s/neuron |"
+        ),
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layer, n, name, m, fp, nodes, seconds in rows:

@@ -22,8 +22,13 @@ from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.llm.local_server import local_server
 from autointerp.models import load_tokenizer
 
-EXPLANATIONS = ["names of animals", 'the word "the"', "punctuation at the end of a sentence",
-                "numbers and years", "Python keywords"]
+EXPLANATIONS = [
+    "names of animals",
+    'the word "the"',
+    "punctuation at the end of a sentence",
+    "numbers and years",
+    "Python keywords",
+]
 
 
 def main() -> None:
@@ -47,19 +52,29 @@ def main() -> None:
             for explanation in EXPLANATIONS:
                 for tokens in records:
                     prompt = simulation_prompt(explanation, tokens, templates)
-                    body = {"prompt": prompt.text, "echo": True, "logprobs": args.top_logprobs,
-                            "max_tokens": 1, "temperature": 0}
+                    body = {
+                        "prompt": prompt.text,
+                        "echo": True,
+                        "logprobs": args.top_logprobs,
+                        "max_tokens": 1,
+                        "temperature": 0,
+                    }
                     values, _ = client.call(
-                        "completions", model, body,
-                        lambda r, p=prompt: parse_echo_slots(r, p.slot_offsets, 0))
+                        "completions",
+                        model,
+                        body,
+                        lambda r, p=prompt: parse_echo_slots(r, p.slot_offsets, 0),
+                    )
                     m = sum(v is None for v in values)
                     missing += m
                     slots += len(values)
                     failing += m > MAX_DIGITLESS_FRACTION * len(values)
             n = len(EXPLANATIONS) * len(records)
-            print(f"{args.llm} prompts={folder or 'default'}: {missing}/{slots} slots digit-less "
-                  f"({100 * missing / slots:.1f}%), {failing}/{n} records over the threshold, "
-                  f"{time.time() - t0:.0f} s")
+            print(
+                f"{args.llm} prompts={folder or 'default'}: {missing}/{slots} slots digit-less "
+                f"({100 * missing / slots:.1f}%), {failing}/{n} records over the threshold, "
+                f"{time.time() - t0:.0f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny random-init model for fast unit tests, the real SmolLM2-135M for the tests that claim a
-feature works, small corpora and databases, fake LLM endpoints. Helpers that are not fixtures (the brute-force
-reference harvest, running the CLI, copying a database) are in helpers.py."""
+"""Shared fixtures: a tiny random-init model for fast unit tests, the real SmolLM2-135M for the
+tests that claim a feature works, small corpora and databases, fake LLM endpoints. Helpers that are
+not fixtures (the brute-force reference harvest, running the CLI, copying a database) are in
+helpers.py."""
 
 from __future__ import annotations
 
@@ -28,13 +29,24 @@ def _tiny(gated: bool) -> SubjectModel:
         load_model("smollm2-135m", progress=False)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=24, n_ctx=128, d_vocab=len(tokenizer),
-        act_fn="silu" if gated else "gelu", gated_mlp=gated, normalization_type="LN", seed=0,
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=24,
+        n_ctx=128,
+        d_vocab=len(tokenizer),
+        act_fn="silu" if gated else "gelu",
+        gated_mlp=gated,
+        normalization_type="LN",
+        seed=0,
     )
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.eval()
     name = "tiny-gated" if gated else "tiny-gelu"
-    return SubjectModel(name, model, tokenizer, {"model": name, "source": "random init", "dtype": "float32"})
+    return SubjectModel(
+        name, model, tokenizer, {"model": name, "source": "random init", "dtype": "float32"}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +73,8 @@ def text_corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-def]
-    """A real harvest of the tiny gated model (layer 1): enough train/test examples to explain and score.
-    Tests that write copy it first (:func:`copy_db`)."""
+    """A real harvest of the tiny gated model (layer 1): enough train/test examples to explain and
+    score. Tests that write copy it first (:func:`copy_db`)."""
     import json
 
     from autointerp.harvest import HarvestConfig, harvest
@@ -71,15 +83,24 @@ def small_db(tmp_path_factory, tiny_gated) -> Path:  # type: ignore[no-untyped-d
     corpus = folder / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
     db = folder / "base.db"
-    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(corpus), layers=[1], ctx_len=24, top_k=8, random_k=8,
-                        batch_size=8, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=tiny_gated.name,
+        corpus=str(corpus),
+        layers=[1],
+        ctx_len=24,
+        top_k=8,
+        random_k=8,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
     harvest(tiny_gated, db, cfg, progress=False, log=lambda m: None)
     return db
 
 
 @pytest.fixture
 def fault_server():  # type: ignore[no-untyped-def]
-    """Start fake LLM endpoints (:class:`llmfaults.FaultServer`) in a mode; all are shut down after the test."""
+    """Start fake LLM endpoints (:class:`llmfaults.FaultServer`) in a mode; all are shut down
+    after the test."""
     from llmfaults import FaultServer
 
     servers: list[FaultServer] = []

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from autointerp.packaged import cache_dir
 
-REPO_ID = (
-    "gpt2"  # what transformer_lens 3.9 loads "gpt2-small" from (its OFFICIAL_MODEL_NAMES entry)
+REPO_ID = (  # what transformer_lens 3.9 loads "gpt2-small" from (its OFFICIAL_MODEL_NAMES entry)
+    "gpt2"
 )
 VOCAB = "ggml-vocab-gpt-2.gguf"
 COMMIT = hashlib.sha1(b"autointerp random-init gpt2-small, torch seed 0").hexdigest()

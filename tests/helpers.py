@@ -1,8 +1,8 @@
-"""Helpers shared by the tests (fixtures stay in conftest.py): the test corpus, running the real CLI, copying a
-database, a free port, the brute-force reference a harvest must equal, and the changes tests make to a database
-that no Store method makes (clearing a stage's rows, holding the write lock, renaming a model, turning a current
-database into one an older autointerp wrote): kept in one place, so a test says what state it wants rather than
-writing SQL into the schema."""
+"""Helpers shared by the tests (fixtures stay in conftest.py): the test corpus, running the real
+CLI, copying a database, a free port, the brute-force reference a harvest must equal, and the
+changes tests make to a database that no Store method makes (clearing a stage's rows, holding the
+write lock, renaming a model, turning a current database into one an older autointerp wrote): kept
+in one place, so a test says what state it wants rather than writing SQL into the schema."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 PARAGRAPHS = [
     "The quick brown fox jumps over the lazy dog. Foxes are small omnivorous mammals.",
     "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
-    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
+    (
+        "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of"
+        " Italy."
+    ),
     "In 1905 Albert Einstein published four papers; in 1915 he completed general relativity.",
     "for i in range(10):\n    if i % 2 == 0:\n        continue\n    print(i)\n",
     "The mitochondria is the powerhouse of the cell, producing ATP through respiration.",
@@ -38,25 +41,45 @@ PARAGRAPHS = [
 ]
 
 
-def brute_force(model: SubjectModel, corpus: str, layers: list[int], ctx_len: int, n_tokens: int | None,
-                seed: int = 0) -> dict[str, Any]:
-    """Every activation of every context, computed one context at a time: the reference a harvest must equal."""
+def brute_force(
+    model: SubjectModel,
+    corpus: str,
+    layers: list[int],
+    ctx_len: int,
+    n_tokens: int | None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every activation of every context, computed one context at a time: the reference a harvest
+    must equal."""
     docs = load_documents(corpus, seed)
     max_contexts = n_tokens // ctx_len if n_tokens else None
-    contexts = list(iter_contexts(docs, model.tokenizer, ctx_len, model.bos_id, model.sep_id, max_contexts))
+    contexts = list(
+        iter_contexts(docs, model.tokenizer, ctx_len, model.bos_id, model.sep_id, max_contexts)
+    )
     acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     for c in contexts:
         out = model.mlp_activations(torch.from_numpy(c.tokens)[None], layers)
         for layer in layers:
             acts[layer].append(out[layer][0].numpy())
-    return {"contexts": contexts, "acts": {layer: np.stack(a) for layer, a in acts.items()}}  # [C, T, d]
+    return {
+        "contexts": contexts,
+        "acts": {layer: np.stack(a) for layer, a in acts.items()},
+    }  # [C, T, d]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the real `autointerp` entry point in a subprocess (as a user would)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "autointerp", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "autointerp", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def copy_db(db: Path, target: Path) -> Path:
@@ -72,10 +95,17 @@ def copy_store(db: Path, tmp_path: Path) -> Store:
 
 
 def fault_config(**kw: Any) -> ExplainConfig:
-    """An explain configuration for the fake LLM endpoints (conftest's ``fault_server``): small record counts,
-    echo simulation, one model name for both roles; ``kw`` overrides any field."""
-    base: dict[str, Any] = dict(explainer_model="fault-model", simulator_model="fault-model", prompt_version="test",
-                                simulator_mode="echo", sim_top=2, sim_random=2, explain_records=3)
+    """An explain configuration for the fake LLM endpoints (conftest's ``fault_server``): small
+    record counts, echo simulation, one model name for both roles; ``kw`` overrides any field."""
+    base: dict[str, Any] = dict(
+        explainer_model="fault-model",
+        simulator_model="fault-model",
+        prompt_version="test",
+        simulator_mode="echo",
+        sim_top=2,
+        sim_random=2,
+        explain_records=3,
+    )
     return ExplainConfig(**{**base, **kw})
 
 
@@ -87,17 +117,43 @@ def free_port() -> int:
 
 
 def run_rows(db: Any, run_id: int) -> tuple[list[tuple], list[tuple], np.ndarray]:
-    """A harvest run's examples and neuron statistics, and separately the neurons' float64 sums: activations of
-    the same contexts in different forward batches (shards, another executor) differ in the last float32 bits, so
-    sums are compared with a tolerance (:func:`assert_same_harvest`) and everything else exactly."""
+    """A harvest run's examples and neuron statistics, and separately the neurons' float64 sums:
+    activations of the same contexts in different forward batches (shards, another executor) differ
+    in the last
+    float32 bits, so sums are compared with a tolerance (:func:`assert_same_harvest`) and everything
+    else exactly."""
     ex = [
-        (r["layer"], r["neuron"], r["kind"], r["rank"], r["split"], r["context_id"], r["peak_index"],
-         r["interval"], tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)))
-        for r in db.db.query("select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id])
+        (
+            r["layer"],
+            r["neuron"],
+            r["kind"],
+            r["rank"],
+            r["split"],
+            r["context_id"],
+            r["peak_index"],
+            r["interval"],
+            tuple(np.round(np.frombuffer(r["activations"], dtype="<f4"), 4)),
+        )
+        for r in db.db.query(
+            "select * from examples where run_id = ? order by layer, neuron, kind, rank", [run_id]
+        )
     ]
-    rows = list(db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id]))
-    ne = [(r["layer"], r["neuron"], r["count"], round(r["max"], 5), round(r["min"], 5), r["n_positive"], r["hist"],
-           r["ctx_max_hist"]) for r in rows]
+    rows = list(
+        db.db.query("select * from neurons where run_id = ? order by layer, neuron", [run_id])
+    )
+    ne = [
+        (
+            r["layer"],
+            r["neuron"],
+            r["count"],
+            round(r["max"], 5),
+            round(r["min"], 5),
+            r["n_positive"],
+            r["hist"],
+            r["ctx_max_hist"],
+        )
+        for r in rows
+    ]
     return ex, ne, np.array([r["sum"] for r in rows])
 
 
@@ -169,8 +225,12 @@ def set_schema_version(db: Path, version: int) -> None:
         conn.execute("update meta set value = ? where key = 'schema_version'", [str(version)])
 
 
-def as_older_database(db: Path, drop_columns: dict[str, Iterable[str]] | None = None,
-                      drop_tables: Iterable[str] = (), version: int | None = None) -> None:
+def as_older_database(
+    db: Path,
+    drop_columns: dict[str, Iterable[str]] | None = None,
+    drop_tables: Iterable[str] = (),
+    version: int | None = None,
+) -> None:
     """Make ``db`` look like a database an older autointerp wrote: without ``drop_columns``
     (table -> columns) and ``drop_tables``, and at schema ``version`` when given."""
     with _connection(db) as conn:

@@ -1,22 +1,25 @@
-"""A fake OpenAI-compatible LLM server for fault injection, shared by the explain, crash and concurrency tests.
+"""A fake OpenAI-compatible LLM server for fault injection, shared by the explain, crash and
+concurrency tests.
 
-It is only ever the *LLM endpoint* (a remote service we do not control); the subject model, the database and the
-pipeline under test are real. Modes:
+It is only ever the *LLM endpoint* (a remote service we do not control); the subject model, the
+database and the pipeline under test are real. Modes:
 
-* whole-request faults (every POST): ``500``, ``429``, ``hang`` (3 s, then 500), ``garbage`` (a 200 whose body is
-  not JSON), ``html`` (a 200 with an HTML page, as a proxy sends for a dead server),
+* whole-request faults (every POST): ``500``, ``429``, ``hang`` (3 s, then 500), ``garbage`` (a 200
+  whose body is not JSON), ``html`` (a 200 with an HTML page, as a proxy sends for a dead server),
   ``out-of-range`` (``{"activations": [42]}``), ``empty`` (an empty reply);
-* simulation faults (explanation requests are answered well, so the failure lands on the score): ``truncated``
-  (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs, ``finish_reason: "length"``),
-  ``wrong-count`` (one value fewer than there are tokens), ``not-json`` (chatty prose where JSON was asked for);
-* ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations answered well);
+* simulation faults (explanation requests are answered well, so the failure lands on the score):
+  ``truncated`` (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs,
+  ``finish_reason: "length"``), ``wrong-count`` (one value fewer than there are tokens),
+  ``not-json`` (chatty prose where JSON was asked for);
+* ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations
+  answered well);
 * ``no-digits``: echo simulations whose top logprobs hold no digit at any position (the simulator
   "answered" but not on the 0-9 scale); explanations answered well;
 * ``keyword``: a deterministic stand-in simulator for testing what is computed *from* simulations
   (controls, summaries), never the simulator's quality: echo prompts get a '9' at every slot whose
   token (lower case, space stripped) is a word of the target explanation, '0' elsewhere;
-* ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo prompts, a
-  valid JSON list for JSON simulations), so a test can watch a failure get redone.
+* ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo
+  prompts, a valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ SIMULATION_FAULTS = ("truncated", "wrong-count", "not-json")
 
 
 class FaultServer:
-    """A local HTTP server that misbehaves on purpose (see the module docstring); ``mode`` may change any time."""
+    """A local HTTP server that misbehaves on purpose (see the module docstring); ``mode`` may
+    change any time."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -44,7 +48,9 @@ class FaultServer:
                 pass
 
             def do_GET(self) -> None:  # /v1/models
-                self._send(200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"})
+                self._send(
+                    200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"}
+                )
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -66,11 +72,14 @@ class FaultServer:
                 elif mode == "out-of-range":
                     self._send(200, _chat('{"activations": [42]}'))
                 elif mode == "truncated-explanation" and not is_simulation(body):
-                    self._send(200, _chat(" tokens that", finish_reason="length"))  # cut inside the phrase
+                    self._send(
+                        200, _chat(" tokens that", finish_reason="length")
+                    )  # cut inside the phrase
                 elif mode in ("no-digits", "keyword") and "prompt" in body:
                     self._send(200, _echo_digits(body["prompt"], keyword=mode == "keyword"))
                 elif mode in ("ok", "truncated-explanation", "no-digits", "keyword") or (
-                        mode in SIMULATION_FAULTS and not is_simulation(body)):
+                    mode in SIMULATION_FAULTS and not is_simulation(body)
+                ):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:
                     self._send(200, _simulation_fault(mode, body))
@@ -80,8 +89,9 @@ class FaultServer:
             def _send(self, status: int, obj: dict[str, Any]) -> None:
                 self._raw(status, json.dumps(obj).encode())
 
-            def _raw(self, status: int, data: bytes, content_type: str = "application/json"
-                     ) -> None:
+            def _raw(
+                self, status: int, data: bytes, content_type: str = "application/json"
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
@@ -101,7 +111,8 @@ class FaultServer:
 
 
 def is_simulation(body: dict[str, Any]) -> bool:
-    """Echo prompts and chat simulations (their last message lists the tokens); explanation requests are neither."""
+    """Echo prompts and chat simulations (their last message lists the tokens); explanation
+    requests are neither."""
     if "prompt" in body:
         return True
     messages = body.get("messages") or []
@@ -115,22 +126,51 @@ def _n_tokens(body: dict[str, Any]) -> int:
 
 
 def _chat(content: str, finish_reason: str = "stop") -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "fault-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fault-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }
 
 
 def _echo(prompt: str, upto: int | None = None) -> dict[str, Any]:
-    """Prompt logprobs with a '5' as the likeliest next digit everywhere, one character per token (the first
-    ``upto`` characters only: a truncated answer)."""
+    """Prompt logprobs with a '5' as the likeliest next digit everywhere, one character per token
+    (the first ``upto`` characters only: a truncated answer)."""
     chars = list(prompt[:upto] if upto is not None else prompt)
     top = [None] + [{"5": -0.1, "x": -3.0} for _ in chars[1:]]
-    return {"id": "x", "object": "text_completion", "created": 0, "model": "fault-model",
-            "choices": [{"index": 0, "text": "".join(chars), "finish_reason": "length",
-                         "logprobs": {"tokens": chars, "text_offset": list(range(len(chars))),
-                                      "token_logprobs": [None] * len(chars), "top_logprobs": top}}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0, "total_tokens": len(prompt)}}
+    return {
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": "fault-model",
+        "choices": [
+            {
+                "index": 0,
+                "text": "".join(chars),
+                "finish_reason": "length",
+                "logprobs": {
+                    "tokens": chars,
+                    "text_offset": list(range(len(chars))),
+                    "token_logprobs": [None] * len(chars),
+                    "top_logprobs": top,
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": len(prompt),
+            "completion_tokens": 0,
+            "total_tokens": len(prompt),
+        },
+    }
 
 
 def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
@@ -156,8 +196,8 @@ def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
 
 
 def ok_answer(body: dict[str, Any]) -> dict[str, Any]:
-    """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for echo prompts,
-    ``{"activations": [5, ...]}`` of the right length for JSON simulations."""
+    """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for
+    echo prompts, ``{"activations": [5, ...]}`` of the right length for JSON simulations."""
     if "messages" in body:
         if is_simulation(body):
             return _chat(json.dumps({"activations": [5] * _n_tokens(body)}))
@@ -167,7 +207,11 @@ def ok_answer(body: dict[str, Any]) -> dict[str, Any]:
 
 def _simulation_fault(mode: str, body: dict[str, Any]) -> dict[str, Any]:
     if "prompt" in body:  # echo simulations
-        return _echo(body["prompt"], upto=len(body["prompt"]) // 2) if mode == "truncated" else _chat("")
+        return (
+            _echo(body["prompt"], upto=len(body["prompt"]) // 2)
+            if mode == "truncated"
+            else _chat("")
+        )
     n = _n_tokens(body)
     if mode == "truncated":
         return _chat(json.dumps({"activations": [5] * n})[: 8 + n], finish_reason="length")

@@ -1,6 +1,7 @@
-"""The JSON API and pages against a real database from a real harvest: every endpoint's shape and every
-error case (404 says what exists, 422 for bad parameters, 413 for long texts), live activations equal the model's,
-CORS, no assets from the internet, and `autointerp serve` as a user starts it."""
+"""The JSON API and pages against a real database from a real harvest: every endpoint's shape and
+every error case (404 says what exists, 422 for bad parameters, 413 for long texts), live
+activations equal the model's, CORS, no assets from the internet, and `autointerp serve` as a user
+starts it."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _not_found(client: TestClient, url: str, *needles: str) -> dict[str, Any]:
     return body
 
 
-# ------------------------------------------------------------------------------------------------ models and layers
+# ------------------------------------------------------------------------------------------------
+# models and layers
 
 
 def test_models_and_model_metadata(client: TestClient, api_db: Path) -> None:
@@ -75,10 +77,22 @@ def test_models_and_model_metadata(client: TestClient, api_db: Path) -> None:
     assert (m["n_layers"], m["d_mlp"], m["act_fn"], m["gated_mlp"]) == (2, 24, "silu", True)
     assert m["corpus"][0]["spec"].endswith("corpus.jsonl") and m["corpus"][0]["documents"] == 24
     by_layer = {row["layer"]: row for row in m["layers"]}
-    assert by_layer[1]["neurons"] == 24 and by_layer[1]["graphs"] == len(GRAPHED) and by_layer[1]["explanations"] == 1
+    assert (
+        by_layer[1]["neurons"] == 24
+        and by_layer[1]["graphs"] == len(GRAPHED)
+        and by_layer[1]["explanations"] == 1
+    )
     assert by_layer[0]["graphs"] == 0
     assert m["services"]["neuroscope"] and m["services"]["n2g"] and m["services"]["explanation"]
-    assert set(m["services"]) == {"neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all"}
+    assert set(m["services"]) == {
+        "neuroscope",
+        "n2g",
+        "explanation",
+        "similar",
+        "stats",
+        "weights",
+        "all",
+    }
 
 
 @pytest.mark.parametrize("service", ["neuroscope", "stats", "all", "similar", "weights"])
@@ -97,10 +111,15 @@ def test_layer_summary_of_graphs_and_explanations(client: TestClient) -> None:
     assert all("correlation" in it and it["n_nodes"] > 0 for it in n2g["items"])
     assert _get(client, f"/api/{M}/n2g/0")["total"] == 0
     ex = _get(client, f"/api/{M}/explanation/1")
-    assert ex["total"] == 1 and ex["items"][0]["neuron"] == EXPLAINED and ex["items"][0]["score"] == 0.61
+    assert (
+        ex["total"] == 1
+        and ex["items"][0]["neuron"] == EXPLAINED
+        and ex["items"][0]["score"] == 0.61
+    )
 
 
-# ------------------------------------------------------------------------------------------------ neurons
+# ------------------------------------------------------------------------------------------------
+# neurons
 
 
 def test_neuroscope_examples_equal_the_store(client: TestClient, api_db: Path) -> None:
@@ -108,18 +127,34 @@ def test_neuroscope_examples_equal_the_store(client: TestClient, api_db: Path) -
     store = Store(api_db)
     run_id = store.latest_complete_run(M, 1)["id"]
     stored = list(store.examples(run_id, 1, 3))
-    assert len(rec["examples"]) == len(stored) and rec["counts"]["top"] == 8 and rec["counts"]["bottom"] == 8
+    assert (
+        len(rec["examples"]) == len(stored)
+        and rec["counts"]["top"] == 8
+        and rec["counts"]["bottom"] == 8
+    )
     for got, want in zip(rec["examples"], stored, strict=True):
-        assert (got["kind"], got["rank"], got["context_id"]) == (want["kind"], want["rank"], want["context_id"])
+        assert (got["kind"], got["rank"], got["context_id"]) == (
+            want["kind"],
+            want["rank"],
+            want["context_id"],
+        )
         assert got["tokens"] == want["str_tokens"] and len(got["activations"]) == len(got["tokens"])
-        assert got["activations"] == pytest.approx(want["activations"], rel=1e-4, abs=1e-6)  # 5 digits
+        assert got["activations"] == pytest.approx(
+            want["activations"], rel=1e-4, abs=1e-6
+        )  # 5 digits
         assert got["peak_index"] == want["peak_index"]
     top = _get(client, f"/api/{M}/neuroscope/1/3?kinds=top,random&limit=2")
-    assert [(e["kind"], e["rank"]) for e in top["examples"]] == [("top", 0), ("top", 1), ("random", 0), ("random", 1)]
+    assert [(e["kind"], e["rank"]) for e in top["examples"]] == [
+        ("top", 0),
+        ("top", 1),
+        ("random", 0),
+        ("random", 1),
+    ]
 
 
-def test_neuroscope_answers_a_few_per_kind_unless_asked_for_more(client: TestClient,
-                                                                 api_db: Path) -> None:
+def test_neuroscope_answers_a_few_per_kind_unless_asked_for_more(
+    client: TestClient, api_db: Path
+) -> None:
     store = Store(api_db)
     run_id = store.latest_complete_run(M, 1)["id"]
     stored = list(store.examples(run_id, 1, 3))
@@ -144,7 +179,9 @@ def test_neuroscope_answers_a_few_per_kind_unless_asked_for_more(client: TestCli
 
 def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_db: Path) -> None:
     stats = _get(client, f"/api/{M}/stats/1/{EXPLAINED}")
-    assert {"count", "mean", "variance", "std", "max", "min", "frac_positive"} <= set(stats["stats"])
+    assert {"count", "mean", "variance", "std", "max", "min", "frac_positive"} <= set(
+        stats["stats"]
+    )
     assert len(stats["hist"]) == len(stats["hist_edges"]) - 1 == len(stats["ctx_max_hist"])
 
     g = _get(client, f"/api/{M}/n2g/1/{GRAPHED[0]}")
@@ -154,17 +191,26 @@ def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_d
     parsed = nx.parse_graphml(graphml.text)
     assert parsed.number_of_nodes() == len(g["graph"]["nodes"])
     svg = client.get(g["svg_url"])
-    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg") and b"<svg" in svg.content
+    assert (
+        svg.status_code == 200
+        and svg.headers["content-type"].startswith("image/svg")
+        and b"<svg" in svg.content
+    )
     absent = _get(client, f"/api/{M}/n2g/1/20")
     assert absent["available"] is False and "autointerp graph" in absent["message"]
     assert _get(client, f"/api/{M}/n2g/1/20/graphml", 404)["detail"].startswith("No N2G graph")
 
     e = _get(client, f"/api/{M}/explanation/1/{EXPLAINED}")
     assert e["available"] and e["explanations"]["llm"]["text"] == "the word <b>capital</b> & cities"
-    assert e["explanations"]["llm"]["prompt_version"] == "v1" and e["explanations"]["llm"]["model"] == "test-llm"
+    assert (
+        e["explanations"]["llm"]["prompt_version"] == "v1"
+        and e["explanations"]["llm"]["model"] == "test-llm"
+    )
     assert e["scores"]["explanation"]["score"] == 0.61 and e["scores"]["baseline"]["score"] == 0.22
     failed = _get(client, f"/api/{M}/explanation/1/{FAILED}")
-    assert failed["available"] is False and failed["scores"] == {}  # a failure never shows as a score
+    assert (
+        failed["available"] is False and failed["scores"] == {}
+    )  # a failure never shows as a score
     assert {f["what"] for f in failed["failures"]} == {"explanation:llm", "score:explanation"}
 
     w = _get(client, f"/api/{M}/weights/1/{WEIGHTS}")
@@ -186,35 +232,53 @@ def test_similar_neurons_link_to_pages(client: TestClient, api_db: Path) -> None
     assert _get(client, f"/api/{M}/similar/0/0")["available"] is False
 
 
-@pytest.mark.parametrize(("url", "needles"), [
-    ("/api/nope/stats/1/0", ("'nope'", M)),
-    ("/api/nope", ("'nope'",)),
-    (f"/api/{M}/bogus/1/0", ("'bogus'", "neuroscope")),
-    (f"/api/{M}/bogus/1", ("'bogus'",)),
-    (f"/api/{M}/stats/7/0", ("Layer 7", "[0, 1]")),
-    (f"/api/{M}/stats/-1/0", ("Layer -1",)),
-    (f"/api/{M}/stats/1/24", ("Neuron 24", "0-23")),
-    (f"/api/{M}/all/1/-3", ("Neuron -3",)),
-    (f"/api/{M}/n2g/5", ("Layer 5",)),
-    ("/api/x/y/z/w/v/u", ("No page or endpoint",)),
-])
-def test_unknown_things_are_404_saying_what_exists(client: TestClient, url: str, needles: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("url", "needles"),
+    [
+        ("/api/nope/stats/1/0", ("'nope'", M)),
+        ("/api/nope", ("'nope'",)),
+        (f"/api/{M}/bogus/1/0", ("'bogus'", "neuroscope")),
+        (f"/api/{M}/bogus/1", ("'bogus'",)),
+        (f"/api/{M}/stats/7/0", ("Layer 7", "[0, 1]")),
+        (f"/api/{M}/stats/-1/0", ("Layer -1",)),
+        (f"/api/{M}/stats/1/24", ("Neuron 24", "0-23")),
+        (f"/api/{M}/all/1/-3", ("Neuron -3",)),
+        (f"/api/{M}/n2g/5", ("Layer 5",)),
+        ("/api/x/y/z/w/v/u", ("No page or endpoint",)),
+    ],
+)
+def test_unknown_things_are_404_saying_what_exists(
+    client: TestClient, url: str, needles: tuple[str, ...]
+) -> None:
     _not_found(client, url, *needles)
 
 
-@pytest.mark.parametrize("url", [
-    f"/api/{M}/stats/one/0", f"/api/{M}/stats/1/0.5", f"/api/{M}/stats/1?offset=-1", f"/api/{M}/stats/1?limit=0",
-    f"/api/{M}/stats/1?limit=100000", f"/api/{M}/neuroscope/1/0?kinds=best", f"/api/{M}/neuroscope/1/0?limit=-2",
-    f"/api/{M}/rank?by=loudness", f"/api/{M}/rank?limit=0", f"/api/{M}/rank?layer=x", f"/api/{M}/search",
-    f"/api/{M}/search?query=colour:red", f"/api/{M}/search?text=%22unclosed",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"/api/{M}/stats/one/0",
+        f"/api/{M}/stats/1/0.5",
+        f"/api/{M}/stats/1?offset=-1",
+        f"/api/{M}/stats/1?limit=0",
+        f"/api/{M}/stats/1?limit=100000",
+        f"/api/{M}/neuroscope/1/0?kinds=best",
+        f"/api/{M}/neuroscope/1/0?limit=-2",
+        f"/api/{M}/rank?by=loudness",
+        f"/api/{M}/rank?limit=0",
+        f"/api/{M}/rank?layer=x",
+        f"/api/{M}/search",
+        f"/api/{M}/search?query=colour:red",
+        f"/api/{M}/search?text=%22unclosed",
+    ],
+)
 def test_bad_parameters_are_422(client: TestClient, url: str) -> None:
     body = _get(client, url, 422)
     assert body["detail"]
     assert isinstance(body.get("message", body["detail"]), str)
 
 
-# ------------------------------------------------------------------------------------------------ queries
+# ------------------------------------------------------------------------------------------------
+# queries
 
 
 def test_rank(client: TestClient, api_db: Path) -> None:
@@ -230,7 +294,9 @@ def test_rank(client: TestClient, api_db: Path) -> None:
 
 def test_search_tokens_and_explanations(client: TestClient) -> None:
     text = _get(client, f"/api/{M}/search?text=capital")
-    assert text["available"] and {(it["layer"], it["neuron"]) for it in text["items"]} == {(1, EXPLAINED)}
+    assert text["available"] and {(it["layer"], it["neuron"]) for it in text["items"]} == {
+        (1, EXPLAINED)
+    }
     assert "llm" in {it["kind"] for it in text["items"]}
     assert text["items"][0]["page"] == f"/m/{M}/neuron/1/{EXPLAINED}"
     token = _get(client, f"/api/{M}/search?query=any:the")
@@ -243,12 +309,17 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     assert _get(client, f"/api/{M}/stats/1/0")["stats"]["count"] > 0
     # the page shows each match as a chip, never a raw Python list of dicts
     nodes = _get(client, f"/api/{M}/n2g/1/{GRAPHED[0]}")["graph"]["nodes"]
-    word = next(n["token"] for n in nodes if n["kind"] == "activating" and n["token"].strip().isalnum())
+    word = next(
+        n["token"] for n in nodes if n["kind"] == "activating" and n["token"].strip().isalnum()
+    )
     page = client.get(f"/m/{M}/search", params={"query": f"activating:{word.strip().lower()}"}).text
-    assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[-1500:]
+    assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[
+        -1500:
+    ]
 
 
-# ------------------------------------------------------------------------------------------------ live activations
+# ------------------------------------------------------------------------------------------------
+# live activations
 
 
 def test_live_activations_equal_the_model(client: TestClient, tiny_gated: SubjectModel) -> None:
@@ -265,16 +336,21 @@ def test_live_activations_equal_the_model(client: TestClient, tiny_gated: Subjec
     assert whole["shape"] == [len(body["tokens"]), 24] and len(whole["activations"][0]) == 24
 
 
-@pytest.mark.parametrize(("payload", "status", "needle"), [
-    ({"text": "x" * 301, "layer": 1, "neuron": 0}, 413, "at most 300"),
-    ({"text": "   ", "layer": 1, "neuron": 0}, 422, "empty"),
-    ({"text": "hi", "layer": 2, "neuron": 0}, 404, "layers 0-1"),
-    ({"text": "hi", "layer": 1, "neuron": 24}, 404, "neurons 0-23"),
-    ({"text": "hi", "layer": -1}, 422, "layer"),
-    ({"text": "hi"}, 422, "layer"),
-    ({"layer": 1}, 422, "text"),
-])
-def test_live_activation_errors(client: TestClient, payload: dict[str, Any], status: int, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"text": "x" * 301, "layer": 1, "neuron": 0}, 413, "at most 300"),
+        ({"text": "   ", "layer": 1, "neuron": 0}, 422, "empty"),
+        ({"text": "hi", "layer": 2, "neuron": 0}, 404, "layers 0-1"),
+        ({"text": "hi", "layer": 1, "neuron": 24}, 404, "neurons 0-23"),
+        ({"text": "hi", "layer": -1}, 422, "layer"),
+        ({"text": "hi"}, 422, "layer"),
+        ({"layer": 1}, 422, "text"),
+    ],
+)
+def test_live_activation_errors(
+    client: TestClient, payload: dict[str, Any], status: int, needle: str
+) -> None:
     r = client.post(f"/api/{M}/activations", json=payload)
     assert r.status_code == status, r.text
     body = r.json()
@@ -283,14 +359,18 @@ def test_live_activation_errors(client: TestClient, payload: dict[str, Any], sta
 
 def test_a_megabyte_body_is_refused_before_it_is_read(client: TestClient) -> None:
     big = json.dumps({"text": "a" * 1_000_000, "layer": 1, "neuron": 0})
-    r = client.post(f"/api/{M}/activations", content=big, headers={"content-type": "application/json"})
+    r = client.post(
+        f"/api/{M}/activations", content=big, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "at most" in r.json()["detail"]
 
     def chunks():  # no Content-Length: counted as it streams in
         for _ in range(20):
             yield b"a" * 65536
 
-    r = client.post(f"/api/{M}/layerscope", content=chunks(), headers={"content-type": "application/json"})
+    r = client.post(
+        f"/api/{M}/layerscope", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
 
 
@@ -304,7 +384,9 @@ def test_unloadable_model_says_so(tmp_path: Path, api_db: Path) -> None:
     _not_found(c, f"/api/{M}/stats/1/99")
 
 
-def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gated: SubjectModel) -> None:
+def test_layerscope_images_gif_threshold_and_recent(
+    client: TestClient, tiny_gated: SubjectModel
+) -> None:
     text = "The capital of France is Paris."
     r = client.post(f"/api/{M}/layerscope", json={"text": text})
     assert r.status_code == 200, r.text
@@ -312,7 +394,10 @@ def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gat
     n_tok = len(tiny_gated.encode(text)[0]) - 1
     assert (p["n_tokens"], p["n_layers"], p["d_mlp"], p["d_model"]) == (n_tok, 2, 24, 32)
     assert len(p["scales"]["mlp"]) == 2 and len(p["scales"]["resid"]) == 2
-    assert client.post(f"/api/{M}/layerscope", json={"text": text}).json()["prompt_id"] == p["prompt_id"]
+    assert (
+        client.post(f"/api/{M}/layerscope", json={"text": text}).json()["prompt_id"]
+        == p["prompt_id"]
+    )
 
     recent = _get(client, f"/api/{M}/layerscope")["prompts"]
     assert recent[0]["prompt_id"] == p["prompt_id"] and recent[0]["text"] == text
@@ -323,7 +408,9 @@ def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gat
         picture = Image.open(io.BytesIO(img.content))
         assert picture.size == (width, 4 * n_tok)
         rgb = np.asarray(picture.convert("RGB")).astype(int)
-        assert (rgb[..., 0] > rgb[..., 2]).any() and (rgb[..., 2] > rgb[..., 0]).any()  # red and blue
+        assert (rgb[..., 0] > rgb[..., 2]).any() and (
+            rgb[..., 2] > rgb[..., 0]
+        ).any()  # red and blue
     gif = client.get(f"/img/{M}/layerscope/{p['prompt_id']}.gif?view=mlp")
     assert gif.status_code == 200 and gif.content[:6] == b"GIF89a"
     assert Image.open(io.BytesIO(gif.content)).n_frames == 2
@@ -335,7 +422,9 @@ def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gat
     assert (t["n_above"], t["n_below"]) == (above, below) and t["tokens"] == p["tokens"]
     for u in t["units"]:
         assert u["max"] > 0.2 or u["min"] < -0.2
-        assert u["activations"] == pytest.approx(acts[:, u["unit"]].tolist(), abs=2e-3)  # stored as float16
+        assert u["activations"] == pytest.approx(
+            acts[:, u["unit"]].tolist(), abs=2e-3
+        )  # stored as float16
 
     _not_found(client, f"/api/{M}/layerscope/nope/1", "POST the text")
     _not_found(client, f"/api/{M}/layerscope/{p['prompt_id']}/9", "layers 0-1")
@@ -343,19 +432,26 @@ def test_layerscope_images_gif_threshold_and_recent(client: TestClient, tiny_gat
     assert client.get(f"/img/{M}/layerscope/nope/0.png").status_code == 404
 
 
-# ------------------------------------------------------------------------------------------------ pages
+# ------------------------------------------------------------------------------------------------
+# pages
 
 
 def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
     index = client.get("/")
     assert index.status_code == 200 and f"/m/{M}" in index.text
     model = client.get(f"/m/{M}")
-    assert model.status_code == 200 and f"/img/{M}/scores.svg" in model.text and "/layer/1" in model.text
+    assert (
+        model.status_code == 200
+        and f"/img/{M}/scores.svg" in model.text
+        and "/layer/1" in model.text
+    )
     plot = client.get(f"/img/{M}/scores.svg")
     assert plot.status_code == 200 and b"<svg" in plot.content
 
     full = client.get(f"/m/{M}/neuron/1/{EXPLAINED}").text
-    assert "the word &lt;b&gt;capital&lt;/b&gt; &amp; cities" in full  # explanation text escaped, never HTML
+    assert (
+        "the word &lt;b&gt;capital&lt;/b&gt; &amp; cities" in full
+    )  # explanation text escaped, never HTML
     assert f'src="/img/{M}/n2g/1/{EXPLAINED}.svg"' in full and "GraphML" in full
     assert "0.610" in full and "0.220" in full  # explanation score next to the baseline's
     assert 'class="tok' in full and "background:rgb(" in full
@@ -366,15 +462,21 @@ def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
     bare = client.get(f"/m/{M}/neuron/0/7").text
     assert "No N2G graph computed" in bare and "No explanation computed" in bare
     assert "No weight facts" in bare and ("No similar" in bare or "not computed" in bare)
-    assert f'href="/m/{M}/neuron/0/6"' in bare and f'href="/m/{M}/neuron/0/8"' in bare  # prev / next
+    assert (
+        f'href="/m/{M}/neuron/0/6"' in bare and f'href="/m/{M}/neuron/0/8"' in bare
+    )  # prev / next
     edge = client.get(f"/m/{M}/neuron/0/23").text
     assert f'href="/m/{M}/neuron/1/0"' in edge  # next crosses into the next harvested layer
 
     rnd = client.get(f"/m/{M}/random", follow_redirects=False)
-    assert rnd.status_code == 302 and re.fullmatch(rf"/m/{M}/neuron/[01]/\d+", rnd.headers["location"])
+    assert rnd.status_code == 302 and re.fullmatch(
+        rf"/m/{M}/neuron/[01]/\d+", rnd.headers["location"]
+    )
 
     layer = client.get(f"/m/{M}/layer/1")
-    assert layer.status_code == 200 and "ls-text" in layer.text and f"/m/{M}/neuron/1/" in layer.text
+    assert (
+        layer.status_code == 200 and "ls-text" in layer.text and f"/m/{M}/neuron/1/" in layer.text
+    )
     assert "has not been harvested" not in layer.text
 
     search = client.get(f"/m/{M}/search?text=capital")
@@ -389,8 +491,15 @@ def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
 def test_no_internet_assets_cors_openapi_and_docs(client: TestClient) -> None:
     spec = _get(client, "/openapi.json")
     paths = set(spec["paths"])
-    assert {"/api/models", "/api/{model}", "/api/{model}/{service}/{layer}", "/api/{model}/{service}/{layer}/{neuron}",
-            "/api/{model}/search", "/api/{model}/rank", "/api/{model}/activations"} <= paths
+    assert {
+        "/api/models",
+        "/api/{model}",
+        "/api/{model}/{service}/{layer}",
+        "/api/{model}/{service}/{layer}/{neuron}",
+        "/api/{model}/search",
+        "/api/{model}/rank",
+        "/api/{model}/activations",
+    } <= paths
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/api/{model}/activations" in docs.text
     for url in ["/", "/docs", f"/m/{M}", f"/m/{M}/neuron/1/0", f"/m/{M}/layer/1", f"/m/{M}/search"]:
@@ -406,27 +515,38 @@ def test_no_internet_assets_cors_openapi_and_docs(client: TestClient) -> None:
 
 
 def test_cors_only_for_the_origins_given(api_db: Path, tiny_gated: SubjectModel) -> None:
-    opened = TestClient(create_app(api_db, loader=lambda name: tiny_gated, cors_origins=["http://notebook.local"]))
+    opened = TestClient(
+        create_app(api_db, loader=lambda name: tiny_gated, cors_origins=["http://notebook.local"])
+    )
     r = opened.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://notebook.local"})
     assert r.headers["access-control-allow-origin"] == "http://notebook.local"
-    pre = opened.options(f"/api/{M}/activations", headers={
-        "Origin": "http://notebook.local", "Access-Control-Request-Method": "POST"})
+    pre = opened.options(
+        f"/api/{M}/activations",
+        headers={"Origin": "http://notebook.local", "Access-Control-Request-Method": "POST"},
+    )
     assert pre.status_code == 200
     r = opened.get(f"/api/{M}/stats/1/0", headers={"Origin": "http://example.org"})
     assert "access-control-allow-origin" not in r.headers
 
 
-def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(api_db: Path, tiny_gated: SubjectModel) -> None:
+def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(
+    api_db: Path, tiny_gated: SubjectModel
+) -> None:
     app = create_app(api_db, loader=lambda name: tiny_gated)
     alice, bob = TestClient(app), TestClient(app)  # two browsers: separate cookie jars
     secret = "my private notes about Paris"
     assert alice.post(f"/api/{M}/layerscope", json={"text": secret}).status_code == 200
     assert [p["text"] for p in alice.get(f"/api/{M}/layerscope").json()["prompts"]] == [secret]
     assert bob.get(f"/api/{M}/layerscope").json()["prompts"] == []
-    assert secret not in bob.get(f"/m/{M}/layer/1").text and secret in alice.get(f"/m/{M}/layer/1").text
+    assert (
+        secret not in bob.get(f"/m/{M}/layer/1").text
+        and secret in alice.get(f"/m/{M}/layer/1").text
+    )
     shared = create_app(api_db, loader=lambda name: tiny_gated, share_recent=True)
     TestClient(shared).post(f"/api/{M}/layerscope", json={"text": secret})
-    assert [p["text"] for p in TestClient(shared).get(f"/api/{M}/layerscope").json()["prompts"]] == [secret]
+    assert [
+        p["text"] for p in TestClient(shared).get(f"/api/{M}/layerscope").json()["prompts"]
+    ] == [secret]
 
 
 def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
@@ -438,13 +558,19 @@ def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Pat
         assert time.time() - started < 5
 
 
-# ------------------------------------------------------------------------------------------------ the command
+# ------------------------------------------------------------------------------------------------
+# the command
 
 
 def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -456,20 +582,34 @@ def test_serve_command_binds_loopback_and_serves(api_db: Path, tmp_path: Path) -
                 assert time.time() < deadline, "server did not start"
                 time.sleep(0.3)
         assert r.status_code == 200 and r.json()["models"][0]["name"] == M
-        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
+        ).stdout
         if listening.strip():  # the local address is the 4th field
-            assert [line.split()[3] for line in listening.strip().splitlines()] == [f"127.0.0.1:{port}"]
+            assert [line.split()[3] for line in listening.strip().splitlines()] == [
+                f"127.0.0.1:{port}"
+            ]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
 
-    missing = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(tmp_path / "none.db")],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "No database" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "autointerp", "serve", "--db", str(tmp_path / "none.db")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        missing.returncode == 2
+        and "No database" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
-def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_path: Path,
-                                                             tiny_gated: SubjectModel) -> None:
+def test_a_model_name_with_a_slash_has_pages_and_api_routes(
+    api_db: Path, tmp_path: Path, tiny_gated: SubjectModel
+) -> None:
     """Hugging Face ids hold a '/' (EleutherAI/pythia-70m): every route takes the name with '--'
     instead (what the pages link to) or percent-encoded (what encodeURIComponent makes), and the
     links the server writes work."""
@@ -480,14 +620,28 @@ def test_a_model_name_with_a_slash_has_pages_and_api_routes(api_db: Path, tmp_pa
     rename_model(db, M, name)
     client = TestClient(create_app(db, loader=lambda n: tiny_gated))
     listed = client.get("/api/models").json()["models"]
-    assert [m["name"] for m in listed] == [name] and listed[0]["url"] == "/api/EleutherAI--tiny-gated"
+    assert [m["name"] for m in listed] == [name] and listed[0][
+        "url"
+    ] == "/api/EleutherAI--tiny-gated"
     for form in ("EleutherAI--tiny-gated", "EleutherAI%2Ftiny-gated"):
-        for url in (f"/api/{form}", f"/api/{form}/all/1/0", f"/api/{form}/stats/1", f"/api/{form}/n2g/1/0/graphml",
-                    f"/api/{form}/search?query=any:the", f"/api/{form}/rank", f"/m/{form}",
-                    f"/m/{form}/neuron/1/0", f"/m/{form}/layer/1", f"/m/{form}/search", f"/img/{form}/scores.svg"):
+        for url in (
+            f"/api/{form}",
+            f"/api/{form}/all/1/0",
+            f"/api/{form}/stats/1",
+            f"/api/{form}/n2g/1/0/graphml",
+            f"/api/{form}/search?query=any:the",
+            f"/api/{form}/rank",
+            f"/m/{form}",
+            f"/m/{form}/neuron/1/0",
+            f"/m/{form}/layer/1",
+            f"/m/{form}/search",
+            f"/img/{form}/scores.svg",
+        ):
             r = client.get(url)
             assert r.status_code == 200, (url, r.status_code, r.text[:200])
-        r = client.post(f"/api/{form}/activations", json={"text": "Paris is", "layer": 1, "neuron": 0})
+        r = client.post(
+            f"/api/{form}/activations", json={"text": "Paris is", "layer": 1, "neuron": 0}
+        )
         assert r.status_code == 200 and r.json()["model"] == name
     page = client.get("/m/EleutherAI--tiny-gated/neuron/1/0").text
     links = set(re.findall(r'href="(/(?:m|api)/[^"]+)"', page))
@@ -502,14 +656,37 @@ def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = subprocess.run([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        busy = subprocess.run(
+            [sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr
-    assert "serving" not in busy.stderr and f"Cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+    assert "serving" not in busy.stderr and f"Cannot listen on 127.0.0.1:{port}" in busy.stderr, (
+        busy.stderr
+    )
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port),
-                             "--timeout", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autointerp",
+            "serve",
+            "--db",
+            str(api_db),
+            "--port",
+            str(port),
+            "--timeout",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -520,14 +697,18 @@ def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
                 assert proc.poll() is None and time.time() < deadline, "server did not start"
                 time.sleep(0.3)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
-            slow.sendall(f"POST /api/{M}/layerscope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         "Content-Length: 100\r\n\r\n{\"te".encode())
+            slow.sendall(
+                f"POST /api/{M}/layerscope HTTP/1.1\r\nHost: x\r\nContent-Type:"
+                ' application/json\r\nContent-Length: 100\r\n\r\n{"te'.encode()
+            )
             started = time.time()
             chunks = []
             while chunk := slow.recv(4096):  # the server closes the connection after answering
                 chunks.append(chunk)
             answer = b"".join(chunks).decode()
-            assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 seconds" in answer, answer
+            assert (
+                answer.startswith("HTTP/1.1 408") and "did not arrive within 1 seconds" in answer
+            ), answer
             assert time.time() - started < 8
     finally:
         proc.terminate()

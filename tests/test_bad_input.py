@@ -1,10 +1,12 @@
-"""Bad input, table-driven: each case gets one clear sentence and a non-zero exit (CLI: ``error: ...``, status 2,
-no traceback; API: a 4xx JSON ``detail``), and the database is left exactly as it was (or never created).
+"""Bad input, table-driven: each case gets one clear sentence and a non-zero exit (CLI: ``error:
+...``, status 2, no traceback; API: a 4xx JSON ``detail``), and the database is left exactly as it
+was (or never created).
 
-Cases already covered elsewhere are not repeated here: empty / non-UTF-8 / too-short corpora, layers out of range
-for a harvest and over-long ``--ctx-len`` (test_cli.py, real model), misspelt model names for harvest
-(test_cli.py), a 1 MB body to the activations endpoint (test_api.py), the query language's error messages
-(test_search.py). The database is a real harvest of the tiny gated model with graphs, explanations and scores."""
+Cases already covered elsewhere are not repeated here: empty / non-UTF-8 / too-short corpora, layers
+out of range for a harvest and over-long ``--ctx-len`` (test_cli.py, real model), misspelt model
+names for harvest (test_cli.py), a 1 MB body to the activations endpoint (test_api.py), the query
+language's error messages (test_search.py). The database is a real harvest of the tiny gated model
+with graphs, explanations and scores."""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def dump(path: Path) -> list[str]:
         return list(conn.iterdump())
 
 
-# (argv with {db}, exit status, text the one error line must contain); status 0 = accepted as plain data
+# (argv with {db}, exit status, text the one error line must contain); status 0 = accepted as plain
+# data
 CLI_CASES = [
     # unknown or misspelt model
     (["neuron", "smolm2-135m", "1/0"], 2, "Did you mean 'smollm2-135m'"),
@@ -57,7 +60,11 @@ CLI_CASES = [
     (["rank", M, "--layer", "9"], 2, "Layer 9 of tiny-gated has not been harvested"),
     (["neuron", M, "1/999"], 2, "Neuron 1/999 is not in run"),
     (["neuron", M, "1/-1"], 2, "must not be negative"),
-    (["explain", M, "--layers", "1", "--neurons", "0-999", *EXPLAIN], 2, "Neuron 24 is out of range"),
+    (
+        ["explain", M, "--layers", "1", "--neurons", "0-999", *EXPLAIN],
+        2,
+        "Neuron 24 is out of range",
+    ),
     (["explain", M, "--layers", "1", "--neurons", "top:0", *EXPLAIN], 2, "K >= 1"),
     (["similar", M, "1/999"], 2, "No N2G graph for tiny-gated 1/999"),
     (["export", "graphml", M, "1/999", "-o", "out/x.graphml"], 2, "No N2G graph"),
@@ -73,8 +80,9 @@ CLI_CASES = [
     (["search", M], 2, "Give either a token query"),
     # SQL-like strings are plain data: searched for, found nowhere, nothing dropped
     (["search", M, SQL], 0, ""),
-    (["search", M, f'important:"{SQL}" activating:"x\' or \'1\'=\'1"'], 0, ""),
-    # FTS5 syntax and SQL in an exact search are data (a search by meaning sends no text to SQL at all)
+    (["search", M, f"important:\"{SQL}\" activating:\"x' or '1'='1\""], 0, ""),
+    # FTS5 syntax and SQL in an exact search are data (a search by meaning sends no text to SQL at
+    # all)
     (["search", M, "--explanations", SQL + " OR 1=1; select * from runs", "--exact"], 0, ""),
     (["search", M, "--explanations", "capital NEAR(x) AND -y", "--exact"], 0, ""),
     # paths that climb out of the working directory
@@ -83,56 +91,131 @@ CLI_CASES = [
     (["export", "graphml", "..", "1/0"], 2, "contains '..'"),
     (["export", "graphml", M, "1/0", "-o", "x.svg"], 2, "must end in .graphml"),
     # -o may be anywhere, but no folder is made outside the working directory (not at the root)
-    (["export", "graphml", M, "1/0", "-o", "/nonexistent_dir/x.graphml"], 2,
-     "/nonexistent_dir does not exist; create it first"),
-    (["export", "graphml", M, "--all", "-o", "/nonexistent_dir/sub/graphs"], 2,
-     "/nonexistent_dir does not exist; create it first"),
+    (
+        ["export", "graphml", M, "1/0", "-o", "/nonexistent_dir/x.graphml"],
+        2,
+        "/nonexistent_dir does not exist; create it first",
+    ),
+    (
+        ["export", "graphml", M, "--all", "-o", "/nonexistent_dir/sub/graphs"],
+        2,
+        "/nonexistent_dir does not exist; create it first",
+    ),
     # text that is not valid Unicode: argv bytes that are not UTF-8 reach Python as lone surrogates
     (["search", M, "any:caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
     (["search", M, "--explanations", "caf\udce9"], 2, "is not valid UTF-8: byte 0xe9"),
-    (["activations", "smollm2-135m", "1/0", "--text", "\udcff\udcfe bad"], 2,
-     "not valid UTF-8: byte 0xff"),
-    (["fire", "smollm2-135m", "--layer", "1", "--text", "caf\udce9"], 2,
-     "not valid UTF-8: byte 0xe9"),
+    (
+        ["activations", "smollm2-135m", "1/0", "--text", "\udcff\udcfe bad"],
+        2,
+        "not valid UTF-8: byte 0xff",
+    ),
+    (
+        ["fire", "smollm2-135m", "--layer", "1", "--text", "caf\udce9"],
+        2,
+        "not valid UTF-8: byte 0xe9",
+    ),
     (["compare", M, "1/0", M, "--text", "caf\udce9"], 2, "not valid UTF-8: byte 0xe9"),
     (["neuron", "tiny\udcff", "1/0"], 2, "The argument model is not valid UTF-8"),
     # nonsense numbers: refused by the configs (or the option's type) before anything runs
-    (["graph", M, "--layers", "1", "--train-examples", "0"], 2,
-     "--train-examples must be at least 1, not 0"),
-    (["graph", M, "--layers", "1", "--train-examples", "-5"], 2,
-     "--train-examples must be at least 1, not -5"),
-    (["graph", M, "--layers", "1", "--importance-threshold", "-1"], 2,
-     "--importance-threshold must be at least 0"),
-    (["graph", M, "--layers", "1", "--importance-threshold", "nan"], 2,
-     "--importance-threshold must be a finite"),
-    (["graph", M, "--layers", "1", "--augmentations", "-1"], 2,
-     "--augmentations must be at least 0, not -1"),
+    (
+        ["graph", M, "--layers", "1", "--train-examples", "0"],
+        2,
+        "--train-examples must be at least 1, not 0",
+    ),
+    (
+        ["graph", M, "--layers", "1", "--train-examples", "-5"],
+        2,
+        "--train-examples must be at least 1, not -5",
+    ),
+    (
+        ["graph", M, "--layers", "1", "--importance-threshold", "-1"],
+        2,
+        "--importance-threshold must be at least 0",
+    ),
+    (
+        ["graph", M, "--layers", "1", "--importance-threshold", "nan"],
+        2,
+        "--importance-threshold must be a finite",
+    ),
+    (
+        ["graph", M, "--layers", "1", "--augmentations", "-1"],
+        2,
+        "--augmentations must be at least 0, not -1",
+    ),
     (["harvest", "--model", M, "--top-k", "0"], 2, "--top-k must be at least 1, not 0"),
-    (["harvest", "--model", M, "--checkpoint-seconds", "nan"], 2,
-     "--checkpoint-seconds must be a number"),
-    (["harvest", "--model", M, "--checkpoint-seconds", "-1"], 2,
-     "--checkpoint-seconds must be at least 0"),
-    (["fire", "smollm2-135m", "--layer", "1", "--hi", "nan", "--text", "x"], 2,
-     "--hi: must be a finite number"),
-    (["fire", "smollm2-135m", "--layer", "1", "--lo=-inf", "--text", "x"], 2,
-     "--lo: must be a finite number"),
+    (
+        ["harvest", "--model", M, "--checkpoint-seconds", "nan"],
+        2,
+        "--checkpoint-seconds must be a number",
+    ),
+    (
+        ["harvest", "--model", M, "--checkpoint-seconds", "-1"],
+        2,
+        "--checkpoint-seconds must be at least 0",
+    ),
+    (
+        ["fire", "smollm2-135m", "--layer", "1", "--hi", "nan", "--text", "x"],
+        2,
+        "--hi: must be a finite number",
+    ),
+    (
+        ["fire", "smollm2-135m", "--layer", "1", "--lo=-inf", "--text", "x"],
+        2,
+        "--lo: must be a finite number",
+    ),
     (["explain", M, "--sim-top", "0", "--sim-random", "0", *EXPLAIN], 2, "both 0"),
     (["explain", M, "--explain-records", "0", *EXPLAIN], 2, "--explain-records must be at least 1"),
     (["similar", M, "1/0", "--limit", "x"], 2, "--limit: must be a whole number"),
     # the LLM endpoint is checked once, up front: malformed or unreachable is one sentence, no
     # failed rows
-    (["explain", M, "--layers", "1", "--neurons", "0", "--base-url", "not a url", "--explainer-model", "m"], 2,
-     "--base-url must be an http(s) URL"),
-    (["explain", M, "--layers", "1", "--neurons", "0", "--base-url", "file:///etc/passwd", "--explainer-model",
-      "m"], 2, "--base-url must be an http(s) URL"),
+    (
+        [
+            "explain",
+            M,
+            "--layers",
+            "1",
+            "--neurons",
+            "0",
+            "--base-url",
+            "not a url",
+            "--explainer-model",
+            "m",
+        ],
+        2,
+        "--base-url must be an http(s) URL",
+    ),
+    (
+        [
+            "explain",
+            M,
+            "--layers",
+            "1",
+            "--neurons",
+            "0",
+            "--base-url",
+            "file:///etc/passwd",
+            "--explainer-model",
+            "m",
+        ],
+        2,
+        "--base-url must be an http(s) URL",
+    ),
     (["explain", M, "--layers", "1", "--neurons", "0", *EXPLAIN], 2, "does not answer"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "status", "needle"), CLI_CASES, ids=[" ".join(c[0])[:60] for c in CLI_CASES])
-def test_cli_bad_input_is_one_sentence_and_writes_nothing(db: Path, argv: list[str], status: int, needle: str,
-                                                          capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("argv", "status", "needle"), CLI_CASES, ids=[" ".join(c[0])[:60] for c in CLI_CASES]
+)
+def test_cli_bad_input_is_one_sentence_and_writes_nothing(
+    db: Path,
+    argv: list[str],
+    status: int,
+    needle: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(tmp_path)  # export paths are relative to the working directory
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
@@ -151,17 +234,29 @@ def test_cli_bad_input_is_one_sentence_and_writes_nothing(db: Path, argv: list[s
 
 
 NEWER_SCHEMA_COMMANDS = [
-    ["runs"], ["rank", M], ["neuron", M, "1/0"], ["search", M, "any:the"], ["similar", M, "1/0"],
-    ["similarity", M], ["explain", M, *EXPLAIN], ["graph", M, "--layers", "1"],
-    ["export", "graphml", M, "1/0", "-o", "x.graphml"], ["weights", M], ["compare", M, "1/0", M],
+    ["runs"],
+    ["rank", M],
+    ["neuron", M, "1/0"],
+    ["search", M, "any:the"],
+    ["similar", M, "1/0"],
+    ["similarity", M],
+    ["explain", M, *EXPLAIN],
+    ["graph", M, "--layers", "1"],
+    ["export", "graphml", M, "1/0", "-o", "x.graphml"],
+    ["weights", M],
+    ["compare", M, "1/0", M],
     ["serve", "--port", "0"],
 ]
 
 
 @pytest.mark.parametrize("argv", NEWER_SCHEMA_COMMANDS, ids=[a[0] for a in NEWER_SCHEMA_COMMANDS])
-def test_a_newer_schema_is_refused_by_every_command(db: Path, tmp_path: Path, argv: list[str],
-                                                    capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_newer_schema_is_refused_by_every_command(
+    db: Path,
+    tmp_path: Path,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     newer = tmp_path / "newer.db"
     with sqlite3.connect(db) as src, sqlite3.connect(newer) as dst:
         src.backup(dst)
@@ -176,8 +271,9 @@ def test_a_newer_schema_is_refused_by_every_command(db: Path, tmp_path: Path, ar
     assert not (tmp_path / "x.graphml").exists()
 
 
-def test_merge_refuses_a_newer_schema_and_creates_nothing(db: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_merge_refuses_a_newer_schema_and_creates_nothing(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     newer = tmp_path / "newer.db"
     with sqlite3.connect(db) as src, sqlite3.connect(newer) as dst:
         src.backup(dst)
@@ -191,9 +287,21 @@ def test_merge_refuses_a_newer_schema_and_creates_nothing(db: Path, tmp_path: Pa
 API_CASES = [
     ("GET", f"/api/{M}/search?query=any:%22{SQL}%22", None, 200, ""),
     ("GET", f"/api/{M}/search?text={SQL}%20OR%201=1", None, 200, ""),
-    ("GET", f"/api/{M}/search?query={SQL}&text=capital%22%20NEAR", None, 422, "unmatched double quote"),
+    (
+        "GET",
+        f"/api/{M}/search?query={SQL}&text=capital%22%20NEAR",
+        None,
+        422,
+        "unmatched double quote",
+    ),
     ("GET", f"/api/{M}/search?query=any:a,", None, 422, "token is missing"),
-    ("GET", f"/api/{M}/search?query=" + "a" * 501, None, 422, "query: String should have at most 500"),
+    (
+        "GET",
+        f"/api/{M}/search?query=" + "a" * 501,
+        None,
+        422,
+        "query: String should have at most 500",
+    ),
     ("GET", f"/api/{M}/rank?by={SQL}", None, 422, "Cannot rank by"),
     ("GET", f"/api/{SQL}/stats/1/0", None, 404, "No harvested model"),
     ("GET", f"/api/{M}/neuroscope/1/0?kinds={SQL}", None, 422, "Unknown example kind"),
@@ -208,14 +316,26 @@ API_CASES = [
     ("POST", f"/api/{M}/activations", {"text": "\U0001d518" * 150, "layer": 1}, 422, "tokens long"),
     ("POST", f"/api/{M}/layerscope", {"text": "\U0001d518" * 150}, 422, "451 tokens long"),
     # lone surrogates are valid JSON but not text
-    ("POST", f"/api/{M}/activations", {"text": "a\ud800b", "layer": 1}, 422,
-     "lone surrogate \\ud800"),
-    ("POST", f"/api/{M}/activations", {"text": "\udcff", "layer": 1, "neuron": 0}, 422,
-     "lone surrogate"),
+    (
+        "POST",
+        f"/api/{M}/activations",
+        {"text": "a\ud800b", "layer": 1},
+        422,
+        "lone surrogate \\ud800",
+    ),
+    (
+        "POST",
+        f"/api/{M}/activations",
+        {"text": "\udcff", "layer": 1, "neuron": 0},
+        422,
+        "lone surrogate",
+    ),
     ("POST", f"/api/{M}/layerscope", {"text": "a\ud800b"}, 422, "lone surrogate \\ud800"),
     # integers beyond SQLite's range (and far beyond any model) are refused, not overflowed
-    *[("GET", f"/api/{M}/{service}/1?offset={HUGE}", None, 422, "offset")
-      for service in ("neuroscope", "stats", "n2g", "explanation")],
+    *[
+        ("GET", f"/api/{M}/{service}/1?offset={HUGE}", None, 422, "offset")
+        for service in ("neuroscope", "stats", "n2g", "explanation")
+    ],
     ("GET", f"/api/{M}/n2g/1/{HUGE}", None, 422, "neuron"),
     ("GET", f"/api/{M}/explanation/{HUGE}/0", None, 422, "layer"),
     ("GET", f"/api/{M}/n2g/1/{HUGE}/graphml", None, 422, "neuron"),
@@ -226,14 +346,20 @@ API_CASES = [
 ]
 
 
-def test_api_bad_input_is_a_4xx_that_says_why_and_writes_nothing(db: Path, tiny_gated: SubjectModel) -> None:
+def test_api_bad_input_is_a_4xx_that_says_why_and_writes_nothing(
+    db: Path, tiny_gated: SubjectModel
+) -> None:
     client = TestClient(create_app(db, loader=lambda name: tiny_gated, max_chars=300))
     before = dump(db)
     for method, url, body, status, needle in API_CASES:
         # sent as JSON text with \uXXXX escapes, as a browser's JSON.stringify would send a lone
         # surrogate
-        r = client.request(method, url, content=None if body is None else json.dumps(body),
-                           headers={"content-type": "application/json"})
+        r = client.request(
+            method,
+            url,
+            content=None if body is None else json.dumps(body),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == status, (url, r.status_code, r.text[:300])
         if status != 200:
             detail = r.json().get("message") or r.json()["detail"]
@@ -241,7 +367,8 @@ def test_api_bad_input_is_a_4xx_that_says_why_and_writes_nothing(db: Path, tiny_
     assert dump(db) == before
 
 
-# ---------------------------------------------------------------------------------------- environment
+# ----------------------------------------------------------------------------------------
+# environment
 def _not_sqlite(tmp_path: Path, db: Path) -> Path:
     path = tmp_path / "notes.db"
     path.write_text("these are my notes, not a database\n" * 200)
@@ -256,7 +383,9 @@ def _corrupted(tmp_path: Path, db: Path) -> Path:
         conn.execute("pragma journal_mode=delete")
     data = bytearray(path.read_bytes())
     page = 4096
-    data[page:page * 40] = b"\xde\xad\xbe\xef" * (page * 39 // 4)  # the header survives, the b-trees do not
+    data[page : page * 40] = b"\xde\xad\xbe\xef" * (
+        page * 39 // 4
+    )  # the header survives, the b-trees do not
     path.write_bytes(bytes(data))
     return path
 
@@ -279,18 +408,33 @@ def _snapshot(path: Path) -> object:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_bytes()
 
 
-ENVIRONMENTS = {"not-sqlite": _not_sqlite, "corrupted": _corrupted, "a-folder": _folder,
-                "another-programs-sqlite": _other_program}
-ENV_COMMANDS = [["rank", M], ["neuron", M, "1/0"], ["runs"], ["search", M, "any:the"],
-                ["weights", "smollm2-135m", "--layers", "0"], ["serve", "--port", "0"],
-                ["export", "graphml", M, "1/0", "-o", "x.graphml"]]
+ENVIRONMENTS = {
+    "not-sqlite": _not_sqlite,
+    "corrupted": _corrupted,
+    "a-folder": _folder,
+    "another-programs-sqlite": _other_program,
+}
+ENV_COMMANDS = [
+    ["rank", M],
+    ["neuron", M, "1/0"],
+    ["runs"],
+    ["search", M, "any:the"],
+    ["weights", "smollm2-135m", "--layers", "0"],
+    ["serve", "--port", "0"],
+    ["export", "graphml", M, "1/0", "-o", "x.graphml"],
+]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS, ids=list(ENVIRONMENTS))
 @pytest.mark.parametrize("argv", ENV_COMMANDS, ids=[a[0] for a in ENV_COMMANDS])
-def test_an_unusable_database_is_one_sentence_and_is_left_alone(db: Path, tmp_path: Path, env: str,
-                                                                 argv: list[str], capsys: pytest.CaptureFixture[str],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unusable_database_is_one_sentence_and_is_left_alone(
+    db: Path,
+    tmp_path: Path,
+    env: str,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     path = ENVIRONMENTS[env](tmp_path, db)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(path)
@@ -300,11 +444,14 @@ def test_an_unusable_database_is_one_sentence_and_is_left_alone(db: Path, tmp_pa
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and str(path) in lines[0], err
     assert _snapshot(path) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no -wal, -shm, .tmp or export left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        path.name
+    ]  # no -wal, -shm, .tmp or export left
 
 
-def test_merge_with_a_shard_that_is_not_sqlite_creates_nothing(db: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_merge_with_a_shard_that_is_not_sqlite_creates_nothing(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = _not_sqlite(tmp_path, db)
     code = main(["merge", str(tmp_path / "out.db"), str(bad)])
     err = capsys.readouterr().err
@@ -313,15 +460,18 @@ def test_merge_with_a_shard_that_is_not_sqlite_creates_nothing(db: Path, tmp_pat
 
 
 def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_working_directory(
-        db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     work, outside = tmp_path / "work", tmp_path / "outside"
     work.mkdir()
     outside.mkdir()
     (work / "taken.graphml").mkdir()
     (work / "out").symlink_to(outside)
     monkeypatch.chdir(work)
-    for target, needle in (("taken.graphml", "is a folder"),
-                           (str(outside / "missing" / "x.graphml"), "missing does not exist; create it first")):
+    for target, needle in (
+        ("taken.graphml", "is a folder"),
+        (str(outside / "missing" / "x.graphml"), "missing does not exist; create it first"),
+    ):
         code = main(["export", "graphml", M, "1/0", "-o", target, "--db", str(db)])
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and needle in err, (target, err)
@@ -329,23 +479,38 @@ def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_work
     assert sorted(p.name for p in work.iterdir()) == ["out", "taken.graphml"]
     # -o is the user's choice: an existing folder anywhere, through a link too, and inside the
     # working directory (also by an absolute path) the folders it needs are created
-    assert main(["export", "graphml", M, "1/0", "-o", str(outside / "o.graphml"), "--db", str(db)]) == 0
+    assert (
+        main(["export", "graphml", M, "1/0", "-o", str(outside / "o.graphml"), "--db", str(db)])
+        == 0
+    )
     assert main(["export", "graphml", M, "1/0", "-o", "out/l.graphml", "--db", str(db)]) == 0
     assert sorted(p.name for p in outside.iterdir()) == ["l.graphml", "l.svg", "o.graphml", "o.svg"]
-    assert main(["export", "graphml", M, "1/0", "-o", str(work / "a" / "b.graphml"), "--db", str(db)]) == 0
+    assert (
+        main(["export", "graphml", M, "1/0", "-o", str(work / "a" / "b.graphml"), "--db", str(db)])
+        == 0
+    )
     assert (work / "a" / "b.graphml").exists() and (work / "a" / "b.svg").exists()
 
 
 def _full_disk_cli(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:
-    """The real CLI with files capped at ``limit`` bytes (RLIMIT_FSIZE): every write past it fails with
-    EFBIG, as on a full disk (SIGXFSZ ignored, so the write fails instead of killing the process).
+    """The real CLI with files capped at ``limit`` bytes (RLIMIT_FSIZE): every write past it fails
+    with EFBIG, as on a full disk (SIGXFSZ ignored, so the write fails instead of killing the
+    process).
     """
+
     def cap() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run([sys.executable, "-m", "autointerp", *argv], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=cap, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "autointerp", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=cap,
+        timeout=300,
+    )
 
 
 def test_a_full_disk_is_one_sentence_and_changes_nothing(db: Path, tmp_path: Path) -> None:
@@ -359,15 +524,17 @@ def test_a_full_disk_is_one_sentence_and_changes_nothing(db: Path, tmp_path: Pat
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")], proc.stderr
     assert dump(copy) == before
     # an export: the GraphML cannot be written; no half file, no .tmp
-    proc = _full_disk_cli(["export", "graphml", M, "1/0", "--db", str(copy), "-o", "g.graphml"], tmp_path, 512)
+    proc = _full_disk_cli(
+        ["export", "graphml", M, "1/0", "--db", str(copy), "-o", "g.graphml"], tmp_path, 512
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "error: File too large" in proc.stderr, proc.stderr
     assert not list(tmp_path.glob("g.*")) and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) -> None:
-    """A published database on a read-only mount: WAL readers cannot create their -shm file there, so
-    the store opens it immutable. The mount is a bind mount in a user namespace (`unshare`), as a
+    """A published database on a read-only mount: WAL readers cannot create their -shm file there,
+    so the store opens it immutable. The mount is a bind mount in a user namespace (`unshare`), as a
     non-root user can make."""
     src, ro = tmp_path / "src", tmp_path / "ro"
     src.mkdir()
@@ -375,24 +542,41 @@ def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) 
     with sqlite3.connect(db) as a, sqlite3.connect(src / "pub.db") as b:
         a.backup(b)
     a.close()
-    b.close()  # the last connection checkpoints and removes -wal and -shm: a published file, in WAL mode
+    # the last connection checkpoints and removes -wal and -shm: a published file, in WAL mode
+    b.close()
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {src} {ro} && mount -o remount,bind,ro "
-                            f"{ro} && touch {ro}/x"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f"mount --bind {src} {ro} && mount -o remount,bind,ro {ro} && touch {ro}/x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if "Read-only file system" not in probe.stderr:
         pytest.skip(f"cannot make a read-only mount here: {probe.stderr.strip()[:200]}")
     python = f"PYTHONPATH={REPO} {sys.executable} -m autointerp"
-    script = (f"mount --bind {src} {ro} && mount -o remount,bind,ro {ro} && "
-              f"{python} rank {M} --db {ro}/pub.db --json && {python} neuron {M} 1/0 --db {ro}/pub.db --json && "
-              f"{python} runs --db {ro}/pub.db")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        f"mount --bind {src} {ro} && mount -o remount,bind,ro {ro} && {python} rank {M} --db"
+        f" {ro}/pub.db --json && {python} neuron {M} 1/0 --db {ro}/pub.db --json && {python} runs"
+        f" --db {ro}/pub.db"
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert '"neuron": 0' in proc.stdout and "harvest" in proc.stdout
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
 
 
-# --------------------------------------------------------------------------------- control characters
-HOSTILE = "\x1b[2J\x00\x01\x07\x9b"  # clear screen, NUL, SOH, bell, 8-bit CSI: from an untrusted corpus
+# --------------------------------------------------------------------------------- control
+# characters
+HOSTILE = (  # clear screen, NUL, SOH, bell, 8-bit CSI: from an untrusted corpus
+    "\x1b[2J\x00\x01\x07\x9b"
+)
 
 
 @pytest.fixture
@@ -403,10 +587,15 @@ def hostile_db(db: Path, tmp_path: Path) -> Path:
     with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
         src.backup(dst)
     with sqlite3.connect(path) as conn:
-        for context_id, tokens in conn.execute("select context_id, str_tokens from contexts").fetchall():
+        for context_id, tokens in conn.execute(
+            "select context_id, str_tokens from contexts"
+        ).fetchall():
             toks = json.loads(tokens)
             toks = [toks[0]] + [HOSTILE + t for t in toks[1:]]
-            conn.execute("update contexts set str_tokens = ? where context_id = ?", [json.dumps(toks), context_id])
+            conn.execute(
+                "update contexts set str_tokens = ? where context_id = ?",
+                [json.dumps(toks), context_id],
+            )
         for rowid, graph in conn.execute("select rowid, graph from graphs").fetchall():
             g = json.loads(graph)
             for node in g["nodes"]:
@@ -415,9 +604,9 @@ def hostile_db(db: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_graphml_with_corpus_control_characters_is_well_formed_xml(hostile_db: Path, tmp_path: Path,
-                                                                    tiny_gated: SubjectModel,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graphml_with_corpus_control_characters_is_well_formed_xml(
+    hostile_db: Path, tmp_path: Path, tiny_gated: SubjectModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import networkx as nx
 
     monkeypatch.chdir(tmp_path)
@@ -436,48 +625,80 @@ def test_graphml_with_corpus_control_characters_is_well_formed_xml(hostile_db: P
     assert HOSTILE in client.get(f"/api/{M}/n2g/1/0").text.encode().decode("unicode_escape")
 
 
-def test_the_terminal_never_gets_raw_escape_sequences_from_the_corpus(hostile_db: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_terminal_never_gets_raw_escape_sequences_from_the_corpus(
+    hostile_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["neuron", M, "1/0", "--db", str(hostile_db)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x00" not in out and "\x07" not in out and "\x9b" not in out
     assert "␛[2J␀␁␇\\x9b" in out
     assert main(["neuron", M, "1/0", "--json", "--db", str(hostile_db)]) == 0
-    record = json.loads(capsys.readouterr().out)  # JSON keeps the data exactly (escaped by JSON itself)
+    record = json.loads(
+        capsys.readouterr().out
+    )  # JSON keeps the data exactly (escaped by JSON itself)
     assert all(t.startswith(HOSTILE) for ex in record["examples"] for t in ex["tokens"][1:])
 
 
-def test_malformed_few_shot_examples_are_one_sentence(db: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_few_shot_examples_are_one_sentence(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     for name in ("explain_system.txt", "simulate_system.txt"):
         (prompts / name).write_text((REPO / "prompts" / name).read_text())
     before = dump(db)
-    for examples, needle in (({"version": "v1"}, "'neurons' is a required property"),
-                             ({"neurons": [{"explanation": "x", "records": [{"tokens": ["a"],
-                                                                             "activations": [12]}]}]},
-                              "neurons/0/records/0/activations/0"),
-                             ({"neurons": [{"explanation": "x", "records": [{"tokens": ["a", "b"],
-                                                                             "activations": [1]}]}]},
-                              "has 2 tokens but 1 activations"),
-                             ([1, 2], "the top level")):
+    for examples, needle in (
+        ({"version": "v1"}, "'neurons' is a required property"),
+        (
+            {
+                "neurons": [
+                    {"explanation": "x", "records": [{"tokens": ["a"], "activations": [12]}]}
+                ]
+            },
+            "neurons/0/records/0/activations/0",
+        ),
+        (
+            {
+                "neurons": [
+                    {"explanation": "x", "records": [{"tokens": ["a", "b"], "activations": [1]}]}
+                ]
+            },
+            "has 2 tokens but 1 activations",
+        ),
+        ([1, 2], "the top level"),
+    ):
         (prompts / "examples.json").write_text(json.dumps(examples))
-        code = main(["explain", M, "--layers", "1", "--prompts", str(prompts), *EXPLAIN, "--db", str(db)])
+        code = main(
+            ["explain", M, "--layers", "1", "--prompts", str(prompts), *EXPLAIN, "--db", str(db)]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and needle in err, err
     assert dump(db) == before
 
 
-def test_an_empty_held_out_set_is_refused_before_any_run_or_call(tiny_gated: SubjectModel, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_held_out_set_is_refused_before_any_run_or_call(
+    tiny_gated: SubjectModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from autointerp.harvest import HarvestConfig, harvest
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS))
     small = tmp_path / "small.db"
-    harvest(tiny_gated, small, HarvestConfig(model=M, corpus=str(corpus), layers=[1], ctx_len=24, top_k=3,
-                                             random_k=3, checkpoint_seconds=1e9), progress=False, log=lambda m: None)
+    harvest(
+        tiny_gated,
+        small,
+        HarvestConfig(
+            model=M,
+            corpus=str(corpus),
+            layers=[1],
+            ctx_len=24,
+            top_k=3,
+            random_k=3,
+            checkpoint_seconds=1e9,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
     before = dump(small)
     code = main(["explain", M, "--layers", "1", "--neurons", "0", *EXPLAIN, "--db", str(small)])
     err = capsys.readouterr().err
@@ -485,13 +706,31 @@ def test_an_empty_held_out_set_is_refused_before_any_run_or_call(tiny_gated: Sub
     assert dump(small) == before  # no run row left "running"
 
 
-def test_rerunning_a_finished_harvest_does_not_even_load_the_model(db: Path, capsys: pytest.CaptureFixture[str]
-                                                                  ) -> None:
-    """The same command again finds its complete run from the stored model facts and the corpus alone:
-    the tiny test model cannot be loaded by name at all, so a load would fail here."""
+def test_rerunning_a_finished_harvest_does_not_even_load_the_model(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same command again finds its complete run from the stored model facts and the corpus
+    alone: the tiny test model cannot be loaded by name at all, so a load would fail here."""
     before = dump(db)
-    argv = ["harvest", "--model", M, "--corpus", str(db.parent / "corpus.jsonl"), "--layers", "0,1", "--ctx-len",
-            "24", "--top-k", "8", "--random-k", "4", "--db", str(db), "--json", "--no-progress"]
+    argv = [
+        "harvest",
+        "--model",
+        M,
+        "--corpus",
+        str(db.parent / "corpus.jsonl"),
+        "--layers",
+        "0,1",
+        "--ctx-len",
+        "24",
+        "--top-k",
+        "8",
+        "--random-k",
+        "4",
+        "--db",
+        str(db),
+        "--json",
+        "--no-progress",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "already complete" and out["model"] == M

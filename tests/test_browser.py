@@ -1,6 +1,7 @@
-"""The pages in a real browser: headless Chromium (the Debian package; browser downloads do not work here) driven by
-Playwright against a real uvicorn server on a free loopback port. Screenshots go to $ARTIFACTS_DIR (or
-test-artifacts/browser/, git-ignored) so a person can look at what the test saw."""
+"""The pages in a real browser: headless Chromium (the Debian package; browser downloads do not work
+here) driven by Playwright against a real uvicorn server on a free loopback port. Screenshots go to
+$ARTIFACTS_DIR (or test-artifacts/browser/, git-ignored) so a person can look at what the test saw.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ from helpers import REPO, free_port
 from autointerp.models import SubjectModel
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 M = "tiny-gated"
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,8 +37,11 @@ def chromium_installed() -> None:
     """The browser tests are part of the suite `make test` promises: without chromium they fail with
     the command that installs it (`make test` runs it first), never skip."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.fail("the browser tests need the Debian chromium package: run  make browser  "
-                    "(apt-get install -y chromium)", pytrace=False)
+        pytest.fail(
+            "the browser tests need the Debian chromium package: run  make browser  "
+            "(apt-get install -y chromium)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +87,25 @@ def page(server: str) -> Iterator[object]:
         browser.close()
 
 
-def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(page, server: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
+def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(
+    page, server: str, shots: Path
+) -> None:  # type: ignore[no-untyped-def]
     page.goto(f"{server}/m/{M}/neuron/1/{EXPLAINED}")
     coloured = page.eval_on_selector_all(
-        "#ex-top .tok", "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgb(255, 255, 255)').length")
+        "#ex-top .tok",
+        "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgb(255, 255,"
+        " 255)').length",
+    )
     assert coloured > 5
     visible_before = page.locator("#ex-top .tok:visible").count()
     page.click("#toggle-all")
-    assert page.locator("#ex-top .tok:visible").count() > visible_before  # the full texts, not just the windows
-    page.wait_for_function("document.querySelector('#graph').complete && "
-                           "document.querySelector('#graph').naturalWidth > 100")
+    assert (
+        page.locator("#ex-top .tok:visible").count() > visible_before
+    )  # the full texts, not just the windows
+    page.wait_for_function(
+        "document.querySelector('#graph').complete && "
+        "document.querySelector('#graph').naturalWidth > 100"
+    )
     assert "capital" in page.inner_text("#explanation")
     page.screenshot(path=str(shots / "neuron.png"), full_page=True)
 
@@ -103,15 +123,19 @@ def test_layerscope_runs_a_prompt_steps_layers_and_filters(page, server: str, sh
     page.goto(f"{server}/m/{M}/layer/0")
     page.fill("#ls-text", "The capital of France is Paris.")
     page.click("#ls-form button[type=submit]")
-    page.wait_for_function("document.querySelector('#ls-image').complete && "
-                           "document.querySelector('#ls-image').naturalWidth === 24")
+    page.wait_for_function(
+        "document.querySelector('#ls-image').complete && "
+        "document.querySelector('#ls-image').naturalWidth === 24"
+    )
     assert page.locator("#ls-tokens div").count() == 7
     page.click("#ls-next")
     assert page.inner_text("#ls-layer") == "1"
     page.wait_for_function("document.querySelector('#ls-image').src.includes('/1.png')")
     page.check("input[name=ls-view][value=resid]")
-    page.wait_for_function("document.querySelector('#ls-image').src.includes('view=resid') && "
-                           "document.querySelector('#ls-image').naturalWidth === 32")
+    page.wait_for_function(
+        "document.querySelector('#ls-image').src.includes('view=resid') && "
+        "document.querySelector('#ls-image').naturalWidth === 32"
+    )
     page.check("input[name=ls-view][value=mlp]")
     page.fill("#ls-hi", "0.3")
     page.fill("#ls-lo", "-0.3")
@@ -135,7 +159,9 @@ def test_search_finds_the_explained_neuron(page, server: str, shots: Path) -> No
     import httpx
 
     graph = httpx.get(f"{server}/api/{M}/n2g/1/0").json()["graph"]
-    token = next(n["token"] for n in graph["nodes"] if n["kind"] == "activating" and n["token"].isalnum())
+    token = next(
+        n["token"] for n in graph["nodes"] if n["kind"] == "activating" and n["token"].isalnum()
+    )
     page.fill("#search-query", f"activating:{token}")
     page.fill("#search-text", "")
     page.click("#search-form button[type=submit]")

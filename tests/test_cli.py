@@ -1,4 +1,5 @@
-"""The command line as a user meets it: clear one-sentence errors, JSON shapes, and live vs stored activations."""
+"""The command line as a user meets it: clear one-sentence errors, JSON shapes, and live vs
+stored activations."""
 
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ def test_help_lists_every_subcommand() -> None:
     assert "--shard" in harvest_help and "--layers" in harvest_help and "--tokens" in harvest_help
 
 
-@pytest.mark.parametrize(("name", "suggestion"), [("gpt2-smal", "gpt2-small"), ("solu-11", "solu-1l"),
-                                                  ("smollm-135m", "smollm2-135m")])
-def test_misspelt_model_gets_did_you_mean(name: str, suggestion: str, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("gpt2-smal", "gpt2-small"), ("solu-11", "solu-1l"), ("smollm-135m", "smollm2-135m")],
+)
+def test_misspelt_model_gets_did_you_mean(
+    name: str, suggestion: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["harvest", "--model", name, "--db", str(tmp_path / "x.db"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
@@ -70,7 +74,9 @@ def test_bad_layer_bad_corpus_and_bad_lengths_write_nothing(tmp_path: Path) -> N
         (["--bottom-k", "-1"], ("--bottom-k must be at least 0",)),
     ]
     for extra, needles in cases:
-        proc = run_cli("harvest", "--model", "smollm2-135m", "--db", str(db), "--no-progress", *extra)
+        proc = run_cli(
+            "harvest", "--model", "smollm2-135m", "--db", str(db), "--no-progress", *extra
+        )
         _one_clear_error(proc, *needles)
         assert not db.exists(), extra
 
@@ -85,8 +91,21 @@ def test_neuron_query_errors_are_clear(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_neuron_json_and_live_activations_agree(smol: SubjectModel, tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "3", "--tokens", "1024", "--ctx-len", "32",
-                   "--db", str(db), "--no-progress", "--json")
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "3",
+        "--tokens",
+        "1024",
+        "--ctx-len",
+        "32",
+        "--db",
+        str(db),
+        "--no-progress",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["status"] == "complete" and summary["tokens"] == 1024
@@ -97,7 +116,9 @@ def test_neuron_json_and_live_activations_agree(smol: SubjectModel, tmp_path: Pa
     assert (record["model"], record["layer"], record["neuron"]) == ("smollm2-135m", 3, 100)
     assert set(record["stats"]) >= {"mean", "variance", "max", "min", "frac_positive", "hist"}
     top = [e for e in record["examples"] if e["kind"] == "top"]
-    assert len(top) == 32  # 1024 tokens are 32 contexts, fewer than the default top-k of 40: all of them
+    assert (
+        len(top) == 32
+    )  # 1024 tokens are 32 contexts, fewer than the default top-k of 40: all of them
     first = top[0]
     assert first["max_activation"] == pytest.approx(record["stats"]["max"])
     assert first["activations"][first["peak_index"]] == pytest.approx(first["max_activation"])
@@ -117,7 +138,9 @@ def test_neuron_json_and_live_activations_agree(smol: SubjectModel, tmp_path: Pa
     assert "".join(live_json["tokens"]) == text
     assert live_json["activations"] == pytest.approx(ref, abs=1e-5)
 
-    ranked = json.loads(run_cli("rank", "smollm2-135m", "--db", str(db), "--json", "--limit", "5").stdout)
+    ranked = json.loads(
+        run_cli("rank", "smollm2-135m", "--db", str(db), "--json", "--limit", "5").stdout
+    )
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
     assert ranked[0]["score"] == max(s["max"] for s in Store(db).db["neurons"].rows)
 

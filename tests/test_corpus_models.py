@@ -1,5 +1,6 @@
-"""Corpora become deterministic contexts with exact provenance; model names resolve or fail helpfully; the packaged
-model's TransformerLens wrapping computes what the Hugging Face model computes."""
+"""Corpora become deterministic contexts with exact provenance; model names resolve or fail
+helpfully; the packaged model's TransformerLens wrapping computes what the Hugging Face model
+computes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import torch
 
 from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
 from autointerp.errors import UserError
-from autointerp.models import SubjectModel, canonical_model_name, resolve_model_name, tl_official_name
+from autointerp.models import (
+    SubjectModel,
+    canonical_model_name,
+    resolve_model_name,
+    tl_official_name,
+)
 from autointerp.packaged import PACKAGED, packaged_model_dir
 
 
 def test_default_corpus_mixes_prose_and_code_deterministically() -> None:
     docs = load_documents("default", seed=0)
     assert docs == load_documents("default", seed=0)
-    assert [d.doc_id for d in docs[:50]] != [d.doc_id for d in load_documents("default", seed=1)[:50]]
+    assert [d.doc_id for d in docs[:50]] != [
+        d.doc_id for d in load_documents("default", seed=1)[:50]
+    ]
     sources = {d.source for d in docs}
     assert sources == {"wiki", "code"}
     prefix = docs[:2000]
@@ -41,7 +49,9 @@ def test_documents_tokenized_in_pieces_equal_whole_documents(model_name: str) ->
         pytest.skip(f"{model_name} is not converted here (autointerp setup)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     docs = load_documents("default", seed=0)[:300]
-    docs.append(Document("spaces", "a  b   c\n\n  d \t e, f" * 200, "test"))  # whitespace runs of every kind
+    docs.append(
+        Document("spaces", "a  b   c\n\n  d \t e, f" * 200, "test")
+    )  # whitespace runs of every kind
     whole = list(iter_contexts(docs, tokenizer, 64, 1, 2, piece_chars=10**9))
     pieces = list(iter_contexts(docs, tokenizer, 64, 1, 2, piece_chars=300))
     assert len(pieces) == len(whole) > 500
@@ -68,7 +78,9 @@ def test_contexts_carry_exact_provenance(tiny: SubjectModel, text_corpus: Path) 
     seen_sep = False
     for c in contexts:
         assert len(c.tokens) == 16 and c.tokens[0] == tiny.bos_id and c.doc_index[0] == -1
-        for tok, doc, (start, end) in zip(c.tokens[1:], c.doc_index[1:], c.offsets[1:], strict=True):
+        for tok, doc, (start, end) in zip(
+            c.tokens[1:], c.doc_index[1:], c.offsets[1:], strict=True
+        ):
             if doc < 0:
                 seen_sep = True
                 assert tok == tiny.sep_id
@@ -137,12 +149,15 @@ def test_packaged_smollm2_matches_the_hf_model(smol: SubjectModel) -> None:
     ids, _ = smol.encode("The Eiffel Tower is in Paris, and def main(): pass")
     tokens = torch.tensor([ids])
     captured = {}
-    handle = hf.model.layers[4].mlp.down_proj.register_forward_hook(lambda m, i, o: captured.update(x=i[0]))
+    handle = hf.model.layers[4].mlp.down_proj.register_forward_hook(
+        lambda m, i, o: captured.update(x=i[0])
+    )
     with torch.no_grad():
         logits = hf(tokens).logits
     handle.remove()
     assert torch.allclose(smol.model(tokens), logits, atol=1e-3)
-    # hook_post is exactly the input of the MLP's down projection: act(gate) * up, signed for gated MLPs
+    # hook_post is exactly the input of the MLP's down projection: act(gate) * up, signed for gated
+    # MLPs
     acts = smol.mlp_activations(tokens, [4])[4]
     assert torch.allclose(acts, captured["x"], atol=1e-4)
     assert smol.gated and (acts < 0).any() and (acts > 0).any()

@@ -1,6 +1,7 @@
-"""Devices and dtypes on any machine: the choice is validated in one sentence, activations always reach the host as
-float32, a half-precision harvest is its own run (float32 runs keep their identity) and stays within a documented
-tolerance of the float32 one. The CUDA comparisons are in ``test_gpu.py``."""
+"""Devices and dtypes on any machine: the choice is validated in one sentence, activations always
+reach the host as float32, a half-precision harvest is its own run (float32 runs keep their
+identity) and stays within a documented tolerance of the float32 one. The CUDA comparisons are in
+``test_gpu.py``."""
 
 from __future__ import annotations
 
@@ -28,11 +29,26 @@ def test_device_and_dtype_names_are_checked() -> None:
         resolve_dtype("int8")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message a machine without CUDA gives"
+)
 def test_asking_for_cuda_without_it_is_one_sentence(text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = tmp_path / "x.db"
-    proc = run_cli("harvest", "--model", "smollm2-135m", "--corpus", str(text_corpus), "--layers", "0",
-                   "--tokens", "256", "--device", "cuda", "--db", str(db))
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--corpus",
+        str(text_corpus),
+        "--layers",
+        "0",
+        "--tokens",
+        "256",
+        "--device",
+        "cuda",
+        "--db",
+        str(db),
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--device cuda:" in proc.stderr and "use --device cpu" in proc.stderr
     assert not db.exists()  # nothing written
@@ -61,31 +77,62 @@ def test_float32_runs_keep_their_identity_and_half_precision_is_its_own_run() ->
 
 
 @pytest.mark.slow
-def test_bfloat16_harvest_stays_within_the_documented_tolerance(smol, text_corpus, tmp_path
-                                                                ) -> None:  # type: ignore[no-untyped-def]
-    """README's tolerance for bf16: per-neuron max within 5% of the neuron's float32 range, and at least 80% of
-    the top-10 contexts shared with the float32 run on average (near-equal maxima reorder)."""
+def test_bfloat16_harvest_stays_within_the_documented_tolerance(
+    smol, text_corpus, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """README's tolerance for bf16: per-neuron max within 5% of the neuron's float32 range, and at
+    least 80% of the top-10 contexts shared with the float32 run on average (near-equal maxima
+    reorder)."""
     db = tmp_path / "both.db"
-    cfg = HarvestConfig(model=smol.name, corpus=str(text_corpus), layers=[3], ctx_len=32, top_k=10,
-                        random_k=4, batch_size=8, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=smol.name,
+        corpus=str(text_corpus),
+        layers=[3],
+        ctx_len=32,
+        top_k=10,
+        random_k=4,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
     full = harvest(smol, db, cfg, progress=False, log=lambda m: None)
     half = harvest(_half(smol), db, cfg, progress=False, log=lambda m: None)
     assert full.run_id != half.run_id  # two runs side by side in one database
     store = Store(db)
-    stats = {run: {r["neuron"]: r for r in store.db.query(
-        "select neuron, max, min from neurons where run_id = ? and layer = 3", [run])}
-        for run in (full.run_id, half.run_id)}
+    stats = {
+        run: {
+            r["neuron"]: r
+            for r in store.db.query(
+                "select neuron, max, min from neurons where run_id = ? and layer = 3", [run]
+            )
+        }
+        for run in (full.run_id, half.run_id)
+    }
     top = {run: {} for run in stats}
     for run in stats:
-        for r in store.db.query("select neuron, context_id from examples where run_id = ? and layer = 3 "
-                                "and kind = 'top'", [run]):
+        for r in store.db.query(
+            "select neuron, context_id from examples where run_id = ? and layer = 3 "
+            "and kind = 'top'",
+            [run],
+        ):
             top[run].setdefault(r["neuron"], set()).add(r["context_id"])
-    spans = np.array([stats[full.run_id][n]["max"] - stats[full.run_id][n]["min"] for n in stats[full.run_id]])
-    diffs = np.array([abs(stats[full.run_id][n]["max"] - stats[half.run_id][n]["max"]) for n in stats[full.run_id]])
+    spans = np.array(
+        [stats[full.run_id][n]["max"] - stats[full.run_id][n]["min"] for n in stats[full.run_id]]
+    )
+    diffs = np.array(
+        [
+            abs(stats[full.run_id][n]["max"] - stats[half.run_id][n]["max"])
+            for n in stats[full.run_id]
+        ]
+    )
     assert np.all(diffs <= 0.05 * np.maximum(spans, 1e-6))
-    shared = [len(top[full.run_id][n] & top[half.run_id][n]) / len(top[full.run_id][n]) for n in top[full.run_id]]
+    shared = [
+        len(top[full.run_id][n] & top[half.run_id][n]) / len(top[full.run_id][n])
+        for n in top[full.run_id]
+    ]
     assert np.mean(shared) >= 0.8
     row = store.db.execute("select config from runs where id = ?", [half.run_id]).fetchone()
     assert json.loads(row[0])["dtype"] == "bfloat16"
-    print(f"bf16 vs float32: max |d max| / range = {np.max(diffs / np.maximum(spans, 1e-6)):.4f}, "
-          f"mean top-10 overlap = {np.mean(shared):.3f}")
+    print(
+        f"bf16 vs float32: max |d max| / range = {np.max(diffs / np.maximum(spans, 1e-6)):.4f}, "
+        f"mean top-10 overlap = {np.mean(shared):.3f}"
+    )

@@ -1,6 +1,8 @@
-"""Explanations and simulation scores: prompt rendering (golden files), scoring maths, retries and recorded
-failures under injected faults, and - against a real local llama.cpp server with the packaged Qwen2.5-Coder-0.5B -
-a real explanation, stored and scored, and a correct explanation outscoring a wrong one."""
+"""Explanations and simulation scores: prompt rendering (golden files), scoring maths, retries and
+recorded failures under injected faults, and - against a real local llama.cpp server with the
+packaged
+Qwen2.5-Coder-0.5B - a real explanation, stored and scored, and a correct explanation outscoring a
+wrong one."""
 
 from __future__ import annotations
 
@@ -36,23 +38,30 @@ from autointerp.untrusted import escape_token
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORDS = [
-    Record(["The", " cat", " sat", " on", " the", " mat", ".\n"], [0.0, 4.0, 0.1, 0.0, -0.2, 2.0, 0.0]),
+    Record(
+        ["The", " cat", " sat", " on", " the", " mat", ".\n"], [0.0, 4.0, 0.1, 0.0, -0.2, 2.0, 0.0]
+    ),
     Record(["\t", "A", " dog", " barked"], [0.0, 0.0, 3.9, 0.5]),
 ]
 
 
-# ------------------------------------------------------------------------------------------------ prompts
+# ------------------------------------------------------------------------------------------------
+# prompts
 def _golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
-    assert text == path.read_text(), f"{name} changed; rerun with UPDATE_GOLDEN=1 if that was intended"
+    assert text == path.read_text(), (
+        f"{name} changed; rerun with UPDATE_GOLDEN=1 if that was intended"
+    )
 
 
 def test_explainer_prompt_matches_golden_file() -> None:
     messages = explanation_messages(RECORDS, 4.0, load_templates(), ["the ... cat: 9"])
-    _golden("explain_prompt.txt", "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n")
+    _golden(
+        "explain_prompt.txt", "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n"
+    )
     assert messages[-1]["content"].endswith("the main thing this neuron does is find")
 
 
@@ -72,8 +81,10 @@ def test_tokens_are_escaped_readably_and_activations_discretised() -> None:
 
 def test_explanation_replies_are_parsed_or_rejected() -> None:
     assert parse_explanation(" the word cat.") == "the word cat"
-    assert parse_explanation("The main thing this neuron does is find days of the week.\nMore") == \
-        "days of the week"
+    assert (
+        parse_explanation("The main thing this neuron does is find days of the week.\nMore")
+        == "days of the week"
+    )
     with pytest.raises(ValueError):
         parse_explanation("   ")
 
@@ -83,9 +94,13 @@ def test_baseline_names_the_most_activating_tokens() -> None:
     assert text.startswith('the tokens "cat"') and '"dog"' in text
 
 
-# ------------------------------------------------------------------------------------------------ scoring
+# ------------------------------------------------------------------------------------------------
+# scoring
 def test_score_is_the_pooled_correlation_over_top_and_random_records() -> None:
-    records = [Record(["a", "b", "c"], [0.0, 2.0, 1.0], "top"), Record(["d", "e"], [0.5, -1.0], "random")]
+    records = [
+        Record(["a", "b", "c"], [0.0, 2.0, 1.0], "top"),
+        Record(["d", "e"], [0.5, -1.0], "random"),
+    ]
     preds = [[0.0, 9.0, 3.0], [2.0, 0.0]]
     out = score_predictions(preds, records, 2.0)
     truth = np.maximum(np.array([0.0, 2.0, 1.0, 0.5, -1.0]), 0)
@@ -93,17 +108,27 @@ def test_score_is_the_pooled_correlation_over_top_and_random_records() -> None:
     assert out["score_top"] == pytest.approx(np.corrcoef([0, 9, 3], [0, 2, 1])[0, 1])
     assert out["score_random"] == pytest.approx(1.0)  # [2, 0] against [0.5, 0]
     assert out["n_tokens"] == 5
-    assert score_predictions([[1, 1, 1], [1, 1]], records, 2.0)["score"] == 0.0  # constant: explains nothing
+    assert (
+        score_predictions([[1, 1, 1], [1, 1]], records, 2.0)["score"] == 0.0
+    )  # constant: explains nothing
     flat = [Record(["a", "b"], [0.0, 0.0])]
-    assert score_predictions([[0.0, 9.0]], flat, 1.0)["score"] is None  # undefined, never a made-up number
+    assert (
+        score_predictions([[0.0, 9.0]], flat, 1.0)["score"] is None
+    )  # undefined, never a made-up number
 
 
 def test_expected_value_over_digit_logprobs() -> None:
     assert expected_digit({"0": np.log(0.5), "9": np.log(0.5), "x": 0.0}) == pytest.approx(4.5)
     assert expected_digit({"hello": -0.1}) is None
-    response = {"choices": [{"logprobs": {"text_offset": [0, 2, 3], "top_logprobs": [None, {"7": 0.0}, {"2": 0}]}}]}
+    response = {
+        "choices": [
+            {"logprobs": {"text_offset": [0, 2, 3], "top_logprobs": [None, {"7": 0.0}, {"2": 0}]}}
+        ]
+    }
     assert parse_echo(response, [2], 0) == [7.0]
-    assert parse_echo(response, [3], -1) == [7.0]  # servers whose top_logprobs[i] predicts token i + 1
+    assert parse_echo(response, [3], -1) == [
+        7.0
+    ]  # servers whose top_logprobs[i] predicts token i + 1
     with pytest.raises(InvalidOutput):
         parse_echo(response, [1], 0)
 
@@ -113,24 +138,47 @@ def test_json_simulations_are_validated_by_schema() -> None:
         return {"choices": [{"message": {"content": text}}]}
 
     assert parse_json_values(reply('```json\n{"activations": [0, 9]}\n```'), 2) == [0.0, 9.0]
-    for bad in ('{"activations": [0, 10]}', '{"activations": [0]}', "[1, 2]", "not json", '{"activations": [0.5, 1]}'):
+    for bad in (
+        '{"activations": [0, 10]}',
+        '{"activations": [0]}',
+        "[1, 2]",
+        "not json",
+        '{"activations": [0.5, 1]}',
+    ):
         with pytest.raises(InvalidOutput):
             parse_json_values(reply(bad), 2)
 
 
-# ------------------------------------------------------------------------------------------------ fault injection
+# ------------------------------------------------------------------------------------------------
+# fault injection
 def _client(url: str, cache: LLMCache | None = None, timeout: float = 10.0) -> LLMClient:
-    return LLMClient(LLMSettings(base_url=url, max_attempts=3, backoff=0.01, timeout=timeout), cache, url)
+    return LLMClient(
+        LLMSettings(base_url=url, max_attempts=3, backoff=0.01, timeout=timeout), cache, url
+    )
 
 
-@pytest.mark.parametrize("mode, reason", [("500", "HTTP 500"), ("429", "HTTP 429"), ("garbage", ""),
-                                          ("hang", "timeout"), ("out-of-range", "invalid output")])
-def test_faults_are_retried_then_raised_with_the_reason(fault_server, mode: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("500", "HTTP 500"),
+        ("429", "HTTP 429"),
+        ("garbage", ""),
+        ("hang", "timeout"),
+        ("out-of-range", "invalid output"),
+    ],
+)
+def test_faults_are_retried_then_raised_with_the_reason(
+    fault_server, mode: str, reason: str
+) -> None:  # type: ignore[no-untyped-def]
     server = fault_server(mode)
     client = _client(server.url, timeout=1.0)
     with pytest.raises(LLMFailure) as info:
-        client.call("chat", "fault-model", {"messages": [{"role": "user", "content": "hi"}]},
-                    lambda r: parse_json_values(r, 1))
+        client.call(
+            "chat",
+            "fault-model",
+            {"messages": [{"role": "user", "content": "hi"}]},
+            lambda r: parse_json_values(r, 1),
+        )
     assert info.value.attempts == 3 and server.requests >= 3
     assert reason in info.value.reason and "after 3 attempts" in info.value.reason
 
@@ -142,32 +190,55 @@ def test_endpoint_down_is_a_recorded_reason() -> None:
     assert "connection error" in info.value.reason and info.value.transient
 
 
-def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(small_db, fault_server, tmp_path
-                                                                               ) -> None:  # type: ignore[no-untyped-def]
+def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(
+    small_db, fault_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("500")
     cfg = fault_config()
-    summary = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
-                             progress=False)
+    summary = explain_layers(
+        store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(), progress=False
+    )
     assert summary.failed == 3 and summary.explained == 0
-    rows = list(store.db.query("select kind, status, text, error, prompt_hash from explanations where kind = 'llm'"))
-    assert len(rows) == 3 and all(r["status"] == "failed" and r["text"] is None and "HTTP 500" in r["error"]
-                                  for r in rows)
+    rows = list(
+        store.db.query(
+            "select kind, status, text, error, prompt_hash from explanations where kind = 'llm'"
+        )
+    )
+    assert len(rows) == 3 and all(
+        r["status"] == "failed" and r["text"] is None and "HTTP 500" in r["error"] for r in rows
+    )
     assert all(len(r["prompt_hash"]) == 64 for r in rows)  # which prompt failed is on record too
     scores = list(store.db.query("select method, status, score from scores"))
-    assert scores and all(r["score"] is None for r in scores)  # no number anywhere: not even the baseline's
+    assert scores and all(
+        r["score"] is None for r in scores
+    )  # no number anywhere: not even the baseline's
     assert store.rank_neurons("tiny-gated", "explanation", None, 10) == []
 
     server.mode = "ok"
-    again = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
-                           progress=False)
-    assert again.skipped == 3 and again.explained == 0  # a plain rerun resumes; failures wait for --retry-failed
+    again = explain_layers(
+        store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(), progress=False
+    )
+    assert (
+        again.skipped == 3 and again.explained == 0
+    )  # a plain rerun resumes; failures wait for --retry-failed
     before = server.requests
-    redo = explain_layers(store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(),
-                          retry_failed=True, progress=False)
+    redo = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0-2",
+        cfg,
+        _client(server.url),
+        load_templates(),
+        retry_failed=True,
+        progress=False,
+    )
     assert redo.explained == 3 and redo.failed == 0 and server.requests > before
     rows = list(store.db.query("select status, text from explanations where kind = 'llm'"))
-    assert len(rows) == 3 and all(r["status"] == "ok" and r["text"] == "tokens that matter" for r in rows)
+    assert len(rows) == 3 and all(
+        r["status"] == "ok" and r["text"] == "tokens that matter" for r in rows
+    )
     assert not list(store.db.query("select * from scores where status = 'failed'"))
 
 
@@ -175,32 +246,104 @@ def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     cache = LLMCache(store.path)
-    first = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
-                           progress=False)
+    first = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0",
+        fault_config(),
+        _client(server.url, cache),
+        load_templates(),
+        progress=False,
+    )
     assert first.usage.calls > 0 and first.usage.prompt_tokens > 0
     clear_tables(store, "explanations", "scores")
     calls = server.requests
-    second = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url, cache), load_templates(),
-                            progress=False)
+    second = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0",
+        fault_config(),
+        _client(server.url, cache),
+        load_templates(),
+        progress=False,
+    )
     assert server.requests == calls and second.usage.calls == 0 and second.usage.prompt_tokens == 0
     assert second.usage.cached_calls == first.usage.calls
 
 
 def test_cli_bad_input_is_one_clear_error(small_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = run_cli("explain", "tiny-gated", "--layers", "7", "--db", str(small_db), "--base-url", "http://x/v1",
-                   "--explainer-model", "m")
-    assert proc.returncode == 2 and "has not been harvested" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("explain", "tiny-gated", "--layers", "1", "--db", str(small_db), "--local-llm", "gpt-5")
+    proc = run_cli(
+        "explain",
+        "tiny-gated",
+        "--layers",
+        "7",
+        "--db",
+        str(small_db),
+        "--base-url",
+        "http://x/v1",
+        "--explainer-model",
+        "m",
+    )
+    assert (
+        proc.returncode == 2
+        and "has not been harvested" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    proc = run_cli(
+        "explain", "tiny-gated", "--layers", "1", "--db", str(small_db), "--local-llm", "gpt-5"
+    )
     assert proc.returncode == 2 and "Unknown local LLM" in proc.stderr
     proc = run_cli("rank", "tiny-gated", "--by", "vibes", "--db", str(small_db))
     assert proc.returncode == 2 and "Cannot rank by" in proc.stderr
 
 
-# ------------------------------------------------------------------------------------------------ real LLM server
-ANIMALS = ([" We", " saw", " a", " cat", " and", " two", " dogs", " near", " the", " old", " barn", ",", " then", " a",
-            " horse", " ran", " past", "."], {" cat", " dogs", " horse"})
-HYPHENS = (["The", " Rhine", "-", "Main", " region", " and", " Miami", "-", "Dade", " county", " in", " the",
-            " north", "-", "east"], {"-"})
+# ------------------------------------------------------------------------------------------------
+# real LLM server
+ANIMALS = (
+    [
+        " We",
+        " saw",
+        " a",
+        " cat",
+        " and",
+        " two",
+        " dogs",
+        " near",
+        " the",
+        " old",
+        " barn",
+        ",",
+        " then",
+        " a",
+        " horse",
+        " ran",
+        " past",
+        ".",
+    ],
+    {" cat", " dogs", " horse"},
+)
+HYPHENS = (
+    [
+        "The",
+        " Rhine",
+        "-",
+        "Main",
+        " region",
+        " and",
+        " Miami",
+        "-",
+        "Dade",
+        " county",
+        " in",
+        " the",
+        " north",
+        "-",
+        "east",
+    ],
+    {"-"},
+)
 
 
 @pytest.mark.slow
@@ -210,8 +353,10 @@ def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None
     with local_server("qwen2.5-coder-0.5b") as (url, model):
         sim = Simulator(_client(url, timeout=120), model, load_templates())
         assert sim.mode == "echo"  # our server answers prompt logprobs in OpenAI's alignment
-        for (tokens, firing), right, wrong in ((ANIMALS, "names of animals", "numbers written as digits"),
-                                               (HYPHENS, 'the hyphen character "-"', "days of the week")):
+        for (tokens, firing), right, wrong in (
+            (ANIMALS, "names of animals", "numbers written as digits"),
+            (HYPHENS, 'the hyphen character "-"', "days of the week"),
+        ):
             record = Record(tokens, [5.0 if t in firing else 0.0 for t in tokens])
             scores = {}
             for explanation in (right, wrong):
@@ -223,16 +368,58 @@ def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None
 @pytest.mark.slow
 def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path: Path) -> None:
     db = tmp_path / "real.db"
-    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "1", "--tokens", "8192", "--no-progress",
-                   "--db", str(db))
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "1",
+        "--tokens",
+        "8192",
+        "--no-progress",
+        "--db",
+        str(db),
+    )
     assert proc.returncode == 0, proc.stderr
-    best = json.loads(run_cli("rank", "smollm2-135m", "--by", "max", "--limit", "1", "--db", str(db),
-                              "--json").stdout)[0]["neuron"]
-    assert run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db),
-                   "--no-progress").returncode == 0
-    args = ["explain", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--local-llm", "qwen2.5-coder-0.5b",
-            "--sim-top", "2", "--sim-random", "2", "--explain-records", "5", "--no-progress", "--json",
-            "--db", str(db)]
+    best = json.loads(
+        run_cli(
+            "rank", "smollm2-135m", "--by", "max", "--limit", "1", "--db", str(db), "--json"
+        ).stdout
+    )[0]["neuron"]
+    assert (
+        run_cli(
+            "graph",
+            "smollm2-135m",
+            "--layers",
+            "1",
+            "--neurons",
+            str(best),
+            "--db",
+            str(db),
+            "--no-progress",
+        ).returncode
+        == 0
+    )
+    args = [
+        "explain",
+        "smollm2-135m",
+        "--layers",
+        "1",
+        "--neurons",
+        str(best),
+        "--local-llm",
+        "qwen2.5-coder-0.5b",
+        "--sim-top",
+        "2",
+        "--sim-random",
+        "2",
+        "--explain-records",
+        "5",
+        "--no-progress",
+        "--json",
+        "--db",
+        str(db),
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -240,13 +427,20 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
     store = Store(db)
     expl = {r["kind"]: r for r in store.db.query("select * from explanations")}
     assert expl["llm"]["status"] == "ok" and len(expl["llm"]["text"]) > 1
-    assert expl["llm"]["prompt_version"] == load_templates().version and expl["llm"]["prompt_tokens"] > 0
+    assert (
+        expl["llm"]["prompt_version"] == load_templates().version
+        and expl["llm"]["prompt_tokens"] > 0
+    )
     assert len(expl["llm"]["prompt_hash"]) == 64 and expl["baseline"]["prompt_hash"] is None
     scores = {r["method"]: r for r in store.db.query("select * from scores")}
     assert {"explanation", "baseline", "n2g"} <= set(scores)
-    assert scores["explanation"]["simulator_mode"] == "echo" and scores["n2g"]["n_tokens"] == \
-        scores["explanation"]["n_tokens"]  # every method scored on exactly the same tokens
-    ranked = json.loads(run_cli("rank", "smollm2-135m", "--by", "explanation", "--json", "--db", str(db)).stdout)
+    assert (
+        scores["explanation"]["simulator_mode"] == "echo"
+        and scores["n2g"]["n_tokens"] == scores["explanation"]["n_tokens"]
+    )  # every method scored on exactly the same tokens
+    ranked = json.loads(
+        run_cli("rank", "smollm2-135m", "--by", "explanation", "--json", "--db", str(db)).stdout
+    )
     if scores["explanation"]["status"] == "ok":
         assert ranked[0]["neuron"] == best and ranked[0]["explanation"] == expl["llm"]["text"]
         assert ranked[0]["score"] == pytest.approx(scores["explanation"]["score"])
@@ -256,12 +450,21 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
     assert again["llm_calls"] == 0 and again["cached_calls"] > 0 and again["prompt_tokens"] == 0
 
 
-def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(small_db, fault_server, tmp_path
-                                                                            ) -> None:  # type: ignore[no-untyped-def]
+def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(
+    small_db, fault_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
-    summary = explain_layers(store, "tiny-gated", [1], "0", fault_config(negative=True), _client(server.url),
-                             load_templates(), progress=False)
+    summary = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0",
+        fault_config(negative=True),
+        _client(server.url),
+        load_templates(),
+        progress=False,
+    )
     assert summary.explained == 1
     kinds = {r["kind"] for r in store.db.query("select kind from explanations where status = 'ok'")}
     methods = {r["method"] for r in store.db.query("select method from scores")}
@@ -273,11 +476,28 @@ def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, t
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     prices = {"fault-model": {"prompt": 1.0, "completion": 2.0}}  # dollars per 1M tokens
-    summary = explain_layers(store, "tiny-gated", [1], "0", fault_config(), _client(server.url), load_templates(),
-                             prices, progress=False)
-    rows = list(store.db.query("select prompt_tokens, completion_tokens, cost_usd from explanations where "
-                               "kind = 'llm' union all select prompt_tokens, completion_tokens, cost_usd from scores "
-                               "where method != 'n2g'"))
+    summary = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0",
+        fault_config(),
+        _client(server.url),
+        load_templates(),
+        prices,
+        progress=False,
+    )
+    rows = list(
+        store.db.query(
+            "select prompt_tokens, completion_tokens, cost_usd from explanations where "
+            "kind = 'llm' union all select prompt_tokens, completion_tokens, cost_usd from scores "
+            "where method != 'n2g'"
+        )
+    )
     for r in rows:
-        assert r["cost_usd"] == pytest.approx((r["prompt_tokens"] + 2 * r["completion_tokens"]) / 1e6)
-    assert summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows)) and summary.cost_usd > 0
+        assert r["cost_usd"] == pytest.approx(
+            (r["prompt_tokens"] + 2 * r["completion_tokens"]) / 1e6
+        )
+    assert (
+        summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows)) and summary.cost_usd > 0
+    )

@@ -39,11 +39,18 @@ def api_schema(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactor
 
     app = create_app(db, loader=loader, max_chars=300)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    schema.test_client = TestClient(app)  # for bodies schemathesis' client cannot encode (lone surrogates)
+    schema.test_client = TestClient(
+        app
+    )  # for bodies schemathesis' client cannot encode (lone surrogates)
     return schema
 
 
-HUGE = (2**63, -(2**63) - 1, 2**64, 10**30)  # past SQLite's integers, and past any float's exactness
+HUGE = (
+    2**63,
+    -(2**63) - 1,
+    2**64,
+    10**30,
+)  # past SQLite's integers, and past any float's exactness
 
 
 def _hostile(case, kind: str, huge: int) -> None:  # type: ignore[no-untyped-def]
@@ -71,8 +78,8 @@ def _hostile(case, kind: str, huge: int) -> None:  # type: ignore[no-untyped-def
 
 
 def _steer(case, real: bool, layer: int, neuron: int, service: str) -> None:  # type: ignore[no-untyped-def]
-    """Point most cases at things that exist (the harvested model, its layers, neurons near the edge, real
-    services): purely random names only ever reach the 404 for an unknown model."""
+    """Point most cases at things that exist (the harvested model, its layers, neurons near the
+    edge, real services): purely random names only ever reach the 404 for an unknown model."""
     if not real:
         return
     path = case.path_parameters or {}
@@ -92,8 +99,8 @@ def _sendable(path: str) -> str:
 
 
 def test_no_input_makes_a_server_error(api_schema) -> None:  # type: ignore[no-untyped-def]
-    """Every operation, ``EXAMPLES`` cases each - valid and invalid by the schema (schemathesis' positive and
-    negative modes), derandomised so a failure reproduces."""
+    """Every operation, ``EXAMPLES`` cases each - valid and invalid by the schema (schemathesis'
+    positive and negative modes), derandomised so a failure reproduces."""
     failures: list[str] = []
     statuses: Counter[int] = Counter()
     operations = [result.ok() for result in api_schema.get_all_operations()]
@@ -101,44 +108,81 @@ def test_no_input_makes_a_server_error(api_schema) -> None:  # type: ignore[no-u
     modes = st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 
     for operation in operations:
-        @given(case=modes.flatmap(lambda mode, op=operation: op.as_strategy(generation_mode=mode)),
-               real=st.sampled_from([False, True, True, True]), layer=st.sampled_from([0, 1, 1, 7]),
-               neuron=st.sampled_from([0, 1, 2, 23, 24]), service=st.sampled_from(SERVICES * 2 + ("x",)),
-               hostile=st.sampled_from(["none", "none", "surrogate", "huge"]), huge=st.sampled_from(HUGE))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        def fuzz(case, real: bool, layer: int, neuron: int, service: str, hostile: str,  # type: ignore[no-untyped-def]
-                 huge: int) -> None:
+
+        @given(
+            case=modes.flatmap(lambda mode, op=operation: op.as_strategy(generation_mode=mode)),
+            real=st.sampled_from([False, True, True, True]),
+            layer=st.sampled_from([0, 1, 1, 7]),
+            neuron=st.sampled_from([0, 1, 2, 23, 24]),
+            service=st.sampled_from(SERVICES * 2 + ("x",)),
+            hostile=st.sampled_from(["none", "none", "surrogate", "huge"]),
+            huge=st.sampled_from(HUGE),
+        )
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def fuzz(
+            case,
+            real: bool,
+            layer: int,
+            neuron: int,
+            service: str,
+            hostile: str,  # type: ignore[no-untyped-def]
+            huge: int,
+        ) -> None:
             _steer(case, real, layer, neuron, service)
             _hostile(case, hostile, huge)
             if hostile == "surrogate":  # JSON text with \uXXXX escapes, as a browser sends it
                 body = case.body if isinstance(case.body, dict | list | str | int | float) else None
-                # in the URL: the surrogate's (invalid) UTF-8 bytes, percent-encoded, as a raw client can send
-                query = "&".join(f"{urllib.parse.quote(str(k))}="
-                                 f"{urllib.parse.quote(str(v).encode('utf-8', 'surrogatepass'))}"
-                                 for k, v in (case.query or {}).items())
+                # in the URL: the surrogate's (invalid) UTF-8 bytes, percent-encoded, as a raw
+                # client can send
+                query = "&".join(
+                    f"{urllib.parse.quote(str(k))}="
+                    f"{urllib.parse.quote(str(v).encode('utf-8', 'surrogatepass'))}"
+                    for k, v in (case.query or {}).items()
+                )
                 response = api_schema.test_client.request(
-                    case.method, _sendable(case.formatted_path) + (f"?{query}" if query else ""),
-                    content=None if body is None else json.dumps(body), headers={"content-type": "application/json"})
+                    case.method,
+                    _sendable(case.formatted_path) + (f"?{query}" if query else ""),
+                    content=None if body is None else json.dumps(body),
+                    headers={"content-type": "application/json"},
+                )
             else:
                 try:
                     response = case.call()
                 except Exception as exc:  # noqa: BLE001 - httpx will not put raw control characters in
-                    if type(exc).__name__ != "InvalidURL":  # a URL; a client sends them percent-encoded
+                    if (
+                        type(exc).__name__ != "InvalidURL"
+                    ):  # a URL; a client sends them percent-encoded
                         raise
                     query = urllib.parse.urlencode(case.query or {}, doseq=True)
                     response = api_schema.test_client.request(
-                        case.method, _sendable(case.formatted_path) + (f"?{query}" if query else ""),
-                        content=None if not isinstance(case.body, dict | list) else json.dumps(case.body),
-                        headers={"content-type": "application/json"})
+                        case.method,
+                        _sendable(case.formatted_path) + (f"?{query}" if query else ""),
+                        content=(
+                            None
+                            if not isinstance(case.body, dict | list)
+                            else json.dumps(case.body)
+                        ),
+                        headers={"content-type": "application/json"},
+                    )
             statuses[response.status_code] += 1
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} query={case.query} body={case.body!r:.200} "
-                                f"-> {response.status_code} {response.text[:200]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} query={case.query}"
+                    f" body={case.body!r:.200} -> {response.status_code} {response.text[:200]}"
+                )
 
         fuzz()
     assert not failures, "\n".join(failures[:20])
-    assert statuses[200] > len(operations) * 5, statuses  # the fuzz reached real answers, not only 404s
+    assert statuses[200] > len(operations) * 5, (
+        statuses
+    )  # the fuzz reached real answers, not only 404s
 
 
 def test_fuzz_database_exists(tmp_path: Path) -> None:

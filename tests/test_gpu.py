@@ -1,6 +1,8 @@
-"""The subject model on a CUDA device gives the results it gives on the CPU: the same harvest (float32: the same
-top-k contexts, statistics to float32 rounding), the same N2G graphs, the same live activations. Skipped, with the
-reason printed, where there is no CUDA device; ``bench/gpu_check.sh`` runs these first on a GPU machine."""
+"""The subject model on a CUDA device gives the results it gives on the CPU: the same harvest
+(float32: the same top-k contexts, statistics to float32 rounding), the same N2G graphs, the same
+live activations.
+Skipped, with the reason printed, where there is no CUDA device; ``bench/gpu_check.sh`` runs these
+first on a GPU machine."""
 
 from __future__ import annotations
 
@@ -27,8 +29,16 @@ def on_gpu():  # type: ignore[no-untyped-def]
 
 
 def _harvest(model, corpus, db):  # type: ignore[no-untyped-def]
-    cfg = HarvestConfig(model=model.name, corpus=str(corpus), layers=[2, 5], ctx_len=32, top_k=10, random_k=4,
-                        batch_size=8, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=model.name,
+        corpus=str(corpus),
+        layers=[2, 5],
+        ctx_len=32,
+        top_k=10,
+        random_k=4,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
     return harvest(model, db, cfg, progress=False, log=lambda m: None)
 
 
@@ -37,13 +47,19 @@ def test_cuda_harvest_equals_cpu_harvest(smol, on_gpu, text_corpus, tmp_path) ->
     _harvest(smol, text_corpus, cpu_db)
     _harvest(on_gpu, text_corpus, gpu_db)
     a, b = Store(cpu_db), Store(gpu_db)
-    top = "select layer, neuron, kind, rank, context_id from examples order by layer, neuron, kind, rank"
+    top = (
+        "select layer, neuron, kind, rank, context_id from examples order by layer, neuron, kind,"
+        " rank"
+    )
     assert list(a.db.query(top)) == list(b.db.query(top))  # the same contexts, in the same order
-    stats = "select layer, neuron, max, min, mean, frac_positive from neurons order by layer, neuron"
+    stats = (
+        "select layer, neuron, max, min, mean, frac_positive from neurons order by layer, neuron"
+    )
     for x, y in zip(a.db.query(stats), b.db.query(stats), strict=True):
         assert (x["layer"], x["neuron"]) == (y["layer"], y["neuron"])
-        np.testing.assert_allclose([x["max"], x["min"], x["mean"]], [y["max"], y["min"], y["mean"]],
-                                   rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(
+            [x["max"], x["min"], x["mean"]], [y["max"], y["min"], y["mean"]], rtol=1e-3, atol=1e-4
+        )
 
 
 def test_cuda_graphs_equal_cpu_graphs(smol, on_gpu, text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""Harvest correctness: the streaming, sharded, resumable harvest must equal a brute-force computation."""
+"""Harvest correctness: the streaming, sharded, resumable harvest must equal a brute-force
+computation."""
 
 from __future__ import annotations
 
@@ -27,18 +28,27 @@ from autointerp.histogram import HIST_EDGES
 from autointerp.models import SubjectModel
 from autointerp.store import Store
 
-# ------------------------------------------------------------------------------------------------ keys and bins
+# ------------------------------------------------------------------------------------------------
+# keys and bins
 
 
 def test_rank_keys_order_by_value_then_lower_context_id() -> None:
-    values = torch.tensor([0.5, -0.0, 0.0, -2.0, 3.0, 0.5, 1e-40, -1e-40, float("inf"), -3.5], dtype=torch.float32)
+    values = torch.tensor(
+        [0.5, -0.0, 0.0, -2.0, 3.0, 0.5, 1e-40, -1e-40, float("inf"), -3.5], dtype=torch.float32
+    )
     ctx = torch.tensor([7, 3, 4, 1, 9, 2, 5, 6, 8, 0], dtype=torch.int64)
     keys = rank_keys(values, ctx)
     by_key = keys.argsort(descending=True).tolist()
-    # Reference: sort by value descending, ties by context id ascending (-0.0 == 0.0 only in value, so we treat
-    # it as a distinct, smaller float exactly as IEEE total order does).
-    reference = sorted(range(len(values)), key=lambda i: (-values[i].item(), math.copysign(1, values[i].item()) < 0
-                                                           and values[i].item() == 0, ctx[i].item()))
+    # Reference: sort by value descending, ties by context id ascending (-0.0 == 0.0 only in value,
+    # so we treat it as a distinct, smaller float exactly as IEEE total order does).
+    reference = sorted(
+        range(len(values)),
+        key=lambda i: (
+            -values[i].item(),
+            math.copysign(1, values[i].item()) < 0 and values[i].item() == 0,
+            ctx[i].item(),
+        ),
+    )
     assert by_key == reference
     assert torch.equal(key_values(keys), values)
     assert torch.equal(key_contexts(keys), ctx)
@@ -47,16 +57,21 @@ def test_rank_keys_order_by_value_then_lower_context_id() -> None:
 def test_hist_bins_agree_with_edges() -> None:
     x = torch.randn(5000) * 20
     bins = hist_bins(x.clone()).numpy()
-    ref = np.clip(np.searchsorted(np.array(HIST_EDGES), x.numpy(), side="right") - 1, 0, len(HIST_EDGES) - 2)
+    ref = np.clip(
+        np.searchsorted(np.array(HIST_EDGES), x.numpy(), side="right") - 1, 0, len(HIST_EDGES) - 2
+    )
     # Values within float rounding of an edge may land either side; everything else must agree.
     near_edge = np.min(np.abs(x.numpy()[:, None] - np.array(HIST_EDGES)[None, :]), axis=1) < 1e-4
     assert (bins[~near_edge] == ref[~near_edge]).all()
 
 
-# ------------------------------------------------------------------------------------------------ brute force
+# ------------------------------------------------------------------------------------------------
+# brute force
 
 
-def _check_against_brute_force(model: SubjectModel, db: Store, run_id: int, ref: dict, cfg: HarvestConfig) -> None:
+def _check_against_brute_force(
+    model: SubjectModel, db: Store, run_id: int, ref: dict, cfg: HarvestConfig
+) -> None:
     contexts = ref["contexts"]
     ctx_ids = np.array([c.context_id for c in contexts])
     for layer in cfg.layers:
@@ -73,8 +88,10 @@ def _check_against_brute_force(model: SubjectModel, db: Store, run_id: int, ref:
             assert stats["variance"] == pytest.approx(values.var(), rel=1e-4, abs=1e-8)
             assert stats["frac_positive"] == pytest.approx((values > 0).mean())
             sampled = (hash_keys(ctx_ids.tolist(), cfg.seed).numpy() >> 32) % cfg.hist_sample == 0
-            expected_hist = np.bincount(hist_bins(torch.from_numpy(body[sampled][:, :, n])).view(-1).numpy(),
-                                        minlength=len(HIST_EDGES) - 1)
+            expected_hist = np.bincount(
+                hist_bins(torch.from_numpy(body[sampled][:, :, n])).view(-1).numpy(),
+                minlength=len(HIST_EDGES) - 1,
+            )
             assert stats["hist"] == expected_hist.tolist()
             assert sum(stats["hist"]) == sampled.sum() * body.shape[1] > 0
 
@@ -108,41 +125,71 @@ def _check_against_brute_force(model: SubjectModel, db: Store, run_id: int, ref:
                 assert top_value * i / 4 < ex["max_activation"] <= top_value * (i + 1) / 4 + 1e-6
 
 
-def test_tiny_model_harvest_equals_brute_force(tiny: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
-    cfg = HarvestConfig(model=tiny.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=16, top_k=6,
-                        random_k=5, batch_size=3, checkpoint_seconds=1e9)
+def test_tiny_model_harvest_equals_brute_force(
+    tiny: SubjectModel, text_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = HarvestConfig(
+        model=tiny.name,
+        corpus=str(text_corpus),
+        layers=[0, 1],
+        ctx_len=16,
+        top_k=6,
+        random_k=5,
+        batch_size=3,
+        checkpoint_seconds=1e9,
+    )
     result = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     ref = brute_force(tiny, str(text_corpus), [0, 1], 16, None)
     assert result.contexts == len(ref["contexts"]) > cfg.top_k
     _check_against_brute_force(tiny, Store(tmp_path / "h.db"), result.run_id, ref, cfg)
 
 
-def test_tiny_gated_model_keeps_most_negative(tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
-    cfg = HarvestConfig(model=tiny_gated.name, corpus=str(text_corpus), layers=[1], ctx_len=12, top_k=4,
-                        random_k=3, batch_size=5, checkpoint_seconds=1e9)
+def test_tiny_gated_model_keeps_most_negative(
+    tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = HarvestConfig(
+        model=tiny_gated.name,
+        corpus=str(text_corpus),
+        layers=[1],
+        ctx_len=12,
+        top_k=4,
+        random_k=3,
+        batch_size=5,
+        checkpoint_seconds=1e9,
+    )
     result = harvest(tiny_gated, tmp_path / "g.db", cfg, progress=False, log=lambda m: None)
     ref = brute_force(tiny_gated, str(text_corpus), [1], 12, None)
     resolved = HarvestConfig(**{**cfg.__dict__, "bottom_k": 4})
     _check_against_brute_force(tiny_gated, Store(tmp_path / "g.db"), result.run_id, ref, resolved)
 
 
-def test_rerun_of_a_complete_harvest_does_nothing(tiny: SubjectModel, text_corpus: Path, tmp_path: Path) -> None:
-    cfg = HarvestConfig(model=tiny.name, corpus=str(text_corpus), layers=[0], ctx_len=16, top_k=3, random_k=2)
+def test_rerun_of_a_complete_harvest_does_nothing(
+    tiny: SubjectModel, text_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = HarvestConfig(
+        model=tiny.name, corpus=str(text_corpus), layers=[0], ctx_len=16, top_k=3, random_k=2
+    )
     first = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     rows = Store(tmp_path / "h.db").db["examples"].count
     again = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     assert again.status == "already complete" and again.run_id == first.run_id
     reader = Store(tmp_path / "h.db")
-    assert reader.db.conn.total_changes == 0  # opening a current database writes nothing (readers never block)
+    assert (
+        reader.db.conn.total_changes == 0
+    )  # opening a current database writes nothing (readers never block)
     assert reader.db["examples"].count == rows
-    # The corpus fingerprint is part of the run's identity: edited text is a new run, never a resumed old one.
-    text_corpus.write_text(text_corpus.read_text() + '{"text": "One more document about foxes and dogs."}\n')
+    # The corpus fingerprint is part of the run's identity: edited text is a new run, never a
+    # resumed old one.
+    text_corpus.write_text(
+        text_corpus.read_text() + '{"text": "One more document about foxes and dogs."}\n'
+    )
     changed = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     assert changed.status == "complete" and changed.run_id != first.run_id
 
 
-def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_that(tiny: SubjectModel,
-                                                                                  tmp_path: Path) -> None:
+def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_that(
+    tiny: SubjectModel, tmp_path: Path
+) -> None:
     """A 4 MB single-line document with a budget of a few contexts: tokenized a piece at a time,
     stopped at the budget, and the stored document text is the part the contexts read - not 4 MB per
     run. (Peak memory at 5 and 45 MB is in BENCHMARKS.md: bench/bench_document_memory.py.)"""
@@ -151,47 +198,105 @@ def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_tha
     words = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "
     big = tmp_path / "big.txt"
     big.write_text(words * (4_000_000 // len(words)))
-    cfg = HarvestConfig(model=tiny.name, corpus=str(big), layers=[0], ctx_len=16, n_tokens=16 * 40, top_k=4,
-                        random_k=4, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=tiny.name,
+        corpus=str(big),
+        layers=[0],
+        ctx_len=16,
+        n_tokens=16 * 40,
+        top_k=4,
+        random_k=4,
+        checkpoint_seconds=1e9,
+    )
     result = harvest(tiny, tmp_path / "big.db", cfg, progress=False, log=lambda m: None)
     assert result.contexts == 40
     store = Store(tmp_path / "big.db")
     (doc,) = list(store.db.query("select text from documents"))
     assert 0 < len(doc["text"]) < 40 * 16 * 10 and big.read_text().startswith(doc["text"])
-    for row in store.db.query("select tokens, doc_index, offsets from contexts"):  # provenance within the kept text
+    for row in store.db.query(
+        "select tokens, doc_index, offsets from contexts"
+    ):  # provenance within the kept text
         ids, offsets = json.loads(row["tokens"]), json.loads(row["offsets"])
         for tok, (start, end) in zip(ids[1:], offsets[1:], strict=True):
-            assert end <= len(doc["text"]) and tiny.tokenizer.decode([tok]) == doc["text"][start:end]
+            assert (
+                end <= len(doc["text"]) and tiny.tokenizer.decode([tok]) == doc["text"][start:end]
+            )
     # the same contexts as tokenizing the whole document at once
-    whole = list(iter_contexts(load_documents(str(big), 0), tiny.tokenizer, 16, tiny.bos_id, tiny.sep_id, 40,
-                               piece_chars=10**9))
-    ids = {r["context_id"]: json.loads(r["tokens"]) for r in store.db.query("select context_id, tokens from contexts")}
+    whole = list(
+        iter_contexts(
+            load_documents(str(big), 0),
+            tiny.tokenizer,
+            16,
+            tiny.bos_id,
+            tiny.sep_id,
+            40,
+            piece_chars=10**9,
+        )
+    )
+    ids = {
+        r["context_id"]: json.loads(r["tokens"])
+        for r in store.db.query("select context_id, tokens from contexts")
+    }
     assert ids and all(whole[c].tokens.tolist() == t for c, t in ids.items())
 
 
-def test_tiny_shards_merge_to_the_unsharded_result(tiny_gated: SubjectModel, text_corpus: Path,
-                                                   tmp_path: Path) -> None:
-    base = dict(model=tiny_gated.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=12, top_k=5, random_k=4,
-                batch_size=4)
-    whole = harvest(tiny_gated, tmp_path / "all.db", HarvestConfig(**base), progress=False, log=lambda m: None)
+def test_tiny_shards_merge_to_the_unsharded_result(
+    tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path
+) -> None:
+    base = dict(
+        model=tiny_gated.name,
+        corpus=str(text_corpus),
+        layers=[0, 1],
+        ctx_len=12,
+        top_k=5,
+        random_k=4,
+        batch_size=4,
+    )
+    whole = harvest(
+        tiny_gated, tmp_path / "all.db", HarvestConfig(**base), progress=False, log=lambda m: None
+    )
     for i in range(3):
-        harvest(tiny_gated, tmp_path / f"s{i}.db", HarvestConfig(**base, shard=(i, 3)), progress=False,
-                log=lambda m: None)
+        harvest(
+            tiny_gated,
+            tmp_path / f"s{i}.db",
+            HarvestConfig(**base, shard=(i, 3)),
+            progress=False,
+            log=lambda m: None,
+        )
     with pytest.raises(Exception, match="missing"):
-        merge(tmp_path / "partial.db", [Store(tmp_path / "s0.db"), Store(tmp_path / "s2.db")], log=lambda m: None)
+        merge(
+            tmp_path / "partial.db",
+            [Store(tmp_path / "s0.db"), Store(tmp_path / "s2.db")],
+            log=lambda m: None,
+        )
     assert not (tmp_path / "partial.db").exists()  # a failed merge creates nothing
-    [merged] = merge(Store(tmp_path / "merged.db"), [Store(tmp_path / f"s{i}.db") for i in range(3)],
-                     log=lambda m: None)
-    assert_same_harvest(Store(tmp_path / "merged.db"), merged, Store(tmp_path / "all.db"), whole.run_id)
+    [merged] = merge(
+        Store(tmp_path / "merged.db"),
+        [Store(tmp_path / f"s{i}.db") for i in range(3)],
+        log=lambda m: None,
+    )
+    assert_same_harvest(
+        Store(tmp_path / "merged.db"), merged, Store(tmp_path / "all.db"), whole.run_id
+    )
 
 
-# ------------------------------------------------------------------------------------------------ real model
+# ------------------------------------------------------------------------------------------------
+# real model
 
 
 @pytest.mark.slow
 def test_smollm2_harvest_equals_brute_force(smol: SubjectModel, tmp_path: Path) -> None:
-    cfg = HarvestConfig(model=smol.name, corpus="default", layers=[0, 2], ctx_len=32, n_tokens=32 * 48, top_k=8,
-                        random_k=6, batch_size=8, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=smol.name,
+        corpus="default",
+        layers=[0, 2],
+        ctx_len=32,
+        n_tokens=32 * 48,
+        top_k=8,
+        random_k=6,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
     result = harvest(smol, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     ref = brute_force(smol, "default", [0, 2], 32, 32 * 48)
     assert result.contexts == 48
@@ -201,13 +306,28 @@ def test_smollm2_harvest_equals_brute_force(smol: SubjectModel, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
-    common = ["--model", "smollm2-135m", "--layers", "1,3", "--tokens", "2048", "--ctx-len", "32", "--top-k", "6",
-              "--random-k", "4", "--no-progress"]
+    common = [
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "1,3",
+        "--tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--top-k",
+        "6",
+        "--random-k",
+        "4",
+        "--no-progress",
+    ]
     assert run_cli("harvest", *common, "--db", str(tmp_path / "all.db")).returncode == 0
     for i in range(2):
         proc = run_cli("harvest", *common, "--shard", f"{i}/2", "--db", str(tmp_path / f"s{i}.db"))
         assert proc.returncode == 0, proc.stderr
-    proc = run_cli("merge", str(tmp_path / "merged.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db"))
+    proc = run_cli(
+        "merge", str(tmp_path / "merged.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db")
+    )
     assert proc.returncode == 0, proc.stderr
     merged, whole = Store(tmp_path / "merged.db"), Store(tmp_path / "all.db")
     assert_same_harvest(merged, merged.runs()[0]["id"], whole, whole.runs()[0]["id"])
@@ -215,10 +335,32 @@ def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smollm2_resume_after_sigkill_gives_identical_rows(tmp_path: Path) -> None:
-    common = ["--model", "smollm2-135m", "--layers", "0,2", "--tokens", "3072", "--ctx-len", "32", "--top-k", "6",
-              "--random-k", "4", "--batch-size", "4", "--no-progress"]
-    killed = run_cli("harvest", *common, "--db", str(tmp_path / "r.db"), "--checkpoint-seconds", "0",
-                     env={"AUTOINTERP_KILL_AFTER_CHECKPOINTS": "5"})
+    common = [
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "0,2",
+        "--tokens",
+        "3072",
+        "--ctx-len",
+        "32",
+        "--top-k",
+        "6",
+        "--random-k",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
+    killed = run_cli(
+        "harvest",
+        *common,
+        "--db",
+        str(tmp_path / "r.db"),
+        "--checkpoint-seconds",
+        "0",
+        env={"AUTOINTERP_KILL_AFTER_CHECKPOINTS": "5"},
+    )
     assert killed.returncode == -9
     store = Store(tmp_path / "r.db")
     [run] = store.runs()

@@ -1,4 +1,5 @@
-"""N2G: hand-built neurons with known rules test each stage exactly; the real model tests that graphs predict."""
+"""N2G: hand-built neurons with known rules test each stage exactly; the real model tests that
+graphs predict."""
 
 from __future__ import annotations
 
@@ -18,8 +19,27 @@ from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate, tok
 from autointerp.n2g.graph import NeuronGraph, PathExample, same_graph
 from autointerp.store import Store
 
-WORDS = ["<bos>", "<pad>", "the", "big", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "slow", "fast",
-         "cat", "wolf", "red", "a", "and", "runs"]
+WORDS = [
+    "<bos>",
+    "<pad>",
+    "the",
+    "big",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "slow",
+    "fast",
+    "cat",
+    "wolf",
+    "red",
+    "a",
+    "and",
+    "runs",
+]
 ID = {w: i for i, w in enumerate(WORDS)}
 
 
@@ -88,7 +108,8 @@ def test_prune_saliency_and_augmentation_recover_the_rule() -> None:
     found = paths(graph)
     # pruning kept exactly "quick brown fox"; saliency made "brown" a wildcard and "quick" concrete
     assert (("fox", "*", "quick"), 1.0) in found
-    # augmentation: other words in quick's place only give the plain-fox activation; other animals give nothing
+    # augmentation: other words in quick's place only give the plain-fox activation; other animals
+    # give nothing
     assert (("fox", "*", "slow"), 0.2) in found and (("fox", "*", "fast"), 0.2) in found
     assert (("cat", "*", "quick"), 0.0) in found and (("wolf", "*", "quick"), 0.0) in found
     assert not any("big" in p or "the" in p for p, _ in found)
@@ -113,7 +134,8 @@ def test_all_path_matching_beats_greedy_where_they_differ() -> None:
     graph.add_path(PathExample((" fox", " quick", " lazy"), (1.0, 0.9, 0.9), 1.0))
     graph.add_path(PathExample((" fox", None, " big"), (1.0, 0.1, 0.8), 0.7))
     text = [" big", " quick", " fox"]
-    # greedy follows the concrete " quick" child, which has no end and no " big" child: it predicts 0
+    # greedy follows the concrete " quick" child, which has no end and no " big" child: it predicts
+    # 0
     assert graph.predict_greedy(text)[2] == 0.0
     # all-path matching also tries the wildcard branch and reaches the 0.7 end
     assert graph.predict(text)[2] == pytest.approx(0.7)
@@ -124,30 +146,47 @@ def test_all_path_matching_beats_greedy_where_they_differ() -> None:
 
 def test_evaluation_counts_false_positives_on_random_text() -> None:
     s = RuleSubject()
-    graph = build_graphs(s, {1: [example(s, "the lazy dog", 1)]}, {1: 0.8}, N2GConfig(augmentations=1))[1]
+    graph = build_graphs(
+        s, {1: [example(s, "the lazy dog", 1)]}, {1: 0.8}, N2GConfig(augmentations=1)
+    )[1]
     top_only = evaluate(graph, [example(s, "a big dog", 1)], 0.8, 0.5)
     assert top_only["precision"] == 1.0 and top_only["recall"] == 1.0
-    # random text with "cat": the graph learned cat -> 0 from augmentation, so no false positive appears
-    mixed = evaluate(graph, [example(s, "a big dog", 1), example(s, "the cat runs and the fox runs", 1)], 0.8, 0.5)
+    # random text with "cat": the graph learned cat -> 0 from augmentation, so no false positive
+    # appears
+    mixed = evaluate(
+        graph,
+        [example(s, "a big dog", 1), example(s, "the cat runs and the fox runs", 1)],
+        0.8,
+        0.5,
+    )
     assert mixed["precision"] == 1.0 and mixed["n_records"] == 2
     assert mixed["correlation"] == pytest.approx(1.0)
 
 
 def test_batched_and_naive_building_give_identical_graphs() -> None:
     s = RuleSubject()
-    exs = {0: [example(s, "the big quick brown fox jumps", 0), example(s, "quick red fox", 0)],
-           1: [example(s, "over the lazy dog", 1)]}
+    exs = {
+        0: [example(s, "the big quick brown fox jumps", 0), example(s, "quick red fox", 0)],
+        1: [example(s, "over the lazy dog", 1)],
+    }
     batched = build_graphs(s, exs, {0: 1.0, 1: 0.8}, N2GConfig(batch_tokens=64))
     naive = build_graphs(s, exs, {0: 1.0, 1: 0.8}, N2GConfig(naive=True))
-    assert {n: g.to_json() for n, g in batched.items()} == {n: g.to_json() for n, g in naive.items()}
+    assert {n: g.to_json() for n, g in batched.items()} == {
+        n: g.to_json() for n, g in naive.items()
+    }
 
 
 def test_calibration_quiets_paths_that_fire_where_the_neuron_does_not() -> None:
     s = RuleSubject()
     top = {2: [example(s, "the big dog runs", 2)]}
     # training random text: " runs" early in a context (quiet), and once late (firing)
-    extra = {2: [example(s, "runs runs and the cat", 2), example(s, "runs and a dog", 2),
-                 example(s, "a dog runs", 2)]}
+    extra = {
+        2: [
+            example(s, "runs runs and the cat", 2),
+            example(s, "runs and a dog", 2),
+            example(s, "a dog runs", 2),
+        ]
+    }
     plain = build_graphs(s, top, {2: 1.0}, N2GConfig(extra_kinds=(), calibrate=False))[2]
     calibrated = build_graphs(s, top, {2: 1.0}, N2GConfig(), extra)[2]
     text = [" runs", " and", " the", " fox", " runs"]  # the neuron: 0 at the first, 1 at the last
@@ -156,8 +195,13 @@ def test_calibration_quiets_paths_that_fire_where_the_neuron_does_not() -> None:
     assert calibrated.predict(text)[0] == pytest.approx(0.4)
     assert paths(calibrated) == {((" runs".strip(),), 0.4)}
     # a path whose every match fires keeps its value
-    dog = build_graphs(s, {1: [example(s, "the lazy dog", 1)]}, {1: 0.8}, N2GConfig(),
-                       {1: [example(s, "a dog and the cat", 1)]})[1]
+    dog = build_graphs(
+        s,
+        {1: [example(s, "the lazy dog", 1)]},
+        {1: 0.8},
+        N2GConfig(),
+        {1: [example(s, "a dog and the cat", 1)]},
+    )[1]
     assert dog.predict([" dog"]) == [pytest.approx(1.0)]
 
 
@@ -185,8 +229,9 @@ def test_an_older_database_gets_the_per_kind_score_columns_when_opened(tmp_path:
     db = tmp_path / "old.db"
     Store(db)
     # as a database written before the columns existed
-    as_older_database(db, {"graphs": ["f1_top", "correlation_top", "f1_random",
-                                      "correlation_random"]})
+    as_older_database(
+        db, {"graphs": ["f1_top", "correlation_top", "f1_random", "correlation_random"]}
+    )
     with sqlite3.connect(db) as conn:
         assert "f1_top" not in {row[1] for row in conn.execute("pragma table_info(graphs)")}
     columns = Store(db, create=False).db["graphs"].columns_dict  # opening adds them back
@@ -201,10 +246,20 @@ def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
     from autointerp.models import SubjectModel
 
     cfg = HookedTransformerConfig(
-        n_layers=3, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=24, n_ctx=64,
-        d_vocab=tiny_gated.model.cfg.d_vocab, act_fn="silu", gated_mlp=True,
+        n_layers=3,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        n_key_value_heads=2,
+        d_mlp=24,
+        n_ctx=64,
+        d_vocab=tiny_gated.model.cfg.d_vocab,
+        act_fn="silu",
+        gated_mlp=True,
         normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_dim=8, seed=1,
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        seed=1,
     )
     model = HookedTransformer(cfg, tiny_gated.tokenizer, move_to_device=False)
     model.eval()
@@ -213,7 +268,8 @@ def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("kind", ["absolute", "rotary"])
 def test_prefix_reuse_reads_what_full_forward_passes_read(  # type: ignore[no-untyped-def]
-        tiny_gated, kind: str) -> None:
+    tiny_gated, kind: str
+) -> None:
     from autointerp.n2g.build import ModelLayerSubject, Readout, run_readouts
 
     model = tiny_gated if kind == "absolute" else _tiny_rotary(tiny_gated)
@@ -254,56 +310,107 @@ def test_json_and_graphml_round_trip(tmp_path: Path) -> None:
     assert set(back.nodes) == set(g.nodes) and set(back.edges) == set(g.edges)
     for n, attrs in g.nodes(data=True):
         assert back.nodes[n] == attrs
-    assert {a["kind"] for _, a in back.nodes(data=True)} == {"activating", "context", "wildcard", "end"}
-    assert isinstance(back.nodes["n0"]["depth"], int) and isinstance(back.nodes["n0"]["activation"], float)
+    assert {a["kind"] for _, a in back.nodes(data=True)} == {
+        "activating",
+        "context",
+        "wildcard",
+        "end",
+    }
+    assert isinstance(back.nodes["n0"]["depth"], int) and isinstance(
+        back.nodes["n0"]["activation"], float
+    )
 
 
-# ------------------------------------------------------------------------------------------------ real model
+# ------------------------------------------------------------------------------------------------
+# real model
 
 
 @pytest.mark.slow
 def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "1", "--tokens", "24576", "--no-progress",
-                   "--db", str(db))
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "1",
+        "--tokens",
+        "24576",
+        "--no-progress",
+        "--db",
+        str(db),
+    )
     assert proc.returncode == 0, proc.stderr
     store = Store(db)
     run_id = store.runs()[0]["id"]
-    # a neuron with a clear single-token pattern: most of its top training examples peak on the same token
+    # a neuron with a clear single-token pattern: most of its top training examples peak on the same
+    # token
     best, best_share = None, 0.0
-    for row in store.db.query("select neuron from neurons where run_id = ? order by max desc limit 300", [run_id]):
+    for row in store.db.query(
+        "select neuron from neurons where run_id = ? order by max desc limit 300", [run_id]
+    ):
         n = row["neuron"]
-        peaks = [e["str_tokens"][e["peak_index"]].strip().lower()
-                 for e in store.examples(run_id, 1, n, kinds=["top"], split="train")]
+        peaks = [
+            e["str_tokens"][e["peak_index"]].strip().lower()
+            for e in store.examples(run_id, 1, n, kinds=["top"], split="train")
+        ]
         share = Counter(peaks).most_common(1)[0][1] / len(peaks)
         if share > best_share:
             best, best_share = n, share
     assert best is not None and best_share >= 0.8
 
-    proc = run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db), "--json",
-                   "--no-progress")
+    proc = run_cli(
+        "graph",
+        "smollm2-135m",
+        "--layers",
+        "1",
+        "--neurons",
+        str(best),
+        "--db",
+        str(db),
+        "--json",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["built"] == 1
     row = store.graph("smollm2-135m", 1, best)
     assert row["correlation"] > 0.3, row  # measured on held-out top + random examples
     assert row["n_tokens"] > 0 and row["recall"] is not None
 
-    ranked = json.loads(run_cli("rank", "smollm2-135m", "--by", "n2g", "--db", str(db), "--json").stdout)
+    ranked = json.loads(
+        run_cli("rank", "smollm2-135m", "--by", "n2g", "--db", str(db), "--json").stdout
+    )
     assert [(r["layer"], r["neuron"]) for r in ranked] == [(1, best)]
     assert ranked[0]["score"] == pytest.approx(row["correlation"])
 
     # rerunning skips what is done; export writes GraphML + SVG that networkx reads back
-    again = json.loads(run_cli("graph", "smollm2-135m", "--layers", "1", "--neurons", str(best), "--db", str(db),
-                               "--json", "--no-progress").stdout)
+    again = json.loads(
+        run_cli(
+            "graph",
+            "smollm2-135m",
+            "--layers",
+            "1",
+            "--neurons",
+            str(best),
+            "--db",
+            str(db),
+            "--json",
+            "--no-progress",
+        ).stdout
+    )
     assert again[0]["built"] == 0 and again[0]["already_done"] == 1
     out = tmp_path / "g" / "n.graphml"
     out.parent.mkdir()  # export creates folders only inside the working directory
-    proc = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", str(out))
+    proc = run_cli(
+        "export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     g = nx.read_graphml(out)
     assert any(a["kind"] == "activating" for _, a in g.nodes(data=True))
     assert out.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
-    bad = run_cli("export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", "../x.graphml")
+    bad = run_cli(
+        "export", "graphml", "smollm2-135m", f"1/{best}", "--db", str(db), "-o", "../x.graphml"
+    )
     assert bad.returncode == 2 and "'..'" in bad.stderr
 
 
@@ -314,13 +421,20 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     from autointerp.n2g.run import load_examples
 
     db = tmp_path / "h.db"
-    harvest(smol, db, HarvestConfig(model=smol.name, layers=[2], n_tokens=2048), progress=False, log=lambda m: None)
+    harvest(
+        smol,
+        db,
+        HarvestConfig(model=smol.name, layers=[2], n_tokens=2048),
+        progress=False,
+        log=lambda m: None,
+    )
     store = Store(db)
     run_id = store.runs()[0]["id"]
     exs = {n: load_examples(store, run_id, 2, n, "train", ("top",))[:4] for n in (5, 6)}
     # the quantile examples have firing tokens the top ones lack: built and calibrated on too
-    extra = {n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3]
-             for n in (5, 6)}
+    extra = {
+        n: load_examples(store, run_id, 2, n, "train", ("quantile", "random"))[:3] for n in (5, 6)
+    }
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
     subject = ModelLayerSubject(smol, 2)
     batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse prefixes
@@ -331,9 +445,9 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
 
 
 def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
-    """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns nothing
-    for k = 0 (it used to check the count only after its first pick and return up to 8 neighbours),
-    and exactly k for k > 0."""
+    """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns
+    nothing for k = 0 (it used to check the count only after its first pick and return up to 8
+    neighbours), and exactly k for k > 0."""
     from autointerp.n2g.build import ModelLayerSubject
 
     subject = ModelLayerSubject(tiny, 0)

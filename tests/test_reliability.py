@@ -1,15 +1,17 @@
 """Reliability: no lost or fake results under crashes, LLM faults and concurrent load.
 
 * **SIGKILL** every long stage through the real CLI (graph, explain/score, similarity; harvest is in
-  test_harvest.py) at a fixed point - right after a unit of work commits, or inside similarity's one transaction -
-  with the ``AUTOINTERP_KILL_AFTER`` hook (:mod:`autointerp.faults`), rerun the same command, and compare the
-  database with an uninterrupted run's: same rows, no duplicates, no partial units.
-* **LLM faults** the explain tests do not cover (truncated, wrong number of values, prose instead of JSON, an
-  explanation cut at max_tokens) through ``autointerp explain`` against the fault-injecting endpoint: retried, then
-  recorded as failed with the reason, never a score, and ``--retry-failed`` redoes exactly those neurons.
-* **Concurrency**: ``autointerp serve`` answers a stream of requests while ``autointerp explain`` and ``autointerp
-  similarity`` write to the same database, and while another connection holds the write lock: no error, no
-  "database is locked", and the server is bound to 127.0.0.1.
+  test_harvest.py) at a fixed point - right after a unit of work commits, or inside similarity's one
+  transaction - with the ``AUTOINTERP_KILL_AFTER`` hook (:mod:`autointerp.faults`), rerun the same
+  command, and compare the database with an uninterrupted run's: same rows, no duplicates, no
+  partial units.
+* **LLM faults** the explain tests do not cover (truncated, wrong number of values, prose instead of
+  JSON, an explanation cut at max_tokens) through ``autointerp explain`` against the fault-injecting
+  endpoint: retried, then recorded as failed with the reason, never a score, and ``--retry-failed``
+  redoes exactly those neurons.
+* **Concurrency**: ``autointerp serve`` answers a stream of requests while ``autointerp explain``
+  and ``autointerp similarity`` write to the same database, and while another connection holds the
+  write lock: no error, no "database is locked", and the server is bound to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ from autointerp.n2g.run import graph_layers
 from autointerp.store import Store
 
 M = "tiny-gated"
-VOLATILE = {"created", "finished", "seconds"}  # wall-clock columns: legitimately differ between two runs
+VOLATILE = {
+    "created",
+    "finished",
+    "seconds",
+}  # wall-clock columns: legitimately differ between two runs
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def rows(db: Path, table: str, drop: frozenset[str] | set[str] = frozenset(), where: str = "") -> list[tuple[Any, ...]]:
+# ------------------------------------------------------------------------------------------------
+# helpers
+def rows(
+    db: Path, table: str, drop: frozenset[str] | set[str] = frozenset(), where: str = ""
+) -> list[tuple[Any, ...]]:
     """Every row of ``table`` without the ``drop`` columns, sorted: what two runs must agree on."""
     with sqlite3.connect(db) as conn:
         cols = [r[1] for r in conn.execute(f"pragma table_info({table})") if r[1] not in drop]
@@ -54,8 +63,16 @@ def harvest_db(model: SubjectModel, folder: Path, layers: list[int]) -> Path:
     corpus = folder / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 4))
     db = folder / "base.db"
-    cfg = HarvestConfig(model=model.name, corpus=str(corpus), layers=layers, ctx_len=24, top_k=8, random_k=8,
-                        batch_size=8, checkpoint_seconds=1e9)
+    cfg = HarvestConfig(
+        model=model.name,
+        corpus=str(corpus),
+        layers=layers,
+        ctx_len=24,
+        top_k=8,
+        random_k=8,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
     harvest(model, db, cfg, progress=False, log=lambda m: None)
     return db
 
@@ -66,23 +83,59 @@ def explain_base(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFact
     return harvest_db(tiny_gated, tmp_path_factory.mktemp("explain-base"), [1])
 
 
-def explain_cli(db: Path, url: str, neurons: str, *extra: str, mode: str = "echo",
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_cli("explain", M, "--layers", "1", "--neurons", neurons, "--base-url", url, "--explainer-model",
-                   "fault-model", "--simulator-mode", mode, "--sim-top", "2", "--sim-random", "2",
-                   "--explain-records", "3", "--max-attempts", "2", "--no-progress", "--json", "--db", str(db),
-                   *extra, env=env, timeout=300)
+def explain_cli(
+    db: Path,
+    url: str,
+    neurons: str,
+    *extra: str,
+    mode: str = "echo",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    return run_cli(
+        "explain",
+        M,
+        "--layers",
+        "1",
+        "--neurons",
+        neurons,
+        "--base-url",
+        url,
+        "--explainer-model",
+        "fault-model",
+        "--simulator-mode",
+        mode,
+        "--sim-top",
+        "2",
+        "--sim-random",
+        "2",
+        "--explain-records",
+        "3",
+        "--max-attempts",
+        "2",
+        "--no-progress",
+        "--json",
+        "--db",
+        str(db),
+        *extra,
+        env=env,
+        timeout=300,
+    )
 
 
 def per_neuron(db: Path, table: str, neuron: int) -> list[tuple[Any, ...]]:
     return rows(db, table, where=f"where neuron = {neuron}")
 
 
-# ------------------------------------------------------------------------------------------------ SIGKILL
-def test_explain_killed_after_a_neuron_resumes_to_the_uninterrupted_result(explain_base: Path, fault_server,
-                                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+# ------------------------------------------------------------------------------------------------
+# SIGKILL
+def test_explain_killed_after_a_neuron_resumes_to_the_uninterrupted_result(
+    explain_base: Path, fault_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     server = fault_server("ok")
-    whole, killed = copy_db(explain_base, tmp_path / "whole.db"), copy_db(explain_base, tmp_path / "killed.db")
+    whole, killed = (
+        copy_db(explain_base, tmp_path / "whole.db"),
+        copy_db(explain_base, tmp_path / "killed.db"),
+    )
     assert explain_cli(whole, server.url, "0-5").returncode == 0
 
     proc = explain_cli(killed, server.url, "0-5", env={"AUTOINTERP_KILL_AFTER": "explain:2"})
@@ -91,7 +144,9 @@ def test_explain_killed_after_a_neuron_resumes_to_the_uninterrupted_result(expla
     units = len(rows(killed, "explanations")), len(rows(killed, "scores"))
     with sqlite3.connect(killed) as conn:
         done = conn.execute("select neuron, count(*) from explanations group by neuron").fetchall()
-        scored = conn.execute("select neuron, group_concat(method) from scores group by neuron").fetchall()
+        scored = conn.execute(
+            "select neuron, group_concat(method) from scores group by neuron"
+        ).fetchall()
         status = conn.execute("select status from runs where stage = 'explain'").fetchall()
     assert len(done) == 2 and all(n == 2 for _, n in done) and units == (4, 4)
     assert all(sorted(m.split(",")) == ["baseline", "explanation"] for _, m in scored)
@@ -101,19 +156,23 @@ def test_explain_killed_after_a_neuron_resumes_to_the_uninterrupted_result(expla
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["explained"] == 4 and summary["already_done"] == 2 and summary["failed"] == 0
-    # token counts differ legitimately: calls answered before the kill come from the cache on the rerun, and the
-    # ledger counts only tokens actually spent
+    # token counts differ legitimately: calls answered before the kill come from the cache on the
+    # rerun, and the ledger counts only tokens actually spent
     spent = VOLATILE | {"prompt_tokens", "completion_tokens", "cost_usd"}
     for table in ("explanations", "scores"):
         assert rows(killed, table, spent) == rows(whole, table, spent), table
     assert rows(killed, "runs", VOLATILE) == rows(whole, "runs", VOLATILE)
-    assert rows(killed, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"}) == \
-        rows(whole, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"})
+    assert rows(killed, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"}) == rows(
+        whole, "llm_cache", VOLATILE | {"prompt_tokens", "completion_tokens"}
+    )
 
 
 @pytest.fixture(scope="module")
-def graph_bases(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(graphs of layer 0 with their similarities computed, the same plus graphs of layer 1): real N2G graphs."""
+def graph_bases(
+    tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """(graphs of layer 0 with their similarities computed, the same plus graphs of layer 1):
+    real N2G graphs."""
     folder = tmp_path_factory.mktemp("graph-base")
     db = harvest_db(tiny_gated, folder, [0, 1])
     store = Store(db)
@@ -126,20 +185,29 @@ def graph_bases(tiny_gated: SubjectModel, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_similarity_killed_before_commit_keeps_the_old_result_then_rerun_equals_a_clean_run(
-        graph_bases: tuple[Path, Path], tmp_path: Path) -> None:
+    graph_bases: tuple[Path, Path], tmp_path: Path
+) -> None:
     old, new = graph_bases
     whole, killed = copy_db(new, tmp_path / "whole.db"), copy_db(new, tmp_path / "killed.db")
     proc = run_cli("similarity", M, "--db", str(whole), "--no-progress", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["graphs"] == 24
 
-    proc = run_cli("similarity", M, "--db", str(killed), "--no-progress",
-                   env={"AUTOINTERP_KILL_AFTER": "similarity:1"})
+    proc = run_cli(
+        "similarity",
+        M,
+        "--db",
+        str(killed),
+        "--no-progress",
+        env={"AUTOINTERP_KILL_AFTER": "similarity:1"},
+    )
     assert proc.returncode == -9, proc.stderr
-    # killed inside the transaction that replaces the result: the old result is there, whole and unchanged
+    # killed inside the transaction that replaces the result: the old result is there, whole and
+    # unchanged
     assert rows(killed, "similarities") == rows(old, "similarities") != []
-    assert rows(killed, "runs", where="where stage = 'similarity'") == \
-        rows(old, "runs", where="where stage = 'similarity'")
+    assert rows(killed, "runs", where="where stage = 'similarity'") == rows(
+        old, "runs", where="where stage = 'similarity'"
+    )
     assert Store(killed).similarity_stale(M)
 
     assert run_cli("similarity", M, "--db", str(killed), "--no-progress").returncode == 0
@@ -150,14 +218,42 @@ def test_similarity_killed_before_commit_keeps_the_old_result_then_rerun_equals_
 
 @pytest.mark.slow
 def test_graph_killed_after_a_chunk_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    """The real CLI on the real model: 20 neurons are two chunks (16 + 4); killed after the first commits."""
+    """The real CLI on the real model: 20 neurons are two chunks (16 + 4); killed after the first
+    commits."""
     base = tmp_path / "base.db"
-    proc = run_cli("harvest", "--model", "smollm2-135m", "--layers", "0", "--tokens", "2048", "--ctx-len", "32",
-                   "--top-k", "6", "--random-k", "4", "--no-progress", "--db", str(base))
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--layers",
+        "0",
+        "--tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--top-k",
+        "6",
+        "--random-k",
+        "4",
+        "--no-progress",
+        "--db",
+        str(base),
+    )
     assert proc.returncode == 0, proc.stderr
     whole, killed = copy_db(base, tmp_path / "whole.db"), copy_db(base, tmp_path / "killed.db")
-    args = ["graph", "smollm2-135m", "--layers", "0", "--neurons", "0-19", "--train-examples", "3",
-            "--augmentations", "2", "--no-progress"]
+    args = [
+        "graph",
+        "smollm2-135m",
+        "--layers",
+        "0",
+        "--neurons",
+        "0-19",
+        "--train-examples",
+        "3",
+        "--augmentations",
+        "2",
+        "--no-progress",
+    ]
     assert run_cli(*args, "--db", str(whole)).returncode == 0
     proc = run_cli(*args, "--db", str(killed), env={"AUTOINTERP_KILL_AFTER": "graph:1"})
     assert proc.returncode == -9, proc.stderr
@@ -167,14 +263,18 @@ def test_graph_killed_after_a_chunk_resumes_to_the_uninterrupted_result(tmp_path
         assert conn.execute("select count(*) from indexed_graphs").fetchone() == (16,)
     proc = run_cli(*args, "--db", str(killed), "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["built"] == 4 and json.loads(proc.stdout)[0]["already_done"] == 16
+    assert (
+        json.loads(proc.stdout)[0]["built"] == 4
+        and json.loads(proc.stdout)[0]["already_done"] == 16
+    )
     assert rows(killed, "graphs", VOLATILE) == rows(whole, "graphs", VOLATILE)
     assert rows(killed, "runs", VOLATILE) == rows(whole, "runs", VOLATILE)
     assert rows(killed, "token_index") == rows(whole, "token_index")
     assert rows(killed, "indexed_graphs", {"created"}) == rows(whole, "indexed_graphs", {"created"})
 
 
-# ------------------------------------------------------------------------------------------------ LLM faults
+# ------------------------------------------------------------------------------------------------
+# LLM faults
 FAULTS = {  # mode -> (neurons it breaks, what the recorded reason says, which rows fail)
     "truncated": ("2-3", "truncated at max_tokens: not JSON", "scores"),
     "wrong-count": ("4-5", "JSON does not match the schema", "scores"),
@@ -184,7 +284,8 @@ FAULTS = {  # mode -> (neurons it breaks, what the recorded reason says, which r
 
 
 def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_only_them(
-        explain_base: Path, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    explain_base: Path, fault_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     db = copy_db(explain_base, tmp_path / "run.db")
     server = fault_server("ok")
     proc = explain_cli(db, server.url, "0-1", mode="json")
@@ -194,11 +295,16 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
     for mode, (neurons, reason, failing) in FAULTS.items():
         server.mode = mode
         before = server.requests
-        proc = explain_cli(db, server.url, neurons, "--concurrency", "2", mode="json")  # backoffs overlap
-        # every neuron of this run failed: recorded, and the command says so with its exit status when
-        # nothing was explained at all (explanations whose scores failed are output, failures counted)
+        proc = explain_cli(
+            db, server.url, neurons, "--concurrency", "2", mode="json"
+        )  # backoffs overlap
+        # every neuron of this run failed: recorded, and the command says so with its exit status
+        # when nothing was explained at all (explanations whose scores failed are output, failures
+        # counted)
         if failing == "explanations":
-            assert proc.returncode == 1 and "error: every one of the 2 neurons" in proc.stderr, proc.stderr
+            assert proc.returncode == 1 and "error: every one of the 2 neurons" in proc.stderr, (
+                proc.stderr
+            )
         else:
             assert proc.returncode == 0 and "error:" not in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -207,15 +313,30 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
         first, last = (int(x) for x in neurons.split("-"))
         with sqlite3.connect(db) as conn:
             conn.row_factory = sqlite3.Row
-            failed = [dict(r) for r in conn.execute(
-                f"select * from {failing} where neuron between ? and ? and status = 'failed'", [first, last])]
-            scores = [dict(r) for r in conn.execute(
-                "select * from scores where neuron between ? and ? and method = 'explanation'", [first, last])]
+            failed = [
+                dict(r)
+                for r in conn.execute(
+                    f"select * from {failing} where neuron between ? and ? and status = 'failed'",
+                    [first, last],
+                )
+            ]
+            scores = [
+                dict(r)
+                for r in conn.execute(
+                    "select * from scores where neuron between ? and ? and method = 'explanation'",
+                    [first, last],
+                )
+            ]
         assert len(failed) >= 2, mode
         for row in failed:
-            assert reason in row["error"] and "(after 2 attempts)" in row["error"], (mode, row["error"])
+            assert reason in row["error"] and "(after 2 attempts)" in row["error"], (
+                mode,
+                row["error"],
+            )
         # a failed call never becomes a score: the explanation's score row is failed with no number
-        assert len(scores) == 2 and all(s["status"] == "failed" and s["score"] is None for s in scores), mode
+        assert len(scores) == 2 and all(
+            s["status"] == "failed" and s["score"] is None for s in scores
+        ), mode
         assert server.requests - before >= 2 * 2  # every failing call was tried twice
     ranked = json.loads(run_cli("rank", M, "--by", "explanation", "--json", "--db", str(db)).stdout)
     assert sorted(r["neuron"] for r in ranked) == [0, 1]
@@ -228,14 +349,21 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
     for n in (0, 1):  # untouched, down to their timestamps
         assert (per_neuron(db, "explanations", n), per_neuron(db, "scores", n)) == good[n]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("select count(*) from scores where status = 'failed'").fetchone() == (0,)
-        assert conn.execute("select count(*) from explanations where status = 'failed'").fetchone() == (0,)
-        assert conn.execute("select count(distinct neuron) from scores where method = 'explanation' and "
-                            "score is not null").fetchone() == (10,)
+        assert conn.execute("select count(*) from scores where status = 'failed'").fetchone() == (
+            0,
+        )
+        assert conn.execute(
+            "select count(*) from explanations where status = 'failed'"
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "select count(distinct neuron) from scores where method = 'explanation' and "
+            "score is not null"
+        ).fetchone() == (10,)
 
 
 def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
-        explain_base: Path, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    explain_base: Path, fault_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """A proxy's HTML error page with status 200 is a wrong answer like any other: retried, then
     recorded as invalid output saying what came back (it used to be an internal AttributeError,
     recorded on the first try)."""
@@ -244,7 +372,9 @@ def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
     proc = explain_cli(db, server.url, "0", mode="json")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     with sqlite3.connect(db) as conn:
-        errors = [r[0] for r in conn.execute("select error from explanations where status = 'failed'")]
+        errors = [
+            r[0] for r in conn.execute("select error from explanations where status = 'failed'")
+        ]
     assert errors, "the failure was not recorded"
     for error in errors:
         assert "invalid output: malformed response: not the API's JSON but '<html>" in error, error
@@ -252,7 +382,8 @@ def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
     assert server.requests >= 2
 
 
-# ------------------------------------------------------------------------------------------------ concurrency
+# ------------------------------------------------------------------------------------------------
+# concurrency
 def _listening_addresses(port: int) -> set[str]:
     """Local addresses listening on ``port``, from /proc/net/tcp{,6} (no `ss` needed)."""
     found = set()
@@ -276,15 +407,23 @@ def test_default_host_is_loopback() -> None:
 
 
 def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
-        tiny_gated: SubjectModel, fault_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tiny_gated: SubjectModel, fault_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     db = build_api_db(tiny_gated, tmp_path)
-    with sqlite3.connect(db) as conn:  # a database whose token index is behind its graphs (older version)
+    with sqlite3.connect(
+        db
+    ) as conn:  # a database whose token index is behind its graphs (older version)
         tokens = [r[0] for r in conn.execute("select token from token_index order by weight desc")]
         token = next(t for t in tokens if t.isalnum())
         clear_tables(conn, "indexed_graphs", "token_index")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "autointerp", "serve", "--db", str(db), "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autointerp", "serve", "--db", str(db), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     bad: list[str] = []
     answered = [0]
@@ -300,21 +439,33 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
         assert _listening_addresses(port) == {"127.0.0.1"}
 
         search = f"{base}/api/{M}/search?query=any:{token}&limit=5"
-        # 1. another connection holds the write lock: reads (and the search that would index) answer at once
+        # 1. another connection holds the write lock: reads (and the search that would index) answer
+        # at once
         with write_lock_held(db, "lock-test"):
             started = time.time()
             for url in (search, f"{base}/api/{M}/all/1/0", f"{base}/api/{M}/rank?by=explanation"):
                 r = httpx.get(url, timeout=10)
                 assert r.status_code == 200, (url, r.text[:300])
             assert time.time() - started < 3
-        indexed = httpx.get(search, timeout=10).json()  # lock free: the index catches up, results appear
+        indexed = httpx.get(
+            search, timeout=10
+        ).json()  # lock free: the index catches up, results appear
         assert indexed["available"] and indexed["items"]
 
         # 2. a stream of requests while explain and similarity write to the same database
-        urls = [f"{base}/api/models", f"{base}/api/{M}", f"{base}/api/{M}/all/1/0", f"{base}/api/{M}/all/1/5",
-                f"{base}/api/{M}/explanation/1?limit=50", f"{base}/api/{M}/rank?by=explanation&limit=50",
-                search, f"{base}/api/{M}/search?text=tokens", f"{base}/api/{M}/similar/1/1",
-                f"{base}/m/{M}/neuron/1/3", f"{base}/api/{M}/n2g/1"]
+        urls = [
+            f"{base}/api/models",
+            f"{base}/api/{M}",
+            f"{base}/api/{M}/all/1/0",
+            f"{base}/api/{M}/all/1/5",
+            f"{base}/api/{M}/explanation/1?limit=50",
+            f"{base}/api/{M}/rank?by=explanation&limit=50",
+            search,
+            f"{base}/api/{M}/search?text=tokens",
+            f"{base}/api/{M}/similar/1/1",
+            f"{base}/m/{M}/neuron/1/3",
+            f"{base}/api/{M}/n2g/1",
+        ]
         stop = threading.Event()
 
         def hammer(offset: int) -> None:
@@ -337,10 +488,31 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
         for t in threads:
             t.start()
         try:
-            explain = run_cli("explain", M, "--layers", "1", "--neurons", "all", "--base-url", llm.url,
-                              "--explainer-model", "fault-model", "--simulator-mode", "echo", "--sim-top", "2",
-                              "--sim-random", "2", "--explain-records", "3", "--no-progress", "--json", "--db",
-                              str(db), timeout=300)
+            explain = run_cli(
+                "explain",
+                M,
+                "--layers",
+                "1",
+                "--neurons",
+                "all",
+                "--base-url",
+                llm.url,
+                "--explainer-model",
+                "fault-model",
+                "--simulator-mode",
+                "echo",
+                "--sim-top",
+                "2",
+                "--sim-random",
+                "2",
+                "--explain-records",
+                "3",
+                "--no-progress",
+                "--json",
+                "--db",
+                str(db),
+                timeout=300,
+            )
             similarity = run_cli("similarity", M, "--db", str(db), "--no-progress")
         finally:
             stop.set()

@@ -1,4 +1,5 @@
-"""Search: the query language, token search semantics over stored graphs, explanation FTS, text -> neurons."""
+"""Search: the query language, token search semantics over stored graphs, explanation FTS, text
+-> neurons."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from autointerp.search import fts_query, parse_query, search_explanations, searc
 from autointerp.store import Store
 
 
-# ------------------------------------------------------------------------------------------------------ query language
+# --------------------------------------------------------------------------------------------------
+# query language
 def test_parse_query_terms_kinds_union_and_normalisation() -> None:
     assert parse_query("any:the activating:Battery,CELLS important:legal") == [
         {"kind": "any", "tokens": ["the"]},
@@ -33,18 +35,21 @@ def test_parse_query_terms_kinds_union_and_normalisation() -> None:
     assert parse_query('activating:"  "') == [{"kind": "activating", "tokens": ["  "]}]
 
 
-@pytest.mark.parametrize("query, says", [
-    ("", "empty"),
-    ("   ", "empty"),
-    ("foo:bar", "Unknown search kind 'foo'"),
-    ("any:", "token is missing"),
-    ("any:a,", "token is missing"),
-    ("activating:,a", "token is missing"),
-    ('any:"unclosed', "never closed"),
-    ('any:""', "Empty quoted token"),
-    ('any:"a"b', "Unexpected 'b'"),
-    ('any:"\\q"', "Unknown escape"),
-])
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("foo:bar", "Unknown search kind 'foo'"),
+        ("any:", "token is missing"),
+        ("any:a,", "token is missing"),
+        ("activating:,a", "token is missing"),
+        ('any:"unclosed', "never closed"),
+        ('any:""', "Empty quoted token"),
+        ('any:"a"b', "Unexpected 'b'"),
+        ('any:"\\q"', "Unknown escape"),
+    ],
+)
 def test_malformed_queries_raise_one_clear_sentence(query: str, says: str) -> None:
     with pytest.raises(UserError) as info:
         parse_query(query)
@@ -53,20 +58,24 @@ def test_malformed_queries_raise_one_clear_sentence(query: str, says: str) -> No
     assert message.endswith(".") and "\n" not in message
 
 
-# ------------------------------------------------------------------------------------------------------ token search
+# --------------------------------------------------------------------------------------------------
+# token search
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "search.db")
-    add_graphs(s, {
-        # fires on "battery" (strongly), context "lithium"
-        (0, 1): make_graph([(["battery", "lithium"], [1, 0.9], 1.0), (["cell"], [1], 0.4)]),
-        # fires on "battery" weakly; "legal" is an important context token
-        (0, 2): make_graph([(["Battery", "legal"], [1, 0.8], 0.3)]),
-        # fires on "legal"; "the" in context
-        (1, 3): make_graph([(["legal", "the"], [1, 0.6], 0.9)]),
-        # fires on "the"
-        (2, 4): make_graph([([" the"], [1], 0.7), (["court", "legal"], [1, 0.2], 0.5)]),
-    })
+    add_graphs(
+        s,
+        {
+            # fires on "battery" (strongly), context "lithium"
+            (0, 1): make_graph([(["battery", "lithium"], [1, 0.9], 1.0), (["cell"], [1], 0.4)]),
+            # fires on "battery" weakly; "legal" is an important context token
+            (0, 2): make_graph([(["Battery", "legal"], [1, 0.8], 0.3)]),
+            # fires on "legal"; "the" in context
+            (1, 3): make_graph([(["legal", "the"], [1, 0.6], 0.9)]),
+            # fires on "the"
+            (2, 4): make_graph([([" the"], [1], 0.7), (["court", "legal"], [1, 0.2], 0.5)]),
+        },
+    )
     return s
 
 
@@ -76,9 +85,15 @@ def hits(rows: list[dict]) -> list[tuple[int, int]]:
 
 def test_kinds_select_activating_important_or_any(store: Store) -> None:
     assert hits(search_tokens(store, MODEL, "activating:legal")) == [(1, 3)]
-    assert hits(search_tokens(store, MODEL, "important:legal")) == [(0, 2), (2, 4)]  # importance 0.8 before 0.2
+    assert hits(search_tokens(store, MODEL, "important:legal")) == [
+        (0, 2),
+        (2, 4),
+    ]  # importance 0.8 before 0.2
     assert set(hits(search_tokens(store, MODEL, "any:legal"))) == {(1, 3), (0, 2), (2, 4)}
-    assert hits(search_tokens(store, MODEL, "any:legal"))[0] == (1, 3)  # activation 0.9 is the best weight
+    assert hits(search_tokens(store, MODEL, "any:legal"))[0] == (
+        1,
+        3,
+    )  # activation 0.9 is the best weight
 
 
 def test_union_within_a_term_and_intersection_across_terms(store: Store) -> None:
@@ -95,7 +110,10 @@ def test_results_sorted_by_relevance_with_matches(store: Store) -> None:
     assert rows[0]["matches"] == [{"kind": "activating", "token": "battery", "weight": 1.0}]
     both = search_tokens(store, MODEL, "any:the any:legal")
     assert both[0]["score"] == pytest.approx(0.6 + 0.9)  # sum over terms of the best weight
-    assert {(m["kind"], m["token"]) for m in both[0]["matches"]} == {("important", "the"), ("activating", "legal")}
+    assert {(m["kind"], m["token"]) for m in both[0]["matches"]} == {
+        ("important", "the"),
+        ("activating", "legal"),
+    }
 
 
 def test_sql_in_a_query_is_just_a_token(store: Store) -> None:
@@ -107,7 +125,9 @@ def test_sql_in_a_query_is_just_a_token(store: Store) -> None:
 def test_index_follows_newer_graphs(store: Store) -> None:
     assert hits(search_tokens(store, MODEL, "activating:volt")) == []
     time.sleep(0.01)
-    add_graphs(store, {(0, 1): make_graph([(["volt"], [1], 1.0)])})  # a rebuilt graph replaces the old one
+    add_graphs(
+        store, {(0, 1): make_graph([(["volt"], [1], 1.0)])}
+    )  # a rebuilt graph replaces the old one
     assert hits(search_tokens(store, MODEL, "activating:volt")) == [(0, 1)]
     assert (0, 1) not in hits(search_tokens(store, MODEL, "activating:battery"))
 
@@ -122,23 +142,36 @@ def test_cli_search_json_and_bad_query(store: Store) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-# ------------------------------------------------------------------------------------------------------ explanations
+# --------------------------------------------------------------------------------------------------
+# explanations
 def add_explanations(store: Store, rows: list[tuple[int, int, str, str, str | None]]) -> None:
     run = store.find_run(MODEL, "harvest", "h", (0, 1))
     store.db["explanations"].insert_all(
-        {"run_id": run["id"], "layer": layer, "neuron": neuron, "kind": kind, "config_hash": "e",
-         "status": "ok" if text else "failed", "text": text, "error": None if text else "timeout",
-         "created": time.time()}
-        for layer, neuron, kind, status, text in rows)
+        {
+            "run_id": run["id"],
+            "layer": layer,
+            "neuron": neuron,
+            "kind": kind,
+            "config_hash": "e",
+            "status": "ok" if text else "failed",
+            "text": text,
+            "error": None if text else "timeout",
+            "created": time.time(),
+        }
+        for layer, neuron, kind, status, text in rows
+    )
 
 
 def test_explanation_fts_search(store: Store) -> None:
-    add_explanations(store, [
-        (0, 1, "llm", "ok", "Days of the week, especially Monday and Tuesday"),
-        (0, 2, "llm", "ok", "The word 'week' in dates and schedules"),
-        (1, 3, "baseline", "ok", "legal documents and court rulings"),
-        (2, 4, "llm", "failed", None),
-    ])
+    add_explanations(
+        store,
+        [
+            (0, 1, "llm", "ok", "Days of the week, especially Monday and Tuesday"),
+            (0, 2, "llm", "ok", "The word 'week' in dates and schedules"),
+            (1, 3, "baseline", "ok", "legal documents and court rulings"),
+            (2, 4, "llm", "failed", None),
+        ],
+    )
     rows = search_explanations(store, MODEL, "days of the week")
     assert [(r["layer"], r["neuron"]) for r in rows] == [(0, 1)]  # words are ANDed
     weeks = search_explanations(store, MODEL, "weeks")  # porter stemming
@@ -180,10 +213,13 @@ def test_cli_explanation_search(store: Store) -> None:
     res = run_cli("search", MODEL, "--db", str(store.path))
     assert res.returncode == 2 and "--explanations" in res.stderr
     with sqlite3.connect(store.path) as conn:
-        assert conn.execute("select count(*) from explanations_fts where explanations_fts match 'legal'").fetchone()
+        assert conn.execute(
+            "select count(*) from explanations_fts where explanations_fts match 'legal'"
+        ).fetchone()
 
 
-# ------------------------------------------------------------------------------------------------------ text -> neurons
+# --------------------------------------------------------------------------------------------------
+# text -> neurons
 def test_text_neurons_thresholds_and_values(tiny) -> None:  # type: ignore[no-untyped-def]
     text = "The quick brown fox jumps over the lazy dog."
     ids, _ = tiny.encode(text)

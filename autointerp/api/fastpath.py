@@ -1,10 +1,12 @@
-"""The byte fast path: a neuron's JSON answer assembled as bytes, cached where it can never go stale.
+"""The byte fast path: a neuron's JSON answer assembled as bytes, cached where it can never go
+stale.
 
-A finished harvest run never changes (a newer harvest is a new run id), so a neuron's statistics and examples keyed
-by run id can be encoded to JSON once and served as bytes afterwards (:class:`ByteCache`). Examples are assembled
-from the stored JSON text without decoding it, their activations printed straight from the float32 blobs, and the
-contexts many neurons share (all of them share the random sample) are encoded once. Graphs are read fresh but
-embedded as their stored JSON text. The answers equal ``dumps`` of the records in :mod:`autointerp.records`.
+A finished harvest run never changes (a newer harvest is a new run id), so a neuron's statistics and
+examples keyed by run id can be encoded to JSON once and served as bytes afterwards
+(:class:`ByteCache`). Examples are assembled from the stored JSON text without decoding it, their
+activations printed straight from the float32 blobs, and the contexts many neurons share (all of
+them share the random sample) are encoded once. Graphs are read fresh but embedded as their stored
+JSON text. The answers equal ``dumps`` of the records in :mod:`autointerp.records`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def dumps(obj: Any) -> bytes:
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     except ValueError:
-        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        return json.dumps(
+            _finite(obj), separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        ).encode()
 
 
 def _finite(obj: Any) -> Any:
@@ -51,8 +55,9 @@ def _finite(obj: Any) -> Any:
 
 
 def _activation_arrays(blobs: list[bytes]) -> list[bytes]:
-    """JSON arrays of float32 activation blobs, 5 significant digits ("%.5g" is valid JSON for finite numbers and
-    several times faster than rounding to Python floats and encoding them one by one)."""
+    """JSON arrays of float32 activation blobs, 5 significant digits ("%.5g" is valid JSON for
+    finite numbers and several times faster than rounding to Python floats and encoding them one by
+    one)."""
     if not blobs:
         return []
     from autointerp.store import decode_acts
@@ -102,17 +107,29 @@ class ByteCache:
 
 
 class NeuronBytes:
-    """Encoded neuron answers, with the caches they are built from. Safe to share between threads."""
+    """Encoded neuron answers, with the caches they are built from. Safe to share between
+    threads."""
 
     def __init__(self) -> None:
         self.cache = ByteCache()
-        self._contexts: dict[tuple[int, int], bytes] = {}  # (run, context) -> JSON fragment; plain dict ops are atomic
+        self._contexts: dict[
+            tuple[int, int], bytes
+        ] = {}  # (run, context) -> JSON fragment; plain dict ops are atomic
 
-    def neuron(self, store: Any, model: str, service: str, layer: int, neuron: int, run_id: int,
-               kinds: tuple[str, ...] | None, limit: int | None) -> bytes:
-        """The JSON answer for one neuron and service: statistics and examples come from the byte cache or are
-        assembled from the stored JSON text; graphs, explanations and the rest are read fresh, so new results show
-        at once."""
+    def neuron(
+        self,
+        store: Any,
+        model: str,
+        service: str,
+        layer: int,
+        neuron: int,
+        run_id: int,
+        kinds: tuple[str, ...] | None,
+        limit: int | None,
+    ) -> bytes:
+        """The JSON answer for one neuron and service: statistics and examples come from the byte
+        cache or are assembled from the stored JSON text; graphs, explanations and the rest are read
+        fresh, so new results show at once."""
         if service == "stats":
             return self.stats(store, model, layer, neuron, run_id)
         if service == "neuroscope":
@@ -121,17 +138,27 @@ class NeuronBytes:
             return self.n2g(store, model, layer, neuron)
         if service == "all":
             first = dumps({"model": model, "layer": layer, "neuron": neuron, "run_id": run_id})[:-1]
-            parts = [b'"stats":' + self.stats(store, model, layer, neuron, run_id),
-                     b'"neuroscope":' + self.neuroscope(store, model, layer, neuron, run_id, kinds, limit),
-                     b'"n2g":' + self.n2g(store, model, layer, neuron),
-                     b'"explanation":' + dumps(explanation_record(store, model, layer, neuron, run_id)),
-                     b'"similar":' + dumps(similar_record(store, model, layer, neuron)),
-                     b'"weights":' + dumps(weights_record(store, model, layer, neuron))]
+            parts = [
+                b'"stats":' + self.stats(store, model, layer, neuron, run_id),
+                b'"neuroscope":'
+                + self.neuroscope(store, model, layer, neuron, run_id, kinds, limit),
+                b'"n2g":' + self.n2g(store, model, layer, neuron),
+                b'"explanation":' + dumps(explanation_record(store, model, layer, neuron, run_id)),
+                b'"similar":' + dumps(similar_record(store, model, layer, neuron)),
+                b'"weights":' + dumps(weights_record(store, model, layer, neuron)),
+            ]
             return first + b"," + b",".join(parts) + b"}"
         return dumps(neuron_record(store, model, service, layer, neuron, run_id, kinds, limit))
 
-    def cached(self, service: str, layer: int, neuron: int, run_id: int, kinds: tuple[str, ...] | None,
-               limit: int | None) -> bytes | None:
+    def cached(
+        self,
+        service: str,
+        layer: int,
+        neuron: int,
+        run_id: int,
+        kinds: tuple[str, ...] | None,
+        limit: int | None,
+    ) -> bytes | None:
         """The cached answer, if there is one (no SQL)."""
         if service == "stats":
             return self.cache.get(("stats", run_id, layer, neuron))
@@ -140,20 +167,30 @@ class NeuronBytes:
         return None
 
     def stats(self, store: Any, model: str, layer: int, neuron: int, run_id: int) -> bytes:
-        return self.cache.get_or_make(("stats", run_id, layer, neuron),
-                                      lambda: stats_record(store, model, layer, neuron, run_id))
+        return self.cache.get_or_make(
+            ("stats", run_id, layer, neuron),
+            lambda: stats_record(store, model, layer, neuron, run_id),
+        )
 
     def n2g(self, store: Any, model: str, layer: int, neuron: int) -> bytes:
-        """The graph is embedded as its stored JSON text (graphs have thousands of nodes; decoding and re-encoding
-        them per request would cost more than everything else)."""
+        """The graph is embedded as its stored JSON text (graphs have thousands of nodes; decoding
+        and re-encoding them per request would cost more than everything else)."""
         row = store.graph_raw(model, layer, neuron)
         if row is None:
             return dumps(n2g_record(store, model, layer, neuron))
         record = n2g_fields(model, layer, neuron, row)
         return dumps(record)[:-1] + b',"graph":' + row["graph"].encode() + b"}"
 
-    def neuroscope(self, store: Any, model: str, layer: int, neuron: int, run_id: int,
-                   kinds: tuple[str, ...] | None, limit: int | None) -> bytes:
+    def neuroscope(
+        self,
+        store: Any,
+        model: str,
+        layer: int,
+        neuron: int,
+        run_id: int,
+        kinds: tuple[str, ...] | None,
+        limit: int | None,
+    ) -> bytes:
         key = ("neuroscope", run_id, layer, neuron, kinds, limit)
         cached = self.cache.get(key)
         if cached is not None:
@@ -171,26 +208,56 @@ class NeuronBytes:
         pieces = []
         for row, acts in zip(keep, acts_json, strict=True):
             kind, rank, split, context_id, mx, mn, peak, interval = row[:8]
-            pieces.append(b'{"kind":"' + kind.encode() + b'",' + dumps(
-                {"rank": rank, "split": split, "context_id": context_id, "max_activation": rounded(mx),
-                 "min_activation": rounded(mn), "peak_index": peak, "interval": interval})[1:-1]
-                + b"," + self._context_json(run_id, context_id, row) + b',"activations":' + acts + b"}")
-        first = dumps({**head(model, layer, neuron, run_id), "hook": f"blocks.{layer}.mlp.hook_post",
-                       "kinds": list(kinds or EXAMPLE_KINDS), "counts": per_kind, "limit": limit,
-                       "note": "token 0 of every example is BOS and never counts in statistics"})
+            pieces.append(
+                b'{"kind":"'
+                + kind.encode()
+                + b'",'
+                + dumps(
+                    {
+                        "rank": rank,
+                        "split": split,
+                        "context_id": context_id,
+                        "max_activation": rounded(mx),
+                        "min_activation": rounded(mn),
+                        "peak_index": peak,
+                        "interval": interval,
+                    }
+                )[1:-1]
+                + b","
+                + self._context_json(run_id, context_id, row)
+                + b',"activations":'
+                + acts
+                + b"}"
+            )
+        first = dumps(
+            {
+                **head(model, layer, neuron, run_id),
+                "hook": f"blocks.{layer}.mlp.hook_post",
+                "kinds": list(kinds or EXAMPLE_KINDS),
+                "counts": per_kind,
+                "limit": limit,
+                "note": "token 0 of every example is BOS and never counts in statistics",
+            }
+        )
         out = first[:-1] + b',"examples":[' + b",".join(pieces) + b"]}"
         self.cache.put(key, out)
         return out
 
     def _context_json(self, run_id: int, context_id: int, row: tuple[Any, ...]) -> bytes:
-        """``"tokens":[...],"token_ids":[...],"documents":[...]`` of a context, cached: many neurons share
-        contexts (all of them share the random sample)."""
+        """``"tokens":[...],"token_ids":[...],"documents":[...]`` of a context, cached: many neurons
+        share contexts (all of them share the random sample)."""
         key = (run_id, context_id)
         frag = self._contexts.get(key)
         if frag is None:
             docs = sorted({i for i in json.loads(row[11]) if i >= 0})
-            frag = (b'"tokens":' + row[9].encode() + b',"token_ids":' + row[10].encode() + b',"documents":'
-                    + dumps(docs))
+            frag = (
+                b'"tokens":'
+                + row[9].encode()
+                + b',"token_ids":'
+                + row[10].encode()
+                + b',"documents":'
+                + dumps(docs)
+            )
             if len(self._contexts) > 50_000:
                 self._contexts.clear()
             self._contexts[key] = frag

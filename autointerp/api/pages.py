@@ -1,6 +1,6 @@
-"""The web pages: server-rendered HTML (Jinja2, autoescaped: tokens are untrusted text) from the same records the
-JSON API serves, plus a little vanilla JavaScript (static/app.js) for the live parts. Every section says plainly
-when its data has not been computed."""
+"""The web pages: server-rendered HTML (Jinja2, autoescaped: tokens are untrusted text) from the
+same records the JSON API serves, plus a little vanilla JavaScript (static/app.js) for the live
+parts. Every section says plainly when its data has not been computed."""
 
 from __future__ import annotations
 
@@ -19,10 +19,17 @@ from autointerp.live import Live
 from autointerp.records import SERVICES, NotFound, url_name
 
 HERE = Path(__file__).parent
-WINDOW_BEFORE, WINDOW_AFTER = 12, 4  # tokens shown around an example's peak until "full text" is toggled
+WINDOW_BEFORE, WINDOW_AFTER = (
+    12,
+    4,
+)  # tokens shown around an example's peak until "full text" is toggled
 
-_env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
-                   trim_blocks=True, lstrip_blocks=True)
+_env = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def token_colour(value: float | None, scale: float) -> str:
@@ -38,7 +45,8 @@ def token_colour(value: float | None, scale: float) -> str:
 
 
 def show_token(token: str) -> str:
-    """Whitespace made visible: newlines and tabs would otherwise vanish in a line of coloured tokens."""
+    """Whitespace made visible: newlines and tabs would otherwise vanish in a line of coloured
+    tokens."""
     return token.replace("\n", "⏎").replace("\t", "⇥") if token else "∅"
 
 
@@ -66,8 +74,11 @@ def error_page(status: int, message: str, extra: dict[str, Any]) -> str:
     return render("error.html", title=f"{status}", status=status, message=message, extra=extra)
 
 
-def hist_bars(counts: list[int], edges: list[float], width: int = 640, height: int = 110) -> list[dict[str, Any]]:
-    """Bars for an inline SVG histogram: log-scaled heights (counts span orders of magnitude), coloured by sign."""
+def hist_bars(
+    counts: list[int], edges: list[float], width: int = 640, height: int = 110
+) -> list[dict[str, Any]]:
+    """Bars for an inline SVG histogram: log-scaled heights (counts span orders of magnitude),
+    coloured by sign."""
     top = max(counts, default=0)
     if not top:
         return []
@@ -77,25 +88,45 @@ def hist_bars(counts: list[int], edges: list[float], width: int = 640, height: i
         h = height * math.log1p(c) / math.log1p(top)
         lo, hi = edges[i], edges[i + 1]
         colour = "#d62728" if lo >= 0 else ("#1f77b4" if hi <= 0 else "#888888")
-        out.append({"x": round(i * bar_w, 2), "y": round(height - h, 2), "w": round(bar_w - 1, 2),
-                    "h": round(h, 2), "colour": colour, "title": f"[{lo:.3g}, {hi:.3g}): {c} tokens"})
+        out.append(
+            {
+                "x": round(i * bar_w, 2),
+                "y": round(height - h, 2),
+                "w": round(bar_w - 1, 2),
+                "h": round(h, 2),
+                "colour": colour,
+                "title": f"[{lo:.3g}, {hi:.3g}): {c} tokens",
+            }
+        )
     return out
 
 
 def example_view(ex: dict[str, Any]) -> dict[str, Any]:
-    """Tokens of one example (BOS dropped) with a flag for those outside the window around the peak."""
+    """Tokens of one example (BOS dropped) with a flag for those outside the window around the
+    peak."""
     peak = ex["peak_index"]
     lo, hi = max(1, peak - WINDOW_BEFORE), min(len(ex["tokens"]), peak + WINDOW_AFTER + 1)
-    toks = [{"text": t, "act": a, "far": not lo <= i < hi, "peak": i == peak}
-            for i, (t, a) in enumerate(zip(ex["tokens"], ex["activations"], strict=True)) if i > 0]
+    toks = [
+        {"text": t, "act": a, "far": not lo <= i < hi, "peak": i == peak}
+        for i, (t, a) in enumerate(zip(ex["tokens"], ex["activations"], strict=True))
+        if i > 0
+    ]
     value = ex["activations"][peak] if 0 <= peak < len(ex["activations"]) else None
-    return {**ex, "toks": toks, "value": value, "clipped_left": lo > 1, "clipped_right": hi < len(ex["tokens"])}
+    return {
+        **ex,
+        "toks": toks,
+        "value": value,
+        "clipped_left": lo > 1,
+        "clipped_right": hi < len(ex["tokens"]),
+    }
 
 
 def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
-        return render("index.html", title="autointerp", models=data.models_list(), db=str(data.db_path))
+        return render(
+            "index.html", title="autointerp", models=data.models_list(), db=str(data.db_path)
+        )
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> str:
@@ -103,18 +134,41 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         endpoints = []
         for path, methods in spec.get("paths", {}).items():
             for method, op in methods.items():
-                params = [{"name": p["name"], "in": p["in"], "required": p.get("required", False),
-                           "description": p.get("description", ""),
-                           "type": p.get("schema", {}).get("type") or ", ".join(
-                               s.get("type", "") for s in p.get("schema", {}).get("anyOf", []))}
-                          for p in op.get("parameters", [])]
+                params = [
+                    {
+                        "name": p["name"],
+                        "in": p["in"],
+                        "required": p.get("required", False),
+                        "description": p.get("description", ""),
+                        "type": (
+                            p.get("schema", {}).get("type")
+                            or ", ".join(
+                                s.get("type", "") for s in p.get("schema", {}).get("anyOf", [])
+                            )
+                        ),
+                    }
+                    for p in op.get("parameters", [])
+                ]
                 body = None
                 if "requestBody" in op:
                     ref = op["requestBody"]["content"]["application/json"]["schema"].get("$ref", "")
-                    schema = spec.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[-1], {})
-                    body = {k: v.get("description", "") for k, v in schema.get("properties", {}).items()}
-                endpoints.append({"method": method.upper(), "path": path, "summary": op.get("summary", ""),
-                                  "params": params, "body": body})
+                    schema = (
+                        spec.get("components", {})
+                        .get("schemas", {})
+                        .get(ref.rsplit("/", 1)[-1], {})
+                    )
+                    body = {
+                        k: v.get("description", "") for k, v in schema.get("properties", {}).items()
+                    }
+                endpoints.append(
+                    {
+                        "method": method.upper(),
+                        "path": path,
+                        "summary": op.get("summary", ""),
+                        "params": params,
+                        "body": body,
+                    }
+                )
         return render("docs.html", title="API", endpoints=endpoints, services=SERVICES)
 
     @app.get("/m/{model}", response_class=HTMLResponse, include_in_schema=False)
@@ -133,8 +187,14 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         else:
             ranked_by = "max"
         evaluation = data.store().latest_evaluation(view.name, "eval")
-        return render("model.html", title=view.name, m=record, ranked=ranked, ranked_by=ranked_by,
-                      evaluation=evaluation["result"] if evaluation else None)
+        return render(
+            "model.html",
+            title=view.name,
+            m=record,
+            ranked=ranked,
+            ranked_by=ranked_by,
+            evaluation=evaluation["result"] if evaluation else None,
+        )
 
     @app.get("/m/{model}/random", include_in_schema=False)
     def random_page(model: str) -> RedirectResponse:
@@ -142,14 +202,18 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         layer, neuron = random_neuron(view)
         return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
 
-    @app.get("/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False
+    )
     def neuron_page(model: str, layer: Index, neuron: Index) -> str:
         view = data.model(model)
         rec = data.neuron_record(view, "all", layer, neuron)
         stats = rec["stats"]
         s = stats["stats"]
         scale = max(abs(s["max"] or 0.0), abs(s["min"] or 0.0), 1e-9)
-        groups: dict[str, list[dict[str, Any]]] = {k: [] for k in ("top", "bottom", "quantile", "random")}
+        groups: dict[str, list[dict[str, Any]]] = {
+            k: [] for k in ("top", "bottom", "quantile", "random")
+        }
         for ex in rec["neuroscope"]["examples"]:
             groups.setdefault(ex["kind"], []).append(example_view(ex))
         layers = list(view.layers)
@@ -157,12 +221,23 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         prev_link = _step(view.url, layers, d_mlp, layer, neuron, -1)
         next_link = _step(view.url, layers, d_mlp, layer, neuron, +1)
         return render(
-            "neuron.html", title=f"{view.name} {layer}/{neuron}", model=view.name, layer=layer, neuron=neuron,
-            rec=rec, s=s, scale=scale, groups=groups,
+            "neuron.html",
+            title=f"{view.name} {layer}/{neuron}",
+            model=view.name,
+            layer=layer,
+            neuron=neuron,
+            rec=rec,
+            s=s,
+            scale=scale,
+            groups=groups,
             hist=hist_bars(stats["hist"], stats["hist_edges"]),
             ctx_hist=hist_bars(stats["ctx_max_hist"], stats["hist_edges"]),
-            hist_edges=stats["hist_edges"], prev_link=prev_link, next_link=next_link,
-            n_layers=view.info.get("n_layers"), d_mlp=view.d_mlp, gated=view.info.get("gated_mlp"),
+            hist_edges=stats["hist_edges"],
+            prev_link=prev_link,
+            next_link=next_link,
+            n_layers=view.info.get("n_layers"),
+            d_mlp=view.d_mlp,
+            gated=view.info.get("gated_mlp"),
             max_chars=live.max_chars,
         )
 
@@ -171,21 +246,35 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
-            raise NotFound(f"Layer {layer} does not exist: {view.name} has layers 0-{n_layers - 1}.")
+            raise NotFound(
+                f"Layer {layer} does not exist: {view.name} has layers 0-{n_layers - 1}."
+            )
         top: list[dict[str, Any]] = []
         counts = None
         if layer in view.layers:
             top = data.rank(view, "max", layer, 20)["items"]
             counts = data.store().layer_counts(view.run_id(layer), layer)
-        return render("layer.html", title=f"{view.name} layer {layer}", model=view.name, layer=layer,
-                      n_layers=n_layers, harvested=list(view.layers), top=top, counts=counts,
-                      recent=live.recent(view.name, request.cookies.get("autointerp_client")),
-                      max_chars=live.max_chars)
+        return render(
+            "layer.html",
+            title=f"{view.name} layer {layer}",
+            model=view.name,
+            layer=layer,
+            n_layers=n_layers,
+            harvested=list(view.layers),
+            top=top,
+            counts=counts,
+            recent=live.recent(view.name, request.cookies.get("autointerp_client")),
+            max_chars=live.max_chars,
+        )
 
     @app.get("/m/{model}/search", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(model: str, query: str | None = Query(None, max_length=500),
-                    text: str | None = Query(None, max_length=500), exact: bool = Query(False),
-                    limit: int = Query(20, ge=1, le=500)) -> str:
+    def search_page(
+        model: str,
+        query: str | None = Query(None, max_length=500),
+        text: str | None = Query(None, max_length=500),
+        exact: bool = Query(False),
+        limit: int = Query(20, ge=1, le=500),
+    ) -> str:
         view = data.model(model)
         result = None
         error = None
@@ -194,11 +283,21 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
                 result = data.search(view, query or None, text or None, limit, exact)
             except BadRequest as exc:
                 error = str(exc)
-        return render("search.html", title=f"{view.name} search", model=view.name, query=query or "",
-                      text=text or "", exact=exact, result=result, error=error)
+        return render(
+            "search.html",
+            title=f"{view.name} search",
+            model=view.name,
+            query=query or "",
+            text=text or "",
+            exact=exact,
+            result=result,
+            error=error,
+        )
 
 
-def _step(model: str, layers: list[int], d_mlp: int, layer: int, neuron: int, direction: int) -> str | None:
+def _step(
+    model: str, layers: list[int], d_mlp: int, layer: int, neuron: int, direction: int
+) -> str | None:
     """The previous/next neuron, crossing into the neighbouring harvested layer at either end."""
     n = neuron + direction
     if 0 <= n < d_mlp:

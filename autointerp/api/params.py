@@ -1,8 +1,8 @@
 """Request parameter types shared by the JSON routes (:mod:`autointerp.api.app`) and the pages
 (:mod:`autointerp.api.pages`).
 
-Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more layers, neurons or
-examples than this.
+Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more
+layers, neurons or examples than this.
 """
 
 from __future__ import annotations

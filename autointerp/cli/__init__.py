@@ -1,7 +1,7 @@
 """The `autointerp` command line: a thin layer over the library (as sqlite-utils does it).
 
-Every subcommand explains itself with --help, prints machine-readable output with --json, and turns user mistakes
-into one sentence on stderr with exit status 2 (no traceback, nothing written).
+Every subcommand explains itself with --help, prints machine-readable output with --json, and turns
+user mistakes into one sentence on stderr with exit status 2 (no traceback, nothing written).
 
 Where things are: this module has :func:`main` (parsing, dispatch, and how errors become exit
 statuses) and the top-level parser; :mod:`.common` the shared option helpers; one module per
@@ -30,7 +30,7 @@ from autointerp.errors import UserError
 from autointerp.untrusted import check_unicode
 
 EPILOG = """examples:
-  autointerp setup                                   # fetch + convert the default model and corpus (once)
+  autointerp setup                                   # fetch the default model and corpus (once)
   autointerp harvest --model smollm2-135m --layers 0-3 --tokens 20000
   autointerp neuron smollm2-135m 2/17                # stats and top examples, coloured
   autointerp activations smollm2-135m 2/17 --text "def f(x): return x"
@@ -42,8 +42,19 @@ EPILOG = """examples:
 
 #: The modules under autointerp.cli that define commands, in the order `autointerp --help` lists
 #: their commands.
-COMMAND_MODULES = ("setup", "harvest", "rank", "explain", "graphs", "report", "show", "serve",
-                   "search", "weights", "evaluation")
+COMMAND_MODULES = (
+    "setup",
+    "harvest",
+    "rank",
+    "explain",
+    "graphs",
+    "report",
+    "show",
+    "serve",
+    "search",
+    "weights",
+    "evaluation",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,8 +71,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     others are listed with their help, nothing more); with None, every command's."""
     parser = _Parser(
         prog="autointerp",
-        description="Explain the MLP neurons of transformer language models: harvest max-activating examples, "
-                    "build N2G graphs, write and score explanations, and browse the results.",
+        description=(
+            "Explain the MLP neurons of transformer language models: harvest max-activating"
+            " examples, build N2G graphs, write and score explanations, and browse the results."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -83,8 +96,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
             if isinstance(item, str):
-                positional = ("model", "neuron", "query", "format", "out", "shards", "model_a",
-                              "model_b")
+                positional = (
+                    "model",
+                    "neuron",
+                    "query",
+                    "format",
+                    "out",
+                    "shards",
+                    "model_a",
+                    "model_b",
+                )
                 flag = name if name in positional else "--" + name.replace("_", "-")
                 check_unicode(item, f"The argument {flag}", from_bytes=True)
 
@@ -108,17 +129,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except sqlite3.Error as exc:  # a corrupted file, a full disk, read-only media: not a bug
         where = f" {db_path(args)}" if hasattr(args, "db") else ""
-        print(f"error: the database{where} cannot be used: {exc} (nothing was changed by the "
-              "failed step).", file=sys.stderr)
+        print(
+            f"error: the database{where} cannot be used: {exc} (nothing was changed by the "
+            "failed step).",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `autointerp neuron ... --json | head` closed the pipe early: not an error
+    except (
+        BrokenPipeError
+    ):  # `autointerp neuron ... --json | head` closed the pipe early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a full disk, a folder where a file should be, no permission
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (nothing was changed by the failed step).",
-              file=sys.stderr)
+        print(
+            f"error: {exc.strerror or exc}{where} (nothing was changed by the failed step).",
+            file=sys.stderr,
+        )
         return 1

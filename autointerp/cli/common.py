@@ -38,14 +38,19 @@ class Command:
 class Commands(list[Command]):
     """The commands of one module, in the order they are defined (the order `--help` lists)."""
 
-    def add(self, name: str, help: str, **parser_options: Any
-            ) -> Callable[[Callable[[argparse.ArgumentParser], None]],
-                          Callable[[argparse.ArgumentParser], None]]:
+    def add(
+        self, name: str, help: str, **parser_options: Any
+    ) -> Callable[
+        [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
+    ]:
         """Decorator for the function that adds a command's options (and ``func``, its handler)."""
-        def register(add_options: Callable[[argparse.ArgumentParser], None]
-                     ) -> Callable[[argparse.ArgumentParser], None]:
+
+        def register(
+            add_options: Callable[[argparse.ArgumentParser], None],
+        ) -> Callable[[argparse.ArgumentParser], None]:
             self.append(Command(name, help, add_options, parser_options))
             return add_options
+
         return register
 
 
@@ -71,8 +76,11 @@ def default_of(config: Any, name: str) -> Any:
 
 # ------------------------------------------------------------------------------------ options
 def add_db_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None,
-                   help="SQLite results file (default: $AUTOINTERP_DB or ./autointerp.db)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="SQLite results file (default: $AUTOINTERP_DB or ./autointerp.db)",
+    )
 
 
 def db_path(args: argparse.Namespace) -> str:
@@ -83,15 +91,29 @@ def db_path(args: argparse.Namespace) -> str:
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
     """--device and --dtype, for every command that runs the subject model."""
-    p.add_argument("--device", default="auto",
-                   help="where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="the subject model's dtype (default float32); statistics stay float32/float64 either way")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=(
+            "where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or"
+            " cuda:N"
+        ),
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help=(
+            "the subject model's dtype (default float32); statistics stay float32/float64"
+            " either way"
+        ),
+    )
 
 
 def at_least(low: int) -> Callable[[str], int]:
-    """An integer option that must be ``>= low`` (an argparse type: checked before anything runs).
-    """
+    """An integer option that must be ``>= low`` (an argparse type: checked before anything
+    runs)."""
+
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -100,6 +122,7 @@ def at_least(low: int) -> Callable[[str], int]:
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
         return value
+
     return convert
 
 
@@ -118,7 +141,9 @@ def parse_neuron(text: str) -> tuple[int, int]:
     try:
         layer, neuron = (int(x) for x in text.split("/"))
     except ValueError as exc:
-        raise UserError(f"Neurons are written L/N (layer/neuron), e.g. 3/117, not {text!r}.") from exc
+        raise UserError(
+            f"Neurons are written L/N (layer/neuron), e.g. 3/117, not {text!r}."
+        ) from exc
     if layer < 0 or neuron < 0:
         raise UserError(f"Layer and neuron must not be negative in {text!r}.")
     return layer, neuron
@@ -166,13 +191,16 @@ def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
         return parse_layers(text)
     info = store.model_info(model)
     if not info or not info.get("n_layers"):
-        raise UserError(f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
-                        f"{model} --layers auto` first.")
+        raise UserError(
+            f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
+            f"{model} --layers auto` first."
+        )
     return resolve_layers(text, int(info["n_layers"]))
 
 
 def store_model(store: Any, name: str) -> str:
-    """The stored name of a model that has N2G graphs or harvests in ``store`` (one sentence if it has none)."""
+    """The stored name of a model that has N2G graphs or harvests in ``store`` (one sentence if
+    it has none)."""
     from autointerp.models import canonical_model_name
 
     model = canonical_model_name(name)

@@ -38,8 +38,9 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-url",
         default=None,
-        help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, "
-        "else the embedded local server)",
+        help=(
+            "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else the embedded local server)"
+        ),
     )
     p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
     p.add_argument("--explainer-model", default=None, help="model that writes explanations")
@@ -49,8 +50,10 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--local-llm",
         default=DEFAULT_LOCAL_LLM,
-        help=f"packaged model for the local server: {DEFAULT_LOCAL_LLM} (default) or "
-        "qwen2.5-coder-0.5b",
+        help=(
+            f"packaged model for the local server: {DEFAULT_LOCAL_LLM} (default) or "
+            "qwen2.5-coder-0.5b"
+        ),
     )
     p.add_argument(
         "--simulator-mode",
@@ -142,18 +145,21 @@ def _fmt(value: float | None, width: int = 6) -> str:
     return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
 
 
-
 @commands.add(
     "calibrate",
     help="score the pipeline on known-answer regex features (true description vs explanation)",
-    description="Known-answer features (a regular expression over the decoded text; activation "
-    "1 on every token whose characters overlap a match) go through the same harvest, N2G, "
-    "explain and simulate code as neurons, using only MODEL's tokenizer. Per feature: the true "
-    "description's score (the simulator's ceiling), the explanation's score (the explainer's "
-    "recovery), the baseline's and N2G's, plus medians.",
-    epilog="examples:\n  autointerp calibrate gemma-3-270m\n"
-    "  autointerp calibrate smollm2-135m --features my_features.json --tokens 16384 --json\n"
-    'FILE is JSON: [{"name": ..., "pattern": ..., "description": ...}]',
+    description=(
+        "Known-answer features (a regular expression over the decoded text; activation "
+        "1 on every token whose characters overlap a match) go through the same harvest, N2G, "
+        "explain and simulate code as neurons, using only MODEL's tokenizer. Per feature: the true "
+        "description's score (the simulator's ceiling), the explanation's score (the explainer's "
+        "recovery), the baseline's and N2G's, plus medians."
+    ),
+    epilog=(
+        "examples:\n  autointerp calibrate gemma-3-270m\n"
+        "  autointerp calibrate smollm2-135m --features my_features.json --tokens 16384 --json\n"
+        'FILE is JSON: [{"name": ..., "pattern": ..., "description": ...}]'
+    ),
     formatter_class=argparse.RawDescriptionHelpFormatter,
 )
 def calibrate_options(p: argparse.ArgumentParser) -> None:
@@ -240,15 +246,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 @commands.add(
     "eval",
-    help="score explanations of a seeded random sample of neurons, against baseline, N2G and "
-    "controls",
-    description="A seeded random sample of --sample neurons per layer among those that fire "
-    "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
-    "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
-    "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
-    "differences. Stored as an eval run.",
-    epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot "
-    "eval.png",
+    help=(
+        "score explanations of a seeded random sample of neurons, against baseline, N2G and "
+        "controls"
+    ),
+    description=(
+        "A seeded random sample of --sample neurons per layer among those that fire "
+        "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
+        "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
+        "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
+        "differences. Stored as an eval run."
+    ),
+    epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png",
     formatter_class=argparse.RawDescriptionHelpFormatter,
 )
 def eval_options(p: argparse.ArgumentParser) -> None:

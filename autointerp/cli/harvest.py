@@ -23,10 +23,14 @@ commands = Commands()
 
 
 @commands.add(
-    "harvest", help="record max-activating examples and statistics for every neuron of some layers",
-    description="One forward pass per batch (stopping after the last requested layer) records every neuron of "
-                "the requested layers: top-k and bottom-k contexts, a random sample, samples across activation "
-                "levels, and statistics. Resumable: rerun the same command after a crash. Results go to --db.",
+    "harvest",
+    help="record max-activating examples and statistics for every neuron of some layers",
+    description=(
+        "One forward pass per batch (stopping after the last requested layer) records every neuron"
+        " of the requested layers: top-k and bottom-k contexts, a random sample, samples across"
+        " activation levels, and statistics. Resumable: rerun the same command after a crash."
+        " Results go to --db."
+    ),
 )
 def harvest_options(p: argparse.ArgumentParser) -> None:
     from autointerp.harvest import HarvestConfig
@@ -34,39 +38,99 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
     def default(name: str) -> Any:
         return default_of(HarvestConfig, name)
 
-    p.add_argument("--model", default=os.environ.get("MODEL", "gemma-3-270m"),
-                   help="packaged model (gemma-3-270m, smollm2-135m) or TransformerLens name (default: $MODEL or "
-                        "gemma-3-270m)")
-    p.add_argument("--corpus", default=os.environ.get("CORPUS", default("corpus")),
-                   help="default | wiki | code | FILE.txt/.jsonl | FOLDER | hf:NAME[:CONFIG[:SPLIT]] "
-                        f"(default: $CORPUS or {default('corpus')})")
-    p.add_argument("--layers", default=None,
-                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
-                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
-    p.add_argument("--tokens", type=int, default=None, help="token budget (default: the whole corpus)")
-    p.add_argument("--ctx-len", type=int, default=default("ctx_len"),
-                   help=f"tokens per context, BOS included (default {default('ctx_len')})")
-    p.add_argument("--executor", default="local",
-                   help="local (this process, default), ray (join $RAY_ADDRESS or start a cluster), ray:local "
-                   "(start one on this machine) or ray:ADDRESS: the harvest runs as shard tasks on the cluster "
-                   "and is merged exactly into --db")
-    p.add_argument("--workers", type=int, default=None,
-                   help="with --executor ray: shard tasks (default: the cluster's CPUs, or GPUs with --device "
-                   "cuda; at least 2)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"contexts per forward pass (default {default('batch_size')} on the CPU; "
-                        "on CUDA, from free device memory)")
-    p.add_argument("--top-k", type=int, default=default("top_k"),
-                   help="top contexts kept per neuron (20 train/10 valid/10 test)")
-    p.add_argument("--bottom-k", type=int, default=None,
-                   help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)")
-    p.add_argument("--random-k", type=int, default=default("random_k"),
-                   help=f"uniformly random contexts kept (default {default('random_k')})")
-    p.add_argument("--seed", type=int, default=default("seed"),
-                   help="seed for document order and random samples")
-    p.add_argument("--shard", default=None, help="i/n: harvest only contexts with id %% n == i (merge later)")
-    p.add_argument("--checkpoint-seconds", type=float, default=default("checkpoint_seconds"),
-                   help="seconds between resumable checkpoints")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("MODEL", "gemma-3-270m"),
+        help=(
+            "packaged model (gemma-3-270m, smollm2-135m) or TransformerLens name (default: $MODEL"
+            " or gemma-3-270m)"
+        ),
+    )
+    p.add_argument(
+        "--corpus",
+        default=os.environ.get("CORPUS", default("corpus")),
+        help=(
+            "default | wiki | code | FILE.txt/.jsonl | FOLDER | hf:NAME[:CONFIG[:SPLIT]] "
+            f"(default: $CORPUS or {default('corpus')})"
+        ),
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help=(
+            "e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+            "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)"
+        ),
+    )
+    p.add_argument(
+        "--tokens", type=int, default=None, help="token budget (default: the whole corpus)"
+    )
+    p.add_argument(
+        "--ctx-len",
+        type=int,
+        default=default("ctx_len"),
+        help=f"tokens per context, BOS included (default {default('ctx_len')})",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        help=(
+            "local (this process, default), ray (join $RAY_ADDRESS or start a cluster), ray:local"
+            " (start one on this machine) or ray:ADDRESS: the harvest runs as shard tasks on the"
+            " cluster and is merged exactly into --db"
+        ),
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=(
+            "with --executor ray: shard tasks (default: the cluster's CPUs, or GPUs with --device "
+            "cuda; at least 2)"
+        ),
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=(
+            f"contexts per forward pass (default {default('batch_size')} on the CPU; "
+            "on CUDA, from free device memory)"
+        ),
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=default("top_k"),
+        help="top contexts kept per neuron (20 train/10 valid/10 test)",
+    )
+    p.add_argument(
+        "--bottom-k",
+        type=int,
+        default=None,
+        help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)",
+    )
+    p.add_argument(
+        "--random-k",
+        type=int,
+        default=default("random_k"),
+        help=f"uniformly random contexts kept (default {default('random_k')})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="seed for document order and random samples",
+    )
+    p.add_argument(
+        "--shard", default=None, help="i/n: harvest only contexts with id %% n == i (merge later)"
+    )
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=default("checkpoint_seconds"),
+        help="seconds between resumable checkpoints",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_db_option(p)
@@ -82,10 +146,13 @@ def _finished_harvest(db: str, cfg: Any) -> Any:
     done = completed_run(db, cfg)
     if done is None:
         return None
-    print(f"Harvest run {done['id']} with this config is already complete; nothing to do.",
-          file=sys.stderr)
-    return HarvestResult(done["id"], "already complete", done["contexts_done"], done["tokens_done"],
-                         0.0)
+    print(
+        f"Harvest run {done['id']} with this config is already complete; nothing to do.",
+        file=sys.stderr,
+    )
+    return HarvestResult(
+        done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0
+    )
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
@@ -101,18 +168,33 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     from autointerp.models import canonical_model_name
 
     auto = is_auto_layers(args.layers)
-    layers = None if auto else parse_layers(args.layers)  # a typo is one sentence before the model loads
+    layers = (
+        None if auto else parse_layers(args.layers)
+    )  # a typo is one sentence before the model loads
     shard = parse_shard(args.shard)
     cfg = HarvestConfig(  # checks every number before the model is loaded
-        model=args.model, corpus=args.corpus, layers=layers, ctx_len=args.ctx_len,
-        n_tokens=args.tokens, top_k=args.top_k, bottom_k=args.bottom_k, random_k=args.random_k,
-        seed=args.seed, batch_size=args.batch_size or default_of(HarvestConfig, "batch_size"),
-        shard=shard, checkpoint_seconds=args.checkpoint_seconds, dtype=args.dtype,
+        model=args.model,
+        corpus=args.corpus,
+        layers=layers,
+        ctx_len=args.ctx_len,
+        n_tokens=args.tokens,
+        top_k=args.top_k,
+        bottom_k=args.bottom_k,
+        random_k=args.random_k,
+        seed=args.seed,
+        batch_size=args.batch_size or default_of(HarvestConfig, "batch_size"),
+        shard=shard,
+        checkpoint_seconds=args.checkpoint_seconds,
+        dtype=args.dtype,
     )
     executor = Executor.parse(args.executor)
-    if executor.kind == "ray" and (tuple(shard) != (0, 1) or (args.workers is not None and args.workers < 1)):
-        raise UserError("With --executor ray the harvest is sharded for you: leave out --shard, and give "
-                        "--workers of at least 1.")
+    if executor.kind == "ray" and (
+        tuple(shard) != (0, 1) or (args.workers is not None and args.workers < 1)
+    ):
+        raise UserError(
+            "With --executor ray the harvest is sharded for you: leave out --shard, and give "
+            "--workers of at least 1."
+        )
     db = db_path(args)
     cfg.model = canonical_model_name(args.model)
     # a rerun of a finished harvest loads no model (auto layers need the model's depth first)
@@ -126,25 +208,46 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         if args.batch_size is None:  # the default on the CPU; on CUDA what the free memory holds
             cfg.batch_size = model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers))
         if executor.kind == "ray":
-            result = ray_harvest(model, db, cfg, executor, workers=args.workers,
-                                 progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+            result = ray_harvest(
+                model,
+                db,
+                cfg,
+                executor,
+                workers=args.workers,
+                progress=not args.no_progress,
+                log=lambda m: print(m, file=sys.stderr),
+            )
         else:
             result = harvest(model, db, cfg, progress=not args.no_progress)
-    out = {"run_id": result.run_id, "status": result.status, "model": name,
-           "contexts": result.contexts,
-           "tokens": result.tokens, "seconds": round(result.seconds, 2), "db": db}
+    out = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "model": name,
+        "contexts": result.contexts,
+        "tokens": result.tokens,
+        "seconds": round(result.seconds, 2),
+        "db": db,
+    }
     if args.json:
         print_json(out)
     else:
         rate = result.tokens / result.seconds if result.seconds else 0
-        print(f"run {result.run_id}: {result.status}, {result.tokens} tokens"
-              + (f" in {result.seconds:.1f}s ({rate:.0f} tok/s)" if result.seconds else "") + f" -> {db}")
+        print(
+            f"run {result.run_id}: {result.status}, {result.tokens} tokens"
+            + (f" in {result.seconds:.1f}s ({rate:.0f} tok/s)" if result.seconds else "")
+            + f" -> {db}"
+        )
     return 0
 
 
-@commands.add("merge", help="combine shard databases into one, exactly",
-              description="Combine complete --shard i/n harvests (from any number of databases) into "
-                          "unsharded runs in OUT. Top-k sets, samples and statistics merge exactly.")
+@commands.add(
+    "merge",
+    help="combine shard databases into one, exactly",
+    description=(
+        "Combine complete --shard i/n harvests (from any number of databases) into "
+        "unsharded runs in OUT. Top-k sets, samples and statistics merge exactly."
+    ),
+)
 def merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output database (created if missing)")
     p.add_argument("shards", nargs="+", help="shard databases")
@@ -186,6 +289,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         cfg = r["config"]
-        print(f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<8} {r['status']:<9} shard {r['shard_index']}/"
-              f"{r['shard_count']}  layers {cfg.get('layers')}  {r['tokens_done']} tokens  corpus {cfg.get('corpus')}")
+        print(
+            f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<8} {r['status']:<9} shard"
+            f" {r['shard_index']}/{r['shard_count']}  layers {cfg.get('layers')} "
+            f" {r['tokens_done']} tokens  corpus {cfg.get('corpus')}"
+        )
     return 0

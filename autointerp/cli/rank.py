@@ -23,26 +23,41 @@ def default_rank_order(store: Any, model: str, layer: int | None) -> str:
 
 #: What an explanation score is, in every `rank --json` row: the headline and the published
 #: convention beside it.
-SCORE_BASIS = ("correlation of simulated and real activations against the activation's "
-               "positive part (the headline: an explanation says what a neuron finds, and gated "
-               "MLPs' negative values are not that); score_raw: against the raw signed activation, "
-               "as OpenAI and Neuronpedia score")
+SCORE_BASIS = (
+    "correlation of simulated and real activations against the activation's "
+    "positive part (the headline: an explanation says what a neuron finds, and gated "
+    "MLPs' negative values are not that); score_raw: against the raw signed activation, "
+    "as OpenAI and Neuronpedia score"
+)
 
 
-@commands.add("rank", help="neurons ranked by a statistic or a score (explanation, n2g, baseline)",
-              description="Rank harvested neurons by an activation statistic, or by how well their "
-              "explanation (or N2G graph, or the token-lookup baseline) predicts them on held-out text.")
+@commands.add(
+    "rank",
+    help="neurons ranked by a statistic or a score (explanation, n2g, baseline)",
+    description=(
+        "Rank harvested neurons by an activation statistic, or by how well their "
+        "explanation (or N2G graph, or the token-lookup baseline) predicts them on held-out text."
+    ),
+)
 def rank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("--layer", type=at_least(0), default=None, help="only this layer")
-    p.add_argument("--by", default=None,
-                   help="explanation (simulation score; the default once explanations exist), "
-                   "max (the default before), min (most negative), frac_positive, variance, n2g "
-                   "(graph correlation), baseline (token-lookup score), explanation_negative. The "
-                   'order used is said on stderr and as "ranked_by" in --json')
+    p.add_argument(
+        "--by",
+        default=None,
+        help=(
+            "explanation (simulation score; the default once explanations exist), "
+            "max (the default before), min (most negative), frac_positive, variance, n2g "
+            "(graph correlation), baseline (token-lookup score), explanation_negative. The "
+            'order used is said on stderr and as "ranked_by" in --json'
+        ),
+    )
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
-    p.add_argument("--json", action="store_true",
-                   help='print JSON: a list of {"layer", "neuron", "score", "explanation", ...}, best first')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: a list of {"layer", "neuron", "score", "explanation", ...}, best first',
+    )
     add_db_option(p)
     p.set_defaults(func=cmd_rank)
 
@@ -58,8 +73,11 @@ def cmd_rank(args: argparse.Namespace) -> int:
     by = args.by or default_rank_order(store, model, args.layer)
     rows = store.rank_neurons(model, by, args.layer, args.limit)
     if args.by is None:
-        why = ("explanations exist; --by max for activation order" if by == "explanation"
-               else "no explanations yet; --by explanation once `autointerp explain` ran")
+        why = (
+            "explanations exist; --by max for activation order"
+            if by == "explanation"
+            else "no explanations yet; --by explanation once `autointerp explain` ran"
+        )
         print(f"ranked by {by} ({why})", file=sys.stderr)
     args.by = by
 
@@ -68,44 +86,63 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     if args.json:
         basis = {"score_is": SCORE_BASIS} if by in Store.SCORE_METHODS else {}
-        print_json([{"model": model, **r, "score": score(r), "ranked_by": by, **basis}
-                    for r in rows])
+        print_json(
+            [{"model": model, **r, "score": score(r), "ranked_by": by, **basis} for r in rows]
+        )
         return 0
     if not rows:
         print(f"No neurons of {model} have a {args.by} score yet.")
         return 0
     if args.by in Store.SCORE_METHODS:
-        print(f"ranked by {args.by} score: correlation of simulated and real activations "
-              "(positive part: the headline) on held-out top + random text; raw = against the "
-              "signed activation (OpenAI/Neuronpedia); baseline = token-lookup explanation, "
-              "n2g = graph, on the same text")
-        print(f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} "
-              f"{'n2g':>6}  explanation")
+        print(
+            f"ranked by {args.by} score: correlation of simulated and real activations "
+            "(positive part: the headline) on held-out top + random text; raw = against the "
+            "signed activation (OpenAI/Neuronpedia); baseline = token-lookup explanation, "
+            "n2g = graph, on the same text"
+        )
+        print(
+            f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} "
+            f"{'n2g':>6}  explanation"
+        )
         for r in rows:
-            cells = " ".join(f"{r[k]:6.3f}" if r.get(k) is not None else "     -"
-                             for k in ("score_raw", "score_top", "score_random"))
-            base = f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
+            cells = " ".join(
+                f"{r[k]:6.3f}" if r.get(k) is not None else "     -"
+                for k in ("score_raw", "score_top", "score_random")
+            )
+            base = (
+                f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
+            )
             n2g = f"{r['n2g_score']:6.3f}" if r.get("n2g_score") is not None else "     -"
-            print(f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  "
-                  f"{terminal_text(r['explanation'] or '-')}")
+            print(
+                f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  "
+                f"{terminal_text(r['explanation'] or '-')}"
+            )
         return 0
     n2g = args.by == "n2g"
     if n2g:
-        print("n2g: held-out correlation and F1 on the test top + random examples pooled, then on "
-              "each alone (- : undefined, e.g. F1 where neither the graph nor the neuron fires)")
+        print(
+            "n2g: held-out correlation and F1 on the test top + random examples pooled, then on "
+            "each alone (- : undefined, e.g. F1 where neither the graph nor the neuron fires)"
+        )
     columns = "   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else ""
-    print(f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}{columns}"
-          f"   (ranked by {args.by})")
+    print(
+        f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}{columns}"
+        f"   (ranked by {args.by})"
+    )
 
     def cell(value: float | None, width: int) -> str:
         return f"{value:{width}.2f}" if value is not None else " " * (width - 1) + "-"
 
     for r in rows:
-        line = (f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} "
-                f"{r['mean']:9.4f} {100 * r['frac_positive']:6.1f}%")
+        line = (
+            f"{r['layer']:>5}/{r['neuron']:<4} {r['max']:9.3f} {r['min']:9.3f} "
+            f"{r['mean']:9.4f} {100 * r['frac_positive']:6.1f}%"
+        )
         if n2g:
-            line += (f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} "
-                     f"{cell(r['n2g_correlation_top'], 9)} {cell(r['n2g_f1_top'], 7)} "
-                     f"{cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}")
+            line += (
+                f"   {r['n2g_correlation']:8.3f} {cell(r['n2g_f1'], 5)} "
+                f"{cell(r['n2g_correlation_top'], 9)} {cell(r['n2g_f1_top'], 7)} "
+                f"{cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}"
+            )
         print(line)
     return 0

@@ -28,11 +28,16 @@ commands = Commands()
 
 
 @commands.add(
-    "similarity", help="compute and store the most similar neurons of every graphed neuron (graph overlap)",
-    description="Similarity of two neurons' N2G graphs: 0.5 x Dice(activating tokens) + 0.5 x Dice(important "
-                "context tokens), Dice = harmonic mean of the two overlap proportions (symmetric). Tokens in more "
-                "than --max-df graphs are stop tokens. Computed for all graphs of MODEL through an inverted "
-                "index (only pairs sharing a token); the top --limit per neuron are stored.")
+    "similarity",
+    help="compute and store the most similar neurons of every graphed neuron (graph overlap)",
+    description=(
+        "Similarity of two neurons' N2G graphs: 0.5 x Dice(activating tokens) + 0.5 x"
+        " Dice(important context tokens), Dice = harmonic mean of the two overlap proportions"
+        " (symmetric). Tokens in more than --max-df graphs are stop tokens. Computed for all graphs"
+        " of MODEL through an inverted index (only pairs sharing a token); the top --limit per"
+        " neuron are stored."
+    ),
+)
 def similarity_options(p: argparse.ArgumentParser) -> None:
     from autointerp.similarity import SimilarityConfig
 
@@ -40,13 +45,27 @@ def similarity_options(p: argparse.ArgumentParser) -> None:
         return default_of(SimilarityConfig, name)
 
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("--limit", type=at_least(1), default=default("limit"),
-                   help=f"similar neurons kept per neuron (default {default('limit')})")
-    p.add_argument("--max-df", type=at_least(1), default=default("max_df"),
-                   help="stop-token cap: tokens in more graphs are ignored (default max(50, 2*sqrt(graphs)))")
-    p.add_argument("--activating-weight", type=finite, default=default("activating_weight"),
-                   help="weight of the activating-token overlap; the rest goes to context tokens "
-                        f"(default {default('activating_weight')})")
+    p.add_argument(
+        "--limit",
+        type=at_least(1),
+        default=default("limit"),
+        help=f"similar neurons kept per neuron (default {default('limit')})",
+    )
+    p.add_argument(
+        "--max-df",
+        type=at_least(1),
+        default=default("max_df"),
+        help="stop-token cap: tokens in more graphs are ignored (default max(50, 2*sqrt(graphs)))",
+    )
+    p.add_argument(
+        "--activating-weight",
+        type=finite,
+        default=default("activating_weight"),
+        help=(
+            "weight of the activating-token overlap; the rest goes to context tokens "
+            f"(default {default('activating_weight')})"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_db_option(p)
@@ -60,20 +79,33 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     store = Store(db_path(args), create=False)
     model = store_model(store, args.model)
     with stdout_to_stderr():
-        out = compute_similarities(store, model, limit=args.limit, max_df=args.max_df,
-                                   activating_weight=args.activating_weight, progress=not args.no_progress)
+        out = compute_similarities(
+            store,
+            model,
+            limit=args.limit,
+            max_df=args.max_df,
+            activating_weight=args.activating_weight,
+            progress=not args.no_progress,
+        )
     if args.json:
         print_json(out)
     else:
-        print(f"{out['graphs']} graphs: top {args.limit} similar neurons each stored ({out['pairs']} rows, stop tokens "
-              f"in > {out['max_df']} graphs: {out['stop_tokens']['activating']} activating, "
-              f"{out['stop_tokens']['context']} context) in {out['seconds']:.1f}s")
+        print(
+            f"{out['graphs']} graphs: top {args.limit} similar neurons each stored ({out['pairs']}"
+            f" rows, stop tokens in > {out['max_df']} graphs: {out['stop_tokens']['activating']}"
+            f" activating, {out['stop_tokens']['context']} context) in {out['seconds']:.1f}s"
+        )
     return 0
 
 
-@commands.add("similar", help="neurons whose N2G graphs overlap most with L/N's",
-              description="The most similar neurons by graph overlap (see `autointerp similarity --help`); "
-                          "computed first when missing or older than the graphs.")
+@commands.add(
+    "similar",
+    help="neurons whose N2G graphs overlap most with L/N's",
+    description=(
+        "The most similar neurons by graph overlap (see `autointerp similarity --help`); "
+        "computed first when missing or older than the graphs."
+    ),
+)
 def similar_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
@@ -82,7 +114,11 @@ def similar_options(p: argparse.ArgumentParser) -> None:
     limit = default_of(similar, "limit")
     p.add_argument("--limit", type=at_least(1), default=limit, help=f"how many (default {limit})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar when computing")
-    p.add_argument("--json", action="store_true", help='print JSON: [{"layer", "neuron", "similarity"}], best first')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: [{"layer", "neuron", "similarity"}], best first',
+    )
     add_db_option(p)
     p.set_defaults(func=cmd_similar)
 
@@ -109,30 +145,49 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 @commands.add(
-    "search", help="neurons by graph tokens (any:/activating:/important:) or by explanation text",
-    description="Token query: terms KIND:TOKEN[,TOKEN...] with KIND any, activating or important; tokens of a "
-                "term are a union, terms an intersection; a bare token means any:. Tokens are normalised like "
-                "the graphs (lower case, surrounding space stripped); quote tokens with spaces, commas or "
-                'colons: important:"\\n". Sorted by the summed activation/importance of the matches. '
-                "--explanations TEXT searches explanations by meaning instead (cosine similarity of sentence "
-                "embeddings, offline); add --exact for exact words (SQLite FTS5, stemmed, words ANDed, "
-                '"a phrase", prefix*).',
-    epilog='examples:\n  autointerp search gemma-3-270m "any:the activating:battery important:legal"\n'
-           '  autointerp search gemma-3-270m --explanations "weekday names" --json\n'
-           '  autointerp search gemma-3-270m --explanations "days of the week" --exact',
-    formatter_class=argparse.RawDescriptionHelpFormatter)
+    "search",
+    help="neurons by graph tokens (any:/activating:/important:) or by explanation text",
+    description=(
+        "Token query: terms KIND:TOKEN[,TOKEN...] with KIND any, activating or important; tokens of"
+        " a term are a union, terms an intersection; a bare token means any:. Tokens are normalised"
+        " like the graphs (lower case, surrounding space stripped); quote tokens with spaces,"
+        ' commas or colons: important:"\\n". Sorted by the summed activation/importance of the'
+        " matches. --explanations TEXT searches explanations by meaning instead (cosine similarity"
+        " of sentence embeddings, offline); add --exact for exact words (SQLite FTS5, stemmed,"
+        ' words ANDed, "a phrase", prefix*).'
+    ),
+    epilog=(
+        'examples:\n  autointerp search gemma-3-270m "any:the activating:battery important:legal"\n'
+        '  autointerp search gemma-3-270m --explanations "weekday names" --json\n'
+        '  autointerp search gemma-3-270m --explanations "days of the week" --exact'
+    ),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
 def search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
-    p.add_argument("query", nargs="?", default=None, help='token query, e.g. "any:the activating:battery"')
-    p.add_argument("--explanations", metavar="TEXT", default=None,
-                   help="search explanations instead, by meaning (sentence embeddings of the packaged "
-                   "all-mpnet-base-v2, offline; score = cosine similarity)")
-    p.add_argument("--exact", action="store_true",
-                   help='with --explanations: exact words instead (FTS5: "a phrase", prefix*; score = -bm25)')
+    p.add_argument(
+        "query", nargs="?", default=None, help='token query, e.g. "any:the activating:battery"'
+    )
+    p.add_argument(
+        "--explanations",
+        metavar="TEXT",
+        default=None,
+        help=(
+            "search explanations instead, by meaning (sentence embeddings of the packaged "
+            "all-mpnet-base-v2, offline; score = cosine similarity)"
+        ),
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help='with --explanations: exact words instead (FTS5: "a phrase", prefix*; score = -bm25)',
+    )
     from autointerp.search import search_tokens
 
     limit = default_of(search_tokens, "limit")
-    p.add_argument("--limit", type=at_least(1), default=limit, help=f"how many results (default {limit})")
+    p.add_argument(
+        "--limit", type=at_least(1), default=limit, help=f"how many results (default {limit})"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_db_option(p)
     p.set_defaults(func=cmd_search)
@@ -143,7 +198,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
     if (args.query is None) == (args.explanations is None):
-        raise UserError('Give either a token query (e.g. "any:the activating:battery") or --explanations TEXT.')
+        raise UserError(
+            'Give either a token query (e.g. "any:the activating:battery") or --explanations TEXT.'
+        )
     store = Store(db_path(args), create=False)
     model = store_model(store, args.model)
     if args.explanations is not None:
@@ -152,8 +209,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             print_json(rows)
         for r in [] if args.json else rows:
-            print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] "
-                  f"{terminal_text(r['text'])}")
+            print(
+                f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  [{r['kind']}] "
+                f"{terminal_text(r['text'])}"
+            )
         if not rows and not args.json:
             print("No explanation matches.")
         return 0
@@ -169,11 +228,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-@commands.add("fire",
-              help="which neurons of a layer fire on a text (above --hi or below --lo), live",
-              description="Run the model on --text (or stdin) and list the neurons of --layer whose "
-                          "activation goes above --hi or below --lo on any token, strongest first, with "
-                          "their value at every token.")
+@commands.add(
+    "fire",
+    help="which neurons of a layer fire on a text (above --hi or below --lo), live",
+    description=(
+        "Run the model on --text (or stdin) and list the neurons of --layer whose "
+        "activation goes above --hi or below --lo on any token, strongest first, with "
+        "their value at every token."
+    ),
+)
 def fire_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("--layer", type=at_least(0), required=True, help="layer to look at")
@@ -183,10 +246,12 @@ def fire_options(p: argparse.ArgumentParser) -> None:
     hi = default_of(text_neurons, "hi")
     p.add_argument("--hi", type=finite, default=hi, help=f"fires above this (default {hi})")
     p.add_argument("--lo", type=finite, default=None, help="or below this (default: off)")
-    p.add_argument("--limit", type=at_least(1), default=None,
-                   help="at most this many neurons (default: all)")
-    p.add_argument("--max-chars", type=at_least(1), default=20000,
-                   help="refuse longer texts (default 20000)")
+    p.add_argument(
+        "--limit", type=at_least(1), default=None, help="at most this many neurons (default: all)"
+    )
+    p.add_argument(
+        "--max-chars", type=at_least(1), default=20000, help="refuse longer texts (default 20000)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_device_options(p)
     p.set_defaults(func=cmd_fire)
@@ -197,7 +262,9 @@ def cmd_fire(args: argparse.Namespace) -> int:
 
     text = text_arg(args)
     if len(text) > args.max_chars:
-        raise UserError(f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars).")
+        raise UserError(
+            f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars)."
+        )
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, not {args.limit}.")
     if args.hi is None and args.lo is None:
@@ -208,10 +275,22 @@ def cmd_fire(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     if not out["neurons"]:
-        limits = " or ".join(x for x in (args.hi is not None and f"above {args.hi}",
-                                          args.lo is not None and f"below {args.lo}") if x)
+        limits = " or ".join(
+            x
+            for x in (
+                args.hi is not None and f"above {args.hi}",
+                args.lo is not None and f"below {args.lo}",
+            )
+            if x
+        )
         print(f"No neuron of layer {args.layer} goes {limits} on this text.")
     for n in out["neurons"]:
-        print(f"{args.layer}/{n['neuron']:<5} max {n['max']:8.3f}  min {n['min']:8.3f}  peak {n['peak_token']!r}")
-        print("      " + " ".join(f"{t!r}:{v:.2f}" for t, v in zip(out["tokens"], n["values"], strict=True)))
+        print(
+            f"{args.layer}/{n['neuron']:<5} max {n['max']:8.3f}  min {n['min']:8.3f}  peak"
+            f" {n['peak_token']!r}"
+        )
+        print(
+            "      "
+            + " ".join(f"{t!r}:{v:.2f}" for t, v in zip(out["tokens"], n["values"], strict=True))
+        )
     return 0

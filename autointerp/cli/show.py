@@ -24,21 +24,38 @@ from autointerp.untrusted import terminal_text
 commands = Commands()
 
 
-@commands.add("neuron", help="show a neuron's statistics and examples (coloured, or --json)",
-              description="Statistics and examples of neuron L/N from the latest complete harvest; the "
-                          "peak token is underlined, tokens are red by activation (blue if negative).")
+@commands.add(
+    "neuron",
+    help="show a neuron's statistics and examples (coloured, or --json)",
+    description=(
+        "Statistics and examples of neuron L/N from the latest complete harvest; the "
+        "peak token is underlined, tokens are red by activation (blue if negative)."
+    ),
+)
 def neuron_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name as harvested")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
-    p.add_argument("--limit", type=at_least(0), default=10,
-                   help="examples shown per kind (0 = all; default 10)")
+    p.add_argument(
+        "--limit",
+        type=at_least(0),
+        default=10,
+        help="examples shown per kind (0 = all; default 10)",
+    )
     from autointerp.records import EXAMPLE_KINDS
 
     kinds = ",".join(EXAMPLE_KINDS)
-    p.add_argument("--kinds", default=kinds, type=lambda s: s.split(","),
-                   help=f"which kinds to show (default {kinds})")
-    p.add_argument("--full", action="store_true", help="show whole contexts, not a window around the peak")
-    p.add_argument("--run", type=int, default=None, help="a specific run id (default: latest complete)")
+    p.add_argument(
+        "--kinds",
+        default=kinds,
+        type=lambda s: s.split(","),
+        help=f"which kinds to show (default {kinds})",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="show whole contexts, not a window around the peak"
+    )
+    p.add_argument(
+        "--run", type=int, default=None, help="a specific run id (default: latest complete)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_db_option(p)
     p.set_defaults(func=cmd_neuron)
@@ -57,33 +74,58 @@ def cmd_neuron(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False)
     s = record["stats"]
-    console.print(f"[bold]{record['model']} neuron {layer}/{neuron}[/]  ({record['hook']}, run {record['run_id']})")
-    console.print(f"max {s['max']:.3f}  min {s['min']:.3f}  mean {s['mean']:.4f}  std {s['variance'] ** 0.5:.4f}  "
-                  f"active (>0) {100 * s['frac_positive']:.1f}% of {s['count']} tokens")
+    console.print(
+        f"[bold]{record['model']} neuron {layer}/{neuron}[/]  ({record['hook']}, run"
+        f" {record['run_id']})"
+    )
+    console.print(
+        f"max {s['max']:.3f}  min {s['min']:.3f}  mean {s['mean']:.4f}  std"
+        f" {s['variance'] ** 0.5:.4f}  active (>0) {100 * s['frac_positive']:.1f}% of {s['count']}"
+        " tokens"
+    )
     if record.get("weights"):
         w = record["weights"]
-        gate = f"  cos(W_gate, w_out) {w['cos_gate_out']:+.3f}" if w["cos_gate_out"] is not None else ""
-        console.print(f"weights: cos({w['input_vector']}, w_out) {w['cos_in_out']:+.3f}{gate}  logits up: "
-                      + ", ".join(repr(t["token"]) for t in w["top_tokens"][:6]) + "  down: "
-                      + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]), markup=False)
+        gate = (
+            f"  cos(W_gate, w_out) {w['cos_gate_out']:+.3f}"
+            if w["cos_gate_out"] is not None
+            else ""
+        )
+        console.print(
+            f"weights: cos({w['input_vector']}, w_out) {w['cos_in_out']:+.3f}{gate}  logits up: "
+            + ", ".join(repr(t["token"]) for t in w["top_tokens"][:6])
+            + "  down: "
+            + ", ".join(repr(t["token"]) for t in w["bottom_tokens"][:6]),
+            markup=False,
+        )
     for kind, row in record["explanations"].items():
         if row["status"] != "ok":
-            console.print(f"explanation ({kind}): failed - {terminal_text(row['error'] or '')}",
-                          markup=False)
+            console.print(
+                f"explanation ({kind}): failed - {terminal_text(row['error'] or '')}", markup=False
+            )
             continue
         method = {"llm": "explanation", "llm_negative": "explanation_negative"}.get(kind, kind)
         sc = record["scores"].get(method) or {}
-        shown = f"score {sc['score']:.3f}" if sc.get("score") is not None else f"score {sc.get('status', '-')}"
+        shown = (
+            f"score {sc['score']:.3f}"
+            if sc.get("score") is not None
+            else f"score {sc.get('status', '-')}"
+        )
         if sc.get("score_raw") is not None:
             shown += f", raw {sc['score_raw']:.3f}"
-        console.print(f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  "
-                      f"[{shown}]", markup=False)
+        console.print(
+            f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  [{shown}]",
+            markup=False,
+        )
     n2g = record["scores"].get("n2g")
     if n2g and n2g.get("score") is not None:
         console.print(f"N2G graph score on the same held-out text: {n2g['score']:.3f}")
     scale = max(abs(s["max"]), abs(s["min"]), 1e-9)
-    titles = {"top": "Top activating", "bottom": "Most negative", "quantile": "Across activation levels",
-              "random": "Random"}
+    titles = {
+        "top": "Top activating",
+        "bottom": "Most negative",
+        "quantile": "Across activation levels",
+        "random": "Random",
+    }
     current = None
     for ex in record["examples"]:
         if ex["kind"] not in args.kinds:
@@ -99,8 +141,9 @@ def cmd_neuron(args: argparse.Namespace) -> int:
     return 0
 
 
-def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int | None,
-                   limit: int) -> dict[str, Any]:
+def _neuron_record(
+    store: Any, model: str, layer: int, neuron: int, run_id: int | None, limit: int
+) -> dict[str, Any]:
     from autointerp.models import canonical_model_name, resolve_model_name
 
     names = [r["model"] for r in store.runs()]
@@ -108,26 +151,42 @@ def _neuron_record(store: Any, model: str, layer: int, neuron: int, run_id: int 
         model = canonical_model_name(model)
     if model not in names:
         if not names:
-            raise UserError(f"The database {store.path} has no harvests yet; run `autointerp harvest` first.")
+            raise UserError(
+                f"The database {store.path} has no harvests yet; run `autointerp harvest` first."
+            )
         resolve_model_name(model)  # says "did you mean" for misspellings
-        raise UserError(f"No harvest of {model} in {store.path}; it has: {', '.join(sorted(set(names)))}.")
-    run = store.latest_complete_run(model, layer) if run_id is None else next(
-        (r for r in store.runs(model) if r["id"] == run_id), None)
+        raise UserError(
+            f"No harvest of {model} in {store.path}; it has: {', '.join(sorted(set(names)))}."
+        )
+    run = (
+        store.latest_complete_run(model, layer)
+        if run_id is None
+        else next((r for r in store.runs(model) if r["id"] == run_id), None)
+    )
     if run is None:
-        raise UserError(f"Layer {layer} of {model} has not been harvested; harvested layers: "
-                        f"{sorted(store.harvested_layers(model))}.")
+        raise UserError(
+            f"Layer {layer} of {model} has not been harvested; harvested layers: "
+            f"{sorted(store.harvested_layers(model))}."
+        )
     from autointerp.records import neuron_summary
 
     record = neuron_summary(store, model, layer, neuron, run["id"], limit)
     if record is None:
         info = store.model_info(model) or {}
-        raise UserError(f"Neuron {layer}/{neuron} is not in run {run['id']} ({model} has "
-                        f"{info.get('d_mlp', '?')} neurons per layer).")
+        raise UserError(
+            f"Neuron {layer}/{neuron} is not in run {run['id']} ({model} has "
+            f"{info.get('d_mlp', '?')} neurons per layer)."
+        )
     return record
 
 
-def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, peak: int | None,
-                   window: tuple[int, int] | None) -> Any:
+def _render_tokens(
+    tokens: Sequence[str],
+    acts: Sequence[float],
+    scale: float,
+    peak: int | None,
+    window: tuple[int, int] | None,
+) -> Any:
     from rich.text import Text
 
     text = Text()
@@ -150,15 +209,21 @@ def _render_tokens(tokens: Sequence[str], acts: Sequence[float], scale: float, p
     return text
 
 
-@commands.add("activations", help="per-token activations of one neuron on any text, computed live",
-              description="The interactive neuroscope: run the model on --text (or stdin) and print the "
-                          "neuron's activation at every token.")
+@commands.add(
+    "activations",
+    help="per-token activations of one neuron on any text, computed live",
+    description=(
+        "The interactive neuroscope: run the model on --text (or stdin) and print the "
+        "neuron's activation at every token."
+    ),
+)
 def activations_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="packaged model or TransformerLens name")
     p.add_argument("neuron", help="L/N, e.g. 3/117")
     p.add_argument("--text", default=None, help="text to run (default: read standard input)")
-    p.add_argument("--max-chars", type=at_least(1), default=20000,
-                   help="refuse longer texts (default 20000)")
+    p.add_argument(
+        "--max-chars", type=at_least(1), default=20000, help="refuse longer texts (default 20000)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_device_options(p)
     p.set_defaults(func=cmd_activations)
@@ -172,13 +237,21 @@ def cmd_activations(args: argparse.Namespace) -> int:
     if not text:
         raise UserError("Give some text with --text (or on standard input).")
     if len(text) > args.max_chars:
-        raise UserError(f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars).")
+        raise UserError(
+            f"The text is {len(text)} characters; the limit is {args.max_chars} (--max-chars)."
+        )
     model = load_subject(args.model, progress=False, args=args)
     model.check_neuron(layer, neuron)
     ids, _ = model.encode(text)
     acts = model.feature_activation(torch.tensor([ids]), layer, neuron)[0].tolist()
     tokens = model.str_tokens(ids)
-    record = {"model": model.name, "layer": layer, "neuron": neuron, "tokens": tokens[1:], "activations": acts[1:]}
+    record = {
+        "model": model.name,
+        "layer": layer,
+        "neuron": neuron,
+        "tokens": tokens[1:],
+        "activations": acts[1:],
+    }
     if args.json:
         print_json(record)
         return 0

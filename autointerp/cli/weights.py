@@ -22,21 +22,35 @@ from autointerp.cli.common import (
 commands = Commands()
 
 
-@commands.add("weights", help="weight-based neuron facts: cos(w_in, w_out) and direct logit effect",
-              description="For every neuron of --layers: cosine of its input and output vectors (norm "
-                          "weights folded in; gated MLPs use W_in, the linear factor, and also report "
-                          "cos(W_gate, w_out)) and the top/bottom tokens of w_out . W_U. No corpus needed; "
-                          "shown by `autointerp neuron`.")
+@commands.add(
+    "weights",
+    help="weight-based neuron facts: cos(w_in, w_out) and direct logit effect",
+    description=(
+        "For every neuron of --layers: cosine of its input and output vectors (norm "
+        "weights folded in; gated MLPs use W_in, the linear factor, and also report "
+        "cos(W_gate, w_out)) and the top/bottom tokens of w_out . W_U. No corpus needed; "
+        "shown by `autointerp neuron`."
+    ),
+)
 def weights_options(p: argparse.ArgumentParser) -> None:
     from autointerp.weights import WeightsConfig
 
     p.add_argument("model", help="packaged model or TransformerLens name")
-    p.add_argument("--layers", default=None,
-                   help="e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
-                        "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help=(
+            "e.g. 0,3,5 or 2-4, or auto (an early, a middle and a late layer: "
+            "(2k+1)/6 of the depth; 3,9,15 of an 18-layer model) (default: all layers)"
+        ),
+    )
     top_k = default_of(WeightsConfig, "top_k")
-    p.add_argument("--top-k", type=at_least(1), default=top_k,
-                   help=f"top and bottom tokens kept per neuron (default {top_k})")
+    p.add_argument(
+        "--top-k",
+        type=at_least(1),
+        default=top_k,
+        help=f"top and bottom tokens kept per neuron (default {top_k})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_db_option(p)
@@ -56,20 +70,29 @@ def cmd_weights(args: argparse.Namespace) -> int:
     layers = resolve_layers(args.layers, model.n_layers)
     layers = list(range(model.n_layers)) if layers is None else layers
     with stdout_to_stderr():
-        out = store_weight_facts(store, model, layers, top_k=args.top_k, progress=not args.no_progress)
+        out = store_weight_facts(
+            store, model, layers, top_k=args.top_k, progress=not args.no_progress
+        )
     if args.json:
         print_json(out)
     else:
-        print(f"weight facts of {out['neurons']} neurons of {model.name} (layers {layers}) -> {store.path}")
+        print(
+            f"weight facts of {out['neurons']} neurons of {model.name} (layers {layers}) ->"
+            f" {store.path}"
+        )
     return 0
 
 
-@commands.add("compare",
-              help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
-              description="Runs both models on the texts, aligns their tokens by character offsets (a "
-                          "position counts where both tokenizers end a token: both have read the same "
-                          "text), and ranks MODEL_B's neurons by Pearson correlation with L/N of MODEL_A. "
-                          "Without --text, the neuron's stored top and random examples are used.")
+@commands.add(
+    "compare",
+    help="neurons of MODEL_B that correlate best with MODEL_A's L/N on the same texts",
+    description=(
+        "Runs both models on the texts, aligns their tokens by character offsets (a "
+        "position counts where both tokenizers end a token: both have read the same "
+        "text), and ranks MODEL_B's neurons by Pearson correlation with L/N of MODEL_A. "
+        "Without --text, the neuron's stored top and random examples are used."
+    ),
+)
 def compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", help="model of the neuron")
     p.add_argument("neuron", help="L/N of MODEL_A")
@@ -103,8 +126,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"{out['model_b']} neurons most correlated with {out['model_a']} {layer}/{neuron} over {out['positions']} "
-          f"aligned positions of {out['texts']} texts:")
+    print(
+        f"{out['model_b']} neurons most correlated with {out['model_a']} {layer}/{neuron} over"
+        f" {out['positions']} aligned positions of {out['texts']} texts:"
+    )
     for r in out["neurons"]:
         print(f"{r['layer']:>5}/{r['neuron']:<5} r = {r['correlation']:.3f}")
     return 0

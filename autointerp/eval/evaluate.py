@@ -241,8 +241,10 @@ def evaluate(
         "simulator_model": explain_cfg.simulator_model,
         "prompt_version": explain_cfg.prompt_version,
         "explain_config_hash": config_hash,
-        "score": "correlation with the activation's positive part (README: Explanations and "
-        "simulation scores)",
+        "score": (
+            "correlation with the activation's positive part (README: Explanations and "
+            "simulation scores)"
+        ),
         "methods": methods,
         "paired": {
             f"explanation-{other}": paired(expl, per_method[other], cfg.seed)

@@ -135,7 +135,7 @@ class TokenText:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
-        self.special = {int(i) for i in (tokenizer.all_special_ids or [])}
+        self.special = {int(i) for i in tokenizer.all_special_ids or []}
         self._cache: dict[int, str] = {}
 
     def text(self, token: int) -> str | None:

@@ -1,12 +1,13 @@
 """Prompt rendering for the explainer and the simulator, from the template files in ``prompts/``.
 
-The format follows OpenAI's neuron-explainer: one ``token<tab>activation`` line per token between ``<start>`` and
-``<end>``, activations discretised to an integer scale (0-9 here: in the Qwen, Gemma and SmolLM tokenizers "10" is two
-tokens, so a 0-10 scale could not be read from one token's logprobs), then the non-zero lines again, ending in
-"the main thing this neuron does is find". Tokens are escaped so whitespace stays readable (``\\n``, ``\\t``).
+The format follows OpenAI's neuron-explainer: one ``token<tab>activation`` line per token between
+``<start>`` and ``<end>``, activations discretised to an integer scale (0-9 here: in the Qwen, Gemma
+and SmolLM tokenizers "10" is two tokens, so a 0-10 scale could not be read from one token's
+logprobs), then the non-zero lines again, ending in "the main thing this neuron does is find".
+Tokens are escaped so whitespace stays readable (``\\n``, ``\\t``).
 
-Every explanation is stored with :func:`prompt_version` - the template set's name plus a hash of the files - so a
-changed template never mixes with results made from the old one.
+Every explanation is stored with :func:`prompt_version` - the template set's name plus a hash of the
+files - so a changed template never mixes with results made from the old one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from autointerp.errors import UserError
 from autointerp.untrusted import escape_token
 
 SCALE_MAX = 9
-PLACEHOLDER = "?"  # what simulation prompts put in the activation slots (the model's own guess is read, not this)
+# what simulation prompts put in the activation slots (the model's own guess is read, not this)
+PLACEHOLDER = "?"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 TEMPLATE_FILES = ("explain_system.txt", "simulate_system.txt", "examples.json")
 
@@ -78,18 +80,29 @@ def load_templates(folder: str | None = None) -> Templates:
 
 
 _RECORD_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["tokens", "activations"],
-    "properties": {"tokens": {"type": "array", "items": {"type": "string"}},
-                   "activations": {"type": "array",
-                                   "items": {"type": "integer", "minimum": 0, "maximum": 9}}}}
+    "type": "object",
+    "required": ["tokens", "activations"],
+    "properties": {
+        "tokens": {"type": "array", "items": {"type": "string"}},
+        "activations": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}},
+    },
+}
 _NEURON_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["explanation", "records"],
-    "properties": {"explanation": {"type": "string", "minLength": 1},
-                   "records": {"type": "array", "minItems": 1, "items": _RECORD_SCHEMA}}}
+    "type": "object",
+    "required": ["explanation", "records"],
+    "properties": {
+        "explanation": {"type": "string", "minLength": 1},
+        "records": {"type": "array", "minItems": 1, "items": _RECORD_SCHEMA},
+    },
+}
 EXAMPLES_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["neurons"],
-    "properties": {"version": {"type": "string"},
-                   "neurons": {"type": "array", "minItems": 1, "items": _NEURON_SCHEMA}}}
+    "type": "object",
+    "required": ["neurons"],
+    "properties": {
+        "version": {"type": "string"},
+        "neurons": {"type": "array", "minItems": 1, "items": _NEURON_SCHEMA},
+    },
+}
 
 
 def _check_examples(examples: Any, path: Path) -> None:
@@ -101,23 +114,29 @@ def _check_examples(examples: Any, path: Path) -> None:
         jsonschema.validate(examples, EXAMPLES_SCHEMA)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
-        raise UserError(f"{path} does not have the few-shot examples' shape at {where}: "
-                        f"{exc.message}.") from exc
+        raise UserError(
+            f"{path} does not have the few-shot examples' shape at {where}: {exc.message}."
+        ) from exc
     for i, neuron in enumerate(examples["neurons"]):
         for j, record in enumerate(neuron["records"]):
             if len(record["tokens"]) != len(record["activations"]):
-                raise UserError(f"{path}: neurons/{i}/records/{j} has {len(record['tokens'])} "
-                                f"tokens but {len(record['activations'])} activations.")
+                raise UserError(
+                    f"{path}: neurons/{i}/records/{j} has {len(record['tokens'])} "
+                    f"tokens but {len(record['activations'])} activations."
+                )
 
 
 def discretise(values: Sequence[float], max_activation: float) -> list[int]:
-    """Activations -> integers 0..9 relative to the neuron's max (negative values are 0: the positive side)."""
+    """Activations -> integers 0..9 relative to the neuron's max (negative values are 0: the
+    positive side)."""
     if max_activation <= 0:
         return [0 for _ in values]
     return [min(SCALE_MAX, max(0, round(v / max_activation * SCALE_MAX))) for v in values]
 
 
-def format_record(tokens: Sequence[str], values: Sequence[int | str], nonzero_only: bool = False) -> str:
+def format_record(
+    tokens: Sequence[str], values: Sequence[int | str], nonzero_only: bool = False
+) -> str:
     lines = ["<start>"]
     for tok, val in zip(tokens, values, strict=True):
         if nonzero_only and (val == 0 or val == "0"):
@@ -129,7 +148,8 @@ def format_record(tokens: Sequence[str], values: Sequence[int | str], nonzero_on
 
 @dataclass(frozen=True)
 class Record:
-    """A stretch of text with the neuron's activations (raw units), as shown to the LLM and scored against."""
+    """A stretch of text with the neuron's activations (raw units), as shown to the LLM and
+    scored against."""
 
     tokens: list[str]
     activations: list[float]
@@ -144,18 +164,31 @@ def _neuron_block(index: int, records: Sequence[tuple[Sequence[str], Sequence[in
     return "\n".join(parts) + "\n\n"
 
 
-def explanation_messages(records: Sequence[Record], max_activation: float, templates: Templates,
-                         n2g_paths: Sequence[str] | None = None, top_tokens: str | None = None
-                         ) -> list[dict[str, str]]:
-    """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the target).
+def explanation_messages(
+    records: Sequence[Record],
+    max_activation: float,
+    templates: Templates,
+    n2g_paths: Sequence[str] | None = None,
+    top_tokens: str | None = None,
+) -> list[dict[str, str]]:
+    """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the
+    target).
 
-    ``top_tokens`` (the token-lookup summary) and ``n2g_paths`` are optional extra evidence after the records: small
-    local models otherwise tend to repeat a few-shot answer instead of reading the activations."""
+    ``top_tokens`` (the token-lookup summary) and ``n2g_paths`` are optional extra evidence after
+    the records: small local models otherwise tend to repeat a few-shot answer instead of reading
+    the activations."""
     messages = [{"role": "system", "content": templates.explain_system}]
     for i, ex in enumerate(templates.examples, 1):
         recs = [(r["tokens"], r["activations"]) for r in ex["records"]]
-        messages.append({"role": "user", "content": _neuron_block(i, recs) +
-                         f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX}"})
+        messages.append(
+            {
+                "role": "user",
+                "content": (
+                    _neuron_block(i, recs)
+                    + f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX}"
+                ),
+            }
+        )
         messages.append({"role": "assistant", "content": f" {ex['explanation']}."})
     n = len(templates.examples) + 1
     target = [(r.tokens, discretise(r.activations, max_activation)) for r in records]
@@ -163,9 +196,18 @@ def explanation_messages(records: Sequence[Record], max_activation: float, templ
     if top_tokens:
         body += f"The tokens it fires on most: {top_tokens}.\n\n"
     if n2g_paths:
-        body += ("Token patterns that make this neuron fire, from its neuron-to-graph model "
-                 "(earlier context ... activating token: strength 0-9):\n" + "\n".join(n2g_paths) + "\n\n")
-    messages.append({"role": "user", "content": body + f"Explanation of neuron {n} behavior: {EXPLANATION_PREFIX}"})
+        body += (
+            "Token patterns that make this neuron fire, from its neuron-to-graph model "
+            "(earlier context ... activating token: strength 0-9):\n"
+            + "\n".join(n2g_paths)
+            + "\n\n"
+        )
+    messages.append(
+        {
+            "role": "user",
+            "content": body + f"Explanation of neuron {n} behavior: {EXPLANATION_PREFIX}",
+        }
+    )
     return messages
 
 
@@ -173,9 +215,14 @@ def parse_explanation(text: str) -> str:
     """The explanation phrase from the model's reply; raises ValueError when there is none."""
     out = (text or "").strip()
     lower = out.lower()
-    for prefix in (EXPLANATION_PREFIX, "the main thing this neuron does is", "this neuron finds", "find"):
+    for prefix in (
+        EXPLANATION_PREFIX,
+        "the main thing this neuron does is",
+        "this neuron finds",
+        "find",
+    ):
         if lower.startswith(prefix):
-            out = out[len(prefix):].strip()
+            out = out[len(prefix) :].strip()
             lower = out.lower()
     out = out.split("\n")[0].strip().strip('"').strip()
     if out.endswith("."):
@@ -193,13 +240,18 @@ class SimulationPrompt:
     slot_offsets: list[int]
 
 
-def simulation_prompt(explanation: str, tokens: Sequence[str], templates: Templates) -> SimulationPrompt:
-    """All-at-once simulation prompt: few-shot neurons with their activations, then the target record with a
-    placeholder in every slot. The simulator's expected value over the digits at each slot is the prediction."""
+def simulation_prompt(
+    explanation: str, tokens: Sequence[str], templates: Templates
+) -> SimulationPrompt:
+    """All-at-once simulation prompt: few-shot neurons with their activations, then the target
+    record with a placeholder in every slot. The simulator's expected value over the digits at each
+    slot is the prediction."""
     head = [templates.simulate_system, ""]
     for i, ex in enumerate(templates.examples, 1):
         head.append(f"Neuron {i}")
-        head.append(f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX} {ex['explanation']}.")
+        head.append(
+            f"Explanation of neuron {i} behavior: {EXPLANATION_PREFIX} {ex['explanation']}."
+        )
         head.append("Activations:")
         for r in ex["records"]:
             head.append(format_record(r["tokens"], r["activations"]).rstrip("\n"))
@@ -218,29 +270,56 @@ def simulation_prompt(explanation: str, tokens: Sequence[str], templates: Templa
     return SimulationPrompt(text, slots)
 
 
-def simulation_messages(explanation: str, tokens: Sequence[str], templates: Templates, json_only: bool
-                        ) -> list[dict[str, str]]:
-    """Chat messages for simulators without prompt logprobs: the reply is one ``index<TAB>token<TAB>digit``
-    line per token (the generated digits' logprobs give expected values; repeating the numbered token keeps
-    small models from losing count), or a JSON object when ``json_only``."""
+def simulation_messages(
+    explanation: str, tokens: Sequence[str], templates: Templates, json_only: bool
+) -> list[dict[str, str]]:
+    """Chat messages for simulators without prompt logprobs: the reply is one
+    ``index<TAB>token<TAB>digit`` line per token (the generated digits' logprobs give expected
+    values; repeating the numbered token keeps small models from losing count), or a JSON object
+    when ``json_only``."""
+
     def numbered(toks: Sequence[str]) -> str:
         return "\n".join(f"{i}\t{escape_token(t)}" for i, t in enumerate(toks))
 
     if json_only:
-        fmt = ('Answer with JSON only: {"activations": [...]} with exactly one integer 0-9 per token, in order.')
+        fmt = (
+            'Answer with JSON only: {"activations": [...]} with exactly one integer 0-9 per token,'
+            " in order."
+        )
     else:
-        fmt = ("Answer with one line per token, in order: the token's number, a tab, the token exactly as "
-               "given, a tab, and its activation (one digit 0-9). Nothing else.")
+        fmt = (
+            "Answer with one line per token, in order: the token's number, a tab, the token exactly"
+            " as given, a tab, and its activation (one digit 0-9). Nothing else."
+        )
     messages = [{"role": "system", "content": templates.simulate_system + "\n\n" + fmt}]
     for ex in templates.examples:
         for r in ex["records"][:1]:
-            messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {ex['explanation']}.\n"
-                             f"Tokens ({len(r['tokens'])}):\n{numbered(r['tokens'])}"})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": (
+                        f"Explanation: {EXPLANATION_PREFIX} {ex['explanation']}.\n"
+                        f"Tokens ({len(r['tokens'])}):\n{numbered(r['tokens'])}"
+                    ),
+                }
+            )
             values = r["activations"]
-            answer = (json.dumps({"activations": values}) if json_only else "\n".join(
-                f"{i}\t{escape_token(t)}\t{v}" for i, (t, v) in enumerate(zip(r["tokens"], values,
-                                                                                strict=True))))
+            answer = (
+                json.dumps({"activations": values})
+                if json_only
+                else "\n".join(
+                    f"{i}\t{escape_token(t)}\t{v}"
+                    for i, (t, v) in enumerate(zip(r["tokens"], values, strict=True))
+                )
+            )
             messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
-                     f"Tokens ({len(tokens)}):\n{numbered(tokens)}"})
+    messages.append(
+        {
+            "role": "user",
+            "content": (
+                f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
+                f"Tokens ({len(tokens)}):\n{numbered(tokens)}"
+            ),
+        }
+    )
     return messages

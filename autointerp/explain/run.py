@@ -1,17 +1,19 @@
-"""Explain and score whole layers, resumably: one transaction per neuron, failures recorded with their reason.
+"""Explain and score whole layers, resumably: one transaction per neuron, failures recorded with
+their reason.
 
 Per neuron (in a worker thread; the LLM calls are the slow part and may run concurrently):
 
-1. **Explain** the top training examples (windows around the peak, discretised to 0-9; the N2G graph's strongest
-   paths as extra evidence when a graph exists) -> kind ``llm``; optionally the negative side of a gated neuron
-   from its bottom examples -> ``llm_negative``.
+1. **Explain** the top training examples (windows around the peak, discretised to 0-9; the N2G
+   graph's strongest paths as extra evidence when a graph exists) -> kind ``llm``; optionally the
+   negative side of a gated neuron from its bottom examples -> ``llm_negative``.
 2. **Baseline** with no LLM: the tokens that most activate the neuron -> kind ``baseline``.
-3. **Simulate** each explanation on the held-out records (test-split top examples + random examples) and **score**
-   by pooled correlation -> ``scores`` rows ``explanation`` / ``baseline`` / ``explanation_negative``; the N2G
-   graph's predictions on exactly the same records -> ``n2g``.
+3. **Simulate** each explanation on the held-out records (test-split top examples + random examples)
+   and **score** by pooled correlation -> ``scores`` rows ``explanation`` / ``baseline`` /
+   ``explanation_negative``; the N2G graph's predictions on exactly the same records -> ``n2g``.
 
-The main thread writes each neuron's rows in one transaction, so a killed run resumes by neuron. A failed LLM call
-becomes a row with ``status='failed'`` and the reason - never a score; ``retry_failed`` redoes just those neurons.
+The main thread writes each neuron's rows in one transaction, so a killed run resumes by neuron. A
+failed LLM call becomes a row with ``status='failed'`` and the reason - never a score;
+``retry_failed`` redoes just those neurons.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class ExplainConfig:
     explain_after: int = 4  # ... and after it
     sim_top: int = 5  # held-out top examples simulated
     sim_random: int = 5  # held-out random examples simulated
-    sim_window: int = 32  # tokens per simulated record (top: ending 4 after the peak; random: from the start)
+    sim_window: int = (
+        32  # tokens per simulated record (top: ending 4 after the peak; random: from the start)
+    )
     sim_logprobs: int = 15
     simulator_mode: str = "auto"
     use_n2g: bool = True
@@ -66,24 +70,33 @@ class ExplainConfig:
     negative: bool = False
     baseline: bool = True
     explainer_max_tokens: int = 60
-    max_prompt_chars: int = 7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
+    max_prompt_chars: int = (
+        7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
+    )
     # not part of the identity
     concurrency: int = field(default=1, metadata={"hashed": False})
 
     def __post_init__(self) -> None:
-        lowest = {"--explain-records": (self.explain_records, 1), "--sim-top": (self.sim_top, 0),
-                  "--sim-random": (self.sim_random, 0), "--concurrency": (self.concurrency, 1),
-                  "explain_before": (self.explain_before, 0),
-                  "explain_after": (self.explain_after, 0),
-                  "sim_window": (self.sim_window, 1), "sim_logprobs": (self.sim_logprobs, 1),
-                  "n2g_paths": (self.n2g_paths, 0),
-                  "explainer_max_tokens": (self.explainer_max_tokens, 1),
-                  "max_prompt_chars": (self.max_prompt_chars, 1)}
+        lowest = {
+            "--explain-records": (self.explain_records, 1),
+            "--sim-top": (self.sim_top, 0),
+            "--sim-random": (self.sim_random, 0),
+            "--concurrency": (self.concurrency, 1),
+            "explain_before": (self.explain_before, 0),
+            "explain_after": (self.explain_after, 0),
+            "sim_window": (self.sim_window, 1),
+            "sim_logprobs": (self.sim_logprobs, 1),
+            "n2g_paths": (self.n2g_paths, 0),
+            "explainer_max_tokens": (self.explainer_max_tokens, 1),
+            "max_prompt_chars": (self.max_prompt_chars, 1),
+        }
         for option, (value, low) in lowest.items():
             check_int(value, option, low)
         if self.sim_top + self.sim_random < 1:
-            raise UserError("--sim-top and --sim-random are both 0, so there would be no held-out "
-                            "text to score explanations on; give at least one of them.")
+            raise UserError(
+                "--sim-top and --sim-random are both 0, so there would be no held-out "
+                "text to score explanations on; give at least one of them."
+            )
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
@@ -92,11 +105,18 @@ class ExplainConfig:
         return identity_hash(self.identity())
 
 
-# ------------------------------------------------------------------------------------------------------ records
+# --------------------------------------------------------------------------------------------------
+# records
 def _window(row: dict[str, Any], start: int, stop: int, sign: float = 1.0) -> Record:
-    start, stop = max(1, start), min(len(row["str_tokens"]), stop)  # index 0 is BOS: never shown or scored
-    return Record(list(row["str_tokens"][start:stop]), [sign * a for a in row["activations"][start:stop]],
-                  "random" if row["kind"] == "random" else "top")
+    start, stop = (
+        max(1, start),
+        min(len(row["str_tokens"]), stop),
+    )  # index 0 is BOS: never shown or scored
+    return Record(
+        list(row["str_tokens"][start:stop]),
+        [sign * a for a in row["activations"][start:stop]],
+        "random" if row["kind"] == "random" else "top",
+    )
 
 
 def peak_window(row: dict[str, Any], before: int, after: int, sign: float = 1.0) -> Record:
@@ -105,25 +125,46 @@ def peak_window(row: dict[str, Any], before: int, after: int, sign: float = 1.0)
     return _window(row, peak - before, peak + after + 1, sign)
 
 
-def explain_records(store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig, kind: str = "top",
-                    sign: float = 1.0) -> list[Record]:
-    rows = list(store.examples(run_id, layer, neuron, kinds=[kind], split="train"))[: cfg.explain_records]
+def explain_records(
+    store: Store,
+    run_id: int,
+    layer: int,
+    neuron: int,
+    cfg: ExplainConfig,
+    kind: str = "top",
+    sign: float = 1.0,
+) -> list[Record]:
+    rows = list(store.examples(run_id, layer, neuron, kinds=[kind], split="train"))[
+        : cfg.explain_records
+    ]
     return [peak_window(r, cfg.explain_before, cfg.explain_after, sign) for r in rows]
 
 
-def heldout_records(store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig, kind: str = "top",
-                    sign: float = 1.0) -> list[Record]:
-    """The scoring set: test-split top (or bottom) examples around their peak, plus test-split random examples."""
+def heldout_records(
+    store: Store,
+    run_id: int,
+    layer: int,
+    neuron: int,
+    cfg: ExplainConfig,
+    kind: str = "top",
+    sign: float = 1.0,
+) -> list[Record]:
+    """The scoring set: test-split top (or bottom) examples around their peak, plus test-split
+    random examples."""
     tops = list(store.examples(run_id, layer, neuron, kinds=[kind], split="test"))[: cfg.sim_top]
-    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="test"))[: cfg.sim_random]
+    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="test"))[
+        : cfg.sim_random
+    ]
     out = [peak_window(r, cfg.sim_window - 5, 4, sign) for r in tops]
     out += [_window(r, 1, 1 + cfg.sim_window, sign) for r in randoms]
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ baseline
+# --------------------------------------------------------------------------------------------------
+# baseline
 def baseline_explanation(records: list[Record], max_activation: float, k: int = 3) -> str:
-    """Token lookup: the (normalised) tokens at which the neuron fires most, summed over the training examples."""
+    """Token lookup: the (normalised) tokens at which the neuron fires most, summed over the
+    training examples."""
     weight: dict[str, float] = defaultdict(float)
     shown: dict[str, str] = {}
     for r in records:
@@ -136,12 +177,16 @@ def baseline_explanation(records: list[Record], max_activation: float, k: int = 
         return "nothing in particular"
     best = sorted(weight, key=lambda t: -weight[t])[:k]
     quoted = [f'"{escape_token(shown[t])}"' for t in best]
-    return "the token " + quoted[0] if len(quoted) == 1 else "the tokens " + ", ".join(quoted[:-1]) + \
-        " and " + quoted[-1]
+    return (
+        "the token " + quoted[0]
+        if len(quoted) == 1
+        else "the tokens " + ", ".join(quoted[:-1]) + " and " + quoted[-1]
+    )
 
 
 def n2g_evidence(graph: NeuronGraph, limit: int) -> list[str]:
-    """The graph's strongest end paths as lines ``earlier ... activating: strength`` (strength on 0-9)."""
+    """The graph's strongest end paths as lines ``earlier ... activating: strength`` (strength on
+    0-9)."""
     paths: list[tuple[float, str]] = []
 
     def visit(node: Any, trail: list[str]) -> None:
@@ -159,7 +204,8 @@ def n2g_evidence(graph: NeuronGraph, limit: int) -> list[str]:
     return [p[1] for p in paths[:limit]]
 
 
-# ------------------------------------------------------------------------------------------------------ one neuron
+# --------------------------------------------------------------------------------------------------
+# one neuron
 @dataclass
 class NeuronJob:
     run_id: int
@@ -186,91 +232,165 @@ class NeuronResult:
 
     @property
     def cost_usd(self) -> float | None:
-        """Dollars of this neuron's rows (explainer and simulator each at their own price); None without prices."""
-        costs = [r["cost_usd"] for r in self.explanations + self.scores if r.get("cost_usd") is not None]
+        """Dollars of this neuron's rows (explainer and simulator each at their own price); None
+        without prices."""
+        costs = [
+            r["cost_usd"] for r in self.explanations + self.scores if r.get("cost_usd") is not None
+        ]
         return sum(costs) if costs else None
 
 
-def _explain_prompt(cfg: ExplainConfig, templates: Templates, records: list[Record], max_act: float,
-                    evidence: list[str] | None) -> list[dict[str, str]]:
-    top_tokens = baseline_explanation(records, max_act, 5).removeprefix("the tokens ").removeprefix("the token ")
+def _explain_prompt(
+    cfg: ExplainConfig,
+    templates: Templates,
+    records: list[Record],
+    max_act: float,
+    evidence: list[str] | None,
+) -> list[dict[str, str]]:
+    top_tokens = (
+        baseline_explanation(records, max_act, 5)
+        .removeprefix("the tokens ")
+        .removeprefix("the token ")
+    )
     messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
-        records = records[:-1]  # keep the prompt inside small local context windows: drop the weakest examples
+        records = records[
+            :-1
+        ]  # keep the prompt inside small local context windows: drop the weakest examples
         messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     return messages
 
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:
     """The hash stored beside an explanation: exactly which prompt produced it (failed or not)."""
-    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
 
 
-def _explain(client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]]) -> tuple[str, Usage]:
+def _explain(
+    client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]]
+) -> tuple[str, Usage]:
     body = {"messages": messages, "max_tokens": cfg.explainer_max_tokens, "temperature": 0}
 
     def parse(response: dict[str, Any]) -> str:
         try:
             content = response["choices"][0]["message"]["content"] or ""
-            if response["choices"][0].get("finish_reason") == "length" and "\n" not in content.strip():
-                # cut at max_tokens inside the first line: the phrase itself is incomplete, never store it
+            if (
+                response["choices"][0].get("finish_reason") == "length"
+                and "\n" not in content.strip()
+            ):
+                # cut at max_tokens inside the first line: the phrase itself is incomplete, never
+                # store it
                 raise InvalidOutput(f"truncated at max_tokens: {content[:60]!r}")
             return parse_explanation(content)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise InvalidOutput(str(exc)) from exc
 
-    return client.call("chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a})
+    return client.call(
+        "chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a}
+    )
 
 
-def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: ExplainConfig, templates: Templates,
-                   prices: dict[str, dict[str, float]] | None) -> NeuronResult:
-    """Everything LLM-related for one neuron; returns rows for the main thread to write. Never raises LLMFailure:
-    a failure becomes a failed row carrying the reason."""
+def process_neuron(
+    job: NeuronJob,
+    client: LLMClient,
+    sim: Simulator,
+    cfg: ExplainConfig,
+    templates: Templates,
+    prices: dict[str, dict[str, float]] | None,
+) -> NeuronResult:
+    """Everything LLM-related for one neuron; returns rows for the main thread to write. Never
+    raises LLMFailure: a failure becomes a failed row carrying the reason."""
     now = time.time()
     usage = Usage()
     explanations: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
-    evidence = n2g_evidence(job.graph, cfg.n2g_paths) if (job.graph is not None and cfg.use_n2g) else None
+    evidence = (
+        n2g_evidence(job.graph, cfg.n2g_paths) if (job.graph is not None and cfg.use_n2g) else None
+    )
 
-    def add_explanation(kind: str, text: str | None, error: str | None, used: Usage, model: str, seconds: float,
-                        hashed: str | None = None) -> None:
-        explanations.append({
-            "kind": kind, "status": "ok" if error is None else "failed", "text": text, "error": error,
-            "prompt_version": cfg.prompt_version, "prompt_hash": hashed, "model": model,
-            "prompt_tokens": used.prompt_tokens,
-            "completion_tokens": used.completion_tokens, "cost_usd": used.cost(model, prices), "seconds": seconds,
-            "created": now,
-        })
+    def add_explanation(
+        kind: str,
+        text: str | None,
+        error: str | None,
+        used: Usage,
+        model: str,
+        seconds: float,
+        hashed: str | None = None,
+    ) -> None:
+        explanations.append(
+            {
+                "kind": kind,
+                "status": "ok" if error is None else "failed",
+                "text": text,
+                "error": error,
+                "prompt_version": cfg.prompt_version,
+                "prompt_hash": hashed,
+                "model": model,
+                "prompt_tokens": used.prompt_tokens,
+                "completion_tokens": used.completion_tokens,
+                "cost_usd": used.cost(model, prices),
+                "seconds": seconds,
+                "created": now,
+            }
+        )
 
-    def add_score(method: str, result: dict[str, Any] | None, error: str | None, used: Usage, mode: str | None
-                  ) -> None:
+    def add_score(
+        method: str, result: dict[str, Any] | None, error: str | None, used: Usage, mode: str | None
+    ) -> None:
         result = result or {}
-        status = "failed" if error is not None else ("ok" if result.get("score") is not None else "undefined")
+        status = (
+            "failed"
+            if error is not None
+            else ("ok" if result.get("score") is not None else "undefined")
+        )
         if status == "undefined":
             # why: constant or non-finite held-out activations
             error = result.get("undefined") or "no score"
-        scores.append({
-            "method": method, "status": status, "score": result.get("score"),
-            "score_raw": result.get("score_raw"),
-            "score_top": result.get("score_top"),
-            "score_random": result.get("score_random"), "r2": result.get("r2"), "n_tokens": result.get("n_tokens"),
-            "simulator_model": cfg.simulator_model if mode else None, "simulator_mode": mode, "error": error,
-            "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
-            "cost_usd": used.cost(cfg.simulator_model, prices), "created": now,
-        })
+        scores.append(
+            {
+                "method": method,
+                "status": status,
+                "score": result.get("score"),
+                "score_raw": result.get("score_raw"),
+                "score_top": result.get("score_top"),
+                "score_random": result.get("score_random"),
+                "r2": result.get("r2"),
+                "n_tokens": result.get("n_tokens"),
+                "simulator_model": cfg.simulator_model if mode else None,
+                "simulator_mode": mode,
+                "error": error,
+                "prompt_tokens": used.prompt_tokens,
+                "completion_tokens": used.completion_tokens,
+                "cost_usd": used.cost(cfg.simulator_model, prices),
+                "created": now,
+            }
+        )
 
     if not job.heldout:
         # nothing to score on (tiny corpus, small top_k): say so for this neuron instead of paying
         # for an explanation that can never be scored
-        reason = ("not explained: no held-out records to score on (the harvest kept no "
-                  "test-split examples for this neuron; harvest more tokens or a larger top_k)")
+        reason = (
+            "not explained: no held-out records to score on (the harvest kept no "
+            "test-split examples for this neuron; harvest more tokens or a larger top_k)"
+        )
         add_explanation("llm", None, reason, Usage(), cfg.explainer_model, 0.0)
         add_score("explanation", None, reason, Usage(), None)
         return NeuronResult(job, explanations, scores, usage)
     sides = [("llm", "explanation", job.train, job.heldout, job.max_activation, 1.0, evidence)]
     if cfg.negative and job.train_negative and job.heldout_negative and job.min_activation < 0:
-        sides.append(("llm_negative", "explanation_negative", job.train_negative, job.heldout_negative,
-                      -job.min_activation, -1.0, None))
+        sides.append(
+            (
+                "llm_negative",
+                "explanation_negative",
+                job.train_negative,
+                job.heldout_negative,
+                -job.min_activation,
+                -1.0,
+                None,
+            )
+        )
     for kind, method, train, heldout, max_act, sign, ev in sides:
         t0 = time.time()
         messages = _explain_prompt(cfg, templates, train, max_act, ev)
@@ -280,7 +400,9 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
             usage.add(used)
             add_explanation(kind, text, None, used, cfg.explainer_model, time.time() - t0, hashed)
         except LLMFailure as exc:
-            add_explanation(kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed)
+            add_explanation(
+                kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
+            )
             add_score(method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
             continue
         try:
@@ -308,11 +430,18 @@ def process_neuron(job: NeuronJob, client: LLMClient, sim: Simulator, cfg: Expla
             add_score(method, None, exc.reason, Usage(), sim.mode)
     if job.graph is not None:
         preds = [job.graph.predict(r.tokens) for r in job.heldout]
-        add_score("n2g", score_predictions(preds, job.heldout, job.max_activation, 1.0), None, Usage(), None)
+        add_score(
+            "n2g",
+            score_predictions(preds, job.heldout, job.max_activation, 1.0),
+            None,
+            Usage(),
+            None,
+        )
     return NeuronResult(job, explanations, scores, usage)
 
 
-# ------------------------------------------------------------------------------------------------------ layers
+# --------------------------------------------------------------------------------------------------
+# layers
 @dataclass
 class ExplainSummary:
     explained: int = 0
@@ -333,50 +462,74 @@ def check_config(cfg: ExplainConfig) -> None:
         raise UserError("The simulation window must be at least 2 tokens.")
 
 
-def plan_neurons(store: Store, model: str, layers: list[int], spec: str | None, d_mlp: int
-                 ) -> list[tuple[int, dict[str, Any], list[int]]]:
+def plan_neurons(
+    store: Store, model: str, layers: list[int], spec: str | None, d_mlp: int
+) -> list[tuple[int, dict[str, Any], list[int]]]:
     plan = []
     for layer in layers:
         run = store.latest_complete_run(model, layer)
         if run is None:
-            raise UserError(f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
-                            f"--model {model} --layers {layer}` first.")
+            raise UserError(
+                f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
+                f"--model {model} --layers {layer}` first."
+            )
         plan.append((layer, run, select_neurons(store, model, layer, spec, d_mlp)))
     return plan
 
 
-def check_heldout(store: Store, plan: list[tuple[int, dict[str, Any], list[int]]],
-                  cfg: ExplainConfig) -> None:
+def check_heldout(
+    store: Store, plan: list[tuple[int, dict[str, Any], list[int]]], cfg: ExplainConfig
+) -> None:
     """Refuse, before any run row or LLM call, a harvest too small to score on: with no held-out
     records every simulation would fail. Every neuron of a run keeps the same number of examples, so
     one neuron per layer tells."""
     for layer, run, neurons in plan:
         if neurons and not heldout_records(store, run["id"], layer, neurons[0], cfg):
             config = run.get("config") or {}
-            raise UserError(f"Harvest run {run['id']} (layer {layer}) has no held-out examples to "
-                            f"score on (top_k={config.get('top_k')}, random_k="
-                            f"{config.get('random_k')}: the test split is every 4th example); "
-                            "harvest with --top-k 4 or more.")
+            raise UserError(
+                f"Harvest run {run['id']} (layer {layer}) has no held-out examples to "
+                f"score on (top_k={config.get('top_k')}, random_k="
+                f"{config.get('random_k')}: the test split is every 4th example); "
+                "harvest with --top-k 4 or more."
+            )
 
 
-def _job(store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool) -> NeuronJob:
+def _job(
+    store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool
+) -> NeuronJob:
     stats = store.neuron(run["id"], layer, neuron)
     graph_row = store.graph_for_run(run["id"], layer, neuron)
     graph = NeuronGraph.from_json(graph_row["graph"]) if graph_row else None
-    job = NeuronJob(run["id"], layer, neuron, float(stats["max"]), float(stats["min"]),
-                    explain_records(store, run["id"], layer, neuron, cfg),
-                    heldout_records(store, run["id"], layer, neuron, cfg), graph)
+    job = NeuronJob(
+        run["id"],
+        layer,
+        neuron,
+        float(stats["max"]),
+        float(stats["min"]),
+        explain_records(store, run["id"], layer, neuron, cfg),
+        heldout_records(store, run["id"], layer, neuron, cfg),
+        graph,
+    )
     if cfg.negative and gated:
         job.train_negative = explain_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
         job.heldout_negative = heldout_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
     return job
 
 
-def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: str | None, cfg: ExplainConfig,
-                   client: LLMClient, templates: Templates, prices: dict[str, dict[str, float]] | None = None,
-                   retry_failed: bool = False, progress: bool = True,
-                   extra: dict[tuple[int, int], dict[str, str]] | None = None,
-                   neurons: dict[int, list[int]] | None = None) -> ExplainSummary:
+def explain_layers(
+    store: Store,
+    model: str,
+    layers: list[int],
+    neurons_spec: str | None,
+    cfg: ExplainConfig,
+    client: LLMClient,
+    templates: Templates,
+    prices: dict[str, dict[str, float]] | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    extra: dict[tuple[int, int], dict[str, str]] | None = None,
+    neurons: dict[int, list[int]] | None = None,
+) -> ExplainSummary:
     """Explain and score the chosen neurons of each layer; returns counts and the tokens spent.
 
     ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
@@ -385,14 +538,20 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
     check_config(cfg)
     info = store.model_info(model)
     if info is None:
-        raise UserError(f"{model} has not been harvested in {store.path}; run `autointerp harvest` first.")
+        raise UserError(
+            f"{model} has not been harvested in {store.path}; run `autointerp harvest` first."
+        )
     plan = plan_neurons(store, model, layers, neurons_spec, int(info["d_mlp"]))
     if neurons is not None:
         plan = [(layer, run, neurons.get(layer, [])) for layer, run, _ in plan]
     check_heldout(store, plan, cfg)
     config_hash = cfg.config_hash()
     run = store.find_run(model, "explain", config_hash, (0, 1))
-    run_id = run["id"] if run else store.create_run(model, "explain", cfg.identity(), config_hash, (0, 1), {})
+    run_id = (
+        run["id"]
+        if run
+        else store.create_run(model, "explain", cfg.identity(), config_hash, (0, 1), {})
+    )
     summary = ExplainSummary(run_id=run_id)
     todo: list[tuple[dict[str, Any], int, int]] = []
     for layer, harvest_run, neurons in plan:
@@ -403,8 +562,18 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
             else:
                 todo.append((harvest_run, layer, n))
     started = time.time()
-    sim = Simulator(client, cfg.simulator_model, templates, cfg.simulator_mode, cfg.sim_logprobs) if todo else None
-    bar = tqdm(total=len(todo), unit="neuron", disable=not progress, desc=f"explain {model}", dynamic_ncols=True)
+    sim = (
+        Simulator(client, cfg.simulator_model, templates, cfg.simulator_mode, cfg.sim_logprobs)
+        if todo
+        else None
+    )
+    bar = tqdm(
+        total=len(todo),
+        unit="neuron",
+        disable=not progress,
+        desc=f"explain {model}",
+        dynamic_ncols=True,
+    )
     gated = bool(info.get("gated_mlp"))
     with cf.ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
         pending: set[cf.Future[NeuronResult]] = set()
@@ -429,8 +598,15 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                 pending.discard(fut)
                 result = fut.result()
                 job = result.job
-                store.save_explanation_results(job.run_id, job.layer, job.neuron, config_hash, run_id,
-                                               result.explanations, result.scores)
+                store.save_explanation_results(
+                    job.run_id,
+                    job.layer,
+                    job.neuron,
+                    config_hash,
+                    run_id,
+                    result.explanations,
+                    result.scores,
+                )
                 kill_point("explain")  # crash tests: SIGKILL right after a neuron's transaction
                 summary.usage.add(result.usage)
                 if result.cost_usd is not None:
@@ -438,14 +614,17 @@ def explain_layers(store: Store, model: str, layers: list[int], neurons_spec: st
                 failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
                 summary.failed += failed
                 summary.explained += not failed
-                summary.unexplained += not any(r["kind"] == "llm" and r["status"] == "ok"
-                                               for r in result.explanations)
+                summary.unexplained += not any(
+                    r["kind"] == "llm" and r["status"] == "ok" for r in result.explanations
+                )
                 summary.neurons.append((job.layer, job.neuron))
                 bar.update(1)
                 minutes = max(time.time() - started, 1e-9) / 60
-                bar.set_postfix(neurons_per_min=f"{bar.n / minutes:.1f}",
-                                tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
-                                failed=summary.failed)
+                bar.set_postfix(
+                    neurons_per_min=f"{bar.n / minutes:.1f}",
+                    tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
+                    failed=summary.failed,
+                )
                 submit_next()
     bar.close()
     summary.seconds = time.time() - started

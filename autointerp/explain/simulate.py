@@ -1,19 +1,21 @@
-"""Simulate a neuron from its explanation, and score any predictor by correlation with the real activations.
+"""Simulate a neuron from its explanation, and score any predictor by correlation with the real
+activations.
 
 Three simulator modes, picked by what the endpoint can do (``auto`` probes once):
 
-* ``echo`` - all at once from prompt logprobs: one ``/v1/completions`` call with ``echo`` + ``logprobs`` per record;
-  the prediction at each token is the expected value over the digits 0-9 in the top logprobs at its activation slot
-  (llama.cpp through :mod:`autointerp.llm.echo_server`, vLLM). ``echo-shifted`` is the same for servers whose
-  ``top_logprobs[i]`` predicts token ``i + 1`` (llama-cpp-python's stock server); the probe tells them apart.
-* ``chat-logprobs`` - hosted chat models: the reply is one line per token, ``index<TAB>token<TAB>digit``,
-  and each generated digit's top logprobs give the expected value. Index and token are repeated because small
-  models lose count in a bare list of digits (the local 0.5B answered 10 values for 18 tokens, and 7 lines
-  for 8 tokens with the index alone).
+* ``echo`` - all at once from prompt logprobs: one ``/v1/completions`` call with ``echo`` +
+  ``logprobs`` per record; the prediction at each token is the expected value over the digits 0-9 in
+  the top logprobs at its activation slot (llama.cpp through :mod:`autointerp.llm.echo_server`,
+  vLLM). ``echo-shifted`` is the same for servers whose ``top_logprobs[i]`` predicts token ``i + 1``
+  (llama-cpp-python's stock server); the probe tells them apart.
+* ``chat-logprobs`` - hosted chat models: the reply is one line per token,
+  ``index<TAB>token<TAB>digit``, and each generated digit's top logprobs give the expected value.
+  Index and token are repeated because small models lose count in a bare list of digits (the local
+  0.5B answered 10 values for 18 tokens, and 7 lines for 8 tokens with the index alone).
 * ``json`` - no logprobs at all: the reply is ``{"activations": [...]}``, validated with jsonschema.
 
-Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM explanation,
-token-lookup baseline and N2G graph - so the numbers compare directly.
+Scores (what :func:`score_predictions` computes) use the same records for every predictor - LLM
+explanation, token-lookup baseline and N2G graph - so the numbers compare directly.
 
 A simulation is only trusted when the simulator actually answered on the 0-9 scale: in echo modes a
 slot whose top logprobs hold no digit is counted, and a record with more than
@@ -59,7 +61,8 @@ class SimulationFailure(LLMFailure):
 
 
 def expected_digit(top: dict[str, float] | None) -> float | None:
-    """Expected value over the digit tokens among the top logprobs (renormalised); None when no digit is there."""
+    """Expected value over the digit tokens among the top logprobs (renormalised); None when no
+    digit is there."""
     if not top:
         return None
     probs = np.zeros(SCALE_MAX + 1)
@@ -79,8 +82,9 @@ def parse_echo(response: dict[str, Any], slots: Sequence[int], shift: int) -> li
     return [0.0 if v is None else v for v in parse_echo_slots(response, slots, shift)]
 
 
-def parse_echo_slots(response: dict[str, Any], slots: Sequence[int], shift: int
-                     ) -> list[float | None]:
+def parse_echo_slots(
+    response: dict[str, Any], slots: Sequence[int], shift: int
+) -> list[float | None]:
     """Like :func:`parse_echo`, but a slot with no digit in its top logprobs is None, so it can be
     counted."""
     try:
@@ -108,15 +112,16 @@ def check_digits(values: Sequence[float | None], top_logprobs: int) -> list[floa
     :data:`MAX_DIGITLESS_FRACTION` of them (the simulator did not answer on the scale)."""
     missing = sum(v is None for v in values)
     if values and missing > MAX_DIGITLESS_FRACTION * len(values):
-        raise SimulationFailure(f"no digit in the top {top_logprobs} at {missing} of "
-                                f"{len(values)} slots")
+        raise SimulationFailure(
+            f"no digit in the top {top_logprobs} at {missing} of {len(values)} slots"
+        )
     return [0.0 if v is None else v for v in values]
 
 
 def parse_chat_digits(response: dict[str, Any], n: int, indexed: bool = False) -> list[float]:
-    """Expected values of the generated digits; with ``indexed`` only a digit right after the second tab of
-    a line counts (the ``index<TAB>token<TAB>digit`` lines of a chat simulation: indexes and tokens may hold
-    digits too)."""
+    """Expected values of the generated digits; with ``indexed`` only a digit right after the second
+    tab of a line counts (the ``index<TAB>token<TAB>digit`` lines of a chat simulation: indexes and
+    tokens may hold digits too)."""
     try:
         content = response["choices"][0]["logprobs"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
@@ -147,8 +152,14 @@ def json_schema(n: int) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["activations"],
-        "properties": {"activations": {"type": "array", "minItems": n, "maxItems": n,
-                                       "items": {"type": "integer", "minimum": 0, "maximum": SCALE_MAX}}},
+        "properties": {
+            "activations": {
+                "type": "array",
+                "minItems": n,
+                "maxItems": n,
+                "items": {"type": "integer", "minimum": 0, "maximum": SCALE_MAX},
+            }
+        },
     }
 
 
@@ -162,7 +173,9 @@ def parse_json_values(response: dict[str, Any], n: int) -> list[float]:
         data = json.loads(text)
     except ValueError as exc:
         cut = _truncated(response)
-        raise InvalidOutput(("truncated at max_tokens: " if cut else "") + f"not JSON: {text[:60]!r}") from exc
+        raise InvalidOutput(
+            ("truncated at max_tokens: " if cut else "") + f"not JSON: {text[:60]!r}"
+        ) from exc
     try:
         jsonschema.validate(data, json_schema(n))
     except jsonschema.ValidationError as exc:
@@ -171,7 +184,8 @@ def parse_json_values(response: dict[str, Any], n: int) -> list[float]:
 
 
 def _truncated(response: dict[str, Any]) -> bool:
-    """The server stopped at ``max_tokens`` (``finish_reason == "length"``): the reply is cut, so say so."""
+    """The server stopped at ``max_tokens`` (``finish_reason == "length"``): the reply is cut, so
+    say so."""
     try:
         return response["choices"][0].get("finish_reason") == "length"
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -186,8 +200,14 @@ def _retry_hotter(attempt: int) -> dict[str, Any]:
 class Simulator:
     """Predicts per-token activations (0-9 scale) from an explanation through the LLM client."""
 
-    def __init__(self, client: LLMClient, model: str, templates: Templates, mode: str = "auto",
-                 top_logprobs: int = 15):
+    def __init__(
+        self,
+        client: LLMClient,
+        model: str,
+        templates: Templates,
+        mode: str = "auto",
+        top_logprobs: int = 15,
+    ):
         if mode not in MODES:
             raise UserError(f"Unknown simulator mode {mode!r}; choose one of {', '.join(MODES)}.")
         self.client, self.model, self.templates = client, model, templates
@@ -197,10 +217,12 @@ class Simulator:
             try:
                 self.mode = self.detect_mode()
             except LLMFailure:
-                self.mode = "auto"  # the server is unreachable now; each simulate() probes again, then fails
+                # the server is unreachable now; each simulate() probes again, then fails
+                self.mode = "auto"
 
     def detect_mode(self) -> str:
-        """Probe the endpoint once: prompt logprobs (and their alignment), else chat logprobs, else JSON.
+        """Probe the endpoint once: prompt logprobs (and their alignment), else chat logprobs, else
+        JSON.
 
         Raises LLMFailure when the server is unreachable (rather than guessing a mode)."""
         text = ", ".join(str(i) for i in range(1, 25))
@@ -211,8 +233,13 @@ class Simulator:
         except LLMFailure as exc:
             if exc.transient:
                 raise
-        body = {"messages": [{"role": "user", "content": "Reply with the digit 7."}], "max_tokens": 3,
-                "temperature": 0, "logprobs": True, "top_logprobs": 3}
+        body = {
+            "messages": [{"role": "user", "content": "Reply with the digit 7."}],
+            "max_tokens": 3,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        }
         try:
             self.client.call("chat", self.model, body, lambda r: parse_chat_digits(r, 1))
             return "chat-logprobs"
@@ -222,31 +249,51 @@ class Simulator:
             return "json"
 
     def simulate(self, explanation: str, tokens: Sequence[str]) -> tuple[list[float], Usage]:
-        """Expected activation (0-9) at every token. Raises LLMFailure when the endpoint fails for good."""
+        """Expected activation (0-9) at every token. Raises LLMFailure when the endpoint fails
+        for good."""
         n = len(tokens)
         if self.mode == "auto":
             self.mode = self.detect_mode()
         if self.mode in ("echo", "echo-shifted"):
             prompt = simulation_prompt(explanation, tokens, self.templates)
-            body = {"prompt": prompt.text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1,
-                    "temperature": 0}
+            body = {
+                "prompt": prompt.text,
+                "echo": True,
+                "logprobs": self.top_logprobs,
+                "max_tokens": 1,
+                "temperature": 0,
+            }
             shift = -1 if self.mode == "echo-shifted" else 0
             slots, usage = self.client.call(
-                "completions", self.model, body,
-                lambda r: parse_echo_slots(r, prompt.slot_offsets, shift))
+                "completions",
+                self.model,
+                body,
+                lambda r: parse_echo_slots(r, prompt.slot_offsets, shift),
+            )
             return check_digits(slots, self.top_logprobs), usage
         json_only = self.mode == "json"
-        body = {"messages": simulation_messages(explanation, tokens, self.templates, json_only),
-                "max_tokens": (4 if json_only else 6) * n + 40, "temperature": 0}
+        body = {
+            "messages": simulation_messages(explanation, tokens, self.templates, json_only),
+            "max_tokens": (4 if json_only else 6) * n + 40,
+            "temperature": 0,
+        }
         if not json_only:
             body.update({"logprobs": True, "top_logprobs": min(self.top_logprobs, 20)})
-            return self.client.call("chat", self.model, body,
-                                    lambda r: parse_chat_digits(r, n, indexed=True), _retry_hotter)
-        return self.client.call("chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter)
+            return self.client.call(
+                "chat",
+                self.model,
+                body,
+                lambda r: parse_chat_digits(r, n, indexed=True),
+                _retry_hotter,
+            )
+        return self.client.call(
+            "chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter
+        )
 
 
 def _probe_echo(response: dict[str, Any]) -> str:
-    """``echo`` or ``echo-shifted``, from how well each token matches the top logprob at i versus i - 1."""
+    """``echo`` or ``echo-shifted``, from how well each token matches the top logprob at i versus
+    i - 1."""
     try:
         lp = response["choices"][0]["logprobs"]
         tokens, tops = lp["tokens"], lp["top_logprobs"]
@@ -266,7 +313,8 @@ def _probe_echo(response: dict[str, Any]) -> str:
     return "echo" if same >= shifted else "echo-shifted"
 
 
-# ------------------------------------------------------------------------------------------------------ scoring
+# --------------------------------------------------------------------------------------------------
+# scoring
 def correlation(pred: np.ndarray, true: np.ndarray) -> float | None:
     """Pearson correlation; None when the truth is constant or the result is not finite (no score
     can be given); 0 when the prediction is constant (it explains nothing)."""
@@ -281,8 +329,10 @@ def correlation_or_reason(pred: np.ndarray, true: np.ndarray) -> tuple[float | N
     if not (np.all(np.isfinite(true)) and np.all(np.isfinite(pred))):
         return None, "the activations or predictions are not finite (nan or inf)"
     if float(true.std()) == 0.0:
-        return None, (f"the held-out activations are constant ({float(true[0]):g}) over "
-                      f"{len(true)} tokens")
+        return (
+            None,
+            f"the held-out activations are constant ({float(true[0]):g}) over {len(true)} tokens",
+        )
     if float(pred.std()) == 0.0:
         return 0.0, None
     with np.errstate(all="ignore"):
@@ -293,16 +343,23 @@ def correlation_or_reason(pred: np.ndarray, true: np.ndarray) -> tuple[float | N
 
 
 def target(record: Record, sign: float = 1.0) -> np.ndarray:
-    """What a positive-side explanation is scored against: the activation's positive part (negative part for
-    ``sign=-1``). Gated MLPs have large negative activations that a 'finds X' explanation cannot predict."""
+    """What a positive-side explanation is scored against: the activation's positive part (negative
+    part for ``sign=-1``). Gated MLPs have large negative activations that a 'finds X' explanation
+    cannot predict."""
     return np.maximum(sign * np.asarray(record.activations, dtype=np.float64), 0.0)
 
 
-def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record], max_activation: float,
-                      pred_scale: float = SCALE_MAX, sign: float = 1.0) -> dict[str, Any]:
-    """Pooled Pearson correlation over every token of every record (top and random together, as OpenAI's
-    "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to activation units
-    (``pred / pred_scale * max_activation``: an absolute-calibration check that can be negative).
+def score_predictions(
+    preds: Sequence[Sequence[float]],
+    records: Sequence[Record],
+    max_activation: float,
+    pred_scale: float = SCALE_MAX,
+    sign: float = 1.0,
+) -> dict[str, Any]:
+    """Pooled Pearson correlation over every token of every record (top and random together, as
+    OpenAI's "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to
+    activation units (``pred / pred_scale * max_activation``: an absolute-calibration check that can
+    be negative).
 
     ``score`` (the headline) correlates with the activation's positive part: an explanation says
     what the neuron *finds*, and gated MLPs have large negative activations no such phrase predicts.
@@ -319,12 +376,19 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
     allp, allt = np.concatenate(p), np.concatenate(t)
     raw = np.concatenate([sign * np.asarray(r.activations, dtype=np.float64) for r in records])
     score, reason = correlation_or_reason(allp, allt)
-    out: dict[str, Any] = {"score": score, "undefined": reason, "score_raw": correlation(allp, raw),
-                           "n_tokens": int(len(allt))}
+    out: dict[str, Any] = {
+        "score": score,
+        "undefined": reason,
+        "score_raw": correlation(allp, raw),
+        "n_tokens": int(len(allt)),
+    }
     for kind in ("top", "random"):
         idx = [i for i, r in enumerate(records) if r.kind == kind]
-        out[f"score_{kind}"] = (correlation(np.concatenate([p[i] for i in idx]), np.concatenate([t[i] for i in idx]))
-                                if idx else None)
+        out[f"score_{kind}"] = (
+            correlation(np.concatenate([p[i] for i in idx]), np.concatenate([t[i] for i in idx]))
+            if idx
+            else None
+        )
     sst = float(((allt - allt.mean()) ** 2).sum()) if np.all(np.isfinite(allt)) else 0.0
     mapped = allp / pred_scale * max_activation
     r2 = 1.0 - float(((allt - mapped) ** 2).sum()) / sst if sst > 0 else None
@@ -332,10 +396,11 @@ def score_predictions(preds: Sequence[Sequence[float]], records: Sequence[Record
     return out
 
 
-def simulate_score(sim: Simulator, explanation: str, records: list[Record], max_act: float, sign: float
-                   ) -> tuple[dict[str, Any], Usage]:
-    """Simulate ``explanation`` on each held-out record and score the predictions against the real activations
-    (:func:`score_predictions`); also returns what the simulator's calls used."""
+def simulate_score(
+    sim: Simulator, explanation: str, records: list[Record], max_act: float, sign: float
+) -> tuple[dict[str, Any], Usage]:
+    """Simulate ``explanation`` on each held-out record and score the predictions against the real
+    activations (:func:`score_predictions`); also returns what the simulator's calls used."""
     usage = Usage()
     preds = []
     for r in records:

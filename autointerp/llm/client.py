@@ -1,22 +1,24 @@
-"""Every LLM call goes through here: the ``openai`` client against any OpenAI-compatible endpoint, with a cache,
-retries and a token ledger.
+"""Every LLM call goes through here: the ``openai`` client against any OpenAI-compatible endpoint,
+with a cache, retries and a token ledger.
 
 Why this shape:
 
-* **One client, any server.** OpenAI, vLLM, Ollama and llama.cpp all speak the same HTTP API, so the pipeline only
-  needs ``base_url``, ``api_key`` and model names. When none is configured, :mod:`autointerp.llm.local_server` starts a
-  local llama.cpp server and hands its URL here.
-* **Failures are recorded, never scored.** Timeouts, connection errors, 429 and 5xx are retried with exponential
-  backoff (tenacity) for a bounded number of attempts; structured output that fails validation is retried at a
-  higher temperature. What still fails raises :class:`LLMFailure` carrying the reason, which the caller stores as a
-  failed row - never as a number.
-* **Reruns cost nothing.** Every successful response is cached in SQLite keyed by (model, endpoint, prompt hash,
-  params); a cached response is re-validated before use and counts zero tokens in the ledger.
-* **A pool of servers, one logical endpoint.** Several base URLs (vLLM on a few GPUs, llama.cpp on a few machines)
-  serve the same model: each request goes to the server with the fewest requests in flight, a server that fails
-  (unreachable, timeout, 429, 5xx) is rested with exponential backoff while the others take its requests, and a call
-  fails only when every server has failed it ``max_attempts`` times. The cache key holds no URL, so a response from
-  one server is a cache hit for all of them. With one URL this is exactly the single-server behaviour.
+* **One client, any server.** OpenAI, vLLM, Ollama and llama.cpp all speak the same HTTP API, so the
+  pipeline only needs ``base_url``, ``api_key`` and model names. When none is configured,
+  :mod:`autointerp.llm.local_server` starts a local llama.cpp server and hands its URL here.
+* **Failures are recorded, never scored.** Timeouts, connection errors, 429 and 5xx are retried with
+  exponential backoff (tenacity) for a bounded number of attempts; structured output that fails
+  validation is retried at a higher temperature. What still fails raises :class:`LLMFailure`
+  carrying the reason, which the caller stores as a failed row - never as a number.
+* **Reruns cost nothing.** Every successful response is cached in SQLite keyed by (model, endpoint,
+  prompt hash, params); a cached response is re-validated before use and counts zero tokens in the
+  ledger.
+* **A pool of servers, one logical endpoint.** Several base URLs (vLLM on a few GPUs, llama.cpp on a
+  few machines) serve the same model: each request goes to the server with the fewest requests in
+  flight, a server that fails (unreachable, timeout, 429, 5xx) is rested with exponential backoff
+  while the others take its requests, and a call fails only when every server has failed it
+  ``max_attempts`` times. The cache key holds no URL, so a response from one server is a cache hit
+  for all of them. With one URL this is exactly the single-server behaviour.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ T = TypeVar("T")
 
 
 class InvalidOutput(Exception):
-    """The server answered, but not in the shape we asked for (bad JSON, wrong count, out-of-range values)."""
+    """The server answered, but not in the shape we asked for (bad JSON, wrong count,
+    out-of-range values)."""
 
 
 class LLMFailure(Exception):
@@ -55,8 +58,12 @@ class LLMFailure(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Transient faults worth another try: timeouts, dropped connections, 429, 5xx, and malformed output."""
-    if isinstance(exc, InvalidOutput | openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
+    """Transient faults worth another try: timeouts, dropped connections, 429, 5xx, and malformed
+    output."""
+    if isinstance(
+        exc,
+        InvalidOutput | openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError,
+    ):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code >= 500 or exc.status_code == 429
@@ -64,7 +71,8 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line reason for a failed row, e.g. ``HTTP 500: ...`` or ``invalid output: expected 12 values``."""
+    """A one-line reason for a failed row, e.g. ``HTTP 500: ...`` or ``invalid output: expected
+    12 values``."""
     if isinstance(exc, openai.APIStatusError):
         body = str(exc.message or "")[:200]
         return f"HTTP {exc.status_code}: {body}"
@@ -93,19 +101,24 @@ class Usage:
         self.cached_calls += other.cached_calls
 
     def cost(self, model: str, prices: dict[str, dict[str, float]] | None) -> float | None:
-        """Dollars for this usage under a price table ``{model: {"prompt": $/1M, "completion": $/1M}}``."""
+        """Dollars for this usage under a price table ``{model: {"prompt": $/1M, "completion":
+        $/1M}}``."""
         if not prices or model not in prices:
             return None
         p = prices[model]
-        return (self.prompt_tokens * float(p.get("prompt", 0)) + self.completion_tokens * float(p.get("completion", 0))
-                ) / 1e6
+        return (
+            self.prompt_tokens * float(p.get("prompt", 0))
+            + self.completion_tokens * float(p.get("completion", 0))
+        ) / 1e6
 
 
 @dataclass
 class LLMSettings:
     """Where and how to call the LLM. ``base_url=None`` means: start the embedded local server."""
 
-    base_url: str | Sequence[str] | None = None  # one URL, or a pool of servers that serve the same models
+    base_url: str | Sequence[str] | None = (
+        None  # one URL, or a pool of servers that serve the same models
+    )
     api_key: str | None = None
     explainer_model: str | None = None
     simulator_model: str | None = None
@@ -122,11 +135,14 @@ class LLMSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMSettings:
-        """Flags win over ``OPENAI_BASE_URLS`` (comma-separated) / ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` /
-        ``AUTOINTERP_EXPLAINER_MODEL`` / ``AUTOINTERP_SIMULATOR_MODEL``."""
+        """Flags win over ``OPENAI_BASE_URLS`` (comma-separated) / ``OPENAI_BASE_URL`` /
+        ``OPENAI_API_KEY`` / ``AUTOINTERP_EXPLAINER_MODEL`` / ``AUTOINTERP_SIMULATOR_MODEL``."""
         values: dict[str, Any] = {
-            "base_url": split_base_urls(os.environ.get("OPENAI_BASE_URLS"))
-            or os.environ.get("OPENAI_BASE_URL") or None,
+            "base_url": (
+                split_base_urls(os.environ.get("OPENAI_BASE_URLS"))
+                or os.environ.get("OPENAI_BASE_URL")
+                or None
+            ),
             "api_key": os.environ.get("OPENAI_API_KEY") or None,
             "explainer_model": os.environ.get("AUTOINTERP_EXPLAINER_MODEL") or None,
             "simulator_model": os.environ.get("AUTOINTERP_SIMULATOR_MODEL") or None,
@@ -142,7 +158,8 @@ class LLMSettings:
 
 
 def split_base_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"a,b"``, ``["a", "b,c"]`` or ``None`` as a tuple of URLs, duplicates dropped, order kept."""
+    """``"a,b"``, ``["a", "b,c"]`` or ``None`` as a tuple of URLs, duplicates dropped, order
+    kept."""
     if not value:
         return ()
     parts = [value] if isinstance(value, str) else list(value)
@@ -151,7 +168,8 @@ def split_base_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
-    """A price table file: JSON ``{"model": {"prompt": dollars per 1M tokens, "completion": ...}}``."""
+    """A price table file: JSON ``{"model": {"prompt": dollars per 1M tokens, "completion":
+    ...}}``."""
     if not path:
         return None
     try:
@@ -160,9 +178,14 @@ def load_prices(path: str | None) -> dict[str, dict[str, float]] | None:
     except (OSError, ValueError) as exc:
         raise UserError(f"Cannot read the price table {path}: {exc}") from exc
     ok = isinstance(table, dict) and all(
-        isinstance(v, dict) and all(isinstance(x, int | float) for x in v.values()) for v in table.values())
+        isinstance(v, dict) and all(isinstance(x, int | float) for x in v.values())
+        for v in table.values()
+    )
     if not ok:
-        raise UserError(f'The price table {path} must look like {{"model": {{"prompt": 0.15, "completion": 0.6}}}}.')
+        raise UserError(
+            f'The price table {path} must look like {{"model": {{"prompt": 0.15, "completion":'
+            " 0.6}}."
+        )
     return table
 
 
@@ -173,25 +196,39 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
     as reachable (some servers have no /models)."""
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not "
-                        f"{base_url!r}.")
-    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                           timeout=min(timeout, 15.0), max_retries=0)
+        raise UserError(
+            f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not {base_url!r}."
+        )
+    client = openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or "not-needed",
+        timeout=min(timeout, 15.0),
+        max_retries=0,
+    )
     try:
         client.models.list()
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-        raise UserError(f"The LLM server at {base_url} does not answer ({describe_error(exc)}); "
-                        "start it or fix --base-url.") from exc
+        raise UserError(
+            f"The LLM server at {base_url} does not answer ({describe_error(exc)}); "
+            "start it or fix --base-url."
+        ) from exc
     except openai.AuthenticationError as exc:
-        raise UserError(f"The LLM server at {base_url} refused the API key "
-                        f"({describe_error(exc)}); set --api-key or OPENAI_API_KEY.") from exc
+        raise UserError(
+            f"The LLM server at {base_url} refused the API key "
+            f"({describe_error(exc)}); set --api-key or OPENAI_API_KEY."
+        ) from exc
     except Exception:  # noqa: BLE001, S110 - it answered; whether it lists models does not matter
         pass
 
 
 def request_key(model: str, endpoint: str, payload: dict[str, Any]) -> str:
-    """Cache key: the model, the endpoint kind, and a hash of the full request (prompt and every parameter)."""
-    blob = json.dumps({"model": model, "endpoint": endpoint, "payload": payload}, sort_keys=True, ensure_ascii=False)
+    """Cache key: the model, the endpoint kind, and a hash of the full request (prompt and every
+    parameter)."""
+    blob = json.dumps(
+        {"model": model, "endpoint": endpoint, "payload": payload},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -204,7 +241,8 @@ class Endpoint:
     client: openai.OpenAI
     """The openai client bound to that URL (its own retries off: the pool retries)."""
     in_flight: int = 0
-    """Requests sent to it and not yet answered: the pool sends the next one to the least busy server."""
+    """Requests sent to it and not yet answered: the pool sends the next one to the least busy
+    server."""
     consecutive_failures: int = 0
     """Transient failures since its last good answer; the rest doubles with each."""
     rested_until: float = 0.0
@@ -216,28 +254,42 @@ class Endpoint:
 
 
 class LLMClient:
-    """Cached, retried calls to one OpenAI-compatible server or a pool of them. Thread-safe: the pool's state and
-    the ledger are guarded by one lock, and the cache serialises its own access."""
+    """Cached, retried calls to one OpenAI-compatible server or a pool of them. Thread-safe: the
+    pool's state and the ledger are guarded by one lock, and the cache serialises its own access."""
 
-    def __init__(self, settings: LLMSettings, cache: LLMCache | None, base_url: str | Sequence[str]):
+    def __init__(
+        self, settings: LLMSettings, cache: LLMCache | None, base_url: str | Sequence[str]
+    ):
         urls = split_base_urls(base_url)
         if not urls:
-            raise UserError("No LLM endpoint: give --base-url (or OPENAI_BASE_URL / OPENAI_BASE_URLS).")
+            raise UserError(
+                "No LLM endpoint: give --base-url (or OPENAI_BASE_URL / OPENAI_BASE_URLS)."
+            )
         self.settings = settings
         self.base_url = urls[0]
         self.cache = cache
         # max_retries=0: tenacity owns retrying, so attempts are bounded and counted in one place
-        self.endpoints = [Endpoint(url, openai.OpenAI(base_url=url, api_key=settings.api_key or "not-needed",
-                                                      timeout=settings.timeout, max_retries=0))
-                          for url in urls]
+        self.endpoints = [
+            Endpoint(
+                url,
+                openai.OpenAI(
+                    base_url=url,
+                    api_key=settings.api_key or "not-needed",
+                    timeout=settings.timeout,
+                    max_retries=0,
+                ),
+            )
+            for url in urls
+        ]
         self.client = self.endpoints[0].client
         self._lock = threading.Lock()
         self._turn = 0  # ties between equally busy servers go round the pool
         self.usage = Usage()
 
     def _pick(self, tries: dict[str, int]) -> Endpoint | None:
-        """The server for the next attempt: among those this call may still try, a rested one only when all
-        are resting (the one whose rest ends first), else the one with the fewest requests in flight."""
+        """The server for the next attempt: among those this call may still try, a rested one only
+        when all are resting (the one whose rest ends first), else the one with the fewest requests
+        in flight."""
         limit = self.settings.max_attempts
         candidates = [e for e in self.endpoints if tries.get(e.url, 0) < limit]
         if not candidates:
@@ -247,25 +299,36 @@ class LLMClient:
         if not awake:
             return min(candidates, key=lambda e: e.rested_until)
         self._turn += 1
-        order = {e.url: (i - self._turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
+        order = {
+            e.url: (i - self._turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)
+        }
         return min(awake, key=lambda e: (e.in_flight, tries.get(e.url, 0), order[e.url]))
 
     def _rest(self, endpoint: Endpoint) -> None:
-        """A transient failure: keep requests away from this server for ``backoff * 2^(n-1)`` s (at most 30)."""
+        """A transient failure: keep requests away from this server for ``backoff * 2^(n-1)`` s
+        (at most 30)."""
         endpoint.consecutive_failures += 1
         endpoint.failures += 1
         pause = min(30.0, self.settings.backoff * 2 ** (endpoint.consecutive_failures - 1))
         endpoint.rested_until = time.monotonic() + pause
 
-    def call(self, endpoint: str, model: str, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T],
-             retry_payload: Callable[[int], dict[str, Any]] | None = None) -> tuple[T, Usage]:
-        """Send ``payload`` to ``endpoint`` ("chat" or "completions") and ``parse`` the response dict.
+    def call(
+        self,
+        endpoint: str,
+        model: str,
+        payload: dict[str, Any],
+        parse: Callable[[dict[str, Any]], T],
+        retry_payload: Callable[[int], dict[str, Any]] | None = None,
+    ) -> tuple[T, Usage]:
+        """Send ``payload`` to ``endpoint`` ("chat" or "completions") and ``parse`` the response
+        dict.
 
-        ``parse`` raises :class:`InvalidOutput` for a response of the wrong shape; that attempt is retried with
-        ``retry_payload(attempt)`` merged in (e.g. a higher temperature, since a deterministic retry would repeat
-        itself). Transient faults rest the server that caused them and the next attempt goes to another one.
-        Returns the parsed value and the tokens spent. Raises :class:`LLMFailure` after ``max_attempts`` wrong
-        answers, or once every server has failed ``max_attempts`` times.
+        ``parse`` raises :class:`InvalidOutput` for a response of the wrong shape; that attempt is
+        retried with ``retry_payload(attempt)`` merged in (e.g. a higher temperature, since a
+        deterministic retry would repeat itself). Transient faults rest the server that caused them
+        and the next attempt goes to another one. Returns the parsed value and the tokens spent.
+        Raises :class:`LLMFailure` after ``max_attempts`` wrong answers, or once every server has
+        failed ``max_attempts`` times.
         """
         usage = Usage()
         tries: dict[str, int] = {}  # attempts of this call per server
@@ -284,14 +347,18 @@ class LLMClient:
             with self._lock:
                 return invalid >= self.settings.max_attempts or self._pick(tries) is None
 
-        retrying = Retrying(stop=give_up, wait=wait, retry=retry_if_exception(_retryable), reraise=True)
+        retrying = Retrying(
+            stop=give_up, wait=wait, retry=retry_if_exception(_retryable), reraise=True
+        )
         try:
             for attempt in retrying:
                 with attempt:
                     attempt_no += 1
                     with self._lock:
                         target = chosen[0] or self._pick(tries)
-                        assert target is not None  # give_up() stops the loop before no server is left
+                        assert (
+                            target is not None
+                        )  # give_up() stops the loop before no server is left
                         target.in_flight += 1
                     tries[target.url] = tries.get(target.url, 0) + 1
                     body = dict(payload)
@@ -318,15 +385,24 @@ class LLMClient:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded reason
             reason = describe_error(exc)
             if len(last_error) > 1 and not isinstance(exc, InvalidOutput):
-                reason = "every endpoint failed: " + "; ".join(f"{u}: {r}" for u, r in last_error.items())
+                reason = "every endpoint failed: " + "; ".join(
+                    f"{u}: {r}" for u, r in last_error.items()
+                )
             if attempt_no > 1:
                 reason += f" (after {attempt_no} attempts)"
             transient = _retryable(exc) and not isinstance(exc, InvalidOutput)
             raise LLMFailure(reason, attempt_no, transient) from exc
         raise AssertionError("unreachable")
 
-    def _one(self, server: Endpoint, endpoint: str, model: str, body: dict[str, Any],
-             parse: Callable[[dict[str, Any]], T], usage: Usage) -> T:
+    def _one(
+        self,
+        server: Endpoint,
+        endpoint: str,
+        model: str,
+        body: dict[str, Any],
+        parse: Callable[[dict[str, Any]], T],
+        usage: Usage,
+    ) -> T:
         key = request_key(model, endpoint, body)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
@@ -341,32 +417,54 @@ class LLMClient:
         api = server.client.chat.completions if endpoint == "chat" else server.client.completions
         try:
             raw = api.create(model=model, **body)
-        except (ValueError, openai.APIResponseValidationError) as exc:  # a 200 whose body is not the API's JSON
-            raise InvalidOutput(f"malformed response ({type(exc).__name__}: {str(exc)[:100]})") from exc
+        except (
+            ValueError,
+            openai.APIResponseValidationError,
+        ) as exc:  # a 200 whose body is not the API's JSON
+            raise InvalidOutput(
+                f"malformed response ({type(exc).__name__}: {str(exc)[:100]})"
+            ) from exc
         if not hasattr(raw, "model_dump"):  # a non-JSON body (an HTML page) comes back as text
             raise InvalidOutput(f"malformed response: not the API's JSON but {str(raw)[:80]!r}")
         response = raw.model_dump()
         spent = response.get("usage") or {}
-        call_usage = Usage(int(spent.get("prompt_tokens") or 0), int(spent.get("completion_tokens") or 0), 1, 0)
+        call_usage = Usage(
+            int(spent.get("prompt_tokens") or 0), int(spent.get("completion_tokens") or 0), 1, 0
+        )
         usage.add(call_usage)
         with self._lock:
             self.usage.add(call_usage)
             server.usage.add(call_usage)
         value = parse(response)  # raises InvalidOutput before anything is cached
         if self.cache is not None:
-            self.cache.put(key, model, endpoint, body, response, call_usage.prompt_tokens,
-                           call_usage.completion_tokens)
+            self.cache.put(
+                key,
+                model,
+                endpoint,
+                body,
+                response,
+                call_usage.prompt_tokens,
+                call_usage.completion_tokens,
+            )
         return value
 
     def endpoint_usage(self) -> list[dict[str, Any]]:
         """The ledger per server: tokens, calls and transient failures (for the run summary)."""
         with self._lock:
-            return [{"url": e.url, "prompt_tokens": e.usage.prompt_tokens,
-                     "completion_tokens": e.usage.completion_tokens, "calls": e.usage.calls,
-                     "failures": e.failures} for e in self.endpoints]
+            return [
+                {
+                    "url": e.url,
+                    "prompt_tokens": e.usage.prompt_tokens,
+                    "completion_tokens": e.usage.completion_tokens,
+                    "calls": e.usage.calls,
+                    "failures": e.failures,
+                }
+                for e in self.endpoints
+            ]
 
     def list_models(self) -> list[str]:
-        """Model ids served by the first server that answers (every server of a pool serves the same ones)."""
+        """Model ids served by the first server that answers (every server of a pool serves the
+        same ones)."""
         errors = []
         for e in self.endpoints:
             try:

@@ -1,13 +1,15 @@
-"""``python -m autointerp.llm.echo_server``: llama-cpp-python's OpenAI-compatible server, with one fast path added.
+"""``python -m autointerp.llm.echo_server``: llama-cpp-python's OpenAI-compatible server, with one
+fast path added.
 
-Everything (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``) is llama-cpp-python's own server
-(``llama_cpp.server.app.create_app``), except prompt scoring: a ``/v1/completions`` request with ``echo`` and
-``logprobs`` and ``max_tokens`` <= 1, which is what all-at-once simulation sends. llama-cpp-python 0.3.36 answers
-that by sorting the whole vocabulary (152k entries for Qwen) in Python at every prompt token: 48 s for a 230-token
-prompt with the 0.5B model here. This path evaluates the prompt once (reusing the cached prefix) and takes the top-k
-of each row with numpy instead, in well under a second. It also follows OpenAI's convention, which
-llama-cpp-python's own path shifts by one: ``top_logprobs[i]`` is the distribution the model predicted *for* token
-``i`` (``None`` for the first token). Nothing is generated on this path; ``text`` is the prompt.
+Everything (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``) is llama-cpp-python's own
+server (``llama_cpp.server.app.create_app``), except prompt scoring: a ``/v1/completions`` request
+with ``echo`` and ``logprobs`` and ``max_tokens`` <= 1, which is what all-at-once simulation sends.
+llama-cpp-python 0.3.36 answers that by sorting the whole vocabulary (152k entries for Qwen) in
+Python at every prompt token: 48 s for a 230-token prompt with the 0.5B model here. This path
+evaluates the prompt once (reusing the cached prefix) and takes the top-k of each row with numpy
+instead, in well under a second. It also follows OpenAI's convention, which llama-cpp-python's own
+path shifts by one: ``top_logprobs[i]`` is the distribution the model predicted *for* token ``i``
+(``None`` for the first token). Nothing is generated on this path; ``text`` is the prompt.
 """
 
 from __future__ import annotations
@@ -63,8 +65,13 @@ def score_prompt(llama: Any, prompt: str, k: int) -> dict[str, Any]:
             top.setdefault(text, float(row[j]) - lse)
         top_logprobs.append(top)
         token_logprobs.append(float(row[tokens[i]]) - lse)
-    return {"tokens": out_tokens, "text_offset": offsets, "token_logprobs": token_logprobs,
-            "top_logprobs": top_logprobs, "n_prompt": len(tokens)}
+    return {
+        "tokens": out_tokens,
+        "text_offset": offsets,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "n_prompt": len(tokens),
+    }
 
 
 def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
@@ -78,8 +85,18 @@ def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
 
     app = create_app(
         server_settings=ServerSettings(),
-        model_settings=[ModelSettings(model=model, model_alias=alias, n_ctx=n_ctx, logits_all=True,
-                                      n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)],
+        model_settings=[
+            ModelSettings(
+                model=model,
+                model_alias=alias,
+                n_ctx=n_ctx,
+                logits_all=True,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=512,
+                verbose=False,
+            )
+        ],
     )
 
     @app.middleware("http")
@@ -91,8 +108,13 @@ def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
             body = json.loads(raw)
         except ValueError:
             return await call_next(request)
-        wants = (isinstance(body, dict) and body.get("echo") and body.get("logprobs") is not None
-                 and int(body.get("max_tokens") or 0) <= 1 and isinstance(body.get("prompt"), str))
+        wants = (
+            isinstance(body, dict)
+            and body.get("echo")
+            and body.get("logprobs") is not None
+            and int(body.get("max_tokens") or 0) <= 1
+            and isinstance(body.get("prompt"), str)
+        )
         if not wants:
             return await call_next(request)
         k = max(1, min(int(body["logprobs"]), 100))
@@ -101,15 +123,32 @@ def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
             try:
                 scored = await run_in_threadpool(score_prompt, llama, body["prompt"], k)
             except ValueError as exc:
-                return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}},
-                                    status_code=400)
+                return JSONResponse(
+                    {"error": {"message": str(exc), "type": "invalid_request_error"}},
+                    status_code=400,
+                )
         n_prompt = scored.pop("n_prompt")
-        return JSONResponse({
-            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": body.get("model") or alias,
-            "choices": [{"text": body["prompt"], "index": 0, "logprobs": scored, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": 0, "total_tokens": n_prompt},
-        })
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model") or alias,
+                "choices": [
+                    {
+                        "text": body["prompt"],
+                        "index": 0,
+                        "logprobs": scored,
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": n_prompt,
+                    "completion_tokens": 0,
+                    "total_tokens": n_prompt,
+                },
+            }
+        )
 
     return app
 

@@ -40,10 +40,16 @@ class LLMSession:
 
     client: LLMClient  # set on entering
 
-    def __init__(self, settings: LLMSettings, cache_path: str | Path, *,
-                 local_llm: str | None = None, threads: int | None = None,
-                 check_endpoints: bool = False,
-                 log: Callable[[str], None] = _silent) -> None:
+    def __init__(
+        self,
+        settings: LLMSettings,
+        cache_path: str | Path,
+        *,
+        local_llm: str | None = None,
+        threads: int | None = None,
+        check_endpoints: bool = False,
+        log: Callable[[str], None] = _silent,
+    ) -> None:
         self.cache_path = cache_path
         self.threads = threads
         self.log = log
@@ -53,17 +59,23 @@ class LLMSession:
             if check_endpoints:
                 self._check_endpoints(settings)
             if not settings.explainer_model:
-                raise UserError("Name the model on your endpoint with --explainer-model (and "
-                                "--simulator-model).")
+                raise UserError(
+                    "Name the model on your endpoint with --explainer-model (and "
+                    "--simulator-model)."
+                )
             self.settings = settings
             self.explainer_model: str = settings.explainer_model
             self.simulator_model: str = settings.simulator_model or settings.explainer_model
             return
         self.local = resolve_local_llm(settings.explainer_model or local_llm).name
-        if (settings.simulator_model
-                and resolve_local_llm(settings.simulator_model).name != self.local):
-            raise UserError("The local server runs one model: give the same --explainer-model and "
-                            "--simulator-model, or point --base-url at a server that has both.")
+        if (
+            settings.simulator_model
+            and resolve_local_llm(settings.simulator_model).name != self.local
+        ):
+            raise UserError(
+                "The local server runs one model: give the same --explainer-model and "
+                "--simulator-model, or point --base-url at a server that has both."
+            )
         # the models are the server's; the names given only chose which one it runs
         self.settings = dataclasses.replace(settings, explainer_model=None, simulator_model=None)
         self.explainer_model = self.simulator_model = ""  # the server's, once it is up
@@ -93,8 +105,9 @@ class LLMSession:
             if self.local is None:
                 base_url: str | tuple[str, ...] = self.settings.base_urls
             else:
-                base_url, served = stack.enter_context(local_server(self.local,
-                                                                    threads=self.threads))
+                base_url, served = stack.enter_context(
+                    local_server(self.local, threads=self.threads)
+                )
                 self.explainer_model = self.simulator_model = served
             self.client = LLMClient(self.settings, cache, base_url)
         except BaseException:
@@ -103,8 +116,12 @@ class LLMSession:
         self._stack = stack
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:  # an error goes on to the server's cleanup (which keeps its log)
             stack.__exit__(kind, error, traceback)

@@ -7,8 +7,8 @@ sequences are sorted by length, packed into batches of about ``batch_tokens`` to
 (harmless: attention is causal and we read at or before the last real token) and run with the model
 stopped after the neuron's layer. Identical sequences run once. Saliency and augmentation variants
 change one token of a pruned context, so everything before that token is the unchanged context's:
-when the subject can reuse attention keys/values (:class:`ModelLayerSubject` can), the unchanged context
-runs once and each variant runs only from the changed token on (about half the tokens).
+when the subject can reuse attention keys/values (:class:`ModelLayerSubject` can), the unchanged
+context runs once and each variant runs only from the changed token on (about half the tokens).
 ``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks
 that both paths build the same graph.
 
@@ -39,19 +39,29 @@ N2G_VERSION = 2  # 2: firing tokens of training random/quantile examples too; ca
 
 @dataclass
 class N2GConfig:
-    """Every threshold of graph building (defaults from Foote et al. 2023 where the paper gives one)."""
+    """Every threshold of graph building (defaults from Foote et al. 2023 where the paper gives
+    one)."""
 
     train_examples: int = 20  # top training examples used (split "train")
-    activating_threshold: float = 0.75  # extra activating tokens in an example: >= this x neuron max
+    activating_threshold: float = (
+        0.75  # extra activating tokens in an example: >= this x neuron max
+    )
     max_activating_per_example: int = 2
     prune_keep: float = 0.5  # shortest context that keeps >= this x the token's activation
-    # Context lengths tried, shortest first, in two rounds: up to 8 tokens for every activating token, the longer
-    # ones only where no short one kept the activation. Capped at 32 tokens (the original stopped at 30).
+    # Context lengths tried, shortest first, in two rounds: up to 8 tokens for every activating
+    # token, the longer ones only where no short one kept the activation. Capped at 32 tokens (the
+    # original stopped at 30).
     prune_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-    importance_threshold: float = 0.5  # saliency at or above this makes a context token concrete, else wildcard
+    importance_threshold: float = (
+        0.5  # saliency at or above this makes a context token concrete, else wildcard
+    )
     augmentations: int = 5  # embedding-neighbour substitutes tried per important token
-    augment_positions: int = 3  # only the most important context positions are varied (plus the activating token)
-    fire_threshold: float = 0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
+    augment_positions: int = (
+        3  # only the most important context positions are varied (plus the activating token)
+    )
+    fire_threshold: float = (
+        0.5  # for evaluation: a token "fires" at >= this x max (true and predicted)
+    )
     case_sensitive: bool = False
     strip_space: bool = True
     # Beyond the top examples (all from the training split): the kinds whose tokens at >=
@@ -64,7 +74,9 @@ class N2GConfig:
     calibrate: bool = True
     batch_tokens: int = field(default=4096, metadata={"hashed": False})  # padded tokens per pass
     naive: bool = field(default=False, metadata={"hashed": False})
-    dtype: str = field(default="float32", metadata={"hashed": False})  # the subject model's (see HarvestConfig)
+    dtype: str = field(
+        default="float32", metadata={"hashed": False}
+    )  # the subject model's (see HarvestConfig)
 
     def __post_init__(self) -> None:
         check_int(self.train_examples, "--train-examples", 1)  # 0: an empty graph would be stored
@@ -75,10 +87,12 @@ class N2GConfig:
         for name in ("activating_threshold", "prune_keep", "fire_threshold"):
             check_number(getattr(self, name), name, 0.0, 1.0, low_open=True)
         check_number(self.importance_threshold, "--importance-threshold", 0.0, 1.0)
-        if not self.prune_lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
-                                         for n in self.prune_lengths):
-            raise UserError(f"prune_lengths must be positive token counts, not "
-                            f"{self.prune_lengths!r}.")
+        if not self.prune_lengths or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.prune_lengths
+        ):
+            raise UserError(
+                f"prune_lengths must be positive token counts, not {self.prune_lengths!r}."
+            )
 
     def identity(self) -> dict[str, Any]:
         half = {"dtype": self.dtype} if self.dtype != "float32" else {}
@@ -89,8 +103,9 @@ class N2GConfig:
 
 
 class GraphSubject(Protocol):
-    """What graph building needs from a model layer (the N2G fork's ``feature_activation`` seam): activations of
-    every neuron of one layer for a batch of token ids, token strings, and plausible substitutes for a token."""
+    """What graph building needs from a model layer (the N2G fork's ``feature_activation`` seam):
+    activations of every neuron of one layer for a batch of token ids, token strings, and plausible
+    substitutes for a token."""
 
     bos_id: int
     pad_id: int
@@ -98,19 +113,18 @@ class GraphSubject(Protocol):
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, d]
         ...
 
-    def str_tokens(self, ids: Sequence[int]) -> list[str]:
-        ...
+    def str_tokens(self, ids: Sequence[int]) -> list[str]: ...
 
-    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
-        ...
+    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]: ...
 
 
 def neutral_token(model: SubjectModel) -> int:
-    """The token that "removes" a token in saliency: the tokenizer's pad or unk token when it is distinct from
-    BOS/EOS, else the token for a single space.
+    """The token that "removes" a token in saliency: the tokenizer's pad or unk token when it is
+    distinct from BOS/EOS, else the token for a single space.
 
-    The original N2G used id 1 for every model, which in GPT-2 is the ``"`` character - a real token with its own
-    effects. Gemma: ``<pad>`` (0); SmolLM2: ``<|endoftext|>`` (0, its unk); GPT-2: ``" "`` (220).
+    The original N2G used id 1 for every model, which in GPT-2 is the ``"`` character - a real token
+    with its own effects. Gemma: ``<pad>`` (0); SmolLM2: ``<|endoftext|>`` (0, its unk); GPT-2: ``"
+    "`` (220).
     """
     tok = model.tokenizer
     special = {tok.bos_token_id, tok.eos_token_id}
@@ -147,8 +161,9 @@ class PrefixReuse(Protocol):
         """Run ``tokens`` [B, T]; keep what later positions need (attention keys/values)."""
         ...
 
-    def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
-                          ) -> torch.Tensor:
+    def activations_after(
+        self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
+    ) -> torch.Tensor:
         """Activations [B, S, d] of ``tokens`` [B, S] continuing, row by row, the first ``shared``
         tokens of the sequences behind ``states`` (a ``prefix_states`` result and a row of it)."""
         ...
@@ -176,8 +191,12 @@ def _padded(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_readouts(subject: GraphSubject, readouts: Sequence[Readout], batch_tokens: int = 4096,
-                 naive: bool = False) -> np.ndarray:
+def run_readouts(
+    subject: GraphSubject,
+    readouts: Sequence[Readout],
+    batch_tokens: int = 4096,
+    naive: bool = False,
+) -> np.ndarray:
     """Activation of each readout's neuron at its position: batched by length, identical sequences
     once, variants from their changed token on where the subject can (or one full sequence at a time
     if ``naive``)."""
@@ -211,9 +230,13 @@ def run_readouts(subject: GraphSubject, readouts: Sequence[Readout], batch_token
     return out
 
 
-def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout],
-                  variants: dict[tuple[int, ...], list[int]], batch_tokens: int,
-                  out: np.ndarray) -> None:
+def _run_variants(
+    subject: PrefixReuse,
+    readouts: Sequence[Readout],
+    variants: dict[tuple[int, ...], list[int]],
+    batch_tokens: int,
+    out: np.ndarray,
+) -> None:
     """Run each base once (keeping its attention keys/values), then its variants from their first
     changed token on, grouped by that position (a batch needs one prefix length). Bases are taken a
     few thousand tokens at a time so the kept keys/values stay small."""
@@ -239,8 +262,9 @@ def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout],
             for chunk in _pack([len(t) + shared for t in tails], batch_tokens):
                 rows = [idx[c] for c in chunk]
                 prefixes = [states[cast(tuple, readouts[i].base)] for i in rows]
-                acts = subject.activations_after(prefixes, shared,
-                                                 _padded([tails[c] for c in chunk], subject.pad_id))
+                acts = subject.activations_after(
+                    prefixes, shared, _padded([tails[c] for c in chunk], subject.pad_id)
+                )
                 for row, i in enumerate(rows):
                     r = readouts[i]
                     position = r.position if r.position >= 0 else len(r.tokens) + r.position
@@ -250,7 +274,8 @@ def _run_variants(subject: PrefixReuse, readouts: Sequence[Readout],
 
 @dataclass
 class Example:
-    """A training example as the harvest stored it: token ids (BOS first), strings, activations (raw)."""
+    """A training example as the harvest stored it: token ids (BOS first), strings, activations
+    (raw)."""
 
     tokens: list[int]
     str_tokens: list[str]
@@ -264,23 +289,26 @@ class _Item:
     neuron: int
     tokens: list[int]  # BOS + context up to and including the activating token
     target: float  # its activation in the full context
-    pruned: list[int] = field(default_factory=list)  # context tokens (no BOS) ending at the activating token
+    pruned: list[int] = field(
+        default_factory=list
+    )  # context tokens (no BOS) ending at the activating token
     pruned_act: float = 0.0
     importance: list[float] = field(default_factory=list)
 
 
 class ModelLayerSubject:
-    """One layer of a :class:`SubjectModel` as a :class:`GraphSubject` (the protocol graph building reads):
-    forward passes stop after ``layer``; substitutes are embedding-space neighbours (the subject model's own
-    idea of what could stand in a token's place, so no extra model is downloaded, unlike the original's
-    DistilBERT; and no unembedding is run)."""
+    """One layer of a :class:`SubjectModel` as a :class:`GraphSubject` (the protocol graph building
+    reads): forward passes stop after ``layer``; substitutes are embedding-space neighbours (the
+    subject model's own idea of what could stand in a token's place, so no extra model is
+    downloaded, unlike the original's DistilBERT; and no unembedding is run)."""
 
     def __init__(self, model: SubjectModel, layer: int):
         self.model = model
         self.layer = layer
         self.bos_id = model.bos_id
         self.pad_id = neutral_token(model)
-        # on the host in float32 whatever the model runs in: the same neighbours on every device and dtype
+        # on the host in float32 whatever the model runs in: the same neighbours on every device and
+        # dtype
         self._w = model.model.W_E.detach().to("cpu", torch.float32)
         self._norms = self._w.norm(dim=1).clamp_min(1e-8)
         self._special = set(model.tokenizer.all_special_ids or [])
@@ -298,14 +326,21 @@ class ModelLayerSubject:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         hooked = self.model.model
-        tokens = tokens.to(self.model.device)  # the cached keys and values stay on the model's device
+        tokens = tokens.to(
+            self.model.device
+        )  # the cached keys and values stay on the model's device
         cache = TransformerLensKeyValueCache.init_cache(hooked.cfg, tokens.device, tokens.shape[0])
-        hooked(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
-               stop_at_layer=self.layer + 1)
+        hooked(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            past_kv_cache=cache,
+            stop_at_layer=self.layer + 1,
+        )
         return [(e.past_keys, e.past_values) for e in cache.entries[: self.layer + 1]]
 
-    def activations_after(self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
-                          ) -> torch.Tensor:
+    def activations_after(
+        self, states: Sequence[tuple[Any, int]], shared: int, tokens: torch.Tensor
+    ) -> torch.Tensor:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
         from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -323,8 +358,12 @@ class ModelLayerSubject:
             out["act"] = act
 
         self.model.model.run_with_hooks(
-            tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
-            stop_at_layer=self.layer + 1, fwd_hooks=[(self.model.hook_name(self.layer), keep)])
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            past_kv_cache=cache,
+            stop_at_layer=self.layer + 1,
+            fwd_hooks=[(self.model.hook_name(self.layer), keep)],
+        )
         return out["act"].to("cpu", torch.float32)  # as SubjectModel.mlp_activations: host float32
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -353,10 +392,15 @@ class ModelLayerSubject:
         return picked
 
 
-def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxima: dict[int, float],
-                 cfg: N2GConfig, extra: dict[int, list[Example]] | None = None
-                 ) -> dict[int, NeuronGraph]:
-    """Build one graph per neuron of a layer from its training examples; all neurons' work is batched together.
+def build_graphs(
+    subject: GraphSubject,
+    examples: dict[int, list[Example]],
+    maxima: dict[int, float],
+    cfg: N2GConfig,
+    extra: dict[int, list[Example]] | None = None,
+) -> dict[int, NeuronGraph]:
+    """Build one graph per neuron of a layer from its training examples; all neurons' work is
+    batched together.
 
     ``examples`` are each neuron's top training examples; ``extra`` its other training examples
     (random and quantile), whose tokens at >= ``extra_threshold`` x max become activating tokens too
@@ -381,8 +425,11 @@ def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxi
         for ex, threshold, with_peak in sources:
             acts = np.asarray(ex.activations[1:])
             order = np.argsort(-acts, kind="stable")
-            chosen = [int(j) + 1 for k, j in enumerate(order)
-                      if (k == 0 and with_peak) or acts[j] >= threshold * top]
+            chosen = [
+                int(j) + 1
+                for k, j in enumerate(order)
+                if (k == 0 and with_peak) or acts[j] >= threshold * top
+            ]
             for j in chosen[: cfg.max_activating_per_example]:
                 key = (n, tuple(ex.tokens[: j + 1]))  # a random context can also be a top one
                 if ex.activations[j] > 0 and key not in used:
@@ -421,7 +468,8 @@ def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxi
         it.pruned = it.tokens[1:][-length:]
         it.pruned_act = value
 
-    # 2. Saliency: replace each token of the pruned context with the neutral token; relative drop = importance.
+    # 2. Saliency: replace each token of the pruned context with the neutral token; relative drop =
+    # importance.
     readouts, owners = [], []
     for k, it in enumerate(items):
         base = (bos, *it.pruned)
@@ -438,13 +486,15 @@ def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxi
         drop = (it.pruned_act - float(value)) / it.pruned_act if it.pruned_act > 0 else 0.0
         it.importance.append(float(min(max(drop, 0.0), 1.0)))
 
-    # 3. Paths from the activating token back to the earliest important token; then augmentation variants.
+    # 3. Paths from the activating token back to the earliest important token; then augmentation
+    # variants.
     variants: list[tuple[int, int, int]] = []  # (item, position in pruned, substitute token)
     readouts = []
     own: dict[tuple[int, tuple[int, ...]], set[int]] = {}  # (neuron, source tokens) -> path ends
     for k, it in enumerate(items):
         graph = graphs[it.neuron]
-        # The path stands for the activation the neuron had in real text (normalised), not in the pruned snippet.
+        # The path stands for the activation the neuron had in real text (normalised), not in the
+        # pruned snippet.
         end = _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
         own.setdefault((it.neuron, tuple(it.tokens)), set()).add(id(end))
         last = len(it.pruned) - 1
@@ -466,7 +516,14 @@ def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxi
         # stays quiet. A variant keeps the relative change it caused in the snippet, applied to the
         # real activation.
         ratio = min(max(float(value), 0.0) / it.pruned_act, 1.0) if it.pruned_act > 0 else 0.0
-        _add(graphs[it.neuron], subject, variant, it.importance, ratio * it.target / maxima[it.neuron], cfg)
+        _add(
+            graphs[it.neuron],
+            subject,
+            variant,
+            it.importance,
+            ratio * it.target / maxima[it.neuron],
+            cfg,
+        )
 
     if cfg.calibrate:
         for n, graph in graphs.items():
@@ -478,8 +535,12 @@ def build_graphs(subject: GraphSubject, examples: dict[int, list[Example]], maxi
     return graphs
 
 
-def calibrate(graph: NeuronGraph, texts: Sequence[Example], max_activation: float,
-              own: dict[tuple[int, ...], set[int]] | None = None) -> int:
+def calibrate(
+    graph: NeuronGraph,
+    texts: Sequence[Example],
+    max_activation: float,
+    own: dict[tuple[int, ...], set[int]] | None = None,
+) -> int:
     """Lower every path to what the neuron does where the path matches: each time a path's end is
     reached in the training text, the true normalised activation there (negative counted as 0) joins
     the path's average - except where the path was built from that very token (``own``: the tokens
@@ -506,8 +567,14 @@ def calibrate(graph: NeuronGraph, texts: Sequence[Example], max_activation: floa
     return counted
 
 
-def _add(graph: NeuronGraph, subject: GraphSubject, pruned: list[int], importance: list[float],
-         activation: float, cfg: N2GConfig) -> Node:
+def _add(
+    graph: NeuronGraph,
+    subject: GraphSubject,
+    pruned: list[int],
+    importance: list[float],
+    activation: float,
+    cfg: N2GConfig,
+) -> Node:
     last = len(pruned) - 1
     important = [i for i in range(last) if importance[i] >= cfg.importance_threshold]
     earliest = min(important) if important else last
@@ -521,11 +588,14 @@ def _add(graph: NeuronGraph, subject: GraphSubject, pruned: list[int], importanc
     return graph.add_path(PathExample(tuple(tokens), tuple(imps), float(activation)))
 
 
-# ------------------------------------------------------------------------------------------------- evaluation
-def evaluate(graph: NeuronGraph, records: Sequence[Example], max_activation: float, fire_threshold: float
-             ) -> dict[str, float | int | None]:
-    """Score a graph on held-out records: token-level precision/recall/F1 at ``fire_threshold`` x max, and the
-    Pearson correlation between predicted and true normalised activations pooled over all tokens (BOS excluded)."""
+# -------------------------------------------------------------------------------------------------
+# evaluation
+def evaluate(
+    graph: NeuronGraph, records: Sequence[Example], max_activation: float, fire_threshold: float
+) -> dict[str, float | int | None]:
+    """Score a graph on held-out records: token-level precision/recall/F1 at ``fire_threshold`` x
+    max, and the Pearson correlation between predicted and true normalised activations pooled over
+    all tokens (BOS excluded)."""
     preds: list[float] = []
     truth: list[float] = []
     for rec in records:
@@ -535,7 +605,9 @@ def evaluate(graph: NeuronGraph, records: Sequence[Example], max_activation: flo
     return {**token_metrics(p, t, fire_threshold), "n_records": len(records)}
 
 
-def token_metrics(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float | int | None]:
+def token_metrics(
+    pred: np.ndarray, true: np.ndarray, threshold: float
+) -> dict[str, float | int | None]:
     fired_p, fired_t = pred >= threshold, true >= threshold
     tp = int((fired_p & fired_t).sum())
     precision = tp / int(fired_p.sum()) if fired_p.any() else None
@@ -545,7 +617,11 @@ def token_metrics(pred: np.ndarray, true: np.ndarray, threshold: float) -> dict[
     correlation = None
     if len(pred) > 1 and pred.std() > 0 and true.std() > 0:
         correlation = float(np.corrcoef(pred, true)[0, 1])
-    return {"precision": precision, "recall": recall, "f1": f1, "correlation": correlation,
-            "n_tokens": int(len(pred)), "n_true_firing": int(fired_t.sum())}
-
-
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "correlation": correlation,
+        "n_tokens": int(len(pred)),
+        "n_true_firing": int(fired_t.sum()),
+    }

@@ -1,7 +1,8 @@
 """N2G graphs as files people open elsewhere: GraphML (networkx, Gephi, yEd) and an SVG picture.
 
-The picture follows N2G's convention: activating nodes red by activation, context nodes blue by importance,
-wildcards grey; the text reads right to left from the activating token back into its context.
+The picture follows N2G's convention: activating nodes red by activation, context nodes blue by
+importance, wildcards grey; the text reads right to left from the activating token back into its
+context.
 """
 
 from __future__ import annotations
@@ -18,17 +19,26 @@ from autointerp.untrusted import escape_token, escaped_pictures, xml_text
 
 
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
-    """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int), importance and
-    activation (float; present where they apply). Edges point from a token to the one before it in the text."""
-    g = nx.DiGraph(**{k: xml_text(v) if isinstance(v, str) else v
-                      for k, v in (meta or {}).items() if v is not None})
+    """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int),
+    importance and activation (float; present where they apply). Edges point from a token to the one
+    before it in the text."""
+    g = nx.DiGraph(
+        **{
+            k: xml_text(v) if isinstance(v, str) else v
+            for k, v in (meta or {}).items()
+            if v is not None
+        }
+    )
     activation_of = {}
     for node in data["nodes"]:
         # tokens come from an untrusted corpus: control characters are not XML (see
         # autointerp.untrusted)
-        attrs: dict[str, Any] = {"token": xml_text(node["token"]), "kind": node["kind"],
-                                 "depth": int(node["depth"]),
-                                 "count": int(node["count"])}
+        attrs: dict[str, Any] = {
+            "token": xml_text(node["token"]),
+            "kind": node["kind"],
+            "depth": int(node["depth"]),
+            "count": int(node["count"]),
+        }
         if node["importance"] is not None:
             attrs["importance"] = float(node["importance"])
         if node["activation"] is not None:
@@ -39,7 +49,8 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
         target = data["nodes"][edge["target"]]
         relation = "ends" if target["kind"] == "end" else "preceded_by"
         g.add_edge(f"n{edge['source']}", f"n{edge['target']}", relation=relation)
-    # An activating node's own activation: the best end reachable from it (what the graph predicts at best).
+    # An activating node's own activation: the best end reachable from it (what the graph predicts
+    # at best).
     for node in data["nodes"]:
         if node["kind"] == "activating":
             reach = nx.descendants(g, f"n{node['id']}")
@@ -62,17 +73,20 @@ def safe_output_path(path: str | Path, folder: bool = False) -> Path:
         raise UserError(f"The output path {str(path)!r} contains '..'; give the folder directly.")
     target = (Path.cwd() / p).resolve()
     if not folder and target.is_dir():
-        raise UserError(f"The output path {str(path)!r} is a folder; give a file name ending in "
-                        ".graphml.")
+        raise UserError(
+            f"The output path {str(path)!r} is a folder; give a file name ending in .graphml."
+        )
     if folder and target.is_file():
         raise UserError(f"The output folder {str(path)!r} is a file; give a folder for the files.")
     here = Path.cwd().resolve()
     parent = target.parent  # the file's folder, or the folder's own parent (the folder may be new)
     existing = next(q for q in (parent, *parent.parents) if q.exists())
     if existing != parent and not parent.is_relative_to(here):
-        raise UserError(f"The folder {existing / parent.relative_to(existing).parts[0]} does not "
-                        f"exist; create it first (folders are created only inside the working "
-                        f"directory {here}).")
+        raise UserError(
+            f"The folder {existing / parent.relative_to(existing).parts[0]} does not "
+            "exist; create it first (folders are created only inside the working "
+            f"directory {here})."
+        )
     return p
 
 
@@ -95,12 +109,15 @@ def write_graphml(g: nx.DiGraph, path: Path) -> None:
 
 
 def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Tidy tree layout: x by depth (activating token on the right), leaves stacked, parents centred."""
+    """Tidy tree layout: x by depth (activating token on the right), leaves stacked, parents
+    centred."""
     pos: dict[str, tuple[float, float]] = {}
     next_row = [0.0]
 
     def place(node: str) -> float:
-        children = sorted(g.successors(node), key=lambda n: (g.nodes[n]["kind"] != "end", g.nodes[n]["token"]))
+        children = sorted(
+            g.successors(node), key=lambda n: (g.nodes[n]["kind"] != "end", g.nodes[n]["token"])
+        )
         if not children:
             y = next_row[0]
             next_row[0] += 1
@@ -110,7 +127,9 @@ def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
         pos[node] = (-float(g.nodes[node]["depth"]), -y)
         return y
 
-    roots = sorted((n for n in g if g.in_degree(n) == 0), key=lambda n: -g.nodes[n].get("activation", 0))
+    roots = sorted(
+        (n for n in g if g.in_degree(n) == 0), key=lambda n: -g.nodes[n].get("activation", 0)
+    )
     for root in roots:
         place(root)
         next_row[0] += 0.5
@@ -118,10 +137,12 @@ def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
 
 
 def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
-    """The subgraph of the paths to the ``max_paths`` end nodes with the highest activation: a whole graph can have
-    thousands of nodes, more than a picture can show."""
-    ends = sorted((n for n, a in g.nodes(data=True) if a["kind"] == "end"),
-                  key=lambda n: (-g.nodes[n]["activation"], n))[:max_paths]
+    """The subgraph of the paths to the ``max_paths`` end nodes with the highest activation: a whole
+    graph can have thousands of nodes, more than a picture can show."""
+    ends = sorted(
+        (n for n, a in g.nodes(data=True) if a["kind"] == "end"),
+        key=lambda n: (-g.nodes[n]["activation"], n),
+    )[:max_paths]
     keep = set(ends)
     for end in ends:
         keep |= nx.ancestors(g, end)
@@ -129,7 +150,8 @@ def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
 
 
 def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> None:
-    """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the suffix."""
+    """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the
+    suffix."""
     total = sum(1 for _, a in g.nodes(data=True) if a["kind"] == "end")
     if total > max_paths:
         g = strongest_paths(g, max_paths)
@@ -160,8 +182,16 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         shown = escaped_pictures(repr(token)[1:-1])[:14]
         labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, node_shape="s", edgecolors="#555555",
-                           linewidths=0.5)
+    nx.draw_networkx_nodes(
+        g,
+        pos,
+        ax=ax,
+        node_color=colours,
+        node_size=900,
+        node_shape="s",
+        edgecolors="#555555",
+        linewidths=0.5,
+    )
     nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7)
     ax.set_title(title, fontsize=9)
     ax.axis("off")

@@ -1,14 +1,16 @@
-"""The N2G token trie: what a neuron's graph is, how it predicts activations, and how it is serialised.
+"""The N2G token trie: what a neuron's graph is, how it predicts activations, and how it is
+serialised.
 
-A graph is a forest rooted at *activating* tokens. Walking from a root goes **backwards** through the text: each
-child is the token one position earlier, either a concrete (normalised) token that mattered (*context* node) or a
-*wildcard* that matches any token. A path ends in an *end* node holding the (normalised) activation the neuron had on
-the example(s) that produced the path.
+A graph is a forest rooted at *activating* tokens. Walking from a root goes **backwards** through
+the text: each child is the token one position earlier, either a concrete (normalised) token that
+mattered (*context* node) or a *wildcard* that matches any token. A path ends in an *end* node
+holding the (normalised) activation the neuron had on the example(s) that produced the path.
 
-Prediction at token ``j`` follows every path that matches the text ending at ``j`` - concrete and wildcard children
-alike - and returns the highest activation among the end nodes reached. (The N2G paper describes matching all paths;
-the original code was greedy and took the first matching child, which misses a wildcard path whenever a concrete
-child matches the next token but leads nowhere. :func:`predict_greedy` keeps that behaviour for comparison.)
+Prediction at token ``j`` follows every path that matches the text ending at ``j`` - concrete and
+wildcard children alike - and returns the highest activation among the end nodes reached. (The N2G
+paper describes matching all paths; the original code was greedy and took the first matching child,
+which misses a wildcard path whenever a concrete child matches the next token but leads nowhere.
+:func:`predict_greedy` keeps that behaviour for comparison.)
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ WILDCARD = "\u0000*"  # a key no real token can normalise to
 
 
 def normalize_token(token: str, case_sensitive: bool = False, strip_space: bool = True) -> str:
-    """How tokens are compared: by default ``" Paris"``, ``"Paris"`` and ``"paris"`` are the same node.
+    """How tokens are compared: by default ``" Paris"``, ``"Paris"`` and ``"paris"`` are the same
+    node.
 
-    Whitespace-only tokens (``"\\n"``, ``"  "``) are kept as they are, so indentation and newlines stay distinct.
+    Whitespace-only tokens (``"\\n"``, ``"  "``) are kept as they are, so indentation and newlines
+    stay distinct.
     """
     out = token
     if strip_space and token.strip():
@@ -58,8 +62,9 @@ class Node:
 
 @dataclass(frozen=True)
 class PathExample:
-    """One training path: ``tokens[0]`` is the activating token, ``tokens[k]`` the token k positions earlier
-    (``None`` for a wildcard); ``importances`` align with ``tokens``; ``activation`` is normalised by the max."""
+    """One training path: ``tokens[0]`` is the activating token, ``tokens[k]`` the token k positions
+    earlier (``None`` for a wildcard); ``importances`` align with ``tokens``; ``activation`` is
+    normalised by the max."""
 
     tokens: tuple[str | None, ...]
     importances: tuple[float, ...]
@@ -77,7 +82,8 @@ class NeuronGraph:
     def norm(self, token: str) -> str:
         return normalize_token(token, self.case_sensitive, self.strip_space)
 
-    # ---------------------------------------------------------------------------------------------- building
+    # ----------------------------------------------------------------------------------------------
+    # building
     def add_path(self, path: PathExample) -> Node:
         """Insert a path; identical paths average their activations. Returns the path's end node."""
         first = path.tokens[0]
@@ -87,7 +93,9 @@ class NeuronGraph:
         node = self.roots.setdefault(key, Node(key, 0))
         node.importance_sum += path.importances[0]
         node.importance_count += 1
-        for depth, (token, importance) in enumerate(zip(path.tokens[1:], path.importances[1:], strict=True), 1):
+        for depth, (token, importance) in enumerate(
+            zip(path.tokens[1:], path.importances[1:], strict=True), 1
+        ):
             key = WILDCARD if token is None else self.norm(token)
             node = node.children.setdefault(key, Node(key, depth))
             node.importance_sum += importance
@@ -96,7 +104,8 @@ class NeuronGraph:
         node.end_count += 1
         return node
 
-    # ---------------------------------------------------------------------------------------------- prediction
+    # ----------------------------------------------------------------------------------------------
+    # prediction
     def predict(self, tokens: Sequence[str]) -> list[float]:
         """Predicted normalised activation at every token (all-path matching, best end wins)."""
         return [max([0.0, *(end.activation for end in ends)]) for ends in self.matched_ends(tokens)]
@@ -125,8 +134,9 @@ class NeuronGraph:
         return out
 
     def predict_greedy(self, tokens: Sequence[str]) -> list[float]:
-        """The original N2G code's matching: at each step take the concrete child if it matches, else the wildcard,
-        and report the deepest end reached. Kept to show (in tests) where all-path matching differs."""
+        """The original N2G code's matching: at each step take the concrete child if it matches,
+        else the wildcard, and report the deepest end reached. Kept to show (in tests) where
+        all-path matching differs."""
         keys = [self.norm(t) for t in tokens]
         out = []
         for j, key in enumerate(keys):
@@ -143,34 +153,60 @@ class NeuronGraph:
             out.append(value)
         return out
 
-    # ---------------------------------------------------------------------------------------------- serialisation
+    # ----------------------------------------------------------------------------------------------
+    # serialisation
     def to_json(self) -> dict[str, Any]:
-        """Nodes and edges with numbers (activation, importance, depth), not colours; end nodes are explicit."""
+        """Nodes and edges with numbers (activation, importance, depth), not colours; end nodes
+        are explicit."""
         nodes: list[dict[str, Any]] = []
         edges: list[dict[str, Any]] = []
 
         def visit(node: Node, parent: int | None) -> None:
-            kind = "activating" if node.depth == 0 else ("wildcard" if node.token == WILDCARD else "context")
+            kind = (
+                "activating"
+                if node.depth == 0
+                else ("wildcard" if node.token == WILDCARD else "context")
+            )
             ident = len(nodes)
-            nodes.append({
-                "id": ident, "token": "*" if node.token == WILDCARD else node.token, "kind": kind,
-                "depth": node.depth, "importance": round(node.importance, 6), "activation": None,
-                "count": node.importance_count,
-            })
+            nodes.append(
+                {
+                    "id": ident,
+                    "token": "*" if node.token == WILDCARD else node.token,
+                    "kind": kind,
+                    "depth": node.depth,
+                    "importance": round(node.importance, 6),
+                    "activation": None,
+                    "count": node.importance_count,
+                }
+            )
             if parent is not None:
                 edges.append({"source": parent, "target": ident})
             if node.is_end:
                 end = len(nodes)
-                nodes.append({"id": end, "token": "END", "kind": "end", "depth": node.depth + 1,
-                              "importance": None, "activation": round(node.activation, 6), "count": node.end_count})
+                nodes.append(
+                    {
+                        "id": end,
+                        "token": "END",
+                        "kind": "end",
+                        "depth": node.depth + 1,
+                        "importance": None,
+                        "activation": round(node.activation, 6),
+                        "count": node.end_count,
+                    }
+                )
                 edges.append({"source": ident, "target": end})
             for key in sorted(node.children):
                 visit(node.children[key], ident)
 
         for key in sorted(self.roots):
             visit(self.roots[key], None)
-        return {"version": 1, "case_sensitive": self.case_sensitive, "strip_space": self.strip_space,
-                "nodes": nodes, "edges": edges}
+        return {
+            "version": 1,
+            "case_sensitive": self.case_sensitive,
+            "strip_space": self.strip_space,
+            "nodes": nodes,
+            "edges": edges,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NeuronGraph:
@@ -184,8 +220,12 @@ class NeuronGraph:
                 owner.end_sum = item["activation"] * item["count"]
                 continue
             key = WILDCARD if item["kind"] == "wildcard" else item["token"]
-            node = Node(key, item["depth"], importance_sum=item["importance"] * item["count"],
-                        importance_count=item["count"])
+            node = Node(
+                key,
+                item["depth"],
+                importance_sum=item["importance"] * item["count"],
+                importance_count=item["count"],
+            )
             by_id[item["id"]] = node
             if item["kind"] == "activating":
                 graph.roots[key] = node
@@ -195,15 +235,23 @@ class NeuronGraph:
 
 
 def same_graph(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-5) -> bool:
-    """Whether two serialised graphs are the same graph: identical nodes, kinds, tokens, counts and edges, and
-    activations/importances equal within ``atol``. (A batched forward pass and a single-sequence one differ in the
-    last float32 bits, so exact float equality would compare rounding, not graphs.)"""
+    """Whether two serialised graphs are the same graph: identical nodes, kinds, tokens, counts and
+    edges, and activations/importances equal within ``atol``. (A batched forward pass and a
+    single-sequence one differ in the last float32 bits, so exact float equality would compare
+    rounding, not graphs.)"""
     if a["edges"] != b["edges"] or len(a["nodes"]) != len(b["nodes"]):
         return False
     for x, y in zip(a["nodes"], b["nodes"], strict=True):
-        if (x["token"], x["kind"], x["depth"], x["count"]) != (y["token"], y["kind"], y["depth"], y["count"]):
+        if (x["token"], x["kind"], x["depth"], x["count"]) != (
+            y["token"],
+            y["kind"],
+            y["depth"],
+            y["count"],
+        ):
             return False
         for key in ("activation", "importance"):
-            if (x[key] is None) != (y[key] is None) or (x[key] is not None and abs(x[key] - y[key]) > atol):
+            if (x[key] is None) != (y[key] is None) or (
+                x[key] is not None and abs(x[key] - y[key]) > atol
+            ):
                 return False
     return True

@@ -33,10 +33,25 @@ from autointerp.store.search_index import SearchIndexTables
 from autointerp.store.similarity import SimilarityTables
 from autointerp.store.weights import WeightTables
 
-__all__ = ["DEFAULT_DB", "EXAMPLE_COLUMNS", "SCHEMA_VERSION", "TABLES", "Store", "decode_acts",
-           "default_db_path", "encode_acts"]
+__all__ = [
+    "DEFAULT_DB",
+    "EXAMPLE_COLUMNS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "Store",
+    "decode_acts",
+    "default_db_path",
+    "encode_acts",
+]
 
 
-class Store(ExplanationTables, HarvestTables, GraphTables, SearchIndexTables, SimilarityTables,
-            WeightTables, StoreCore):
+class Store(
+    ExplanationTables,
+    HarvestTables,
+    GraphTables,
+    SearchIndexTables,
+    SimilarityTables,
+    WeightTables,
+    StoreCore,
+):
     """Typed access to the results database."""

@@ -47,8 +47,9 @@ def newest_first(alias: str) -> str:
     return f"{alias}.created desc, {alias}.rowid desc"
 
 
-def newest_row(table: str, alias: str, per: Sequence[str], where: str = "",
-               every_group: bool = False) -> str:
+def newest_row(
+    table: str, alias: str, per: Sequence[str], where: str = "", every_group: bool = False
+) -> str:
     """SQL condition: row ``alias`` of ``table`` is the newest (:func:`newest_first`) of the rows
     with its ``per`` columns that satisfy ``where`` (written over the alias ``h``). The one
     definition of "a neuron's newest graph / explanation / score" in the store.
@@ -60,13 +61,18 @@ def newest_row(table: str, alias: str, per: Sequence[str], where: str = "",
     if every_group:
         partition = ", ".join(f"h.{column}" for column in per)
         condition = f" where {where}" if where else ""
-        return (f"{alias}.rowid in (select newest_rowid from (select h.rowid as newest_rowid, "
-                f"row_number() over (partition by {partition} order by {newest_first('h')}) "
-                f"as newest_rank from {table} h{condition}) where newest_rank = 1)")
-    match = " and ".join([*(f"h.{column} = {alias}.{column}" for column in per),
-                          *([where] if where else [])])
-    return (f"{alias}.rowid = (select h.rowid from {table} h where {match} "
-            f"order by {newest_first('h')} limit 1)")
+        return (
+            f"{alias}.rowid in (select newest_rowid from (select h.rowid as newest_rowid, "
+            f"row_number() over (partition by {partition} order by {newest_first('h')}) "
+            f"as newest_rank from {table} h{condition}) where newest_rank = 1)"
+        )
+    match = " and ".join(
+        [*(f"h.{column} = {alias}.{column}" for column in per), *([where] if where else [])]
+    )
+    return (
+        f"{alias}.rowid = (select h.rowid from {table} h where {match} "
+        f"order by {newest_first('h')} limit 1)"
+    )
 
 
 def run_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -84,10 +90,13 @@ class StoreCore:
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
         if self.path.is_dir():
-            raise UserError(f"{self.path} is a folder, not a database file; pass --db with a file "
-                            "name.")
+            raise UserError(
+                f"{self.path} is a folder, not a database file; pass --db with a file name."
+            )
         if not create and not self.path.exists():
-            raise UserError(f"No database at {self.path}; run `autointerp harvest` first or pass --db.")
+            raise UserError(
+                f"No database at {self.path}; run `autointerp harvest` first or pass --db."
+            )
         if self.path.parent and not self.path.parent.exists():
             raise UserError(f"The folder for the database {self.path} does not exist.")
         self.read_only = False
@@ -105,14 +114,19 @@ class StoreCore:
                 # reading it immutable is exact (for a published database: checkpointed, no -wal
                 # file beside it).
                 self.db.close()
-                self.db = sqlite_utils.Database(sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0))
+                self.db = sqlite_utils.Database(
+                    sqlite3.connect(
+                        f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0
+                    )
+                )
                 self.read_only = True
                 self._check_owner()
             self.db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
-            raise UserError(f"{self.path} cannot be read as an autointerp database ({exc}); give "
-                            "another --db or restore the file.") from exc
+            raise UserError(
+                f"{self.path} cannot be read as an autointerp database ({exc}); give "
+                "another --db or restore the file."
+            ) from exc
         self._ensure_schema()
 
     def _check_owner(self) -> None:
@@ -121,19 +135,25 @@ class StoreCore:
         tables = set(self.db.table_names())
         if not tables:
             return
-        row = self.db.execute("select value from meta where key = 'schema_version'").fetchone() \
-            if "meta" in tables and "value" in {c.name for c in self.db["meta"].columns} else None
+        row = (
+            self.db.execute("select value from meta where key = 'schema_version'").fetchone()
+            if "meta" in tables and "value" in {c.name for c in self.db["meta"].columns}
+            else None
+        )
         if row is None:
             some = ", ".join(sorted(tables)[:4])
-            raise UserError(f"{self.path} is an SQLite database of another program (tables: "
-                            f"{some}), not an autointerp database; give another --db.")
+            raise UserError(
+                f"{self.path} is an SQLite database of another program (tables: "
+                f"{some}), not an autointerp database; give another --db."
+            )
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
-        """One unit of work in one transaction. ``BEGIN IMMEDIATE`` takes the write lock up front: a deferred
-        transaction that reads first and writes later fails at once with "database is locked" when another
-        connection committed in between (SQLite cannot upgrade a stale snapshot), whereas waiting for the lock
-        here goes through ``busy_timeout``. Nested calls become savepoints."""
+        """One unit of work in one transaction. ``BEGIN IMMEDIATE`` takes the write lock up front: a
+        deferred transaction that reads first and writes later fails at once with "database is
+        locked" when another connection committed in between (SQLite cannot upgrade a stale
+        snapshot), whereas waiting for the lock here goes through ``busy_timeout``. Nested calls
+        become savepoints."""
         conn = self.db.conn
         if conn.in_transaction:
             with self.db.atomic():
@@ -159,13 +179,16 @@ class StoreCore:
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise UserError(
-                    f"The database {self.path} has schema version {version}, newer than this autointerp "
-                    f"understands ({SCHEMA_VERSION}); upgrade autointerp."
+                    f"The database {self.path} has schema version {version}, newer than this"
+                    f" autointerp understands ({SCHEMA_VERSION}); upgrade autointerp."
                 )
             if version == SCHEMA_VERSION and schema.is_current(db):
-                return  # opening a current database writes nothing, so readers never wait for a writer
+                # opening a current database writes nothing, so readers never wait for a writer
+                return
         if self.read_only:
-            raise UserError(f"The database {self.path} is read-only and was written by an older "
-                            "autointerp; copy it somewhere writable once so it can be upgraded.")
+            raise UserError(
+                f"The database {self.path} is read-only and was written by an older "
+                "autointerp; copy it somewhere writable once so it can be upgraded."
+            )
         with self.atomic():
             schema.create_or_upgrade(db)

@@ -16,18 +16,35 @@ from autointerp.store.core import StoreCore, run_row
 
 #: The columns of an example row after ``run_id``, in the order :meth:`HarvestTables.finish_run`
 #: takes them.
-EXAMPLE_COLUMNS = ("layer", "neuron", "kind", "rank", "split", "context_id", "max_activation", "min_activation",
-                   "peak_index", "interval", "activations")
+EXAMPLE_COLUMNS = (
+    "layer",
+    "neuron",
+    "kind",
+    "rank",
+    "split",
+    "context_id",
+    "max_activation",
+    "min_activation",
+    "peak_index",
+    "interval",
+    "activations",
+)
+
 
 class HarvestTables(StoreCore):
     """Models, runs, checkpoints and the harvest results."""
 
-    # ---------------------------------------------------------------------------------------------- models/runs
+    # ----------------------------------------------------------------------------------------------
+    # models/runs
     def upsert_model(self, info: dict[str, Any]) -> None:
         provenance = info.get("provenance", {})
         self.db["models"].upsert(
-            {"name": info["name"], "info": json.dumps(info), "provenance": json.dumps(provenance),
-             "updated": time.time()},
+            {
+                "name": info["name"],
+                "info": json.dumps(info),
+                "provenance": json.dumps(provenance),
+                "updated": time.time(),
+            },
             pk="name",
         )
 
@@ -35,11 +52,13 @@ class HarvestTables(StoreCore):
         row = next(self.db.query("select info from models where name = ?", [name]), None)
         return json.loads(row["info"]) if row else None
 
-    def find_run(self, model: str, stage: str, config_hash: str, shard: tuple[int, int]) -> dict[str, Any] | None:
+    def find_run(
+        self, model: str, stage: str, config_hash: str, shard: tuple[int, int]
+    ) -> dict[str, Any] | None:
         row = next(
             self.db.query(
-                "select * from runs where model = ? and stage = ? and config_hash = ? and shard_index = ? "
-                "and shard_count = ? order by id desc limit 1",
+                "select * from runs where model = ? and stage = ? and config_hash = ? and"
+                " shard_index = ? and shard_count = ? order by id desc limit 1",
                 [model, stage, config_hash, shard[0], shard[1]],
             ),
             None,
@@ -47,19 +66,36 @@ class HarvestTables(StoreCore):
         return run_row(row) if row else None
 
     def finish_stage(self, run_id: int) -> None:
-        self.db.execute("update runs set status = 'complete', finished = ? where id = ?", [time.time(), run_id])
+        self.db.execute(
+            "update runs set status = 'complete', finished = ? where id = ?", [time.time(), run_id]
+        )
         self.db.conn.commit()
 
-    def create_run(self, model: str, stage: str, config: dict[str, Any], config_hash: str, shard: tuple[int, int],
-                   corpus: dict[str, Any]) -> int:
+    def create_run(
+        self,
+        model: str,
+        stage: str,
+        config: dict[str, Any],
+        config_hash: str,
+        shard: tuple[int, int],
+        corpus: dict[str, Any],
+    ) -> int:
         with self.atomic():
             table = self.db["runs"]
             table.insert(
                 {
-                    "model": model, "stage": stage, "config": json.dumps(config, sort_keys=True),
-                    "config_hash": config_hash, "shard_index": shard[0], "shard_count": shard[1],
-                    "status": "running", "corpus": json.dumps(corpus), "contexts_done": 0, "tokens_done": 0,
-                    "created": time.time(), "finished": None,
+                    "model": model,
+                    "stage": stage,
+                    "config": json.dumps(config, sort_keys=True),
+                    "config_hash": config_hash,
+                    "shard_index": shard[0],
+                    "shard_count": shard[1],
+                    "status": "running",
+                    "corpus": json.dumps(corpus),
+                    "contexts_done": 0,
+                    "tokens_done": 0,
+                    "created": time.time(),
+                    "finished": None,
                 }
             )
             return int(table.last_pk)
@@ -69,42 +105,63 @@ class HarvestTables(StoreCore):
         return [run_row(r) for r in self.db.query(sql, [model] if model else [])]
 
     def harvested_layers(self, model: str) -> dict[int, dict[str, Any]]:
-        """Layer -> the newest finished, unsharded (or merged) harvest run of ``model`` that covers it: the runs
-        every query reads. Unmerged shard runs are not here."""
+        """Layer -> the newest finished, unsharded (or merged) harvest run of ``model`` that covers
+        it: the runs every query reads. Unmerged shard runs are not here."""
         out: dict[int, dict[str, Any]] = {}
         for run in self.runs(model):
-            if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
+            if (
+                run["stage"] == "harvest"
+                and run["status"] == "complete"
+                and run["shard_count"] == 1
+            ):
                 for layer in run["config"]["layers"]:
                     out[layer] = run  # runs come in id order: later ones win
         return out
 
     def latest_complete_run(self, model: str, layer: int | None = None) -> dict[str, Any] | None:
-        """The newest finished, unsharded (or merged) harvest of ``model`` that covers ``layer`` (any layer if None)."""
+        """The newest finished, unsharded (or merged) harvest of ``model`` that covers ``layer``
+        (any layer if None)."""
         layers = self.harvested_layers(model)
         if layer is not None:
             return layers.get(layer)
         return max(layers.values(), key=lambda r: r["id"], default=None)
 
-    # ---------------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]) -> None:
-        """Replace the run's checkpoint in one transaction, so a kill leaves the previous one intact."""
+    # ----------------------------------------------------------------------------------------------
+    # checkpoints
+    def save_checkpoint(
+        self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]
+    ) -> None:
+        """Replace the run's checkpoint in one transaction, so a kill leaves the previous one
+        intact."""
         with self.atomic():
             self.db.execute("delete from checkpoints where run_id = ?", [run_id])
             self.db["checkpoints"].insert_all(
-                {"run_id": run_id, "layer": layer, "contexts_done": contexts_done, "final": 0, "state": blob}
+                {
+                    "run_id": run_id,
+                    "layer": layer,
+                    "contexts_done": contexts_done,
+                    "final": 0,
+                    "state": blob,
+                }
                 for layer, blob in states.items()
             )
             self.db.execute(
-                "update runs set contexts_done = ?, tokens_done = ? where id = ?", [contexts_done, tokens_done, run_id]
+                "update runs set contexts_done = ?, tokens_done = ? where id = ?",
+                [contexts_done, tokens_done, run_id],
             )
 
     def load_checkpoint(self, run_id: int) -> tuple[int, dict[int, bytes]]:
-        rows = list(self.db.query("select layer, contexts_done, state from checkpoints where run_id = ?", [run_id]))
+        rows = list(
+            self.db.query(
+                "select layer, contexts_done, state from checkpoints where run_id = ?", [run_id]
+            )
+        )
         if not rows:
             return 0, {}
         return int(rows[0]["contexts_done"]), {int(r["layer"]): r["state"] for r in rows}
 
-    # ---------------------------------------------------------------------------------------------- results
+    # ----------------------------------------------------------------------------------------------
+    # results
     def finish_run(
         self,
         run_id: int,
@@ -118,8 +175,9 @@ class HarvestTables(StoreCore):
     ) -> None:
         """Write every result row of a run and mark it complete, all in one transaction.
 
-        ``states`` (sharded runs) are kept as the run's final accumulator state so ``merge`` can combine shards.
-        ``examples`` are tuples in :data:`EXAMPLE_COLUMNS` order, inserted with ``executemany`` (millions of rows).
+        ``states`` (sharded runs) are kept as the run's final accumulator state so ``merge`` can
+        combine shards. ``examples`` are tuples in :data:`EXAMPLE_COLUMNS` order, inserted with
+        ``executemany`` (millions of rows).
         """
         db = self.db
         with self.atomic():
@@ -130,23 +188,33 @@ class HarvestTables(StoreCore):
             db["neurons"].insert_all(({"run_id": run_id, **n} for n in neurons), batch_size=1000)
             columns = ", ".join(f"[{c}]" for c in ("run_id", *EXAMPLE_COLUMNS))
             marks = ", ".join("?" * (len(EXAMPLE_COLUMNS) + 1))
-            db.conn.executemany(f"insert into examples ({columns}) values ({marks})",
-                                ((run_id, *row) for row in examples))
+            db.conn.executemany(
+                f"insert into examples ({columns}) values ({marks})",
+                ((run_id, *row) for row in examples),
+            )
             db.execute("delete from checkpoints where run_id = ?", [run_id])
             if states:
                 db["checkpoints"].insert_all(
-                    {"run_id": run_id, "layer": layer, "contexts_done": contexts_done, "final": 1, "state": blob}
+                    {
+                        "run_id": run_id,
+                        "layer": layer,
+                        "contexts_done": contexts_done,
+                        "final": 1,
+                        "state": blob,
+                    }
                     for layer, blob in states.items()
                 )
             db.execute(
-                "update runs set status = 'complete', finished = ?, contexts_done = ?, tokens_done = ? where id = ?",
+                "update runs set status = 'complete', finished = ?, contexts_done = ?, tokens_done"
+                " = ? where id = ?",
                 [time.time(), contexts_done, tokens_done, run_id],
             )
 
     def neuron(self, run_id: int, layer: int, neuron: int) -> dict[str, Any] | None:
         row = next(
             self.db.query(
-                "select * from neurons where run_id = ? and layer = ? and neuron = ?", [run_id, layer, neuron]
+                "select * from neurons where run_id = ? and layer = ? and neuron = ?",
+                [run_id, layer, neuron],
             ),
             None,
         )
@@ -157,13 +225,19 @@ class HarvestTables(StoreCore):
         row["ctx_max_hist"] = json.loads(row["ctx_max_hist"])
         return row
 
-    def examples(self, run_id: int, layer: int, neuron: int, kinds: Iterable[str] | None = None,
-                 split: str | None = None) -> Iterator[dict[str, Any]]:
+    def examples(
+        self,
+        run_id: int,
+        layer: int,
+        neuron: int,
+        kinds: Iterable[str] | None = None,
+        split: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Examples with their context tokens joined in, ordered by kind then rank."""
         sql = (
-            "select e.*, c.tokens, c.str_tokens, c.doc_index, c.offsets from examples e join contexts c "
-            "on c.run_id = e.run_id and c.context_id = e.context_id "
-            "where e.run_id = ? and e.layer = ? and e.neuron = ?"
+            "select e.*, c.tokens, c.str_tokens, c.doc_index, c.offsets from examples e join"
+            " contexts c on c.run_id = e.run_id and c.context_id = e.context_id where e.run_id = ?"
+            " and e.layer = ? and e.neuron = ?"
         )
         params: list[Any] = [run_id, layer, neuron]
         if kinds is not None:
@@ -173,7 +247,10 @@ class HarvestTables(StoreCore):
         if split is not None:
             sql += " and e.split = ?"
             params.append(split)
-        sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
+        sql += (
+            " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2"
+            " else 3 end, e.rank"
+        )
         for row in self.db.query(sql, params):
             out = dict(row)
             out["activations"] = decode_acts(row["activations"]).tolist()
@@ -183,7 +260,10 @@ class HarvestTables(StoreCore):
 
     def document(self, run_id: int, doc_index: int) -> dict[str, Any] | None:
         row = next(
-            self.db.query("select * from documents where run_id = ? and doc_index = ?", [run_id, doc_index]), None
+            self.db.query(
+                "select * from documents where run_id = ? and doc_index = ?", [run_id, doc_index]
+            ),
+            None,
         )
         return dict(row) if row else None
 
@@ -193,20 +273,25 @@ class HarvestTables(StoreCore):
     def document_rows(self, run_id: int, doc_indices: Iterable[int]) -> dict[int, dict[str, Any]]:
         return self._rows_by_id("documents", "doc_index", run_id, doc_indices)
 
-    def _rows_by_id(self, table: str, column: str, run_id: int, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    def _rows_by_id(
+        self, table: str, column: str, run_id: int, ids: Iterable[int]
+    ) -> dict[int, dict[str, Any]]:
         """Rows of one run by id, in chunks that stay under SQLite's limit on bound parameters."""
         wanted = sorted({int(i) for i in ids})
         out: dict[int, dict[str, Any]] = {}
         for start in range(0, len(wanted), 900):
-            chunk = wanted[start:start + 900]
-            sql = f"select * from {table} where run_id = ? and {column} in ({','.join('?' * len(chunk))})"
+            chunk = wanted[start : start + 900]
+            sql = (
+                f"select * from {table} where run_id = ? and {column} in"
+                f" ({','.join('?' * len(chunk))})"
+            )
             for row in self.db.query(sql, [run_id, *chunk]):
                 out[int(row[column])] = dict(row)
         return out
 
     def delete_runs(self, run_ids: Iterable[int]) -> None:
-        """Remove harvest runs and every row they own, in one transaction (the Ray driver's shard runs, once
-        merged: they hold nothing the merged run lacks)."""
+        """Remove harvest runs and every row they own, in one transaction (the Ray driver's shard
+        runs, once merged: they hold nothing the merged run lacks)."""
         ids = list(run_ids)
         if not ids:
             return
@@ -217,36 +302,58 @@ class HarvestTables(StoreCore):
                 self.db.execute(f"delete from {table} where {column} in ({marks})", ids)
 
     def final_states(self, run_id: int) -> dict[int, bytes]:
-        rows = self.db.query("select layer, state from checkpoints where run_id = ? and final = 1", [run_id])
+        rows = self.db.query(
+            "select layer, state from checkpoints where run_id = ? and final = 1", [run_id]
+        )
         return {int(r["layer"]): r["state"] for r in rows}
 
     def runs_fingerprint(self) -> tuple[Any, ...]:
-        """A cheap value that changes whenever a run is added or finishes: the server re-reads its run map then."""
-        row = self.db.execute("select count(*), max(id), sum(status = 'complete'), max(finished) from runs")
+        """A cheap value that changes whenever a run is added or finishes: the server re-reads
+        its run map then."""
+        row = self.db.execute(
+            "select count(*), max(id), sum(status = 'complete'), max(finished) from runs"
+        )
         return tuple(row.fetchone())
 
     def layer_neuron_count(self, run_id: int, layer: int) -> int:
-        return int(self.db.execute("select count(*) from neurons where run_id = ? and layer = ?",
-                                   [run_id, layer]).fetchone()[0])
+        return int(
+            self.db.execute(
+                "select count(*) from neurons where run_id = ? and layer = ?", [run_id, layer]
+            ).fetchone()[0]
+        )
 
     def layer_stats(self, run_id: int, layer: int, offset: int, limit: int) -> list[dict[str, Any]]:
-        """A page of per-neuron statistics of one layer, by neuron index (histograms left out: they are big)."""
-        return [dict(r) for r in self.db.query(
-            "select neuron, count, mean, variance, max, min, frac_positive from neurons where run_id = ? and "
-            "layer = ? order by neuron limit ? offset ?", [run_id, layer, limit, offset])]
+        """A page of per-neuron statistics of one layer, by neuron index (histograms left out:
+        they are big)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select neuron, count, mean, variance, max, min, frac_positive from neurons where"
+                " run_id = ? and layer = ? order by neuron limit ? offset ?",
+                [run_id, layer, limit, offset],
+            )
+        ]
 
-    def example_rows_raw(self, run_id: int, layer: int, neuron: int,
-                         kinds: Iterable[str] | None = None, limit: int | None = None,
-                         ranks: dict[str, list[int]] | None = None) -> list[tuple[Any, ...]]:
-        """Examples as raw tuples (kind, rank, split, context_id, max, min, peak_index, interval, activations blob,
-        str_tokens JSON, tokens JSON, doc_index JSON), in :meth:`examples` order: the server embeds the stored JSON
-        text as it is instead of decoding and re-encoding it for every request. ``limit``: the first
-        ranks of each kind only (the rest are never read); ``ranks``: :meth:`example_ranks`, if the
-        caller has them."""
-        sql = ("select e.kind, e.rank, e.split, e.context_id, e.max_activation, e.min_activation, e.peak_index, "
-               "e.interval, e.activations, c.str_tokens, c.tokens, c.doc_index from examples e join contexts c "
-               "on c.run_id = e.run_id and c.context_id = e.context_id where e.run_id = ? and e.layer = ? and "
-               "e.neuron = ?")
+    def example_rows_raw(
+        self,
+        run_id: int,
+        layer: int,
+        neuron: int,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+        ranks: dict[str, list[int]] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Examples as raw tuples (kind, rank, split, context_id, max, min, peak_index, interval,
+        activations blob, str_tokens JSON, tokens JSON, doc_index JSON), in :meth:`examples` order:
+        the server embeds the stored JSON text as it is instead of decoding and re-encoding it for
+        every request. ``limit``: the first ranks of each kind only (the rest are never read);
+        ``ranks``: :meth:`example_ranks`, if the caller has them."""
+        sql = (
+            "select e.kind, e.rank, e.split, e.context_id, e.max_activation, e.min_activation,"
+            " e.peak_index, e.interval, e.activations, c.str_tokens, c.tokens, c.doc_index from"
+            " examples e join contexts c on c.run_id = e.run_id and c.context_id = e.context_id"
+            " where e.run_id = ? and e.layer = ? and e.neuron = ?"
+        )
         params: list[Any] = [run_id, layer, neuron]
         if kinds is not None:
             kinds = list(kinds)
@@ -254,27 +361,38 @@ class HarvestTables(StoreCore):
             params += kinds
         if limit is not None:  # ranks need not be contiguous (quantile ranks are interval x 4 + k)
             ranks = ranks if ranks is not None else self.example_ranks(run_id, layer, neuron)
-            cuts = {kind: (r[limit - 1] if limit else -1) for kind, r in ranks.items()
-                    if len(r) > limit}
+            cuts = {
+                kind: r[limit - 1] if limit else -1 for kind, r in ranks.items() if len(r) > limit
+            }
             if cuts:
                 sql += " and (" + " or ".join("(e.kind = ? and e.rank <= ?)" for _ in cuts)
                 sql += f" or e.kind not in ({','.join('?' * len(cuts))}))"
                 params += [v for kind, cut in cuts.items() for v in (kind, cut)] + list(cuts)
-        sql += " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2 else 3 end, e.rank"
+        sql += (
+            " order by case e.kind when 'top' then 0 when 'bottom' then 1 when 'quantile' then 2"
+            " else 3 end, e.rank"
+        )
         return self.db.execute(sql, params).fetchall()
 
     def example_ranks(self, run_id: int, layer: int, neuron: int) -> dict[str, list[int]]:
         """Kind -> the ranks of a neuron's examples of that kind, in order (from the primary key's
         index alone: no example is read)."""
         ranks: dict[str, list[int]] = {}
-        for kind, rank in self.db.execute("select kind, rank from examples where run_id = ? and "
-                                          "layer = ? and neuron = ? order by rank",
-                                          [run_id, layer, neuron]):
+        for kind, rank in self.db.execute(
+            "select kind, rank from examples where run_id = ? and "
+            "layer = ? and neuron = ? order by rank",
+            [run_id, layer, neuron],
+        ):
             ranks.setdefault(kind, []).append(rank)
         return ranks
 
     def firing_neurons(self, run_id: int, layer: int) -> list[int]:
         """Neurons of a harvested layer that fire at all (max activation > 0), in index order."""
-        return [int(r["neuron"]) for r in self.db.query(
-            "select neuron from neurons where run_id = ? and layer = ? and max > 0 order by neuron",
-            [run_id, layer])]
+        return [
+            int(r["neuron"])
+            for r in self.db.query(
+                "select neuron from neurons where run_id = ? and layer = ? and max > 0 order by"
+                " neuron",
+                [run_id, layer],
+            )
+        ]

@@ -110,8 +110,12 @@ _RUN = ("run_id", "runs", "id")
 #: opened (older rows read NULL there; older code ignores them). ``scores.score_raw`` came with
 #: schema 3; the ``graphs`` columns came without a version bump.
 ADDED_COLUMNS: dict[str, dict[str, type]] = {
-    "graphs": {"f1_top": float, "correlation_top": float, "f1_random": float,
-               "correlation_random": float},
+    "graphs": {
+        "f1_top": float,
+        "correlation_top": float,
+        "f1_random": float,
+        "correlation_random": float,
+    },
     "scores": {"score_raw": float},
 }
 
@@ -119,77 +123,239 @@ ADDED_COLUMNS: dict[str, dict[str, type]] = {
 SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
     Table("meta", {"key": str, "value": str}, "key"),
     Table("models", {"name": str, "info": str, "provenance": str, "updated": float}, "name"),
-    Table("runs", {"id": int, "model": str, "stage": str, "config": str, "config_hash": str,
-                   "shard_index": int, "shard_count": int, "status": str, "corpus": str,
-                   "contexts_done": int, "tokens_done": int, "created": float, "finished": float},
-          "id", (("model", "models", "name"),)),
-    Table("checkpoints", {"run_id": int, "layer": int, "contexts_done": int, "final": int,
-                          "state": bytes},
-          ("run_id", "layer"), (_RUN,)),
-    Table("documents", {"run_id": int, "doc_index": int, "doc_id": str, "source": str,
-                        "text": str},
-          ("run_id", "doc_index"), (_RUN,)),
-    Table("contexts", {"run_id": int, "context_id": int, "tokens": str, "str_tokens": str,
-                       "doc_index": str, "offsets": str},
-          ("run_id", "context_id"), (_RUN,)),
-    Table("neurons", {"run_id": int, "layer": int, "neuron": int, "count": int, "mean": float,
-                      "variance": float, "max": float, "min": float, "frac_positive": float,
-                      "sum": float, "sum_sq": float, "n_positive": int, "hist": str,
-                      "ctx_max_hist": str},
-          ("run_id", "layer", "neuron"), (_RUN,)),
-    Table("examples", {"run_id": int, "layer": int, "neuron": int, "kind": str, "rank": int,
-                       "split": str, "context_id": int, "max_activation": float,
-                       "min_activation": float, "peak_index": int, "interval": int,
-                       "activations": bytes},
-          ("run_id", "layer", "neuron", "kind", "rank"), (_RUN,)),
-    Table("graphs", {"run_id": int, "layer": int, "neuron": int, "config_hash": str, "graph": str,
-                     "n_nodes": int, "precision": float, "recall": float, "f1": float,
-                     "correlation": float, "n_tokens": int, "n_true_firing": int,
-                     "n2g_run_id": int, "seconds": float, "created": float,
-                     **ADDED_COLUMNS["graphs"]},
-          ("run_id", "layer", "neuron", "config_hash"), (_RUN, ("n2g_run_id", "runs", "id"))),
-    Table("explanations", {"run_id": int, "layer": int, "neuron": int, "kind": str,
-                           "config_hash": str, "status": str, "text": str, "error": str,
-                           "prompt_version": str, "prompt_hash": str, "model": str,
-                           "explain_run_id": int, "prompt_tokens": int,
-                           "completion_tokens": int, "cost_usd": float, "seconds": float,
-                           "created": float},
-          ("run_id", "layer", "neuron", "kind", "config_hash"),
-          (_RUN, ("explain_run_id", "runs", "id"))),
-    Table("scores", {"run_id": int, "layer": int, "neuron": int, "method": str,
-                     "config_hash": str, "status": str, "score": float, "score_raw": float,
-                     "score_top": float, "score_random": float, "r2": float, "n_tokens": int,
-                     "simulator_model": str, "simulator_mode": str, "error": str,
-                     "prompt_tokens": int, "completion_tokens": int, "cost_usd": float,
-                     "explain_run_id": int, "created": float},
-          ("run_id", "layer", "neuron", "method", "config_hash"),
-          (_RUN, ("explain_run_id", "runs", "id"))),
-    Table("llm_cache", {"key": str, "model": str, "endpoint_kind": str, "request": str,
-                        "response": str, "prompt_tokens": int, "completion_tokens": int,
-                        "created": float}, "key"),
+    Table(
+        "runs",
+        {
+            "id": int,
+            "model": str,
+            "stage": str,
+            "config": str,
+            "config_hash": str,
+            "shard_index": int,
+            "shard_count": int,
+            "status": str,
+            "corpus": str,
+            "contexts_done": int,
+            "tokens_done": int,
+            "created": float,
+            "finished": float,
+        },
+        "id",
+        (("model", "models", "name"),),
+    ),
+    Table(
+        "checkpoints",
+        {"run_id": int, "layer": int, "contexts_done": int, "final": int, "state": bytes},
+        ("run_id", "layer"),
+        (_RUN,),
+    ),
+    Table(
+        "documents",
+        {"run_id": int, "doc_index": int, "doc_id": str, "source": str, "text": str},
+        ("run_id", "doc_index"),
+        (_RUN,),
+    ),
+    Table(
+        "contexts",
+        {
+            "run_id": int,
+            "context_id": int,
+            "tokens": str,
+            "str_tokens": str,
+            "doc_index": str,
+            "offsets": str,
+        },
+        ("run_id", "context_id"),
+        (_RUN,),
+    ),
+    Table(
+        "neurons",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "count": int,
+            "mean": float,
+            "variance": float,
+            "max": float,
+            "min": float,
+            "frac_positive": float,
+            "sum": float,
+            "sum_sq": float,
+            "n_positive": int,
+            "hist": str,
+            "ctx_max_hist": str,
+        },
+        ("run_id", "layer", "neuron"),
+        (_RUN,),
+    ),
+    Table(
+        "examples",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "kind": str,
+            "rank": int,
+            "split": str,
+            "context_id": int,
+            "max_activation": float,
+            "min_activation": float,
+            "peak_index": int,
+            "interval": int,
+            "activations": bytes,
+        },
+        ("run_id", "layer", "neuron", "kind", "rank"),
+        (_RUN,),
+    ),
+    Table(
+        "graphs",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "config_hash": str,
+            "graph": str,
+            "n_nodes": int,
+            "precision": float,
+            "recall": float,
+            "f1": float,
+            "correlation": float,
+            "n_tokens": int,
+            "n_true_firing": int,
+            "n2g_run_id": int,
+            "seconds": float,
+            "created": float,
+            **ADDED_COLUMNS["graphs"],
+        },
+        ("run_id", "layer", "neuron", "config_hash"),
+        (_RUN, ("n2g_run_id", "runs", "id")),
+    ),
+    Table(
+        "explanations",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "kind": str,
+            "config_hash": str,
+            "status": str,
+            "text": str,
+            "error": str,
+            "prompt_version": str,
+            "prompt_hash": str,
+            "model": str,
+            "explain_run_id": int,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cost_usd": float,
+            "seconds": float,
+            "created": float,
+        },
+        ("run_id", "layer", "neuron", "kind", "config_hash"),
+        (_RUN, ("explain_run_id", "runs", "id")),
+    ),
+    Table(
+        "scores",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "method": str,
+            "config_hash": str,
+            "status": str,
+            "score": float,
+            "score_raw": float,
+            "score_top": float,
+            "score_random": float,
+            "r2": float,
+            "n_tokens": int,
+            "simulator_model": str,
+            "simulator_mode": str,
+            "error": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cost_usd": float,
+            "explain_run_id": int,
+            "created": float,
+        },
+        ("run_id", "layer", "neuron", "method", "config_hash"),
+        (_RUN, ("explain_run_id", "runs", "id")),
+    ),
+    Table(
+        "llm_cache",
+        {
+            "key": str,
+            "model": str,
+            "endpoint_kind": str,
+            "request": str,
+            "response": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "created": float,
+        },
+        "key",
+    ),
     Index("runs", ("model", "status")),
     # the search index, similarity and weight facts
-    Table("token_index", {"model": str, "layer": int, "neuron": int, "kind": str, "token": str,
-                          "weight": float},
-          ("model", "layer", "neuron", "kind", "token")),
+    Table(
+        "token_index",
+        {"model": str, "layer": int, "neuron": int, "kind": str, "token": str, "weight": float},
+        ("model", "layer", "neuron", "kind", "token"),
+    ),
     Index("token_index", ("model", "kind", "token")),
-    Table("indexed_graphs", {"model": str, "layer": int, "neuron": int, "run_id": int,
-                             "config_hash": str, "created": float},
-          ("model", "layer", "neuron")),
-    Table("similarities", {"run_id": int, "layer": int, "neuron": int, "rank": int,
-                           "other_layer": int, "other_neuron": int, "similarity": float},
-          ("run_id", "layer", "neuron", "rank"), (_RUN,)),
-    Table("weights", {"model": str, "layer": int, "neuron": int, "input_vector": str,
-                      "cos_in_out": float, "cos_gate_out": float, "top_tokens": str,
-                      "bottom_tokens": str, "created": float},
-          ("model", "layer", "neuron")),
+    Table(
+        "indexed_graphs",
+        {
+            "model": str,
+            "layer": int,
+            "neuron": int,
+            "run_id": int,
+            "config_hash": str,
+            "created": float,
+        },
+        ("model", "layer", "neuron"),
+    ),
+    Table(
+        "similarities",
+        {
+            "run_id": int,
+            "layer": int,
+            "neuron": int,
+            "rank": int,
+            "other_layer": int,
+            "other_neuron": int,
+            "similarity": float,
+        },
+        ("run_id", "layer", "neuron", "rank"),
+        (_RUN,),
+    ),
+    Table(
+        "weights",
+        {
+            "model": str,
+            "layer": int,
+            "neuron": int,
+            "input_vector": str,
+            "cos_in_out": float,
+            "cos_gate_out": float,
+            "top_tokens": str,
+            "bottom_tokens": str,
+            "created": float,
+        },
+        ("model", "layer", "neuron"),
+    ),
     FullTextIndex("explanations_fts", "explanations", "text"),
     # search by meaning; evaluation results
-    Table("text_embeddings", {"key": str, "embedder": str, "vector": bytes, "created": float},
-          "key"),
-    Table("evaluations", {"run_id": int, "model": str, "kind": str, "result": str,
-                          "created": float},
-          "run_id", (_RUN,)),
+    Table(
+        "text_embeddings", {"key": str, "embedder": str, "vector": bytes, "created": float}, "key"
+    ),
+    Table(
+        "evaluations",
+        {"run_id": int, "model": str, "kind": str, "result": str, "created": float},
+        "run_id",
+        (_RUN,),
+    ),
 )
 
 #: Every table a current database has (checked when it is opened).
@@ -199,8 +365,13 @@ TABLES = tuple(item.name for item in SCHEMA if not isinstance(item, Index))
 def missing_columns(db: sqlite_utils.Database) -> list[tuple[str, str, type]]:
     """The :data:`ADDED_COLUMNS` that tables of ``db`` lack."""
     tables = set(db.table_names())
-    return [(table, column, kind) for table, columns in ADDED_COLUMNS.items() if table in tables
-            for column, kind in columns.items() if column not in db[table].columns_dict]
+    return [
+        (table, column, kind)
+        for table, columns in ADDED_COLUMNS.items()
+        if table in tables
+        for column, kind in columns.items()
+        if column not in db[table].columns_dict
+    ]
 
 
 def is_current(db: sqlite_utils.Database) -> bool:
@@ -211,13 +382,18 @@ def is_current(db: sqlite_utils.Database) -> bool:
 def create_or_upgrade(db: sqlite_utils.Database) -> None:
     """Create what :data:`SCHEMA` declares and ``db`` lacks, and record :data:`SCHEMA_VERSION`;
     call it inside a transaction (plain SQL only: nothing here commits)."""
-    db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key",
-                      replace=True)
+    db["meta"].insert(
+        {"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key", replace=True
+    )
     for item in SCHEMA:
         if isinstance(item, Table):
             # an older table keeps its columns: the missing ones are added below
-            db[item.name].create(item.columns, pk=item.pk,
-                                 foreign_keys=list(item.foreign_keys) or None, if_not_exists=True)
+            db[item.name].create(
+                item.columns,
+                pk=item.pk,
+                foreign_keys=list(item.foreign_keys) or None,
+                if_not_exists=True,
+            )
         elif isinstance(item, Index):
             db[item.table].create_index(list(item.columns), if_not_exists=True)
         elif item.name not in db.table_names():
@@ -229,14 +405,17 @@ def create_or_upgrade(db: sqlite_utils.Database) -> None:
 
 def _create_fts(db: sqlite_utils.Database, fts: FullTextIndex) -> None:
     name, table, column = fts.name, fts.table, fts.column
-    db.execute(f"create virtual table {name} using fts5 ({column}, tokenize='porter', "
-               f"content={table})")
+    db.execute(
+        f"create virtual table {name} using fts5 ({column}, tokenize='porter', content={table})"
+    )
     db.execute(f"insert into {name} ({name}) values ('rebuild')")
-    delete = (f"insert into {name} ({name}, rowid, {column}) values "
-              f"('delete', old.rowid, old.{column});")
+    delete = (
+        f"insert into {name} ({name}, rowid, {column}) values ('delete', old.rowid, old.{column});"
+    )
     insert = f"insert into {name} (rowid, {column}) values (new.rowid, new.{column});"
-    trigger = ("create trigger if not exists {table}_{suffix} after {event} on {table} "
-               "begin {body} end")
+    trigger = (
+        "create trigger if not exists {table}_{suffix} after {event} on {table} begin {body} end"
+    )
     db.execute(trigger.format(table=table, suffix="ai", event="insert", body=insert))
     db.execute(trigger.format(table=table, suffix="ad", event="delete", body=delete))
     db.execute(trigger.format(table=table, suffix="au", event="update", body=f"{delete} {insert}"))

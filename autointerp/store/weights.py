@@ -18,18 +18,36 @@ class WeightTables(StoreCore):
         now = time.time()
         with self.atomic():
             self.db["weights"].insert_all(
-                ({"model": model, **r, "top_tokens": json.dumps(r["top_tokens"]),
-                  "bottom_tokens": json.dumps(r["bottom_tokens"]), "created": now} for r in rows),
-                replace=True, batch_size=500)
+                (
+                    {
+                        "model": model,
+                        **r,
+                        "top_tokens": json.dumps(r["top_tokens"]),
+                        "bottom_tokens": json.dumps(r["bottom_tokens"]),
+                        "created": now,
+                    }
+                    for r in rows
+                ),
+                replace=True,
+                batch_size=500,
+            )
 
     def weight_layers(self, model: str) -> set[int]:
-        return {int(r[0]) for r in self.db.execute("select distinct layer from weights where model = ?", [model])}
+        return {
+            int(r[0])
+            for r in self.db.execute("select distinct layer from weights where model = ?", [model])
+        }
 
     def weight_facts(self, model: str, layer: int, neuron: int) -> dict[str, Any] | None:
-        """``{"layer", "neuron", "input_vector", "cos_in_out", "cos_gate_out", "top_tokens", "bottom_tokens"}`` or
-        None; tokens are ``[{"token", "id", "logit"}]``."""
-        row = next(self.db.query("select * from weights where model = ? and layer = ? and neuron = ?",
-                                 [model, layer, neuron]), None)
+        """``{"layer", "neuron", "input_vector", "cos_in_out", "cos_gate_out", "top_tokens",
+        "bottom_tokens"}`` or None; tokens are ``[{"token", "id", "logit"}]``."""
+        row = next(
+            self.db.query(
+                "select * from weights where model = ? and layer = ? and neuron = ?",
+                [model, layer, neuron],
+            ),
+            None,
+        )
         if row is None:
             return None
         out = {k: row[k] for k in ("layer", "neuron", "input_vector", "cos_in_out", "cos_gate_out")}
