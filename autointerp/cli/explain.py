@@ -25,6 +25,34 @@ from autointerp.packaged import DEFAULT_LOCAL_LLM
 commands = Commands()
 
 
+def add_record_options(p: argparse.ArgumentParser) -> None:
+    """How many examples the explainer sees and the simulator is scored on: the same three options
+    for explain, calibrate and eval, with ExplainConfig's defaults."""
+    from autointerp.explain.run import ExplainConfig
+
+    def default(name: str) -> Any:
+        return default_of(ExplainConfig, name)
+
+    p.add_argument(
+        "--sim-top",
+        type=int,
+        default=default("sim_top"),
+        help=f"held-out top examples simulated (default {default('sim_top')})",
+    )
+    p.add_argument(
+        "--sim-random",
+        type=int,
+        default=default("sim_random"),
+        help=f"held-out random examples simulated (default {default('sim_random')})",
+    )
+    p.add_argument(
+        "--explain-records",
+        type=int,
+        default=default("explain_records"),
+        help=f"top training examples shown (default {default('explain_records')})",
+    )
+
+
 @commands.add(
     "explain",
     help="explain neurons with an LLM and score explanations, baseline and N2G by simulation",
@@ -107,24 +135,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
             "(hosted chat models), json (no logprobs)"
         ),
     )
-    p.add_argument(
-        "--sim-top",
-        type=int,
-        default=default("sim_top"),
-        help=f"held-out top examples simulated (default {default('sim_top')})",
-    )
-    p.add_argument(
-        "--sim-random",
-        type=int,
-        default=default("sim_random"),
-        help=f"held-out random examples simulated (default {default('sim_random')})",
-    )
-    p.add_argument(
-        "--explain-records",
-        type=int,
-        default=default("explain_records"),
-        help=f"top training examples shown (default {default('explain_records')})",
-    )
+    add_record_options(p)
     p.add_argument(
         "--negative", action="store_true", help="also explain the negative side of gated neurons"
     )
