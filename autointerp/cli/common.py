@@ -90,10 +90,13 @@ def db_path(args: argparse.Namespace) -> str:
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
-    """--device and --dtype, for every command that runs the subject model."""
+    """--device and --dtype (load_model's defaults) for commands that run the subject model."""
+    from autointerp.models import DTYPES, load_model
+
+    dtype = default_of(load_model, "dtype")
     p.add_argument(
         "--device",
-        default="auto",
+        default=default_of(load_model, "device"),
         help=(
             "where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or"
             " cuda:N"
@@ -101,10 +104,10 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        default=dtype,
+        choices=list(DTYPES),
         help=(
-            "the subject model's dtype (default float32); statistics stay float32/float64"
+            f"the subject model's dtype (default {dtype}); statistics stay float32/float64"
             " either way"
         ),
     )

@@ -18,6 +18,7 @@ from autointerp.cli.common import (
     print_json,
 )
 from autointerp.errors import UserError
+from autointerp.packaged import DEFAULT_MODEL, PACKAGED
 
 commands = Commands()
 
@@ -40,10 +41,10 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--model",
-        default=os.environ.get("MODEL", "gemma-3-270m"),
+        default=os.environ.get("MODEL", DEFAULT_MODEL),
         help=(
-            "packaged model (gemma-3-270m, smollm2-135m) or TransformerLens name (default: $MODEL"
-            " or gemma-3-270m)"
+            f"packaged model ({', '.join(PACKAGED)}) or TransformerLens name (default: $MODEL"
+            f" or {DEFAULT_MODEL})"
         ),
     )
     p.add_argument(

