@@ -22,8 +22,8 @@ from typing import Any
 
 import sqlite_utils
 
+import autointerp.store.schema as schema
 from autointerp.errors import UserError
-from autointerp.store import schema
 from autointerp.store.schema import SCHEMA_VERSION
 
 DEFAULT_DB = "autointerp.db"
