@@ -20,6 +20,17 @@ moves the results back. Ray does all three; we do not write our own.
 * **Resources.** Each task asks for one CPU, and one GPU when the subject model runs on CUDA, so Ray
   packs as many at once as the cluster holds. Workers load the subject model themselves, from their
   own ``autointerp setup`` cache (``$AUTOINTERP_CACHE``).
+
+N2G graphs (``autointerp graph``) follow the same rules with a different task. The neurons are
+already built in independent chunks of one layer (:mod:`autointerp.n2g.run`), so a chunk is one
+task: the driver reads the chunk's examples from the database and sends them as plain data, the
+worker builds and scores the graphs with the very function the in-process run uses
+(:func:`n2g.run.build_chunk`) and returns plain rows, and the driver stores each chunk in one
+transaction with the store call the in-process run makes (graphs and their token-index rows
+together). The chunks are the in-process run's chunks, so the graphs are the same; a killed driver
+resumes by chunk (the neurons stored are skipped, as in-process); a lost worker's chunk is retried
+by Ray. A worker keeps the model it loaded for its next chunk. The driver holds only a few chunks'
+examples at a time (``window``), not a whole model's.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +73,9 @@ class Executor:
         return cls("ray", address or "auto")
 
 
-def _start_ray(executor: Executor, workers: int | None) -> Any:
+def start_ray(executor: Executor, workers: int | None) -> Any:
+    """The ``ray`` module, connected to the executor's cluster (``ray:local`` with ``workers``: a
+    local cluster of that many CPUs); one sentence if Ray is missing or the cluster unreachable."""
     try:
         import ray
     except ImportError as exc:
@@ -84,6 +97,72 @@ def _start_ray(executor: Executor, workers: int | None) -> Any:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"Cannot reach the Ray cluster at {executor.address}: {exc}") from exc
     return ray
+
+
+def task_options(model: Any) -> dict[str, Any]:
+    """A subject-model task's Ray options: one CPU, one GPU on CUDA; retried when its worker dies
+    (not when the task itself raises: that is a bug or bad input and would fail again)."""
+    return {
+        "num_cpus": 1,
+        "num_gpus": 1 if model.device.type == "cuda" else 0,
+        "max_retries": 3,
+        "retry_exceptions": False,
+    }
+
+
+def worker_device(model: Any) -> str:
+    """The device a worker loads the model on: Ray gives a GPU task its GPU as ``cuda``."""
+    return "cuda" if model.device.type == "cuda" else "cpu"
+
+
+def cluster_slots(ray: Any, model: Any) -> int:
+    """How many subject-model tasks the cluster runs at once: its GPUs on CUDA, else its CPUs."""
+    key = "GPU" if model.device.type == "cuda" else "CPU"
+    return max(1, int(ray.cluster_resources().get(key, 1)))
+
+
+def run_tasks(
+    ray: Any,
+    task: Any,
+    jobs: Iterator[tuple[Any, tuple[Any, ...]]],
+    done: Callable[[Any, Any], None],
+    what: str,
+    window: int | None = None,
+) -> None:
+    """Run ``task.remote(*args)`` for each ``(key, args)`` of ``jobs``, at most ``window`` at once
+    (all at once if None; ``jobs`` is read lazily, so the driver only holds what is in flight), and
+    call ``done(key, result)`` on the driver as each finishes, in the order they finish. A task that
+    raised ends the run with its error (a :class:`UserError` as it was, anything else as one
+    sentence naming ``what``); tasks still running then are cancelled."""
+    pending: dict[Any, Any] = {}
+
+    def submit() -> None:
+        while window is None or len(pending) < window:
+            job = next(jobs, None)
+            if job is None:
+                return
+            key, args = job
+            pending[task.remote(*args)] = key
+
+    try:
+        submit()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                key = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                # the task itself failed (a lost worker is retried by Ray and never lands here)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, UserError) else None
+                    raise cause or UserError(
+                        f"A {what} task failed on the Ray cluster: {exc}"
+                    ) from exc
+                done(key, result)
+            submit()
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def _harvest_shard(
@@ -174,10 +253,8 @@ def ray_harvest(
         return HarvestResult(
             done["id"], "already complete", done["contexts_done"], done["tokens_done"], 0.0
         )
-    ray = _start_ray(executor, workers)
-    n = workers or max(
-        1, int(ray.cluster_resources().get("GPU" if model.device.type == "cuda" else "CPU", 1))
-    )
+    ray = start_ray(executor, workers)
+    n = workers or cluster_slots(ray, model)
     if n < 2:
         # one shard would be the in-process harvest with extra steps; two keep the merge path honest
         n = 2
@@ -192,19 +269,11 @@ def ray_harvest(
     todo = [i for i in range(n) if i not in committed]
     if committed:
         log(f"Resuming: {len(committed)} of {n} shards are already in {store.path}.")
-    task = ray.remote(_harvest_shard).options(
-        num_cpus=1,
-        num_gpus=1 if model.device.type == "cuda" else 0,
-        max_retries=3,
-        retry_exceptions=False,
-    )
+    task = ray.remote(_harvest_shard).options(**task_options(model))
     plain = {k: v for k, v in asdict(cfg).items() if k != "shard"}
     kill_marker = os.environ.get("AUTOINTERP_KILL_RAY_WORKER_ONCE")
-    device = "cuda" if model.device.type == "cuda" else "cpu"
-    pending = {
-        task.remote(model.name, device, model.dtype_name, plain, (i, n), kill_marker): i
-        for i in todo
-    }
+    device = worker_device(model)
+    jobs = ((i, (model.name, device, model.dtype_name, plain, (i, n), kill_marker)) for i in todo)
     bar = tqdm(
         total=n,
         initial=len(committed),
@@ -213,29 +282,18 @@ def ray_harvest(
         desc=f"harvest {model.name} on Ray",
         dynamic_ncols=True,
     )
+
+    def done(_index: int, shard: dict[str, Any]) -> None:
+        _commit_shard(store, model.name, shard, n)
+        kill_point(
+            "ray-harvest"
+        )  # crash tests: SIGKILL the driver right after a shard's transaction
+        bar.update(1)
+
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                pending.pop(ref)
-                try:
-                    shard = ray.get(ref)
-                except (
-                    ray.exceptions.RayTaskError
-                ) as exc:  # the task itself failed (not a lost worker)
-                    cause = exc.cause if isinstance(exc.cause, UserError) else None
-                    raise cause or UserError(
-                        f"A harvest task failed on the Ray cluster: {exc}"
-                    ) from exc
-                _commit_shard(store, model.name, shard, n)
-                kill_point(
-                    "ray-harvest"
-                )  # crash tests: SIGKILL the driver right after a shard's transaction
-                bar.update(1)
+        run_tasks(ray, task, jobs, done, "harvest")
     finally:
         bar.close()
-        for ref in pending:
-            ray.cancel(ref, force=True)
     shard_runs = [
         run["id"]
         for run in store.runs(model.name)
@@ -280,3 +338,107 @@ def _commit_shard(store: Any, model_name: str, shard: dict[str, Any], count: int
         contexts_done=shard["contexts_done"],
         tokens_done=shard["tokens_done"],
     )
+
+
+_worker_models: dict[tuple[str, str, str], Any] = {}
+
+
+def _worker_model(name: str, device: str, dtype: str) -> Any:
+    """The subject model, loaded once per worker process: Ray reuses a worker for the next task,
+    and a layer has many chunks."""
+    key = (name, device, dtype)
+    if key not in _worker_models:
+        from autointerp.models import load_model
+
+        _worker_models.clear()  # one model per worker
+        _worker_models[key] = load_model(name, progress=False, device=device, dtype=dtype)
+    return _worker_models[key]
+
+
+def _graph_chunk(model_name: str, device: str, dtype: str, cfg: Any, inputs: Any) -> dict[str, Any]:
+    """One task (runs in a Ray worker): the graphs of one chunk, built and scored exactly as the
+    in-process run does, as plain rows."""
+    from autointerp.n2g.build import ModelLayerSubject
+    from autointerp.n2g.run import build_chunk
+
+    model = _worker_model(model_name, device, dtype)
+    started = time.time()
+    rows = build_chunk(ModelLayerSubject(model, inputs.layer), inputs, cfg)
+    return {"rows": rows, "seconds": time.time() - started}
+
+
+def ray_graph(
+    model: Any,
+    store: Any,
+    layers: list[int],
+    neurons_spec: str | None,
+    cfg: Any,
+    executor: Executor,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: None,
+) -> list[Any]:
+    """N2G graphs for the given neurons of each layer, one Ray task per chunk, stored in ``store``
+    as :func:`n2g.run.graph_layers` stores them.
+
+    At most ``workers`` tasks are in flight (default: twice what the cluster runs at once, so no
+    worker waits for the driver). Returns a :class:`n2g.run.GraphSummary` per layer; its
+    ``seconds`` are the workers' time on the layer's chunks (model loading aside), added up."""
+    from autointerp.n2g.run import (
+        GraphSummary,
+        graph_chunks,
+        graph_rows,
+        load_chunk,
+        plan_graphs,
+    )
+
+    plan = plan_graphs(model, store, layers, neurons_spec, cfg)  # refuses bad input before Ray
+    chunks = graph_chunks(plan.layers)
+    seconds = {p.layer: 0.0 for p in plan.layers}
+    if chunks:
+        total = sum(len(p.neurons) for p in plan.layers)
+        stored = total - sum(len(p.todo) for p in plan.layers)
+        if stored:
+            log(f"Resuming: {stored} of {total} neurons already have graphs in {store.path}.")
+        ray = start_ray(executor, workers)
+        window = workers or 2 * cluster_slots(ray, model)
+        task = ray.remote(_graph_chunk).options(**task_options(model))
+        device = worker_device(model)
+        jobs = (
+            (
+                chunk,
+                (
+                    model.name,
+                    device,
+                    model.dtype_name,
+                    plan.cfg,
+                    load_chunk(store, chunk, plan.cfg),
+                ),
+            )
+            for chunk in chunks
+        )
+        bar = tqdm(
+            total=total,
+            initial=stored,
+            unit="neuron",
+            disable=not progress,
+            desc=f"n2g {model.name} on Ray",
+            dynamic_ncols=True,
+        )
+
+        def done(chunk: Any, result: dict[str, Any]) -> None:
+            rows = graph_rows(plan, chunk, result["rows"])
+            store.save_graphs(rows, model=model.name)  # graphs + token-index rows: one transaction
+            kill_point("graph")  # crash tests: SIGKILL the driver right after a chunk's transaction
+            seconds[chunk.layer] += result["seconds"]
+            bar.update(len(chunk.neurons))
+
+        try:
+            run_tasks(ray, task, jobs, done, "graph", window)
+        finally:
+            bar.close()
+    store.finish_stage(plan.n2g_run_id)  # the requested neurons are all stored
+    return [
+        GraphSummary(p.layer, len(p.todo), len(p.neurons) - len(p.todo), seconds[p.layer])
+        for p in plan.layers
+    ]

@@ -113,6 +113,20 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_executor_options(p: argparse.ArgumentParser, tasks: str, workers: str) -> None:
+    """--executor and --workers for a stage that can run as Ray tasks; ``tasks`` says how the
+    stage's work is cut into tasks, ``workers`` what --workers counts."""
+    p.add_argument(
+        "--executor",
+        default="local",
+        help=(
+            "local (this process, default), ray (join $RAY_ADDRESS or start a cluster), ray:local"
+            f" (start one on this machine) or ray:ADDRESS: {tasks}"
+        ),
+    )
+    p.add_argument("--workers", type=int, default=None, help=f"with --executor ray: {workers}")
+
+
 def at_least(low: int) -> Callable[[str], int]:
     """An integer option that must be ``>= low`` (an argparse type: checked before anything
     runs)."""

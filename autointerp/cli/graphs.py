@@ -12,9 +12,11 @@ from autointerp.cli.common import (
     Commands,
     add_db_option,
     add_device_options,
+    add_executor_options,
     db_path,
     default_of,
     load_subject,
+    log,
     parse_neuron,
     print_json,
     stored_layers,
@@ -39,6 +41,7 @@ commands = Commands()
 )
 def graph_options(p: argparse.ArgumentParser) -> None:
     from autointerp.n2g.build import N2GConfig
+    from autointerp.n2g.run import CHUNK
 
     def default(name: str) -> Any:
         return default_of(N2GConfig, name)
@@ -89,6 +92,14 @@ def graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--naive", action="store_true", help="one forward pass per sequence (for comparison only)"
     )
+    add_executor_options(
+        p,
+        tasks=(
+            f"each chunk of {CHUNK} neurons of a layer is a task on the cluster; only this process"
+            " writes --db"
+        ),
+        workers="chunk tasks at once (default: the cluster's CPUs, or GPUs with --device cuda)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_db_option(p)
@@ -97,6 +108,7 @@ def graph_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from autointerp.executors import Executor, ray_graph
     from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
@@ -104,6 +116,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     if not is_auto_layers(args.layers):
         parse_layers(args.layers)  # a typo is one sentence before the model loads
+    executor = Executor.parse(args.executor)
+    if executor.kind == "ray" and args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1.")
     cfg = N2GConfig(
         augmentations=args.augmentations,  # checks the numbers first
         importance_threshold=args.importance_threshold,
@@ -123,7 +138,22 @@ def cmd_graph(args: argparse.Namespace) -> int:
                 " first."
             )
     model.check_layers(layers)
-    summaries = graph_layers(model, store, layers, args.neurons, cfg, progress=not args.no_progress)
+    if executor.kind == "ray":
+        summaries = ray_graph(
+            model,
+            store,
+            layers,
+            args.neurons,
+            cfg,
+            executor,
+            workers=args.workers,
+            progress=not args.no_progress,
+            log=log,
+        )
+    else:
+        summaries = graph_layers(
+            model, store, layers, args.neurons, cfg, progress=not args.no_progress
+        )
     out = [
         {
             "layer": s.layer,

@@ -12,6 +12,7 @@ from autointerp.cli.common import (
     Commands,
     add_db_option,
     add_device_options,
+    add_executor_options,
     db_path,
     default_of,
     load_subject,
@@ -72,23 +73,10 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
         default=default("ctx_len"),
         help=f"tokens per context, BOS included (default {default('ctx_len')})",
     )
-    p.add_argument(
-        "--executor",
-        default="local",
-        help=(
-            "local (this process, default), ray (join $RAY_ADDRESS or start a cluster), ray:local"
-            " (start one on this machine) or ray:ADDRESS: the harvest runs as shard tasks on the"
-            " cluster and is merged exactly into --db"
-        ),
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help=(
-            "with --executor ray: shard tasks (default: the cluster's CPUs, or GPUs with --device "
-            "cuda; at least 2)"
-        ),
+    add_executor_options(
+        p,
+        tasks="the harvest runs as shard tasks on the cluster and is merged exactly into --db",
+        workers="shard tasks (default: the cluster's CPUs, or GPUs with --device cuda; at least 2)",
     )
     p.add_argument(
         "--batch-size",
