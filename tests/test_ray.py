@@ -138,7 +138,11 @@ GRAPH_COLUMNS = (
 )
 
 
-def _graphs(db: Path) -> tuple[list[tuple], list[tuple]]:
+Graphs = tuple[list[tuple], list[tuple]]
+"""The graphs rows a test compares and their token-index rows."""
+
+
+def _graphs(db: Path) -> Graphs:
     store = Store(db)
     graphs = store.db.execute(f"select {GRAPH_COLUMNS} from graphs order by layer, neuron")
     index = store.db.execute(
@@ -149,7 +153,7 @@ def _graphs(db: Path) -> tuple[list[tuple], list[tuple]]:
 
 
 @pytest.fixture(scope="module")
-def in_process_graphs(in_process: Store, tmp_path_factory) -> tuple[list[tuple], list[tuple]]:  # type: ignore[no-untyped-def]
+def in_process_graphs(in_process: Store, tmp_path_factory: pytest.TempPathFactory) -> Graphs:
     db = copy_db(in_process.path, tmp_path_factory.mktemp("graphs") / "local.db")
     # Ray runs a one-CPU task with one BLAS thread; float sums over another thread count may differ
     # in the last digit a graph stores, so the reference uses one thread too
@@ -162,8 +166,8 @@ def in_process_graphs(in_process: Store, tmp_path_factory) -> tuple[list[tuple],
 
 @pytest.mark.slow
 def test_ray_graphs_equal_the_in_process_graphs(
-    in_process, in_process_graphs, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    in_process: Store, in_process_graphs: Graphs, tmp_path: Path
+) -> None:
     db = copy_db(in_process.path, tmp_path / "ray.db")
     proc = run_cli(*GRAPH, *RAY, "--db", str(db))
     assert proc.returncode == 0, proc.stderr
@@ -174,8 +178,8 @@ def test_ray_graphs_equal_the_in_process_graphs(
 
 @pytest.mark.slow
 def test_a_killed_graph_driver_resumes_by_chunk(
-    in_process, in_process_graphs, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    in_process: Store, in_process_graphs: Graphs, tmp_path: Path
+) -> None:
     db = copy_db(in_process.path, tmp_path / "ray.db")
     killed = run_cli(*GRAPH, *RAY, "--db", str(db), env={"AUTOINTERP_KILL_AFTER": "graph:1"})
     assert killed.returncode == -9
