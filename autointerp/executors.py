@@ -179,9 +179,8 @@ def _harvest_shard(
     from autointerp.models import load_model
     from autointerp.store import Store
 
-    if kill_marker and not os.path.exists(
-        kill_marker
-    ):  # tests: die once, mid-task, as an OOM kill would
+    # tests: die once, mid-task, as an OOM kill would
+    if kill_marker and not os.path.exists(kill_marker):
         Path(kill_marker).touch()
         config = {**config, "checkpoint_seconds": 0.0}
         os.environ["AUTOINTERP_KILL_AFTER_CHECKPOINTS"] = "1"

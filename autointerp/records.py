@@ -196,9 +196,8 @@ def explanation_record(
 ) -> dict[str, Any]:
     explanations: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
-    for row in store.neuron_explanations(
-        run_id, layer, neuron
-    ):  # newest first: the first ok row wins
+    # newest first: the first ok row wins
+    for row in store.neuron_explanations(run_id, layer, neuron):
         if row["status"] == "ok" and row["kind"] not in explanations:
             explanations[row["kind"]] = {
                 k: row.get(k)

@@ -275,18 +275,16 @@ def search_explanations_by_meaning(
         computed = {k: fresh[i].tobytes() for i, (k, _) in enumerate(missing)}
         stored.update(computed)
         if memo is not None:
-            if (
-                len(memo) > 100_000
-            ):  # ~300 MB of vectors: start again rather than grow without bound
+            # ~300 MB of vectors: start again rather than grow without bound
+            if len(memo) > 100_000:
                 memo.clear()
             memo.update(computed)
         if save:
             try:
                 store.db.execute("PRAGMA busy_timeout=200")
                 store.save_text_embeddings(EMBEDDER, computed)
-            except (
-                sqlite3.OperationalError
-            ):  # locked, busy or read-only: the answer does not need the write
+            # locked, busy or read-only: the answer does not need the write
+            except sqlite3.OperationalError:
                 if store.db.conn.in_transaction:
                     store.db.conn.rollback()
             finally:

@@ -89,9 +89,8 @@ def refresh_token_index(store: Any, model: str, wait_ms: int = 200) -> bool:
         finally:
             db.execute("PRAGMA busy_timeout=30000")
         return True
-    except (
-        sqlite3.OperationalError
-    ):  # locked/busy: another process is writing; serve what is indexed
+    # locked/busy: another process is writing; serve what is indexed
+    except sqlite3.OperationalError:
         if db.conn.in_transaction:
             db.conn.rollback()
         return False

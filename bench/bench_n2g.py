@@ -141,9 +141,8 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        if (
-            position == len(layers) // 2 and naive_n
-        ):  # the middle layer: naive vs batched, interleaved
+        # the middle layer: naive vs batched, interleaved
+        if position == len(layers) // 2 and naive_n:
             sub = {n: train[n] for n in neurons[:naive_n]}
             naive_t, batched_t = [], []
             same = True

@@ -156,9 +156,8 @@ def test_no_input_makes_a_server_error(api_schema) -> None:  # type: ignore[no-u
                 try:
                     response = case.call()
                 except Exception as exc:  # noqa: BLE001 - httpx will not put raw control characters in
-                    if (
-                        type(exc).__name__ != "InvalidURL"
-                    ):  # a URL; a client sends them percent-encoded
+                    # a URL; a client sends them percent-encoded
+                    if type(exc).__name__ != "InvalidURL":
                         raise
                     query = urllib.parse.urlencode(case.query or {}, doseq=True)
                     response = api_schema.test_client.request(

@@ -213,9 +213,8 @@ def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_tha
     store = Store(tmp_path / "big.db")
     (doc,) = list(store.db.query("select text from documents"))
     assert 0 < len(doc["text"]) < 40 * 16 * 10 and big.read_text().startswith(doc["text"])
-    for row in store.db.query(
-        "select tokens, doc_index, offsets from contexts"
-    ):  # provenance within the kept text
+    # provenance within the kept text
+    for row in store.db.query("select tokens, doc_index, offsets from contexts"):
         ids, offsets = json.loads(row["tokens"]), json.loads(row["offsets"])
         for tok, (start, end) in zip(ids[1:], offsets[1:], strict=True):
             assert (

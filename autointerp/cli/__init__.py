@@ -138,9 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (
-        BrokenPipeError
-    ):  # `autointerp neuron ... --json | head` closed the pipe early: not an error
+    # `autointerp neuron ... --json | head` closed the pipe early: not an error
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a full disk, a folder where a file should be, no permission
