@@ -41,6 +41,33 @@ PARAGRAPHS = [
 ]
 
 
+#: A sentence as tokens, and the tokens an "animals" feature fires on: a known answer for the
+#: real-LLM tests of explanation and simulation.
+ANIMALS = (
+    [
+        " We",
+        " saw",
+        " a",
+        " cat",
+        " and",
+        " two",
+        " dogs",
+        " near",
+        " the",
+        " old",
+        " barn",
+        ",",
+        " then",
+        " a",
+        " horse",
+        " ran",
+        " past",
+        ".",
+    ],
+    {" cat", " dogs", " horse"},
+)
+
+
 def brute_force(
     model: SubjectModel,
     corpus: str,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import PARAGRAPHS, as_older_database, copy_store, fault_config, run_cli
+from helpers import ANIMALS, PARAGRAPHS, as_older_database, copy_store, fault_config, run_cli
 
 from autointerp.errors import UserError
 from autointerp.eval.evaluate import derangement, sample_neurons, shuffled_scores
@@ -609,29 +609,6 @@ def test_chat_simulation_reads_only_the_digit_after_each_tab() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # real LLM server
-ANIMALS = (
-    [
-        " We",
-        " saw",
-        " a",
-        " cat",
-        " and",
-        " two",
-        " dogs",
-        " near",
-        " the",
-        " old",
-        " barn",
-        ",",
-        " then",
-        " a",
-        " horse",
-        " ran",
-        " past",
-        ".",
-    ],
-    {" cat", " dogs", " horse"},
-)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import clear_tables, copy_store, fault_config, run_cli
+from helpers import ANIMALS, clear_tables, copy_store, fault_config, run_cli
 
 from autointerp.explain.prompts import (
     Record,
@@ -301,29 +301,6 @@ def test_cli_bad_input_is_one_clear_error(small_db, tmp_path) -> None:  # type: 
 
 # ------------------------------------------------------------------------------------------------
 # real LLM server
-ANIMALS = (
-    [
-        " We",
-        " saw",
-        " a",
-        " cat",
-        " and",
-        " two",
-        " dogs",
-        " near",
-        " the",
-        " old",
-        " barn",
-        ",",
-        " then",
-        " a",
-        " horse",
-        " ran",
-        " past",
-        ".",
-    ],
-    {" cat", " dogs", " horse"},
-)
 HYPHENS = (
     [
         "The",

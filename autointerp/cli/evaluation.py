@@ -31,6 +31,7 @@ commands = Commands()
 
 def _add_llm_options(p: argparse.ArgumentParser) -> None:
     from autointerp.explain.run import ExplainConfig
+    from autointerp.explain.simulate import MODES
     from autointerp.llm.client import LLMSettings
 
     def default(name: str) -> Any:
@@ -59,7 +60,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--simulator-mode",
         default=default("simulator_mode"),
-        choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
+        choices=list(MODES),
         help="how the simulator is read (default: probe the endpoint)",
     )
     add_record_options(p)

@@ -76,6 +76,7 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
 )
 def explain_options(p: argparse.ArgumentParser) -> None:
     from autointerp.explain.run import ExplainConfig
+    from autointerp.explain.simulate import MODES
     from autointerp.llm.client import LLMSettings
 
     def default(name: str) -> Any:
@@ -112,7 +113,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help=(
             "model that writes explanations "
-            "($AUTOINTERP_EXPLAINER_MODEL; local default qwen2.5-coder-1.5b)"
+            f"($AUTOINTERP_EXPLAINER_MODEL; local default {DEFAULT_LOCAL_LLM})"
         ),
     )
     p.add_argument(
@@ -129,7 +130,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--simulator-mode",
         default=default("simulator_mode"),
-        choices=["auto", "echo", "echo-shifted", "chat-logprobs", "json"],
+        choices=list(MODES),
         help=(
             "auto (probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs "
             "(hosted chat models), json (no logprobs)"
