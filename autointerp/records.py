@@ -14,6 +14,7 @@ graph is normal.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -225,6 +226,7 @@ def explanation_record(
                 k: row.get(k)
                 for k in (
                     "score",
+                    "score_raw",
                     "score_top",
                     "score_random",
                     "r2",
@@ -235,6 +237,9 @@ def explanation_record(
                     "created",
                 )
             }
+            if row.get("simulation"):
+                # the matching rule the explanation was compiled into (``rule`` simulator)
+                scores[row["method"]]["simulation"] = json.loads(row["simulation"])
         elif row["status"] != "ok":
             failures.append(
                 {

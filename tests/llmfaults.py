@@ -11,6 +11,10 @@ database and the pipeline under test are real. Modes:
   ``truncated`` (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs,
   ``finish_reason: "length"``), ``wrong-count`` (one value fewer than there are tokens),
   ``not-json`` (chatty prose where JSON was asked for);
+* rule compilations (the ``rule`` simulator's requests, whose last message is ``Description: ...``)
+  are simulations too: ``ok`` and ``keyword`` answer ``{"words": [...]}`` with the description's
+  words, ``truncated`` cuts that object at ``max_tokens``, ``wrong-count`` answers a regular
+  expression that does not compile, ``not-json`` answers prose;
 * ``truncated-explanation``: the explanation is cut at ``max_tokens`` inside its phrase (simulations
   answered well);
 * ``no-digits``: echo simulations whose top logprobs hold no digit at any position (the simulator
@@ -18,6 +22,9 @@ database and the pipeline under test are real. Modes:
 * ``keyword``: a deterministic stand-in simulator for testing what is computed *from* simulations
   (controls, summaries), never the simulator's quality: echo prompts get a '9' at every slot whose
   token (lower case, space stripped) is a word of the target explanation, '0' elsewhere;
+* ``candidates``: like ``keyword``, but an explanation request is answered with one of the tokens
+  the prompt says the neuron fires on most - the first at temperature 0, the ``seed``-th (cycling)
+  when a seed is given - so best-of-n candidates differ and score differently;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo
   prompts, a valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
@@ -75,11 +82,17 @@ class FaultServer:
                     self._send(
                         200, _chat(" tokens that", finish_reason="length")
                     )  # cut inside the phrase
-                elif mode in ("no-digits", "keyword") and "prompt" in body:
-                    self._send(200, _echo_digits(body["prompt"], keyword=mode == "keyword"))
-                elif mode in ("ok", "truncated-explanation", "no-digits", "keyword") or (
-                    mode in SIMULATION_FAULTS and not is_simulation(body)
-                ):
+                elif mode == "candidates" and not is_simulation(body):
+                    self._send(200, _candidate_answer(body))
+                elif mode in ("no-digits", "keyword", "candidates") and "prompt" in body:
+                    self._send(200, _echo_digits(body["prompt"], keyword=mode != "no-digits"))
+                elif mode in (
+                    "ok",
+                    "truncated-explanation",
+                    "no-digits",
+                    "keyword",
+                    "candidates",
+                ) or (mode in SIMULATION_FAULTS and not is_simulation(body)):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:
                     self._send(200, _simulation_fault(mode, body))
@@ -116,7 +129,21 @@ def is_simulation(body: dict[str, Any]) -> bool:
     if "prompt" in body:
         return True
     messages = body.get("messages") or []
-    return bool(messages) and "Tokens (" in str(messages[-1].get("content", ""))
+    return bool(messages) and (
+        "Tokens (" in str(messages[-1].get("content", "")) or is_rule_request(body)
+    )
+
+
+def is_rule_request(body: dict[str, Any]) -> bool:
+    """A ``rule`` simulator's request: compile the description in the last message into a rule."""
+    messages = body.get("messages") or []
+    return bool(messages) and str(messages[-1].get("content", "")).startswith("Description: ")
+
+
+def _description_rule(body: dict[str, Any]) -> str:
+    """The rule a keyword matcher would write: every space-separated word of the description."""
+    description = str(body["messages"][-1]["content"]).removeprefix("Description: ").lower()
+    return json.dumps({"words": sorted(set(description.split()))})
 
 
 def _n_tokens(body: dict[str, Any]) -> int:
@@ -195,10 +222,22 @@ def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
     return response
 
 
+def _candidate_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """An explanation naming one of the prompt's most-firing tokens, picked by the request's
+    seed."""
+    found = re.search(r"The tokens it fires on most: (.*)\.\n", body["messages"][-1]["content"])
+    tokens = re.findall(r'"([^"]+)"', found.group(1)) if found else []
+    if not tokens:
+        return _chat(" tokens that matter.")
+    return _chat(f" {tokens[int(body.get('seed') or 0) % len(tokens)]}.")
+
+
 def ok_answer(body: dict[str, Any]) -> dict[str, Any]:
     """A well-formed answer: an explanation for chat, one-character tokens with a '5' logprob for
     echo prompts, ``{"activations": [5, ...]}`` of the right length for JSON simulations."""
     if "messages" in body:
+        if is_rule_request(body):
+            return _chat(_description_rule(body))
         if is_simulation(body):
             return _chat(json.dumps({"activations": [5] * _n_tokens(body)}))
         return _chat(" tokens that matter.")
@@ -212,6 +251,12 @@ def _simulation_fault(mode: str, body: dict[str, Any]) -> dict[str, Any]:
             if mode == "truncated"
             else _chat("")
         )
+    if is_rule_request(body):
+        if mode == "truncated":
+            return _chat(_description_rule(body)[:9], finish_reason="length")
+        if mode == "wrong-count":
+            return _chat('{"regex": "(unclosed"}')
+        return _chat("Sure! The rule matches the words in the description.")
     n = _n_tokens(body)
     if mode == "truncated":
         return _chat(json.dumps({"activations": [5] * n})[: 8 + n], finish_reason="length")

@@ -644,7 +644,12 @@ def test_malformed_few_shot_examples_are_one_sentence(
 ) -> None:
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    for name in ("explain_system.txt", "simulate_system.txt"):
+    for name in (
+        "explain_system.txt",
+        "simulate_system.txt",
+        "compile_system.txt",
+        "compile_examples.json",
+    ):
         (prompts / name).write_text((REPO / "prompts" / name).read_text())
     before = dump(db)
     for examples, needle in (
@@ -668,6 +673,18 @@ def test_malformed_few_shot_examples_are_one_sentence(
         ([1, 2], "the top level"),
     ):
         (prompts / "examples.json").write_text(json.dumps(examples))
+        code = main(
+            ["explain", M, "--layers", "1", "--prompts", str(prompts), *EXPLAIN, "--db", str(db)]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and needle in err, err
+    # the rule compiler's few-shot rules are checked as rules
+    (prompts / "examples.json").write_text((REPO / "prompts" / "examples.json").read_text())
+    for rules, needle in (
+        ({"examples": [{"description": "x", "rule": {"regex": "(x"}}]}, "does not compile"),
+        ({"examples": [{"description": "x"}]}, "examples/0"),
+    ):
+        (prompts / "compile_examples.json").write_text(json.dumps(rules))
         code = main(
             ["explain", M, "--layers", "1", "--prompts", str(prompts), *EXPLAIN, "--db", str(db)]
         )

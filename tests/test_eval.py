@@ -194,17 +194,17 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
     assert ranked and "score_raw" in ranked[0] and "positive part" in ranked[0]["score_is"]
 
 
-def test_a_schema_2_database_opens_and_gains_the_new_column_and_table(tmp_path: Path) -> None:
+def test_a_schema_2_database_opens_and_gains_the_new_columns_and_table(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     Store(db).db.conn.close()
     # make it look like a database written by the previous version
-    as_older_database(db, {"scores": ["score_raw"]}, ["evaluations"], version=2)
+    as_older_database(db, {"scores": ["score_raw", "simulation"]}, ["evaluations"], version=2)
     store = Store(db)
-    assert (
-        "score_raw" in store.db["scores"].columns_dict and "evaluations" in store.db.table_names()
-    )
+    columns = store.db["scores"].columns_dict
+    assert "score_raw" in columns and "simulation" in columns
+    assert "evaluations" in store.db.table_names()
     version = store.db.execute("select value from meta where key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from autointerp.explain.prompts import (
     parse_explanation,
     simulation_prompt,
 )
+from autointerp.explain.rules import parse_rule
 from autointerp.explain.run import baseline_explanation, explain_layers
 from autointerp.explain.simulate import (
     Simulator,
@@ -324,12 +325,18 @@ HYPHENS = (
 
 
 @pytest.mark.slow
-def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one() -> None:
+@pytest.mark.parametrize("mode", ["auto", "rule"])
+def test_real_simulator_scores_a_correct_explanation_above_a_wrong_one(mode: str) -> None:
     from autointerp.llm.local_server import local_server
 
-    with local_server("qwen2.5-coder-0.5b") as (url, model):
-        sim = Simulator(_client(url, timeout=120), model, load_templates())
-        assert sim.mode == "echo"  # our server answers prompt logprobs in OpenAI's alignment
+    # the rule simulator never asks for logprobs: its server runs without them, caching prompts
+    with local_server("qwen2.5-coder-0.5b", prompt_logprobs=mode != "rule") as (url, model):
+        sim = Simulator(_client(url, timeout=120), model, load_templates(), mode)
+        # our server answers prompt logprobs in OpenAI's alignment
+        assert sim.mode == ("echo" if mode == "auto" else "rule")
+        if mode == "rule":  # and says why it cannot answer a logprob request
+            with pytest.raises(LLMFailure, match="without prompt logprobs"):
+                Simulator(_client(url), model, load_templates(), "echo").simulate("x", ["a"])
         for (tokens, firing), right, wrong in (
             (ANIMALS, "names of animals", "numbers written as digits"),
             (HYPHENS, 'the hyphen character "-"', "days of the week"),
@@ -412,9 +419,14 @@ def test_real_explanation_is_stored_with_its_prompt_version_and_scored(tmp_path:
     scores = {r["method"]: r for r in store.db.query("select * from scores")}
     assert {"explanation", "baseline", "n2g"} <= set(scores)
     assert (
-        scores["explanation"]["simulator_mode"] == "echo"
+        scores["explanation"]["simulator_mode"] == "rule"
         and scores["n2g"]["n_tokens"] == scores["explanation"]["n_tokens"]
     )  # every method scored on exactly the same tokens
+    if scores["explanation"]["status"] == "ok":  # the rule it was simulated with is on record
+        assert (
+            parse_rule(scores["explanation"]["simulation"]).to_json()
+            == (scores["explanation"]["simulation"])
+        )
     ranked = json.loads(
         run_cli("rank", "smollm2-135m", "--by", "explanation", "--json", "--db", str(db)).stdout
     )

@@ -61,7 +61,10 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
         "--simulator-mode",
         default=default("simulator_mode"),
         choices=list(MODES),
-        help="how the simulator is read (default: probe the endpoint)",
+        help=(
+            "rule (default: the explanation compiled into a matching rule) or a token-by-token "
+            "LLM simulation (auto probes the endpoint; see `explain --help`)"
+        ),
     )
     add_record_options(p)
     p.add_argument(
@@ -94,6 +97,7 @@ def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]
     checked before the local server (if any) starts."""
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_config
+    from autointerp.explain.simulate import LOGPROB_FREE_MODES
     from autointerp.llm.client import LLMSettings
     from autointerp.llm.session import LLMSession
 
@@ -106,7 +110,14 @@ def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]
         max_attempts=args.max_attempts,
     )
     templates = load_templates(args.prompts)
-    llm = LLMSession(settings, store.path, local_llm=args.local_llm, threads=args.threads, log=log)
+    llm = LLMSession(
+        settings,
+        store.path,
+        local_llm=args.local_llm,
+        threads=args.threads,
+        prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
+        log=log,
+    )
 
     def config(explainer: str, simulator: str) -> Any:
         cfg = ExplainConfig(
@@ -117,6 +128,7 @@ def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]
             sim_random=args.sim_random,
             simulator_mode=args.simulator_mode,
             explain_records=args.explain_records,
+            candidates=args.candidates,
         )
         check_config(cfg)
         return cfg
@@ -202,7 +214,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         f"known-answer features of {name} ({len(features)}, {args.tokens} tokens of "
         f"{args.corpus}); "
-        f"explainer {result['explainer_model']}, simulator {result['simulator_model']}"
+        f"explainer {result['explainer_model']}, simulator {result['simulator_model']} "
+        f"({result['simulator_mode']})"
     )
     print(
         "true = simulator given the true description (its ceiling); explanation = the explainer's "
@@ -343,7 +356,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{model} layers {','.join(map(str, layers))}: {args.sample} random firing neurons per "
         "layer "
         f"(seed {args.seed}); explainer {result['explainer_model']}, simulator "
-        f"{result['simulator_model']}"
+        f"{result['simulator_model']} ({result['simulator_mode']})"
     )
     print(
         f"{'method':<24} {'n':>3} {'mean':>6} {'median':>6} {'95% CI':>16} {'>=0.5':>6} "

@@ -26,8 +26,9 @@ commands = Commands()
 
 
 def add_record_options(p: argparse.ArgumentParser) -> None:
-    """How many examples the explainer sees and the simulator is scored on: the same three options
-    for explain, calibrate and eval, with ExplainConfig's defaults."""
+    """How many examples the explainer sees and the simulator is scored on, and how many candidate
+    explanations are drawn: the same options for explain, calibrate and eval, with ExplainConfig's
+    defaults."""
     from autointerp.explain.run import ExplainConfig
 
     def default(name: str) -> Any:
@@ -50,6 +51,16 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=default("explain_records"),
         help=f"top training examples shown (default {default('explain_records')})",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=default("candidates"),
+        help=(
+            "best-of-n: sample N explanations per neuron, keep the one that scores best on "
+            "validation records (training-split examples the explainer did not see; the reported "
+            f"score stays on the test split) (default {default('candidates')})"
+        ),
     )
 
 
@@ -132,8 +143,10 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         default=default("simulator_mode"),
         choices=list(MODES),
         help=(
-            "auto (probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs "
-            "(hosted chat models), json (no logprobs)"
+            "rule (default: the LLM compiles the explanation into a matching rule of words and a "
+            "regular expression, applied to every token), or token-by-token LLM simulation: auto "
+            "(probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs (hosted "
+            "chat models), json (no logprobs)"
         ),
     )
     add_record_options(p)
@@ -189,6 +202,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
+    from autointerp.explain.simulate import LOGPROB_FREE_MODES
     from autointerp.llm.client import LLMSettings, load_prices
     from autointerp.llm.session import LLMSession
     from autointerp.models import canonical_model_name
@@ -202,6 +216,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "negative": args.negative,
         "baseline": not args.no_baseline,
         "explain_records": args.explain_records,
+        "candidates": args.candidates,
     }
     ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
     store = Store(db_path(args), create=False)
@@ -246,6 +261,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         store.path,
         local_llm=args.local_llm,
         threads=args.threads,
+        prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
         check_endpoints=True,
         log=log,
     )

@@ -128,6 +128,8 @@ def calibrate(
                 "frac_active": stats.get("frac_positive"),
                 "status": {m: r["status"] for m, r in scores.items()},
                 "errors": {m: r["error"] for m, r in scores.items() if r.get("error")},
+                # what the rule simulator compiled each description into (``rule`` mode)
+                "rules": {m: r["simulation"] for m, r in scores.items() if r.get("simulation")},
                 "baseline": (expl.get("baseline") or {}).get("text"),
             }
         )
@@ -142,6 +144,7 @@ def calibrate(
         "medians": medians,
         "explainer_model": explain_cfg.explainer_model,
         "simulator_model": explain_cfg.simulator_model,
+        "simulator_mode": explain_cfg.simulator_mode,
     }
     config = {
         "calibrate": asdict(cfg),

@@ -239,6 +239,7 @@ def evaluate(
         "seed": cfg.seed,
         "explainer_model": explain_cfg.explainer_model,
         "simulator_model": explain_cfg.simulator_model,
+        "simulator_mode": explain_cfg.simulator_mode,
         "prompt_version": explain_cfg.prompt_version,
         "explain_config_hash": config_hash,
         "score": (

@@ -28,7 +28,13 @@ SCALE_MAX = 9
 # what simulation prompts put in the activation slots (the model's own guess is read, not this)
 PLACEHOLDER = "?"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
-TEMPLATE_FILES = ("explain_system.txt", "simulate_system.txt", "examples.json")
+TEMPLATE_FILES = (
+    "explain_system.txt",
+    "simulate_system.txt",
+    "examples.json",
+    "compile_system.txt",
+    "compile_examples.json",
+)
 
 
 def prompts_dir() -> Path:
@@ -54,6 +60,11 @@ class Templates:
     explain_system: str
     simulate_system: str
     examples: list[dict[str, Any]]
+    #: the system text asking for a matching rule (the ``rule`` simulator,
+    #: :mod:`autointerp.explain.rules`)
+    compile_system: str
+    #: few-shot ``{"description", "rule"}`` pairs for the rule compiler
+    compile_examples: list[dict[str, Any]]
     version: str  # e.g. "v1-3f2a9c1b7d20": the examples' version and a hash of all template files
 
 
@@ -71,10 +82,14 @@ def load_templates(folder: str | None = None) -> Templates:
     except ValueError as exc:
         raise UserError(f"{root / 'examples.json'} is not valid JSON: {exc}") from exc
     _check_examples(examples, root / "examples.json")
+    compile_examples = _read_json(root / "compile_examples.json")
+    _check_compile_examples(compile_examples, root / "compile_examples.json")
     return Templates(
         explain_system=(root / "explain_system.txt").read_text(encoding="utf-8").strip(),
         simulate_system=(root / "simulate_system.txt").read_text(encoding="utf-8").strip(),
         examples=examples["neurons"],
+        compile_system=(root / "compile_system.txt").read_text(encoding="utf-8").strip(),
+        compile_examples=compile_examples["examples"],
         version=f"{examples.get('version', 'v?')}-{digest.hexdigest()[:12]}",
     )
 
@@ -126,6 +141,51 @@ def _check_examples(examples: Any, path: Path) -> None:
                 )
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _check_compile_examples(examples: Any, path: Path) -> None:
+    """Each few-shot rule must itself be a valid rule: the model copies their shape."""
+    import jsonschema
+
+    from autointerp.explain.rules import RuleError, parse_rule
+
+    schema = {
+        "type": "object",
+        "required": ["examples"],
+        "properties": {
+            "examples": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["description", "rule"],
+                    "properties": {
+                        "description": {"type": "string", "minLength": 1},
+                        "rule": {"type": "object"},
+                    },
+                },
+            }
+        },
+    }
+    try:
+        jsonschema.validate(examples, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+        raise UserError(
+            f"{path} does not have the rule examples' shape at {where}: {exc.message}."
+        ) from exc
+    for i, ex in enumerate(examples["examples"]):
+        try:
+            parse_rule(json.dumps(ex["rule"]))
+        except RuleError as exc:
+            raise UserError(f"{path}: examples/{i} has an unusable rule: {exc}.") from exc
+
+
 def discretise(values: Sequence[float], max_activation: float) -> list[int]:
     """Activations -> integers 0..9 relative to the neuron's max (negative values are 0: the
     positive side)."""
@@ -154,6 +214,8 @@ class Record:
     tokens: list[str]
     activations: list[float]
     kind: str = "top"  # top | random
+    #: the harvest context it was cut from (None when not from a harvest): which example it is
+    context_id: int | None = None
 
 
 def _neuron_block(index: int, records: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
@@ -322,4 +384,17 @@ def simulation_messages(
             ),
         }
     )
+    return messages
+
+
+def compile_messages(explanation: str, templates: Templates) -> list[dict[str, str]]:
+    """Chat messages asking for the matching rule of one explanation (few-shot pairs, then the
+    target); the reply is parsed by :func:`autointerp.explain.rules.parse_rule`."""
+    messages = [{"role": "system", "content": templates.compile_system}]
+    for ex in templates.compile_examples:
+        messages.append({"role": "user", "content": f"Description: {ex['description']}"})
+        messages.append(
+            {"role": "assistant", "content": json.dumps(ex["rule"], ensure_ascii=False)}
+        )
+    messages.append({"role": "user", "content": f"Description: {explanation}"})
     return messages

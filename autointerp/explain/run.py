@@ -5,7 +5,12 @@ Per neuron (in a worker thread; the LLM calls are the slow part and may run conc
 
 1. **Explain** the top training examples (windows around the peak, discretised to 0-9; the N2G
    graph's strongest paths as extra evidence when a graph exists) -> kind ``llm``; optionally the
-   negative side of a gated neuron from its bottom examples -> ``llm_negative``.
+   negative side of a gated neuron from its bottom examples -> ``llm_negative``. With
+   ``candidates`` > 1 (best-of-n), n explanations are sampled (the first at temperature 0, the
+   others hotter, each with the examples in another order), each is simulated on the *validation*
+   records - training-split examples the explainer did not see - and the best is kept; the score
+   reported is on the test split only, so the choice never sees the data it is judged on. Every
+   candidate is stored with its validation score.
 2. **Baseline** with no LLM: the tokens that most activate the neuron -> kind ``baseline``.
 3. **Simulate** each explanation on the held-out records (test-split top examples + random examples)
    and **score** by pooled correlation -> ``scores`` rows ``explanation`` / ``baseline`` /
@@ -21,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,11 +70,13 @@ class ExplainConfig:
         32  # tokens per simulated record (top: ending 4 after the peak; random: from the start)
     )
     sim_logprobs: int = 15
-    simulator_mode: str = "auto"
+    simulator_mode: str = "rule"
     use_n2g: bool = True
     n2g_paths: int = 8
     negative: bool = False
     baseline: bool = True
+    #: best-of-n: explanations sampled per neuron, the best on the validation records kept
+    candidates: int = 1
     explainer_max_tokens: int = 60
     max_prompt_chars: int = (
         7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
@@ -82,6 +90,7 @@ class ExplainConfig:
             "--sim-top": (self.sim_top, 0),
             "--sim-random": (self.sim_random, 0),
             "--concurrency": (self.concurrency, 1),
+            "--candidates": (self.candidates, 1),
             "explain_before": (self.explain_before, 0),
             "explain_after": (self.explain_after, 0),
             "sim_window": (self.sim_window, 1),
@@ -116,6 +125,7 @@ def _window(row: dict[str, Any], start: int, stop: int, sign: float = 1.0) -> Re
         list(row["str_tokens"][start:stop]),
         [sign * a for a in row["activations"][start:stop]],
         "random" if row["kind"] == "random" else "top",
+        row.get("context_id"),
     )
 
 
@@ -157,6 +167,23 @@ def heldout_records(
     ]
     out = [peak_window(r, cfg.sim_window - 5, 4, sign) for r in tops]
     out += [_window(r, 1, 1 + cfg.sim_window, sign) for r in randoms]
+    return out
+
+
+def validation_records(
+    store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig
+) -> list[Record]:
+    """Where best-of-n chooses among candidates: training-split top examples the explainer is not
+    shown (those after the first ``explain_records``) and training-split random examples, cut as
+    the test records are. Never the test split, which the final score is reported on."""
+    tops = list(store.examples(run_id, layer, neuron, kinds=["top"], split="train"))[
+        cfg.explain_records : cfg.explain_records + cfg.sim_top
+    ]
+    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="train"))[
+        : cfg.sim_random
+    ]
+    out = [peak_window(r, cfg.sim_window - 5, 4) for r in tops]
+    out += [_window(r, 1, 1 + cfg.sim_window) for r in randoms]
     return out
 
 
@@ -216,6 +243,8 @@ class NeuronJob:
     train: list[Record]
     heldout: list[Record]
     graph: NeuronGraph | None
+    #: training-split records the explainer does not see: where best-of-n chooses
+    valid: list[Record] = field(default_factory=list)
     train_negative: list[Record] = field(default_factory=list)
     heldout_negative: list[Record] = field(default_factory=list)
     #: other explanations to simulate and score on the same records, by score method (e.g. a
@@ -269,9 +298,17 @@ def prompt_hash(messages: list[dict[str, str]]) -> str:
 
 
 def _explain(
-    client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]]
+    client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]], sample: int = 0
 ) -> tuple[str, Usage]:
-    body = {"messages": messages, "max_tokens": cfg.explainer_max_tokens, "temperature": 0}
+    """One explanation; ``sample`` > 0 draws candidate ``sample`` of best-of-n at temperature 0.7
+    (seeded, so a rerun asks the same questions and the response cache answers them)."""
+    body: dict[str, Any] = {
+        "messages": messages,
+        "max_tokens": cfg.explainer_max_tokens,
+        "temperature": 0,
+    }
+    if sample:
+        body.update({"temperature": 0.7, "seed": sample})
 
     def parse(response: dict[str, Any]) -> str:
         try:
@@ -290,6 +327,58 @@ def _explain(
     return client.call(
         "chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a}
     )
+
+
+def best_of_n(
+    job: NeuronJob,
+    client: LLMClient,
+    sim: Simulator,
+    cfg: ExplainConfig,
+    templates: Templates,
+    evidence: list[str] | None,
+) -> tuple[str, Usage, str, list[dict[str, Any]]]:
+    """Sample ``cfg.candidates`` explanations and keep the one that scores best on the validation
+    records: (text, usage, the chosen prompt's hash, every candidate with its validation score or
+    its failure). Candidate 0 is the ordinary temperature-0 explanation; the others see the
+    examples in a seeded shuffled order at temperature 0.7 (as Transluce permutes them). Raises
+    LLMFailure with the first reason when no candidate could be explained."""
+    usage = Usage()
+    candidates: list[dict[str, Any]] = []
+    chosen: tuple[float, int, str, str] | None = None  # (valid score, -k, text, hash)
+    first_failure: LLMFailure | None = None
+    scored: dict[str, float | None] = {}
+    for k in range(cfg.candidates):
+        records = list(job.train)
+        if k:
+            random.Random(k).shuffle(records)
+        messages = _explain_prompt(cfg, templates, records, job.max_activation, evidence)
+        hashed = prompt_hash(messages)
+        try:
+            text, used = _explain(client, cfg, messages, sample=k)
+            usage.add(used)
+        except LLMFailure as exc:
+            first_failure = first_failure or exc
+            candidates.append({"text": None, "valid_score": None, "error": exc.reason})
+            continue
+        error = None
+        if text not in scored:
+            try:
+                result, used = simulate_score(sim, text, job.valid, job.max_activation, 1.0)
+                usage.add(used)
+                scored[text] = result["score"]
+                error = result.get("undefined")
+            except LLMFailure as exc:
+                scored[text] = None
+                error = f"not simulated: {exc.reason}"
+        valid = scored[text]
+        candidates.append({"text": text, "valid_score": valid, "error": error})
+        rank = (valid if valid is not None else float("-inf"), -k, text, hashed)
+        if chosen is None or rank[:2] > chosen[:2]:
+            chosen = rank
+    if chosen is None:
+        assert first_failure is not None
+        raise first_failure
+    return chosen[2], usage, chosen[3], candidates
 
 
 def process_neuron(
@@ -318,6 +407,7 @@ def process_neuron(
         model: str,
         seconds: float,
         hashed: str | None = None,
+        candidates: list[dict[str, Any]] | None = None,
     ) -> None:
         explanations.append(
             {
@@ -328,6 +418,7 @@ def process_neuron(
                 "prompt_version": cfg.prompt_version,
                 "prompt_hash": hashed,
                 "model": model,
+                "candidates": json.dumps(candidates, ensure_ascii=False) if candidates else None,
                 "prompt_tokens": used.prompt_tokens,
                 "completion_tokens": used.completion_tokens,
                 "cost_usd": used.cost(model, prices),
@@ -360,6 +451,7 @@ def process_neuron(
                 "n_tokens": result.get("n_tokens"),
                 "simulator_model": cfg.simulator_model if mode else None,
                 "simulator_mode": mode,
+                "simulation": result.get("simulation"),
                 "error": error,
                 "prompt_tokens": used.prompt_tokens,
                 "completion_tokens": used.completion_tokens,
@@ -395,10 +487,23 @@ def process_neuron(
         t0 = time.time()
         messages = _explain_prompt(cfg, templates, train, max_act, ev)
         hashed = prompt_hash(messages)
+        candidates = None
         try:
-            text, used = _explain(client, cfg, messages)
+            if kind == "llm" and cfg.candidates > 1 and job.valid:
+                text, used, hashed, candidates = best_of_n(job, client, sim, cfg, templates, ev)
+            else:
+                text, used = _explain(client, cfg, messages)
             usage.add(used)
-            add_explanation(kind, text, None, used, cfg.explainer_model, time.time() - t0, hashed)
+            add_explanation(
+                kind,
+                text,
+                None,
+                used,
+                cfg.explainer_model,
+                time.time() - t0,
+                hashed,
+                candidates,
+            )
         except LLMFailure as exc:
             add_explanation(
                 kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
@@ -509,6 +614,9 @@ def _job(
         explain_records(store, run["id"], layer, neuron, cfg),
         heldout_records(store, run["id"], layer, neuron, cfg),
         graph,
+        valid=validation_records(store, run["id"], layer, neuron, cfg)
+        if cfg.candidates > 1
+        else [],
     )
     if cfg.negative and gated:
         job.train_negative = explain_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)

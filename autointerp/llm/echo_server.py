@@ -10,6 +10,14 @@ evaluates the prompt once (reusing the cached prefix) and takes the top-k of eac
 instead, in well under a second. It also follows OpenAI's convention, which llama-cpp-python's own
 path shifts by one: ``top_logprobs[i]`` is the distribution the model predicted *for* token ``i``
 (``None`` for the first token). Nothing is generated on this path; ``text`` is the prompt.
+
+``--no-prompt-logprobs`` starts it for callers that never ask for logprobs (the ``rule`` simulator):
+without ``logits_all`` the server skips the vocabulary projection of every prompt token but the
+last, and it keeps a RAM cache of evaluated prompts (:data:`PREFIX_CACHE_BYTES`), so the explainer's
+and the rule compiler's long few-shot prefixes are evaluated once, not again after every call of the
+other kind. With ``logits_all`` such a cache is not affordable: each saved state would carry the
+logits of every prompt token (~1 GB for a 1,500-token prompt). Logprob requests are then refused
+with a 400 that says why.
 """
 
 from __future__ import annotations
@@ -21,6 +29,11 @@ import uuid
 from typing import Any
 
 import numpy as np
+
+#: Bytes of evaluated-prompt states the server keeps without prompt logprobs (each state holds the
+#: key/value cache plus one batch of logits, ~0.4 GB for the packaged models; least recently used
+#: first out).
+PREFIX_CACHE_BYTES = 2 << 30
 
 
 def score_prompt(llama: Any, prompt: str, k: int) -> dict[str, Any]:
@@ -74,7 +87,9 @@ def score_prompt(llama: Any, prompt: str, k: int) -> dict[str, Any]:
     }
 
 
-def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
+def build_app(
+    model: str, alias: str, n_ctx: int, threads: int, prompt_logprobs: bool = True
+) -> Any:
     import contextlib
 
     from fastapi import Request
@@ -90,11 +105,14 @@ def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
                 model=model,
                 model_alias=alias,
                 n_ctx=n_ctx,
-                logits_all=True,
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_batch=512,
                 verbose=False,
+                logits_all=prompt_logprobs,
+                cache=not prompt_logprobs,
+                cache_type="ram",
+                cache_size=PREFIX_CACHE_BYTES,
             )
         ],
     )
@@ -117,6 +135,17 @@ def build_app(model: str, alias: str, n_ctx: int, threads: int) -> Any:
         )
         if not wants:
             return await call_next(request)
+        if not prompt_logprobs:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "this server was started without prompt logprobs "
+                        "(--no-prompt-logprobs)",
+                        "type": "invalid_request_error",
+                    }
+                },
+                status_code=400,
+            )
         k = max(1, min(int(body["logprobs"]), 100))
         async with contextlib.asynccontextmanager(get_llama_proxy)() as proxy:
             llama = proxy(body.get("model"))
@@ -163,8 +192,13 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--no-prompt-logprobs",
+        action="store_true",
+        help="no logprobs at all; cache evaluated prompts instead (see the module docstring)",
+    )
     args = p.parse_args()
-    app = build_app(args.model, args.alias, args.n_ctx, args.threads)
+    app = build_app(args.model, args.alias, args.n_ctx, args.threads, not args.no_prompt_logprobs)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

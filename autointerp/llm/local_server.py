@@ -78,9 +78,14 @@ def local_server(
     n_ctx: int = 4096,
     threads: int | None = None,
     startup_timeout: float = 300.0,
+    prompt_logprobs: bool = True,
 ) -> Iterator[tuple[str, str]]:
     """Run the packaged instruct model behind llama.cpp's OpenAI-compatible server; yield
     ``(base_url, model)``.
+
+    ``prompt_logprobs=False`` serves callers that never ask for logprobs (the ``rule`` simulator)
+    faster: no logits for every prompt token, and a cache of evaluated prompts instead
+    (:mod:`autointerp.llm.echo_server`).
 
     The server is stopped when the block ends, however it ends. SIGTERM to this process is turned
     into an exception while the server runs, so the cleanup also happens when the pipeline itself is
@@ -115,6 +120,7 @@ def local_server(
         str(n_ctx),
         "--threads",
         str(threads),
+        *([] if prompt_logprobs else ["--no-prompt-logprobs"]),
     ]
     base_url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("wb") as log:

@@ -35,7 +35,9 @@ class LLMSession:
     where none answers, is refused; an unreachable member of a working pool is ``log``-ged as a
     warning. Without endpoints, ``local_llm`` (or the explainer model, when given) names the
     packaged model the local server runs; it runs one model, so a different simulator model is
-    refused, and the names in the config are the ones the server reports.
+    refused, and the names in the config are the ones the server reports. ``prompt_logprobs`` says
+    whether the simulator will ask for logprobs (every mode but ``rule`` and ``json``): a local
+    server started without them is faster (:func:`autointerp.llm.local_server.local_server`).
     """
 
     client: LLMClient  # set on entering
@@ -47,11 +49,13 @@ class LLMSession:
         *,
         local_llm: str | None = None,
         threads: int | None = None,
+        prompt_logprobs: bool = True,
         check_endpoints: bool = False,
         log: Callable[[str], None] = _silent,
     ) -> None:
         self.cache_path = cache_path
         self.threads = threads
+        self.prompt_logprobs = prompt_logprobs
         self.log = log
         self.local: str | None = None  # the packaged model the local server runs
         self._stack: contextlib.ExitStack | None = None
@@ -106,7 +110,9 @@ class LLMSession:
                 base_url: str | tuple[str, ...] = self.settings.base_urls
             else:
                 base_url, served = stack.enter_context(
-                    local_server(self.local, threads=self.threads)
+                    local_server(
+                        self.local, threads=self.threads, prompt_logprobs=self.prompt_logprobs
+                    )
                 )
                 self.explainer_model = self.simulator_model = served
             self.client = LLMClient(self.settings, cache, base_url)

@@ -30,14 +30,17 @@ Tables (also in README):
   hash is ``config_hash`` (the config itself is the ``runs`` row ``n2g_run_id``), and their
   held-out scores.
 * ``explanations(run_id, layer, neuron, kind, config_hash, status, text, error, prompt_version,
-  prompt_hash, model, explain_run_id, prompt_tokens, completion_tokens, cost_usd, seconds,
-  created)`` - kind is ``llm`` (the positive side), ``llm_negative`` (the negative side of a gated
-  neuron) or ``baseline`` (token lookup, no LLM); status is ``ok`` or ``failed`` (then ``text`` is
-  null and ``error`` says why: a failure is never stored as a result).
+  prompt_hash, model, candidates, explain_run_id, prompt_tokens, completion_tokens, cost_usd,
+  seconds, created)`` - kind is ``llm`` (the positive side), ``llm_negative`` (the negative side of
+  a gated neuron) or ``baseline`` (token lookup, no LLM); status is ``ok`` or ``failed`` (then
+  ``text`` is null and ``error`` says why: a failure is never stored as a result). ``candidates``
+  (best-of-n only) lists every candidate explanation with its score on the validation records, as
+  JSON.
 * ``scores(run_id, layer, neuron, method, config_hash, status, score, score_top, score_random, r2,
-  n_tokens, simulator_model, simulator_mode, error, prompt_tokens, completion_tokens, cost_usd,
-  explain_run_id, created)`` - method is ``explanation``, ``baseline`` or ``n2g``; ``score`` is the
-  Pearson correlation pooled over the held-out top and random records (``score_top``/
+  n_tokens, simulator_model, simulator_mode, simulation, error, prompt_tokens, completion_tokens,
+  cost_usd, explain_run_id, created)`` - method is ``explanation``, ``baseline`` or ``n2g``;
+  ``simulation`` is the JSON rule the ``rule`` simulator compiled the explanation into; ``score`` is
+  the Pearson correlation pooled over the held-out top and random records (``score_top``/
   ``score_random`` per subset). A failed simulation is ``status='failed'`` with a null score.
 * ``llm_cache(key, model, endpoint_kind, request, response, prompt_tokens, completion_tokens,
   created)`` - every LLM request/response keyed by (model, prompt hash, params), so reruns cost
@@ -70,9 +73,11 @@ from dataclasses import dataclass
 import sqlite_utils
 
 #: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table.
+#: 4: ``scores.simulation`` (the matching rule an explanation was compiled into) and
+#: ``explanations.candidates`` (best-of-n: every candidate with its validation score).
 #: Older databases are upgraded in place when opened (new tables and columns only; no row is
 #: rewritten).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,10 @@ class FullTextIndex:
 
 _RUN = ("run_id", "runs", "id")
 
-#: Nullable columns added after a table first shipped: a database that lacks them gets them when
-#: opened (older rows read NULL there; older code ignores them). ``scores.score_raw`` came with
-#: schema 3; the ``graphs`` columns came without a version bump.
+#: : Nullable columns added after a table first shipped: a database that lacks them gets them when :
+#: opened (older rows read NULL there; older code ignores them). ``scores.score_raw`` came with :
+#: schema 3, ``scores.simulation`` and ``explanations.candidates`` with 4; the ``graphs`` columns
+#: came without a version bump.
 ADDED_COLUMNS: dict[str, dict[str, type]] = {
     "graphs": {
         "f1_top": float,
@@ -116,7 +122,8 @@ ADDED_COLUMNS: dict[str, dict[str, type]] = {
         "f1_random": float,
         "correlation_random": float,
     },
-    "scores": {"score_raw": float},
+    "scores": {"score_raw": float, "simulation": str},
+    "explanations": {"candidates": str},
 }
 
 #: Every table, index and full-text index, in creation order.
@@ -245,6 +252,7 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
             "prompt_version": str,
             "prompt_hash": str,
             "model": str,
+            "candidates": str,
             "explain_run_id": int,
             "prompt_tokens": int,
             "completion_tokens": int,
@@ -272,6 +280,7 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
             "n_tokens": int,
             "simulator_model": str,
             "simulator_mode": str,
+            "simulation": str,
             "error": str,
             "prompt_tokens": int,
             "completion_tokens": int,

@@ -1,0 +1,170 @@
+"""The ``rule`` simulator: an explanation compiled into a matching rule (words, a regular
+expression) that a deterministic matcher applies to every token - how rules match, which replies
+are rules, how the compile prompt looks (golden file), and that a broken rule is a recorded failure
+with its reason, never a score."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import copy_store, fault_config
+from test_explain import GOLDEN, _client, _golden
+
+from autointerp.explain.prompts import Record, compile_messages, load_templates
+from autointerp.explain.rules import RuleError, RuleTimeout, TokenRule, parse_rule
+from autointerp.explain.run import explain_layers
+from autointerp.explain.simulate import Simulator, score_predictions, simulate_score
+from autointerp.llm.client import LLMFailure
+
+TOKENS = ["The", " Rhine", "-", "Main", " region", " of", "ten", " often", " Of", " NASA", " Nasa"]
+
+
+def fired(rule: TokenRule, tokens: list[str] = TOKENS) -> list[str]:
+    return [t for t, v in zip(tokens, rule.apply(tokens), strict=True) if v]
+
+
+def test_words_match_whole_words_in_any_case_and_punctuation_anywhere() -> None:
+    # " of" + "ten" is the word "often": not the word "of"
+    assert fired(TokenRule(words=("of",))) == [" Of"]
+    assert fired(TokenRule(words=("of",), case_sensitive=True)) == []
+    assert fired(TokenRule(words=("-",))) == ["-"]
+    assert fired(TokenRule(words=("often", "the"))) == ["The", " of", "ten", " often"]
+
+
+def test_a_phrase_fires_on_every_token_it_overlaps() -> None:
+    tokens = ["In", " the", " Unit", "ed", " States", " and", " United", " Kingdom"]
+    assert fired(TokenRule(words=("United States",)), tokens) == [" Unit", "ed", " States"]
+    # a match that starts inside a token fires that token
+    assert fired(TokenRule(regex="d S"), tokens) == ["ed", " States"]
+
+
+def test_regex_means_exactly_what_it_says() -> None:
+    assert fired(TokenRule(regex=r"\b[A-Z]{2,}\b")) == [" NASA"]
+    assert fired(TokenRule(regex=r"(?i)\bnasa\b")) == [" NASA", " Nasa"]
+    assert fired(TokenRule(regex=r"(?<=-)\w+")) == ["Main"]  # context through a lookbehind
+    assert fired(TokenRule(regex=r"x*")) == []  # empty matches cover no character
+
+
+def test_a_pathological_regex_times_out_instead_of_hanging() -> None:
+    with pytest.raises(RuleTimeout):
+        TokenRule(regex=r"(a|aa)+$").apply(["a" * 20, "a" * 20, "b"])
+
+
+def test_replies_are_parsed_into_rules_or_rejected_with_the_reason() -> None:
+    rule = parse_rule('Here it is:\n```json\n{"words": ["of", " "], "regex": null}\n```')
+    assert rule == TokenRule(words=("of",))
+    assert parse_rule('{"regex": "[{}]", "case_sensitive": true}').regex == "[{}]"
+    for reply, reason in (
+        ("the word of", "no JSON object"),
+        ('{"words": "of"}', "schema"),
+        ('{"words": ["of"], "note": "x"}', "schema"),
+        ('{"regex": "(unclosed"}', "does not compile"),
+        ('{"words": ["of"', "no JSON object"),
+    ):
+        with pytest.raises(RuleError, match=reason):
+            parse_rule(reply)
+
+
+def test_an_empty_rule_fires_nowhere() -> None:
+    assert parse_rule('{"words": [], "regex": null}').apply(TOKENS) == [0.0] * len(TOKENS)
+
+
+def test_stored_rules_are_canonical_json() -> None:
+    rule = TokenRule(words=("a", "b"), regex="x")
+    assert json.loads(rule.to_json()) == {
+        "words": ["a", "b"],
+        "regex": "x",
+        "case_sensitive": False,
+    }
+    assert parse_rule(rule.to_json()) == rule
+
+
+def test_compile_prompt_matches_golden_file() -> None:
+    messages = compile_messages("the hyphen character", load_templates())
+    _golden(
+        "compile_prompt.txt", "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n"
+    )
+    assert messages[-1] == {"role": "user", "content": "Description: the hyphen character"}
+    assert (GOLDEN / "compile_prompt.txt").is_file()
+
+
+def test_few_shot_rules_are_valid_rules() -> None:
+    for example in load_templates().compile_examples:
+        parse_rule(json.dumps(example["rule"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# against fault-injection endpoints (the server only compiles; matching and scoring are real)
+def test_rule_simulation_scores_what_the_rule_matches(fault_server) -> None:  # type: ignore[no-untyped-def]
+    server = fault_server("keyword")  # compiles a description into its own words
+    sim = Simulator(_client(server.url), "fault-model", load_templates(), "rule")
+    record = Record(TOKENS, [5.0 if t == "-" else 0.0 for t in TOKENS])
+    right, used = simulate_score(sim, "-", [record], 5.0, 1.0)
+    wrong, _ = simulate_score(sim, "region", [record], 5.0, 1.0)
+    assert right["score"] == pytest.approx(1.0) and wrong["score"] < 0
+    assert json.loads(right["simulation"])["words"] == ["-"]
+    assert used.calls == 1  # one call per explanation, whatever the number of records
+    preds, _, _ = sim.simulate_records("the region", [TOKENS, TOKENS[:3]])
+    assert [len(p) for p in preds] == [len(TOKENS), 3] and max(preds[0]) == 9.0
+    assert score_predictions(preds[:1], [record], 5.0)["score"] is not None
+
+
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("truncated", "truncated at max_tokens"),
+        ("wrong-count", "does not compile"),
+        ("not-json", "no JSON object"),
+    ],
+)
+def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path, mode: str, reason: str
+) -> None:
+    store = copy_store(small_db, tmp_path)
+    server = fault_server(mode)  # explanations are answered well; the rule is broken
+    summary = explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0-1",
+        fault_config(simulator_mode="rule"),
+        _client(server.url),
+        load_templates(),
+        progress=False,
+    )
+    assert summary.failed == 2
+    rows = list(store.db.query("select * from scores where method = 'explanation'"))
+    assert len(rows) == 2
+    for row in rows:
+        assert row["status"] == "failed" and row["score"] is None and row["simulation"] is None
+        assert reason in row["error"] and row["simulator_mode"] == "rule"
+    # the N2G-free baseline is compiled by the same broken server: failed too, no number
+    assert all(
+        r["score"] is None for r in store.db.query("select * from scores where method = 'baseline'")
+    )
+
+
+def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("ok")
+    explain_layers(
+        store,
+        "tiny-gated",
+        [1],
+        "0",
+        fault_config(simulator_mode="rule"),
+        _client(server.url),
+        load_templates(),
+        progress=False,
+    )
+    rows = {r["method"]: r for r in store.db.query("select * from scores")}
+    assert rows["explanation"]["simulator_mode"] == "rule"
+    assert json.loads(rows["explanation"]["simulation"])["words"] == ["matter", "that", "tokens"]
+    assert json.loads(rows["baseline"]["simulation"])["words"]
+
+
+def test_an_unreachable_simulator_is_a_failure_with_its_reason() -> None:
+    sim = Simulator(_client("http://127.0.0.1:9/v1"), "m", load_templates(), "rule")
+    with pytest.raises(LLMFailure, match="connection error"):
+        sim.simulate_records("anything", [TOKENS])
