@@ -25,6 +25,8 @@ database and the pipeline under test are real. Modes:
 * ``candidates``: like ``keyword``, but an explanation request is answered with one of the tokens
   the prompt says the neuron fires on most - the first at temperature 0, the ``seed``-th (cycling)
   when a seed is given - so best-of-n candidates differ and score differently;
+* ``copycat``: an explanation request is answered with the prompt's first few-shot answer at
+  temperature 0, and well when asked again hotter; simulations are answered well;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo
   prompts, a valid JSON list for JSON simulations), so a test can watch a failure get redone.
 """
@@ -82,6 +84,8 @@ class FaultServer:
                     self._send(
                         200, _chat(" tokens that", finish_reason="length")
                     )  # cut inside the phrase
+                elif mode == "copycat" and not is_simulation(body) and not body.get("seed"):
+                    self._send(200, _chat(body["messages"][2]["content"]))
                 elif mode == "candidates" and not is_simulation(body):
                     self._send(200, _candidate_answer(body))
                 elif mode in ("no-digits", "keyword", "candidates") and "prompt" in body:
@@ -92,6 +96,7 @@ class FaultServer:
                     "no-digits",
                     "keyword",
                     "candidates",
+                    "copycat",
                 ) or (mode in SIMULATION_FAULTS and not is_simulation(body)):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:

@@ -33,6 +33,24 @@ def test_help_lists_every_subcommand() -> None:
     assert "--shard" in harvest_help and "--layers" in harvest_help and "--tokens" in harvest_help
 
 
+def test_every_help_page_reads_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    """No command's help shows argparse's escaping ("%%" where "%" was meant) or fails to build."""
+    import importlib
+
+    from autointerp.cli import COMMAND_MODULES
+
+    names = [
+        cmd.name
+        for module in COMMAND_MODULES
+        for cmd in importlib.import_module(f"autointerp.cli.{module}").commands
+    ]
+    assert len(names) > 15
+    for name in names:
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "%%" not in out and f"autointerp {name}" in out, name
+
+
 @pytest.mark.parametrize(
     ("name", "suggestion"),
     [("gpt2-smal", "gpt2-small"), ("solu-11", "solu-1l"), ("smollm-135m", "smollm2-135m")],

@@ -243,6 +243,17 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(
     assert not list(store.db.query("select * from scores where status = 'failed'"))
 
 
+def test_a_copied_few_shot_answer_is_asked_again(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("copycat")  # repeats "days of the week" unless asked again hotter
+    cfg = fault_config()
+    explain_layers(
+        store, "tiny-gated", [1], "0", cfg, _client(server.url), load_templates(), progress=False
+    )
+    row = next(store.db.query("select * from explanations where kind = 'llm'"))
+    assert row["status"] == "ok" and row["text"] == "tokens that matter"
+
+
 def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")

@@ -252,7 +252,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "A seeded random sample of --sample neurons per layer among those that fire "
         "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
         "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
-        "mean, median, bootstrap 95%% CI, fraction >= 0.5, failed, undefined, and paired "
+        "mean, median, bootstrap 95% CI, fraction >= 0.5, failed, undefined, and paired "
         "differences. Stored as an eval run."
     ),
     epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png",

@@ -298,10 +298,20 @@ def prompt_hash(messages: list[dict[str, str]]) -> str:
 
 
 def _explain(
-    client: LLMClient, cfg: ExplainConfig, messages: list[dict[str, str]], sample: int = 0
+    client: LLMClient,
+    cfg: ExplainConfig,
+    messages: list[dict[str, str]],
+    templates: Templates,
+    sample: int = 0,
 ) -> tuple[str, Usage]:
     """One explanation; ``sample`` > 0 draws candidate ``sample`` of best-of-n at temperature 0.7
-    (seeded, so a rerun asks the same questions and the response cache answers them)."""
+    (seeded, so a rerun asks the same questions and the response cache answers them).
+
+    A reply that repeats a few-shot answer word for word is refused and asked again at a higher
+    temperature: small models fall back on copying an example's answer when unsure (the 1.5B
+    explained a year neuron and a hyphen neuron as 'the word "of"', the third example's answer),
+    and a copied phrase is about another neuron."""
+    copies = {ex["explanation"].strip().lower() for ex in templates.examples}
     body: dict[str, Any] = {
         "messages": messages,
         "max_tokens": cfg.explainer_max_tokens,
@@ -320,9 +330,12 @@ def _explain(
                 # cut at max_tokens inside the first line: the phrase itself is incomplete, never
                 # store it
                 raise InvalidOutput(f"truncated at max_tokens: {content[:60]!r}")
-            return parse_explanation(content)
+            text = parse_explanation(content)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise InvalidOutput(str(exc)) from exc
+        if text.lower() in copies:
+            raise InvalidOutput(f"the reply copies a few-shot answer: {text[:60]!r}")
+        return text
 
     return client.call(
         "chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a}
@@ -354,7 +367,7 @@ def best_of_n(
         messages = _explain_prompt(cfg, templates, records, job.max_activation, evidence)
         hashed = prompt_hash(messages)
         try:
-            text, used = _explain(client, cfg, messages, sample=k)
+            text, used = _explain(client, cfg, messages, templates, sample=k)
             usage.add(used)
         except LLMFailure as exc:
             first_failure = first_failure or exc
@@ -492,7 +505,7 @@ def process_neuron(
             if kind == "llm" and cfg.candidates > 1 and job.valid:
                 text, used, hashed, candidates = best_of_n(job, client, sim, cfg, templates, ev)
             else:
-                text, used = _explain(client, cfg, messages)
+                text, used = _explain(client, cfg, messages, templates)
             usage.add(used)
             add_explanation(
                 kind,
