@@ -51,7 +51,8 @@ from autointerp.selection import select_neurons
 from autointerp.store import Store
 from autointerp.untrusted import escape_token
 
-EXPLAIN_VERSION = 1
+#: 2: the rule simulator asks for JSON mode; an explanation copying a few-shot answer is refused.
+EXPLAIN_VERSION = 2
 
 
 @dataclass
@@ -269,13 +270,16 @@ class NeuronResult:
         return sum(costs) if costs else None
 
 
-def _explain_prompt(
+def explain_messages(
     cfg: ExplainConfig,
     templates: Templates,
     records: list[Record],
     max_act: float,
     evidence: list[str] | None,
 ) -> list[dict[str, str]]:
+    """The explainer's chat messages for one neuron as ``explain`` sends them: the records, the
+    tokens it fires on most, the N2G ``evidence``; the weakest records are dropped while the prompt
+    is longer than ``cfg.max_prompt_chars`` (small local context windows)."""
     top_tokens = (
         baseline_explanation(records, max_act, 5)
         .removeprefix("the tokens ")
@@ -283,9 +287,7 @@ def _explain_prompt(
     )
     messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
-        records = records[
-            :-1
-        ]  # keep the prompt inside small local context windows: drop the weakest examples
+        records = records[:-1]
         messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
     return messages
 
@@ -364,7 +366,7 @@ def best_of_n(
         records = list(job.train)
         if k:
             random.Random(k).shuffle(records)
-        messages = _explain_prompt(cfg, templates, records, job.max_activation, evidence)
+        messages = explain_messages(cfg, templates, records, job.max_activation, evidence)
         hashed = prompt_hash(messages)
         try:
             text, used = _explain(client, cfg, messages, templates, sample=k)
@@ -498,7 +500,7 @@ def process_neuron(
         )
     for kind, method, train, heldout, max_act, sign, ev in sides:
         t0 = time.time()
-        messages = _explain_prompt(cfg, templates, train, max_act, ev)
+        messages = explain_messages(cfg, templates, train, max_act, ev)
         hashed = prompt_hash(messages)
         candidates = None
         try:

@@ -281,6 +281,9 @@ class Simulator:
             "messages": compile_messages(explanation, self.templates),
             "max_tokens": RULE_MAX_TOKENS,
             "temperature": 0,
+            # JSON mode (OpenAI, vLLM; a JSON grammar on llama.cpp): the 1.5B otherwise wrote a
+            # quote token as """ and failed all four attempts on that neuron's rule
+            "response_format": {"type": "json_object"},
         }
         return self.client.call("chat", self.model, body, parse, _retry_hotter)
 
