@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-#: The prompt cache's capacity without prompt logprobs: llama.cpp states (the key/value cache of the
-#: evaluated prompt: ~45 MB for a 1,500-token explain prompt with the 1.5B, ~15 MB for a rule prompt),
-#: least recently used first out.
+#: : The prompt cache's capacity without prompt logprobs: llama.cpp states (the key/value cache of
+#: the : evaluated prompt: ~45 MB for a 1,500-token explain prompt with the 1.5B, ~15 MB for a rule
+#: prompt), : least recently used first out.
 PREFIX_CACHE_BYTES = 1 << 30
 
 
