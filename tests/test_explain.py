@@ -501,3 +501,21 @@ def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, t
     assert (
         summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows)) and summary.cost_usd > 0
     )
+
+
+def test_the_prompt_cache_keeps_one_row_of_logits_per_state() -> None:
+    """The logprob-free local server's prompt cache: a state keeps its key/value bytes and only
+    the last row of logits (the stock cache kept a 311 MB buffer per entry, uncounted)."""
+    from llama_cpp.llama import LlamaState
+
+    from autointerp.llm.echo_server import slim_prompt_cache
+
+    cache = slim_prompt_cache(capacity_bytes=250)
+    for i in range(3):
+        scores = np.arange(6 * 4, dtype=np.single).reshape(6, 4) + i
+        cache[[1, 2, i]] = LlamaState(
+            np.array([1, 2, i], dtype=np.intc), scores, 3, b"x" * 100, 100, 0
+        )
+    assert len(cache.cache_state) == 2  # the capacity counts the state bytes: the oldest went
+    kept = cache[[1, 2, 2, 9]]  # the longest-prefix lookup finds the state of [1, 2, 2]
+    assert kept.scores.shape == (1, 4) and kept.scores[0, 0] == 20 + 2
