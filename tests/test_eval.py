@@ -369,6 +369,30 @@ def test_summaries_count_failures_apart_and_pair_by_neuron() -> None:
     assert summarize([])["mean"] is None and summarize([0.3])["ci95"] is None
 
 
+@pytest.mark.slow  # loads the 420 MB embedding model
+def test_eval_reports_the_embedding_scorer_beside_simulation(
+    gated_db, fault_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(gated_db, tmp_path)
+    server = fault_server("keyword")
+    common = ["--layers", "1", "--sample", "4", "--base-url", server.url]
+    common += ["--explainer-model", "fault-model", "--sim-top", "2", "--sim-random", "2"]
+    common += ["--no-graphs", "--no-progress", "--db", str(store.path)]
+    proc = run_cli("eval", "tiny-gated", *common, "--embedding-scorer", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    embedding = out["methods"]["embedding"]
+    assert embedding["n"] + embedding["undefined"] + embedding["failed"] <= 4
+    for neuron in out["neurons"]:
+        value = neuron["scores"]["embedding"]
+        assert value is None or 0.0 <= value <= 1.0
+        assert neuron["status"]["embedding"] in ("ok", "undefined", "missing")
+    agreement = out["scorer_agreement"]["embedding"]
+    assert agreement["n"] <= 4 and agreement["seconds_per_neuron"] > 0
+    text = run_cli("eval", "tiny-gated", *common, "--embedding-scorer")
+    assert text.returncode == 0 and "embedding scorer: Spearman" in text.stdout
+
+
 def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
     gated_db, fault_server, tmp_path
 ) -> None:  # type: ignore

@@ -275,6 +275,15 @@ def eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=seed, help=f"sample seed (default {seed})")
     p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")
     p.add_argument(
+        "--embedding-scorer",
+        action="store_true",
+        help=(
+            "also score each explanation by embedding (AUROC of its similarity to the held-out "
+            "windows against where the neuron fires; the packaged all-mpnet-base-v2) and report "
+            "its Spearman correlation with the simulation scores"
+        ),
+    )
+    p.add_argument(
         "--no-graphs",
         action="store_true",
         help="do not build missing N2G graphs (no subject model)",
@@ -305,7 +314,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(
             "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
         )
-    cfg = EvalConfig(layers=layers, sample=args.sample, seed=args.seed)
+    cfg = EvalConfig(
+        layers=layers, sample=args.sample, seed=args.seed, embedding=args.embedding_scorer
+    )
     subject: dict[str, Any] = {}
 
     def build_graphs(layer: int, neurons: list[int]) -> None:
@@ -375,5 +386,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, d in result["paired"].items():
         ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
         print(f"  {name:<22} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+    for name, agreement in result.get("scorer_agreement", {}).items():
+        rho = agreement["spearman_with_simulation"]
+        print(
+            f"{name} scorer: Spearman {_fmt(rho)} with the simulation scores over "
+            f"{agreement['n']} neurons, {agreement['seconds_per_neuron']:.2f} s per neuron"
+        )
     print(f"stored as eval run {result['run_id']}" + (f"; plot: {args.plot}" if args.plot else ""))
     return 0

@@ -25,6 +25,7 @@ compared.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ from tqdm import tqdm
 
 from autointerp.config import identity_hash
 from autointerp.errors import UserError
-from autointerp.eval.stats import paired, summarize
+from autointerp.eval.scorers import embedding_score
+from autointerp.eval.stats import paired, spearman, summarize
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import ExplainConfig, explain_layers, heldout_records
 from autointerp.explain.simulate import Simulator, simulate_score
@@ -47,6 +49,9 @@ class EvalConfig:
     layers: list[int]
     sample: int = 16
     seed: int = 0
+    #: also score each explanation with the embedding scorer (:mod:`autointerp.eval.scorers`) and
+    #: report how well it agrees with simulation
+    embedding: bool = False
 
 
 def sample_neurons(store: Store, model: str, layer: int, n: int, seed: int) -> list[int]:
@@ -159,8 +164,9 @@ def evaluate(
     )
     neurons_out: list[dict[str, Any]] = []
     per_method: dict[str, dict[tuple[int, int], float | None]] = {
-        m: {} for m in (*METHODS, "shuffled")
+        m: {} for m in (*METHODS, "shuffled", *(["embedding"] if cfg.embedding else []))
     }
+    embedding_seconds = 0.0
     counts: dict[str, dict[str, int]] = {m: {"failed": 0, "undefined": 0} for m in per_method}
     bar = tqdm(
         total=sum(len(v) for v in samples.values()),
@@ -208,6 +214,20 @@ def evaluate(
             entry["scores"]["shuffled"] = sh["score"] if sh and sh["status"] == "ok" else None
             if sh:
                 entry["shuffled_from"] = sh["from"]
+            if cfg.embedding:
+                t0 = time.perf_counter()
+                value = (
+                    embedding_score(
+                        texts[n], heldout_records(store, run_id, layer, n, explain_cfg), maxima[n]
+                    )
+                    if n in texts
+                    else None
+                )
+                embedding_seconds += time.perf_counter() - t0
+                entry["scores"]["embedding"] = value
+                entry["status"]["embedding"] = (
+                    "missing" if n not in texts else ("ok" if value is not None else "undefined")
+                )
             for method in per_method:
                 status = entry["status"][method]
                 if status == "ok":
@@ -253,6 +273,22 @@ def evaluate(
         },
         "neurons": neurons_out,
     }
+    if cfg.embedding:
+        both = [
+            k
+            for k, v in per_method["embedding"].items()
+            if v is not None and expl.get(k) is not None
+        ]
+        result["scorer_agreement"] = {
+            "embedding": {
+                "n": len(both),
+                "spearman_with_simulation": spearman(
+                    [per_method["embedding"][k] for k in both], [expl[k] for k in both]
+                ),
+                "seconds_per_neuron": embedding_seconds / max(1, len(per_method["embedding"])),
+                "score": "AUROC of cosine(explanation, window) against 'the neuron fires here'",
+            }
+        }
     config = {
         "eval": asdict(cfg),
         "explain": explain_cfg.identity(),

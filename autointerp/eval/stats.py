@@ -58,3 +58,24 @@ def paired(
         "mean": float(np.mean(diffs)) if diffs else None,
         "ci95": bootstrap_ci(diffs, seed),
     }
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None with fewer than 3 pairs or a
+    constant side."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for value in np.unique(x):  # ties share their average rank
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
