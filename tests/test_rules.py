@@ -52,7 +52,7 @@ def test_a_pathological_regex_times_out_instead_of_hanging() -> None:
 
 
 def test_replies_are_parsed_into_rules_or_rejected_with_the_reason() -> None:
-    rule = parse_rule('Here it is:\n```json\n{"words": ["of", " "], "regex": null}\n```')
+    rule = parse_rule('Here it is:\n```json\n{"words": ["of", " ", ""], "regex": null}\n```')
     assert rule == TokenRule(words=("of",))
     assert parse_rule('{"regex": "[{}]", "case_sensitive": true}').regex == "[{}]"
     for reply, reason in (

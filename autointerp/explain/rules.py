@@ -46,7 +46,9 @@ RULE_SCHEMA: dict[str, Any] = {
     "properties": {
         "words": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": 100},
+            # an empty word matches nothing: dropped, not a failure (the 1.5B wrote "" for the
+            # quote token of `the tokens """, ""," and "call"`, four times over)
+            "items": {"type": "string", "maxLength": 100},
             "maxItems": 200,
         },
         "regex": {"type": ["string", "null"], "maxLength": 500},
