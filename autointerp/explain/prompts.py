@@ -123,15 +123,7 @@ EXAMPLES_SCHEMA: dict[str, Any] = {
 def _check_examples(examples: Any, path: Path) -> None:
     """The few-shot file is user-editable (``--prompts DIR``): a wrong shape is one sentence, not a
     KeyError later."""
-    import jsonschema
-
-    try:
-        jsonschema.validate(examples, EXAMPLES_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
-        raise UserError(
-            f"{path} does not have the few-shot examples' shape at {where}: {exc.message}."
-        ) from exc
+    _check_shape(examples, EXAMPLES_SCHEMA, path, "the few-shot examples'")
     for i, neuron in enumerate(examples["neurons"]):
         for j, record in enumerate(neuron["records"]):
             if len(record["tokens"]) != len(record["activations"]):
@@ -139,6 +131,17 @@ def _check_examples(examples: Any, path: Path) -> None:
                     f"{path}: neurons/{i}/records/{j} has {len(record['tokens'])} "
                     f"tokens but {len(record['activations'])} activations."
                 )
+
+
+def _check_shape(data: Any, schema: dict[str, Any], path: Path, what: str) -> None:
+    """One sentence naming the file and the place where ``data`` leaves ``schema``."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+        raise UserError(f"{path} does not have {what} shape at {where}: {exc.message}.") from exc
 
 
 def _read_json(path: Path) -> Any:
@@ -150,7 +153,6 @@ def _read_json(path: Path) -> Any:
 
 def _check_compile_examples(examples: Any, path: Path) -> None:
     """Each few-shot rule must itself be a valid rule: the model copies their shape."""
-    import jsonschema
 
     from autointerp.explain.rules import RuleError, parse_rule
 
@@ -172,13 +174,7 @@ def _check_compile_examples(examples: Any, path: Path) -> None:
             }
         },
     }
-    try:
-        jsonschema.validate(examples, schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
-        raise UserError(
-            f"{path} does not have the rule examples' shape at {where}: {exc.message}."
-        ) from exc
+    _check_shape(examples, schema, path, "the rule examples'")
     for i, ex in enumerate(examples["examples"]):
         try:
             parse_rule(json.dumps(ex["rule"]))
