@@ -8,10 +8,10 @@ import json
 
 from helpers import copy_store, fault_config
 from test_explain import _client
+from test_rules import explain_with_rules
 
 from autointerp.explain.prompts import load_templates
 from autointerp.explain.run import (
-    explain_layers,
     explain_records,
     heldout_records,
     validation_records,
@@ -45,9 +45,7 @@ def test_the_best_candidate_on_validation_is_kept_and_scored_on_the_test_split( 
     server = fault_server("candidates")
     cfg = fault_config(candidates=3, simulator_mode="rule", explain_records=2)
     templates = load_templates()
-    summary = explain_layers(
-        store, "tiny-gated", [1], "0-3", cfg, _client(server.url), templates, progress=False
-    )
+    summary = explain_with_rules(store, server.url, "0-3", candidates=3, explain_records=2)
     assert summary.explained == 4 and summary.failed == 0
     run = store.latest_complete_run("tiny-gated", 1)
     assert run is not None
@@ -76,15 +74,6 @@ def test_the_best_candidate_on_validation_is_kept_and_scored_on_the_test_split( 
 def test_one_candidate_is_the_plain_explanation(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("candidates")
-    explain_layers(
-        store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(simulator_mode="rule"),
-        _client(server.url),
-        load_templates(),
-        progress=False,
-    )
+    explain_with_rules(store, server.url, "0")
     row = next(store.db.query("select * from explanations where kind = 'llm'"))
     assert row["candidates"] is None and row["status"] == "ok"

@@ -6,6 +6,7 @@ with its reason, never a score."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from helpers import copy_store, fault_config
@@ -13,9 +14,10 @@ from test_explain import GOLDEN, _client, _golden
 
 from autointerp.explain.prompts import Record, compile_messages, load_templates
 from autointerp.explain.rules import RuleError, RuleTimeout, TokenRule, parse_rule
-from autointerp.explain.run import explain_layers
+from autointerp.explain.run import ExplainSummary, explain_layers
 from autointerp.explain.simulate import Simulator, score_predictions, simulate_score
 from autointerp.llm.client import LLMFailure
+from autointerp.store import Store
 
 TOKENS = ["The", " Rhine", "-", "Main", " region", " of", "ten", " often", " Of", " NASA", " Nasa"]
 
@@ -96,6 +98,15 @@ def test_few_shot_rules_are_valid_rules() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # against fault-injection endpoints (the server only compiles; matching and scoring are real)
+def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> ExplainSummary:
+    """``explain`` of layer 1 of the tiny model against a fault-injection endpoint, simulated by
+    rules (``config`` overrides the test config's fields)."""
+    cfg = fault_config(simulator_mode="rule", **config)
+    return explain_layers(
+        store, "tiny-gated", [1], neurons, cfg, _client(url), load_templates(), progress=False
+    )
+
+
 def test_rule_simulation_scores_what_the_rule_matches(fault_server) -> None:  # type: ignore[no-untyped-def]
     server = fault_server("keyword")  # compiles a description into its own words
     sim = Simulator(_client(server.url), "fault-model", load_templates(), "rule")
@@ -123,16 +134,7 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
 ) -> None:
     store = copy_store(small_db, tmp_path)
     server = fault_server(mode)  # explanations are answered well; the rule is broken
-    summary = explain_layers(
-        store,
-        "tiny-gated",
-        [1],
-        "0-1",
-        fault_config(simulator_mode="rule"),
-        _client(server.url),
-        load_templates(),
-        progress=False,
-    )
+    summary = explain_with_rules(store, server.url, "0-1")
     assert summary.failed == 2
     rows = list(store.db.query("select * from scores where method = 'explanation'"))
     assert len(rows) == 2
@@ -148,16 +150,7 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
 def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
-    explain_layers(
-        store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(simulator_mode="rule"),
-        _client(server.url),
-        load_templates(),
-        progress=False,
-    )
+    explain_with_rules(store, server.url, "0")
     rows = {r["method"]: r for r in store.db.query("select * from scores")}
     assert rows["explanation"]["simulator_mode"] == "rule"
     assert json.loads(rows["explanation"]["simulation"])["words"] == ["matter", "that", "tokens"]
