@@ -190,3 +190,153 @@ def test_a_killed_graph_driver_resumes_by_chunk(
     assert "Resuming: 2 of 4 neurons" in resumed.stderr
     assert "built 0 graphs (2 already done)" in resumed.stdout
     assert _graphs(db) == in_process_graphs
+
+
+@pytest.mark.slow
+def test_a_graph_worker_killed_mid_task_is_retried_with_identical_graphs(
+    in_process: Store, in_process_graphs: Graphs, tmp_path: Path
+) -> None:
+    db = copy_db(in_process.path, tmp_path / "ray.db")
+    marker = tmp_path / "killed-once"
+    proc = run_cli(
+        *GRAPH, *RAY, "--db", str(db), env={"AUTOINTERP_KILL_RAY_WORKER_ONCE": str(marker)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()  # a worker died with its chunk built but not returned; Ray reran it
+    assert _graphs(db) == in_process_graphs
+
+
+# --------------------------------------------------------------------------------------------------
+# explanations: the tiny model's harvest (no subject model runs), a deterministic fake LLM endpoint
+# answering both the explainer and the rule compiler, best-of-2 so every path of a neuron is used
+EXPLAIN_NEURONS = 6  # two tasks of EXPLAIN_CHUNK (4) neurons: one whole, one short
+
+
+@pytest.fixture(scope="module")
+def llm_endpoint():  # type: ignore[no-untyped-def]
+    from llmfaults import FaultServer
+
+    server = FaultServer("candidates")
+    yield server
+    server.close()
+
+
+def _explain(db: Path, url: str, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return run_cli(
+        "explain",
+        "tiny-gated",
+        "--layers",
+        "1",
+        "--neurons",
+        f"0-{EXPLAIN_NEURONS - 1}",
+        "--candidates",
+        "2",
+        "--base-url",
+        url,
+        "--explainer-model",
+        "fault-model",
+        "--no-progress",
+        "--json",
+        "--db",
+        str(db),
+        *extra,
+        env=env,
+    )
+
+
+Explained = tuple[list[tuple], list[tuple], int]
+"""A database's explanation rows, score rows (what a run computed, not when) and cached LLM
+responses."""
+
+
+def _explained(db: Path) -> Explained:
+    store = Store(db)
+    explanations = store.db.execute(
+        "select layer, neuron, kind, status, text, error, prompt_hash, model, candidates,"
+        " prompt_tokens, completion_tokens from explanations order by layer, neuron, kind"
+    ).fetchall()
+    scores = store.db.execute(
+        "select layer, neuron, method, status, score, score_raw, score_top, score_random, r2,"
+        " n_tokens, simulator_mode, simulation, error, prompt_tokens, completion_tokens"
+        " from scores order by layer, neuron, method"
+    ).fetchall()
+    [(cached,)] = store.db.execute("select count(*) from llm_cache").fetchall()
+    return [tuple(r) for r in explanations], [tuple(r) for r in scores], int(cached)
+
+
+@pytest.fixture(scope="module")
+def in_process_explained(small_db: Path, llm_endpoint, tmp_path_factory) -> Explained:  # type: ignore[no-untyped-def]
+    db = copy_db(small_db, tmp_path_factory.mktemp("explain") / "local.db")
+    proc = _explain(db, llm_endpoint.url)
+    assert proc.returncode == 0, proc.stderr
+    explained = _explained(db)
+    assert len({r[:2] for r in explained[0]}) == EXPLAIN_NEURONS and explained[2] > 0
+    return explained
+
+
+@pytest.mark.slow
+def test_ray_explanations_equal_the_in_process_ones(
+    small_db: Path, llm_endpoint, in_process_explained: Explained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    db = copy_db(small_db, tmp_path / "ray.db")
+    proc = _explain(db, llm_endpoint.url, *RAY)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["explained"] == EXPLAIN_NEURONS and out["failed"] == 0
+    # rows, scores and the workers' LLM responses, written by the driver into the cache
+    assert _explained(db) == in_process_explained
+    [endpoint] = out["endpoints"]  # the workers' calls are in the driver's ledger
+    assert endpoint["calls"] == out["llm_calls"] > 0
+    again = _explain(db, llm_endpoint.url, *RAY)
+    assert json.loads(again.stdout)["already_done"] == EXPLAIN_NEURONS
+
+
+@pytest.mark.slow
+def test_an_explain_worker_killed_mid_task_is_retried_with_identical_rows(
+    small_db: Path, llm_endpoint, in_process_explained: Explained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    db = copy_db(small_db, tmp_path / "ray.db")
+    marker = tmp_path / "killed-once"
+    proc = _explain(
+        db, llm_endpoint.url, *RAY, env={"AUTOINTERP_KILL_RAY_WORKER_ONCE": str(marker)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()  # a worker died after its first neuron; Ray ran the task again
+    assert _explained(db) == in_process_explained
+
+
+@pytest.mark.slow
+def test_a_killed_explain_driver_resumes_by_task(
+    small_db: Path, llm_endpoint, in_process_explained: Explained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    db = copy_db(small_db, tmp_path / "ray.db")
+    killed = _explain(db, llm_endpoint.url, *RAY, env={"AUTOINTERP_KILL_AFTER": "explain:1"})
+    assert killed.returncode == -9
+    stored = {r[:2] for r in _explained(db)[0]}
+    assert len(stored) in (4, EXPLAIN_NEURONS - 4)  # one task's neurons, whole
+    resumed = _explain(db, llm_endpoint.url, *RAY)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["already_done"] == len(stored)
+    assert _explained(db) == in_process_explained
+
+
+@pytest.mark.slow
+def test_eval_on_ray_reports_what_eval_in_process_reports(
+    small_db: Path, llm_endpoint, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    common = ["--layers", "1", "--sample", "4", "--base-url", llm_endpoint.url]
+    common += ["--explainer-model", "fault-model", "--no-graphs", "--no-progress", "--json"]
+    reports = []
+    for name, executor in (("local", []), ("ray", RAY)):
+        db = copy_db(small_db, tmp_path / f"{name}.db")
+        proc = run_cli("eval", "tiny-gated", *common, *executor, "--db", str(db))
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        reports.append({k: out[k] for k in ("neurons", "methods", "paired")})
+    assert reports[0] == reports[1] and len(reports[0]["neurons"]) == 4

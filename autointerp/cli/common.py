@@ -127,6 +127,17 @@ def add_executor_options(p: argparse.ArgumentParser, tasks: str, workers: str) -
     p.add_argument("--workers", type=int, default=None, help=f"with --executor ray: {workers}")
 
 
+def parse_executor(args: argparse.Namespace) -> Any:
+    """The :class:`autointerp.executors.Executor` of ``--executor``/``--workers``, refused in one
+    sentence when either makes no sense."""
+    from autointerp.executors import Executor
+
+    executor = Executor.parse(args.executor)
+    if executor.kind == "ray" and args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1.")
+    return executor
+
+
 def at_least(low: int) -> Callable[[str], int]:
     """An integer option that must be ``>= low`` (an argparse type: checked before anything
     runs)."""

@@ -19,10 +19,11 @@ from autointerp.cli.common import (
     db_path,
     default_of,
     log,
+    parse_executor,
     print_json,
     stdout_to_stderr,
 )
-from autointerp.cli.explain import add_record_options
+from autointerp.cli.explain import add_llm_executor_options, add_record_options
 from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -86,6 +87,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prompts", default=None, help="prompt template folder (default: the packaged prompts)"
     )
+    add_llm_executor_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_db_option(p)
@@ -182,6 +184,7 @@ def calibrate_options(p: argparse.ArgumentParser) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autointerp.eval.calibrate import CalibrateConfig, calibrate
     from autointerp.eval.features import load_features
+    from autointerp.executors import explain_runner
     from autointerp.models import load_tokenizer
     from autointerp.store import Store
 
@@ -190,6 +193,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
     with stdout_to_stderr():
         name, tokenizer = load_tokenizer(args.model, progress=not args.no_progress)
+    executor = parse_executor(args)
     store = Store(db_path(args))
     cfg = CalibrateConfig(corpus=args.corpus, tokens=args.tokens)
     with (
@@ -207,6 +211,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             templates,
             progress=not args.no_progress,
             log=log,
+            runner=explain_runner(executor, args.workers),
         )
     if args.json:
         print_json(result["features"])
@@ -295,6 +300,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from autointerp.eval.evaluate import EvalConfig, evaluate
     from autointerp.eval.plot import eval_plot
+    from autointerp.executors import explain_runner
     from autointerp.harvest import parse_layers
     from autointerp.models import canonical_model_name
     from autointerp.store import Store
@@ -314,6 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(
             "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
         )
+    executor = parse_executor(args)
     cfg = EvalConfig(
         layers=layers, sample=args.sample, seed=args.seed, embedding=args.embedding_scorer
     )
@@ -326,6 +333,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if "model" not in subject:
             subject["model"] = load_model(model, progress=not args.no_progress)
+        if executor.kind == "ray":
+            from autointerp.executors import ray_graph
+
+            ray_graph(
+                subject["model"],
+                store,
+                [layer],
+                ",".join(str(n) for n in neurons),
+                N2GConfig(),
+                executor,
+                workers=args.workers,
+                progress=not args.no_progress,
+            )
+            return
         graph_layers(
             subject["model"],
             store,
@@ -354,6 +375,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             templates,
             build_graphs=None if args.no_graphs else build_graphs,
             progress=not args.no_progress,
+            runner=explain_runner(executor, args.workers),
         )
     if args.plot:
         known = store.latest_evaluation(model, "calibrate")

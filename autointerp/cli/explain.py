@@ -11,11 +11,13 @@ from typing import Any
 from autointerp.cli.common import (
     Commands,
     add_db_option,
+    add_executor_options,
     at_least,
     db_path,
     default_of,
     finite,
     log,
+    parse_executor,
     print_json,
     stored_layers,
 )
@@ -61,6 +63,21 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
             "validation records (training-split examples the explainer did not see; the reported "
             f"score stays on the test split) (default {default('candidates')})"
         ),
+    )
+
+
+def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
+    """--executor/--workers for the LLM stage (explain, and eval's and calibrate's explain step)."""
+    from autointerp.executors import EXPLAIN_CHUNK
+
+    add_executor_options(
+        p,
+        tasks=(
+            f"every {EXPLAIN_CHUNK} neurons are a task on the cluster, whose workers call the LLM"
+            " servers themselves (they must reach --base-url; the local server suits ray:local);"
+            " only this process writes --db"
+        ),
+        workers="tasks at once (default: twice the cluster's CPUs)",
     )
 
 
@@ -191,6 +208,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars',
     )
     p.add_argument("--prompts", default=None, help="prompt template folder (default: prompts/)")
+    add_llm_executor_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--json", action="store_true", help="print a JSON summary (counts, tokens, cost)"
@@ -200,6 +218,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from autointerp.executors import explain_runner
     from autointerp.explain.prompts import load_templates
     from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
     from autointerp.explain.simulate import LOGPROB_FREE_MODES
@@ -219,6 +238,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "candidates": args.candidates,
     }
     ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
+    executor = parse_executor(args)
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
     layers = stored_layers(store, model, args.layers)
@@ -284,6 +304,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             settings.prices,
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
+            runner=explain_runner(executor, args.workers),
         )
     endpoints = llm.client.endpoint_usage()
     u = summary.usage

@@ -17,6 +17,7 @@ from autointerp.cli.common import (
     default_of,
     load_subject,
     log,
+    parse_executor,
     parse_neuron,
     print_json,
     stored_layers,
@@ -108,7 +109,7 @@ def graph_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from autointerp.executors import Executor, ray_graph
+    from autointerp.executors import ray_graph
     from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
@@ -116,9 +117,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     if not is_auto_layers(args.layers):
         parse_layers(args.layers)  # a typo is one sentence before the model loads
-    executor = Executor.parse(args.executor)
-    if executor.kind == "ray" and args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be at least 1.")
+    executor = parse_executor(args)
     cfg = N2GConfig(
         augmentations=args.augmentations,  # checks the numbers first
         importance_threshold=args.importance_threshold,

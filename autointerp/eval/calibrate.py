@@ -26,7 +26,7 @@ import numpy as np
 from autointerp.config import identity_hash
 from autointerp.eval.features import KnownFeatureModel, RegexFeature, RegexSubject
 from autointerp.explain.prompts import Templates
-from autointerp.explain.run import ExplainConfig, explain_layers
+from autointerp.explain.run import ExplainConfig, JobRunner, explain_layers
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.llm.client import LLMClient
 from autointerp.n2g.build import N2GConfig
@@ -62,6 +62,7 @@ def calibrate(
     templates: Templates,
     progress: bool = True,
     log: Any = print,
+    runner: JobRunner | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline on the features and return ``{"model", "features_model", "features": [...],
     "medians"}``; the result is stored as a ``calibrate`` run of ``base_model``."""
@@ -100,6 +101,7 @@ def calibrate(
         templates,
         progress=progress,
         extra=extra,
+        runner=runner,
     )
     run = store.latest_complete_run(known.name, 0)
     assert run is not None  # harvested just above

@@ -36,7 +36,7 @@ from autointerp.errors import UserError
 from autointerp.eval.scorers import embedding_score
 from autointerp.eval.stats import paired, spearman, summarize
 from autointerp.explain.prompts import Templates
-from autointerp.explain.run import ExplainConfig, explain_layers, heldout_records
+from autointerp.explain.run import ExplainConfig, JobRunner, explain_layers, heldout_records
 from autointerp.explain.simulate import Simulator, simulate_score
 from autointerp.llm.client import LLMClient, LLMFailure
 from autointerp.store import Store
@@ -120,9 +120,12 @@ def evaluate(
     templates: Templates,
     build_graphs: Any = None,
     progress: bool = True,
+    runner: JobRunner | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation (see the module docstring); ``build_graphs(layer, neurons)`` makes missing
-    N2G graphs (the caller owns the subject model). Returns and stores the result."""
+    N2G graphs (the caller owns the subject model); ``runner`` runs the explain step (Ray tasks:
+    :func:`autointerp.executors.explain_runner`; default: this process). Returns and stores the
+    result."""
     if cfg.sample < 2:
         raise UserError(
             "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
@@ -153,6 +156,7 @@ def evaluate(
         templates,
         progress=progress,
         neurons=samples,
+        runner=runner,
     )
     config_hash = explain_cfg.config_hash()
     sim = Simulator(

@@ -19,6 +19,11 @@ Per neuron (in a worker thread; the LLM calls are the slow part and may run conc
 The main thread writes each neuron's rows in one transaction, so a killed run resumes by neuron. A
 failed LLM call becomes a row with ``status='failed'`` and the reason - never a score;
 ``retry_failed`` redoes just those neurons.
+
+Who processes the neurons is a ``runner``: threads in this process by default
+(:func:`run_in_threads`), or Ray tasks (:func:`autointerp.executors.explain_runner`, which runs
+:func:`run_jobs` in each worker). Jobs are plain data made on the main thread, results plain rows
+written on it, so both runners produce the same database.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -560,6 +566,70 @@ def process_neuron(
     return NeuronResult(job, explanations, scores, usage)
 
 
+def run_jobs(
+    jobs: Iterator[NeuronJob],
+    client: LLMClient,
+    sim: Simulator,
+    cfg: ExplainConfig,
+    templates: Templates,
+    prices: dict[str, dict[str, float]] | None,
+    done: Callable[[NeuronResult], None],
+) -> None:
+    """Process ``jobs`` on ``cfg.concurrency`` threads and call ``done`` on this thread for each
+    finished neuron, in the order they finish. Jobs are taken from the iterator only when a thread
+    is about to be free (two per thread in flight), so a whole layer's records are never in memory
+    at once. This is the in-process executor and, inside each task, the Ray one."""
+    threads = max(1, cfg.concurrency)
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: set[cf.Future[NeuronResult]] = set()
+
+        def submit_next() -> None:
+            job = next(jobs, None)
+            if job is not None:
+                pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
+
+        for _ in range(threads * 2):
+            submit_next()
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                done(fut.result())
+                submit_next()
+
+
+Commit = Callable[[list[NeuronResult]], None]
+"""Writes finished neurons to the database, in one transaction (the driver's side of a runner)."""
+
+JobRunner = Callable[
+    [
+        Iterator[NeuronJob],
+        LLMClient,
+        Simulator,
+        ExplainConfig,
+        Templates,
+        dict[str, dict[str, float]] | None,
+        Commit,
+    ],
+    None,
+]
+"""Processes every job (:func:`process_neuron`) and hands the results to ``Commit`` on the calling
+thread: :func:`run_in_threads` here, Ray tasks in :mod:`autointerp.executors`."""
+
+
+def run_in_threads(
+    jobs: Iterator[NeuronJob],
+    client: LLMClient,
+    sim: Simulator,
+    cfg: ExplainConfig,
+    templates: Templates,
+    prices: dict[str, dict[str, float]] | None,
+    commit: Commit,
+) -> None:
+    """The in-process runner: each neuron is committed on its own as it finishes."""
+    run_jobs(jobs, client, sim, cfg, templates, prices, lambda result: commit([result]))
+
+
 # --------------------------------------------------------------------------------------------------
 # layers
 @dataclass
@@ -652,12 +722,15 @@ def explain_layers(
     progress: bool = True,
     extra: dict[tuple[int, int], dict[str, str]] | None = None,
     neurons: dict[int, list[int]] | None = None,
+    runner: JobRunner | None = None,
 ) -> ExplainSummary:
     """Explain and score the chosen neurons of each layer; returns counts and the tokens spent.
 
     ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
     (calibration's true descriptions); ``neurons`` (layer -> neuron list) replaces ``neurons_spec``
-    (eval's seeded sample)."""
+    (eval's seeded sample). ``runner`` processes the neurons (default :func:`run_in_threads`; Ray
+    tasks: :func:`autointerp.executors.explain_runner`); the rows and the database writes are the
+    same whichever runs them."""
     check_config(cfg)
     info = store.model_info(model)
     if info is None:
@@ -698,28 +771,19 @@ def explain_layers(
         dynamic_ncols=True,
     )
     gated = bool(info.get("gated_mlp"))
-    with cf.ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
-        pending: set[cf.Future[NeuronResult]] = set()
-        queue = iter(todo)
 
-        def submit_next() -> bool:
-            item = next(queue, None)
-            if item is None:
-                return False
-            harvest_run, layer, n = item
-            job = _job(store, harvest_run, layer, n, cfg, gated)  # store reads stay on this thread
+    def jobs() -> Iterator[NeuronJob]:
+        """Each neuron's job, made when it is about to be sent (store reads stay on this thread)."""
+        for harvest_run, layer, n in todo:
+            job = _job(store, harvest_run, layer, n, cfg, gated)
             job.extra = dict((extra or {}).get((layer, n), {}))
-            pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
-            return True
+            yield job
 
-        for _ in range(max(1, cfg.concurrency) * 2):
-            if not submit_next():
-                break
-        while pending:
-            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                pending.discard(fut)
-                result = fut.result()
+    def commit(results: list[NeuronResult]) -> None:
+        """Finished neurons into the database in one transaction (one neuron in this process, one
+        task's neurons on Ray)."""
+        with store.atomic():
+            for result in results:
                 job = result.job
                 store.save_explanation_results(
                     job.run_id,
@@ -730,26 +794,31 @@ def explain_layers(
                     result.explanations,
                     result.scores,
                 )
-                kill_point("explain")  # crash tests: SIGKILL right after a neuron's transaction
-                summary.usage.add(result.usage)
-                if result.cost_usd is not None:
-                    summary.cost_usd = (summary.cost_usd or 0.0) + result.cost_usd
-                failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
-                summary.failed += failed
-                summary.explained += not failed
-                summary.unexplained += not any(
-                    r["kind"] == "llm" and r["status"] == "ok" for r in result.explanations
-                )
-                summary.neurons.append((job.layer, job.neuron))
-                bar.update(1)
-                minutes = max(time.time() - started, 1e-9) / 60
-                bar.set_postfix(
-                    neurons_per_min=f"{bar.n / minutes:.1f}",
-                    tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
-                    failed=summary.failed,
-                )
-                submit_next()
-    bar.close()
+        kill_point("explain")  # crash tests: SIGKILL right after a commit
+        for result in results:
+            summary.usage.add(result.usage)
+            if result.cost_usd is not None:
+                summary.cost_usd = (summary.cost_usd or 0.0) + result.cost_usd
+            failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
+            summary.failed += failed
+            summary.explained += not failed
+            summary.unexplained += not any(
+                r["kind"] == "llm" and r["status"] == "ok" for r in result.explanations
+            )
+            summary.neurons.append((result.job.layer, result.job.neuron))
+            bar.update(1)
+        minutes = max(time.time() - started, 1e-9) / 60
+        bar.set_postfix(
+            neurons_per_min=f"{bar.n / minutes:.1f}",
+            tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
+            failed=summary.failed,
+        )
+
+    try:
+        if sim is not None:
+            (runner or run_in_threads)(jobs(), client, sim, cfg, templates, prices, commit)
+    finally:
+        bar.close()
     summary.seconds = time.time() - started
     store.finish_stage(run_id)
     return summary

@@ -462,6 +462,20 @@ class LLMClient:
                 for e in self.endpoints
             ]
 
+    def absorb(self, ledger: list[dict[str, Any]]) -> None:
+        """Add another client's :meth:`endpoint_usage` to this one's (a Ray worker's calls, counted
+        in the driver's ledger); servers this client does not know are ignored."""
+        with self._lock:
+            by_url = {e.url: e for e in self.endpoints}
+            for row in ledger:
+                e = by_url.get(row["url"])
+                if e is None:
+                    continue
+                used = Usage(row["prompt_tokens"], row["completion_tokens"], row["calls"], 0)
+                e.usage.add(used)
+                self.usage.add(used)
+                e.failures += int(row["failures"])
+
     def list_models(self) -> list[str]:
         """Model ids served by the first server that answers (every server of a pool serves the
         same ones)."""
