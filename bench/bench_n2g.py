@@ -1,7 +1,8 @@
-"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer; the
-speed-up of reusing the unchanged prefix of saliency/augmentation variants (attention keys/values)
-over running every variant in full; and of the batched builder over a naive
-one-forward-pass-per-sequence loop that builds the same graphs.
+"""Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer with the
+default builder (every variant in full); the speed-up of reusing the unchanged prefix of
+saliency/augmentation variants (attention keys/values, ``N2GConfig(reuse_prefix=True)``) over it
+(below 1: slower); and of the batched builder over a naive one-forward-pass-per-sequence loop that
+builds the same graphs. Each timed build starts with no substitutes cached, as a fresh run does.
 
 All timings of a ratio come from the same process, interleaved (full, reuse, full, reuse ...; naive,
 batched, ...), best of the rounds, because this 2-core machine is shared and noisy; the graphs of
@@ -21,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -32,24 +32,6 @@ from autointerp.n2g.build import ModelLayerSubject, N2GConfig, build_graphs, eva
 from autointerp.n2g.graph import same_graph
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
-
-
-class FullSequences:
-    """The same subject without prefix reuse: every variant runs in full (the builder before reuse
-    existed)."""
-
-    def __init__(self, subject: ModelLayerSubject):
-        self.subject = subject
-        self.bos_id, self.pad_id = subject.bos_id, subject.pad_id
-
-    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.subject.activations(tokens)
-
-    def str_tokens(self, ids: Sequence[int]) -> list[str]:
-        return self.subject.str_tokens(ids)
-
-    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
-        return self.subject.substitutes(token, k, norm)
 
 
 def main() -> None:
@@ -92,7 +74,8 @@ def main() -> None:
             progress=False,
         )
     store = Store(db)
-    cfg = N2GConfig()
+    cfg = N2GConfig()  # variants in full (the default)
+    reuse_cfg = N2GConfig(reuse_prefix=True)
     naive_cfg = N2GConfig(naive=True)
     rows = []
     ratio_line = ""
@@ -110,14 +93,17 @@ def main() -> None:
         full_t, reuse_t = [], []
         identical = True
         for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            full_graphs = build_graphs(FullSequences(subject), train, maxima, cfg, extra)
-            full_t.append(time.perf_counter() - t0)
+            # each build computes its substitutes itself, as a fresh `autointerp graph` run does
+            subject = ModelLayerSubject(model, layer)
             t0 = time.perf_counter()
             graphs = build_graphs(subject, train, maxima, cfg, extra)
+            full_t.append(time.perf_counter() - t0)
+            subject = ModelLayerSubject(model, layer)
+            t0 = time.perf_counter()
+            reused_graphs = build_graphs(subject, train, maxima, reuse_cfg, extra)
             reuse_t.append(time.perf_counter() - t0)
             identical &= all(
-                same_graph(full_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
+                same_graph(reused_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
             )
         corr = []
         for n in neurons:
@@ -163,16 +149,18 @@ def main() -> None:
                 f"{min(batched_t) / naive_n:.1f} s/neuron, **{ratio:.1f}x** faster; graphs "
                 f"identical (same nodes and edges, numbers within 1e-5): **{same}**."
             )
-    command = "`.venv/bin/python bench/bench_n2g.py" + (" --quick" if args.quick else "") + "`"
+    command = "`.venv/bin/python bench/bench_n2g.py " + " ".join(sys.argv[1:]) + "`"
+    harvested = store.latest_complete_run(model.name, layers[0])["tokens_done"]
     lines = [
         f"### N2G graph building: {model.name}",
         "",
         (
             f"Command: {command}. {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__},"
             f" {torch.get_num_threads()} threads, {platform.machine()}, load average"
-            f" {os.getloadavg()[0]:.1f} at the end; harvest of {tokens} tokens; default N2GConfig"
-            " (20 top training examples + the firing tokens of the training random/quantile"
-            f" examples, 5 augmentations, calibrated); best of {args.rounds} interleaved rounds."
+            f" {os.getloadavg()[0]:.1f} at the end; harvest of {harvested} tokens; default"
+            " N2GConfig (20 top training examples + the firing tokens of the training"
+            " random/quantile examples, 5 augmentations, calibrated); best of"
+            f" {args.rounds} interleaved rounds."
         ),
         "",
         (

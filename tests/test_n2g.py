@@ -437,11 +437,13 @@ def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) 
     }
     maxima = {n: store.neuron(run_id, 2, n)["max"] for n in exs}
     subject = ModelLayerSubject(smol, 2)
-    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)  # variants reuse prefixes
+    batched = build_graphs(subject, exs, maxima, N2GConfig(), extra)
+    reused = build_graphs(subject, exs, maxima, N2GConfig(reuse_prefix=True), extra)
     naive = build_graphs(subject, exs, maxima, N2GConfig(naive=True), extra)
     for n in exs:
         assert len(batched[n].to_json()["nodes"]) > 3
         assert same_graph(batched[n].to_json(), naive[n].to_json())
+        assert same_graph(reused[n].to_json(), naive[n].to_json())  # variants from their change on
 
 
 def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
@@ -455,3 +457,19 @@ def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
     assert subject.substitutes(token, 0, str.lower) == []
     assert len(subject.substitutes(token, 3, str.lower)) == 3
     assert subject.substitutes(token, 0, str.lower) == []  # not a cached k = 3 answer
+
+
+def test_substitutes_computed_in_blocks_are_the_one_token_answers(tiny: SubjectModel) -> None:
+    """A build scores all its tokens against the vocabulary in a few matrix products; each token
+    gets the neighbours it gets alone (a block that spans several matrix products too)."""
+    from autointerp.n2g.build import ModelLayerSubject
+
+    tokens = list(range(200, 200 + 2 * ModelLayerSubject.SUBSTITUTE_BLOCK + 7))
+    alone = {}
+    for t in tokens:
+        subject = ModelLayerSubject(tiny, 0)  # nothing cached: one token, one product
+        alone[t] = subject.substitutes(t, 4, str.lower)
+    together = ModelLayerSubject(tiny, 0)
+    together.prefetch_substitutes(tokens, 4, str.lower)
+    assert {t: together.substitutes(t, 4, str.lower) for t in tokens} == alone
+    assert sum(len(v) == 4 for v in alone.values()) > len(tokens) // 2

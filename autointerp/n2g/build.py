@@ -7,10 +7,19 @@ sequences are sorted by length, packed into batches of about ``batch_tokens`` to
 (harmless: attention is causal and we read at or before the last real token) and run with the model
 stopped after the neuron's layer. Identical sequences run once. Saliency and augmentation variants
 change one token of a pruned context, so everything before that token is the unchanged context's:
-when the subject can reuse attention keys/values (:class:`ModelLayerSubject` can), the unchanged
-context runs once and each variant runs only from the changed token on (about half the tokens).
-``naive=True`` runs every readout alone and in full, as the original N2G code did; a test checks
-that both paths build the same graph.
+with ``reuse_prefix`` (and a subject that can reuse attention keys/values, as
+:class:`ModelLayerSubject` can), the unchanged context runs once and each variant runs only from the
+changed token on. That is about half the tokens, but it is **off by default**: measured on a quiet
+2-core CPU (``bench/bench_n2g.py``) it was 0.67-0.94x the speed of running every variant in full,
+because variants must be batched by their shared prefix length (many small, padded forward passes
+instead of a few large ones) and the cached keys/values are copied per batch. ``naive=True`` runs
+every readout alone and in full, as the original N2G code did; a test checks that both paths build
+the same graph.
+
+Substitutes (augmentation) are embedding-space neighbours: a cosine score against the whole
+vocabulary per token. Gemma's vocabulary has 262k tokens, so one matrix-vector product per token
+cost ~30 ms and a quarter of a layer-9 graph's time; they are computed for all of a build's tokens
+at once, in blocks (:meth:`ModelLayerSubject.prefetch_substitutes`), one matrix product per block.
 
 Top examples alone give graphs that fire off-distribution (Foote et al.'s graphs and ours both had
 F1 ~ 0 on random held-out text), so the training split's random and quantile examples are used too:
@@ -74,6 +83,9 @@ class N2GConfig:
     calibrate: bool = True
     batch_tokens: int = field(default=4096, metadata={"hashed": False})  # padded tokens per pass
     naive: bool = field(default=False, metadata={"hashed": False})
+    #: run variants from their changed token on, reusing the unchanged prefix's keys/values: the
+    #: same graphs, but slower on CPU when measured (see the module docstring)
+    reuse_prefix: bool = field(default=False, metadata={"hashed": False})
     dtype: str = field(
         default="float32", metadata={"hashed": False}
     )  # the subject model's (see HarvestConfig)
@@ -196,10 +208,11 @@ def run_readouts(
     readouts: Sequence[Readout],
     batch_tokens: int = 4096,
     naive: bool = False,
+    reuse_prefix: bool = True,
 ) -> np.ndarray:
     """Activation of each readout's neuron at its position: batched by length, identical sequences
-    once, variants from their changed token on where the subject can (or one full sequence at a time
-    if ``naive``)."""
+    once, variants from their changed token on where the subject can and ``reuse_prefix`` asks (or
+    one full sequence at a time if ``naive``)."""
     out = np.zeros(len(readouts), dtype=np.float32)
     if not readouts:
         return out
@@ -208,7 +221,9 @@ def run_readouts(
             acts = subject.activations(torch.tensor([r.tokens]))
             out[i] = float(acts[0, r.position, r.neuron])
         return out
-    reuse = hasattr(subject, "prefix_states") and hasattr(subject, "activations_after")
+    reuse = (
+        reuse_prefix and hasattr(subject, "prefix_states") and hasattr(subject, "activations_after")
+    )
     full: dict[tuple[int, ...], list[int]] = {}  # sequence -> readouts that read it
     variants: dict[tuple[int, ...], list[int]] = {}  # base -> readouts that are its variants
     for i, r in enumerate(readouts):
@@ -270,6 +285,15 @@ def _run_variants(
                     position = r.position if r.position >= 0 else len(r.tokens) + r.position
                     out[i] = float(acts[row, position - shared, r.neuron])
         group, size = [], 0
+
+
+def _varied_positions(item: _Item, cfg: N2GConfig) -> list[int]:
+    """The positions of a pruned context that augmentation varies: the activating token (always
+    worth varying) and the most important context tokens, in order."""
+    last = len(item.pruned) - 1
+    context = [i for i in range(last) if item.importance[i] >= cfg.importance_threshold]
+    context = sorted(context, key=lambda i: (-item.importance[i], -i))[: cfg.augment_positions]
+    return [last, *sorted(context)]
 
 
 @dataclass
@@ -372,24 +396,41 @@ class ModelLayerSubject:
     def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
         if k <= 0:  # no augmentation (the loop below checks the count only after its first pick)
             return []
-        if (token, k) in self._cache:
-            return self._cache[(token, k)]
-        scores = (self._w @ self._w[token]) / self._norms
+        if (token, k) not in self._cache:
+            self.prefetch_substitutes([token], k, norm)
+        return self._cache[(token, k)]
+
+    #: tokens scored against the vocabulary per matrix product (Gemma: 262k x 128 floats, 134 MB)
+    SUBSTITUTE_BLOCK = 128
+
+    def prefetch_substitutes(
+        self, tokens: Sequence[int], k: int, norm: Callable[[str], str]
+    ) -> None:
+        """Compute the substitutes of many tokens at once: one matrix product per block of tokens
+        reads the embedding matrix once per block instead of once per token."""
+        if k <= 0:
+            return
+        todo = sorted({t for t in tokens if (t, k) not in self._cache})
         decode = self.model.tokenizer.decode
-        seen = {norm(decode([token]))}
-        picked: list[int] = []
-        for cand in scores.topk(min(len(scores), 8 * k + 8)).indices.tolist():
-            if cand == token or cand in self._special:
-                continue
-            key = norm(decode([cand]))
-            if key in seen or not key.strip():
-                continue
-            seen.add(key)
-            picked.append(cand)
-            if len(picked) == k:
-                break
-        self._cache[(token, k)] = picked
-        return picked
+        wanted = min(self._w.shape[0], 8 * k + 8)
+        for start in range(0, len(todo), self.SUBSTITUTE_BLOCK):
+            block = todo[start : start + self.SUBSTITUTE_BLOCK]
+            scores = (self._w @ self._w[block].T) / self._norms[:, None]  # (vocabulary, block)
+            ranked = scores.topk(wanted, dim=0).indices.T.tolist()
+            for token, candidates in zip(block, ranked, strict=True):
+                seen = {norm(decode([token]))}
+                picked: list[int] = []
+                for cand in candidates:
+                    if cand == token or cand in self._special:
+                        continue
+                    key = norm(decode([cand]))
+                    if key in seen or not key.strip():
+                        continue
+                    seen.add(key)
+                    picked.append(cand)
+                    if len(picked) == k:
+                        break
+                self._cache[(token, k)] = picked
 
 
 def build_graphs(
@@ -437,7 +478,7 @@ def build_graphs(
                     used.add(key)
 
     def run(readouts: list[Readout]) -> np.ndarray:
-        return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive)
+        return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive, cfg.reuse_prefix)
 
     # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the
     # activation. Short lengths first for everyone; long ones only for the tokens that need them
@@ -489,6 +530,13 @@ def build_graphs(
     # 3. Paths from the activating token back to the earliest important token; then augmentation
     # variants.
     variants: list[tuple[int, int, int]] = []  # (item, position in pruned, substitute token)
+    varied = [_varied_positions(it, cfg) for it in items]
+    prefetch = getattr(subject, "prefetch_substitutes", None)
+    if prefetch is not None:  # every token's neighbours in a few matrix products
+        tokens = [
+            it.pruned[i] for it, positions in zip(items, varied, strict=True) for i in positions
+        ]
+        prefetch(tokens, cfg.augmentations, graphs[items[0].neuron].norm if items else str)
     readouts = []
     own: dict[tuple[int, tuple[int, ...]], set[int]] = {}  # (neuron, source tokens) -> path ends
     for k, it in enumerate(items):
@@ -497,11 +545,8 @@ def build_graphs(
         # pruned snippet.
         end = _add(graph, subject, it.pruned, it.importance, it.target / maxima[it.neuron], cfg)
         own.setdefault((it.neuron, tuple(it.tokens)), set()).add(id(end))
-        last = len(it.pruned) - 1
-        context = [i for i in range(last) if it.importance[i] >= cfg.importance_threshold]
-        context = sorted(context, key=lambda i: (-it.importance[i], -i))[: cfg.augment_positions]
         base = (bos, *it.pruned)
-        for i in [last, *sorted(context)]:  # the activating token is always worth varying
+        for i in varied[k]:
             for sub in subject.substitutes(it.pruned[i], cfg.augmentations, graph.norm):
                 variant = list(it.pruned)
                 variant[i] = sub
