@@ -188,7 +188,6 @@ def _harvest_shard(
     """One task (runs in a Ray worker): the in-process harvest of one shard into a scratch database;
     returns what the driver needs to commit and merge the shard."""
     from autointerp.harvest import HarvestConfig, harvest
-    from autointerp.models import load_model
     from autointerp.store import Store
 
     # tests: die once, mid-task, as an OOM kill would
@@ -196,10 +195,18 @@ def _harvest_shard(
         Path(kill_marker).touch()
         config = {**config, "checkpoint_seconds": 0.0}
         os.environ["AUTOINTERP_KILL_AFTER_CHECKPOINTS"] = "1"
-    model = load_model(model_name, progress=False, device=device, dtype=dtype)
+    model = _worker_model(model_name, device, dtype)  # a worker running two shards loads it once
     cfg = HarvestConfig(**{**config, "shard": tuple(shard)})
     with tempfile.TemporaryDirectory(prefix="autointerp-shard-") as scratch:
-        result = harvest(model, Path(scratch) / "shard.db", cfg, progress=False, log=lambda m: None)
+        # the driver merges final states: the shard's own example rows would be written for nothing
+        result = harvest(
+            model,
+            Path(scratch) / "shard.db",
+            cfg,
+            progress=False,
+            log=lambda m: None,
+            write_examples=False,
+        )
         store = Store(Path(scratch) / "shard.db")
         states = store.final_states(result.run_id)
         from autointerp.harvest import LayerState

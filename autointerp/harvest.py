@@ -699,12 +699,14 @@ def harvest(
     config: HarvestConfig,
     progress: bool = True,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    write_examples: bool = True,
 ) -> HarvestResult:
     """Run (or resume, or recognise as done) one harvest and write its results to ``store``.
 
     Everything the user can get wrong (layers, lengths, an empty or unreadable corpus) is checked
     before the database is opened, so a bad invocation writes nothing. ``store`` may be a path for
-    exactly that reason.
+    exactly that reason. ``write_examples=False`` (a Ray shard task, whose driver merges the final
+    states) leaves out the neuron and example rows: the run is its states, contexts and documents.
     """
     started = time.time()
     cfg, docs = plan_harvest(model, config)
@@ -836,10 +838,13 @@ def harvest(
         run_id,
         documents=(_document_row(i, docs[i], cut) for i in doc_indices),
         contexts=_context_rows(model, picked),
-        neurons=(row for layer in layers for row in states[layer].neuron_rows(layer)),
+        neurons=(
+            row for layer in layers if write_examples for row in states[layer].neuron_rows(layer)
+        ),
         examples=(
             row
             for layer in layers
+            if write_examples
             for row in states[layer].example_rows(
                 layer, cfg.quantile_intervals, cfg.quantile_per_interval
             )
