@@ -69,7 +69,7 @@ test-fast: setup browser
 ## N2G seconds per neuron (early/middle/late layer), prefix-reuse and naive/batched ratios, N2G quality on
 ## held-out top and random text (version 1 vs 2), graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
-## stock llama.cpp). Raw sections go to bench/results/;
+## stock llama.cpp), Ray's overhead on a harvest (in-process vs 1 and 2 workers). Raw sections go to bench/results/;
 ## BENCHMARKS.md quotes them with the commands that made them.
 bench: setup
 	mkdir -p bench/results
@@ -81,6 +81,7 @@ bench: setup
 	$(PY) bench/bench_n2g_quality.py --out bench/results/n2g-quality.md
 	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
 	$(PY) bench/bench_api.py --compare-http --out bench/results/api.md
+	$(PY) bench/bench_ray.py --out bench/results/ray.md
 	$(AI) harvest --model gemma-3-270m --layers 3,9 --tokens 16384 --db bench/explain.db --no-progress
 	$(AI) graph gemma-3-270m --layers 3,9 --neurons top:2 --db bench/explain.db --no-progress
 	$(PY) bench/bench_explain.py --db bench/explain.db --layers 3,9 --neurons top:2 --echo-compare \
