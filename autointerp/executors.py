@@ -36,7 +36,7 @@ Explanations (``autointerp explain``, and the explain stage of ``eval`` and ``ca
 them too. A task is a few neurons (``EXPLAIN_CHUNK``): the driver reads each neuron's records and
 graph from the database (:func:`explain.run.explain_layers` makes the jobs as for the in-process
 run) and sends them as plain data; the worker makes its own LLM client for the same endpoints and
-runs the in-process code on them (:func:`explain.run.run_jobs`, ``--concurrency`` threads) and
+runs the in-process code on them (:func:`explain.run.run_in_threads`, ``--concurrency`` threads) and
 returns the rows. The driver writes a task's neurons in one transaction. The LLM response cache is
 read by the worker when the result file is on its machine (read-only) and written by the driver: a
 worker's new responses come back with its rows. Workers talk to the LLM servers directly, so the
@@ -494,7 +494,7 @@ def _explain_chunk(
     """One task (runs in a Ray worker): explain and score a few neurons exactly as the in-process
     run does, with a client of the worker's own; returns the results, the new LLM responses and the
     worker's ledger per endpoint."""
-    from autointerp.explain.run import run_jobs
+    from autointerp.explain.run import run_in_threads
     from autointerp.explain.simulate import Simulator
     from autointerp.llm.cache import DeferredCache
     from autointerp.llm.client import LLMClient
@@ -505,11 +505,11 @@ def _explain_chunk(
         sim = Simulator(client, cfg.simulator_model, templates, mode, cfg.sim_logprobs)
         results: list[Any] = []
 
-        def keep(result: Any) -> None:
-            results.append(result)
+        def keep(finished: list[Any]) -> None:
+            results.extend(finished)
             _die_once(kill_marker)  # tests: mid-task, after the first neuron's LLM calls
 
-        run_jobs(iter(jobs), client, sim, cfg, templates, prices, keep)
+        run_in_threads(iter(jobs), client, sim, cfg, templates, prices, keep)
         return {
             "results": results,
             "cache": cache.new_entries(),
@@ -587,8 +587,7 @@ def ray_explain(
 
     def done(_index: int, out: dict[str, Any]) -> None:
         if client.cache is not None:  # before the results: the cache has its own connection
-            for entry in out["cache"]:
-                client.cache.put(*entry)
+            client.cache.save_entries(out["cache"])
         client.absorb(out["endpoints"])
         commit(out["results"])
 

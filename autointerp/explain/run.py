@@ -22,8 +22,8 @@ failed LLM call becomes a row with ``status='failed'`` and the reason - never a 
 
 Who processes the neurons is a ``runner``: threads in this process by default
 (:func:`run_in_threads`), or Ray tasks (:func:`autointerp.executors.explain_runner`, which runs
-:func:`run_jobs` in each worker). Jobs are plain data made on the main thread, results plain rows
-written on it, so both runners produce the same database.
+:func:`run_in_threads` in each worker). Jobs are plain data made on the main thread, results plain
+rows written on it, so both runners produce the same database.
 """
 
 from __future__ import annotations
@@ -566,38 +566,6 @@ def process_neuron(
     return NeuronResult(job, explanations, scores, usage)
 
 
-def run_jobs(
-    jobs: Iterator[NeuronJob],
-    client: LLMClient,
-    sim: Simulator,
-    cfg: ExplainConfig,
-    templates: Templates,
-    prices: dict[str, dict[str, float]] | None,
-    done: Callable[[NeuronResult], None],
-) -> None:
-    """Process ``jobs`` on ``cfg.concurrency`` threads and call ``done`` on this thread for each
-    finished neuron, in the order they finish. Jobs are taken from the iterator only when a thread
-    is about to be free (two per thread in flight), so a whole layer's records are never in memory
-    at once. This is the in-process executor and, inside each task, the Ray one."""
-    threads = max(1, cfg.concurrency)
-    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: set[cf.Future[NeuronResult]] = set()
-
-        def submit_next() -> None:
-            job = next(jobs, None)
-            if job is not None:
-                pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
-
-        for _ in range(threads * 2):
-            submit_next()
-        while pending:
-            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                pending.discard(fut)
-                done(fut.result())
-                submit_next()
-
-
 Commit = Callable[[list[NeuronResult]], None]
 """Writes finished neurons to the database, in one transaction (the driver's side of a runner)."""
 
@@ -626,8 +594,27 @@ def run_in_threads(
     prices: dict[str, dict[str, float]] | None,
     commit: Commit,
 ) -> None:
-    """The in-process runner: each neuron is committed on its own as it finishes."""
-    run_jobs(jobs, client, sim, cfg, templates, prices, lambda result: commit([result]))
+    """The in-process runner (and, inside each task, the Ray one): ``jobs`` on ``cfg.concurrency``
+    threads, each neuron committed on its own on this thread as it finishes. Jobs are taken from the
+    iterator only when a thread is about to be free (two per thread in flight), so a whole layer's
+    records are never in memory at once."""
+    threads = max(1, cfg.concurrency)
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: set[cf.Future[NeuronResult]] = set()
+
+        def submit_next() -> None:
+            job = next(jobs, None)
+            if job is not None:
+                pending.add(pool.submit(process_neuron, job, client, sim, cfg, templates, prices))
+
+        for _ in range(threads * 2):
+            submit_next()
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                commit([fut.result()])
+                submit_next()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: an ``llm_cache`` row: key, model, endpoint kind, request JSON, response JSON, prompt tokens,
+#: completion tokens, created (a Unix time)
+CacheEntry = tuple[str, str, str, str, str, int, int, float]
+
 
 class LLMCache:
     """The ``llm_cache`` table, shared by worker threads: its own connection, one lock around every
@@ -26,16 +30,23 @@ class LLMCache:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+        self.conn: sqlite3.Connection | None = sqlite3.connect(
+            str(path), check_same_thread=False, timeout=30.0
+        )
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.lock = threading.Lock()
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self.lock:
-            row = self.conn.execute(
-                "select response from llm_cache where key = ?", [key]
-            ).fetchone()
-        return json.loads(row[0]) if row else None
+            text = self._stored(key)
+        return json.loads(text) if text else None
+
+    def _stored(self, key: str) -> str | None:
+        """The response JSON stored under ``key`` (called with the lock held)."""
+        if self.conn is None:
+            return None
+        row = self.conn.execute("select response from llm_cache where key = ?", [key]).fetchone()
+        return row[0] if row else None
 
     def put(
         self,
@@ -47,25 +58,38 @@ class LLMCache:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        with self.lock, self.conn:
-            self.conn.execute(
+        entry = (
+            key,
+            model,
+            endpoint,
+            json.dumps(request, ensure_ascii=False),
+            json.dumps(response),
+            prompt_tokens,
+            completion_tokens,
+            time.time(),
+        )
+        with self.lock:
+            self._save([entry])
+
+    def save_entries(self, entries: list[CacheEntry]) -> None:
+        """Rows another cache collected (:meth:`DeferredCache.new_entries`), written as they are."""
+        with self.lock:
+            self._save(entries)
+
+    def _save(self, entries: list[CacheEntry]) -> None:
+        """Write rows (called with the lock held)."""
+        assert self.conn is not None
+        with self.conn:
+            self.conn.executemany(
                 "insert or replace into llm_cache (key, model, endpoint_kind, request, response,"
                 " prompt_tokens, completion_tokens, created) values (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    key,
-                    model,
-                    endpoint,
-                    json.dumps(request, ensure_ascii=False),
-                    json.dumps(response),
-                    prompt_tokens,
-                    completion_tokens,
-                    time.time(),
-                ],
+                entries,
             )
 
     def close(self) -> None:
         with self.lock:
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
 
 
 class DeferredCache(LLMCache):
@@ -77,54 +101,25 @@ class DeferredCache(LLMCache):
     def __init__(self, path: str | Path | None):
         self.path = str(path) if path else ""
         self.lock = threading.Lock()
-        self.conn = None  # type: ignore[assignment]
+        self.conn = None
         if path and Path(path).is_file():
             try:
                 uri = Path(path).resolve().as_uri() + "?mode=ro"
                 self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30.0)
                 self.conn.execute("select 1 from llm_cache limit 1")
             except sqlite3.Error:
-                self.conn = None  # type: ignore[assignment]
-        self._new: dict[str, tuple[Any, ...]] = {}
+                self.conn = None
+        self._new: dict[str, CacheEntry] = {}
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self.lock:
-            if key in self._new:
-                return self._new[key][4]  # type: ignore[no-any-return]
-            if self.conn is None:
-                return None
-            row = self.conn.execute(
-                "select response from llm_cache where key = ?", [key]
-            ).fetchone()
-        return json.loads(row[0]) if row else None
+    def _stored(self, key: str) -> str | None:
+        if key in self._new:
+            return self._new[key][4]
+        return super()._stored(key)
 
-    def put(
-        self,
-        key: str,
-        model: str,
-        endpoint: str,
-        request: dict[str, Any],
-        response: dict[str, Any],
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
-        with self.lock:
-            self._new[key] = (
-                key,
-                model,
-                endpoint,
-                request,
-                response,
-                prompt_tokens,
-                completion_tokens,
-            )
+    def _save(self, entries: list[CacheEntry]) -> None:
+        self._new.update((entry[0], entry) for entry in entries)
 
-    def new_entries(self) -> list[tuple[Any, ...]]:
-        """The responses received since this cache was made: :meth:`LLMCache.put`'s arguments."""
+    def new_entries(self) -> list[CacheEntry]:
+        """The responses received since this cache was made, as ``llm_cache`` rows."""
         with self.lock:
             return list(self._new.values())
-
-    def close(self) -> None:
-        with self.lock:
-            if self.conn is not None:
-                self.conn.close()
