@@ -37,6 +37,21 @@ def test_validation_records_are_neither_shown_nor_reported(small_db, tmp_path) -
         assert not picked & {(r.kind, r.context_id) for r in shown}  # nor one the explainer saw
 
 
+def test_where_unseen_examples_cannot_tell_candidates_apart_the_shown_ones_are_added(
+    small_db, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(small_db, tmp_path)
+    run = store.latest_complete_run("tiny-gated", 1)
+    assert run is not None
+    # every training top example is shown and no random one is asked for: nothing unseen is left
+    cfg = fault_config(candidates=3, explain_records=1000, sim_random=0)
+    valid = validation_records(store, run["id"], 1, 0, cfg)
+    shown = explain_records(store, run["id"], 1, 0, cfg)
+    assert valid and {r.context_id for r in valid} == {r.context_id for r in shown}
+    test = {e["context_id"] for e in store.examples(run["id"], 1, 0, kinds=["top"], split="test")}
+    assert not {r.context_id for r in valid} & test  # still never the test split
+
+
 def test_the_best_candidate_on_validation_is_kept_and_scored_on_the_test_split(  # type: ignore[no-untyped-def]
     small_db, fault_server, tmp_path
 ) -> None:

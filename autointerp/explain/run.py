@@ -58,7 +58,8 @@ from autointerp.store import Store
 from autointerp.untrusted import escape_token
 
 #: 2: the rule simulator asks for JSON mode; an explanation copying a few-shot answer is refused.
-EXPLAIN_VERSION = 2
+#: 3: best-of-n falls back on the shown examples when the unseen ones cannot tell candidates apart.
+EXPLAIN_VERSION = 3
 
 
 @dataclass
@@ -182,15 +183,21 @@ def validation_records(
 ) -> list[Record]:
     """Where best-of-n chooses among candidates: training-split top examples the explainer is not
     shown (those after the first ``explain_records``) and training-split random examples, cut as
-    the test records are. Never the test split, which the final score is reported on."""
-    tops = list(store.examples(run_id, layer, neuron, kinds=["top"], split="train"))[
-        cfg.explain_records : cfg.explain_records + cfg.sim_top
-    ]
+    the test records are. Never the test split, which the final score is reported on.
+
+    When the neuron is the same everywhere on those (a rare feature: the unseen top examples do not
+    fire, or there are none), every candidate would score "undefined" there and the first would be
+    kept by default; the shown examples, cut the same way, are added then - still training text, and
+    the only training text on which the candidates can be told apart."""
+    train = list(store.examples(run_id, layer, neuron, kinds=["top"], split="train"))
+    tops = train[cfg.explain_records : cfg.explain_records + cfg.sim_top]
     randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="train"))[
         : cfg.sim_random
     ]
     out = [peak_window(r, cfg.sim_window - 5, 4) for r in tops]
     out += [_window(r, 1, 1 + cfg.sim_window) for r in randoms]
+    if len({a for r in out for a in r.activations}) < 2:
+        out = [peak_window(r, cfg.sim_window - 5, 4) for r in train[: cfg.explain_records]] + out
     return out
 
 
