@@ -111,12 +111,18 @@ def start_ray(executor: Executor, workers: int | None) -> Any:
     return ray
 
 
-def task_options(model: Any) -> dict[str, Any]:
-    """A subject-model task's Ray options: one CPU, one GPU on CUDA; retried when its worker dies
-    (not when the task itself raises: that is a bug or bad input and would fail again)."""
+def _on_gpu(model: Any | None) -> bool:
+    """Whether a task runs the subject model on CUDA (``None``: a task without one: LLM calls)."""
+    return model is not None and model.device.type == "cuda"
+
+
+def task_options(model: Any | None) -> dict[str, Any]:
+    """A task's Ray options: one CPU, and one GPU when it runs the subject model on CUDA; retried
+    when its worker dies (not when the task itself raises: that is a bug or bad input and would fail
+    again)."""
     return {
         "num_cpus": 1,
-        "num_gpus": 1 if model.device.type == "cuda" else 0,
+        "num_gpus": 1 if _on_gpu(model) else 0,
         "max_retries": 3,
         "retry_exceptions": False,
     }
@@ -124,12 +130,13 @@ def task_options(model: Any) -> dict[str, Any]:
 
 def worker_device(model: Any) -> str:
     """The device a worker loads the model on: Ray gives a GPU task its GPU as ``cuda``."""
-    return "cuda" if model.device.type == "cuda" else "cpu"
+    return "cuda" if _on_gpu(model) else "cpu"
 
 
-def cluster_slots(ray: Any, model: Any) -> int:
-    """How many subject-model tasks the cluster runs at once: its GPUs on CUDA, else its CPUs."""
-    key = "GPU" if model.device.type == "cuda" else "CPU"
+def cluster_slots(ray: Any, model: Any | None) -> int:
+    """How many such tasks the cluster runs at once: its GPUs for subject-model tasks on CUDA, else
+    its CPUs."""
+    key = "GPU" if _on_gpu(model) else "CPU"
     return max(1, int(ray.cluster_resources().get(key, 1)))
 
 
@@ -556,9 +563,9 @@ def ray_explain(
     endpoints and settings are the workers', its cache receives their new responses and its ledger
     their tokens; ``mode`` is the simulator mode the driver settled on (``auto`` probed once)."""
     ray = start_ray(executor, workers)
-    window = workers or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = workers or 2 * cluster_slots(ray, None)
     # an LLM task is one CPU (prompt building, rule matching); it is retried when its worker dies
-    task = ray.remote(_explain_chunk).options(num_cpus=1, max_retries=3, retry_exceptions=False)
+    task = ray.remote(_explain_chunk).options(**task_options(None))
     urls = [e.url for e in client.endpoints]
     cache_path = getattr(client.cache, "path", "") or ""
     kill_marker = os.environ.get("AUTOINTERP_KILL_RAY_WORKER_ONCE")
