@@ -50,6 +50,8 @@ class FaultServer:
     def __init__(self, mode: str):
         self.mode = mode
         self.requests = 0
+        #: every request's JSON body, in arrival order (what the client actually sent)
+        self.bodies: list[dict[str, Any]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +67,7 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests += 1
+                server.bodies.append(body)
                 mode = server.mode
                 if mode == "500":
                     self._send(500, {"error": {"message": "boom"}})

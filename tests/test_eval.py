@@ -277,6 +277,19 @@ def test_bad_feature_files_are_one_sentence(tmp_path: Path) -> None:
     )
 
 
+def test_output_tokens_are_refused_where_there_are_no_weights_or_given_negative(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "x.db"
+    for command, value, says in (
+        ("calibrate", "3", "known-answer features have no weights"),
+        ("explain", "-1", "--output-tokens must be at least 0"),
+    ):
+        proc = run_cli(command, "smollm2-135m", "--output-tokens", value, "--db", str(db))
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert not db.exists()
+
+
 def test_known_features_flow_through_harvest_as_a_model(tmp_path: Path, text_corpus: Path) -> None:
     _, tok = load_tokenizer("smollm2-135m", progress=False)
     known = KnownFeatureModel(

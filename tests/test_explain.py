@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from helpers import ANIMALS, clear_tables, copy_store, fault_config, run_cli
 
+from autointerp.errors import UserError
 from autointerp.explain.prompts import (
+    OutputTokens,
     Record,
     discretise,
     explanation_messages,
@@ -64,6 +66,24 @@ def test_explainer_prompt_matches_golden_file() -> None:
         "explain_prompt.txt", "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n"
     )
     assert messages[-1]["content"].endswith("the main thing this neuron does is find")
+
+
+def test_output_tokens_are_one_escaped_sentence_after_the_evidence() -> None:
+    output = OutputTokens([" States", "\n"], ["the"])
+    messages = explanation_messages(
+        RECORDS, 4.0, load_templates(), ["the ... cat: 9"], None, output
+    )
+    expected = (
+        'When this neuron fires, its output makes these next tokens more likely: " States", "\\n";'
+        ' it makes these less likely: "the".'
+    )
+    body = messages[-1]["content"]
+    assert expected in body and body.index("the ... cat: 9") < body.index(expected)
+    # the few-shot neurons have no output side: only the target's message changes
+    plain = explanation_messages(RECORDS, 4.0, load_templates(), ["the ... cat: 9"])
+    assert (
+        messages[:-1] == plain[:-1] and body.replace(expected + "\n\n", "") == plain[-1]["content"]
+    )
 
 
 def test_simulator_prompt_matches_golden_file_and_marks_every_slot() -> None:
@@ -252,6 +272,52 @@ def test_a_copied_few_shot_answer_is_asked_again(small_db, fault_server, tmp_pat
     )
     row = next(store.db.query("select * from explanations where kind = 'llm'"))
     assert row["status"] == "ok" and row["text"] == "tokens that matter"
+
+
+def test_output_tokens_come_from_stored_weight_facts_or_are_refused_up_front(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tiny_gated, tmp_path
+) -> None:
+    from llmfaults import is_simulation
+
+    from autointerp.weights import store_weight_facts
+
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("ok")
+    cfg = fault_config(output_tokens=2)
+
+    def explain() -> None:
+        explain_layers(
+            store,
+            "tiny-gated",
+            [1],
+            "0,1",
+            cfg,
+            _client(server.url),
+            load_templates(),
+            progress=False,
+        )
+
+    with pytest.raises(UserError, match="run `autointerp weights tiny-gated --layers 1`"):
+        explain()
+    assert server.requests == 0 and not [r for r in store.runs() if r["stage"] == "explain"]
+
+    store_weight_facts(store, tiny_gated, [1], top_k=4, progress=False)
+    explain()
+    asked = [b["messages"][-1]["content"] for b in server.bodies if not is_simulation(b)]
+    assert len(asked) == 2  # one explanation per neuron
+    for neuron, prompt in zip((0, 1), asked, strict=True):
+        facts = store.weight_facts("tiny-gated", 1, neuron)
+        assert facts is not None
+        promoted = [f'"{escape_token(t["token"])}"' for t in facts["top_tokens"]]
+        suppressed = [f'"{escape_token(t["token"])}"' for t in facts["bottom_tokens"]]
+        line = next(x for x in prompt.splitlines() if x.startswith("When this neuron fires"))
+        assert line == (
+            "When this neuron fires, its output makes these next tokens more likely: "
+            f"{', '.join(promoted[:2])}; it makes these less likely: {', '.join(suppressed[:2])}."
+        )
+    # an option at its "off" default leaves the hash of results made before it existed unchanged
+    assert "output_tokens" not in fault_config().identity()
+    assert cfg.config_hash() != fault_config().config_hash()
 
 
 def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -131,6 +131,7 @@ def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]
             simulator_mode=args.simulator_mode,
             explain_records=args.explain_records,
             candidates=args.candidates,
+            output_tokens=args.output_tokens,
         )
         check_config(cfg)
         return cfg
@@ -189,6 +190,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from autointerp.store import Store
 
     features = load_features(args.features)
+    if args.output_tokens:
+        raise UserError(
+            "--output-tokens shows what a neuron's output weights promote; known-answer features"
+            " have no weights (use it with eval or explain)."
+        )
     if args.tokens < 256:
         raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
     with stdout_to_stderr():
@@ -361,6 +367,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UserError(
                 f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
                 f"--model {model} --layers {layer}` first."
+            )
+    missing_weights = sorted(set(layers) - store.weight_layers(model)) if args.output_tokens else []
+    if missing_weights and not args.no_graphs:  # the subject model is at hand: compute them
+        from autointerp.models import load_model
+        from autointerp.weights import store_weight_facts
+
+        subject["model"] = load_model(model, progress=not args.no_progress)
+        with stdout_to_stderr():
+            store_weight_facts(
+                store, subject["model"], missing_weights, progress=not args.no_progress
             )
     with (
         _llm(args, store) as (client, explain_cfg, templates),

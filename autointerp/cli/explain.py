@@ -64,6 +64,17 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
             f"score stays on the test split) (default {default('candidates')})"
         ),
     )
+    p.add_argument(
+        "--output-tokens",
+        type=int,
+        default=default("output_tokens"),
+        metavar="N",
+        help=(
+            "also show the explainer the N tokens the neuron's output promotes most and the N it "
+            "suppresses (direct logit effect, from `autointerp weights`; eval computes missing "
+            f"ones) (default {default('output_tokens')}: none)"
+        ),
+    )
 
 
 def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
@@ -236,6 +247,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "baseline": not args.no_baseline,
         "explain_records": args.explain_records,
         "candidates": args.candidates,
+        "output_tokens": args.output_tokens,
     }
     ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
     executor = parse_executor(args)

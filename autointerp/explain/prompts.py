@@ -214,6 +214,30 @@ class Record:
     context_id: int | None = None
 
 
+@dataclass(frozen=True)
+class OutputTokens:
+    """The output side of a neuron, from its weights alone (:mod:`autointerp.weights`): the tokens
+    whose next-token logits its firing raises and lowers most, through the unembedding."""
+
+    #: strongest first, as the tokenizer writes them
+    promoted: list[str]
+    #: strongest first
+    suppressed: list[str]
+
+    def sentence(self) -> str:
+        """One line for the explainer prompt (tokens escaped and quoted, so whitespace shows)."""
+
+        def quoted(tokens: Sequence[str]) -> str:
+            return ", ".join(f'"{escape_token(t)}"' for t in tokens)
+
+        parts = []
+        if self.promoted:
+            parts.append(f"makes these next tokens more likely: {quoted(self.promoted)}")
+        if self.suppressed:
+            parts.append(f"makes these less likely: {quoted(self.suppressed)}")
+        return "When this neuron fires, its output " + "; it ".join(parts) + "."
+
+
 def _neuron_block(index: int, records: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
     parts = [f"Neuron {index}", "Activations:"]
     parts.extend(format_record(t, v).rstrip("\n") for t, v in records)
@@ -228,13 +252,15 @@ def explanation_messages(
     templates: Templates,
     n2g_paths: Sequence[str] | None = None,
     top_tokens: str | None = None,
+    output_tokens: OutputTokens | None = None,
 ) -> list[dict[str, str]]:
     """Chat messages asking for a one-phrase explanation of the records' neuron (few-shot, then the
     target).
 
     ``top_tokens`` (the token-lookup summary) and ``n2g_paths`` are optional extra evidence after
     the records: small local models otherwise tend to repeat a few-shot answer instead of reading
-    the activations."""
+    the activations. ``output_tokens`` is the output side (what the neuron's firing makes the model
+    predict next); the few-shot neurons have none, so it is the target's alone."""
     messages = [{"role": "system", "content": templates.explain_system}]
     for i, ex in enumerate(templates.examples, 1):
         recs = [(r["tokens"], r["activations"]) for r in ex["records"]]
@@ -260,6 +286,8 @@ def explanation_messages(
             + "\n".join(n2g_paths)
             + "\n\n"
         )
+    if output_tokens and (output_tokens.promoted or output_tokens.suppressed):
+        body += output_tokens.sentence() + "\n\n"
     messages.append(
         {
             "role": "user",

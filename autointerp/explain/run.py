@@ -4,7 +4,9 @@ their reason.
 Per neuron (in a worker thread; the LLM calls are the slow part and may run concurrently):
 
 1. **Explain** the top training examples (windows around the peak, discretised to 0-9; the N2G
-   graph's strongest paths as extra evidence when a graph exists) -> kind ``llm``; optionally the
+   graph's strongest paths as extra evidence when a graph exists; with ``output_tokens`` > 0 also
+   the tokens the neuron's output promotes and suppresses, from ``autointerp weights``) -> kind
+   ``llm``; optionally the
    negative side of a gated neuron from its bottom examples -> ``llm_negative``. With
    ``candidates`` > 1 (best-of-n), n explanations are sampled (the first at temperature 0, the
    others hotter, each with the examples in another order), each is simulated on the *validation*
@@ -44,6 +46,7 @@ from autointerp.config import check_int, config_identity, identity_hash
 from autointerp.errors import UserError
 from autointerp.explain.prompts import (
     SCALE_MAX,
+    OutputTokens,
     Record,
     Templates,
     explanation_messages,
@@ -85,6 +88,9 @@ class ExplainConfig:
     baseline: bool = True
     #: best-of-n: explanations sampled per neuron, the best on the validation records kept
     candidates: int = 1
+    #: output-side evidence: the N tokens the neuron's output promotes most and the N it suppresses
+    #: (direct logit effect, stored by ``autointerp weights``) are shown to the explainer; 0: none
+    output_tokens: int = 0
     explainer_max_tokens: int = 60
     max_prompt_chars: int = (
         7000  # ~2.5k tokens: fits a 4k-token local context with room for the answer
@@ -99,6 +105,7 @@ class ExplainConfig:
             "--sim-random": (self.sim_random, 0),
             "--concurrency": (self.concurrency, 1),
             "--candidates": (self.candidates, 1),
+            "--output-tokens": (self.output_tokens, 0),
             "explain_before": (self.explain_before, 0),
             "explain_after": (self.explain_after, 0),
             "sim_window": (self.sim_window, 1),
@@ -116,7 +123,12 @@ class ExplainConfig:
             )
 
     def identity(self) -> dict[str, Any]:
-        return config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
+        """The hashed settings. Options added later are left out while at their "off" default, so
+        results stored before the option existed keep their hash (they were made without it)."""
+        out = config_identity(self, explain_version=EXPLAIN_VERSION, scale_max=SCALE_MAX)
+        if not self.output_tokens:
+            del out["output_tokens"]
+        return out
 
     def config_hash(self) -> str:
         return identity_hash(self.identity())
@@ -264,6 +276,8 @@ class NeuronJob:
     #: other explanations to simulate and score on the same records, by score method (e.g. a
     #: known-answer feature's true description as ``true_description``)
     extra: dict[str, str] = field(default_factory=dict)
+    #: what the neuron's output promotes and suppresses (only with ``output_tokens`` > 0)
+    output: OutputTokens | None = None
 
 
 @dataclass
@@ -289,19 +303,21 @@ def explain_messages(
     records: list[Record],
     max_act: float,
     evidence: list[str] | None,
+    output: OutputTokens | None = None,
 ) -> list[dict[str, str]]:
     """The explainer's chat messages for one neuron as ``explain`` sends them: the records, the
-    tokens it fires on most, the N2G ``evidence``; the weakest records are dropped while the prompt
-    is longer than ``cfg.max_prompt_chars`` (small local context windows)."""
+    tokens it fires on most, the N2G ``evidence``, the ``output`` side; the weakest records are
+    dropped while the prompt is longer than ``cfg.max_prompt_chars`` (small local context
+    windows)."""
     top_tokens = (
         baseline_explanation(records, max_act, 5)
         .removeprefix("the tokens ")
         .removeprefix("the token ")
     )
-    messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
+    messages = explanation_messages(records, max_act, templates, evidence, top_tokens, output)
     while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
         records = records[:-1]
-        messages = explanation_messages(records, max_act, templates, evidence, top_tokens)
+        messages = explanation_messages(records, max_act, templates, evidence, top_tokens, output)
     return messages
 
 
@@ -379,7 +395,9 @@ def best_of_n(
         records = list(job.train)
         if k:
             random.Random(k).shuffle(records)
-        messages = explain_messages(cfg, templates, records, job.max_activation, evidence)
+        messages = explain_messages(
+            cfg, templates, records, job.max_activation, evidence, job.output
+        )
         hashed = prompt_hash(messages)
         try:
             text, used = _explain(client, cfg, messages, templates, sample=k)
@@ -498,7 +516,18 @@ def process_neuron(
         add_explanation("llm", None, reason, Usage(), cfg.explainer_model, 0.0)
         add_score("explanation", None, reason, Usage(), None)
         return NeuronResult(job, explanations, scores, usage)
-    sides = [("llm", "explanation", job.train, job.heldout, job.max_activation, 1.0, evidence)]
+    sides = [
+        (
+            "llm",
+            "explanation",
+            job.train,
+            job.heldout,
+            job.max_activation,
+            1.0,
+            evidence,
+            job.output,
+        )
+    ]
     if cfg.negative and job.train_negative and job.heldout_negative and job.min_activation < 0:
         sides.append(
             (
@@ -509,11 +538,12 @@ def process_neuron(
                 -job.min_activation,
                 -1.0,
                 None,
+                None,  # the output side is stated for positive firing; negated, it would mislead
             )
         )
-    for kind, method, train, heldout, max_act, sign, ev in sides:
+    for kind, method, train, heldout, max_act, sign, ev, output in sides:
         t0 = time.time()
-        messages = explain_messages(cfg, templates, train, max_act, ev)
+        messages = explain_messages(cfg, templates, train, max_act, ev, output)
         hashed = prompt_hash(messages)
         candidates = None
         try:
@@ -678,6 +708,39 @@ def check_heldout(
             )
 
 
+def output_tokens(store: Store, model: str, layer: int, neuron: int, n: int) -> OutputTokens:
+    """The ``n`` tokens the neuron's output promotes most and the ``n`` it suppresses most, from the
+    stored weight facts (fewer when ``autointerp weights`` kept fewer)."""
+    facts = store.weight_facts(model, layer, neuron)
+    if facts is None:
+        raise UserError(_no_weights(model, [layer]))
+    return OutputTokens(
+        [t["token"] for t in facts["top_tokens"][:n]],
+        [t["token"] for t in facts["bottom_tokens"][:n]],
+    )
+
+
+def _no_weights(model: str, layers: list[int]) -> str:
+    listed = ",".join(map(str, layers))
+    return (
+        f"--output-tokens shows what a neuron's output promotes, from its weights, but layer(s)"
+        f" {listed} of {model} have none stored; run `autointerp weights {model} --layers"
+        f" {listed}` on the same database first."
+    )
+
+
+def check_output_evidence(
+    store: Store, model: str, plan: list[tuple[int, dict[str, Any], list[int]]], cfg: ExplainConfig
+) -> None:
+    """With ``output_tokens`` > 0, refuse (before any LLM call) layers whose weight facts are not
+    stored."""
+    if not cfg.output_tokens:
+        return
+    missing = sorted({layer for layer, _, neurons in plan if neurons} - store.weight_layers(model))
+    if missing:
+        raise UserError(_no_weights(model, missing))
+
+
 def _job(
     store: Store, run: dict[str, Any], layer: int, neuron: int, cfg: ExplainConfig, gated: bool
 ) -> NeuronJob:
@@ -697,6 +760,8 @@ def _job(
         if cfg.candidates > 1
         else [],
     )
+    if cfg.output_tokens:
+        job.output = output_tokens(store, run["model"], layer, neuron, cfg.output_tokens)
     if cfg.negative and gated:
         job.train_negative = explain_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
         job.heldout_negative = heldout_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
@@ -735,6 +800,7 @@ def explain_layers(
     if neurons is not None:
         plan = [(layer, run, neurons.get(layer, [])) for layer, run, _ in plan]
     check_heldout(store, plan, cfg)
+    check_output_evidence(store, model, plan, cfg)
     config_hash = cfg.config_hash()
     run = store.find_run(model, "explain", config_hash, (0, 1))
     run_id = (
