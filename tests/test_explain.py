@@ -86,6 +86,25 @@ def test_output_tokens_are_one_escaped_sentence_after_the_evidence() -> None:
     )
 
 
+def test_summary_variant_shows_text_then_only_the_firing_tokens() -> None:
+    templates = load_templates(None, "summary")
+    messages = explanation_messages(RECORDS, 4.0, templates, ["the ... cat: 9"])
+    _golden(
+        "explain_prompt_summary.txt",
+        "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n",
+    )
+    body = messages[-1]["content"]
+    assert 'Excerpt 1: The cat sat on the mat.\\n\nFires on: " cat" 9, " mat" 4\n' in body
+    assert 'Excerpt 2: \\tA dog barked\nFires on: " dog" 9, " barked" 1\n' in body
+    assert messages[0]["content"] != load_templates().explain_system
+    tokens = explanation_messages(RECORDS, 4.0, load_templates(), ["the ... cat: 9"])
+    assert sum(len(m["content"]) for m in messages) < sum(len(m["content"]) for m in tokens)
+    # a variant's results never mix with the default's
+    assert templates.version != load_templates().version and "-summary-" in templates.version
+    with pytest.raises(UserError, match="Unknown prompt variant 'bogus'"):
+        load_templates(None, "bogus")
+
+
 def test_simulator_prompt_matches_golden_file_and_marks_every_slot() -> None:
     prompt = simulation_prompt("small animals", RECORDS[0].tokens, load_templates())
     _golden("simulate_prompt.txt", prompt.text)

@@ -23,7 +23,11 @@ from autointerp.cli.common import (
     print_json,
     stdout_to_stderr,
 )
-from autointerp.cli.explain import add_llm_executor_options, add_record_options
+from autointerp.cli.explain import (
+    add_llm_executor_options,
+    add_prompt_variant_option,
+    add_record_options,
+)
 from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -87,6 +91,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prompts", default=None, help="prompt template folder (default: the packaged prompts)"
     )
+    add_prompt_variant_option(p)
     add_llm_executor_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -111,7 +116,7 @@ def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]
         timeout=args.llm_timeout,
         max_attempts=args.max_attempts,
     )
-    templates = load_templates(args.prompts)
+    templates = load_templates(args.prompts, args.prompt)
     llm = LLMSession(
         settings,
         store.path,

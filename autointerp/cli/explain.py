@@ -77,6 +77,22 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_prompt_variant_option(p: argparse.ArgumentParser) -> None:
+    """--prompt: how the explainer sees the records (explain, calibrate, eval)."""
+    from autointerp.explain.prompts import DEFAULT_VARIANT, PROMPT_VARIANTS
+
+    p.add_argument(
+        "--prompt",
+        default=DEFAULT_VARIANT,
+        choices=list(PROMPT_VARIANTS),
+        help=(
+            "explainer prompt variant: tokens (every token with its 0-9 activation, as OpenAI's "
+            "neuron-explainer) or summary (each excerpt as text, then only the tokens it fires on; "
+            f"about half the prompt tokens) (default {DEFAULT_VARIANT})"
+        ),
+    )
+
+
 def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
     """--executor/--workers for the LLM stage (explain, and eval's and calibrate's explain step)."""
     from autointerp.executors import EXPLAIN_CHUNK
@@ -219,6 +235,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars',
     )
     p.add_argument("--prompts", default=None, help="prompt template folder (default: prompts/)")
+    add_prompt_variant_option(p)
     add_llm_executor_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -284,7 +301,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"({info.get('act_fn')}), so its neurons have no negative side worth explaining",
             file=sys.stderr,
         )
-    templates = load_templates(args.prompts)
+    templates = load_templates(args.prompts, args.prompt)
     # what the database can tell is checked before any LLM is contacted
     plan = plan_neurons(store, model, layers, args.neurons, int(info["d_mlp"]))
     check_heldout(store, plan, ExplainConfig(**options))
