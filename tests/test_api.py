@@ -177,6 +177,41 @@ def test_neuroscope_answers_a_few_per_kind_unless_asked_for_more(
     assert len(everything) == sum(min(n, 10) for n in totals.values())
 
 
+def test_stored_answers_are_the_assembled_bytes_and_are_what_is_served(
+    api_db: Path, tiny_gated: SubjectModel, tmp_path: Path
+) -> None:
+    import zlib
+
+    from helpers import copy_store
+
+    from autointerp.api.fastpath import NEUROSCOPE_LIMIT, NeuronBytes, store_default_answers
+
+    store = copy_store(api_db, tmp_path)
+    run_id = store.latest_complete_run(M, 1)["id"]
+
+    def fresh_client() -> TestClient:  # a new server: nothing in its memory cache
+        return TestClient(create_app(store.path, loader=lambda name: tiny_gated))
+
+    assembled = fresh_client().get(f"/api/{M}/neuroscope/1/3").content
+    neurons = sum(store.layer_neuron_count(run_id, layer) for layer in (0, 1))
+    assert store_default_answers(store, run_id) == neurons
+    for layer in (0, 1):
+        for n in range(store.layer_neuron_count(run_id, layer)):
+            body = store.answer(run_id, layer, n, "neuroscope")
+            assert body is not None and zlib.decompress(body) == NeuronBytes().assemble_neuroscope(
+                store, M, layer, n, run_id, None, NEUROSCOPE_LIMIT
+            )
+    assert fresh_client().get(f"/api/{M}/neuroscope/1/3").content == assembled
+    assert store_default_answers(store, run_id) == 0  # every layer is stored already
+
+    # the stored row is what a first request for the default answer gets; other answers are built
+    store.save_answers(run_id, 1, "neuroscope", [(3, zlib.compress(b'{"stored":true}'))])
+    served = fresh_client()
+    assert served.get(f"/api/{M}/neuroscope/1/3").json() == {"stored": True}
+    assert served.get(f"/api/{M}/all/1/3").json()["neuroscope"] == {"stored": True}
+    assert len(served.get(f"/api/{M}/neuroscope/1/3?limit=2").json()["examples"]) > 0
+
+
 def test_stats_n2g_explanation_similar_weights_and_all(client: TestClient, api_db: Path) -> None:
     stats = _get(client, f"/api/{M}/stats/1/{EXPLAINED}")
     assert {"count", "mean", "variance", "std", "max", "min", "frac_positive"} <= set(

@@ -330,6 +330,19 @@ def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     merged, whole = Store(tmp_path / "merged.db"), Store(tmp_path / "all.db")
     assert_same_harvest(merged, merged.runs()[0]["id"], whole, whole.runs()[0]["id"])
+    # both complete runs carry the server's page answers, equal but for the run id; shards none
+    import zlib
+
+    for layer in (1, 3):
+        for n in (0, 777, 1535):
+            pages = [
+                json.loads(zlib.decompress(s.answer(s.runs()[0]["id"], layer, n, "neuroscope")))
+                for s in (merged, whole)
+            ]
+            assert pages[0]["examples"] and pages[0]["neuron"] == n
+            assert {**pages[0], "run_id": 0} == {**pages[1], "run_id": 0}
+    assert Store(tmp_path / "s0.db").answered_layers(1, "neuroscope") == set()
+    assert merged.answered_layers(merged.runs()[0]["id"], "neuroscope") == {1, 3}
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from autointerp.api.catalog import (
     rank_record,
     read_catalog,
 )
-from autointerp.api.fastpath import NeuronBytes
+from autointerp.api.fastpath import NEUROSCOPE_LIMIT, NeuronBytes
 from autointerp.errors import UserError
 from autointerp.records import SERVICES, NotFound, neuron_record
 from autointerp.search import (
@@ -39,10 +39,7 @@ from autointerp.search import (
 from autointerp.store import Store
 from autointerp.token_index import refresh_token_index
 
-# Examples per kind in a neuroscope answer unless ``limit`` asks for more: what a page shows.
-# All of them (~140 with their activations, ~200 KB) made a cold answer cost 4x more to read and
-# encode than what a reader looks at.
-NEUROSCOPE_LIMIT = 10
+__all__ = ["NEUROSCOPE_LIMIT", "ApiData"]  # the page's examples per kind: also the API's default
 
 
 class ApiData:

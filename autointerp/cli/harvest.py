@@ -120,11 +120,44 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
         default=default("checkpoint_seconds"),
         help="seconds between resumable checkpoints",
     )
+    add_answers_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_db_option(p)
     add_device_options(p)
     p.set_defaults(func=cmd_harvest)
+
+
+def add_answers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-answers",
+        action="store_true",
+        help=(
+            "do not store each neuron's encoded page answer after the run (about a third of the"
+            " examples' size; without it `autointerp serve` builds an answer on its first request,"
+            " several times slower)"
+        ),
+    )
+
+
+def store_answers(db: str, run_ids: list[int], progress: bool) -> None:
+    """The server's default answers of complete unsharded harvest runs (their layers not yet
+    stored), with a progress bar over neurons."""
+    from tqdm import tqdm
+
+    from autointerp.api.fastpath import store_default_answers
+    from autointerp.store import Store
+
+    store = Store(db)
+    runs = {r["id"]: r for r in store.runs()}
+    for run_id in run_ids:
+        run = runs[run_id]
+        if run["status"] != "complete" or run["shard_count"] != 1:
+            continue
+        with tqdm(
+            unit="neuron", disable=not progress, desc="page answers", dynamic_ncols=True
+        ) as bar:
+            store_default_answers(store, run_id, bar.update)
 
 
 def _finished_harvest(db: str, cfg: Any) -> Any:
@@ -208,6 +241,8 @@ def cmd_harvest(args: argparse.Namespace) -> int:
             )
         else:
             result = harvest(model, db, cfg, progress=not args.no_progress)
+    if not args.no_answers:
+        store_answers(db, [result.run_id], progress=not args.no_progress)
     out = {
         "run_id": result.run_id,
         "status": result.status,
@@ -241,6 +276,8 @@ def merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output database (created if missing)")
     p.add_argument("shards", nargs="+", help="shard databases")
     p.add_argument("--json", action="store_true", help="print the new run ids as JSON")
+    add_answers_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_merge)
 
 
@@ -253,6 +290,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise UserError("The output database must not be one of the shard databases.")
     inputs = [Store(p, create=False) for p in args.shards]
     runs = merge(args.out, inputs)
+    if not args.no_answers:
+        store_answers(args.out, runs, progress=not args.no_progress)
     if args.json:
         print_json({"runs": runs, "db": args.out})
     else:

@@ -297,7 +297,15 @@ class HarvestTables(StoreCore):
             return
         marks = ",".join("?" * len(ids))
         with self.atomic():
-            for table in ("examples", "neurons", "contexts", "documents", "checkpoints", "runs"):
+            for table in (
+                "answers",
+                "examples",
+                "neurons",
+                "contexts",
+                "documents",
+                "checkpoints",
+                "runs",
+            ):
                 column = "id" if table == "runs" else "run_id"
                 self.db.execute(f"delete from {table} where {column} in ({marks})", ids)
 
@@ -373,6 +381,39 @@ class HarvestTables(StoreCore):
             " else 3 end, e.rank"
         )
         return self.db.execute(sql, params).fetchall()
+
+    def save_answers(
+        self, run_id: int, layer: int, service: str, bodies: Iterable[tuple[int, bytes]]
+    ) -> None:
+        """Encoded answers of one layer's neurons (``(neuron, body)``), in one transaction."""
+        with self.atomic():
+            self.db["answers"].insert_all(
+                (
+                    {"run_id": run_id, "layer": layer, "neuron": n, "service": service, "body": b}
+                    for n, b in bodies
+                ),
+                replace=True,
+                batch_size=200,
+            )
+
+    def answer(self, run_id: int, layer: int, neuron: int, service: str) -> bytes | None:
+        """A stored encoded answer, or None."""
+        row = self.db.execute(
+            "select body from answers where run_id = ? and layer = ? and neuron = ? and"
+            " service = ?",
+            [run_id, layer, neuron, service],
+        ).fetchone()
+        return row[0] if row else None
+
+    def answered_layers(self, run_id: int, service: str) -> set[int]:
+        """Layers of a run whose answers of ``service`` are stored."""
+        return {
+            int(r[0])
+            for r in self.db.execute(
+                "select distinct layer from answers where run_id = ? and service = ?",
+                [run_id, service],
+            )
+        }
 
     def example_ranks(self, run_id: int, layer: int, neuron: int) -> dict[str, list[int]]:
         """Kind -> the ranks of a neuron's examples of that kind, in order (from the primary key's

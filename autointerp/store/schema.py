@@ -56,6 +56,11 @@ Tables (also in README):
   similar neurons of every neuron by graph overlap (:mod:`autointerp.similarity`), from the
   ``runs`` row of stage ``similarity`` whose config holds the limit, stop-token cap, weight and the
   graphs' fingerprint.
+* ``answers(run_id, layer, neuron, service, body)`` - the server's default ``neuroscope`` answer of
+  every neuron of a complete harvest run, zlib-compressed JSON, written once by ``autointerp
+  harvest``/``merge`` so that the first request for a neuron costs a read instead of assembling
+  ~60 KB of JSON (:mod:`autointerp.api.fastpath`). Optional: without rows the server assembles the
+  answer itself.
 * ``weights(model, layer, neuron, input_vector, cos_in_out, cos_gate_out, top_tokens,
   bottom_tokens, created)`` - facts from the weights alone (:mod:`autointerp.weights`): cosine of
   the input and output vectors and the direct logit effect (top/bottom tokens of w_out · W_U as
@@ -363,6 +368,13 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
         "evaluations",
         {"run_id": int, "model": str, "kind": str, "result": str, "created": float},
         "run_id",
+        (_RUN,),
+    ),
+    # answers encoded once, after a harvest run is complete (a complete run never changes)
+    Table(
+        "answers",
+        {"run_id": int, "layer": int, "neuron": int, "service": str, "body": bytes},
+        ("run_id", "layer", "neuron", "service"),
         (_RUN,),
     ),
 )
