@@ -13,9 +13,12 @@ request than the server, and both share the same cores). Phases, each for ``--se
   time) on random neurons.
 
 With ``--compare-http``, a second server runs with ``--http h11 --loop asyncio`` (uvicorn's
-pure-Python stack) beside the default one (httptools + uvloop when installed). Phases that are
-compared run interleaved, in ``--rounds`` slices each, so a machine whose load changes hurts both
-sides alike; the machine is shared, so read the ratios.
+pure-Python stack) beside the default one (httptools + uvloop when installed). With
+``--compare-stored``, a second server reads a copy of the database without the stored page answers
+(the ``answers`` table, written by ``harvest``), so it assembles every cold answer itself, as before
+that table existed; the benchmark stores the answers in ``--db`` first if they are missing. Phases
+that are compared run interleaved, in ``--rounds`` slices each, so a machine whose load changes
+hurts both sides alike; the machine is shared, so read the ratios.
 
 Usage: ``python bench/bench_api.py --out bench/results/api.md`` (harvests smollm2-135m layers 3-6
 over 8,192 tokens into ``--db`` first if that file does not exist).
@@ -128,6 +131,25 @@ async def run_phase(
     }
 
 
+def without_answers(db: Path) -> Path:
+    """Store ``db``'s page answers if missing, and return a copy of it without them."""
+    import sqlite3
+
+    from autointerp.api.fastpath import store_default_answers
+    from autointerp.store import Store
+
+    store = Store(db)
+    for run in store.runs():
+        if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
+            store_default_answers(store, run["id"])
+    copy = db.with_name(db.stem + "-assembled.db")
+    copy.unlink(missing_ok=True)
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("delete from answers")
+    return copy
+
+
 def start_server(db: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     cmd = [
@@ -210,6 +232,11 @@ def main() -> None:
         help="neurons for the in-process CPU time per answer (default 2000)",
     )
     ap.add_argument(
+        "--compare-stored",
+        action="store_true",
+        help="also serve a copy of the database without stored page answers, interleaved",
+    )
+    ap.add_argument(
         "--compare-http",
         action="store_true",
         help="also run a server with --http h11 --loop asyncio, interleaved with the default one",
@@ -230,10 +257,12 @@ def main() -> None:
     )
     harvest = next(r for r in info if r["stage"] == "harvest" and r["status"] == "complete")
     model, layers = harvest["model"], harvest["config"]["layers"]
-    stacks = {"default": []} | (
-        {"h11/asyncio": ["--http", "h11", "--loop", "asyncio"]} if args.compare_http else {}
+    stacks = {"default": (db, [])} | (
+        {"h11/asyncio": (db, ["--http", "h11", "--loop", "asyncio"])} if args.compare_http else {}
     )
-    servers = {name: start_server(db, extra) for name, extra in stacks.items()}
+    if args.compare_stored:
+        stacks["assembled"] = (without_answers(db), [])
+    servers = {name: start_server(path, extra) for name, (path, extra) in stacks.items()}
     auto = (
         "httptools" if _importable("httptools") else "h11",
         "uvloop" if _importable("uvloop") else "asyncio",
