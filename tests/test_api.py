@@ -187,6 +187,7 @@ def test_stored_answers_are_the_assembled_bytes_and_are_what_is_served(
     from autointerp.api.fastpath import NEUROSCOPE_LIMIT, NeuronBytes, store_default_answers
 
     store = copy_store(api_db, tmp_path)
+    store.db.execute("drop table answers")  # as a database written before the (optional) table
     run_id = store.latest_complete_run(M, 1)["id"]
 
     def fresh_client() -> TestClient:  # a new server: nothing in its memory cache

@@ -7,10 +7,12 @@ results."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import autointerp.store.schema as schema
 from autointerp.store.codec import decode_acts
 from autointerp.store.core import StoreCore, run_row
 
@@ -387,6 +389,7 @@ class HarvestTables(StoreCore):
     ) -> None:
         """Encoded answers of one layer's neurons (``(neuron, body)``), in one transaction."""
         with self.atomic():
+            schema.create_table(self.db, "answers")  # optional: a database may predate it
             self.db["answers"].insert_all(
                 (
                     {"run_id": run_id, "layer": layer, "neuron": n, "service": service, "body": b}
@@ -397,16 +400,23 @@ class HarvestTables(StoreCore):
             )
 
     def answer(self, run_id: int, layer: int, neuron: int, service: str) -> bytes | None:
-        """A stored encoded answer, or None."""
-        row = self.db.execute(
-            "select body from answers where run_id = ? and layer = ? and neuron = ? and"
-            " service = ?",
-            [run_id, layer, neuron, service],
-        ).fetchone()
+        """A stored encoded answer, or None (also when the database predates the table)."""
+        try:
+            row = self.db.execute(
+                "select body from answers where run_id = ? and layer = ? and neuron = ? and"
+                " service = ?",
+                [run_id, layer, neuron, service],
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
         return row[0] if row else None
 
     def answered_layers(self, run_id: int, service: str) -> set[int]:
         """Layers of a run whose answers of ``service`` are stored."""
+        if "answers" not in self.db.table_names():
+            return set()
         return {
             int(r[0])
             for r in self.db.execute(

@@ -381,6 +381,10 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
 
 #: Every table a current database has (checked when it is opened).
 TABLES = tuple(item.name for item in SCHEMA if not isinstance(item, Index))
+#: Tables a database may lack and still be current: what they hold can be rebuilt, and requiring
+#: them would make every read-only database written before they existed unreadable. Created when
+#: first written (:func:`create_table`); readers treat a missing one as empty.
+OPTIONAL_TABLES = ("answers",)
 
 
 def missing_columns(db: sqlite_utils.Database) -> list[tuple[str, str, type]]:
@@ -397,7 +401,17 @@ def missing_columns(db: sqlite_utils.Database) -> list[tuple[str, str, type]]:
 
 def is_current(db: sqlite_utils.Database) -> bool:
     """Whether ``db`` (of :data:`SCHEMA_VERSION`) has every table and column."""
-    return set(TABLES) <= set(db.table_names()) and not missing_columns(db)
+    required = set(TABLES) - set(OPTIONAL_TABLES)
+    return required <= set(db.table_names()) and not missing_columns(db)
+
+
+def create_table(db: sqlite_utils.Database, name: str) -> None:
+    """Create the :data:`SCHEMA` table ``name`` if ``db`` lacks it (an optional one, before its
+    first write)."""
+    item = next(t for t in SCHEMA if isinstance(t, Table) and t.name == name)
+    db[item.name].create(
+        item.columns, pk=item.pk, foreign_keys=list(item.foreign_keys) or None, if_not_exists=True
+    )
 
 
 def create_or_upgrade(db: sqlite_utils.Database) -> None:
