@@ -241,7 +241,8 @@ def cmd_harvest(args: argparse.Namespace) -> int:
             )
         else:
             result = harvest(model, db, cfg, progress=not args.no_progress)
-    if not args.no_answers:
+    # a rerun of a finished harvest writes nothing (it only reports the stored run)
+    if result.status == "complete" and not args.no_answers:
         store_answers(db, [result.run_id], progress=not args.no_progress)
     out = {
         "run_id": result.run_id,
