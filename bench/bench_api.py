@@ -15,10 +15,10 @@ request than the server, and both share the same cores). Phases, each for ``--se
 With ``--compare-http``, a second server runs with ``--http h11 --loop asyncio`` (uvicorn's
 pure-Python stack) beside the default one (httptools + uvloop when installed). With
 ``--compare-stored``, a second server reads a copy of the database without the stored page answers
-(the ``answers`` table, written by ``harvest``), so it assembles every cold answer itself, as before
-that table existed; the benchmark stores the answers in ``--db`` first if they are missing. Phases
-that are compared run interleaved, in ``--rounds`` slices each, so a machine whose load changes
-hurts both sides alike; the machine is shared, so read the ratios.
+(the ``answers`` table, written by ``harvest --answers``), so it assembles every cold answer itself,
+as before that table existed; the benchmark stores the answers in ``--db`` first if they are
+missing. Phases that are compared run interleaved, in ``--rounds`` slices each, so a machine whose
+load changes hurts both sides alike; the machine is shared, so read the ratios.
 
 Usage: ``python bench/bench_api.py --out bench/results/api.md`` (harvests smollm2-135m layers 3-6
 over 8,192 tokens into ``--db`` first if that file does not exist).

@@ -325,13 +325,22 @@ def test_smollm2_shards_merge_exactly(tmp_path: Path) -> None:
         proc = run_cli("harvest", *common, "--shard", f"{i}/2", "--db", str(tmp_path / f"s{i}.db"))
         assert proc.returncode == 0, proc.stderr
     proc = run_cli(
-        "merge", str(tmp_path / "merged.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db")
+        "merge",
+        str(tmp_path / "merged.db"),
+        str(tmp_path / "s0.db"),
+        str(tmp_path / "s1.db"),
+        "--answers",
     )
     assert proc.returncode == 0, proc.stderr
     merged, whole = Store(tmp_path / "merged.db"), Store(tmp_path / "all.db")
     assert_same_harvest(merged, merged.runs()[0]["id"], whole, whole.runs()[0]["id"])
-    # both complete runs carry the server's page answers, equal but for the run id; shards none
+    # page answers: off by default; asked for on the finished harvest they are added, and the
+    # merge wrote them too: equal but for the run id
     import zlib
+
+    assert whole.answered_layers(whole.runs()[0]["id"], "neuroscope") == set()
+    proc = run_cli("harvest", *common, "--db", str(tmp_path / "all.db"), "--answers", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "already complete"
 
     for layer in (1, 3):
         for n in (0, 777, 1535):

@@ -3,11 +3,12 @@ stale.
 
 A finished harvest run never changes (a newer harvest is a new run id), so a neuron's statistics and
 examples keyed by run id can be encoded to JSON once and served as bytes afterwards
-(:class:`ByteCache`). The default neuroscope answer (what a page asks for) is also encoded once per
-neuron right after the harvest, zlib-compressed into the ``answers`` table
-(:func:`store_default_answers`): a neuron nobody asked for before then costs one row read and a
-decompression (~0.2 ms) instead of assembling ~60 KB of JSON from ~30 example rows (~1.2 ms), which
-is what capped cold answers at ~450 requests/s on two cores. Examples are assembled from the stored
+(:class:`ByteCache`). For a busy server the default neuroscope answer (what a page asks for) can
+also be encoded once per neuron after the harvest (``harvest --answers``), zlib-compressed into the
+``answers`` table (:func:`store_default_answers`): a neuron nobody asked for before then costs one
+row read and a decompression (~0.2 ms) instead of assembling ~60 KB of JSON from ~30 example rows
+(~1.2 ms), which is what capped cold answers at ~450 requests/s on two cores. It is opt-in because
+it costs ~20 KB per neuron, about half again the database. Examples are assembled from the stored
 JSON text without decoding it, their activations printed straight from the float32 blobs, and the
 contexts many neurons share (all of them share the random sample) are encoded once. Graphs are read
 fresh but embedded as their stored JSON text. The answers equal ``dumps`` of the records in

@@ -57,10 +57,10 @@ Tables (also in README):
   ``runs`` row of stage ``similarity`` whose config holds the limit, stop-token cap, weight and the
   graphs' fingerprint.
 * ``answers(run_id, layer, neuron, service, body)`` - the server's default ``neuroscope`` answer of
-  every neuron of a complete harvest run, zlib-compressed JSON, written once by ``autointerp
-  harvest``/``merge`` so that the first request for a neuron costs a read instead of assembling
-  ~60 KB of JSON (:mod:`autointerp.api.fastpath`). Optional: without rows the server assembles the
-  answer itself.
+  every neuron of a complete harvest run, zlib-compressed JSON, written by ``autointerp harvest``/
+  ``merge`` with ``--answers`` so that the first request for a neuron costs a read instead of
+  assembling ~60 KB of JSON (:mod:`autointerp.api.fastpath`). Optional: without rows the server
+  assembles the answer itself.
 * ``weights(model, layer, neuron, input_vector, cos_in_out, cos_gate_out, top_tokens,
   bottom_tokens, created)`` - facts from the weights alone (:mod:`autointerp.weights`): cosine of
   the input and output vectors and the direct logit effect (top/bottom tokens of w_out · W_U as
