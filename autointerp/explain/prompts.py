@@ -13,8 +13,8 @@ files - so a changed template never mixes with results made from the old one.
 each with its own system text in ``prompts/``: ``tokens`` (the default, above) or ``summary`` - each
 excerpt as plain text followed by only the tokens it fires on with their values, the shape Lee et
 al. (2023, "The Importance of Prompt Tuning for Automated Neuron Explanations") found better than
-OpenAI's with about half the tokens. The simulator's prompts are the same for every variant, so
-scores stay comparable.
+OpenAI's with fewer tokens (here a third fewer; not better with the packaged 1.5B: BENCHMARKS.md).
+The simulator's prompts are the same for every variant, so scores stay comparable.
 """
 
 from __future__ import annotations
