@@ -113,6 +113,17 @@ def test_a_killed_driver_resumes_by_shard(in_process, tmp_path: Path) -> None:  
     assert_same_harvest(store, _only_run(store), in_process, _only_run(in_process))
 
 
+@pytest.mark.slow
+def test_a_ray_harvest_refuses_bad_input_in_one_sentence(tmp_path: Path) -> None:
+    """The driver does not load the model: the workers' planning tasks check the config against
+    it, and their mistake reaches the user as the in-process harvest's sentence."""
+    db = tmp_path / "ray.db"
+    argv = ["--model", "smollm2-135m", "--layers", "99", "--tokens", "256", "--no-progress"]
+    proc = run_cli("harvest", *argv, *RAY, "--db", str(db))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Layer 99 is out of range" in proc.stderr and not db.exists()
+
+
 def test_graph_chunks_cut_each_layers_todo_in_order() -> None:
     layers = [
         LayerPlan(1, 7, neurons=list(range(40)), todo=[n for n in range(40) if n not in (3, 4)]),

@@ -180,7 +180,7 @@ def _finished_harvest(db: str, cfg: Any) -> Any:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from autointerp.executors import Executor, ray_harvest
+    from autointerp.executors import Executor, ModelRef, ray_harvest
     from autointerp.harvest import (
         HarvestConfig,
         harvest,
@@ -189,7 +189,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         parse_shard,
         resolve_layers,
     )
-    from autointerp.models import canonical_model_name
+    from autointerp.models import canonical_model_name, resolve_device, resolve_dtype
 
     auto = is_auto_layers(args.layers)
     layers = (
@@ -224,6 +224,20 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     # a rerun of a finished harvest loads no model (auto layers need the model's depth first)
     result = None if auto else _finished_harvest(db, cfg)
     name = cfg.model
+    if result is None and executor.kind == "ray":  # the workers load the model, not this process
+        result = ray_harvest(
+            ModelRef(
+                name, resolve_device(args.device), str(resolve_dtype(args.dtype)).split(".")[-1]
+            ),
+            db,
+            cfg,
+            executor,
+            workers=args.workers,
+            progress=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr),
+            auto_layers=auto,
+            fit_batch=args.batch_size is None,
+        )
     if result is None:
         model = load_subject(args.model, progress=not args.no_progress, args=args)
         cfg.model = name = model.name
@@ -231,18 +245,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
             cfg.layers = layers = resolve_layers(args.layers, model.n_layers)
         if args.batch_size is None:  # the default on the CPU; on CUDA what the free memory holds
             cfg.batch_size = model.suggest_batch_size(args.ctx_len, layers or range(model.n_layers))
-        if executor.kind == "ray":
-            result = ray_harvest(
-                model,
-                db,
-                cfg,
-                executor,
-                workers=args.workers,
-                progress=not args.no_progress,
-                log=lambda m: print(m, file=sys.stderr),
-            )
-        else:
-            result = harvest(model, db, cfg, progress=not args.no_progress)
+        result = harvest(model, db, cfg, progress=not args.no_progress)
     if args.answers:  # also after a rerun of a finished harvest, which otherwise writes nothing
         store_answers(db, [result.run_id], progress=not args.no_progress)
     out = {
