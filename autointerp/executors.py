@@ -25,7 +25,7 @@ moves the results back. Ray does all three; we do not write our own.
   against the model and the corpus) is worked out by a planning task on every worker slot at once
   (:func:`_plan_harvest`): each worker loads the model it will keep for its shards, the driver takes
   the first answer. Loading it in the driver too cost a quarter of Ray's fixed overhead on a short
-  harvest (10 of ~45 s) and as much memory as a worker.
+  harvest (10 of ~45 s) and the memory of one more copy of the model.
 
 N2G graphs (``autointerp graph``) follow the same rules with a different task. The neurons are
 already built in independent chunks of one layer (:mod:`autointerp.n2g.run`), so a chunk is one
