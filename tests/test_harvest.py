@@ -394,3 +394,27 @@ def test_smollm2_resume_after_sigkill_gives_identical_rows(tmp_path: Path) -> No
     a, b = Store(tmp_path / "r.db"), Store(tmp_path / "u.db")
     assert len(a.runs()) == 1 and a.runs()[0]["status"] == "complete"
     assert_same_harvest(a, a.runs()[0]["id"], b, b.runs()[0]["id"])
+
+
+@pytest.mark.parametrize("with_answers", [True, False])
+def test_deleting_runs_removes_everything_they_own(
+    small_db: Path, tmp_path: Path, with_answers: bool
+) -> None:
+    """What the Ray driver does to its shard runs once merged: no row of theirs is left, whether or
+    not the database has the optional answers table (an older one lacks it)."""
+    from helpers import copy_store
+
+    from autointerp.api.fastpath import store_default_answers
+
+    store = copy_store(small_db, tmp_path)
+    [run] = store.runs()
+    if with_answers:
+        assert store_default_answers(store, run["id"]) > 0
+    else:
+        store.db.execute("drop table answers")
+    store.delete_runs([run["id"]])
+    owned = ["examples", "neurons", "contexts", "documents", "checkpoints"]
+    owned += ["answers"] if with_answers else []
+    for table in owned:
+        assert store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0, table
+    assert store.runs() == []

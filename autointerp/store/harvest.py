@@ -298,16 +298,11 @@ class HarvestTables(StoreCore):
         if not ids:
             return
         marks = ",".join("?" * len(ids))
+        owned = ["examples", "neurons", "contexts", "documents", "checkpoints", "runs"]
+        if "answers" in self.db.table_names():  # optional: a database may predate it
+            owned.insert(0, "answers")
         with self.atomic():
-            for table in (
-                "answers",
-                "examples",
-                "neurons",
-                "contexts",
-                "documents",
-                "checkpoints",
-                "runs",
-            ):
+            for table in owned:
                 column = "id" if table == "runs" else "run_id"
                 self.db.execute(f"delete from {table} where {column} in ({marks})", ids)
 
