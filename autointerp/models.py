@@ -81,6 +81,11 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     return device
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32``, ``bfloat16`` or ``float16``: a dtype as stage configs record it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(spec: str | None = "float32") -> torch.dtype:
     """The model's dtype by name; statistics stay float32/float64 whatever it is."""
     name = (spec or "float32").strip().lower()
@@ -290,7 +295,7 @@ class SubjectModel:
     def dtype_name(self) -> str:
         """``float32``, ``bfloat16`` or ``float16``: what stage configs record (a half-precision
         result is a different result)."""
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
     @property
     def d_mlp(self) -> int:

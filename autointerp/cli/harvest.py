@@ -189,7 +189,12 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         parse_shard,
         resolve_layers,
     )
-    from autointerp.models import canonical_model_name, resolve_device, resolve_dtype
+    from autointerp.models import (
+        canonical_model_name,
+        dtype_name,
+        resolve_device,
+        resolve_dtype,
+    )
 
     auto = is_auto_layers(args.layers)
     layers = (
@@ -226,9 +231,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     name = cfg.model
     if result is None and executor.kind == "ray":  # the workers load the model, not this process
         result = ray_harvest(
-            ModelRef(
-                name, resolve_device(args.device), str(resolve_dtype(args.dtype)).split(".")[-1]
-            ),
+            ModelRef(name, resolve_device(args.device), dtype_name(resolve_dtype(args.dtype))),
             db,
             cfg,
             executor,
