@@ -135,13 +135,11 @@ def without_answers(db: Path) -> Path:
     """Store ``db``'s page answers if missing, and return a copy of it without them."""
     import sqlite3
 
-    from autointerp.api.fastpath import store_default_answers
+    from autointerp.cli.harvest import store_answers
     from autointerp.store import Store
 
-    store = Store(db)
-    for run in store.runs():
-        if run["stage"] == "harvest" and run["status"] == "complete" and run["shard_count"] == 1:
-            store_default_answers(store, run["id"])
+    harvests = [r["id"] for r in Store(db).runs() if r["stage"] == "harvest"]
+    store_answers(str(db), harvests, progress=False)  # complete, unsharded runs only
     copy = db.with_name(db.stem + "-assembled.db")
     copy.unlink(missing_ok=True)
     with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:

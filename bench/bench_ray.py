@@ -35,8 +35,7 @@ def harvest_seconds(folder: Path, name: str, extra: list[str], args: argparse.Na
     db = folder / f"{name.replace(' ', '_').replace(',', '')}-{time.monotonic_ns()}.db"
     cmd = [sys.executable, "-m", "autointerp", "harvest", "--model", args.model]
     cmd += ["--layers", args.layers, "--tokens", str(args.tokens), "--no-progress"]
-    # the harvest alone: the page answers written after it would add the same seconds to both sides
-    cmd += ["--db", str(db), "--no-answers", *extra]
+    cmd += ["--db", str(db), *extra]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - started
