@@ -11,6 +11,10 @@ database and the pipeline under test are real. Modes:
   ``truncated`` (cut at ``max_tokens``: half a JSON object / half the prompt's logprobs,
   ``finish_reason: "length"``), ``wrong-count`` (one value fewer than there are tokens),
   ``not-json`` (chatty prose where JSON was asked for);
+* detection questions (the detection scorer's requests, whose last message starts
+  ``Neuron description: ...``) are simulations too: the well-behaved modes answer Yes when a word of
+  the description is a word of the text, No otherwise (a keyword stand-in, never the LLM's
+  quality); the simulation faults answer neither;
 * rule compilations (the ``rule`` simulator's requests, whose last message is ``Description: ...``)
   are simulations too: ``ok`` and ``keyword`` answer ``{"words": [...]}`` with the description's
   words, ``truncated`` cuts that object at ``max_tokens``, ``wrong-count`` answers a regular
@@ -138,8 +142,32 @@ def is_simulation(body: dict[str, Any]) -> bool:
         return True
     messages = body.get("messages") or []
     return bool(messages) and (
-        "Tokens (" in str(messages[-1].get("content", "")) or is_rule_request(body)
+        "Tokens (" in str(messages[-1].get("content", ""))
+        or is_rule_request(body)
+        or is_detection(body)
     )
+
+
+def is_detection(body: dict[str, Any]) -> bool:
+    """A detection scorer's question: does the text contain what the description names?"""
+    messages = body.get("messages") or []
+    return bool(messages) and str(messages[-1].get("content", "")).startswith(
+        "Neuron description: "
+    )
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def _detection_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """Yes when a word of the description is a word of the text (both lower case), else No."""
+    found = re.match(
+        r"Neuron description: (.*)\nText: (.*)\nDoes", body["messages"][-1]["content"], re.S
+    )
+    if found and _words(found.group(1)) & _words(found.group(2)):
+        return _chat("Yes")
+    return _chat("No")
 
 
 def is_rule_request(body: dict[str, Any]) -> bool:
@@ -246,6 +274,8 @@ def ok_answer(body: dict[str, Any]) -> dict[str, Any]:
     if "messages" in body:
         if is_rule_request(body):
             return _chat(_description_rule(body))
+        if is_detection(body):
+            return _detection_answer(body)
         if is_simulation(body):
             return _chat(json.dumps({"activations": [5] * _n_tokens(body)}))
         return _chat(" tokens that matter.")

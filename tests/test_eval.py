@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import ANIMALS, PARAGRAPHS, as_older_database, copy_store, fault_config, run_cli
+from llmfaults import is_detection
 
 from autointerp.errors import UserError
 from autointerp.eval.evaluate import derangement, sample_neurons, shuffled_scores
@@ -404,6 +405,44 @@ def test_eval_reports_the_embedding_scorer_beside_simulation(
     assert agreement["n"] <= 4 and agreement["seconds_per_neuron"] > 0
     text = run_cli("eval", "tiny-gated", *common, "--embedding-scorer")
     assert text.returncode == 0 and "embedding scorer: Spearman" in text.stdout
+
+
+def test_eval_reports_the_detection_scorer_and_its_failures_beside_simulation(
+    gated_db, fault_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(gated_db, tmp_path)
+    server = fault_server("keyword")  # answers detection questions by keyword, never the quality
+    common = ["--layers", "1", "--sample", "4", "--base-url", server.url]
+    common += ["--explainer-model", "fault-model", "--sim-top", "2", "--sim-random", "2"]
+    common += ["--no-graphs", "--no-progress", "--db", str(store.path)]
+    proc = run_cli("eval", "tiny-gated", *common, "--detection-scorer", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    scored = 0
+    for neuron in out["neurons"]:
+        value, status = neuron["scores"]["detection"], neuron["status"]["detection"]
+        assert status in ("ok", "undefined", "missing"), neuron
+        assert (value is not None) == (status == "ok") and (value is None or 0 <= value <= 1)
+        scored += status == "ok"
+    # one question per held-out window (2 top + 2 random at most) of each neuron scored
+    assert scored > 0 and scored <= len([b for b in server.bodies if is_detection(b)]) <= 4 * scored
+    agreement = out["scorer_agreement"]["detection"]
+    assert agreement["llm_calls_per_neuron"] > 0 and agreement["failure_reasons"] == {}
+    # the same eval (a fresh copy: no cached answers) against a server whose answers are neither
+    # Yes nor No: failures with the reason
+    server.mode = "not-json"
+    (tmp_path / "b").mkdir()
+    fresh = copy_store(gated_db, tmp_path / "b")
+    common[common.index(str(store.path))] = str(fresh.path)
+    proc = run_cli("eval", "tiny-gated", *common, "--detection-scorer", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    failed = [n for n in out["neurons"] if n["status"]["detection"] == "failed"]
+    assert len(failed) == scored and all(n["scores"]["detection"] is None for n in failed)
+    assert all("Yes or No" in n["reasons"]["detection"] for n in failed)
+    assert out["methods"]["detection"]["failed"] == len(failed)
+    reasons = out["scorer_agreement"]["detection"]["failure_reasons"]
+    assert sum(reasons.values()) == len(failed)
 
 
 def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(

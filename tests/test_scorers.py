@@ -1,15 +1,40 @@
 """Cheap scorers beside simulation: AUROC and rank correlation maths, which windows count as firing,
-and - with the packaged sentence model - a right explanation separating firing windows from the
-others better than a wrong one."""
+and - with the packaged sentence model, and with the local LLM answering yes or no per window - a
+right explanation separating firing windows from the others better than a wrong one."""
 
 from __future__ import annotations
 
 import pytest
 from helpers import ANIMALS
 
-from autointerp.eval.scorers import auroc, embedding_score, fires
+from autointerp.eval.scorers import (
+    auroc,
+    detection_score,
+    embedding_score,
+    fires,
+    parse_detection,
+)
 from autointerp.eval.stats import spearman
 from autointerp.explain.prompts import Record
+from autointerp.llm.client import LLMClient, LLMFailure, LLMSettings
+
+
+def _client(url: str, timeout: float = 10.0) -> LLMClient:
+    return LLMClient(
+        LLMSettings(base_url=url, max_attempts=2, backoff=0.01, timeout=timeout), None, url
+    )
+
+
+def _windows() -> list[Record]:
+    """One window where the neuron fires on animal names, three where it does not."""
+    tokens, animals = ANIMALS
+    firing = [Record(tokens, [5.0 if t in animals else 0.0 for t in tokens])]
+    others = [
+        "def parse(path):\n    return open(path).read()",
+        "The interest rate rose by 0.25 percent in March.",
+        "Click the button to save your settings.",
+    ]
+    return firing + [Record([text], [0.0]) for text in others]
 
 
 def test_auroc_counts_pairs_and_ties_half() -> None:
@@ -33,15 +58,54 @@ def test_a_window_fires_at_a_fraction_of_the_neurons_max() -> None:
 
 @pytest.mark.slow  # loads the 420 MB embedding model
 def test_a_right_explanation_separates_firing_windows_better_than_a_wrong_one() -> None:
-    tokens, animals = ANIMALS
-    firing = [Record(tokens, [5.0 if t in animals else 0.0 for t in tokens])]
-    others = [
-        "def parse(path):\n    return open(path).read()",
-        "The interest rate rose by 0.25 percent in March.",
-        "Click the button to save your settings.",
-    ]
-    records = firing + [Record([text], [0.0]) for text in others]
+    records = _windows()
     right = embedding_score("names of animals", records, 5.0)
     wrong = embedding_score("Python source code", records, 5.0)
     assert right is not None and wrong is not None and right > wrong
     assert right == 1.0
+
+
+def test_a_detection_reply_is_read_as_yes_or_no() -> None:
+    def reply(text: str) -> dict:  # type: ignore[type-arg]
+        return {"choices": [{"message": {"content": text}}]}
+
+    assert parse_detection(reply("Yes.")) is True and parse_detection(reply(" no")) is False
+    assert parse_detection(reply("**YES**, it does")) is True
+    with pytest.raises(Exception, match="Yes or No"):
+        parse_detection(reply("The text mentions a cat."))
+
+
+def test_detection_asks_once_per_window_and_scores_the_answers_as_auroc(fault_server) -> None:  # type: ignore[no-untyped-def]
+    # the keyword stand-in answers Yes when a word of the description is in the window
+    server = fault_server("keyword")
+    client = _client(server.url)
+    records = _windows()
+    score, usage = detection_score(client, "fault-model", "cat", records, 5.0)
+    assert score == 1.0 and server.requests == len(records) and usage.calls == len(records)
+    assert detection_score(client, "fault-model", "zebra", records, 5.0)[0] == 0.5  # all No
+    # "the": Yes for the firing window and two of the others: TPR 1, TNR 1/3
+    assert detection_score(client, "fault-model", "the", records, 5.0)[0] == pytest.approx(2 / 3)
+    asked = server.requests
+    assert detection_score(client, "fault-model", "cat", records[:1], 5.0)[0] is None
+    assert server.requests == asked  # one kind of window: undefined, and nothing asked
+
+
+def test_a_detection_answer_that_is_not_yes_or_no_is_a_failure_with_its_reason(
+    fault_server,
+) -> None:  # type: ignore[no-untyped-def]
+    server = fault_server("not-json")  # chatty prose where one word was asked for
+    with pytest.raises(LLMFailure, match="Yes or No"):
+        detection_score(_client(server.url), "fault-model", "cat", _windows(), 5.0)
+
+
+@pytest.mark.slow  # the packaged 1.5B (the default simulator) behind the local server
+def test_real_detection_separates_firing_windows_better_for_a_right_explanation() -> None:
+    from autointerp.llm.local_server import local_server
+
+    # the 1.5B: here the 0.5B answered No for the animal window given "names of animals" (0.5)
+    with local_server("qwen2.5-coder-1.5b", prompt_logprobs=False) as (url, model):
+        client = _client(url, timeout=300)
+        right, _ = detection_score(client, model, "names of animals", _windows(), 5.0)
+        wrong, _ = detection_score(client, model, "percentages", _windows(), 5.0)
+    assert right is not None and wrong is not None
+    assert right > wrong, (right, wrong)

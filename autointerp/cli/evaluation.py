@@ -300,6 +300,16 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--detection-scorer",
+        action="store_true",
+        help=(
+            "also score each explanation by detection: the simulator's LLM answers yes or no for "
+            "each held-out window ('does it contain what the explanation names?'; one call per "
+            "window), scored as AUROC against where the neuron fires, and report its Spearman "
+            "correlation with the simulation scores"
+        ),
+    )
+    p.add_argument(
         "--no-graphs",
         action="store_true",
         help="do not build missing N2G graphs (no subject model)",
@@ -333,7 +343,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     executor = parse_executor(args)
     cfg = EvalConfig(
-        layers=layers, sample=args.sample, seed=args.seed, embedding=args.embedding_scorer
+        layers=layers,
+        sample=args.sample,
+        seed=args.seed,
+        embedding=args.embedding_scorer,
+        detection=args.detection_scorer,
     )
     subject: dict[str, Any] = {}
 
@@ -434,6 +448,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(
             f"{name} scorer: Spearman {_fmt(rho)} with the simulation scores over "
             f"{agreement['n']} neurons, {agreement['seconds_per_neuron']:.2f} s per neuron"
+            + (
+                f", {agreement['llm_calls_per_neuron']:.1f} LLM calls per neuron"
+                if agreement["llm_calls_per_neuron"]
+                else ""
+            )
         )
     print(f"stored as eval run {result['run_id']}" + (f"; plot: {args.plot}" if args.plot else ""))
     return 0

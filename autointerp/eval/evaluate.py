@@ -17,6 +17,9 @@ controls.
   counts (never averaged in), and paired differences per neuron (explanation - baseline,
   explanation - shuffled, explanation - n2g) with bootstrap intervals: the paired view removes the
   neuron-to-neuron spread.
+* **Cheap scorers** (optional, :mod:`autointerp.eval.scorers`): embedding and detection scores of
+  each explanation on the same held-out windows, with their Spearman correlation with simulation
+  and their cost per neuron - whether a cheaper number could stand in for simulation.
 
 Every evaluation is stored (config + hash + result) as an ``eval`` run, so a later explainer can be
 compared.
@@ -33,15 +36,23 @@ from tqdm import tqdm
 
 from autointerp.config import identity_hash
 from autointerp.errors import UserError
-from autointerp.eval.scorers import embedding_score
+from autointerp.eval.scorers import detection_score, embedding_score
 from autointerp.eval.stats import paired, spearman, summarize
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import ExplainConfig, JobRunner, explain_layers, heldout_records
 from autointerp.explain.simulate import Simulator, simulate_score
-from autointerp.llm.client import LLMClient, LLMFailure
+from autointerp.llm.client import LLMClient, LLMFailure, Usage
 from autointerp.store import Store
 
 METHODS = ("explanation", "baseline", "n2g")
+#: What each cheap scorer's number is (stored with its agreement with simulation).
+SCORER_SCORES = {
+    "embedding": "AUROC of cosine(explanation, window) against 'the neuron fires here'",
+    "detection": (
+        "AUROC of the LLM's yes/no 'does this window contain what the explanation names?' against"
+        " 'the neuron fires here' (= balanced accuracy)"
+    ),
+}
 
 
 @dataclass
@@ -52,6 +63,9 @@ class EvalConfig:
     #: also score each explanation with the embedding scorer (:mod:`autointerp.eval.scorers`) and
     #: report how well it agrees with simulation
     embedding: bool = False
+    #: also score each explanation with the detection scorer (one LLM call per held-out window,
+    #: the simulator's model) and report how well it agrees with simulation
+    detection: bool = False
 
 
 def sample_neurons(store: Store, model: str, layer: int, n: int, seed: int) -> list[int]:
@@ -167,10 +181,13 @@ def evaluate(
         explain_cfg.sim_logprobs,
     )
     neurons_out: list[dict[str, Any]] = []
+    scorers = [name for name in SCORER_SCORES if getattr(cfg, name)]
     per_method: dict[str, dict[tuple[int, int], float | None]] = {
-        m: {} for m in (*METHODS, "shuffled", *(["embedding"] if cfg.embedding else []))
+        m: {} for m in (*METHODS, "shuffled", *scorers)
     }
-    embedding_seconds = 0.0
+    scorer_seconds = dict.fromkeys(scorers, 0.0)
+    scorer_usage = {name: Usage() for name in scorers}
+    reasons: dict[str, dict[str, int]] = {name: {} for name in scorers}
     counts: dict[str, dict[str, int]] = {m: {"failed": 0, "undefined": 0} for m in per_method}
     bar = tqdm(
         total=sum(len(v) for v in samples.values()),
@@ -218,20 +235,27 @@ def evaluate(
             entry["scores"]["shuffled"] = sh["score"] if sh and sh["status"] == "ok" else None
             if sh:
                 entry["shuffled_from"] = sh["from"]
-            if cfg.embedding:
+            for name in scorers:
                 t0 = time.perf_counter()
-                value = (
-                    embedding_score(
-                        texts[n], heldout_records(store, run_id, layer, n, explain_cfg), maxima[n]
-                    )
-                    if n in texts
-                    else None
-                )
-                embedding_seconds += time.perf_counter() - t0
-                entry["scores"]["embedding"] = value
-                entry["status"]["embedding"] = (
-                    "missing" if n not in texts else ("ok" if value is not None else "undefined")
-                )
+                value, status = None, "missing"
+                if n in texts:
+                    held = heldout_records(store, run_id, layer, n, explain_cfg)
+                    try:
+                        if name == "embedding":
+                            value = embedding_score(texts[n], held, maxima[n])
+                        else:
+                            value, spent = detection_score(
+                                client, explain_cfg.simulator_model, texts[n], held, maxima[n]
+                            )
+                            scorer_usage[name].add(spent)
+                        status = "ok" if value is not None else "undefined"
+                    except LLMFailure as exc:  # recorded with its reason, never a number
+                        status = "failed"
+                        entry.setdefault("reasons", {})[name] = exc.reason
+                        reasons[name][exc.reason] = reasons[name].get(exc.reason, 0) + 1
+                scorer_seconds[name] += time.perf_counter() - t0
+                entry["scores"][name] = value
+                entry["status"][name] = status
             for method in per_method:
                 status = entry["status"][method]
                 if status == "ok":
@@ -277,21 +301,17 @@ def evaluate(
         },
         "neurons": neurons_out,
     }
-    if cfg.embedding:
-        both = [
-            k
-            for k, v in per_method["embedding"].items()
-            if v is not None and expl.get(k) is not None
-        ]
+    if scorers:
         result["scorer_agreement"] = {
-            "embedding": {
-                "n": len(both),
-                "spearman_with_simulation": spearman(
-                    [per_method["embedding"][k] for k in both], [expl[k] for k in both]
-                ),
-                "seconds_per_neuron": embedding_seconds / max(1, len(per_method["embedding"])),
-                "score": "AUROC of cosine(explanation, window) against 'the neuron fires here'",
-            }
+            name: _agreement(
+                per_method[name],
+                expl,
+                scorer_seconds[name],
+                scorer_usage[name],
+                reasons[name],
+                SCORER_SCORES[name],
+            )
+            for name in scorers
         }
     config = {
         "eval": asdict(cfg),
@@ -300,3 +320,29 @@ def evaluate(
     }
     result["run_id"] = store.save_evaluation(model, "eval", config, identity_hash(config), result)
     return result
+
+
+def _agreement(
+    scores: dict[tuple[int, int], float | None],
+    simulation: dict[tuple[int, int], float | None],
+    seconds: float,
+    usage: Usage,
+    reasons: dict[str, int],
+    what: str,
+) -> dict[str, Any]:
+    """A cheap scorer beside simulation: Spearman over the neurons both scored, its cost per
+    neuron scored (seconds; LLM calls and tokens, cached answers counted apart), why it failed."""
+    both = [k for k, v in scores.items() if v is not None and simulation.get(k) is not None]
+    per = max(1, len(scores))
+    return {
+        "n": len(both),
+        "spearman_with_simulation": spearman(
+            [scores[k] for k in both], [simulation[k] for k in both]
+        ),
+        "seconds_per_neuron": seconds / per,
+        "llm_calls_per_neuron": (usage.calls + usage.cached_calls) / per,
+        "prompt_tokens_per_call": usage.prompt_tokens / usage.calls if usage.calls else None,
+        "cached_calls": usage.cached_calls,
+        "failure_reasons": reasons,
+        "score": what,
+    }

@@ -206,7 +206,7 @@ def _truncated(response: dict[str, Any]) -> bool:
         return False
 
 
-def _retry_hotter(attempt: int) -> dict[str, Any]:
+def retry_hotter(attempt: int) -> dict[str, Any]:
     """A deterministic retry would repeat the same bad answer: sample instead."""
     return {"temperature": 0.7, "seed": attempt}
 
@@ -285,7 +285,7 @@ class Simulator:
             # quote token as """ and failed all four attempts on that neuron's rule
             "response_format": {"type": "json_object"},
         }
-        return self.client.call("chat", self.model, body, parse, _retry_hotter)
+        return self.client.call("chat", self.model, body, parse, retry_hotter)
 
     def simulate_records(
         self, explanation: str, token_lists: Sequence[Sequence[str]]
@@ -347,10 +347,10 @@ class Simulator:
                 self.model,
                 body,
                 lambda r: parse_chat_digits(r, n, indexed=True),
-                _retry_hotter,
+                retry_hotter,
             )
         return self.client.call(
-            "chat", self.model, body, lambda r: parse_json_values(r, n), _retry_hotter
+            "chat", self.model, body, lambda r: parse_json_values(r, n), retry_hotter
         )
 
 
