@@ -21,6 +21,7 @@ import torch
 
 from autointerp.corpus import iter_contexts, load_documents
 from autointerp.explain.run import ExplainConfig
+from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.models import SubjectModel
 from autointerp.store import Store
 
@@ -114,6 +115,14 @@ def copy_db(db: Path, target: Path) -> Path:
     with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return target
+
+
+def llm_client(url: str, timeout: float = 10.0) -> LLMClient:
+    """A client for one (fake or local) LLM endpoint: no response cache, two attempts, and a short
+    backoff, so a failure shows within the test's time."""
+    return LLMClient(
+        LLMSettings(base_url=url, max_attempts=2, backoff=0.01, timeout=timeout), None, url
+    )
 
 
 def copy_store(db: Path, tmp_path: Path) -> Store:

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ANIMALS, PARAGRAPHS, as_older_database, copy_store, fault_config, run_cli
+from helpers import (
+    ANIMALS,
+    PARAGRAPHS,
+    as_older_database,
+    copy_store,
+    fault_config,
+    llm_client,
+    run_cli,
+)
 from llmfaults import is_detection
 
 from autointerp.errors import UserError
@@ -35,15 +43,8 @@ from autointerp.explain.simulate import (
     score_predictions,
 )
 from autointerp.harvest import HarvestConfig, harvest
-from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.models import load_tokenizer
 from autointerp.store import SCHEMA_VERSION, Store
-
-
-def _client(url: str, timeout: float = 10.0) -> LLMClient:
-    return LLMClient(
-        LLMSettings(base_url=url, max_attempts=2, backoff=0.01, timeout=timeout), None, url
-    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_a_digitless_simulation_is_a_recorded_failure_never_a_score(
         [1],
         "0-1",
         fault_config(),
-        _client(server.url),
+        llm_client(server.url),
         load_templates(),
         progress=False,
     )
@@ -106,7 +107,7 @@ def test_non_finite_correlation_is_undefined_with_its_reason(fault_server) -> No
         [Record(["a", "b", "c"], [0.0, float("nan"), 1.0])],
         None,
     )
-    client = _client(server.url)
+    client = llm_client(server.url)
     sim = Simulator(client, "fault-model", load_templates(), "echo")
     result = process_neuron(job, client, sim, fault_config(), load_templates(), None)
     scores = {r["method"]: r for r in result.scores}
@@ -126,7 +127,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
             [1],
             "0",
             fault_config(sim_top=0, sim_random=0),
-            _client(server.url),
+            llm_client(server.url),
             load_templates(),
             progress=False,
         )
@@ -154,7 +155,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
     )
     # a neuron with no held-out records: recorded with the reason, and no explanation is paid for
     job = NeuronJob(0, 1, 0, 1.0, 0.0, [Record(["x"], [1.0])], [], None)
-    client = _client(server.url)
+    client = llm_client(server.url)
     result = process_neuron(
         job,
         client,
@@ -183,7 +184,7 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
         [1],
         "0-2",
         fault_config(),
-        _client(server.url),
+        llm_client(server.url),
         load_templates(),
         progress=False,
     )
@@ -348,7 +349,7 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
     run = store.latest_complete_run(known.name, 0)
     server = fault_server("keyword")
     cfg = fault_config()
-    sim = Simulator(_client(server.url), "fault-model", load_templates(), "echo")
+    sim = Simulator(llm_client(server.url), "fault-model", load_templates(), "echo")
     maxima = {i: 1.0 for i in range(len(words))}
     true = shuffled_scores(store, run["id"], 0, dict(enumerate(words)), cfg, sim, 0, maxima)
     partner = derangement(list(range(len(words))), 0)
@@ -383,15 +384,22 @@ def test_summaries_count_failures_apart_and_pair_by_neuron() -> None:
     assert summarize([])["mean"] is None and summarize([0.3])["ci95"] is None
 
 
+def _cheap_scorer_args(url: str, db: Path) -> list[str]:
+    """``eval`` of 4 neurons of the tiny model's layer 1 against a fake endpoint, 2 + 2 held-out
+    windows each, no N2G graphs: what the cheap-scorer tests run."""
+    return [
+        *("--layers", "1", "--sample", "4", "--base-url", url, "--explainer-model", "fault-model"),
+        *("--sim-top", "2", "--sim-random", "2", "--no-graphs", "--no-progress", "--db", str(db)),
+    ]
+
+
 @pytest.mark.slow  # loads the 420 MB embedding model
 def test_eval_reports_the_embedding_scorer_beside_simulation(
     gated_db, fault_server, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(gated_db, tmp_path)
     server = fault_server("keyword")
-    common = ["--layers", "1", "--sample", "4", "--base-url", server.url]
-    common += ["--explainer-model", "fault-model", "--sim-top", "2", "--sim-random", "2"]
-    common += ["--no-graphs", "--no-progress", "--db", str(store.path)]
+    common = _cheap_scorer_args(server.url, store.path)
     proc = run_cli("eval", "tiny-gated", *common, "--embedding-scorer", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -412,9 +420,7 @@ def test_eval_reports_the_detection_scorer_and_its_failures_beside_simulation(
 ) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(gated_db, tmp_path)
     server = fault_server("keyword")  # answers detection questions by keyword, never the quality
-    common = ["--layers", "1", "--sample", "4", "--base-url", server.url]
-    common += ["--explainer-model", "fault-model", "--sim-top", "2", "--sim-random", "2"]
-    common += ["--no-graphs", "--no-progress", "--db", str(store.path)]
+    common = _cheap_scorer_args(server.url, store.path)
     proc = run_cli("eval", "tiny-gated", *common, "--detection-scorer", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -554,7 +560,7 @@ def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
         "tiny-gated",
         EvalConfig(layers=[1], sample=3, seed=1),
         fault_config(),
-        _client(server.url),
+        llm_client(server.url),
         load_templates(),
         build_graphs=build,
         progress=False,
@@ -694,7 +700,7 @@ def test_real_chat_logprobs_simulator_scores_a_correct_explanation_above_a_wrong
     # the 1.5B: the 0.5B drops the last line of the reply (7 lines for 8 tokens) however it is asked
     with local_server("qwen2.5-coder-1.5b") as (url, model):
         # the stock server's chat path sorts the vocabulary per generated token: slow on CPU
-        sim = Simulator(_client(url, timeout=600), model, load_templates(), "chat-logprobs")
+        sim = Simulator(llm_client(url, timeout=600), model, load_templates(), "chat-logprobs")
         tokens, firing = ANIMALS[0][:7] + ["."], ANIMALS[1]  # short: the 0.5B loses count past ~10
         record = Record(tokens, [5.0 if t in firing else 0.0 for t in tokens])
         scores = {}

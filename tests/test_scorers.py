@@ -5,7 +5,7 @@ right explanation separating firing windows from the others better than a wrong 
 from __future__ import annotations
 
 import pytest
-from helpers import ANIMALS
+from helpers import ANIMALS, llm_client
 
 from autointerp.eval.scorers import (
     auroc,
@@ -16,13 +16,7 @@ from autointerp.eval.scorers import (
 )
 from autointerp.eval.stats import spearman
 from autointerp.explain.prompts import Record
-from autointerp.llm.client import LLMClient, LLMFailure, LLMSettings
-
-
-def _client(url: str, timeout: float = 10.0) -> LLMClient:
-    return LLMClient(
-        LLMSettings(base_url=url, max_attempts=2, backoff=0.01, timeout=timeout), None, url
-    )
+from autointerp.llm.client import LLMFailure
 
 
 def _windows() -> list[Record]:
@@ -78,7 +72,7 @@ def test_a_detection_reply_is_read_as_yes_or_no() -> None:
 def test_detection_asks_once_per_window_and_scores_the_answers_as_auroc(fault_server) -> None:  # type: ignore[no-untyped-def]
     # the keyword stand-in answers Yes when a word of the description is in the window
     server = fault_server("keyword")
-    client = _client(server.url)
+    client = llm_client(server.url)
     records = _windows()
     score, usage = detection_score(client, "fault-model", "cat", records, 5.0)
     assert score == 1.0 and server.requests == len(records) and usage.calls == len(records)
@@ -95,7 +89,7 @@ def test_a_detection_answer_that_is_not_yes_or_no_is_a_failure_with_its_reason(
 ) -> None:  # type: ignore[no-untyped-def]
     server = fault_server("not-json")  # chatty prose where one word was asked for
     with pytest.raises(LLMFailure, match="Yes or No"):
-        detection_score(_client(server.url), "fault-model", "cat", _windows(), 5.0)
+        detection_score(llm_client(server.url), "fault-model", "cat", _windows(), 5.0)
 
 
 @pytest.mark.slow  # the packaged 1.5B (the default simulator) behind the local server
@@ -104,7 +98,7 @@ def test_real_detection_separates_firing_windows_better_for_a_right_explanation(
 
     # the 1.5B: here the 0.5B answered No for the animal window given "names of animals" (0.5)
     with local_server("qwen2.5-coder-1.5b", prompt_logprobs=False) as (url, model):
-        client = _client(url, timeout=300)
+        client = llm_client(url, timeout=300)
         right, _ = detection_score(client, model, "names of animals", _windows(), 5.0)
         wrong, _ = detection_score(client, model, "percentages", _windows(), 5.0)
     assert right is not None and wrong is not None
