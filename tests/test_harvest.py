@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,20 @@ def test_deleting_runs_removes_everything_they_own(
     for table in owned:
         assert store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0, table
     assert store.runs() == []
+
+
+def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.upsert_model({"name": "m"})
+    run_id = store.create_run("m", "harvest", {"layers": [0]}, "h", (0, 1), {})
+    store.save_checkpoint(run_id, 10, 640, {0: os.urandom(2 << 20)})  # 2 MB of state
+    examples = [
+        (0, n, "top", 0, "train", n, 1.0, 0.0, 0, None, os.urandom(1024)) for n in range(3000)
+    ]
+    store.finish_run(run_id, [], [], [], examples, None, 10, 640)
+    assert store.db["checkpoints"].count == 0 and store.db["examples"].count == 3000
+    store.db.execute("pragma wal_checkpoint(truncate)")
+    # 3 MB of rows written after 2 MB of states were freed in the same transaction: no page is
+    # left free (deleted after the rows were written, the states' pages stayed free in the file:
+    # 1.8 GB after a full-corpus Gemma harvest)
+    assert store.db.execute("pragma freelist_count").fetchone()[0] == 0

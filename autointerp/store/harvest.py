@@ -183,6 +183,10 @@ class HarvestTables(StoreCore):
         """
         db = self.db
         with self.atomic():
+            # The checkpoint states go first: SQLite reuses the pages they free for the rows below,
+            # within this transaction. Deleted last, they left the file twice its data (1.8 GB of
+            # free pages after a full-corpus Gemma harvest of 1.7 GB).
+            db.execute("delete from checkpoints where run_id = ?", [run_id])
             for table in ("documents", "contexts", "neurons", "examples"):
                 db.execute(f"delete from {table} where run_id = ?", [run_id])
             db["documents"].insert_all(({"run_id": run_id, **d} for d in documents), batch_size=500)
@@ -194,7 +198,6 @@ class HarvestTables(StoreCore):
                 f"insert into examples ({columns}) values ({marks})",
                 ((run_id, *row) for row in examples),
             )
-            db.execute("delete from checkpoints where run_id = ?", [run_id])
             if states:
                 db["checkpoints"].insert_all(
                     {
