@@ -294,7 +294,6 @@ class LayerState:
         self._offsets = torch.arange(d, dtype=torch.int64) * nb
         self._weight_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._thr: dict[str, torch.Tensor] = {}
-        self._acts_t: torch.Tensor | None = None
 
     def _weights(self, b: int, t: int) -> torch.Tensor:
         key = (b, t)
@@ -310,12 +309,12 @@ class LayerState:
         """Fold one batch ``acts`` [B, T, d] (position 0 is BOS and is ignored) into the state.
 
         This runs once per layer per batch, so it is written for speed (the harvest should cost
-        little more than the forward pass): one fused min/max pass gives both the per-context
-        extremes and the global ones, the sums come from one matrix-vector product each, the token
-        histogram is counted on a fixed hashed sample of contexts with numpy's bincount (several
-        times faster than torch's on CPU), and the top-k and sample buffers first check which
-        neurons have any candidate that beats their current threshold (after the first batches, few
-        do).
+        little more than the forward pass, and the harvest calls it during the pass, while the
+        batch is still in the CPU's cache): the per-context extremes give the global ones, the sums
+        come from one matrix-vector product each, the token histogram is counted on a fixed hashed
+        sample of contexts with numpy's bincount (several times faster than torch's on CPU), and
+        the top-k and sample buffers first check which neurons have any candidate that beats their
+        current threshold (after the first batches, few do).
         """
         s = self.t
         x = acts[:, 1:, :]
@@ -327,8 +326,12 @@ class LayerState:
         s["count"] += b * t1
         s["sum"] += (weights @ flat).double()
         s["sum_sq"] += (weights @ (flat * flat)).double()
-        s["n_pos"] += (weights @ (flat > 0).to(flat.dtype)).long()
-        ctx_min, ctx_max = torch.aminmax(x, dim=1)  # [B, d] each
+        # sign() clamped at 0 is 1 exactly where an activation is positive: an elementwise float op,
+        # about twice as fast here as turning the boolean ``flat > 0`` into floats.
+        s["n_pos"] += (weights @ torch.sign(flat).clamp_(min=0)).long()
+        # Two reductions over the token axis, not ``torch.aminmax(x, dim=1)``: on this layout (d
+        # contiguous) the fused op takes ~10x as long as amax and amin together (torch 2.13, CPU).
+        ctx_max, ctx_min = x.amax(dim=1), x.amin(dim=1)  # [B, d] each
         torch.maximum(s["max"], ctx_max.amax(dim=0), out=s["max"])
         torch.minimum(s["min"], ctx_min.amin(dim=0), out=s["min"])
         sampled = ((hkeys >> 32) % self.hist_sample == 0).nonzero().squeeze(1)
@@ -343,7 +346,6 @@ class LayerState:
             np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS)
         )
 
-        self._acts_t = None
         self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts)
         if s["bot_key"].shape[1]:
             self._topk("bot", rank_keys(-ctx_min.T + 0.0, ctx_ids), acts)
@@ -352,9 +354,9 @@ class LayerState:
 
     def _topk(self, prefix: str, cand: torch.Tensor, acts: torch.Tensor) -> None:
         """Keep the K largest keys per neuron. ``self._thr[prefix]`` caches each neuron's K-th key,
-        so most batches cost one comparison; rows that change read their per-token activations from
-        a transposed copy of the batch when many move at once (sequential reads instead of stride-d
-        gathers)."""
+        so most batches cost one comparison; rows that change gather their per-token activations
+        straight from the batch (a strided gather of a few thousand rows takes a tenth of what a
+        transposed copy of the whole batch did)."""
         keys, buf = self.t[f"{prefix}_key"], self.t[f"{prefix}_acts"]
         if keys.shape[1] == 0:
             return
@@ -370,12 +372,7 @@ class LayerState:
         ev_r, ev_c, in_r, in_c = moved
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[rows[in_r], in_c]
-        if neuron.numel() > 256:
-            if self._acts_t is None:
-                self._acts_t = acts.permute(2, 0, 1).contiguous()  # [d, B, T]
-            buf[neuron, ev_c] = self._acts_t[neuron, in_c]
-        else:
-            buf[neuron, ev_c] = acts[in_c, :, neuron]
+        buf[neuron, ev_c] = acts[in_c, :, neuron]
         thr[rows] = keys[rows].amin(dim=1)
 
     def _quantile(
@@ -450,7 +447,6 @@ class LayerState:
         obj._offsets = torch.arange(d, dtype=torch.int64) * HIST_BINS
         obj._weight_cache = {}
         obj._thr = {}
-        obj._acts_t = None
         return obj
 
     def context_ids(self) -> set[int]:
@@ -783,9 +779,9 @@ def harvest(
         tokens = torch.from_numpy(np.stack([c.tokens for c in batch]))
         ids = torch.tensor([c.context_id for c in batch], dtype=torch.int64)
         hkeys = hash_keys(ids.tolist(), cfg.seed)
-        acts = model.mlp_activations(tokens, layers)
-        for layer in layers:
-            states[layer].update(acts[layer], ids, hkeys)
+        model.each_mlp_activation(
+            tokens, layers, lambda layer, acts: states[layer].update(acts, ids, hkeys)
+        )
 
     stream = iter_contexts(
         docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, max_contexts

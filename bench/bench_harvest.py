@@ -18,15 +18,16 @@ What it measures, and why it is measured this way:
    systematically gets the warmer cache or the quieter moment. The headline ratio is the median of
    the per-batch ratios, which shrugs off a batch that a neighbour's burst slowed down; total times
    and the ratio of totals are reported beside it. "Harvest" is exactly what ``harvest()``'s
-   ``run_batch`` does (hash keys, ``mlp_activations``, then ``LayerState.update`` for every layer),
-   on batches built exactly as ``harvest()`` builds them (the real corpus, ``iter_contexts``,
-   ``ctx_len`` 64, batch size 16), with fresh states so the top-k fill-up phase is included as in a
-   real run (``--prefill-tokens`` measures past that phase instead). "Bare" is ``model.model(tokens,
-   stop_at_layer=max(layers) + 1)`` under ``inference_mode`` with no hooks. ``--rounds`` repeats the
-   same batches on fresh copies of the states, for more pairs. Two further estimates sit beside the
-   median: the quietest-pair ratio (per batch, the round whose bare + harvest took least time, since
-   contention only ever adds time) and the CPU-time ratio (``process_time``, less sensitive to being
-   preempted by other processes).
+   ``run_batch`` does (hash keys, then ``each_mlp_activation`` folding every layer into its
+   ``LayerState`` during the forward pass), on batches built exactly as ``harvest()`` builds them
+   (the real corpus, ``iter_contexts``, ``ctx_len`` 64, batch size 16), with fresh states so the
+   top-k fill-up phase is included as in a real run (``--prefill-tokens`` measures past that phase
+   instead). "Bare" is ``model.model(tokens, stop_at_layer=max(layers) + 1)`` under
+   ``inference_mode`` with no hooks. ``--rounds`` repeats the same batches on fresh copies of the
+   states, for more pairs. Two further estimates sit beside the median: the quietest-pair ratio
+   (per batch, the round whose bare + harvest took least time, since contention only ever adds
+   time) and the CPU-time ratio (``process_time``, less sensitive to being preempted by other
+   processes).
 2. **End-to-end time and peak memory** of the real ``harvest()`` (corpus loading, the loop, picking
    contexts, and the final write ``Store.finish_run`` into a temporary SQLite file), at two corpus
    sizes. Each size runs in a fresh subprocess, because ``ru_maxrss`` is a high-water mark that
@@ -190,16 +191,20 @@ def time_harvest(
     batch: Batch,
     seed: int,
 ) -> tuple[float, float]:
-    """One ``run_batch`` of ``harvest()``; returns (hash keys + hooked forward, updates of every
-    layer) seconds."""
+    """One ``run_batch`` of ``harvest()`` (each layer folded in during the forward pass); returns
+    (hash keys + hooked forward, updates of every layer) seconds."""
     t0 = time.perf_counter()
     hkeys = hash_keys(batch.ids.tolist(), seed)
-    acts = model.mlp_activations(batch.tokens, layers)
-    t1 = time.perf_counter()
-    for layer in layers:
-        states[layer].update(acts[layer], batch.ids, hkeys)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+    spent = 0.0
+
+    def fold(layer: int, acts: torch.Tensor) -> None:
+        nonlocal spent
+        u = time.perf_counter()
+        states[layer].update(acts, batch.ids, hkeys)
+        spent += time.perf_counter() - u
+
+    model.each_mlp_activation(batch.tokens, layers, fold)
+    return time.perf_counter() - t0 - spent, spent
 
 
 @dataclass
@@ -396,18 +401,25 @@ def profile_update(
     table = None
     for i, batch in enumerate(batches):
         hkeys = hash_keys(batch.ids.tolist(), s.seed)
-        acts = model.mlp_activations(batch.tokens, layers)
         if s.torch_profile and i == len(batches) - 1:
             from torch.profiler import profile
 
+            # After the pass, so the table holds the updates' operators only (their inputs are no
+            # longer in the cache, so each operator takes somewhat longer than during the pass).
+            acts = model.mlp_activations(batch.tokens, layers)
             with profile() as prof:
                 for layer in layers:
                     states[layer].update(acts[layer], batch.ids, hkeys)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
             continue
         with timer.installed():
-            for layer in layers:
-                states[layer].update(acts[layer], batch.ids, hkeys)
+            model.each_mlp_activation(
+                batch.tokens,
+                layers,
+                lambda layer, acts, ids=batch.ids, hkeys=hkeys: states[layer].update(
+                    acts, ids, hkeys
+                ),
+            )
     return timer, table
 
 

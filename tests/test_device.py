@@ -69,6 +69,30 @@ def test_activations_come_back_as_float32_on_the_host(tiny_gated) -> None:  # ty
     assert all(a.dtype == torch.float32 and a.device.type == "cpu" for a in acts.values())
 
 
+def test_each_layer_is_folded_during_the_pass_in_order_as_mlp_activations_returns_it(
+    tiny_gated,
+) -> None:  # type: ignore[no-untyped-def]
+    tokens = torch.tensor([[tiny_gated.bos_id, 10, 20, 30], [tiny_gated.bos_id, 5, 6, 7]])
+    seen: list[tuple[int, torch.Tensor, int]] = []
+    calls = {"forward": 0}
+    # The last requested layer's block runs after the earlier folds: the folds happen during the
+    # pass, not after it.
+    last = tiny_gated.model.blocks[1]
+    handle = last.register_forward_pre_hook(lambda *_: calls.__setitem__("forward", 1))
+    try:
+        tiny_gated.each_mlp_activation(
+            tokens, [1, 0, 1], lambda layer, acts: seen.append((layer, acts, calls["forward"]))
+        )
+    finally:
+        handle.remove()
+    whole = tiny_gated.mlp_activations(tokens, [0, 1])
+    assert [layer for layer, _, _ in seen] == [0, 1]
+    assert seen[0][2] == 0 and seen[1][2] == 1  # layer 0 folded before block 1 ran
+    for layer, acts, _ in seen:
+        assert acts.dtype == torch.float32 and acts.device.type == "cpu"
+        assert torch.equal(acts, whole[layer])
+
+
 def test_float32_runs_keep_their_identity_and_half_precision_is_its_own_run() -> None:
     base = HarvestConfig(model="m")
     assert "dtype" not in base.identity()  # databases written before --dtype existed still resume

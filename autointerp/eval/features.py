@@ -268,11 +268,15 @@ class KnownFeatureModel(SubjectModel):
             "known_features": [f.name for f in self.features],
         }
 
-    def mlp_activations(
-        self, tokens: torch.Tensor, layers: Sequence[int]
-    ) -> dict[int, torch.Tensor]:
+    def each_mlp_activation(
+        self,
+        tokens: torch.Tensor,
+        layers: Sequence[int],
+        fold: Callable[[int, torch.Tensor], None],
+    ) -> None:
         acts = batch_activations(self.features, self.text_of, tokens)
-        return {layer: acts for layer in layers}
+        for layer in sorted(set(layers)):
+            fold(layer, acts)
 
     def feature_activation(self, tokens: torch.Tensor, layer: int, neuron: int) -> torch.Tensor:
         return self.mlp_activations(tokens, [layer])[layer][..., neuron]
