@@ -218,40 +218,43 @@ def hash_keys(ctx_ids: Iterable[int], seed: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def hist_bins(x: torch.Tensor) -> torch.Tensor:
+def hist_bins(x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Bin index of each value on :data:`HIST_EDGES` (values beyond the ends go into the end
-    bins)."""
+    bins), plus ``offsets`` (float32, broadcast over the last axis) if given. The harvest passes
+    ``n * HIST_BINS`` for neuron ``n`` so one bincount fills every neuron's histogram; adding them
+    before the one conversion to integers saves a pass over an int64 copy, and is exact while the
+    offsets stay below 2**24 (:class:`LayerState` checks)."""
     u = torch.log1p(x.abs()).copysign_(x)
-    return (
-        u.sub_(HIST_LO)
-        .mul_(HIST_BINS / (HIST_HI - HIST_LO))
-        .floor_()
-        .clamp_(0, HIST_BINS - 1)
-        .long()
-    )
+    u.sub_(HIST_LO).mul_(HIST_BINS / (HIST_HI - HIST_LO)).floor_().clamp_(0, HIST_BINS - 1)
+    if offsets is not None:
+        u.add_(offsets)
+    return u.long()
 
 
 def _replacements(
     buf: torch.Tensor, cand: torch.Tensor, largest: bool
-) -> tuple[torch.Tensor, ...] | None:
+) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
     """Which slots of ``buf`` [N, K] are taken over by which entries of ``cand`` [N, B] when keeping
-    the K largest (or smallest) keys of both. Returns (row, slot, row, cand_col) index tensors, or
-    None if nothing moves.
+    the K largest (or smallest) keys of both. Returns ((row, slot, row, cand_col) index tensors, or
+    None if nothing moves) and each row's new K-th key (the threshold a later candidate must beat).
 
-    Keys are unique, so the kept set is exact; evicted slots and incoming candidates pair up row by
-    row because ``nonzero`` lists them in row-major order and each row has as many of one as of the
-    other.
+    The B entries that drop out are the B smallest (or largest) of the K + B, and the next one is
+    the new K-th key: one top-(B + 1) from the other end gives both, cheaper than a top-K (B = 16
+    contexts, K = 40 by default). Keys are unique, so the kept set is exact; evicted slots and
+    incoming candidates pair up row by row because ``nonzero`` lists them in row-major order and
+    each row has as many of one as of the other.
     """
-    k = buf.shape[1]
+    k, b = buf.shape[1], cand.shape[1]
     both = torch.cat([buf, cand], dim=1)
-    chosen = both.topk(k, dim=1, largest=largest, sorted=False).indices
-    keep = torch.zeros_like(both, dtype=torch.bool).scatter_(1, chosen, True)
+    out = both.topk(b + 1, dim=1, largest=not largest, sorted=True)
+    keep = torch.ones_like(both, dtype=torch.bool).scatter_(1, out.indices[:, :b], False)
+    kth = out.values[:, b]
     incoming = keep[:, k:]
     if not bool(incoming.any()):
-        return None
+        return None, kth
     ev_r, ev_c = (~keep[:, :k]).nonzero(as_tuple=True)
     in_r, in_c = incoming.nonzero(as_tuple=True)
-    return ev_r, ev_c, in_r, in_c
+    return (ev_r, ev_c, in_r, in_c), kth
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +294,9 @@ class LayerState:
             "rand_key": torch.full((1, random_k), INT64_MAX, dtype=torch.int64),
             "rand_acts": torch.zeros(random_k, t, d),
         }
-        self._offsets = torch.arange(d, dtype=torch.int64) * nb
+        if d * nb >= 2**24:
+            raise ValueError(f"d_mlp {d} is too large for exact float32 histogram offsets")
+        self._offsets = torch.arange(d, dtype=torch.float32) * nb
         self._weight_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._thr: dict[str, torch.Tensor] = {}
 
@@ -336,12 +341,12 @@ class LayerState:
         torch.minimum(s["min"], ctx_min.amin(dim=0), out=s["min"])
         sampled = ((hkeys >> 32) % self.hist_sample == 0).nonzero().squeeze(1)
         if sampled.numel():
-            bins = hist_bins(x[sampled]) + self._offsets
+            bins = hist_bins(x[sampled], self._offsets)
             s["hist"] += torch.from_numpy(
                 np.bincount(bins.view(-1).numpy(), minlength=d * HIST_BINS)
             )
 
-        ctx_bins = hist_bins(ctx_max) + self._offsets  # [B, d]
+        ctx_bins = hist_bins(ctx_max, self._offsets)  # [B, d]
         s["ctx_hist"] += torch.from_numpy(
             np.bincount(ctx_bins.view(-1).numpy(), minlength=d * HIST_BINS)
         )
@@ -366,14 +371,14 @@ class LayerState:
         rows = (cand > thr[:, None]).any(dim=1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        moved = _replacements(keys[rows], cand[rows], largest=True)
+        moved, kth = _replacements(keys[rows], cand[rows], largest=True)
         if moved is None:
             return
         ev_r, ev_c, in_r, in_c = moved
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[rows[in_r], in_c]
         buf[neuron, ev_c] = acts[in_c, :, neuron]
-        thr[rows] = keys[rows].amin(dim=1)
+        thr[rows] = kth
 
     def _quantile(
         self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor, acts: torch.Tensor
@@ -399,7 +404,7 @@ class LayerState:
         s = self.t
         if s["rand_key"].shape[1] == 0:
             return
-        moved = _replacements(s["rand_key"], hkeys[None, :], largest=False)
+        moved, _ = _replacements(s["rand_key"], hkeys[None, :], largest=False)
         if moved is None:
             return
         _, ev_c, _, in_c = moved
@@ -444,7 +449,7 @@ class LayerState:
         obj.t = torch.load(io.BytesIO(blob), weights_only=True)
         d = obj.t["sum"].shape[0]
         obj.hist_sample = hist_sample
-        obj._offsets = torch.arange(d, dtype=torch.int64) * HIST_BINS
+        obj._offsets = torch.arange(d, dtype=torch.float32) * HIST_BINS
         obj._weight_cache = {}
         obj._thr = {}
         return obj

@@ -64,6 +64,11 @@ def test_hist_bins_agree_with_edges() -> None:
     # Values within float rounding of an edge may land either side; everything else must agree.
     near_edge = np.min(np.abs(x.numpy()[:, None] - np.array(HIST_EDGES)[None, :]), axis=1) < 1e-4
     assert (bins[~near_edge] == ref[~near_edge]).all()
+    # Per-neuron offsets (one bincount for a whole layer) shift every bin exactly.
+    per_neuron = x.view(1000, 5)
+    offsets = torch.arange(5, dtype=torch.float32) * len(HIST_EDGES) * 1000
+    shifted = hist_bins(per_neuron, offsets).view(-1).numpy()
+    assert (shifted == bins + np.tile(offsets.long().numpy(), 1000)).all()
 
 
 # ------------------------------------------------------------------------------------------------
