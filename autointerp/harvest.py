@@ -57,6 +57,13 @@ HARVEST_VERSION = 1
 #: : Train/valid/test assignment by rank within a kind, interleaved so every split sees the whole
 #: activation range.
 SPLIT_PATTERN = ("train", "valid", "train", "test")
+#: With the default cadence checkpoints are at least this many seconds apart ...
+CHECKPOINT_MIN_SECONDS = 120.0
+#: ... and further apart when writing one takes long, so that the loop spends at most about this
+#: share of its time on them. A whole-model state is large (gemma-3-270m, 18 layers: ~1.8 GB,
+#: seconds to serialise and commit), and at a fixed 120 s that alone cost several percent of a
+#: full-corpus harvest; at 2% a crash loses at most ~50 checkpoint-writes' worth of work.
+CHECKPOINT_SHARE = 0.02
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 LOW32 = 0xFFFFFFFF
@@ -87,7 +94,10 @@ class HarvestConfig:
     # Not part of the result's identity:
     batch_size: int = field(default=16, metadata={"hashed": False})
     shard: tuple[int, int] = field(default=(0, 1), metadata={"hashed": False})
-    checkpoint_seconds: float = field(default=120.0, metadata={"hashed": False})
+    # None: at least CHECKPOINT_MIN_SECONDS apart and further when writing one takes long (see
+    # CHECKPOINT_SHARE); a number: exactly that spacing (0: after every batch, as the crash tests
+    # use).
+    checkpoint_seconds: float | None = field(default=None, metadata={"hashed": False})
     # The subject model's dtype. float32 runs keep the identity they always had; a half-precision
     # run is a different result (activations differ in the third significant digit), so it gets its
     # own identity.
@@ -106,8 +116,9 @@ class HarvestConfig:
         check_int(self.hist_sample, "hist_sample", 1)
         check_int(self.seed, "--seed", 0)
         check_int(self.batch_size, "--batch-size", 1)
-        # 0 is meaningful: a checkpoint after every batch (the crash tests use it)
-        check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, finite=False)
+        if self.checkpoint_seconds is not None:
+            # 0 is meaningful: a checkpoint after every batch (the crash tests use it)
+            check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, finite=False)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (shard, batch size and checkpoint cadence do not)."""
@@ -777,6 +788,7 @@ def harvest(
         dynamic_ncols=True,
     )
     last_checkpoint = time.time()
+    spacing = checkpoint_spacing(cfg.checkpoint_seconds, 0.0)
     checkpoints = 0
     batch: list[Context] = []
 
@@ -804,14 +816,16 @@ def harvest(
             run_batch()
             tokens_done += len(batch) * cfg.ctx_len
             batch = []
-            if time.time() - last_checkpoint >= cfg.checkpoint_seconds:
+            if time.time() - last_checkpoint >= spacing:
+                began = time.time()
                 store.save_checkpoint(
                     run_id,
                     contexts_done,
                     tokens_done,
-                    {layer: st.to_bytes() for layer, st in states.items()},
+                    ((layer, st.to_bytes()) for layer, st in states.items()),
                 )
                 last_checkpoint = time.time()
+                spacing = checkpoint_spacing(cfg.checkpoint_seconds, last_checkpoint - began)
                 checkpoints += 1
                 _fault_point(checkpoints)
     if batch:
@@ -855,6 +869,15 @@ def harvest(
         tokens_done=tokens_done,
     )
     return HarvestResult(run_id, "complete", contexts_done, tokens_done, time.time() - started)
+
+
+def checkpoint_spacing(configured: float | None, last_write_seconds: float) -> float:
+    """Seconds from one checkpoint to the next: ``configured`` exactly when the user set it, else at
+    least :data:`CHECKPOINT_MIN_SECONDS` and long enough that the last write's duration is at most
+    :data:`CHECKPOINT_SHARE` of the spacing."""
+    if configured is not None:
+        return configured
+    return max(CHECKPOINT_MIN_SECONDS, last_write_seconds / CHECKPOINT_SHARE)
 
 
 def _stream_end(last: Context | None) -> tuple[int, int] | None:

@@ -15,8 +15,11 @@ from helpers import assert_same_harvest, brute_force, run_cli
 
 from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
+    CHECKPOINT_MIN_SECONDS,
+    CHECKPOINT_SHARE,
     SPLIT_PATTERN,
     HarvestConfig,
+    checkpoint_spacing,
     harvest,
     hash_keys,
     hist_bins,
@@ -426,11 +429,20 @@ def test_deleting_runs_removes_everything_they_own(
     assert store.runs() == []
 
 
+def test_checkpoints_keep_a_set_spacing_and_otherwise_cost_a_small_share_of_the_run() -> None:
+    assert checkpoint_spacing(0.0, 30.0) == 0.0  # after every batch, however slow the write
+    assert checkpoint_spacing(45.0, 30.0) == 45.0
+    assert checkpoint_spacing(None, 0.0) == CHECKPOINT_MIN_SECONDS
+    # a whole-model state that took 6 s to write: the next one waits 6 / share seconds
+    assert checkpoint_spacing(None, 6.0) == pytest.approx(6.0 / CHECKPOINT_SHARE)
+    assert 6.0 / checkpoint_spacing(None, 6.0) <= CHECKPOINT_SHARE < 0.05
+
+
 def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     store.upsert_model({"name": "m"})
     run_id = store.create_run("m", "harvest", {"layers": [0]}, "h", (0, 1), {})
-    store.save_checkpoint(run_id, 10, 640, {0: os.urandom(2 << 20)})  # 2 MB of state
+    store.save_checkpoint(run_id, 10, 640, [(0, os.urandom(2 << 20))])  # 2 MB of state
     examples = [
         (0, n, "top", 0, "train", n, 1.0, 0.0, 0, None, os.urandom(1024)) for n in range(3000)
     ]

@@ -118,7 +118,10 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
         "--checkpoint-seconds",
         type=float,
         default=default("checkpoint_seconds"),
-        help="seconds between resumable checkpoints",
+        help=(
+            "seconds between resumable checkpoints (default: at least 120, and further apart"
+            " when writing one takes long, so that checkpoints cost at most ~2%% of the run)"
+        ),
     )
     add_answers_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -131,21 +131,30 @@ class HarvestTables(StoreCore):
     # ----------------------------------------------------------------------------------------------
     # checkpoints
     def save_checkpoint(
-        self, run_id: int, contexts_done: int, tokens_done: int, states: dict[int, bytes]
+        self,
+        run_id: int,
+        contexts_done: int,
+        tokens_done: int,
+        states: Iterable[tuple[int, bytes]],
     ) -> None:
         """Replace the run's checkpoint in one transaction, so a kill leaves the previous one
-        intact."""
+        intact. ``states`` yields ``(layer, state bytes)`` and is consumed one row at a time, so a
+        caller that serialises each layer as it is asked holds one layer's bytes at once, not the
+        whole model's (~100 MB vs ~1.8 GB for gemma-3-270m)."""
         with self.atomic():
             self.db.execute("delete from checkpoints where run_id = ?", [run_id])
             self.db["checkpoints"].insert_all(
-                {
-                    "run_id": run_id,
-                    "layer": layer,
-                    "contexts_done": contexts_done,
-                    "final": 0,
-                    "state": blob,
-                }
-                for layer, blob in states.items()
+                (
+                    {
+                        "run_id": run_id,
+                        "layer": layer,
+                        "contexts_done": contexts_done,
+                        "final": 0,
+                        "state": blob,
+                    }
+                    for layer, blob in states
+                ),
+                batch_size=1,
             )
             self.db.execute(
                 "update runs set contexts_done = ?, tokens_done = ? where id = ?",
