@@ -508,60 +508,113 @@ class LayerState:
     def example_rows(
         self, layer: int, intervals: int, per_interval: int
     ) -> Iterator[tuple[Any, ...]]:
-        """Result rows in :data:`autointerp.store.EXAMPLE_COLUMNS` order, computed a (neuron, kind)
-        block at a time (a full Gemma harvest writes millions of rows, so per-row Python work
-        matters)."""
+        """Result rows in :data:`autointerp.store.EXAMPLE_COLUMNS` order, neuron by neuron (top,
+        bottom, random, quantile). A full Gemma harvest writes millions of rows, so per-row Python
+        work matters: each kind's contexts, extremes, peaks and activation bytes are computed for
+        every neuron at once (:func:`_measures`, :meth:`_quantile_blocks`), and the loop below only
+        assembles tuples."""
         s = self.t
-        top_order = s["top_key"].argsort(dim=1, descending=True)
-        bot_order = s["bot_key"].argsort(dim=1, descending=True)
-        top_keys = s["top_key"].gather(1, top_order)
-        bot_keys = s["bot_key"].gather(1, bot_order)
+        d = s["top_key"].shape[0]
+        fixed: list[tuple[str, list[list[int]], list[int], _Measures]] = []
+        for kind, prefix, sign in (("top", "top", 1.0), ("bottom", "bot", -1.0)):
+            order = s[f"{prefix}_key"].argsort(dim=1, descending=True)
+            keys = s[f"{prefix}_key"].gather(1, order)  # empty slots (INT64_MIN) sort last
+            acts = s[f"{prefix}_acts"][torch.arange(d)[:, None], order]  # [d, K, T]
+            fixed.append(
+                (
+                    kind,
+                    key_contexts(keys).tolist(),
+                    (keys != INT64_MIN).sum(dim=1).tolist(),
+                    _measures(acts.numpy(), sign),
+                )
+            )
         rand_order = s["rand_key"][0].argsort()
         rand_keys = s["rand_key"][0, rand_order]
         rand_valid = rand_keys != INT64_MAX
         rand_ctx = (rand_keys[rand_valid] & LOW32).tolist()
-        rand_acts = (
-            s["rand_acts"][rand_order[rand_valid]].permute(2, 0, 1).contiguous().numpy()
-        )  # [d, R, T]
-        q_key = s["q_key"].view(-1, HIST_BINS)
-        q_val = s["q_val"].view(-1, HIST_BINS)
-        q_acts = s["q_acts"].view(-1, HIST_BINS, s["q_acts"].shape[-1])
-        d = top_keys.shape[0]
+        if rand_ctx:
+            rand_acts = s["rand_acts"][rand_order[rand_valid]].permute(2, 0, 1)  # [d, R, T]
+            measures = _measures(rand_acts.numpy(), 1.0)
+            fixed.append(("random", [rand_ctx] * d, [len(rand_ctx)] * d, measures))
+        quantile = self._quantile_blocks(intervals, per_interval)
         for n in range(d):
-            for kind, keys, order, buf, sign in (
-                ("top", top_keys[n], top_order[n], s["top_acts"][n], 1.0),
-                ("bottom", bot_keys[n], bot_order[n], s["bot_acts"][n], -1.0),
-            ):
-                valid = keys != INT64_MIN
-                if bool(valid.any()):
+            for kind, ctxs, counts, measures in fixed:
+                if counts[n]:
+                    yield from _block(layer, n, kind, ctxs[n][: counts[n]], measures.of(n))
+            for i, ctxs, counts, measures in quantile:
+                if counts[n]:
                     yield from _block(
                         layer,
                         n,
-                        kind,
-                        key_contexts(keys[valid]).tolist(),
-                        buf[order[valid]].numpy(),
-                        sign,
+                        "quantile",
+                        ctxs[n][: counts[n]],
+                        measures.of(n),
+                        interval=i,
+                        per_interval=per_interval,
                     )
-            if rand_ctx:
-                yield from _block(layer, n, "random", rand_ctx, rand_acts[n], 1.0)
-            top = float(s["max"][n])
-            if intervals and per_interval and top > 0:
-                filled = q_key[n] != INT64_MAX
-                for i in range(intervals):
-                    lo, hi = top * i / intervals, top * (i + 1) / intervals
-                    bins = (filled & (q_val[n] > lo) & (q_val[n] <= hi)).nonzero().squeeze(1)
-                    bins = bins[q_key[n, bins].argsort()][:per_interval]
-                    if bins.numel():
-                        yield from _block(
-                            layer,
-                            n,
-                            "quantile",
-                            (q_key[n, bins] & LOW32).tolist(),
-                            q_acts[n, bins].numpy(),
-                            1.0,
-                            interval=i,
-                            per_interval=per_interval,
-                        )
+
+    def _quantile_blocks(
+        self, intervals: int, per_interval: int
+    ) -> list[tuple[int, list[list[int]], list[int], _Measures]]:
+        """Per interval ``i`` of ``(0, max]`` cut in ``intervals``: each neuron's contexts (up to
+        ``per_interval``, smallest sample key first) whose peak falls in it, their count, and their
+        measures. Computed for every neuron at once; the bounds are computed in float64 from the
+        neuron's max and compared in float32, exactly as a per-neuron torch comparison with a Python
+        float does, so the chosen contexts are the same."""
+        s = self.t
+        if not (intervals and per_interval):
+            return []
+        key = s["q_key"].view(-1, HIST_BINS).numpy()
+        val = s["q_val"].view(-1, HIST_BINS).numpy()
+        acts = s["q_acts"].view(-1, HIST_BINS, s["q_acts"].shape[-1]).numpy()
+        d = key.shape[0]
+        top = s["max"].double().numpy()
+        usable = (key != INT64_MAX) & (top > 0)[:, None]
+        take = min(per_interval, HIST_BINS)
+        out = []
+        for i in range(intervals):
+            lo = (top * i / intervals).astype(np.float32)[:, None]
+            hi = (top * (i + 1) / intervals).astype(np.float32)[:, None]
+            inside = usable & (val > lo) & (val <= hi)
+            bins = np.argsort(np.where(inside, key, INT64_MAX), axis=1, kind="stable")[:, :take]
+            ctxs = (np.take_along_axis(key, bins, axis=1) & LOW32).tolist()
+            counts = np.minimum(inside.sum(axis=1), take).tolist()
+            out.append((i, ctxs, counts, _measures(acts[np.arange(d)[:, None], bins], 1.0)))
+        return out
+
+
+@dataclass
+class _Measures:
+    """What every example row stores besides its keys, for a block of neurons x ranks: maxima,
+    minima, peak positions ([neuron][rank] lists) and each row's activation bytes (flat,
+    neuron-major)."""
+
+    maxima: list[list[float]]
+    minima: list[list[float]]
+    peaks: list[list[int]]
+    blobs: list[bytes]
+    ranks: int
+
+    def of(self, n: int) -> tuple[list[float], list[float], list[int], list[bytes]]:
+        r = self.ranks
+        return self.maxima[n], self.minima[n], self.peaks[n], self.blobs[n * r : (n + 1) * r]
+
+
+def _measures(values: np.ndarray, sign: float) -> _Measures:
+    """Measures of ``values`` [neurons, ranks, ctx_len] (BOS at position 0, left out of extremes and
+    peaks; ``sign`` -1 finds the most negative token as the peak). The bytes are one
+    :func:`~autointerp.store.codec.encode_acts` of the whole block cut into rows: the same bytes as
+    encoding each row, without a numpy call per row."""
+    body = values[..., 1:]
+    ranks, width = values.shape[1], values.shape[2] * 4
+    raw = encode_acts(values)
+    return _Measures(
+        maxima=body.max(axis=2).tolist(),
+        minima=body.min(axis=2).tolist(),
+        peaks=(np.argmax(body * sign, axis=2) + 1).tolist(),
+        blobs=[raw[i : i + width] for i in range(0, len(raw), width)],
+        ranks=ranks,
+    )
 
 
 def _block(
@@ -569,17 +622,12 @@ def _block(
     neuron: int,
     kind: str,
     ctxs: list[int],
-    values: np.ndarray,
-    sign: float,
+    measures: tuple[list[float], list[float], list[int], list[bytes]],
     interval: int | None = None,
     per_interval: int = 0,
 ) -> Iterator[tuple[Any, ...]]:
-    """Rows for consecutive ranks of one kind; ``values`` is [rows, ctx_len] with BOS at position
-    0."""
-    body = values[:, 1:]
-    peaks = (np.argmax(body * sign, axis=1) + 1).tolist()
-    maxima, minima = body.max(axis=1).tolist(), body.min(axis=1).tolist()
-    blobs = [encode_acts(v) for v in values]
+    """Rows for consecutive ranks of one kind of one neuron (the first ``len(ctxs)`` ranks)."""
+    maxima, minima, peaks, blobs = measures
     base = interval * per_interval if interval is not None else 0
     for j, ctx in enumerate(ctxs):
         yield (

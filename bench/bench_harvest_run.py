@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""A real ``harvest()`` end to end against a bare forward pass over the very same tokens.
+
+``bench_harvest.py`` measures the harvest *loop* batch by batch (bare and harvested back to back,
+interleaved), which is the right tool for the per-batch cost but leaves out what only a whole run
+has: checkpoints of the full state (seconds each for a whole model), the final write of every
+example row, and the top-k churn falling as the corpus goes on. This script runs the real thing:
+
+1. a bare forward pass (``model.model(tokens, stop_at_layer=max(layers) + 1)`` under
+   ``inference_mode``, no hooks) over the contexts ``harvest()`` will read, batched as it batches;
+2. ``harvest()`` itself with every default (checkpoint cadence included) into a temporary database,
+   timing its checkpoints and its final write through a :class:`Store` subclass;
+3. the bare pass again, so a drift of the machine's speed during the run shows up as a difference
+   between the two bare passes (their mean is the reference).
+
+It reports the end-to-end ratio (everything ``harvest()`` does, corpus loading included, over the
+bare pass), the loop's ratio with and without its checkpoints, and the parts. Sequential, not
+interleaved: run it on a quiet machine. Run from the repository root::
+
+    .venv/bin/python bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autointerp.corpus import iter_contexts, load_documents
+from autointerp.harvest import HarvestConfig, harvest, parse_layers
+from autointerp.models import SubjectModel, load_model
+from autointerp.store import Store
+
+
+class TimedStore(Store):
+    """A real :class:`Store` that notes when the loop starts (the run is created right before it),
+    how long each checkpoint and the final write take."""
+
+    created_at: float = 0.0
+    finish_started: float = 0.0
+    finish_seconds: float = 0.0
+    checkpoint_seconds: list[float]
+
+    def create_run(self, *args: Any, **kwargs: Any) -> int:
+        run_id = super().create_run(*args, **kwargs)
+        self.created_at = time.perf_counter()
+        self.checkpoint_seconds = []
+        return run_id
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        super().save_checkpoint(*args, **kwargs)
+        self.checkpoint_seconds.append(time.perf_counter() - t0)
+
+    def finish_run(self, *args: Any, **kwargs: Any) -> None:
+        self.finish_started = time.perf_counter()
+        super().finish_run(*args, **kwargs)
+        self.finish_seconds = time.perf_counter() - self.finish_started
+
+
+def bare_pass(model: SubjectModel, batches: Sequence[torch.Tensor], last_layer: int) -> float:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for tokens in batches:
+            model.model(tokens, stop_at_layer=last_layer + 1)
+    return time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--tokens", type=int, default=131072, help="tokens to harvest (default 131072)")
+    p.add_argument("--layers", default="all", help="all (default), 0-5, 0,3,5")
+    p.add_argument("--out", type=Path, help="also write the Markdown section to this file")
+    a = p.parse_args(argv)
+    command = shlex.join([".venv/bin/python", "bench/bench_harvest_run.py", *sys.argv[1:]])
+
+    model = load_model(a.model, progress=False)
+    layers = parse_layers(a.layers) or list(range(model.n_layers))
+    cfg = HarvestConfig(model=model.name, layers=layers, n_tokens=a.tokens)
+    docs = load_documents(cfg.corpus, cfg.seed)
+    contexts = list(
+        iter_contexts(
+            docs,
+            model.tokenizer,
+            cfg.ctx_len,
+            model.bos_id,
+            model.sep_id,
+            a.tokens // cfg.ctx_len,
+        )
+    )
+    batches = [
+        torch.from_numpy(np.stack([c.tokens for c in contexts[i : i + cfg.batch_size]]))
+        for i in range(0, len(contexts), cfg.batch_size)
+    ]
+    print(f"{len(contexts)} contexts, {len(layers)} layers: bare pass 1 ...", file=sys.stderr)
+    bare_1 = bare_pass(model, batches, max(layers))
+    print("harvest ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-harvest-run-", dir=os.getcwd()) as tmp:
+        store = TimedStore(Path(tmp) / "run.db")
+        t0 = time.perf_counter()
+        result = harvest(model, store, cfg, progress=False, log=lambda _m: None)
+        total = time.perf_counter() - t0
+        store.db.conn.close()  # folds the write-ahead log into the file: the size a user keeps
+        db_mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20
+    print("bare pass 2 ...", file=sys.stderr)
+    bare_2 = bare_pass(model, batches, max(layers))
+    bare = (bare_1 + bare_2) / 2
+    loop = store.finish_started - store.created_at  # batches, checkpoints, picking contexts
+    ckpt = sum(store.checkpoint_seconds)
+    tokens = result.tokens
+    rows = [
+        ("bare forward (mean of the passes before and after)", bare, 1.0),
+        ("harvest end to end (corpus, loop, checkpoints, final write)", total, total / bare),
+        ("harvest loop incl. checkpoints", loop, loop / bare),
+        ("harvest loop without checkpoints", loop - ckpt, (loop - ckpt) / bare),
+        (f"checkpoints ({len(store.checkpoint_seconds)})", ckpt, ckpt / bare),
+        ("final write", store.finish_seconds, store.finish_seconds / bare),
+    ]
+    lines = [
+        f"### A real harvest end to end: {model.name}, {len(layers)} layers, {tokens:,} tokens",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()}"
+        f" threads, {os.cpu_count()} CPUs ({platform.machine()}), Python"
+        f" {platform.python_version()}.",
+        "",
+        "| part | seconds | / bare forward |",
+        "|---|---:|---:|",
+        *(f"| {name} | {sec:.1f} | {ratio:.3f}x |" for name, sec, ratio in rows),
+        "",
+        f"- Bare passes {bare_1:.1f} s and {bare_2:.1f} s (before and after the harvest; they"
+        f" differ by {abs(bare_1 - bare_2) / bare:.1%}); harvest {tokens / total:.0f} tokens/s end"
+        f" to end, bare {tokens / bare:.0f} tokens/s.",
+        f"- Checkpoints: {', '.join(f'{s:.1f} s' for s in store.checkpoint_seconds) or 'none'};"
+        f" database {db_mb:.0f} MB.",
+        "",
+    ]
+    text = "\n".join(lines)
+    sys.stdout.write(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
