@@ -64,8 +64,9 @@ browser:
 test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
-## bench: harvest throughput and harvest/forward ratio (empty and filled states), peak memory at two corpus sizes
-## and at two sizes of one single-line document,
+## bench: harvest throughput and harvest/forward ratio (empty, filled and deeply filled states; a real 131k-token
+## harvest end to end against a bare forward), peak memory at two corpus sizes and at two sizes of one single-line
+## document,
 ## N2G seconds per neuron (early/middle/late layer), prefix-reuse and naive/batched ratios, N2G quality on
 ## held-out top and random text (version 1 vs 2), graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
@@ -76,6 +77,9 @@ bench: setup
 	$(PY) bench/bench_harvest.py --out bench/results/harvest.md
 	$(PY) bench/bench_harvest.py --prefill-tokens 8192 --tokens 3072 --rounds 3 --no-memory --no-profile \
 		--out bench/results/harvest-steady.md
+	$(PY) bench/bench_harvest.py --prefill-tokens 65536 --tokens 3072 --rounds 3 --no-memory --no-profile \
+		--out bench/results/harvest-deep.md
+	$(PY) bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
 	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
 	$(PY) bench/bench_n2g_quality.py --out bench/results/n2g-quality.md
