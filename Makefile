@@ -79,6 +79,8 @@ bench: setup
 		--out bench/results/harvest-steady.md
 	$(PY) bench/bench_harvest.py --prefill-tokens 65536 --tokens 3072 --rounds 3 --no-memory --no-profile \
 		--out bench/results/harvest-deep.md
+	$(PY) bench/bench_harvest.py --prefill-tokens 196608 --tokens 3072 --rounds 3 --no-memory --no-profile \
+		--out bench/results/harvest-whole-run-churn.md
 	$(PY) bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
 	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
