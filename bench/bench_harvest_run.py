@@ -33,29 +33,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from bench_harvest import Batch, Settings, TimedStore, build_batches
 
-from autointerp.corpus import iter_contexts, load_documents
 from autointerp.harvest import HarvestConfig, harvest, parse_layers
 from autointerp.models import SubjectModel, load_model
-from autointerp.store import Store
 
 
-class TimedStore(Store):
-    """A real :class:`Store` that notes when the loop starts (the run is created right before it),
-    how long each checkpoint and the final write take."""
+class RunTimedStore(TimedStore):
+    """``bench_harvest``'s timed store, which also notes when the final write starts (the loop
+    ends there) and how long each checkpoint takes."""
 
-    created_at: float = 0.0
     finish_started: float = 0.0
-    finish_seconds: float = 0.0
     checkpoint_seconds: list[float]
 
     def create_run(self, *args: Any, **kwargs: Any) -> int:
-        run_id = super().create_run(*args, **kwargs)
-        self.created_at = time.perf_counter()
         self.checkpoint_seconds = []
-        return run_id
+        return super().create_run(*args, **kwargs)
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         t0 = time.perf_counter()
@@ -65,14 +59,13 @@ class TimedStore(Store):
     def finish_run(self, *args: Any, **kwargs: Any) -> None:
         self.finish_started = time.perf_counter()
         super().finish_run(*args, **kwargs)
-        self.finish_seconds = time.perf_counter() - self.finish_started
 
 
-def bare_pass(model: SubjectModel, batches: Sequence[torch.Tensor], last_layer: int) -> float:
+def bare_pass(model: SubjectModel, batches: Sequence[Batch], last_layer: int) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for tokens in batches:
-            model.model(tokens, stop_at_layer=last_layer + 1)
+        for batch in batches:
+            model.model(batch.tokens, stop_at_layer=last_layer + 1)
     return time.perf_counter() - t0
 
 
@@ -88,26 +81,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = load_model(a.model, progress=False)
     layers = parse_layers(a.layers) or list(range(model.n_layers))
     cfg = HarvestConfig(model=model.name, layers=layers, n_tokens=a.tokens)
-    docs = load_documents(cfg.corpus, cfg.seed)
-    contexts = list(
-        iter_contexts(
-            docs,
-            model.tokenizer,
-            cfg.ctx_len,
-            model.bos_id,
-            model.sep_id,
-            a.tokens // cfg.ctx_len,
-        )
+    # the contexts harvest() will read, batched as it batches them
+    settings = Settings(
+        model=model.name,
+        tokens=a.tokens,
+        batch_size=cfg.batch_size,
+        ctx_len=cfg.ctx_len,
+        corpus=cfg.corpus,
+        seed=cfg.seed,
     )
-    batches = [
-        torch.from_numpy(np.stack([c.tokens for c in contexts[i : i + cfg.batch_size]]))
-        for i in range(0, len(contexts), cfg.batch_size)
-    ]
-    print(f"{len(contexts)} contexts, {len(layers)} layers: bare pass 1 ...", file=sys.stderr)
+    _, batches = build_batches(model, settings)
+    contexts = sum(len(b.ids) for b in batches)
+    print(f"{contexts} contexts, {len(layers)} layers: bare pass 1 ...", file=sys.stderr)
     bare_1 = bare_pass(model, batches, max(layers))
     print("harvest ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-harvest-run-", dir=os.getcwd()) as tmp:
-        store = TimedStore(Path(tmp) / "run.db")
+        store = RunTimedStore(Path(tmp) / "run.db")
         t0 = time.perf_counter()
         result = harvest(model, store, cfg, progress=False, log=lambda _m: None)
         total = time.perf_counter() - t0
@@ -116,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("bare pass 2 ...", file=sys.stderr)
     bare_2 = bare_pass(model, batches, max(layers))
     bare = (bare_1 + bare_2) / 2
-    loop = store.finish_started - store.created_at  # batches, checkpoints, picking contexts
+    loop = store.finish_started - (store.created_at or t0)  # batches, checkpoints, picking contexts
     ckpt = sum(store.checkpoint_seconds)
     tokens = result.tokens
     rows = [
