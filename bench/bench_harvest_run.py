@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_harvest import Batch, Settings, TimedStore, build_batches
+from bench_harvest import Batch, Settings, TimedStore, build_batches, command_line, time_bare
 
 from autointerp.harvest import HarvestConfig, harvest, parse_layers
 from autointerp.models import SubjectModel, load_model
@@ -61,12 +60,8 @@ class RunTimedStore(TimedStore):
         super().finish_run(*args, **kwargs)
 
 
-def bare_pass(model: SubjectModel, batches: Sequence[Batch], last_layer: int) -> float:
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for batch in batches:
-            model.model(batch.tokens, stop_at_layer=last_layer + 1)
-    return time.perf_counter() - t0
+def bare_pass(model: SubjectModel, batches: Sequence[Batch], layers: Sequence[int]) -> float:
+    return sum(time_bare(model, layers, batch) for batch in batches)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--layers", default="all", help="all (default), 0-5, 0,3,5")
     p.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     a = p.parse_args(argv)
-    command = shlex.join([".venv/bin/python", "bench/bench_harvest_run.py", *sys.argv[1:]])
+    command = command_line()
 
     model = load_model(a.model, progress=False)
     layers = parse_layers(a.layers) or list(range(model.n_layers))
@@ -93,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _, batches = build_batches(model, settings)
     contexts = sum(len(b.ids) for b in batches)
     print(f"{contexts} contexts, {len(layers)} layers: bare pass 1 ...", file=sys.stderr)
-    bare_1 = bare_pass(model, batches, max(layers))
+    bare_1 = bare_pass(model, batches, layers)
     print("harvest ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-harvest-run-", dir=os.getcwd()) as tmp:
         store = RunTimedStore(Path(tmp) / "run.db")
@@ -103,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         store.db.conn.close()  # folds the write-ahead log into the file: the size a user keeps
         db_mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20
     print("bare pass 2 ...", file=sys.stderr)
-    bare_2 = bare_pass(model, batches, max(layers))
+    bare_2 = bare_pass(model, batches, layers)
     bare = (bare_1 + bare_2) / 2
     loop = store.finish_started - (store.created_at or t0)  # batches, checkpoints, picking contexts
     ckpt = sum(store.checkpoint_seconds)

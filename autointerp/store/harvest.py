@@ -143,23 +143,34 @@ class HarvestTables(StoreCore):
         whole model's (~100 MB vs ~1.8 GB for gemma-3-270m)."""
         with self.atomic():
             self.db.execute("delete from checkpoints where run_id = ?", [run_id])
-            self.db["checkpoints"].insert_all(
-                (
-                    {
-                        "run_id": run_id,
-                        "layer": layer,
-                        "contexts_done": contexts_done,
-                        "final": 0,
-                        "state": blob,
-                    }
-                    for layer, blob in states
-                ),
-                batch_size=1,
-            )
+            self._insert_states(run_id, contexts_done, states, final=False)
             self.db.execute(
                 "update runs set contexts_done = ?, tokens_done = ? where id = ?",
                 [contexts_done, tokens_done, run_id],
             )
+
+    def _insert_states(
+        self,
+        run_id: int,
+        contexts_done: int,
+        states: Iterable[tuple[int, bytes]],
+        final: bool,
+    ) -> None:
+        """One checkpoint row per layer (``final``: a sharded run's last state, kept for
+        ``merge``), inserted a row at a time so only one layer's bytes need exist at once."""
+        self.db["checkpoints"].insert_all(
+            (
+                {
+                    "run_id": run_id,
+                    "layer": layer,
+                    "contexts_done": contexts_done,
+                    "final": int(final),
+                    "state": blob,
+                }
+                for layer, blob in states
+            ),
+            batch_size=1,
+        )
 
     def load_checkpoint(self, run_id: int) -> tuple[int, dict[int, bytes]]:
         rows = list(
@@ -208,16 +219,7 @@ class HarvestTables(StoreCore):
                 ((run_id, *row) for row in examples),
             )
             if states:
-                db["checkpoints"].insert_all(
-                    {
-                        "run_id": run_id,
-                        "layer": layer,
-                        "contexts_done": contexts_done,
-                        "final": 1,
-                        "state": blob,
-                    }
-                    for layer, blob in states.items()
-                )
+                self._insert_states(run_id, contexts_done, states.items(), final=True)
             db.execute(
                 "update runs set status = 'complete', finished = ?, contexts_done = ?, tokens_done"
                 " = ? where id = ?",
