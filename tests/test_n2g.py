@@ -115,6 +115,34 @@ def test_prune_saliency_and_augmentation_recover_the_rule() -> None:
     assert not any("big" in p or "the" in p for p, _ in found)
 
 
+class LengthSubject(RuleSubject):
+    """Neuron 0 reads only how many tokens follow BOS (the table), whatever they are; every
+    sequence it is asked about is kept."""
+
+    table = {1: 0.2, 2: 0.3, 3: 0.6, 4: 0.1, 6: 0.7, 8: 0.7, 10: 1.0}
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.seen.extend([tokens.shape[1]] * tokens.shape[0])
+        acts = torch.tensor([self.table.get(j, 0.0) for j in range(tokens.shape[1])])
+        return acts[None, :, None].expand(tokens.shape[0], -1, 1).clone()
+
+    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
+        return []
+
+
+def test_pruning_keeps_the_shortest_context_and_never_runs_a_longer_one() -> None:
+    s = LengthSubject()
+    ex = example(s, "the big quick brown fox jumps over the lazy dog", 0)  # 1.0 at " dog"
+    s.seen.clear()
+    build_graphs(s, {0: [ex]}, {0: 1.0}, N2GConfig(naive=True))
+    # 1 and 2 tokens keep too little (0.2, 0.3 < 0.5 x 1.0); 3 keep 0.6; 4 would lose it again.
+    # Saliency then varies each of the 3 kept tokens: 3 sequences of BOS + 3 tokens.
+    assert sorted(s.seen) == [2, 3, 4, 4, 4, 4]
+
+
 def test_trie_predicts_training_strings_exactly_and_zero_on_unrelated_text() -> None:
     s = RuleSubject()
     train = [example(s, "a quick red fox runs", 0), example(s, "the quick brown fox jumps", 0)]

@@ -57,9 +57,8 @@ class N2GConfig:
     )
     max_activating_per_example: int = 2
     prune_keep: float = 0.5  # shortest context that keeps >= this x the token's activation
-    # Context lengths tried, shortest first, in two rounds: up to 8 tokens for every activating
-    # token, the longer ones only where no short one kept the activation. Capped at 32 tokens (the
-    # original stopped at 30).
+    # Context lengths tried, shortest first, each only for the activating tokens that no shorter
+    # one kept. Capped at 32 tokens (the original stopped at 30).
     prune_lengths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     importance_threshold: float = (
         0.5  # saliency at or above this makes a context token concrete, else wildcard
@@ -480,30 +479,33 @@ def build_graphs(
     def run(readouts: list[Readout]) -> np.ndarray:
         return run_readouts(subject, readouts, cfg.batch_tokens, cfg.naive, cfg.reuse_prefix)
 
-    # 1. Prune: shortest suffix (ending at the activating token) keeping >= prune_keep of the
-    # activation. Short lengths first for everyone; long ones only for the tokens that need them
-    # (most need few tokens). The whole context is the example itself, whose activation is known: it
-    # is never run again.
+    # 1. Prune: the shortest suffix (ending at the activating token) that keeps >= prune_keep of the
+    # activation. Lengths go shortest first, one length per forward round, and a token stops at the
+    # first length that keeps: most keep at one or two tokens, so their longer lengths never run,
+    # and the first length that keeps is the shortest that would have kept had every length run.
+    # The whole context is the example itself, whose activation is known: it is never run again.
     best: dict[int, tuple[int, float]] = {}
     longest: dict[int, tuple[int, float]] = {}  # fallback: the longest length tried
-    short = [x for x in cfg.prune_lengths if x <= 8]
-    for lengths_round in (short, [x for x in cfg.prune_lengths if x > 8]):
+    tried: dict[int, set[int]] = {k: set() for k in range(len(items))}
+    for wanted in sorted(set(cfg.prune_lengths)):
         readouts, owners, known = [], [], []
         for k, it in enumerate(items):
-            if k in best:
-                continue
             body = it.tokens[1:]
-            for length in sorted({min(x, len(body)) for x in lengths_round}):
-                if length == len(body):
-                    known.append(((k, length), it.target))
-                    continue
+            length = min(wanted, len(body))
+            if k in best or length in tried[k]:
+                continue
+            tried[k].add(length)
+            if length == len(body):
+                known.append(((k, length), it.target))
+            else:
                 readouts.append(Readout([bos] + body[-length:], it.neuron))
                 owners.append((k, length))
         for (k, length), value in [*zip(owners, run(readouts).tolist(), strict=True), *known]:
-            if value >= cfg.prune_keep * items[k].target and (k not in best or length < best[k][0]):
+            if value >= cfg.prune_keep * items[k].target:
                 best[k] = (length, float(value))
-            if k not in longest or length > longest[k][0]:
-                longest[k] = (length, float(value))
+            longest[k] = (length, float(value))  # lengths only grow
+        if len(best) == len(items):
+            break
     for k, it in enumerate(items):
         length, value = best.get(k) or longest[k]  # nothing kept enough: the longest context tried
         it.pruned = it.tokens[1:][-length:]
