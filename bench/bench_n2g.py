@@ -1,8 +1,11 @@
 """Benchmark N2G graph building: seconds per neuron at an early, a middle and a late layer with the
 default builder (every variant in full); the speed-up of reusing the unchanged prefix of
 saliency/augmentation variants (attention keys/values, ``N2GConfig(reuse_prefix=True)``) over it
-(below 1: slower); and of the batched builder over a naive one-forward-pass-per-sequence loop that
-builds the same graphs. Each timed build starts with no substitutes cached, as a fresh run does.
+(below 1: slower), with ``--versus bfloat16`` of running the subject model in bfloat16 (other
+graphs: both are scored on held-out text), or with ``--versus batch`` of the default batch size
+over batches of 4,096 padded tokens (on a CPU the default is 1,024); and of the batched builder
+over a naive one-forward-pass-per-sequence loop that builds the same graphs. Each timed build starts
+with no substitutes cached, as a fresh run does.
 
 All timings of a ratio come from the same process, interleaved (full, reuse, full, reuse ...; naive,
 batched, ...), best of the rounds, because this 2-core machine is shared and noisy; the graphs of
@@ -28,7 +31,13 @@ import torch
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import load_model
-from autointerp.n2g.build import ModelLayerSubject, N2GConfig, build_graphs, evaluate
+from autointerp.n2g.build import (
+    ACCELERATOR_BATCH_TOKENS,
+    ModelLayerSubject,
+    N2GConfig,
+    build_graphs,
+    evaluate,
+)
 from autointerp.n2g.graph import same_graph
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
@@ -53,6 +62,15 @@ def main() -> None:
         default=None,
         help="neurons for the naive ratio at the middle layer (default 1; 0: skip it)",
     )
+    ap.add_argument(
+        "--versus",
+        choices=("reuse", "bfloat16", "batch"),
+        default="reuse",
+        help="what the default float32 builder is timed against: prefix reuse (default) or the"
+        " subject model in bfloat16 (a CPU with bfloat16 instructions runs its matrix products"
+        " faster; graphs differ, so the held-out correlation of both is reported), or batches of"
+        " 4,096 padded tokens (the accelerator default; on a CPU the default is 1,024)",
+    )
     ap.add_argument("--tokens", type=int, default=None, help="harvest budget (default 16384)")
     ap.add_argument("--db", default=None, help="reuse a harvest database instead of harvesting")
     ap.add_argument("--out", default=None, help="also write the Markdown section here")
@@ -75,7 +93,15 @@ def main() -> None:
         )
     store = Store(db)
     cfg = N2GConfig()  # variants in full (the default)
-    reuse_cfg = N2GConfig(reuse_prefix=True)
+    if args.versus == "bfloat16":
+        other_model = load_model(model_name, progress=False, dtype="bfloat16")
+        other_cfg = N2GConfig(dtype="bfloat16")
+        other_name = "subject in bfloat16"
+    elif args.versus == "batch":
+        other_model, other_cfg = model, N2GConfig(batch_tokens=ACCELERATOR_BATCH_TOKENS)
+        other_name = f"batches of {ACCELERATOR_BATCH_TOKENS} tokens"
+    else:
+        other_model, other_cfg, other_name = model, N2GConfig(reuse_prefix=True), "prefix reused"
     naive_cfg = N2GConfig(naive=True)
     rows = []
     ratio_line = ""
@@ -89,8 +115,7 @@ def main() -> None:
             n: load_examples(store, run["id"], layer, n, "train", cfg.extra_kinds) for n in neurons
         }
         maxima = {n: float(store.neuron(run["id"], layer, n)["max"]) for n in neurons}
-        subject = ModelLayerSubject(model, layer)
-        full_t, reuse_t = [], []
+        full_t, other_t = [], []
         identical = True
         for _ in range(args.rounds):
             # each build computes its substitutes itself, as a fresh `autointerp graph` run does
@@ -98,32 +123,35 @@ def main() -> None:
             t0 = time.perf_counter()
             graphs = build_graphs(subject, train, maxima, cfg, extra)
             full_t.append(time.perf_counter() - t0)
-            subject = ModelLayerSubject(model, layer)
             t0 = time.perf_counter()
-            reused_graphs = build_graphs(subject, train, maxima, reuse_cfg, extra)
-            reuse_t.append(time.perf_counter() - t0)
-            identical &= all(
-                same_graph(reused_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
+            other_graphs = build_graphs(
+                ModelLayerSubject(other_model, layer), train, maxima, other_cfg, extra
             )
-        corr = []
+            other_t.append(time.perf_counter() - t0)
+            identical &= all(
+                same_graph(other_graphs[n].to_json(), graphs[n].to_json()) for n in neurons
+            )
+        corr, other_corr = [], []
         for n in neurons:
             test = load_examples(store, run["id"], layer, n, "test", ("top", "random"))
-            c = evaluate(graphs[n], test, maxima[n], cfg.fire_threshold)["correlation"]
-            if c is not None:
-                corr.append(c)
+            for built, into in ((graphs, corr), (other_graphs, other_corr)):
+                c = evaluate(built[n], test, maxima[n], cfg.fire_threshold)["correlation"]
+                if c is not None:
+                    into.append(c)
         rows.append(
             (
                 layer,
                 len(neurons),
                 min(full_t) / len(neurons),
-                min(reuse_t) / len(neurons),
-                min(full_t) / min(reuse_t),
+                min(other_t) / len(neurons),
+                min(full_t) / min(other_t),
                 identical,
                 statistics.median(corr) if corr else float("nan"),
+                statistics.median(other_corr) if other_corr else float("nan"),
             )
         )
         print(
-            f"layer {layer}: full {full_t}, reused {reuse_t} s, same graphs {identical}",
+            f"layer {layer}: full {full_t}, {other_name} {other_t} s, same graphs {identical}",
             file=sys.stderr,
             flush=True,
         )
@@ -164,13 +192,13 @@ def main() -> None:
         ),
         "",
         (
-            "| layer | neurons | s/neuron, variants in full | s/neuron, prefix reused | speed-up "
-            "| same graphs | median held-out correlation |"
+            f"| layer | neurons | s/neuron, variants in full | s/neuron, {other_name} | speed-up "
+            f"| same graphs | median held-out correlation | the same, {other_name} |"
         ),
-        "|---:|---:|---:|---:|---:|---|---:|",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
         *[
-            f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} |"
-            for layer, n, f, r, x, same, c in rows
+            f"| {layer} | {n} | {f:.2f} | {r:.2f} | {x:.2f}x | {same} | {c:.3f} | {oc:.3f} |"
+            for layer, n, f, r, x, same, c, oc in rows
         ],
         "",
         ratio_line,

@@ -204,6 +204,37 @@ def test_batched_and_naive_building_give_identical_graphs() -> None:
     }
 
 
+class LateFoxSubject(RuleSubject):
+    """Neuron 0 is 1.0 at "fox" from the 20th token on, so every pruned context is long (a build
+    has many tokens to run); it notes the shape of every batch."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, int]] = []
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.shapes.append((tokens.shape[0], tokens.shape[1]))
+        late = torch.arange(tokens.shape[1]) >= 20
+        return ((tokens == ID["fox"]) & late).float()[:, :, None]
+
+    def substitutes(self, token: int, k: int, norm: Callable[[str], str]) -> list[int]:
+        return []
+
+
+def test_on_a_cpu_forward_passes_hold_at_most_1024_padded_tokens_unless_asked() -> None:
+    s = LateFoxSubject()
+    rng = np.random.default_rng(0)
+    filler = ["the", "big", "brown", "jumps", "over", "lazy", "red", "a", "and"]
+    # distinct contexts (identical sequences would run once)
+    exs = {0: [example(s, " ".join([*rng.choice(filler, 22), "fox"]), 0) for _ in range(20)]}
+    s.shapes.clear()
+    build_graphs(s, exs, {0: 1.0}, N2GConfig())
+    assert sum(b * t for b, t in s.shapes) > 4 * 1024  # several batches' worth
+    assert max(b * t for b, t in s.shapes) <= 1024
+    s.shapes.clear()
+    build_graphs(s, exs, {0: 1.0}, N2GConfig(batch_tokens=4096))
+    assert max(b * t for b, t in s.shapes) > 1024
+
+
 def test_calibration_quiets_paths_that_fire_where_the_neuron_does_not() -> None:
     s = RuleSubject()
     top = {2: [example(s, "the big dog runs", 2)]}
