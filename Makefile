@@ -67,7 +67,7 @@ test-fast: setup browser
 ## bench: harvest throughput and harvest/forward ratio (empty, filled and deeply filled states; a real 131k-token
 ## harvest end to end against a bare forward), peak memory at two corpus sizes and at two sizes of one single-line
 ## document,
-## N2G seconds per neuron (early/middle/late layer), prefix-reuse and naive/batched ratios, N2G quality on
+## N2G seconds per neuron (early/middle/late layer), prefix-reuse, bfloat16 and naive/batched ratios, N2G quality on
 ## held-out top and random text (version 1 vs 2), graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
 ## stock llama.cpp), Ray's overhead on a harvest (in-process vs 1 and 2 workers). Raw sections go to bench/results/;
@@ -84,6 +84,7 @@ bench: setup
 	$(PY) bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
 	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
+	$(PY) bench/bench_n2g.py --versus bfloat16 --naive-neurons 0 --out bench/results/n2g-bf16.md
 	$(PY) bench/bench_n2g_quality.py --out bench/results/n2g-quality.md
 	$(PY) bench/bench_similarity.py --out bench/results/similarity.md
 	$(PY) bench/bench_api.py --compare-http --out bench/results/api.md

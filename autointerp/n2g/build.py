@@ -189,9 +189,9 @@ ACCELERATOR_BATCH_TOKENS = 4096
 
 def default_batch_tokens(subject: GraphSubject) -> int:
     """Padded tokens per forward pass when the config leaves it open: on a 2-core CPU, batches of
-    1,024 tokens built the same graphs 15-30% faster than batches of 4,096 at Gemma layers 9 and 15
-    (``bench/bench_n2g.py --versus batch``); a GPU wants large batches. Subjects without a model
-    (the tests' rule subjects) count as CPU."""
+    1,024 tokens built the same graphs in 13-22% less time than batches of 4,096 at Gemma layers
+    3, 9 and 15 (``bench/bench_n2g.py --versus batch``); a GPU wants large batches. Subjects
+    without a model (the tests' rule subjects) count as CPU."""
     model = getattr(subject, "model", None)
     device = model.device if isinstance(model, SubjectModel) else torch.device("cpu")
     return CPU_BATCH_TOKENS if device.type == "cpu" else ACCELERATOR_BATCH_TOKENS
