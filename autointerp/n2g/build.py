@@ -500,20 +500,18 @@ def build_graphs(
 
     # 1. Prune: the shortest suffix (ending at the activating token) that keeps >= prune_keep of the
     # activation. Lengths go shortest first, one length per forward round, and a token stops at the
-    # first length that keeps: most keep at one or two tokens, so their longer lengths never run,
-    # and the first length that keeps is the shortest that would have kept had every length run.
+    # first length that keeps: a token that keeps at a short length never runs the longer ones, and
+    # the first length that keeps is the shortest that would have kept had every length run.
     # The whole context is the example itself, whose activation is known: it is never run again.
     best: dict[int, tuple[int, float]] = {}
     longest: dict[int, tuple[int, float]] = {}  # fallback: the longest length tried
-    tried: dict[int, set[int]] = {k: set() for k in range(len(items))}
     for wanted in sorted(set(cfg.prune_lengths)):
         readouts, owners, known = [], [], []
         for k, it in enumerate(items):
             body = it.tokens[1:]
             length = min(wanted, len(body))
-            if k in best or length in tried[k]:
-                continue
-            tried[k].add(length)
+            if k in best or (k in longest and longest[k][0] == length):
+                continue  # kept already, or its whole context was tried at a shorter `wanted`
             if length == len(body):
                 known.append(((k, length), it.target))
             else:
