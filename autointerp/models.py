@@ -475,6 +475,43 @@ def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
     return model
 
 
+def lay_out_weights_for_forward(model: Any) -> None:
+    """Store each block's projection weights in the memory order TransformerLens's forward pass
+    reads them in, so that the pass stops copying them on every call.
+
+    Why: TransformerLens 3.9's gated MLP calls ``F.linear(x, W.T.contiguous())`` for ``W_gate``,
+    ``W_in`` and ``W_out``, and its attention rearranges ``W_Q``/``W_K``/``W_V`` to ``[(head
+    d_head), d_model]`` and ``W_O`` to ``[d_model, (head d_head)]`` (a ``reshape`` of a permuted
+    tensor, then ``contiguous``). Each of those is a full copy of the weight, made again for every
+    forward pass: at Gemma's sizes ~16 MB per block and call, 15% of an N2G build on a CPU
+    (``bench/profile_n2g.py``). Here each parameter keeps its shape and values but its storage
+    becomes the contiguous copy that expression would make, so the permute yields a contiguous view
+    and ``contiguous()`` returns it as is. The matrix products see the same values in the same
+    layout as before, so activations are bit-for-bit the same (tested); code that reads the
+    weights as tensors (``autointerp.weights``) sees the same shapes and values, only other
+    strides."""
+    from transformer_lens.components import AbstractAttention, GatedMLP
+
+    def relaid(p: torch.nn.Parameter, order: tuple[int, ...]) -> None:
+        back = tuple(sorted(range(len(order)), key=order.__getitem__))  # the inverse permutation
+        p.data = p.data.permute(order).contiguous().permute(back)
+
+    for module in model.modules():
+        if isinstance(module, GatedMLP):
+            for name in ("W_gate", "W_in", "W_out"):
+                relaid(getattr(module, name), (1, 0))
+        elif isinstance(module, AbstractAttention):
+            # real parameters only: grouped-query attention's W_K/W_V are expanding properties
+            # over _W_K/_W_V, and it projects with those
+            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+                p = module._parameters.get(name)
+                if p is not None and p.dim() == 3:
+                    relaid(p, (0, 2, 1))  # [head, d_model, d_head] read as [head, d_head, d_model]
+            p = module._parameters.get("W_O")
+            if p is not None and p.dim() == 3:
+                relaid(p, (2, 0, 1))  # [head, d_head, d_model] read as [d_model, head, d_head]
+
+
 def _tl_weights_cached(official: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -504,6 +541,7 @@ def load_model(
             model = model.to(torch_dtype).to(
                 target
             )  # TransformerLens' .to keeps cfg.device/dtype in step
+        lay_out_weights_for_forward(model)
         provenance = json.loads((path / "provenance.json").read_text())
         return SubjectModel(canonical, model, tokenizer, provenance)
 
@@ -516,6 +554,7 @@ def load_model(
         model = HookedTransformer.from_pretrained(official, device=str(target), dtype=torch_dtype)
     except OSError as exc:  # hub unreachable mid-way, or gated repo without a token
         raise UserError(_offline_sentence(name) + f" ({str(exc).splitlines()[0]})") from exc
+    lay_out_weights_for_forward(model)
     return SubjectModel(canonical, model, model.tokenizer, tl_provenance(canonical, official))
 
 

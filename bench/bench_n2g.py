@@ -3,7 +3,9 @@ default builder (every variant in full); the speed-up of reusing the unchanged p
 saliency/augmentation variants (attention keys/values, ``N2GConfig(reuse_prefix=True)``) over it
 (below 1: slower), with ``--versus bfloat16`` of running the subject model in bfloat16 (other
 graphs: both are scored on held-out text), or with ``--versus batch`` of the default batch size
-over batches of 4,096 padded tokens (on a CPU the default is 1,024); and of the batched builder
+over batches of 4,096 padded tokens (on a CPU the default is 1,024), or with ``--versus layout``
+of the weights as ``load_model`` lays them out over TransformerLens's own layout (which the forward
+pass copies on every call; same graphs); and of the batched builder
 over a naive one-forward-pass-per-sequence loop that builds the same graphs. Each timed build starts
 with no substitutes cached, as a fresh run does.
 
@@ -19,6 +21,7 @@ random and quantile training examples).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -64,12 +67,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--versus",
-        choices=("reuse", "bfloat16", "batch"),
+        choices=("reuse", "bfloat16", "batch", "layout"),
         default="reuse",
         help="what the default float32 builder is timed against: prefix reuse (default) or the"
         " subject model in bfloat16 (a CPU with bfloat16 instructions runs its matrix products"
         " faster; graphs differ, so the held-out correlation of both is reported), or batches of"
-        " 4,096 padded tokens (the accelerator default; on a CPU the default is 1,024)",
+        " 4,096 padded tokens (the accelerator default; on a CPU the default is 1,024), or the"
+        " weights in TransformerLens's own layout (load_model stores them as the forward pass"
+        " reads them)",
     )
     ap.add_argument("--tokens", type=int, default=None, help="harvest budget (default 16384)")
     ap.add_argument("--db", default=None, help="reuse a harvest database instead of harvesting")
@@ -100,6 +105,11 @@ def main() -> None:
     elif args.versus == "batch":
         other_model, other_cfg = model, N2GConfig(batch_tokens=ACCELERATOR_BATCH_TOKENS)
         other_name = f"batches of {ACCELERATOR_BATCH_TOKENS} tokens"
+    elif args.versus == "layout":
+        other_model, other_cfg = copy.deepcopy(model), cfg
+        for p in other_model.model.parameters():  # as TransformerLens stores them
+            p.data = p.data.contiguous()
+        other_name = "weights in TransformerLens's layout"
     else:
         other_model, other_cfg, other_name = model, N2GConfig(reuse_prefix=True), "prefix reused"
     naive_cfg = N2GConfig(naive=True)

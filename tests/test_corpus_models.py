@@ -162,3 +162,33 @@ def test_packaged_smollm2_matches_the_hf_model(smol: SubjectModel) -> None:
     assert torch.allclose(acts, captured["x"], atol=1e-4)
     assert smol.gated and (acts < 0).any() and (acts > 0).any()
     assert smol.n_layers == 30 and smol.d_mlp == 1536
+
+
+def test_loaded_weights_are_laid_out_so_the_forward_pass_copies_none(smol: SubjectModel) -> None:
+    """TransformerLens copies a weight it reads as ``W.T.contiguous()`` or as a rearranged view
+    on every forward pass; a loaded model stores each in that order already, and computes exactly
+    what the same weights in TransformerLens's own layout compute."""
+    import copy
+
+    import einops
+
+    block = smol.model.blocks[0]
+    for name in ("W_gate", "W_in", "W_out"):
+        assert getattr(block.mlp, name).T.is_contiguous(), name
+    for name in ("W_Q", "_W_K", "_W_V"):
+        weight = getattr(block.attn, name)
+        read = einops.rearrange(weight, "head d_model d_head -> (head d_head) d_model")
+        assert read.data_ptr() == weight.data_ptr() and read.is_contiguous(), name
+    read = einops.rearrange(block.attn.W_O, "head d_head d_model -> d_model (head d_head)")
+    assert read.data_ptr() == block.attn.W_O.data_ptr() and read.is_contiguous()
+
+    as_loaded_by_transformer_lens = copy.deepcopy(smol)
+    for p in as_loaded_by_transformer_lens.model.parameters():
+        p.data = p.data.contiguous()
+    assert not as_loaded_by_transformer_lens.model.blocks[0].mlp.W_gate.T.is_contiguous()
+    ids, _ = smol.encode("The Eiffel Tower is in Paris, and def main(): pass")
+    tokens = torch.tensor([ids, ids[::-1]])
+    layers = [0, 7, 29]
+    ours = smol.mlp_activations(tokens, layers)
+    theirs = as_loaded_by_transformer_lens.mlp_activations(tokens, layers)
+    assert all(torch.equal(ours[layer], theirs[layer]) for layer in layers)
