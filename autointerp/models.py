@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,8 @@ class SubjectModel:
     model: Any  # transformer_lens.HookedTransformer
     tokenizer: Any  # a transformers fast tokenizer
     provenance: dict[str, Any]
+    #: Text of each token id decoded so far (see :meth:`str_tokens`), kept for the model's life.
+    _token_text: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -437,13 +439,20 @@ class SubjectModel:
         return ids, offsets
 
     def str_tokens(self, ids: Sequence[int]) -> list[str]:
-        """Readable text of each token (decoded one at a time, as Neuroscope shows them)."""
-        cache: dict[int, str] = {}
+        """Readable text of each token (decoded one at a time, as Neuroscope shows them).
+
+        Each id is decoded once per model and remembered: a whole-corpus harvest stores the tokens
+        of ~21k contexts (1.4M tokens, a few thousand distinct ids), and one tokenizer call per
+        token was the biggest corpus-sized part of its final write (~10 s)."""
+        cache = self._token_text
+        decode = self.tokenizer.decode
         out = []
         for i in ids:
-            if i not in cache:
-                cache[i] = self.tokenizer.decode([int(i)])
-            out.append(cache[i])
+            key = int(i)  # numpy and tensor scalars hash by identity, not value
+            text = cache.get(key)
+            if text is None:
+                text = cache[key] = decode([key])
+            out.append(text)
         return out
 
 

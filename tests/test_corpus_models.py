@@ -192,3 +192,24 @@ def test_loaded_weights_are_laid_out_so_the_forward_pass_copies_none(smol: Subje
     ours = smol.mlp_activations(tokens, layers)
     theirs = as_loaded_by_transformer_lens.mlp_activations(tokens, layers)
     assert all(torch.equal(ours[layer], theirs[layer]) for layer in layers)
+
+
+def test_token_texts_are_decoded_once_per_model(tiny: SubjectModel) -> None:
+    """A harvest's final write shows ~1.4M tokens; each distinct id goes through the tokenizer once
+    per model, and the text is what decoding it alone gives."""
+
+    class CountingTokenizer:
+        def __init__(self, inner: object) -> None:
+            self.inner, self.calls = inner, 0
+
+        def decode(self, ids: list[int]) -> str:
+            self.calls += 1
+            return self.inner.decode(ids)  # type: ignore[attr-defined]
+
+    counting = CountingTokenizer(tiny.tokenizer)
+    model = SubjectModel(tiny.name, tiny.model, counting, tiny.provenance)
+    ids = tiny.tokenizer.encode("the cat sat on the mat, the end")
+    assert len(set(ids)) < len(ids)
+    assert model.str_tokens(ids) == [tiny.tokenizer.decode([i]) for i in ids]
+    assert model.str_tokens(torch.tensor(ids)) == model.str_tokens(ids)
+    assert counting.calls == len(set(ids))
