@@ -96,6 +96,35 @@ def resolve_dtype(spec: str | None = "float32") -> torch.dtype:
     return DTYPES[name]
 
 
+def cpu_has_bfloat16_instructions() -> bool:
+    """Whether this x86 CPU multiplies bfloat16 natively (``avx512_bf16`` or AMX tiles), as torch's
+    own CPU probe reports. Other architectures answer True: we have not measured them."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    # Private probes of recent torch; without them, assume nothing.
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    checks = [check for name in names if (check := getattr(torch.cpu, name, None)) is not None]
+    if not checks:
+        return True
+    return any(check() for check in checks)
+
+
+def slow_dtype_warning(device: torch.device, dtype: torch.dtype) -> str | None:
+    """One sentence for a user who asked for bfloat16 on a CPU that has no bfloat16 instructions,
+    else None. Why: there every matrix product is emulated, and N2G ran 5-6x *slower* than in
+    float32 on such a CPU (an AVX2-only AMD EPYC, BENCHMARKS.md), where CPUs with the
+    instructions ran 1.45-1.9x faster; the flag's name promises the opposite."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_bfloat16_instructions():
+        return None
+    return (
+        "Warning: this CPU has no bfloat16 instructions (avx512_bf16 or AMX), so --dtype bfloat16"
+        " runs several times slower than float32 here (N2G 5-6x on an AVX2-only CPU,"
+        " BENCHMARKS.md); use --dtype float32 unless you need bfloat16's results."
+    )
+
+
 @lru_cache(maxsize=1)
 def _tl_tables() -> tuple[list[str], dict[str, list[str]]]:
     """TransformerLens' official names and its alias table (``{"gpt2": ["gpt2-small"], ...}``).

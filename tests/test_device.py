@@ -14,7 +14,13 @@ from helpers import run_cli
 
 from autointerp.errors import UserError
 from autointerp.harvest import HarvestConfig, harvest
-from autointerp.models import SubjectModel, resolve_device, resolve_dtype
+from autointerp.models import (
+    SubjectModel,
+    cpu_has_bfloat16_instructions,
+    resolve_device,
+    resolve_dtype,
+    slow_dtype_warning,
+)
 from autointerp.store import Store
 
 
@@ -52,6 +58,49 @@ def test_asking_for_cuda_without_it_is_one_sentence(text_corpus, tmp_path) -> No
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--device cuda:" in proc.stderr and "use --device cpu" in proc.stderr
     assert not db.exists()  # nothing written
+
+
+def test_the_bfloat16_probe_agrees_with_the_cpu_flags() -> None:
+    """torch's private probe against what Linux says the CPU has (where it says anything)."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        pytest.skip("compares with the flags of Linux on x86-64")
+    flags = set(cpuinfo.read_text().split("flags", 2)[1].splitlines()[0].split())
+    assert cpu_has_bfloat16_instructions() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
+def test_bfloat16_where_the_cpu_lacks_it_is_warned_about(text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The warning says what is slow and what to use; the CLI gives it exactly where the CPU lacks
+    the instructions, and the run goes on."""
+    cpu = torch.device("cpu")
+    assert slow_dtype_warning(cpu, torch.float32) is None
+    warning = slow_dtype_warning(cpu, torch.bfloat16)
+    assert (warning is None) == cpu_has_bfloat16_instructions()
+    db = tmp_path / "half.db"
+    proc = run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--corpus",
+        str(text_corpus),
+        "--layers",
+        "0",
+        "--tokens",
+        "128",
+        "--dtype",
+        "bfloat16",
+        "--device",
+        "cpu",
+        "--db",
+        str(db),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ("no bfloat16 instructions" in proc.stderr) == (warning is not None)
+    if warning is not None:
+        assert "use --dtype float32" in warning
 
 
 def _half(model: SubjectModel) -> SubjectModel:

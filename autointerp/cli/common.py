@@ -108,7 +108,8 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
         choices=list(DTYPES),
         help=(
             f"the subject model's dtype (default {dtype}); statistics stay float32/float64"
-            " either way"
+            " either way. bfloat16 is faster on a GPU or a CPU with bfloat16 instructions"
+            " (avx512_bf16, AMX) and several times slower on a CPU without them"
         ),
     )
 
@@ -202,11 +203,15 @@ def log(message: str) -> None:
 
 def load_subject(name: str, progress: bool = True, args: argparse.Namespace | None = None) -> Any:
     """The subject model ``name`` on the --device/--dtype that ``args`` give."""
-    from autointerp.models import load_model
+    from autointerp.models import load_model, slow_dtype_warning
 
     device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "float32")
     with stdout_to_stderr():
-        return load_model(name, progress=progress, device=device, dtype=dtype)
+        model = load_model(name, progress=progress, device=device, dtype=dtype)
+    warning = slow_dtype_warning(model.device, model.dtype)
+    if warning:
+        log(warning)
+    return model
 
 
 def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
