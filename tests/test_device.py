@@ -6,6 +6,8 @@ identity) and stays within a documented tolerance of the float32 one. The CUDA c
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,26 +37,30 @@ def test_device_and_dtype_names_are_checked() -> None:
         resolve_dtype("int8")
 
 
+def _small_harvest(corpus: Path, db: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``autointerp harvest`` of SmolLM2's layer 0, 256 tokens of ``corpus``, plus ``options``."""
+    return run_cli(
+        "harvest",
+        "--model",
+        "smollm2-135m",
+        "--corpus",
+        str(corpus),
+        "--layers",
+        "0",
+        "--tokens",
+        "256",
+        "--db",
+        str(db),
+        *options,
+    )
+
+
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the message a machine without CUDA gives"
 )
 def test_asking_for_cuda_without_it_is_one_sentence(text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = tmp_path / "x.db"
-    proc = run_cli(
-        "harvest",
-        "--model",
-        "smollm2-135m",
-        "--corpus",
-        str(text_corpus),
-        "--layers",
-        "0",
-        "--tokens",
-        "256",
-        "--device",
-        "cuda",
-        "--db",
-        str(db),
-    )
+    proc = _small_harvest(text_corpus, db, "--device", "cuda")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--device cuda:" in proc.stderr and "use --device cpu" in proc.stderr
     assert not db.exists()  # nothing written
@@ -79,24 +85,8 @@ def test_bfloat16_where_the_cpu_lacks_it_is_warned_about(text_corpus, tmp_path) 
     assert slow_dtype_warning(cpu, torch.float32) is None
     warning = slow_dtype_warning(cpu, torch.bfloat16)
     assert (warning is None) == cpu_has_bfloat16_instructions()
-    db = tmp_path / "half.db"
-    proc = run_cli(
-        "harvest",
-        "--model",
-        "smollm2-135m",
-        "--corpus",
-        str(text_corpus),
-        "--layers",
-        "0",
-        "--tokens",
-        "128",
-        "--dtype",
-        "bfloat16",
-        "--device",
-        "cpu",
-        "--db",
-        str(db),
-    )
+    half = tmp_path / "half.db"
+    proc = _small_harvest(text_corpus, half, "--dtype", "bfloat16", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert ("no bfloat16 instructions" in proc.stderr) == (warning is not None)
     if warning is not None:
