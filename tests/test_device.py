@@ -69,7 +69,6 @@ def test_asking_for_cuda_without_it_is_one_sentence(text_corpus, tmp_path) -> No
 def test_the_bfloat16_probe_agrees_with_the_cpu_flags() -> None:
     """torch's private probe against what Linux says the CPU has (where it says anything)."""
     import platform
-    from pathlib import Path
 
     cpuinfo = Path("/proc/cpuinfo")
     if platform.machine() != "x86_64" or not cpuinfo.exists():
