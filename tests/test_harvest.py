@@ -7,19 +7,23 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from helpers import assert_same_harvest, brute_force, run_cli
 
+import autointerp.harvest as harvest_module
 from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
     CHECKPOINT_MIN_SECONDS,
     CHECKPOINT_SHARE,
     SPLIT_PATTERN,
     HarvestConfig,
+    LayerState,
     checkpoint_spacing,
+    estimated_write_seconds,
     harvest,
     hash_keys,
     hist_bins,
@@ -436,6 +440,50 @@ def test_checkpoints_keep_a_set_spacing_and_otherwise_cost_a_small_share_of_the_
     # a whole-model state that took 6 s to write: the next one waits 6 / share seconds
     assert checkpoint_spacing(None, 6.0) == pytest.approx(6.0 / CHECKPOINT_SHARE)
     assert 6.0 / checkpoint_spacing(None, 6.0) <= CHECKPOINT_SHARE < 0.05
+
+
+def test_a_large_state_waits_longer_for_its_first_checkpoint() -> None:
+    # the default config's state per layer of gemma-3-270m (d_mlp 2,048, gated: bottom_k = top_k)
+    gemma_layer = LayerState(2048, 64, top_k=40, bottom_k=40, random_k=40)
+    assert 0.99 < gemma_layer.nbytes / len(gemma_layer.to_bytes()) <= 1.0
+    whole_model = checkpoint_spacing(None, estimated_write_seconds(18 * gemma_layer.nbytes))
+    assert 5 * 60 < whole_model < 20 * 60  # not a full write two minutes into a short harvest
+    few_layers = LayerState(64, 16, top_k=6, bottom_k=0, random_k=5)
+    assert checkpoint_spacing(None, estimated_write_seconds(2 * few_layers.nbytes)) == (
+        CHECKPOINT_MIN_SECONDS
+    )
+
+
+class CheckpointCountingStore(Store):
+    """A real store that counts the checkpoints written."""
+
+    checkpoints = 0
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        self.checkpoints += 1
+        super().save_checkpoint(*args, **kwargs)
+
+
+def test_the_default_cadence_times_the_first_checkpoint_by_the_state_size(
+    tiny: SubjectModel, text_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = HarvestConfig(
+        model=tiny.name,
+        corpus=str(text_corpus),
+        layers=[0, 1],
+        ctx_len=16,
+        top_k=3,
+        random_k=2,
+        batch_size=2,
+    )
+    counted = {}
+    for rate in (float("inf"), 1.0):  # an instant write, then one that takes ~a day per MB
+        monkeypatch.setattr(harvest_module, "CHECKPOINT_MIN_SECONDS", 0.0)
+        monkeypatch.setattr(harvest_module, "CHECKPOINT_BYTES_PER_SECOND", rate)
+        store = CheckpointCountingStore(tmp_path / f"{rate}.db")
+        harvest(tiny, store, cfg, progress=False, log=lambda m: None)
+        counted[rate] = store.checkpoints
+    assert counted[float("inf")] >= 1 and counted[1.0] == 0
 
 
 def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -> None:
