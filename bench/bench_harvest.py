@@ -407,7 +407,8 @@ def profile_update(
             # After the pass, so the table holds the updates' operators only (their inputs are no
             # longer in the cache, so each operator takes somewhat longer than during the pass).
             acts = model.mlp_activations(batch.tokens, layers)
-            with profile() as prof:
+            # under inference_mode as in the pass: its tensors cannot be updated in place outside
+            with profile() as prof, torch.inference_mode():
                 for layer in layers:
                     states[layer].update(acts[layer], batch.ids, hkeys)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
