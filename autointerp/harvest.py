@@ -918,19 +918,30 @@ def harvest(
         neurons=(
             row for layer in layers if write_examples for row in states[layer].neuron_rows(layer)
         ),
-        examples=(
-            row
-            for layer in layers
-            if write_examples
-            for row in states[layer].example_rows(
-                layer, cfg.quantile_intervals, cfg.quantile_per_interval
-            )
+        examples=_example_rows_with_progress(
+            {layer: states[layer] for layer in layers if write_examples},
+            cfg,
+            disable=not progress,
         ),
         states={layer: st.to_bytes() for layer, st in states.items()} if shard[1] > 1 else None,
         contexts_done=contexts_done,
         tokens_done=tokens_done,
     )
     return HarvestResult(run_id, "complete", contexts_done, tokens_done, time.time() - started)
+
+
+def _example_rows_with_progress(
+    states: dict[int, LayerState], cfg: HarvestConfig, disable: bool
+) -> Iterator[tuple[Any, ...]]:
+    """Every layer's example rows, with a bar that moves a layer at a time as the store consumes
+    them: a whole model's ~4.6M rows take a minute or more to write (BENCHMARKS.md), which a user
+    otherwise watches in silence after the harvest's own bar has finished."""
+    with tqdm(
+        total=len(states), unit="layer", desc="write results", disable=disable or not states
+    ) as bar:
+        for layer, state in states.items():
+            yield from state.example_rows(layer, cfg.quantile_intervals, cfg.quantile_per_interval)
+            bar.update(1)
 
 
 def checkpoint_spacing(configured: float | None, last_write_seconds: float) -> float:

@@ -486,6 +486,19 @@ def test_the_default_cadence_times_the_first_checkpoint_by_the_state_size(
     assert counted[float("inf")] >= 1 and counted[1.0] == 0
 
 
+def test_writing_the_results_shows_its_progress_layer_by_layer(
+    tiny: SubjectModel, text_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = HarvestConfig(
+        model=tiny.name, corpus=str(text_corpus), layers=[0, 1], ctx_len=16, top_k=3, random_k=2
+    )
+    harvest(tiny, tmp_path / "shown.db", cfg, progress=True, log=lambda m: None)
+    shown = capsys.readouterr().err
+    assert "write results" in shown and "2/2" in shown
+    harvest(tiny, tmp_path / "quiet.db", cfg, progress=False, log=lambda m: None)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     store.upsert_model({"name": "m"})
