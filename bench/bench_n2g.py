@@ -76,6 +76,13 @@ def main() -> None:
         " weights in TransformerLens's own layout (load_model stores them as the forward pass"
         " reads them)",
     )
+    ap.add_argument(
+        "--other-batch-tokens",
+        type=int,
+        default=ACCELERATOR_BATCH_TOKENS,
+        help="with --versus batch: the padded tokens per forward pass timed against the default"
+        f" (default {ACCELERATOR_BATCH_TOKENS})",
+    )
     ap.add_argument("--tokens", type=int, default=None, help="harvest budget (default 16384)")
     ap.add_argument("--db", default=None, help="reuse a harvest database instead of harvesting")
     ap.add_argument("--out", default=None, help="also write the Markdown section here")
@@ -103,8 +110,8 @@ def main() -> None:
         other_cfg = N2GConfig(dtype="bfloat16")
         other_name = "subject in bfloat16"
     elif args.versus == "batch":
-        other_model, other_cfg = model, N2GConfig(batch_tokens=ACCELERATOR_BATCH_TOKENS)
-        other_name = f"batches of {ACCELERATOR_BATCH_TOKENS} tokens"
+        other_model, other_cfg = model, N2GConfig(batch_tokens=args.other_batch_tokens)
+        other_name = f"batches of {args.other_batch_tokens} tokens"
     elif args.versus == "layout":
         other_model, other_cfg = copy.deepcopy(model), cfg
         for p in other_model.model.parameters():  # as TransformerLens stores them
