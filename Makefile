@@ -74,7 +74,7 @@ test-fast: setup browser
 
 ## bench: harvest throughput and harvest/forward ratio (empty, filled and deeply filled states; a real 131k-token
 ## harvest end to end against a bare forward), peak memory at two corpus sizes and at two sizes of one single-line
-## document,
+## document, the CPU's matrix-product rate against the forward pass's,
 ## N2G seconds per neuron (early/middle/late layer), prefix-reuse, bfloat16 and naive/batched ratios, N2G quality on
 ## held-out top and random text (version 1 vs 2), graph similarity for 36,864 graphs, API neuron JSON requests/s and
 ## latency, explain + simulate seconds and tokens per neuron with the local LLM (and the echo fast path against
@@ -91,6 +91,7 @@ bench: setup
 		--out bench/results/harvest-whole-run-churn.md
 	$(PY) bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
 	$(PY) bench/bench_document_memory.py --out bench/results/document-memory.md
+	$(PY) bench/bench_matmul.py --out bench/results/matmul.md
 	$(PY) bench/bench_n2g.py --out bench/results/n2g.md
 	$(PY) bench/bench_n2g.py --versus bfloat16 --naive-neurons 0 --out bench/results/n2g-bf16.md
 	$(PY) bench/bench_n2g_quality.py --out bench/results/n2g-quality.md
