@@ -611,11 +611,7 @@ def report(
         "",
         f"Command: `{command}`",
         "",
-        (
-            f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__},"
-            f" {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
-            f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}."
-        ),
+        f"{machine_line()}.",
         "",
         (
             "| model | layers | tokens | batch | harvest tok/s | bare tok/s | ratio (median) "
@@ -736,6 +732,22 @@ def command_line() -> str:
     return shlex.join([rel(sys.executable), rel(sys.argv[0]), *sys.argv[1:]])
 
 
+def machine_line() -> str:
+    """When and on what a section was measured: the date, torch, its threads, the CPUs, Python."""
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__},"
+        f" {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+        f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}"
+    )
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a Markdown section, and also write it to ``out`` when given (``--out``)."""
+    sys.stdout.write(text)
+    if out:
+        out.write_text(text)
+
+
 # --------------------------------------------------------------------------------------------------
 # main
 def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
@@ -832,9 +844,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         timer, table = profile_update(model, layers, prefill, batches, s)
     text = report(s, command, model, layers, ratio, mem, timer, table)
     print(f"(bench took {time.perf_counter() - t_start:.0f}s)", file=sys.stderr)
-    sys.stdout.write(text)
-    if a.out:
-        a.out.write_text(text)
+    emit(text, a.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -33,8 +32,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_harvest import Batch, Settings, TimedStore, build_batches, command_line, time_bare
+from bench_harvest import (
+    Batch,
+    Settings,
+    TimedStore,
+    build_batches,
+    command_line,
+    emit,
+    machine_line,
+    time_bare,
+)
 
 from autointerp.harvest import HarvestConfig, harvest, parse_layers
 from autointerp.models import SubjectModel, load_model
@@ -142,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"Command: `{command}`",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()}"
-        f" threads, {os.cpu_count()} CPUs ({platform.machine()}), Python"
-        f" {platform.python_version()}.",
+        f"{machine_line()}.",
         "",
         "| part | seconds | / bare forward |",
         "|---|---:|---:|",
@@ -158,9 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    sys.stdout.write(text)
-    if a.out:
-        a.out.write_text(text)
+    emit(text, a.out)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ machine::
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from bench_harvest import command_line
+from bench_harvest import command_line, emit, machine_line
 
 from autointerp.models import load_model
 
@@ -132,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"Command: `{command}`",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()}"
-        f" threads, {os.cpu_count()} CPUs ({platform.machine()}), Python"
-        f" {platform.python_version()}; float32; medians over {a.rounds} rounds (each the best of"
+        f"{machine_line()}; float32; medians over {a.rounds} rounds (each the best of"
         f" 5 calls of every product and 3 forward passes).",
         "",
         "| matrix product | shape | GFLOP/s |",
@@ -153,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    sys.stdout.write(text)
-    if a.out:
-        a.out.write_text(text)
+    emit(text, a.out)
 
 
 if __name__ == "__main__":
