@@ -267,7 +267,8 @@ def _plan_harvest(
     """A planning task (runs in a Ray worker, which keeps the model for its shards): the config
     resolved against the model and the corpus exactly as the in-process harvest resolves it, and
     the model's facts. A user mistake raises :class:`UserError` here, which the driver re-raises."""
-    from autointerp.harvest import HarvestConfig, plan_harvest, resolve_layers
+    from autointerp.harvest import HarvestConfig, plan_harvest
+    from autointerp.ranges import resolve_layers
 
     model = _worker_model(model_name, device, dtype)
     cfg = HarvestConfig(**config)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from autointerp.explain.prompts import load_templates, simulation_prompt
 from autointerp.explain.run import ExplainConfig, explain_layers
-from autointerp.harvest import parse_layers
 from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.llm.local_server import free_port, local_gguf, local_server, resolve_local_llm
+from autointerp.ranges import parse_layers
 from autointerp.store import Store
 
 

@@ -74,8 +74,9 @@ import torch
 
 import autointerp.harvest as harvest_mod
 from autointerp.corpus import Context, iter_contexts, load_documents
-from autointerp.harvest import HarvestConfig, LayerState, hash_keys, parse_layers
+from autointerp.harvest import HarvestConfig, LayerState, hash_keys
 from autointerp.models import SubjectModel, load_model
+from autointerp.ranges import parse_layers
 from autointerp.store import Store
 
 TARGET_RATIO = 1.10  # harvesting may cost at most 10% over the bare forward pass (was 15% at first)

@@ -43,8 +43,9 @@ from bench_harvest import (
     time_bare,
 )
 
-from autointerp.harvest import HarvestConfig, harvest, parse_layers
+from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import SubjectModel, load_model
+from autointerp.ranges import parse_layers
 
 
 class RunTimedStore(TimedStore):

@@ -12,12 +12,8 @@ import torch
 
 from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
 from autointerp.errors import UserError
-from autointerp.models import (
-    SubjectModel,
-    canonical_model_name,
-    resolve_model_name,
-    tl_official_name,
-)
+from autointerp.model_names import canonical_model_name, resolve_model_name, tl_official_name
+from autointerp.models import SubjectModel
 from autointerp.packaged import PACKAGED, packaged_model_dir
 
 

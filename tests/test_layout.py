@@ -16,6 +16,7 @@ TOP = ("autointerp.cli", "autointerp.api", "autointerp.__main__")
 BOTTOM = (
     "store",
     "models",
+    "model_names",
     "llm",
     "corpus",
     "config",

@@ -15,8 +15,9 @@ from helpers import PARAGRAPHS
 
 from autointerp.cli import main
 from autointerp.errors import UserError
-from autointerp.harvest import HarvestConfig, default_layers, harvest, resolve_layers
+from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import SubjectModel
+from autointerp.ranges import default_layers, resolve_layers
 from autointerp.store import Store
 
 M = "tiny-gated"

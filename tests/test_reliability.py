@@ -513,7 +513,13 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
                 str(db),
                 timeout=300,
             )
-            similarity = run_cli("similarity", M, "--db", str(db), "--no-progress")
+            # similarity rewrites its table on every run: keep writing until the readers have been
+            # answered often enough to mean something (the CLIs start faster than the readers warm up)
+            deadline = time.time() + 120
+            while True:
+                similarity = run_cli("similarity", M, "--db", str(db), "--no-progress")
+                if similarity.returncode or answered[0] > 50 or time.time() > deadline:
+                    break
         finally:
             stop.set()
             for t in threads:

@@ -70,9 +70,7 @@ def find_model(models: dict[str, ModelView], name: str) -> ModelView:
     form of a Hugging Face id (``EleutherAI--pythia-70m``)."""
     if name in models:
         return models[name]
-    from autointerp.models import (
-        canonical_model_name,
-    )  # imports torch, which ApiData warms up at start
+    from autointerp.model_names import canonical_model_name
 
     canonical = canonical_model_name(name)
     if canonical in models:

@@ -166,18 +166,6 @@ def finite(text: str) -> float:
     return value
 
 
-def parse_neuron(text: str) -> tuple[int, int]:
-    try:
-        layer, neuron = (int(x) for x in text.split("/"))
-    except ValueError as exc:
-        raise UserError(
-            f"Neurons are written L/N (layer/neuron), e.g. 3/117, not {text!r}."
-        ) from exc
-    if layer < 0 or neuron < 0:
-        raise UserError(f"Layer and neuron must not be negative in {text!r}.")
-    return layer, neuron
-
-
 def text_arg(args: argparse.Namespace) -> str:
     """--text, or standard input read as strict UTF-8."""
     return args.text if args.text is not None else read_text()
@@ -218,7 +206,7 @@ def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
     """``--layers`` of a stage that reads the database: ``auto`` is resolved from the depth recorded
     with the model's harvest (the same layers `harvest --layers auto` chose); ``None`` means every
     harvested layer."""
-    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
+    from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers
 
     if not is_auto_layers(text):
         return parse_layers(text)
@@ -234,7 +222,7 @@ def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
 def store_model(store: Any, name: str) -> str:
     """The stored name of a model that has N2G graphs or harvests in ``store`` (one sentence if
     it has none)."""
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
 
     model = canonical_model_name(name)
     names = {r["model"] for r in store.runs()}

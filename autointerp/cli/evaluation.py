@@ -322,8 +322,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from autointerp.eval.evaluate import EvalConfig, evaluate
     from autointerp.eval.plot import eval_plot
     from autointerp.executors import explain_runner
-    from autointerp.harvest import parse_layers
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
+    from autointerp.ranges import parse_layers
     from autointerp.store import Store
 
     store = Store(db_path(args), create=False)

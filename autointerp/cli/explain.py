@@ -252,7 +252,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from autointerp.explain.simulate import LOGPROB_FREE_MODES
     from autointerp.llm.client import LLMSettings, load_prices
     from autointerp.llm.session import LLMSession
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
     from autointerp.store import Store
 
     options = {

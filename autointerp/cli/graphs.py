@@ -18,11 +18,11 @@ from autointerp.cli.common import (
     load_subject,
     log,
     parse_executor,
-    parse_neuron,
     print_json,
     stored_layers,
 )
 from autointerp.errors import UserError
+from autointerp.ranges import parse_neuron
 
 commands = Commands()
 
@@ -110,9 +110,9 @@ def graph_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from autointerp.executors import ray_graph
-    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
+    from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers
     from autointerp.store import Store
 
     if not is_auto_layers(args.layers):
@@ -231,7 +231,7 @@ def export_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
     from autointerp.n2g.export import EXPORT_FORMATS, export_graph, model_folder, safe_output_path
     from autointerp.store import Store
 

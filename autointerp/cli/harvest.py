@@ -185,20 +185,10 @@ def _finished_harvest(db: str, cfg: Any) -> Any:
 
 def cmd_harvest(args: argparse.Namespace) -> int:
     from autointerp.executors import Executor, ModelRef, ray_harvest
-    from autointerp.harvest import (
-        HarvestConfig,
-        harvest,
-        is_auto_layers,
-        parse_layers,
-        parse_shard,
-        resolve_layers,
-    )
-    from autointerp.models import (
-        canonical_model_name,
-        dtype_name,
-        resolve_device,
-        resolve_dtype,
-    )
+    from autointerp.harvest import HarvestConfig, harvest, parse_shard
+    from autointerp.model_names import canonical_model_name
+    from autointerp.models import dtype_name, resolve_device, resolve_dtype
+    from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers
 
     auto = is_auto_layers(args.layers)
     layers = (

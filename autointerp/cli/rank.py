@@ -63,7 +63,7 @@ def rank_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
     from autointerp.store import Store
 
     store = Store(db_path(args), create=False)

@@ -15,13 +15,13 @@ from autointerp.cli.common import (
     default_of,
     finite,
     load_subject,
-    parse_neuron,
     print_json,
     stdout_to_stderr,
     store_model,
     text_arg,
 )
 from autointerp.errors import UserError
+from autointerp.ranges import parse_neuron
 from autointerp.untrusted import terminal_text
 
 commands = Commands()

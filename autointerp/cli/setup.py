@@ -42,7 +42,8 @@ def setup_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from autointerp.corpus import wiki_documents
-    from autointerp.models import prepare_packaged, resolve_model_name
+    from autointerp.model_names import resolve_model_name
+    from autointerp.models import prepare_packaged
     from autointerp.packaged import PACKAGED
 
     names = args.model or list(PACKAGED)

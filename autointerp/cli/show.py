@@ -14,11 +14,11 @@ from autointerp.cli.common import (
     at_least,
     db_path,
     load_subject,
-    parse_neuron,
     print_json,
     text_arg,
 )
 from autointerp.errors import UserError
+from autointerp.ranges import parse_neuron
 from autointerp.untrusted import terminal_text
 
 commands = Commands()
@@ -144,7 +144,7 @@ def cmd_neuron(args: argparse.Namespace) -> int:
 def _neuron_record(
     store: Any, model: str, layer: int, neuron: int, run_id: int | None, limit: int
 ) -> dict[str, Any]:
-    from autointerp.models import canonical_model_name, resolve_model_name
+    from autointerp.model_names import canonical_model_name, resolve_model_name
 
     names = [r["model"] for r in store.runs()]
     if model not in names:

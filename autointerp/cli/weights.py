@@ -13,11 +13,11 @@ from autointerp.cli.common import (
     db_path,
     default_of,
     load_subject,
-    parse_neuron,
     print_json,
     stdout_to_stderr,
     store_model,
 )
+from autointerp.ranges import parse_neuron
 
 commands = Commands()
 
@@ -59,7 +59,7 @@ def weights_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from autointerp.harvest import is_auto_layers, parse_layers, resolve_layers
+    from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers
     from autointerp.store import Store
     from autointerp.weights import store_weight_facts
 
@@ -108,8 +108,8 @@ def compare_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from autointerp.compare import compare_neuron, example_texts
-    from autointerp.harvest import parse_layers
-    from autointerp.models import canonical_model_name
+    from autointerp.model_names import canonical_model_name
+    from autointerp.ranges import parse_layers
 
     layer, neuron = parse_neuron(args.neuron)
     layers = parse_layers(args.layers)

@@ -6,26 +6,7 @@ activations.
 augmentation, batched across neurons; and
 :mod:`autointerp.n2g.run` drives whole layers against the store; :mod:`autointerp.n2g.export` writes
 GraphML/SVG.
+
+The package imports nothing itself: the trie (no torch) is what the read-only commands need, and
+importing the builder here would load torch for them (``autointerp search`` starts in a blink).
 """
-
-from autointerp.n2g.build import (
-    Example,
-    ModelLayerSubject,
-    N2GConfig,
-    build_graphs,
-    evaluate,
-    neutral_token,
-)
-from autointerp.n2g.graph import NeuronGraph, PathExample, normalize_token
-
-__all__ = [
-    "Example",
-    "ModelLayerSubject",
-    "N2GConfig",
-    "NeuronGraph",
-    "PathExample",
-    "build_graphs",
-    "evaluate",
-    "neutral_token",
-    "normalize_token",
-]
