@@ -514,7 +514,7 @@ def test_server_answers_while_pipelines_write_and_a_writer_holds_the_lock(
                 timeout=300,
             )
             # similarity rewrites its table on every run: keep writing until the readers have been
-            # answered often enough to mean something (the CLIs start faster than the readers warm up)
+            # answered often enough to mean something (the CLIs start faster than readers warm up)
             deadline = time.time() + 120
             while True:
                 similarity = run_cli("similarity", M, "--db", str(db), "--no-progress")
