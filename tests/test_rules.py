@@ -13,7 +13,14 @@ from helpers import copy_store, fault_config
 from test_explain import GOLDEN, _client, _golden
 
 from autointerp.explain.prompts import Record, compile_messages, load_templates
-from autointerp.explain.rules import RuleError, RuleTimeout, TokenRule, parse_rule
+from autointerp.explain.rules import (
+    AnyRule,
+    RuleError,
+    RuleTimeout,
+    TokenRule,
+    parse_rule,
+    piece_positions,
+)
 from autointerp.explain.run import ExplainSummary, explain_layers
 from autointerp.explain.simulate import Simulator, score_predictions, simulate_score
 from autointerp.llm.client import LLMFailure
@@ -66,6 +73,47 @@ def test_replies_are_parsed_into_rules_or_rejected_with_the_reason() -> None:
     ):
         with pytest.raises(RuleError, match=reason):
             parse_rule(reply)
+
+
+def test_tokens_fire_inside_words_where_words_do_not() -> None:
+    # Gemma cuts identifiers into pieces: the neuron fires on " Extended" inside ExtendedContext
+    code = [">>>", " Extended", "Context", "(", "prec", "=", "9", ")"]
+    assert fired(TokenRule(tokens=("Extended",)), code) == [" Extended"]
+    assert fired(TokenRule(words=("Extended",)), code) == []  # word-bounded: not inside a word
+    assert fired(TokenRule(tokens=("extended",), case_sensitive=True), code) == []
+    # a year is four digit tokens: the token "9" fires on both nines, the word "9" on neither
+    year = [" in", " ", "1", "9", "9", "5", ","]
+    assert [i for i, v in enumerate(TokenRule(tokens=("9",)).apply(year)) if v] == [3, 4]
+    assert fired(TokenRule(words=("9",)), year) == []
+    # don't: the token "t" fires on the piece after the apostrophe
+    assert fired(TokenRule(tokens=("t",)), [" I", " don", "'", "t", " know"]) == ["t"]
+
+
+def test_word_pieces_know_their_place_in_the_word() -> None:
+    tokens = [" Arn", "olf", "ini", " painted", " ExtendedContext", ".", " 1", "9", "9", "5"]
+    assert piece_positions(tokens) == [
+        "first", "inner", "last", "whole", "whole", None, "first", "inner", "inner", "last",
+    ]  # fmt: skip
+    first = TokenRule(positions=("first",))  # a condition alone fires wherever it holds
+    assert fired(first, tokens) == [" Arn", " 1"]
+    assert fired(TokenRule(tokens=("9", "5"), positions=("last",)), tokens) == ["5"]
+    # don't: "don" and "t" are separate words (the apostrophe is not a word character)
+    assert piece_positions([" don", "'", "t"]) == ["whole", None, "whole"]
+
+
+def test_after_and_unions_of_clauses() -> None:
+    code = [">>>", " Extended", "Context", " x", " Extended", "(", "Context"]
+    after = TokenRule(tokens=("Extended",), after=(">>>",))
+    assert [i for i, v in enumerate(after.apply(code)) if v] == [1]
+    union = parse_rule(
+        '{"any": [{"tokens": ["Extended"], "after": [">>>"]}, {"tokens": ["context"]}]}'
+    )
+    assert isinstance(union, AnyRule)
+    assert [i for i, v in enumerate(union.apply(code)) if v] == [1, 2, 6]
+    assert parse_rule(union.to_json()) == union
+    assert parse_rule('{"position": "first"}') == TokenRule(positions=("first",))
+    with pytest.raises(RuleError, match="schema"):
+        parse_rule('{"position": "middle"}')
 
 
 def test_an_empty_rule_fires_nowhere() -> None:
@@ -141,10 +189,11 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
     for row in rows:
         assert row["status"] == "failed" and row["score"] is None and row["simulation"] is None
         assert reason in row["error"] and row["simulator_mode"] == "rule"
-    # the N2G-free baseline is compiled by the same broken server: failed too, no number
-    assert all(
-        r["score"] is None for r in store.db.query("select * from scores where method = 'baseline'")
-    )
+    # the token baseline is written in the template grammar: compiled with no LLM call, so the
+    # broken server cannot touch it - it is scored, as its tokens
+    baselines = list(store.db.query("select * from scores where method = 'baseline'"))
+    assert len(baselines) == 2 and all(r["status"] != "failed" for r in baselines)
+    assert all("tokens" in json.loads(r["simulation"]) for r in baselines)
 
 
 def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -154,7 +203,7 @@ def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) 
     rows = {r["method"]: r for r in store.db.query("select * from scores")}
     assert rows["explanation"]["simulator_mode"] == "rule"
     assert json.loads(rows["explanation"]["simulation"])["words"] == ["matter", "that", "tokens"]
-    assert json.loads(rows["baseline"]["simulation"])["words"]
+    assert json.loads(rows["baseline"]["simulation"])["tokens"]  # compiled with no LLM call
 
 
 def test_an_unreachable_simulator_is_a_failure_with_its_reason() -> None:

@@ -16,15 +16,29 @@ A rule is data, never code: JSON checked against :data:`RULE_SCHEMA`, with
   unless ``case_sensitive``; a word that starts or ends with a letter, digit or underscore matches
   only at a word boundary there (``"of"`` does not fire inside "often"; ``"-"`` fires on any
   hyphen);
+* ``tokens`` - tokens by their text, with no word boundary: a token fires when its text, stripped of
+  surrounding spaces (and case unless ``case_sensitive``), equals a listed token. Tokenizers cut
+  identifiers, numbers and rare words into pieces (Gemma: ``ExtendedContext`` is `` Extended`` +
+  ``Context``, a year is four digit tokens), and a neuron that fires on such a piece is exactly
+  described by "the token X" - which ``words`` would only match where the piece is a whole word;
 * ``regex`` - a regular expression over the text, exactly as written (case-sensitive; ``(?i)`` makes
-  it insensitive), for character patterns, formats and context (lookbehind: ``(?<=def )\\w+``).
+  it insensitive), for character patterns, formats and context (lookbehind: ``(?<=def )\\w+``);
+* ``position`` - where in a word the firing token sits: ``first``, ``inner`` or ``last`` piece of a
+  word split into several tokens, or ``whole`` (the token holds the whole word). Alone it fires on
+  every such token (many small-model neurons fire on the first piece of rare names:
+  ``Arn|olfini``); with the parts above it narrows them;
+* ``after`` - the token right before must be one of these (compared as ``tokens`` are): context,
+  as an N2G graph path states it.
 
-A rule with neither part fires nowhere (an explanation such as "nothing in particular" says exactly
-that; its score is 0, as for any constant prediction). A token fires (1.0) when any of its
-characters lies inside a match of either part, 0 otherwise - the same character-overlap rule as the
-known-answer features (:mod:`autointerp.eval.features`), so a phrase that spans several tokens fires
-on each. Regular expressions come from a model, so they run under the ``regex`` package's timeout: a
-pathological pattern is a recorded failure, not a hung run.
+A rule with none of ``words``, ``tokens``, ``regex`` and ``position`` fires nowhere (an explanation
+such as "nothing in particular" says exactly that; its score is 0, as for any constant prediction).
+A token fires (1.0) when any of its characters lies inside a match of ``words`` or ``regex``, or it
+is one of ``tokens``, and it passes ``position`` and ``after`` - the same character-overlap rule as
+the known-answer features (:mod:`autointerp.eval.features`), so a phrase that spans several tokens
+fires on each. ``{"any": [rule, ...]}`` fires where any of its rules does: the graph-grounded and
+token-list explanations the pipeline writes itself are unions of such clauses
+(:mod:`autointerp.explain.templates`). Regular expressions come from a model, so they run under the
+``regex`` package's timeout: a pathological pattern is a recorded failure, not a hung run.
 """
 
 from __future__ import annotations
@@ -38,23 +52,49 @@ from typing import Any
 import jsonschema
 import regex
 
+from autointerp.n2g.graph import normalize_token
+
 #: Seconds one regular expression may spend on one record before the rule counts as broken.
 REGEX_TIMEOUT_S = 0.25
 
-RULE_SCHEMA: dict[str, Any] = {
+#: Where a token sits in a word that the tokenizer split (see :func:`piece_positions`).
+POSITIONS = ("first", "inner", "last", "whole")
+
+_STRINGS: dict[str, Any] = {
+    "type": "array",
+    # an empty word matches nothing: dropped, not a failure (the 1.5B wrote "" for the quote token
+    # of `the tokens """, ""," and "call"`, four times over)
+    "items": {"type": "string", "maxLength": 100},
+    "maxItems": 200,
+}
+CLAUSE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "words": {
-            "type": "array",
-            # an empty word matches nothing: dropped, not a failure (the 1.5B wrote "" for the
-            # quote token of `the tokens """, ""," and "call"`, four times over)
-            "items": {"type": "string", "maxLength": 100},
-            "maxItems": 200,
-        },
+        "words": _STRINGS,
+        "tokens": _STRINGS,
         "regex": {"type": ["string", "null"], "maxLength": 500},
         "case_sensitive": {"type": "boolean"},
+        "position": {
+            "anyOf": [
+                {"type": "null"},
+                {"enum": list(POSITIONS)},
+                {"type": "array", "items": {"enum": list(POSITIONS)}, "maxItems": 4},
+            ]
+        },
+        "after": _STRINGS,
     },
     "additionalProperties": False,
+}
+RULE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        CLAUSE_SCHEMA,
+        {
+            "type": "object",
+            "properties": {"any": {"type": "array", "items": CLAUSE_SCHEMA, "maxItems": 32}},
+            "required": ["any"],
+            "additionalProperties": False,
+        },
+    ]
 }
 
 
@@ -69,26 +109,45 @@ class RuleTimeout(RuleError):
 
 @dataclass(frozen=True)
 class TokenRule:
-    """What an explanation says fires the neuron, in a form a matcher can apply."""
+    """What an explanation says fires the neuron, in a form a matcher can apply (one clause)."""
 
-    #: words, tokens or phrases that fire (see the module docstring for boundaries and case)
+    #: words, tokens or phrases that fire, word-bounded (see the module docstring for boundaries)
     words: tuple[str, ...] = ()
     #: a regular expression over the text; every token overlapping a match fires
     regex: str | None = None
-    #: whether ``words`` must match in case (``regex`` always means exactly what it says)
+    #: whether ``words``, ``tokens`` and ``after`` must match in case (``regex`` always means
+    #: exactly what it says)
     case_sensitive: bool = False
+    #: tokens that fire wherever they occur, inside words too (compared stripped of spaces)
+    tokens: tuple[str, ...] = ()
+    #: the word-piece positions a firing token must have (empty: any), from :data:`POSITIONS`
+    positions: tuple[str, ...] = ()
+    #: tokens one of which must come right before a firing token (empty: any)
+    after: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The clause as JSON data. The parts a rule compiled before tokens and positions existed
+        has are always written; the newer ones only when set, so old rules store the same text."""
+        out: dict[str, Any] = {
+            "words": list(self.words),
+            "regex": self.regex,
+            "case_sensitive": self.case_sensitive,
+        }
+        if self.tokens:
+            out["tokens"] = list(self.tokens)
+        if self.positions:
+            out["position"] = list(self.positions)
+        if self.after:
+            out["after"] = list(self.after)
+        return out
 
     def to_json(self) -> str:
         """The rule as stored beside its score (keys sorted, so equal rules store equal text)."""
-        return json.dumps(
-            {"words": list(self.words), "regex": self.regex, "case_sensitive": self.case_sensitive},
-            sort_keys=True,
-            ensure_ascii=False,
-        )
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
 
     def patterns(self) -> list[regex.Pattern[str]]:
-        """The compiled patterns: one for the words (longest first, so a phrase wins over its
-        prefix), one for the regular expression."""
+        """The compiled character patterns: one for the words (longest first, so a phrase wins
+        over its prefix), one for the regular expression."""
         out = []
         if self.words:
             alternatives = sorted({_word_pattern(w) for w in self.words}, key=lambda p: -len(p))
@@ -99,8 +158,55 @@ class TokenRule:
         return out
 
     def apply(self, tokens: Sequence[str]) -> list[float]:
-        """1.0 at every token that overlaps a match, 0.0 elsewhere. Raises :class:`RuleTimeout`."""
-        return apply_patterns(self.patterns(), tokens)
+        """1.0 at every token the rule fires on, 0.0 elsewhere. Raises :class:`RuleTimeout`."""
+        patterns = self.patterns()
+        if patterns or self.tokens:
+            fired = apply_patterns(patterns, tokens) if patterns else [0.0] * len(tokens)
+            if self.tokens:
+                wanted = {self._norm(t) for t in self.tokens}
+                fired = [
+                    1.0 if f or self._norm(t) in wanted else 0.0
+                    for f, t in zip(fired, tokens, strict=True)
+                ]
+        elif self.positions or self.after:
+            fired = [1.0] * len(tokens)  # a condition alone: every token that meets it
+        else:
+            return [0.0] * len(tokens)
+        if self.positions:
+            where = piece_positions(tokens)
+            fired = [f if where[i] in self.positions else 0.0 for i, f in enumerate(fired)]
+        if self.after:
+            before = {self._norm(t) for t in self.after}
+            fired = [
+                f if i > 0 and self._norm(tokens[i - 1]) in before else 0.0
+                for i, f in enumerate(fired)
+            ]
+        return fired
+
+    def _norm(self, token: str) -> str:
+        return normalize_token(token, self.case_sensitive)
+
+
+@dataclass(frozen=True)
+class AnyRule:
+    """A union of clauses: fires wherever any of them does (``{"any": [...]}``)."""
+
+    clauses: tuple[TokenRule, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"any": [c.to_dict() for c in self.clauses]}, sort_keys=True, ensure_ascii=False
+        )
+
+    def apply(self, tokens: Sequence[str]) -> list[float]:
+        out = [0.0] * len(tokens)
+        for clause in self.clauses:
+            out = [max(a, b) for a, b in zip(out, clause.apply(tokens), strict=True)]
+        return out
+
+
+Rule = TokenRule | AnyRule
+"""What a compiled explanation is: one clause, or a union of clauses."""
 
 
 def _word_pattern(word: str) -> str:
@@ -108,6 +214,33 @@ def _word_pattern(word: str) -> str:
     start = r"\b" if re.match(r"\w", word) else ""
     end = r"\b" if re.search(r"\w$", word) else ""
     return start + body + end
+
+
+def piece_positions(tokens: Sequence[str]) -> list[str | None]:
+    """Each token's place in the word it belongs to: ``whole`` when the word lies inside the one
+    token, ``first`` / ``inner`` / ``last`` when the tokenizer split the word over several tokens,
+    None for a token with no letter, digit or underscore. A word is a run of word characters in the
+    joined text; a token belongs to the word of its first word character."""
+    starts, text = [], ""
+    for tok in tokens:
+        starts.append(len(text))
+        text += tok
+    # the index of the token that holds each character
+    owner = [i for i, tok in enumerate(tokens) for _ in tok]
+    word_span: dict[int, tuple[int, int]] = {}  # character -> (first token, last token) of its word
+    for m in re.finditer(r"\w+", text):
+        span = (owner[m.start()], owner[m.end() - 1])
+        for ch in range(m.start(), m.end()):
+            word_span[ch] = span
+    out: list[str | None] = []
+    for i, tok in enumerate(tokens):
+        first_word_char = next((k for k, ch in enumerate(tok) if re.match(r"\w", ch)), None)
+        if first_word_char is None:
+            out.append(None)
+            continue
+        lo, hi = word_span[starts[i] + first_word_char]
+        out.append("whole" if lo == hi else "first" if i == lo else "last" if i == hi else "inner")
+    return out
 
 
 def apply_patterns(patterns: Sequence[regex.Pattern[str]], tokens: Sequence[str]) -> list[float]:
@@ -136,7 +269,7 @@ def apply_patterns(patterns: Sequence[regex.Pattern[str]], tokens: Sequence[str]
     return fired
 
 
-def parse_rule(text: str) -> TokenRule:
+def parse_rule(text: str) -> Rule:
     """The rule in a model's reply: the first JSON object in it (code fences and surrounding prose
     are tolerated), checked against :data:`RULE_SCHEMA`. Raises :class:`RuleError` with the
     reason."""
@@ -147,14 +280,38 @@ def parse_rule(text: str) -> TokenRule:
         data = json.loads(body)
     except ValueError as exc:
         raise RuleError(f"not JSON: {body[:60]!r}") from exc
+    return rule_from_data(data)
+
+
+def rule_from_data(data: Any) -> Rule:
+    """A rule from parsed JSON, checked against :data:`RULE_SCHEMA` (:class:`RuleError` with the
+    reason)."""
     try:
         jsonschema.validate(data, RULE_SCHEMA)
     except jsonschema.ValidationError as exc:
-        raise RuleError(f"the rule does not match the schema: {exc.message[:120]}") from exc
+        raise RuleError(f"the rule does not match the schema: {_schema_reason(exc)}") from exc
+    if "any" in data:
+        return AnyRule(tuple(_clause(c) for c in data["any"]))
+    return _clause(data)
+
+
+def _schema_reason(exc: jsonschema.ValidationError) -> str:
+    """The most specific reason: for a clause that fails, what is wrong in it (not "is not valid
+    under any of the given schemas")."""
+    best = jsonschema.exceptions.best_match([exc, *exc.context]) if exc.context else exc
+    return best.message[:120]
+
+
+def _clause(data: dict[str, Any]) -> TokenRule:
+    position = data.get("position")
+    positions = (position,) if isinstance(position, str) else tuple(position or ())
     rule = TokenRule(
-        tuple(w for w in data.get("words") or [] if w.strip()),
-        data.get("regex") or None,
-        bool(data.get("case_sensitive", False)),
+        words=tuple(w for w in data.get("words") or [] if w.strip()),
+        regex=data.get("regex") or None,
+        case_sensitive=bool(data.get("case_sensitive", False)),
+        tokens=tuple(t for t in data.get("tokens") or [] if t),
+        positions=tuple(dict.fromkeys(positions)),
+        after=tuple(t for t in data.get("after") or [] if t),
     )
     try:
         rule.patterns()

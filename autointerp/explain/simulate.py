@@ -52,7 +52,8 @@ from autointerp.explain.prompts import (
     simulation_messages,
     simulation_prompt,
 )
-from autointerp.explain.rules import RuleError, RuleTimeout, TokenRule, parse_rule
+from autointerp.explain.rules import Rule, RuleError, RuleTimeout, parse_rule
+from autointerp.explain.templates import template_rule
 from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
 
 MODES = ("rule", "auto", "echo", "echo-shifted", "chat-logprobs", "json")
@@ -262,11 +263,16 @@ class Simulator:
                 raise
             return "json"
 
-    def compile_rule(self, explanation: str) -> tuple[TokenRule, Usage]:
-        """The explanation as a matching rule (one chat call; an unusable rule is retried at a
-        higher temperature, then a failure with the reason)."""
+    def compile_rule(self, explanation: str) -> tuple[Rule, Usage]:
+        """The explanation as a matching rule: with no LLM call when it is written in the template
+        grammar (:mod:`autointerp.explain.templates`: the baseline, the pipeline's own candidates,
+        any sentence of that form), else one chat call (an unusable rule is retried at a higher
+        temperature, then a failure with the reason)."""
+        written = template_rule(explanation)
+        if written is not None:
+            return written, Usage()
 
-        def parse(response: dict[str, Any]) -> TokenRule:
+        def parse(response: dict[str, Any]) -> Rule:
             try:
                 content = response["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError) as exc:
