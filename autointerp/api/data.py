@@ -58,7 +58,6 @@ class ApiData:
         self.bytes = NeuronBytes()
         self._vectors: dict[str, bytes] = {}  # explanation embeddings the database did not hold yet
         self.store()  # fail now (newer schema, unreadable file), not on the first request
-        import autointerp.models  # noqa: F401  (imports torch: 2 s that must not land on the first request)
 
     # ----------------------------------------------------------------------------------------------
     # plumbing

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from autointerp.api.catalog import BadRequest, random_neuron
 from autointerp.api.data import ApiData
-from autointerp.api.params import Index
+from autointerp.api.params import CLIENT_COOKIE, Index
 from autointerp.live import Live
 from autointerp.records import SERVICES, NotFound, url_name
 
@@ -122,6 +122,17 @@ def example_view(ex: dict[str, Any]) -> dict[str, Any]:
 
 
 def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
+    """Every page, registered in a fixed order (the order in which the routes are tried)."""
+    _home_pages(app, data)
+    _model_pages(app, data)
+    _neuron_page(app, data, live)
+    _layer_page(app, data, live)
+    _search_page(app, data)
+
+
+def _home_pages(app: FastAPI, data: ApiData) -> None:
+    """``/`` (the models) and ``/docs`` (the API, rendered from the app's own OpenAPI spec)."""
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return render(
@@ -130,46 +141,54 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> str:
-        spec = app.openapi()
-        endpoints = []
-        for path, methods in spec.get("paths", {}).items():
-            for method, op in methods.items():
-                params = [
-                    {
-                        "name": p["name"],
-                        "in": p["in"],
-                        "required": p.get("required", False),
-                        "description": p.get("description", ""),
-                        "type": (
-                            p.get("schema", {}).get("type")
-                            or ", ".join(
-                                s.get("type", "") for s in p.get("schema", {}).get("anyOf", [])
-                            )
-                        ),
-                    }
-                    for p in op.get("parameters", [])
-                ]
-                body = None
-                if "requestBody" in op:
-                    ref = op["requestBody"]["content"]["application/json"]["schema"].get("$ref", "")
-                    schema = (
-                        spec.get("components", {})
-                        .get("schemas", {})
-                        .get(ref.rsplit("/", 1)[-1], {})
-                    )
-                    body = {
-                        k: v.get("description", "") for k, v in schema.get("properties", {}).items()
-                    }
-                endpoints.append(
-                    {
-                        "method": method.upper(),
-                        "path": path,
-                        "summary": op.get("summary", ""),
-                        "params": params,
-                        "body": body,
-                    }
-                )
+        endpoints = api_endpoints(app.openapi())
         return render("docs.html", title="API", endpoints=endpoints, services=SERVICES)
+
+
+def api_endpoints(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each operation of an OpenAPI spec as the docs page lists it: method, path, summary, its
+    parameters and the fields of its JSON body."""
+    endpoints = []
+    for path, methods in spec.get("paths", {}).items():
+        for method, op in methods.items():
+            params = [
+                {
+                    "name": p["name"],
+                    "in": p["in"],
+                    "required": p.get("required", False),
+                    "description": p.get("description", ""),
+                    "type": (
+                        p.get("schema", {}).get("type")
+                        or ", ".join(
+                            s.get("type", "") for s in p.get("schema", {}).get("anyOf", [])
+                        )
+                    ),
+                }
+                for p in op.get("parameters", [])
+            ]
+            body = None
+            if "requestBody" in op:
+                ref = op["requestBody"]["content"]["application/json"]["schema"].get("$ref", "")
+                schema = (
+                    spec.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[-1], {})
+                )
+                body = {
+                    k: v.get("description", "") for k, v in schema.get("properties", {}).items()
+                }
+            endpoints.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": op.get("summary", ""),
+                    "params": params,
+                    "body": body,
+                }
+            )
+    return endpoints
+
+
+def _model_pages(app: FastAPI, data: ApiData) -> None:
+    """``/m/{model}`` (layers, scores, evaluation, top neurons) and ``/m/{model}/random``."""
 
     @app.get("/m/{model}", response_class=HTMLResponse, include_in_schema=False)
     def model_page(model: str) -> str:
@@ -201,6 +220,10 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         view = data.model(model)
         layer, neuron = random_neuron(view)
         return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
+
+
+def _neuron_page(app: FastAPI, data: ApiData, live: Live) -> None:
+    """``/m/{model}/neuron/{layer}/{neuron}``: everything known about one neuron."""
 
     @app.get(
         "/m/{model}/neuron/{layer}/{neuron}", response_class=HTMLResponse, include_in_schema=False
@@ -241,6 +264,10 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             max_chars=live.max_chars,
         )
 
+
+def _layer_page(app: FastAPI, data: ApiData, live: Live) -> None:
+    """``/m/{model}/layer/{layer}``: the layer's top neurons, and Layerscope (live)."""
+
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
     def layer_page(model: str, layer: Index, request: Request) -> str:
         view = data.model(model)
@@ -263,9 +290,13 @@ def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             harvested=list(view.layers),
             top=top,
             counts=counts,
-            recent=live.recent(view.name, request.cookies.get("autointerp_client")),
+            recent=live.recent(view.name, request.cookies.get(CLIENT_COOKIE)),
             max_chars=live.max_chars,
         )
+
+
+def _search_page(app: FastAPI, data: ApiData) -> None:
+    """``/m/{model}/search``: the search form and its results (a bad query is shown on the page)."""
 
     @app.get("/m/{model}/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(

@@ -1,5 +1,5 @@
-"""Request parameter types shared by the JSON routes (:mod:`autointerp.api.app`) and the pages
-(:mod:`autointerp.api.pages`).
+"""Request parameter types shared by the JSON routes (:mod:`autointerp.api.app` and its
+``routes_*`` modules) and the pages (:mod:`autointerp.api.pages`).
 
 Every integer parameter is bounded: SQLite integers overflow past 2**63, and no model has more
 layers, neurons or examples than this.
@@ -14,3 +14,7 @@ from fastapi import Path as FastPath
 MAX_INDEX = 2**31 - 1
 Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
 """A layer or neuron number in a URL path."""
+
+CLIENT_COOKIE = "autointerp_client"
+"""Which browser ran which Layerscope prompts (they are listed only to it): set by the JSON route,
+read by the layer page too."""

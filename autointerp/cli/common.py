@@ -90,13 +90,15 @@ def db_path(args: argparse.Namespace) -> str:
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
-    """--device and --dtype (load_model's defaults) for commands that run the subject model."""
-    from autointerp.models import DTYPES, load_model
+    """--device and --dtype (load_model's defaults) for commands that run the subject model. The
+    names come from :mod:`autointerp.model_names`, not :mod:`autointerp.models`: ``serve`` has these
+    options and must start without torch."""
+    from autointerp.model_names import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES
 
-    dtype = default_of(load_model, "dtype")
+    dtype = DEFAULT_DTYPE
     p.add_argument(
         "--device",
-        default=default_of(load_model, "device"),
+        default=DEFAULT_DEVICE,
         help=(
             "where the subject model runs: auto (CUDA when available, else CPU), cpu, cuda or"
             " cuda:N"
@@ -105,7 +107,7 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=dtype,
-        choices=list(DTYPES),
+        choices=list(DTYPE_NAMES),
         help=(
             f"the subject model's dtype (default {dtype}); statistics stay float32/float64"
             " either way. bfloat16 is faster on a GPU or a CPU with bfloat16 instructions"
