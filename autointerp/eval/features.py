@@ -291,7 +291,7 @@ class RegexSubject:
     in training examples)."""
 
     def __init__(self, model: KnownFeatureModel):
-        from autointerp.n2g.build import neutral_token
+        from autointerp.n2g.readouts import neutral_token
 
         self.model = model
         self.bos_id = model.bos_id

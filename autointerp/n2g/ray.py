@@ -33,7 +33,8 @@ from autointerp.executors import (
 )
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
-from autointerp.n2g.build import ModelLayerSubject, N2GConfig
+from autointerp.n2g.build import N2GConfig
+from autointerp.n2g.readouts import ModelLayerSubject
 from autointerp.n2g.run import (
     ChunkInputs,
     GraphChunk,

@@ -21,15 +21,9 @@ from tqdm import tqdm
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
-from autointerp.n2g.build import (
-    Example,
-    GraphSubject,
-    ModelLayerSubject,
-    N2GConfig,
-    build_graphs,
-    evaluate,
-)
+from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import NeuronGraph
+from autointerp.n2g.readouts import GraphSubject, ModelLayerSubject
 from autointerp.selection import select_neurons
 from autointerp.store import Store
 
