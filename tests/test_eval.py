@@ -33,8 +33,10 @@ from autointerp.eval.features import (
     regex_activations,
 )
 from autointerp.eval.stats import paired, summarize
+from autointerp.explain.neuron import NeuronJob, process_neuron
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Record, load_templates
-from autointerp.explain.run import NeuronJob, explain_layers, process_neuron
+from autointerp.explain.run import explain_layers
 from autointerp.explain.simulate import (
     MAX_DIGITLESS_FRACTION,
     SimulationFailure,
@@ -70,10 +72,7 @@ def test_a_digitless_simulation_is_a_recorded_failure_never_a_score(
     server = fault_server("no-digits")
     summary = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0-1",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0-1"),
         llm_client(server.url),
         load_templates(),
         progress=False,
@@ -123,10 +122,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
     with pytest.raises(UserError, match="no held-out text"):
         explain_layers(
             store,
-            "tiny-gated",
-            [1],
-            "0",
-            fault_config(sim_top=0, sim_random=0),
+            plan_explain(store, "tiny-gated", [1], fault_config(sim_top=0, sim_random=0), "0"),
             llm_client(server.url),
             load_templates(),
             progress=False,
@@ -180,10 +176,7 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
     server = fault_server("keyword")
     explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0-2",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0-2"),
         llm_client(server.url),
         load_templates(),
         progress=False,
@@ -357,7 +350,7 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
         range(len(words))
     )
     shuffled = [true[i]["score"] for i in true]
-    from autointerp.explain.run import heldout_records
+    from autointerp.explain.records import heldout_records
     from autointerp.explain.simulate import simulate_score
 
     own = [
@@ -529,7 +522,7 @@ def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
 def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
     gated_db, fault_server, tmp_path, tiny_gated
 ) -> None:  # type: ignore
-    from autointerp.eval.evaluate import EvalConfig, evaluate
+    from autointerp.eval.evaluate import EvalConfig, evaluate, plan_eval
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
 
@@ -557,9 +550,7 @@ def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
 
     out = evaluate(
         store,
-        "tiny-gated",
-        EvalConfig(layers=[1], sample=3, seed=1),
-        fault_config(),
+        plan_eval(store, "tiny-gated", EvalConfig(layers=[1], sample=3, seed=1), fault_config()),
         llm_client(server.url),
         load_templates(),
         build_graphs=build,
