@@ -582,6 +582,52 @@ def test_eval_bad_input_is_one_sentence(gated_db, tmp_path) -> None:  # type: ig
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_eval_config_refuses_nonsense_in_one_sentence() -> None:
+    from autointerp.eval.evaluate import EvalConfig
+
+    for fields, says in (
+        ({"layers": [1], "sample": 1}, "--sample must be at least 2"),
+        ({"layers": [1], "sample": 2.5}, "--sample must be a whole number"),
+        ({"layers": [1], "seed": "x"}, "--seed must be a whole number"),
+        ({"layers": [-1]}, "--layers must be at least 0, not -1"),
+        ({"layers": []}, "--layers names no layer"),
+    ):
+        with pytest.raises(UserError, match=says):
+            EvalConfig(**fields)
+    assert EvalConfig(layers=[0, 3], sample=2, seed=-1).sample == 2
+
+
+def test_eval_and_calibrate_spread_their_requests_over_a_pool_of_endpoints(
+    gated_db, fault_server, tmp_path
+) -> None:  # type: ignore
+    """--base-url repeated is a pool for eval and calibrate too (they used to keep the last one)."""
+    store = copy_store(gated_db, tmp_path)
+    a, b = fault_server("keyword"), fault_server("keyword")
+    pool = ["--base-url", a.url, "--base-url", b.url, "--explainer-model", "fault-model"]
+    llm = [*pool, "--simulator-mode", "echo", "--sim-top", "2", "--sim-random", "2"]
+    proc = run_cli(
+        "eval", "tiny-gated", "--layers", "1", "--sample", "4", "--no-graphs", "--no-progress",
+        *llm, "--db", str(store.path), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["neurons"]) == 4
+    assert a.requests > 0 and b.requests > 0
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 8))
+    feats = tmp_path / "features.json"
+    feats.write_text(
+        json.dumps([{"name": "capital", "pattern": r"\bcapital\b", "description": "capital"}])
+    )
+    asked = a.requests, b.requests
+    proc = run_cli(
+        "calibrate", "smollm2-135m", "--features", str(feats), "--tokens", "2048", "--corpus",
+        str(corpus), "--no-progress", *llm, "--db", str(tmp_path / "c.db"), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["capital"]
+    assert a.requests > asked[0] and b.requests > asked[1]
+
+
 def test_calibrate_command_runs_features_through_the_whole_pipeline(
     tmp_path: Path, fault_server
 ) -> None:  # type: ignore
