@@ -34,7 +34,9 @@ def build_report(
     """
     if limit < 1 or similar < 0:
         raise UserError("--limit must be at least 1 and --similar at least 0.")
-    harvested = store.harvested_layer_list(model)
+    harvested = store.harvested_layers(model)
+    if not harvested:
+        raise store.not_harvested(model)
     wanted = (
         sorted(harvested) if layers is None else [layer for layer in layers if layer in harvested]
     )
