@@ -9,8 +9,10 @@ CORPUS ?= default
 # empty LAYERS: an early, a middle and a late layer of MODEL ((2k+1)/6 of its depth; Gemma: 3,9,15)
 LAYERS ?=
 TOKENS ?= 65536
-NEURONS ?= top:4
-EXPLAIN_NEURONS ?= top:1
+# best:K: the K strongest neurons of a layer that are not dense, not from one document and not sharing a
+# top context (README, "Neuron-to-Graph"); best:1 is the first of best:4
+NEURONS ?= best:4
+EXPLAIN_NEURONS ?= best:1
 LLM    ?= qwen2.5-coder-1.5b
 DB     ?= autointerp.db
 # empty GRAPHS: graphs/<model>/

@@ -59,7 +59,11 @@ def graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--neurons",
         default=None,
-        help="e.g. 0-15,100, or top:K for the K strongest by max activation (default: all neurons)",
+        help=(
+            "best:K (the K strongest by max activation that are not dense, not from one document"
+            " and not sharing a top context: what `make explain` graphs), top:K (the K strongest),"
+            " or ranges like 0-15,100 (default: all neurons)"
+        ),
     )
     p.add_argument(
         "--train-examples",
@@ -217,7 +221,7 @@ def export_options(p: argparse.ArgumentParser) -> None:
         "--neurons",
         default=None,
         help=(
-            "bulk: top:K (strongest by max activation), ranges like 0-15,100, or all (default: all)"
+            "bulk: best:K or top:K (as for `graph`), ranges like 0-15,100, or all (default: all)"
         ),
     )
     p.add_argument(

@@ -456,3 +456,28 @@ class HarvestTables(StoreCore):
                 [run_id, layer],
             )
         ]
+
+    def neurons_by_max(self, run_id: int, layer: int) -> list[dict[str, Any]]:
+        """Every firing neuron of a harvested layer (max > 0), strongest first (ties: lower
+        index): ``[{neuron, max, frac_positive, hist}]``, the histogram decoded (what ``best:K``
+        reads to tell dense neurons)."""
+        return [
+            {"neuron": int(n), "max": float(mx), "frac_positive": float(fp), "hist": json.loads(h)}
+            for n, mx, fp, h in self.db.execute(
+                "select neuron, max, frac_positive, hist from neurons where run_id = ? and"
+                " layer = ? and max > 0 order by max desc, neuron",
+                [run_id, layer],
+            )
+        ]
+
+    def top_peaks(self, run_id: int, layer: int, neuron: int) -> list[tuple[int, int, float]]:
+        """``(context_id, peak_index, max_activation)`` of a neuron's top examples, by rank (the
+        activations themselves are not read)."""
+        return [
+            (int(c), int(p), float(a))
+            for c, p, a in self.db.execute(
+                "select context_id, peak_index, max_activation from examples where run_id = ? and"
+                " layer = ? and neuron = ? and kind = 'top' order by rank",
+                [run_id, layer, neuron],
+            )
+        ]
