@@ -27,7 +27,8 @@ def build_report(
 ) -> dict[str, Any]:
     """``{"model", "layers", "tokens", "explained", "failed", "beat_baseline", "neurons": [{"layer",
     "neuron", "score", "baseline_score", "n2g_score", "explanation", "similar": [{"layer", "neuron",
-    "similarity"}]}], "graphs": {"folder", "files"}, "ranked_by"}``.
+    "similarity"}]}], "graphs": {"folder", "files"}, "ranked_by", "similar_min_score"}``; the
+    similar neurons are those stored at or above the similarity's minimum score.
 
     Neurons are ranked by explanation score when any has one, else by N2G correlation, else by max
     activation (``ranked_by`` says which); failed or undefined scores are never ranked.
@@ -96,6 +97,7 @@ def build_report(
         "tokens": tokens,
         "ranked_by": ranked_by,
         "similarity_computed": store.similarity_run(model) is not None,
+        "similar_min_score": store.similarity_min_score(model),
         "similar_per_neuron": similar,
         "explained": len(scored),
         "failed": failed,
@@ -169,7 +171,7 @@ def _similar_text(report: dict[str, Any], similar: list[dict[str, Any]]) -> str:
     if not report["similarity_computed"]:
         return f"similar: not computed yet (autointerp similarity {report['model']})"
     if not similar:
-        return "similar: (none sharing a graph token)"
+        return f"similar: no similar neuron above {report['similar_min_score']:g}"
     return "similar: " + ", ".join(
         f"{s['layer']}/{s['neuron']} ({s['similarity']:.2f})" for s in similar
     )

@@ -33,9 +33,10 @@ commands = Commands()
     description=(
         "Similarity of two neurons' N2G graphs: 0.5 x Dice(activating tokens) + 0.5 x"
         " Dice(important context tokens), Dice = harmonic mean of the two overlap proportions"
-        " (symmetric). Tokens in more than --max-df graphs are stop tokens. Computed for all graphs"
-        " of MODEL through an inverted index (only pairs sharing a token); the top --limit per"
-        " neuron are stored."
+        " (symmetric), each token weighted by its IDF in the contexts the harvest stored (so"
+        " punctuation and 'the' weigh almost nothing). Tokens in more than --max-df graphs are"
+        " stop tokens. Computed for all graphs of MODEL through an inverted index (only pairs"
+        " sharing a token); the top --limit per neuron scoring at least --min-score are stored."
     ),
 )
 def similarity_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +67,15 @@ def similarity_options(p: argparse.ArgumentParser) -> None:
             f"(default {default('activating_weight')})"
         ),
     )
+    p.add_argument(
+        "--min-score",
+        type=finite,
+        default=default("min_score"),
+        help=(
+            "pairs scoring less are neither stored nor listed by `similar`, the API or the report"
+            f" (default {default('min_score')})"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_db_option(p)
@@ -86,14 +96,17 @@ def cmd_similarity(args: argparse.Namespace) -> int:
             max_df=args.max_df,
             activating_weight=args.activating_weight,
             progress=not args.no_progress,
+            min_score=args.min_score,
         )
     if args.json:
         print_json(out)
     else:
         print(
-            f"{out['graphs']} graphs: top {args.limit} similar neurons each stored ({out['pairs']}"
-            f" rows, stop tokens in > {out['max_df']} graphs: {out['stop_tokens']['activating']}"
-            f" activating, {out['stop_tokens']['context']} context) in {out['seconds']:.1f}s"
+            f"{out['graphs']} graphs: top {args.limit} similar neurons each at >="
+            f" {out['min_score']:g} stored ({out['pairs']} rows; tokens weighted by IDF over"
+            f" {out['idf_contexts']:,} contexts; stop tokens in > {out['max_df']} graphs:"
+            f" {out['stop_tokens']['activating']} activating, {out['stop_tokens']['context']}"
+            f" context) in {out['seconds']:.1f}s"
         )
     return 0
 
@@ -102,8 +115,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     "similar",
     help="neurons whose N2G graphs overlap most with L/N's",
     description=(
-        "The most similar neurons by graph overlap (see `autointerp similarity --help`); "
-        "computed first when missing or older than the graphs."
+        "The most similar neurons by graph overlap (see `autointerp similarity --help`), none"
+        " below the stored minimum score (0.1 by default); computed first when missing or older"
+        " than the graphs."
     ),
 )
 def similar_options(p: argparse.ArgumentParser) -> None:
@@ -138,7 +152,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print(f"No neuron of {model} shares a (non-stop) graph token with {layer}/{neuron}.")
+        floor = store.similarity_min_score(model)
+        print(f"No neuron of {model} is similar to {layer}/{neuron} above {floor:g}.")
     for r in rows:
         print(f"{r['layer']:>5}/{r['neuron']:<5} {r['similarity']:.3f}")
     return 0
