@@ -48,13 +48,15 @@ $(VENV)/.installed: pyproject.toml
 
 ## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain
 ## and score EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), export graphs
-## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, report the best-explained
+## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, index every harvested neuron's
+## peak tokens for token search, report the best-explained
 explain: setup
 	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) $(LAYERS_ARG) --tokens $(TOKENS) --db $(DB)
 	$(AI) graph $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) --db $(DB)
 	$(AI) explain $(MODEL) $(LAYERS_ARG) --neurons $(EXPLAIN_NEURONS) --local-llm $(LLM) --db $(DB)
 	$(AI) export graphml $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) $(GRAPHS_ARG) --db $(DB)
 	$(AI) similarity $(MODEL) --db $(DB)
+	$(AI) index $(MODEL) --db $(DB)
 	$(AI) report $(MODEL) $(LAYERS_ARG) $(REPORT_GRAPHS_ARG) --db $(DB)
 
 ## test: the whole suite, real-model and browser tests included (what CI runs)

@@ -481,3 +481,24 @@ class HarvestTables(StoreCore):
                 [run_id, layer, neuron],
             )
         ]
+
+    def layer_top_peaks(self, run_id: int, layer: int) -> Iterator[tuple[int, str, float]]:
+        """``(neuron, peak token, normalised activation)`` of every top example of a harvested
+        layer: the token each top example peaks on (as the harvest stored it) and its max
+        activation over the neuron's (what the harvest's token index holds)."""
+        tokens = {
+            int(cid): json.loads(text)
+            for cid, text in self.db.execute(
+                "select context_id, str_tokens from contexts where run_id = ? and context_id in"
+                " (select distinct context_id from examples where run_id = ? and layer = ? and"
+                " kind = 'top')",
+                [run_id, run_id, layer],
+            )
+        }
+        for neuron, cid, peak, act, top in self.db.execute(
+            "select e.neuron, e.context_id, e.peak_index, e.max_activation, n.max from examples e"
+            " join neurons n on n.run_id = e.run_id and n.layer = e.layer and n.neuron = e.neuron"
+            " where e.run_id = ? and e.layer = ? and e.kind = 'top' and n.max > 0",
+            [run_id, layer],
+        ):
+            yield int(neuron), tokens[int(cid)][int(peak)], float(act) / float(top)
