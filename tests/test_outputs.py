@@ -292,6 +292,53 @@ def test_report_puts_scores_side_by_side_with_similar_neurons(
     assert f"GraphML + SVG of 0 graphs in {tmp_path}/" in text
 
 
+def test_the_reports_closing_commands_run_as_pasted(api_db: Path) -> None:
+    """`make explain` runs .venv/bin/autointerp with the venv not activated: the commands the
+    report ends with must name that script, and run from the same folder as printed; with the
+    venv's bin on PATH, the bare name is enough."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    script = Path(sys.prefix) / "bin" / "autointerp"
+    assert script.exists(), "the test runs from the project's venv"
+    bare_path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "autointerp").exists()
+    )
+    env = {**os.environ, "PATH": bare_path}
+    out = subprocess.run(
+        [str(script), "report", M, "--db", str(api_db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    look = next(line for line in out.splitlines() if line.startswith("Look at one:"))
+    command = look.split(":", 1)[1].strip()
+    assert command.startswith(f"{script.relative_to(REPO)} neuron {M} "), command
+    ran = subprocess.run(
+        shlex.split(command), capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    assert ran.returncode == 0 and f"{M}" in ran.stdout, ran.stderr
+    browse = next(line for line in out.splitlines() if line.startswith("Browse:"))
+    assert f"{script.relative_to(REPO)} serve --db {api_db}" in browse
+    # activated (the venv's bin first on PATH): the bare name, which then runs
+    activated = {**os.environ, "PATH": f"{script.parent}{os.pathsep}{bare_path}"}
+    out = subprocess.run(
+        [str(script), "report", M, "--db", str(api_db)],
+        capture_output=True,
+        text=True,
+        env=activated,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert f"Look at one:  autointerp neuron {M} " in out
+
+
 def test_rank_defaults_to_explanation_score_once_there_is_one(
     api_db: Path, tiny_gated: SubjectModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
