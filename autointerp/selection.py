@@ -15,8 +15,10 @@ and takes a neuron unless
    tokens, or at or above half its max on at least :data:`DENSE_NEAR_MAX_SHARE` (10%) of them (the
    harvest's histogram, counting only bins that lie wholly above half the max);
 2. its top examples come **mostly from one document**: more than :data:`ONE_DOCUMENT_SHARE` (50%) of
-   its top examples peak in the same source document (the chunks ``file.py#3``, ``file.py#4`` of a
-   code file count as one document; a separator between documents counts as one of its own);
+   its top examples peak in the same source document, or more than half of those at or above half
+   its max do (when at least two are: its max is then made by one document). The chunks
+   ``file.py#3``, ``file.py#4`` of a code file count as one document, and a separator between
+   documents as one of its own;
 3. it **shares its top context** with a neuron already taken from the layer: the same context as
    its rank-0 top example, or a rank-0 peak on the same (normalised) token in the same source
    document.
@@ -153,6 +155,22 @@ class _Peaks:
         return self.contexts[context_id][1][peak].strip().lower()
 
 
+def one_document_share(peaks: _Peaks, top: list[tuple[int, int, float]]) -> float:
+    """Rule 2 of ``best:K``: the largest share of a neuron's top examples ``(context, peak,
+    activation)`` that peak in one document, among all of them or among those at or above half
+    the neuron's max (when at least two are), whichever is larger. The second catches a neuron
+    whose max is made by one document: on the default Gemma harvest, layer 3's strongest neurons
+    had 8 of their 40 top examples in one doctest of the decimal module, at 14-38 against 1-10
+    for the other 32."""
+    documents = [peaks.document(context, peak) for context, peak, _ in top]
+    share = Counter(documents).most_common(1)[0][1] / len(top)
+    strongest = max(activation for _, _, activation in top)
+    near_max = [d for d, (_, _, a) in zip(documents, top, strict=True) if a >= strongest / 2]
+    if len(near_max) >= 2:
+        share = max(share, Counter(near_max).most_common(1)[0][1] / len(near_max))
+    return share
+
+
 def best_neurons(store: Store, run_id: int, layer: int, k: int) -> BestPick:
     """The ``best:K`` neurons of one harvested layer (the rule is in the module docstring), in pick
     order, and the reasons the stronger neurons were passed over."""
@@ -172,8 +190,7 @@ def best_neurons(store: Store, run_id: int, layer: int, k: int) -> BestPick:
             pick.skipped[neuron] = "no top examples"
             continue
         peaks.load([c for c, _, _ in top])
-        documents = Counter(peaks.document(c, p) for c, p, _ in top)
-        if documents.most_common(1)[0][1] > ONE_DOCUMENT_SHARE * len(top):
+        if one_document_share(peaks, top) > ONE_DOCUMENT_SHARE:
             pick.skipped[neuron] = "one document"
             continue
         context, peak, _ = top[0]

@@ -64,6 +64,18 @@ def _document(store: Store, run_id: int, ex: dict) -> str:
     return re.sub(r"#\d+$", "", store.document(run_id, doc)["doc_id"])
 
 
+def _one_document_share(store: Store, run_id: int, top: list[dict]) -> float:
+    """The largest share of the top examples in one document: of all of them, or of those at or
+    above half the strongest (when two or more are)."""
+    docs = [_document(store, run_id, ex) for ex in top]
+    share = Counter(docs).most_common(1)[0][1] / len(top)
+    strongest = max(ex["max_activation"] for ex in top)
+    near = [d for d, ex in zip(docs, top, strict=True) if ex["max_activation"] >= strongest / 2]
+    if len(near) >= 2:
+        share = max(share, Counter(near).most_common(1)[0][1] / len(near))
+    return share
+
+
 def test_best_takes_the_strongest_neurons_that_pass_every_rule(best_db: Path) -> None:
     store = Store(best_db, create=False)
     run_id = store.latest_complete_run("tiny-best", LAYER)["id"]
@@ -84,8 +96,7 @@ def test_best_takes_the_strongest_neurons_that_pass_every_rule(best_db: Path) ->
     for neuron in pick.chosen:
         assert stats[neuron]["frac_positive"] <= 0.9
         top = _top_examples(store, run_id, neuron)
-        shares = Counter(_document(store, run_id, ex) for ex in top)
-        assert shares.most_common(1)[0][1] <= len(top) / 2, (neuron, shares)
+        assert _one_document_share(store, run_id, top) <= 0.5, neuron
         first = top[0]
         peak = (_document(store, run_id, first), first["str_tokens"][first["peak_index"]].strip())
         assert first["context_id"] not in seen_contexts and peak not in seen_peaks
@@ -99,9 +110,7 @@ def test_best_takes_the_strongest_neurons_that_pass_every_rule(best_db: Path) ->
     # the one-document neurons really are: their top examples mostly peak in the long document
     for neuron, why in pick.skipped.items():
         if why == "one document":
-            top = _top_examples(store, run_id, neuron)
-            doc, count = Counter(_document(store, run_id, ex) for ex in top).most_common(1)[0]
-            assert count > len(top) / 2
+            assert _one_document_share(store, run_id, _top_examples(store, run_id, neuron)) > 0.5
 
 
 def test_best_k_is_a_prefix_and_top_k_is_unchanged(best_db: Path) -> None:
