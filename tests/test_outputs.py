@@ -374,3 +374,63 @@ def test_rank_defaults_to_explanation_score_once_there_is_one(
     assert [r["ranked_by"] for r in rows] == ["max"] * 3
     assert [r["max"] for r in rows] == sorted((r["max"] for r in rows), reverse=True)
     assert "ranked by max (no explanations yet" in captured.err
+
+
+# ----------------------------------------------------------------------------------------------
+# quiet, correct output
+def test_runs_lists_what_each_stage_wrote(api_db: Path) -> None:
+    from helpers import run_cli
+
+    proc = run_cli("runs", "--db", str(api_db))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "None" not in proc.stdout
+    harvest = next(line for line in lines if " harvest " in line)
+    tokens = Store(api_db, create=False).runs(M)[0]["tokens_done"]
+    assert "layers 0,1" in harvest and f"{tokens:,} tokens" in harvest and "corpus " in harvest
+    n2g = next(line for line in lines if " n2g " in line)
+    assert f"{len(GRAPHED)} graphs in layers 1" in n2g
+    similarity = next(line for line in lines if " similarity " in line)
+    assert f"{len(GRAPHED)} graphs," in similarity and "similar pairs stored (>= 0.1)" in similarity
+
+
+def test_export_draws_tokens_the_font_lacks_as_escapes_and_warns_nothing(
+    api_db: Path, tmp_path: Path
+) -> None:
+    """CJK, Devanagari and Tamil tokens (the corpus' Wikipedia has them) in a graph: the SVG shows
+    them as \\u escapes, the GraphML keeps them, and the export prints no glyph warning."""
+    import time
+
+    from helpers import copy_store, run_cli
+
+    from autointerp.n2g.export import drawable
+    from autointerp.n2g.graph import NeuronGraph, PathExample
+
+    store = copy_store(api_db, tmp_path)
+    g = NeuronGraph()
+    g.add_path(PathExample(("中国", "लगभग", None), (1.0, 0.9, 0.1), 1.0))
+    g.add_path(PathExample(("தமிழ்",), (1.0,), 0.8))
+    run = store.latest_complete_run(M, 1)
+    n2g = store.create_run(M, "n2g", {}, "hand", (0, 1), {})
+    data = g.to_json()
+    store.save_graphs(
+        [
+            {
+                "run_id": run["id"],
+                "layer": 1,
+                "neuron": 20,
+                "config_hash": "hand",
+                "graph": json.dumps(data),
+                "n_nodes": len(data["nodes"]),
+                "n2g_run_id": n2g,
+                "created": time.time(),
+            }
+        ]
+    )
+    out = tmp_path / "x.graphml"
+    proc = run_cli("export", "graphml", M, "1/20", "-o", str(out), "--db", str(store.path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr  # no "Glyph ... missing from font(s)"
+    assert {a["token"] for _, a in nx.read_graphml(out).nodes(data=True)} >= {"中国", "लगभग"}
+    assert drawable("中国 x") == "\\u4e2d\\u56fd x" and drawable("é, ∀") == "é, ∀"
+    assert drawable("\U0002000b") == "\\U0002000b"

@@ -2,12 +2,15 @@
 
 The picture follows N2G's convention: activating nodes red by activation, context nodes blue by
 importance, wildcards grey; the text reads right to left from the activating token back into its
-context.
+context. A character the picture's font cannot draw (CJK, Indic scripts, emoji in matplotlib's
+DejaVu Sans) is drawn as its ``\\uXXXX`` escape (:func:`drawable`) instead of an empty box and a
+"Glyph ... missing" warning per character; the GraphML and DOT files keep the tokens as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,29 @@ def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
     return g.subgraph(keep).copy()
 
 
+@functools.cache
+def _drawn_characters() -> frozenset[int]:
+    """The code points the picture's font (matplotlib's default font) has glyphs for."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont(font_manager.FontProperties())  # rcParams: sans-serif
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character the picture's font lacks as ``\\uXXXX`` (``\\UXXXXXXXX``
+    above the basic plane)."""
+    have = _drawn_characters()
+
+    def shown(c: str) -> str:
+        if ord(c) in have or c.isspace():
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+    return "".join(shown(c) for c in text)
+
+
 def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> None:
     """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the
     suffix."""
@@ -179,7 +205,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
         token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        shown = escaped_pictures(repr(token)[1:-1])[:14]
+        shown = drawable(escaped_pictures(repr(token)[1:-1]))[:14]
         labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(
@@ -193,7 +219,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         linewidths=0.5,
     )
     nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(drawable(title), fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     try:

@@ -502,3 +502,37 @@ class HarvestTables(StoreCore):
             [run_id, layer],
         ):
             yield int(neuron), tokens[int(cid)][int(peak)], float(act) / float(top)
+
+    def run_outputs(self, run_id: int) -> dict[str, Any]:
+        """What a run of any stage wrote, for ``autointerp runs``: ``{"graphs", "explanations",
+        "failed", "similarities", "evaluations"}`` (row counts) and ``"layers"`` (the layers of its
+        graphs or explanations)."""
+        db = self.db
+        graphs, graph_layers = db.execute(
+            "select count(*), group_concat(distinct layer) from graphs where n2g_run_id = ?",
+            [run_id],
+        ).fetchone()
+        explanations, failed, explained_layers = db.execute(
+            "select count(*), sum(status = 'failed'), group_concat(distinct layer) from"
+            " explanations where explain_run_id = ?",
+            [run_id],
+        ).fetchone()
+        layers = {
+            int(x) for text in (graph_layers, explained_layers) if text for x in text.split(",")
+        }
+        return {
+            "graphs": int(graphs),
+            "explanations": int(explanations),
+            "failed": int(failed or 0),
+            "similarities": int(
+                db.execute(
+                    "select count(*) from similarities where run_id = ?", [run_id]
+                ).fetchone()[0]
+            ),
+            "evaluations": int(
+                db.execute(
+                    "select count(*) from evaluations where run_id = ?", [run_id]
+                ).fetchone()[0]
+            ),
+            "layers": sorted(layers),
+        }
