@@ -88,6 +88,7 @@ def test_bulk_graphml_export_is_read_by_networkx_with_typed_attributes(
                 "graphml",
                 M,
                 "--all",
+                "--full",
                 "-o",
                 str(out),
                 "--db",
@@ -434,3 +435,91 @@ def test_export_draws_tokens_the_font_lacks_as_escapes_and_warns_nothing(
     assert {a["token"] for _, a in nx.read_graphml(out).nodes(data=True)} >= {"中国", "लगभग"}
     assert drawable("中国 x") == "\\u4e2d\\u56fd x" and drawable("é, ∀") == "é, ∀"
     assert drawable("\U0002000b") == "\\U0002000b"
+
+
+# ----------------------------------------------------------------------------------------------
+# what a GraphML file holds
+def test_graphml_kinds_say_which_roots_fire_and_which_stop_the_neuron(
+    api_db: Path, tmp_path: Path
+) -> None:
+    """On the real graphs: a root is ``activating`` when its best path predicts >= 0.1 of the max,
+    else ``substitute`` (an augmentation variant that stopped the neuron); every root is one of
+    the two, as the stored graph says."""
+    store = Store(api_db, create=False)
+    out = tmp_path / "g"
+    assert main(["export", "graphml", M, "--all", "-o", str(out), "--db", str(api_db),
+                 "--no-svg", "--no-progress"]) == 0  # fmt: skip
+    seen: dict[str, int] = {}
+    for n in GRAPHED:
+        stored = store.graph(M, 1, n)["graph"]
+        g = nx.read_graphml(out / f"1_{n}.graphml")
+        roots = {f"n{x['id']}" for x in stored["nodes"] if x["kind"] == "activating"}
+        for node, attrs in g.nodes(data=True):
+            seen[attrs["kind"]] = seen.get(attrs["kind"], 0) + 1
+            if node in roots:
+                ends = [g.nodes[d]["activation"] for d in nx.descendants(g, node)
+                        if g.nodes[d]["kind"] == "end"]  # fmt: skip
+                assert attrs["kind"] == ("activating" if max(ends) >= 0.1 else "substitute")
+            else:
+                assert attrs["kind"] in ("context", "wildcard", "end")
+        paths = sum(1 for x in stored["nodes"] if x["kind"] == "end")
+        assert g.graph["paths"] == paths and g.graph["paths_exported"] == min(paths, 64)
+    assert seen.get("activating") and seen.get("substitute"), seen
+
+
+def test_export_keeps_the_strongest_64_paths_unless_full(api_db: Path, tmp_path: Path) -> None:
+    import time
+
+    from helpers import copy_store
+
+    from autointerp.n2g.graph import NeuronGraph, PathExample
+
+    store = copy_store(api_db, tmp_path)
+    g = NeuronGraph()
+    for i in range(100):  # 100 paths, activations 0.01 .. 1.00
+        g.add_path(PathExample((f"tok{i}", f"ctx{i}"), (1.0, 0.8), (i + 1) / 100))
+    data = g.to_json()
+    run = store.latest_complete_run(M, 1)
+    n2g = store.create_run(M, "n2g", {}, "hand", (0, 1), {})
+    store.save_graphs(
+        [
+            {
+                "run_id": run["id"],
+                "layer": 1,
+                "neuron": 21,
+                "config_hash": "hand",
+                "graph": json.dumps(data),
+                "n_nodes": len(data["nodes"]),
+                "n2g_run_id": n2g,
+                "created": time.time(),
+            }
+        ]
+    )
+    cut, full = tmp_path / "cut.graphml", tmp_path / "full.graphml"
+    common = ["export", "graphml", M, "1/21", "--db", str(store.path), "--no-svg"]
+    assert main([*common, "-o", str(cut)]) == 0 and main([*common, "-o", str(full), "--full"]) == 0
+    kept, every = nx.read_graphml(cut), nx.read_graphml(full)
+    ends = sorted(a["activation"] for _, a in kept.nodes(data=True) if a["kind"] == "end")
+    assert len(ends) == 64 and ends[0] == pytest.approx(0.37)  # the 64 strongest: 0.37 .. 1.00
+    assert (kept.graph["paths"], kept.graph["paths_exported"]) == (100, 64)
+    assert (every.graph["paths"], every.graph["paths_exported"]) == (100, 100)
+    assert every.number_of_nodes() == len(data["nodes"]) == 300
+    assert kept.number_of_nodes() == 3 * 64
+    # the tokens below 0.1 are substitutes, above it activating
+    kinds = {a["token"]: a["kind"] for _, a in every.nodes(data=True) if a["depth"] == 0}
+    assert kinds["tok8"] == "substitute" and kinds["tok9"] == "activating"  # 0.09 and 0.10
+
+
+def test_rank_by_cos_in_out(api_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from autointerp.api import create_app
+
+    assert main(["rank", M, "--by", "cos_in_out", "--db", str(api_db), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["layer"], r["neuron"], r["score"]) for r in rows] == [(1, 0, 0.12)]
+    assert main(["rank", M, "--by", "cos_in_out_negative", "--db", str(api_db)]) == 0
+    text = capsys.readouterr().out
+    assert "cos(in,out)" in text and "+0.120" in text
+    items = TestClient(create_app(api_db)).get(f"/api/{M}/rank?by=cos_in_out").json()["items"]
+    assert [(it["layer"], it["neuron"], it["cos_in_out"]) for it in items] == [(1, 0, 0.12)]
