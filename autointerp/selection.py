@@ -30,6 +30,7 @@ the harvest's stored statistics and top examples; nothing runs the model.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,8 +134,6 @@ class _Peaks:
         self.documents: dict[int, str] = {}
 
     def load(self, context_ids: list[int]) -> None:
-        import json
-
         wanted = [c for c in set(context_ids) if c not in self.contexts]
         for cid, row in self.store.context_rows(self.run_id, wanted).items():
             self.contexts[cid] = (json.loads(row["doc_index"]), json.loads(row["str_tokens"]))

@@ -87,18 +87,25 @@ KINDS = ("activating", "context")
 ROUND = 12
 #: The stored results' formula: a result computed with another is stale.
 FORMULA = "idf-dice-v2"
+#: Token weights are multiples of 1 / WEIGHT_SCALE (2^-20, about 1e-6).
+WEIGHT_BITS = 20
+WEIGHT_SCALE = 1 << WEIGHT_BITS
 
 
 @dataclass(frozen=True)
 class TokenWeights:
     """What a shared token counts for in an overlap, 0-1: ``weights[token]``, or ``unseen`` for a
-    token not listed (the default, ``TokenWeights()``, counts every token 1: plain Dice)."""
+    token not listed (the default, ``TokenWeights()``, counts every token 1: plain Dice).
+
+    A weight is rounded to a multiple of 2^-:data:`WEIGHT_BITS`: sums of such numbers are exact in
+    float64, so the index (which sums in its own order) and the brute force agree to the bit, and
+    the index can carry a weight in the low bits of its sort keys."""
 
     weights: Mapping[str, float] = field(default_factory=dict)
     unseen: float = 1.0
 
     def __call__(self, token: str) -> float:
-        return self.weights.get(token, self.unseen)
+        return round(self.weights.get(token, self.unseen) * WEIGHT_SCALE) / WEIGHT_SCALE
 
     def total(self, tokens: Iterable[str]) -> float:
         return sum(self(t) for t in tokens)
@@ -184,7 +191,7 @@ class KindIndex:
     t_ptr: np.ndarray
     t_graph: np.ndarray
     size: np.ndarray  # tokens per graph after stop tokens are dropped
-    weight: np.ndarray  # token id -> its weight
+    weight: np.ndarray  # token id -> its weight x WEIGHT_SCALE (an integer, 0..WEIGHT_SCALE)
 
 
 def index_kind(
@@ -208,7 +215,7 @@ def index_kind(
     )  # owner is already sorted, so each posting list is sorted by graph
     t_graph = owner[order]
     t_ptr = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=len(vocab)))])
-    weight = np.array([weights(t) for t in vocab], dtype=np.float64)
+    weight = np.rint(np.array([weights(t) for t in vocab]) * WEIGHT_SCALE).astype(np.int64)
     return KindIndex(g_ptr, flat, t_ptr, t_graph, size, weight)
 
 
@@ -242,6 +249,8 @@ def top_similar(
     :func:`brute_force_top`'s.
     """
     n = len(sets)
+    if 2 * n * n >= 1 << (62 - WEIGHT_BITS):  # a sort key holds (query, candidate, kind, weight)
+        raise UserError(f"Similarity is computed for up to 1,000,000 graphs at once, not {n:,}.")
     if max_df is None:
         max_df = default_max_df(n)
     kinds = [index_kind([getattr(s, k) for s in sets], max_df, weights) for k in KINDS]
@@ -281,26 +290,28 @@ def _score_block(
     scoring at least ``min_score`` (``keep_rule`` = (limit, min_score))."""
     limit, min_score = keep_rule
     queries = np.arange(start, end, dtype=np.int64)
-    keys, shared = [], []
+    keys = []
+    field_bits = WEIGHT_BITS + 1  # a weight is 0..WEIGHT_SCALE
     for k, kd in enumerate(kinds):
         toks, which = _gather(kd.g_ptr, kd.g_tok, queries)  # every (query, token) occurrence
         cands, occ = _gather(kd.t_ptr, kd.t_graph, toks)  # every graph sharing that token
         q = which[occ]
         mask = cands != q + start
-        keys.append((q[mask] * n + cands[mask]) * 2 + k)
-        shared.append(kd.weight[toks[occ][mask]])
+        # (query, candidate, kind) in the high bits, the shared token's weight in the low ones
+        triple = (q[mask] * n + cands[mask]) * 2 + k
+        keys.append(triple << field_bits | kd.weight[toks[occ][mask]])
     allkeys = np.concatenate(keys)
     if not len(allkeys):
         return
-    order = np.argsort(allkeys, kind="stable")
-    allkeys, allweights = allkeys[order], np.concatenate(shared)[order]
-    # runs of equal keys: (query, candidate, kind) -> weight of the shared tokens of that kind
-    new = np.empty(len(allkeys), dtype=bool)
+    allkeys.sort()
+    triples = allkeys >> field_bits
+    # runs of equal triples: (query, candidate, kind) -> weight of the shared tokens of that kind
+    new = np.empty(len(triples), dtype=bool)
     new[0] = True
-    np.not_equal(allkeys[1:], allkeys[:-1], out=new[1:])
+    np.not_equal(triples[1:], triples[:-1], out=new[1:])
     firsts = np.flatnonzero(new)
-    counts = np.add.reduceat(allweights, firsts)
-    uniq = allkeys[firsts]
+    counts = np.add.reduceat(allkeys & ((1 << field_bits) - 1), firsts) / WEIGHT_SCALE
+    uniq = triples[firsts]
     pair, kind = uniq >> 1, uniq & 1
     new_pair = np.empty(len(pair), dtype=bool)
     new_pair[0] = True
