@@ -328,7 +328,7 @@ def test_rank(client: TestClient, api_db: Path) -> None:
     _not_found(client, f"/api/{M}/rank?layer=9", "Layer 9")
 
 
-def test_search_tokens_and_explanations(client: TestClient) -> None:
+def test_search_tokens_and_explanations(client: TestClient, api_db: Path) -> None:
     text = _get(client, f"/api/{M}/search?text=capital")
     assert text["available"] and {(it["layer"], it["neuron"]) for it in text["items"]} == {
         (1, EXPLAINED)
@@ -336,9 +336,22 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     assert "llm" in {it["kind"] for it in text["items"]}
     assert text["items"][0]["page"] == f"/m/{M}/neuron/1/{EXPLAINED}"
     token = _get(client, f"/api/{M}/search?query=any:the")
-    assert token["available"] and "items" in token
+    assert token["available"] and "items" in token and "message" not in token
     for it in token["items"]:
-        assert it["matched"] == "tokens" and it["neuron"] in GRAPHED
+        assert it["matched"] == "tokens"
+        assert ((it["layer"], it["neuron"]) in {(1, n) for n in GRAPHED}) == (
+            it["source"] == "graph"
+        )
+    # neurons without a graph answer from the tokens their top examples peak on
+    with sqlite3.connect(api_db) as conn:
+        layer, neuron, peak = conn.execute(
+            "select layer, neuron, token from harvest_token_index where layer = 0 and token glob"
+            " '[a-z]*' order by weight desc, neuron limit 1"
+        ).fetchone()
+    found = _get(client, f"/api/{M}/search?query=activating:{peak}&limit=500")["items"]
+    assert {"layer": layer, "neuron": neuron, "source": "harvest"}.items() <= next(
+        it for it in found if (it["layer"], it["neuron"]) == (layer, neuron)
+    ).items()
     # SQL-like and FTS-operator strings are just text
     for q in ["text='; drop table neurons; --", "text=capital OR 1=1", "query=any:%27%3B%20drop"]:
         assert client.get(f"/api/{M}/search?{q}").status_code in (200, 422)
@@ -352,6 +365,21 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[
         -1500:
     ]
+
+
+def test_search_without_the_harvest_index_says_how_to_build_it(
+    api_db: Path, tiny_gated: SubjectModel, tmp_path: Path
+) -> None:
+    from helpers import copy_store
+
+    store = copy_store(api_db, tmp_path)
+    store.db.execute("drop table harvest_token_index")  # as a database written before it
+    store.db.conn.commit()
+    c = TestClient(create_app(store.path, loader=lambda name: tiny_gated))
+    found = _get(c, f"/api/{M}/search?query=any:the")
+    assert all(it["source"] == "graph" for it in found["items"])
+    assert f"autointerp index {M}" in found["message"] and "layers 0,1" in found["message"]
+    assert "harvest_token_index" not in store.db.table_names()  # a GET never builds it
 
 
 # ------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ CLI_CASES = [
         "Neuron 24 is out of range",
     ),
     (["explain", M, "--layers", "1", "--neurons", "top:0", *EXPLAIN], 2, "K >= 1"),
+    (["explain", M, "--layers", "1", "--neurons", "best:0", *EXPLAIN], 2, "K >= 1"),
     (["similar", M, "1/999"], 2, "No N2G graph for tiny-gated 1/999"),
     (["export", "graphml", M, "1/999", "-o", "out/x.graphml"], 2, "No N2G graph"),
     # texts too long for the live commands (refused before the model is loaded)

@@ -231,3 +231,29 @@ def store_model(store: Any, name: str) -> str:
         have = f"; it has: {', '.join(sorted(names))}" if names else ""
         raise UserError(f"No results for {model} in {store.path}{have}.")
     return model
+
+
+def command_name() -> str:
+    """What to type to run this autointerp again, for the commands the CLI prints: ``autointerp``
+    when that name on PATH is this installation's script; otherwise the script's path (the one
+    this process was started as, else the one beside its Python), relative to the working
+    directory when it lies inside it. `make explain` runs ``.venv/bin/autointerp`` without
+    activating the venv, so its report prints ``.venv/bin/autointerp neuron ...``, which runs as
+    pasted where a bare ``autointerp`` is "command not found"."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    started = Path(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else None
+    script = (
+        started
+        if started is not None and started.name == "autointerp" and started.is_file()
+        else Path(os.path.abspath(sys.prefix)) / "bin" / "autointerp"
+    )
+    if not script.exists():  # not installed as a script (a source checkout run with -m)
+        return "autointerp"
+    found = shutil.which("autointerp")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "autointerp"
+    here = Path(os.getcwd())
+    return str(script.relative_to(here)) if script.is_relative_to(here) else str(script)

@@ -297,7 +297,7 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
         " automatically."
     ),
     epilog=(
-        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons top:4\n  autointerp"
+        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons best:4\n  autointerp"
         " explain smollm2-135m --layers 2 --neurons 0-9 --local-llm qwen2.5-coder-0.5b\n "
         " OPENAI_API_KEY=... autointerp explain gemma-3-270m --layers 9 --neurons top:20 \\\n     "
         " --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode"
@@ -317,8 +317,12 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--neurons",
-        default="top:4",
-        help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all",
+        default="best:4",
+        help=(
+            "best:K (the K strongest that are not dense, not from one document and not sharing a"
+            " top context; default best:4), top:K (strongest max activation), ranges like"
+            " 0-15,100, or all"
+        ),
     )
     add_llm_options(p, _explain_stage_options, price_table=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -319,10 +319,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     for r in rows:
-        cfg = r["config"]
         print(
-            f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<8} {r['status']:<9} shard"
-            f" {r['shard_index']}/{r['shard_count']}  layers {cfg.get('layers')} "
-            f" {r['tokens_done']} tokens  corpus {cfg.get('corpus')}"
+            f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<10} {r['status']:<9}"
+            f" {run_summary(r, store.run_outputs(r['id']))}"
         )
     return 0
+
+
+def run_summary(run: dict[str, Any], outputs: dict[str, Any]) -> str:
+    """One line of what a run is and wrote, by stage (a harvest: its layers, tokens and corpus;
+    the later stages: what they stored)."""
+    cfg, layers = run["config"], ",".join(map(str, outputs["layers"])) or "-"
+    if run["stage"] == "harvest":
+        shard = (
+            f"shard {run['shard_index']}/{run['shard_count']}  " if run["shard_count"] > 1 else ""
+        )
+        return (
+            f"{shard}layers {','.join(map(str, cfg.get('layers') or [])) or '-'}"
+            f"  {int(run['tokens_done'] or 0):,} tokens  corpus {cfg.get('corpus') or '-'}"
+        )
+    if run["stage"] == "n2g":
+        return f"{outputs['graphs']} graphs in layers {layers}"
+    if run["stage"] == "explain":
+        return (
+            f"{outputs['explanations']} explanations ({outputs['failed']} failed) in layers"
+            f" {layers}, explainer {cfg.get('explainer_model') or '-'}"
+        )
+    if run["stage"] == "similarity":
+        graphs = (cfg.get("graph_state") or {}).get("graphs", 0)
+        floor = cfg.get("min_score")
+        return f"{graphs} graphs, {outputs['similarities']} similar pairs stored" + (
+            f" (>= {floor:g})" if floor is not None else ""
+        )
+    return f"{outputs['evaluations']} result(s) stored"

@@ -9,6 +9,7 @@ from pathlib import Path
 from autointerp.cli.common import (
     Commands,
     add_db_option,
+    command_name,
     db_path,
     default_of,
     print_json,
@@ -71,5 +72,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(format_report(report, db_path(args)))
+        print(format_report(report, db_path(args), command_name()))
     return 0
