@@ -11,9 +11,13 @@ Text going **out** keeps what it is wherever the format can carry it (JSON, the 
 made visible where it cannot: control characters from an untrusted corpus are not well-formed XML
 (GraphML) and would drive the user's terminal (``\\x1b[2J`` clears it). They become the Unicode
 control pictures (U+2400 block: ``\\x00`` -> ``␀``, ``\\x1b`` -> ``␛``), the same idea as the
-``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. Where one token must stay
-on one line and be read back exactly (the explainer's prompts, the DOT export), :func:`escape_token`
-writes backslash escapes instead.
+``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. The terminal gets one
+rendering, :func:`terminal_text`, in every command that prints stored text (corpus tokens, LLM
+explanations and their errors): besides the controls it shows the bidirectional-text controls
+(U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) as ``\\u202e``, since they reorder what
+the terminal draws after them (a token could make the line it is on read backwards). Where one
+token must stay on one line and be read back exactly (the explainer's prompts, the DOT export),
+:func:`escape_token` writes backslash escapes instead.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0 controls (all of them, newline and tab included: the caller keeps those it wants), DEL, and
 # the C1 controls (0x80-0x9f: some terminals read 0x9b as CSI).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Bidirectional-text controls: invisible, they reorder how a terminal draws the rest of the line.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Characters XML 1.0 cannot hold at all (not even as &#...; references); tab, newline, CR are fine.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -87,8 +93,11 @@ def visible_controls(text: str, keep: str = "") -> str:
 
 def terminal_text(text: str) -> str:
     """One line of untrusted text for the terminal: newlines and tabs as ``⏎``/``⇥``, other controls
-    as pictures."""
-    return visible_controls(text.replace("\n", "⏎").replace("\t", "⇥"))
+    as pictures (ESC, CR, BEL: ``␛``, ``␍``, ``␇``; C1 controls such as U+0085: ``\\x85``), and the
+    bidirectional-text controls as ``\\u202e``. Every command that prints stored text prints it
+    through here."""
+    line = visible_controls(text.replace("\n", "⏎").replace("\t", "⇥"))
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def xml_text(text: str) -> str:

@@ -641,6 +641,64 @@ def test_the_terminal_never_gets_raw_escape_sequences_from_the_corpus(
     assert all(t.startswith(HOSTILE) for ex in record["examples"] for t in ex["tokens"][1:])
 
 
+#: what an LLM reply or a corpus may hold that must never reach a terminal raw: escape, carriage
+#: return, bell, NEL (U+0085, a C1 control), and bidirectional-text controls that reorder the line
+TERMINAL_HOSTILE = "\x1b[2J\r\x07\x85\u202e\u200f\u2066\u061c"
+TERMINAL_BAD = ("\x1b", "\r", "\x07", "\x85", "\u202e", "\u200f", "\u2066", "\u061c")
+
+
+@pytest.fixture
+def terminal_hostile_db(db: Path, tmp_path: Path) -> Path:
+    """The test database with those characters in every stored token, every explanation and its
+    error, and the corpus spec of every run."""
+    path = tmp_path / "terminal.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    with sqlite3.connect(path) as conn:
+        for context_id, tokens in conn.execute(
+            "select context_id, str_tokens from contexts"
+        ).fetchall():
+            toks = json.loads(tokens)
+            toks = [toks[0]] + [TERMINAL_HOSTILE + t for t in toks[1:]]
+            conn.execute(
+                "update contexts set str_tokens = ? where context_id = ?",
+                [json.dumps(toks), context_id],
+            )
+        conn.execute(
+            "update explanations set text = ? || text where text is not null", [TERMINAL_HOSTILE]
+        )
+        conn.execute(
+            "update explanations set error = ? || error where error is not null",
+            [TERMINAL_HOSTILE],
+        )
+        for run_id, config in conn.execute("select id, config from runs").fetchall():
+            cfg = json.loads(config)
+            if "corpus" in cfg:
+                cfg["corpus"] = TERMINAL_HOSTILE + cfg["corpus"]
+                conn.execute("update runs set config = ? where id = ?", [json.dumps(cfg), run_id])
+    return path
+
+
+TERMINAL_COMMANDS = [
+    ["neuron", M, "1/0"],  # corpus tokens and the LLM explanation
+    ["neuron", M, "1/1"],  # a failed explanation's stored error
+    ["rank", M],
+    ["report", M],
+    ["search", M, "--explanations", "capital", "--exact"],
+    ["runs"],
+]
+
+
+@pytest.mark.parametrize("argv", TERMINAL_COMMANDS, ids=[" ".join(a) for a in TERMINAL_COMMANDS])
+def test_every_command_that_prints_stored_text_keeps_controls_and_bidi_off_the_terminal(
+    terminal_hostile_db: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--db", str(terminal_hostile_db)]) == 0
+    out = capsys.readouterr().out
+    assert "␛[2J␍␇\\x85\\u202e\\u200f\\u2066\\u061c" in out, out  # shown, not obeyed
+    assert not [c for c in TERMINAL_BAD if c in out], out
+
+
 def test_malformed_few_shot_examples_are_one_sentence(
     db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,7 @@ from autointerp.cli.common import (
 )
 from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_MODEL, PACKAGED
+from autointerp.untrusted import terminal_text
 
 commands = Commands()
 
@@ -322,6 +323,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(
             f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<8} {r['status']:<9} shard"
             f" {r['shard_index']}/{r['shard_count']}  layers {cfg.get('layers')} "
-            f" {r['tokens_done']} tokens  corpus {cfg.get('corpus')}"
+            f" {r['tokens_done']} tokens  corpus {terminal_text(str(cfg.get('corpus')))}"
         )
     return 0

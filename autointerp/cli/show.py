@@ -113,7 +113,8 @@ def cmd_neuron(args: argparse.Namespace) -> int:
         if sc.get("score_raw") is not None:
             shown += f", raw {sc['score_raw']:.3f}"
         console.print(
-            f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  [{shown}]",
+            f"explanation ({kind}, {terminal_text(str(row['model']))}):"
+            f" {terminal_text(row['text'])}  [{shown}]",
             markup=False,
         )
     n2g = record["scores"].get("n2g")
