@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -404,6 +405,33 @@ def _other_program(tmp_path: Path, db: Path) -> Path:
     return path
 
 
+def _foreign_meta(tmp_path: Path, db: Path) -> Path:
+    """Another program that versions its schema as autointerp does: ``meta(key, value)`` with a
+    ``schema_version`` row."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table meta (key text primary key, value text)")
+        conn.execute("insert into meta values ('schema_version', '1')")
+        conn.execute("create table things (name text)")
+    conn.close()
+    return path
+
+
+def _schema_version(value: object) -> Callable[[Path, Path], Path]:
+    """An autointerp database whose ``schema_version`` is ``value`` (not a whole number)."""
+
+    def make(tmp_path: Path, db: Path) -> Path:
+        path = tmp_path / "odd-version.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+            src.backup(dst)
+            dst.execute("pragma journal_mode=delete")
+            dst.execute("update meta set value = ? where key = 'schema_version'", [value])
+        dst.close()
+        return path
+
+    return make
+
+
 def _snapshot(path: Path) -> object:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_bytes()
 
@@ -413,6 +441,8 @@ ENVIRONMENTS = {
     "corrupted": _corrupted,
     "a-folder": _folder,
     "another-programs-sqlite": _other_program,
+    "another-programs-meta-table": _foreign_meta,
+    **{f"schema-version-{v!r}": _schema_version(v) for v in ("4.0", "abc", None, 4.5)},
 }
 ENV_COMMANDS = [
     ["rank", M],
@@ -572,6 +602,57 @@ def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) 
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert '"neuron": 0' in proc.stdout and "harvest" in proc.stdout
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
+
+
+def test_read_only_media_with_a_wal_file_is_read_whole_or_refused(db: Path, tmp_path: Path) -> None:
+    """A database published on read-only media together with its -wal file (changes not yet
+    checkpointed into it: here every score). With the -shm file beside them SQLite reads the WAL;
+    without it an immutable read would miss those changes and answer "no scores yet", so that is
+    one sentence saying what to do instead."""
+    made, src, ro = tmp_path / "made", tmp_path / "src", tmp_path / "ro"
+    for folder in (made, src, ro):
+        folder.mkdir()
+    with sqlite3.connect(db) as a, sqlite3.connect(made / "pub.db") as b:
+        a.backup(b)
+        scores = b.execute("select * from scores").fetchall()
+        b.execute("delete from scores")
+    a.close()
+    b.close()  # checkpointed: the file itself has no scores
+    writer = sqlite3.connect(made / "pub.db")
+    writer.execute("pragma wal_autocheckpoint=0")
+    marks = ",".join("?" * len(scores[0]))
+    writer.executemany(f"insert into scores values ({marks})", scores)
+    writer.commit()  # the scores are in pub.db-wal only
+    for name in ("pub.db", "pub.db-wal"):
+        (src / name).write_bytes((made / name).read_bytes())
+    writer.close()
+    python = f"PYTHONPATH={REPO} {sys.executable} -m autointerp"
+    mount = f"mount --bind {src} {ro} && mount -o remount,bind,ro {ro}"
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"{mount} && touch {ro}/x"], capture_output=True, text=True
+    )
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.strip()[:200]}")
+
+    def rank() -> subprocess.CompletedProcess[str]:
+        script = f"{mount} && {python} rank {M} --by explanation --json --db {ro}/pub.db"
+        return subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300
+        )
+
+    proc = rank()  # no -shm: refused in one sentence, nothing written
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pub.db-wal" in proc.stderr and "copy both files" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["pub.db", "pub.db-wal"]
+    # with the -shm file beside them the WAL is read: every score is there
+    writer = sqlite3.connect(made / "pub.db")
+    writer.execute("pragma wal_autocheckpoint=0")
+    writer.execute("select count(*) from scores").fetchone()
+    (src / "pub.db-shm").write_bytes((made / "pub.db-shm").read_bytes())
+    writer.close()
+    proc = rank()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout) and '"score": 0.61' in proc.stdout, proc.stdout
 
 
 # --------------------------------------------------------------------------------- control
