@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autointerp.errors import UserError
-from autointerp.ranges import parse_ranges
+from autointerp.ranges import bounded_index, parse_ranges
 
 if TYPE_CHECKING:
     from autointerp.store import Store
@@ -37,5 +37,6 @@ def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp
             raise UserError(f"--neurons top:K needs a number, not {spec!r}.") from exc
         if k < 1:
             raise UserError(f"--neurons top:K needs K >= 1, not {k}.")
+        bounded_index(k, "--neurons top:K", spec)
         return sorted(r["neuron"] for r in store.rank_neurons(model, "max", layer, k))
     return parse_neurons(spec, d_mlp)

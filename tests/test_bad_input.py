@@ -167,6 +167,35 @@ CLI_CASES = [
     (["explain", M, "--sim-top", "0", "--sim-random", "0", *EXPLAIN], 2, "both 0"),
     (["explain", M, "--explain-records", "0", *EXPLAIN], 2, "--explain-records must be at least 1"),
     (["similar", M, "1/0", "--limit", "x"], 2, "--limit: must be a whole number"),
+    # integers past 64 bits (or past any model): bounded as the API bounds them, never an
+    # OverflowError, and a range is never spelt out number by number into memory
+    *[
+        ([*argv, option, str(HUGE)], 2, f"{option}: must be at most 2147483647")
+        for argv, option in (
+            (["rank", M], "--limit"),
+            (["report", M], "--limit"),
+            (["report", M], "--similar"),
+            (["neuron", M, "1/0"], "--limit"),
+            (["neuron", M, "1/0"], "--run"),
+            (["similar", M, "1/0"], "--limit"),
+            (["search", M, "any:the"], "--limit"),
+            (["search", M, "--explanations", "capital", "--exact"], "--limit"),
+            (["similarity", M], "--limit"),
+            (["similarity", M], "--max-df"),
+            (["graph", M, "--layers", "1"], "--train-examples"),
+        )
+    ],
+    (["neuron", M, "1/99999999999999999999"], 2, "Neuron must be at most 2147483647"),
+    (["neuron", M, f"{HUGE}/0"], 2, "Layer must be at most 2147483647"),
+    (["similar", M, f"1/{HUGE}"], 2, "Neuron must be at most 2147483647"),
+    (["export", "graphml", M, f"1/{HUGE}", "-o", "x.graphml"], 2, "Neuron must be at most"),
+    (["harvest", "--model", M, "--tokens", str(2 * HUGE)], 2, "--tokens: must be at most"),
+    (["harvest", "--model", M, "--seed", str(2 * HUGE)], 2, "--seed: must be at most"),
+    (["rank", M, "--layer", str(HUGE)], 2, "--layer: must be at most 2147483647"),
+    (["harvest", "--model", M, "--layers", f"0-{HUGE}"], 2, "Layers must be at most"),
+    (["export", "graphml", M, "--layers", "0-3000000000", "--all"], 2, "Layers must be at most"),
+    (["explain", M, "--neurons", "0-99999999", *EXPLAIN], 2, "names more than 1,048,576"),
+    (["explain", M, "--neurons", f"top:{HUGE}", *EXPLAIN], 2, "top:K must be at most"),
     # the LLM endpoint is checked once, up front: malformed or unreachable is one sentence, no
     # failed rows
     (

@@ -11,7 +11,8 @@ from typing import Annotated
 
 from fastapi import Path as FastPath
 
-MAX_INDEX = 2**31 - 1
+from autointerp.ranges import MAX_INDEX  # one bound for the CLI and the API
+
 Index = Annotated[int, FastPath(ge=-MAX_INDEX, le=MAX_INDEX)]
 """A layer or neuron number in a URL path."""
 

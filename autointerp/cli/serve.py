@@ -14,6 +14,7 @@ from autointerp.cli.common import (
     default_of,
     finite,
     load_subject,
+    whole,
 )
 from autointerp.errors import UserError
 
@@ -35,13 +36,13 @@ def serve_options(p: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="interface to bind (default 127.0.0.1: this machine only)",
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=whole(), default=8000, help="port (default 8000)")
     from autointerp.api.app import create_app
 
     max_chars = default_of(create_app, "max_chars")
     p.add_argument(
         "--max-chars",
-        type=int,
+        type=whole(),
         default=max_chars,
         help=f"longest text the live activation endpoints accept (default {max_chars})",
     )
