@@ -22,8 +22,10 @@ token must stay on one line and be read back exactly (the explainer's prompts, t
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from autointerp.errors import UserError
@@ -55,6 +57,37 @@ def check_unicode(text: str, what: str, from_bytes: bool = False) -> str:
         f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at "
         f"character {bad.start()}."
     )
+
+
+#: Every environment variable autointerp reads (a test checks the source for others). Text from the
+#: environment is text coming in like any other: Python keeps undecodable bytes as lone surrogates,
+#: which would reach an LLM request, a URL or the database and fail there, after work was done.
+ENVIRONMENT = (
+    "AUTOINTERP_CACHE",
+    "AUTOINTERP_DB",
+    "AUTOINTERP_EXPLAINER_MODEL",
+    "AUTOINTERP_KILL_AFTER",
+    "AUTOINTERP_KILL_AFTER_CHECKPOINTS",
+    "AUTOINTERP_KILL_RAY_WORKER_ONCE",
+    "AUTOINTERP_PROMPTS",
+    "AUTOINTERP_SIMULATOR_MODEL",
+    "CORPUS",
+    "HF_HUB_OFFLINE",
+    "MODEL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_BASE_URLS",
+)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """One sentence for the first variable of :data:`ENVIRONMENT` that is not valid UTF-8, before
+    any work (an LLM call, a run row) is done."""
+    values = os.environ if environ is None else environ
+    for name in ENVIRONMENT:
+        value = values.get(name)
+        if value is not None:
+            check_unicode(value, f"The environment variable {name}", from_bytes=True)
 
 
 def read_text(stream: BinaryIO | None = None, what: str = "The text on standard input") -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apidb import build_api_db
@@ -28,6 +30,7 @@ from helpers import PARAGRAPHS, REPO, set_schema_version
 from autointerp.api import create_app
 from autointerp.cli import main
 from autointerp.models import SubjectModel
+from autointerp.untrusted import ENVIRONMENT
 
 M = "tiny-gated"
 SQL = "'; drop table graphs; --"
@@ -682,6 +685,49 @@ def test_read_only_media_with_a_wal_file_is_read_whole_or_refused(db: Path, tmp_
     proc = rank()
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout) and '"score": 0.61' in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("name", ENVIRONMENT)
+def test_an_environment_variable_that_is_not_utf8_is_one_sentence_up_front(
+    db: Path, name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "caf\udce9")  # the bytes b"caf\xe9", as Python keeps them
+    before = dump(db)
+    code = main(["rank", M, "--db", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"error: The environment variable {name} is not valid UTF-8: byte 0xe9" in err, err
+    assert dump(db) == before
+
+
+def test_a_non_utf8_model_name_in_the_environment_calls_no_llm_and_leaves_no_run(
+    db: Path,
+    tmp_path: Path,
+    fault_server: Callable[[str], Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to call the LLM, then fail to store the model's name, leaving a `running` run."""
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    server = fault_server("ok")
+    monkeypatch.setenv("AUTOINTERP_EXPLAINER_MODEL", "model-\udcff")
+    before = dump(copy)
+    argv = ["explain", M, "--layers", "1", "--neurons", "3", "--base-url", server.url]
+    code = main([*argv, "--no-progress", "--db", str(copy)])
+    err = capsys.readouterr().err
+    assert code == 2 and "AUTOINTERP_EXPLAINER_MODEL is not valid UTF-8" in err, err
+    assert server.requests == 0 and dump(copy) == before
+
+
+def test_every_environment_variable_the_code_reads_is_checked() -> None:
+    read = set()
+    for path in (REPO / "autointerp").rglob("*.py"):
+        read |= set(
+            re.findall(r"environ(?:\.get|\.setdefault)?[(\[]\"([A-Z_]+)\"", path.read_text())
+        )
+    assert read and read <= set(ENVIRONMENT), sorted(read - set(ENVIRONMENT))
 
 
 # --------------------------------------------------------------------------------- control
