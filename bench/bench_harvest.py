@@ -18,7 +18,7 @@ What it measures, and why it is measured this way:
    systematically gets the warmer cache or the quieter moment. The headline ratio is the median of
    the per-batch ratios, which shrugs off a batch that a neighbour's burst slowed down; total times
    and the ratio of totals are reported beside it. "Harvest" is exactly what ``harvest()``'s
-   ``run_batch`` does (hash keys, then ``each_mlp_activation`` folding every layer into its
+   ``_fold_batch`` does (hash keys, then ``each_mlp_activation`` folding every layer into its
    ``LayerState`` during the forward pass), on batches built exactly as ``harvest()`` builds them
    (the real corpus, ``iter_contexts``, ``ctx_len`` 64, batch size 16), with fresh states so the
    top-k fill-up phase is included as in a real run (``--prefill-tokens`` measures past that phase
@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 import autointerp.harvest as harvest_mod
+import autointerp.harvest.state as state_mod
 from autointerp.corpus import Context, iter_contexts, load_documents
 from autointerp.harvest import HarvestConfig, LayerState, hash_keys
 from autointerp.models import SubjectModel, load_model
@@ -128,7 +129,7 @@ class Settings:
 # batches
 @dataclass
 class Batch:
-    """One harvest batch, prepared the way ``harvest()``'s ``run_batch`` prepares it."""
+    """One harvest batch, prepared the way ``harvest()`` prepares it (``_fold_batch``)."""
 
     tokens: torch.Tensor  # int64 [B, ctx_len]
     ids: torch.Tensor  # int64 [B] context ids
@@ -160,9 +161,9 @@ def build_batches(model: SubjectModel, s: Settings) -> tuple[list[Batch], list[B
 
 def fresh_states(model: SubjectModel, layers: Sequence[int], s: Settings) -> dict[int, LayerState]:
     """The states a default ``harvest()`` would allocate: ``HarvestConfig``'s defaults resolved by
-    harvest's own ``_resolve`` (bottom_k from the MLP's gating), and every other setting it passes
-    (e.g. ``hist_sample``)."""
-    cfg = harvest_mod._resolve(
+    harvest's own ``resolve_config`` (bottom_k from the MLP's gating), and every other setting it
+    passes (e.g. ``hist_sample``)."""
+    cfg = harvest_mod.resolve_config(
         HarvestConfig(model=model.name, layers=list(layers), ctx_len=s.ctx_len), model
     )
     extra = {"hist_sample": cfg.hist_sample} if hasattr(cfg, "hist_sample") else {}
@@ -192,7 +193,7 @@ def time_harvest(
     batch: Batch,
     seed: int,
 ) -> tuple[float, float]:
-    """One ``run_batch`` of ``harvest()`` (each layer folded in during the forward pass); returns
+    """One ``_fold_batch`` of ``harvest()`` (each layer folded in during the forward pass); returns
     (hash keys + hooked forward, updates of every layer) seconds."""
     t0 = time.perf_counter()
     hkeys = hash_keys(batch.ids.tolist(), seed)
@@ -328,7 +329,7 @@ def measure_ratio(
 class PartTimer:
     """Exclusive wall time per part of ``LayerState.update``, by wrapping the helpers it calls.
 
-    Labels nest (``update/_topk[top]/_replacements``); each label's time excludes its children, so
+    Labels nest (``update/_topk[top]/replacements``); each label's time excludes its children, so
     the parts add up to the total and ``update`` alone is the inline reductions (count, sum, sum_sq,
     min/max, n_pos, bincounts).
     """
@@ -368,22 +369,20 @@ class PartTimer:
     def installed(self) -> Iterator[PartTimer]:
         """Wrap the helpers for the duration of the block and restore the originals afterwards."""
         saved_cls = {n: LayerState.__dict__[n] for n in ("update", "_topk", "_quantile", "_random")}
-        saved_mod = {
-            n: getattr(harvest_mod, n) for n in ("_replacements", "hist_bins", "rank_keys")
-        }
+        saved_mod = {n: getattr(state_mod, n) for n in ("replacements", "hist_bins", "rank_keys")}
         try:
             LayerState.update = self.wrap("update", saved_cls["update"])  # type: ignore[method-assign]
             LayerState._topk = self.wrap(self.topk_label, saved_cls["_topk"])  # type: ignore[method-assign]
             LayerState._quantile = self.wrap("_quantile", saved_cls["_quantile"])  # type: ignore[method-assign]
             LayerState._random = self.wrap("_random", saved_cls["_random"])  # type: ignore[method-assign]
             for n, fn in saved_mod.items():
-                setattr(harvest_mod, n, self.wrap(n, fn))
+                setattr(state_mod, n, self.wrap(n, fn))
             yield self
         finally:
             for n, fn in saved_cls.items():
                 setattr(LayerState, n, fn)
             for n, fn in saved_mod.items():
-                setattr(harvest_mod, n, fn)
+                setattr(state_mod, n, fn)
 
 
 def profile_update(

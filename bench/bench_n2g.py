@@ -34,14 +34,9 @@ import torch
 
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.models import load_model
-from autointerp.n2g.build import (
-    ACCELERATOR_BATCH_TOKENS,
-    ModelLayerSubject,
-    N2GConfig,
-    build_graphs,
-    evaluate,
-)
+from autointerp.n2g.build import N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import same_graph
+from autointerp.n2g.readouts import ACCELERATOR_BATCH_TOKENS, ModelLayerSubject
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
 

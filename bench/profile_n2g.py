@@ -16,7 +16,8 @@ import time
 import torch
 
 from autointerp.models import load_model
-from autointerp.n2g.build import ModelLayerSubject, N2GConfig, build_graphs
+from autointerp.n2g.build import N2GConfig, build_graphs
+from autointerp.n2g.readouts import ModelLayerSubject
 from autointerp.n2g.run import load_examples
 from autointerp.store import Store
 

@@ -200,13 +200,19 @@ def test_a_schema_2_database_opens_and_gains_the_new_columns_and_table(tmp_path:
     db = tmp_path / "old.db"
     Store(db).db.conn.close()
     # make it look like a database written by the previous version
-    as_older_database(db, {"scores": ["score_raw", "simulation"]}, ["evaluations"], version=2)
+    as_older_database(
+        db,
+        {"scores": ["score_raw", "simulation", "auprc"], "explanations": ["origin"]},
+        ["evaluations"],
+        version=2,
+    )
     store = Store(db)
     columns = store.db["scores"].columns_dict
-    assert "score_raw" in columns and "simulation" in columns
+    assert {"score_raw", "simulation", "auprc"} <= set(columns)
+    assert "origin" in store.db["explanations"].columns_dict
     assert "evaluations" in store.db.table_names()
     version = store.db.execute("select value from meta where key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import assert_same_harvest, brute_force, run_cli
 
-import autointerp.harvest as harvest_module
+import autointerp.harvest.checkpoints as checkpoints_module
 from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
     CHECKPOINT_MIN_SECONDS,
@@ -476,10 +476,10 @@ def test_the_default_cadence_times_the_first_checkpoint_by_the_state_size(
         random_k=2,
         batch_size=2,
     )
-    monkeypatch.setattr(harvest_module, "CHECKPOINT_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(checkpoints_module, "CHECKPOINT_MIN_SECONDS", 0.0)
     counted = {}
     for rate in (float("inf"), 1.0):  # bytes/s: an instant write, then one of hours
-        monkeypatch.setattr(harvest_module, "CHECKPOINT_BYTES_PER_SECOND", rate)
+        monkeypatch.setattr(checkpoints_module, "CHECKPOINT_BYTES_PER_SECOND", rate)
         store = CheckpointCountingStore(tmp_path / f"{rate}.db")
         harvest(tiny, store, cfg, progress=False, log=lambda m: None)
         counted[rate] = store.checkpoints

@@ -329,7 +329,7 @@ def _tiny_rotary(tiny_gated):  # type: ignore[no-untyped-def]
 def test_prefix_reuse_reads_what_full_forward_passes_read(  # type: ignore[no-untyped-def]
     tiny_gated, kind: str
 ) -> None:
-    from autointerp.n2g.build import ModelLayerSubject, Readout, run_readouts
+    from autointerp.n2g.readouts import ModelLayerSubject, Readout, run_readouts
 
     model = tiny_gated if kind == "absolute" else _tiny_rotary(tiny_gated)
     subject = ModelLayerSubject(model, 1)
@@ -476,7 +476,7 @@ def test_real_graph_for_a_single_token_neuron_predicts_held_out_text(tmp_path: P
 @pytest.mark.slow
 def test_real_model_batched_and_naive_graphs_are_the_same(smol, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autointerp.harvest import HarvestConfig, harvest
-    from autointerp.n2g.build import ModelLayerSubject
+    from autointerp.n2g.readouts import ModelLayerSubject
     from autointerp.n2g.run import load_examples
 
     db = tmp_path / "h.db"
@@ -509,7 +509,7 @@ def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
     """`graph --augmentations 0` turns augmentation off: the embedding-neighbour picker returns
     nothing for k = 0 (it used to check the count only after its first pick and return up to 8
     neighbours), and exactly k for k > 0."""
-    from autointerp.n2g.build import ModelLayerSubject
+    from autointerp.n2g.readouts import ModelLayerSubject
 
     subject = ModelLayerSubject(tiny, 0)
     token = tiny.tokenizer.encode(" fox", add_special_tokens=False)[0]
@@ -521,7 +521,7 @@ def test_zero_augmentations_means_no_substitutes(tiny: SubjectModel) -> None:
 def test_substitutes_computed_in_blocks_are_the_one_token_answers(tiny: SubjectModel) -> None:
     """A build scores all its tokens against the vocabulary in a few matrix products; each token
     gets the neighbours it gets alone (a block that spans several matrix products too)."""
-    from autointerp.n2g.build import ModelLayerSubject
+    from autointerp.n2g.readouts import ModelLayerSubject
 
     tokens = list(range(200, 200 + 2 * ModelLayerSubject.SUBSTITUTE_BLOCK + 7))
     alone = {}

@@ -4,6 +4,7 @@ right explanation separating firing windows from the others better than a wrong 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import ANIMALS, llm_client
 
@@ -16,6 +17,7 @@ from autointerp.eval.scorers import (
 )
 from autointerp.eval.stats import spearman
 from autointerp.explain.prompts import Record
+from autointerp.explain.simulate import average_precision, score_predictions
 from autointerp.llm.client import LLMFailure
 
 
@@ -103,3 +105,24 @@ def test_real_detection_separates_firing_windows_better_for_a_right_explanation(
         wrong, _ = detection_score(client, model, "percentages", _windows(), 5.0)
     assert right is not None and wrong is not None
     assert right > wrong, (right, wrong)
+
+
+def test_average_precision_is_scikit_learns_and_counts_ties_as_one_threshold() -> None:
+    labels = np.array([1.0, 0.0, 1.0, 0.0, 0.0])
+    # perfect ranking: 1.0; a constant prediction: the share of positives
+    assert average_precision(np.array([9.0, 0, 8, 0, 0]), labels) == 1.0
+    assert average_precision(np.zeros(5), labels) == pytest.approx(0.4)
+    # one positive first, then a tie of one positive and one negative: 0.5 * 1 + 0.5 * 2/3
+    assert average_precision(np.array([9.0, 5, 5, 0, 0]), labels) == pytest.approx(0.5 + 1 / 3)
+    assert average_precision(np.ones(3), np.zeros(3)) is None
+
+
+def test_auprc_counts_quantile_records_and_the_headline_does_not() -> None:
+    top = Record(["a", "b", "c"], [4.0, 0.0, 0.0], "top")
+    rnd = Record(["a", "x", "y"], [4.0, 0.0, 0.0], "random")
+    quant = Record(["a", "q", "r"], [0.0, 4.0, 0.0], "quantile")  # a miss and a false alarm
+    preds = [[9.0, 0, 0], [9.0, 0, 0], [9.0, 0, 0]]
+    both = score_predictions(preds, [top, rnd, quant], 4.0)
+    assert both["score"] == pytest.approx(1.0)  # top and random only
+    assert both["auprc"] < 1.0  # the quantile record's miss counts here
+    assert score_predictions(preds[:2], [top, rnd], 4.0)["auprc"] == pytest.approx(1.0)

@@ -19,6 +19,8 @@ from autointerp.explain.templates import Clause, explanation_text, template_rule
         [Clause((), "first")],
         [Clause(("Extended",), "first", (">>>",)), Clause(("Context",))],
         [Clause(('"', "\n", "\\", " ; or "), None, ("a", "b"))],  # awkward tokens survive
+        [Clause(("s",), None, (), "strongly"), Clause(("a", "the"), "whole", (), "weakly")],
+        [Clause((), "first", (",",), "moderately")],
     ],
 )
 def test_written_sentences_compile_back_to_their_clauses(clauses: list[Clause]) -> None:
@@ -36,6 +38,8 @@ def test_the_rule_is_what_the_words_say() -> None:
     assert template_rule(text).apply(tokens) == [0, 1, 0, 0, 0, 0, 0]  # type: ignore[union-attr]
     assert template_rule('the tokens "a", "b" and "c"') == TokenRule(tokens=("a", "b", "c"))
     assert template_rule("nothing in particular") == TokenRule()
+    graded = template_rule('the token "s" (strongly); or the tokens "a" and "the" (weakly)')
+    assert graded is not None and graded.apply([" a", "s", " the", " x"]) == [2 / 9, 1, 2 / 9, 0]
 
 
 @pytest.mark.parametrize(

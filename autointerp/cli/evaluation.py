@@ -359,7 +359,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "model" not in subject:
             subject["model"] = load_model(model, progress=not args.no_progress)
         if executor.kind == "ray":
-            from autointerp.executors import ray_graph
+            from autointerp.n2g.ray import ray_graph
 
             ray_graph(
                 subject["model"],

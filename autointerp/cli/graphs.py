@@ -110,8 +110,8 @@ def graph_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from autointerp.executors import ray_graph
     from autointerp.n2g.build import N2GConfig
+    from autointerp.n2g.ray import ray_graph
     from autointerp.n2g.run import graph_layers
     from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers
     from autointerp.store import Store

@@ -190,8 +190,9 @@ def _finished_harvest(db: str, cfg: Any) -> Any:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from autointerp.executors import Executor, ModelRef, ray_harvest
+    from autointerp.executors import Executor, ModelRef
     from autointerp.harvest import HarvestConfig, harvest, parse_shard
+    from autointerp.harvest.ray import ray_harvest
     from autointerp.model_names import canonical_model_name
     from autointerp.models import dtype_name, resolve_device, resolve_dtype
     from autointerp.ranges import is_auto_layers, parse_layers, resolve_layers

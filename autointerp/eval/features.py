@@ -283,7 +283,7 @@ class KnownFeatureModel(SubjectModel):
 
 
 class RegexSubject:
-    """The N2G :class:`~autointerp.n2g.build.GraphSubject` of a :class:`KnownFeatureModel`:
+    """The N2G :class:`~autointerp.n2g.readouts.GraphSubject` of a :class:`KnownFeatureModel`:
     activations from the tokenizer, no forward pass.
 
     There are no substitutes for augmentation: without the model's embedding, the tokenizer alone
@@ -291,7 +291,7 @@ class RegexSubject:
     in training examples)."""
 
     def __init__(self, model: KnownFeatureModel):
-        from autointerp.n2g.build import neutral_token
+        from autointerp.n2g.readouts import neutral_token
 
         self.model = model
         self.bos_id = model.bos_id

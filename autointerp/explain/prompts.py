@@ -234,7 +234,7 @@ class Record:
 
     tokens: list[str]
     activations: list[float]
-    kind: str = "top"  # top | random
+    kind: str = "top"  # top | random | quantile (quantile records count in AUPRC, not the headline)
     #: the harvest context it was cut from (None when not from a harvest): which example it is
     context_id: int | None = None
 

@@ -28,7 +28,9 @@ A rule is data, never code: JSON checked against :data:`RULE_SCHEMA`, with
   every such token (many small-model neurons fire on the first piece of rare names:
   ``Arn|olfini``); with the parts above it narrows them;
 * ``after`` - the token right before must be one of these (compared as ``tokens`` are): context,
-  as an N2G graph path states it.
+  as an N2G graph path states it;
+* ``strength`` - 1-9, how strongly the clause fires (default 9): in a union of clauses, the tokens
+  a neuron fires on weakly can be told from the ones it fires on strongly.
 
 A rule with none of ``words``, ``tokens``, ``regex`` and ``position`` fires nowhere (an explanation
 such as "nothing in particular" says exactly that; its score is 0, as for any constant prediction).
@@ -82,6 +84,7 @@ CLAUSE_SCHEMA: dict[str, Any] = {
             ]
         },
         "after": _STRINGS,
+        "strength": {"type": "integer", "minimum": 1, "maximum": 9},
     },
     "additionalProperties": False,
 }
@@ -124,6 +127,9 @@ class TokenRule:
     positions: tuple[str, ...] = ()
     #: tokens one of which must come right before a firing token (empty: any)
     after: tuple[str, ...] = ()
+    #: how strongly the clause's tokens fire, 1-9 (the activation scale): a union of clauses can
+    #: say that some tokens fire more weakly than others
+    strength: int = 9
 
     def to_dict(self) -> dict[str, Any]:
         """The clause as JSON data. The parts a rule compiled before tokens and positions existed
@@ -139,6 +145,8 @@ class TokenRule:
             out["position"] = list(self.positions)
         if self.after:
             out["after"] = list(self.after)
+        if self.strength != 9:
+            out["strength"] = self.strength
         return out
 
     def to_json(self) -> str:
@@ -158,7 +166,12 @@ class TokenRule:
         return out
 
     def apply(self, tokens: Sequence[str]) -> list[float]:
-        """1.0 at every token the rule fires on, 0.0 elsewhere. Raises :class:`RuleTimeout`."""
+        """``strength`` / 9 (1.0 by default) at every token the rule fires on, 0.0 elsewhere.
+        Raises :class:`RuleTimeout`."""
+        level = self.strength / 9
+        return [level * f for f in self._fired(tokens)] if level != 1 else self._fired(tokens)
+
+    def _fired(self, tokens: Sequence[str]) -> list[float]:
         patterns = self.patterns()
         if patterns or self.tokens:
             fired = apply_patterns(patterns, tokens) if patterns else [0.0] * len(tokens)
@@ -199,6 +212,7 @@ class AnyRule:
         )
 
     def apply(self, tokens: Sequence[str]) -> list[float]:
+        """The strongest clause that fires at each token."""
         out = [0.0] * len(tokens)
         for clause in self.clauses:
             out = [max(a, b) for a, b in zip(out, clause.apply(tokens), strict=True)]
@@ -312,6 +326,7 @@ def _clause(data: dict[str, Any]) -> TokenRule:
         tokens=tuple(t for t in data.get("tokens") or [] if t),
         positions=tuple(dict.fromkeys(positions)),
         after=tuple(t for t in data.get("after") or [] if t),
+        strength=int(data.get("strength", 9)),
     )
     try:
         rule.patterns()

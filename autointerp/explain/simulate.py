@@ -62,6 +62,9 @@ LOGPROB_FREE_MODES = ("rule", "json")
 #: Tokens a compiled rule may take (long word lists are the usual reason to need many).
 RULE_MAX_TOKENS = 256
 DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}
+#: A token "fires" at this share of the neuron's max activation: N2G's firing threshold
+#: (``N2GConfig.fire_threshold``), so a simulation's AUPRC and a graph's F1 ask the same question.
+FIRE_THRESHOLD = 0.5
 #: A record whose slots lack a digit in the top logprobs more often than this is a failed
 #: simulation, not a score.
 MAX_DIGITLESS_FRACTION = 0.25
@@ -418,6 +421,23 @@ def target(record: Record, sign: float = 1.0) -> np.ndarray:
     return np.maximum(sign * np.asarray(record.activations, dtype=np.float64), 0.0)
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as average precision (scikit-learn's definition:
+    precision at each distinct score threshold, weighted by the recall it adds; tied scores are one
+    threshold). A prediction with no information scores the share of positives; None when nothing
+    is positive."""
+    positives = float(labels.sum())
+    if positives == 0:
+        return None
+    order = np.argsort(-scores, kind="mergesort")
+    s, lab = scores[order], labels[order]
+    tp, fp = np.cumsum(lab), np.cumsum(1 - lab)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each tied run
+    precision = tp[last] / (tp[last] + fp[last])
+    recall = tp[last] / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def score_predictions(
     preds: Sequence[Sequence[float]],
     records: Sequence[Record],
@@ -425,16 +445,21 @@ def score_predictions(
     pred_scale: float = SCALE_MAX,
     sign: float = 1.0,
 ) -> dict[str, Any]:
-    """Pooled Pearson correlation over every token of every record (top and random together, as
-    OpenAI's "top-and-random" score), per-subset correlations, and R^2 of the predictions mapped to
-    activation units (``pred / pred_scale * max_activation``: an absolute-calibration check that can
-    be negative).
+    """Pooled Pearson correlation over every token of the top and random records (as OpenAI's
+    "top-and-random" score), per-subset correlations, the average precision against "the neuron
+    fires", and R^2 of the predictions mapped to activation units (``pred / pred_scale *
+    max_activation``: an absolute-calibration check that can be negative).
 
     ``score`` (the headline) correlates with the activation's positive part: an explanation says
     what the neuron *finds*, and gated MLPs have large negative activations no such phrase predicts.
     ``score_raw`` correlates with the raw (signed) activation, as OpenAI's and Neuronpedia's scorers
-    do, so our numbers can be set beside published ones. ``undefined`` says why ``score`` is None
-    (constant or non-finite held-out activations)."""
+    do, so our numbers can be set beside published ones. ``score_random`` is the correlation on the
+    random records alone and ``auprc`` the average precision of the predictions against "the neuron
+    fires" (>= :data:`FIRE_THRESHOLD` x max) over every record, quantile ones included: NeuronEval
+    (Oikarinen et al., 2025) found that top-and-random correlation alone fails sanity checks, and
+    these two ask what it can hide - does the explanation hold on ordinary text, and does it find
+    where the neuron fires. ``undefined`` says why ``score`` is None (constant or non-finite
+    held-out activations)."""
     if not records:
         raise ValueError("no held-out records to score on")
     p = [np.asarray(x, dtype=np.float64) for x in preds]
@@ -442,14 +467,24 @@ def score_predictions(
     for a, b in zip(p, t, strict=True):
         if a.shape != b.shape:
             raise ValueError("prediction and record lengths differ")
-    allp, allt = np.concatenate(p), np.concatenate(t)
-    raw = np.concatenate([sign * np.asarray(r.activations, dtype=np.float64) for r in records])
+    headline = [i for i, r in enumerate(records) if r.kind != "quantile"] or list(range(len(p)))
+    allp = np.concatenate([p[i] for i in headline])
+    allt = np.concatenate([t[i] for i in headline])
+    raw = np.concatenate(
+        [sign * np.asarray(records[i].activations, dtype=np.float64) for i in headline]
+    )
     score, reason = correlation_or_reason(allp, allt)
+    everything, truth = np.concatenate(p), np.concatenate(t)
     out: dict[str, Any] = {
         "score": score,
         "undefined": reason,
         "score_raw": correlation(allp, raw),
         "n_tokens": int(len(allt)),
+        "auprc": (
+            average_precision(everything, (truth >= FIRE_THRESHOLD * abs(max_activation)) * 1.0)
+            if np.all(np.isfinite(everything)) and np.all(np.isfinite(truth))
+            else None
+        ),
     }
     for kind in ("top", "random"):
         idx = [i for i, r in enumerate(records) if r.kind == kind]

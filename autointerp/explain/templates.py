@@ -14,14 +14,16 @@ The grammar (tokens are JSON string literals, so any token, quotes and newlines 
 trips)::
 
     explanation := clause ("; or " clause)*  |  "nothing in particular"
-    clause      := head [" as " position] [" right after " tokens]  |  position
+    clause      := (head [" as " position] | position) [" right after " tokens] [" (" strength ")"]
+    strength    := "strongly" | "moderately" | "weakly"          (9, 5, 2 on the 0-9 scale)
     head        := "the token " STRING  |  "the tokens " tokens
     tokens      := STRING ((", " STRING)* " and " STRING | (" or " STRING)*)
     position    := "the first piece of a longer word" | "a middle piece of a longer word"
                  | "the last piece of a longer word" | "a whole word"
 
 For example ``the token "Extended" as the first piece of a longer word right after ">>>"``, or
-``the tokens "-", "–" and "—"``.
+``the tokens "-", "–" and "—"``, or ``the token "s" (strongly); or the tokens "a" and "the"
+(weakly)``. A clause with no strength fires at 9; where clauses differ, each says its own.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ POSITION_PHRASES = {
     "last": "the last piece of a longer word",
     "whole": "a whole word",
 }
+#: The words for a clause's strength and the activation (0-9) each stands for.
+STRENGTHS = {"strongly": 9, "moderately": 5, "weakly": 2}
 NOTHING = "nothing in particular"
 CLAUSE_SEPARATOR = "; or "
 
@@ -54,6 +58,8 @@ class Clause:
     position: str | None = None
     #: tokens one of which must come right before (empty: any)
     after: tuple[str, ...] = ()
+    #: the strength word (:data:`STRENGTHS`), or None for the default 9 with no word
+    strength: str | None = None
 
     def text(self) -> str:
         if not self.tokens:
@@ -67,6 +73,8 @@ class Clause:
                 out += " as " + POSITION_PHRASES[self.position]
         if self.after:
             out += " right after " + quote_list(self.after, "or")
+        if self.strength is not None:
+            out += f" ({self.strength})"
         return out
 
     def rule(self) -> TokenRule:
@@ -74,6 +82,7 @@ class Clause:
             tokens=self.tokens,
             positions=(self.position,) if self.position else (),
             after=self.after,
+            strength=STRENGTHS[self.strength] if self.strength else 9,
         )
 
 
@@ -177,9 +186,12 @@ def _parse_clause(part: str) -> Clause | None:
         if parsed is None:
             return None
         after, rest = parsed
+    strength = next((w for w in STRENGTHS if rest == f" ({w})"), None)
+    if strength is not None:
+        rest = ""
     if rest:
         return None
-    return Clause(tokens, position, after)
+    return Clause(tokens, position, after, strength)
 
 
 def _parse_strings(text: str, conjunction: str | None) -> tuple[tuple[str, ...], str] | None:

@@ -4,8 +4,8 @@ skipped).
 The work is cut into chunks of neurons of one layer (:func:`plan_graphs`, :func:`graph_chunks`).
 A chunk is read from the database as plain data (:func:`load_chunk`), built and scored by
 :func:`build_chunk`, which needs the subject model but never the database, and its rows are written
-in one transaction. :func:`graph_layers` does all three in this process; the Ray executor
-(:mod:`autointerp.executors`) runs :func:`build_chunk` on its workers and writes on the driver, so
+in one transaction. :func:`graph_layers` does all three in this process; the Ray driver
+(:mod:`autointerp.n2g.ray`) runs :func:`build_chunk` on its workers and writes on the driver, so
 both build the same graphs from the same chunks with the same code.
 """
 
@@ -21,15 +21,9 @@ from tqdm import tqdm
 from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
-from autointerp.n2g.build import (
-    Example,
-    GraphSubject,
-    ModelLayerSubject,
-    N2GConfig,
-    build_graphs,
-    evaluate,
-)
+from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate
 from autointerp.n2g.graph import NeuronGraph
+from autointerp.n2g.readouts import GraphSubject, ModelLayerSubject
 from autointerp.selection import select_neurons
 from autointerp.store import Store
 

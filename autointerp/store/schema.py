@@ -30,18 +30,22 @@ Tables (also in README):
   hash is ``config_hash`` (the config itself is the ``runs`` row ``n2g_run_id``), and their
   held-out scores.
 * ``explanations(run_id, layer, neuron, kind, config_hash, status, text, error, prompt_version,
-  prompt_hash, model, candidates, explain_run_id, prompt_tokens, completion_tokens, cost_usd,
-  seconds, created)`` - kind is ``llm`` (the positive side), ``llm_negative`` (the negative side of
-  a gated neuron) or ``baseline`` (token lookup, no LLM); status is ``ok`` or ``failed`` (then
-  ``text`` is null and ``error`` says why: a failure is never stored as a result). ``candidates``
-  (best-of-n only) lists every candidate explanation with its score on the validation records, as
-  JSON.
-* ``scores(run_id, layer, neuron, method, config_hash, status, score, score_top, score_random, r2,
-  n_tokens, simulator_model, simulator_mode, simulation, error, prompt_tokens, completion_tokens,
-  cost_usd, explain_run_id, created)`` - method is ``explanation``, ``baseline`` or ``n2g``;
-  ``simulation`` is the JSON rule the ``rule`` simulator compiled the explanation into; ``score`` is
-  the Pearson correlation pooled over the held-out top and random records (``score_top``/
-  ``score_random`` per subset). A failed simulation is ``status='failed'`` with a null score.
+  prompt_hash, model, candidates, origin, explain_run_id, prompt_tokens, completion_tokens,
+  cost_usd, seconds, created)`` - kind is ``llm`` (the positive side), ``llm_negative`` (the
+  negative side of a gated neuron) or ``baseline`` (token lookup, no LLM); status is ``ok`` or
+  ``failed`` (then ``text`` is null and ``error`` says why: a failure is never stored as a result).
+  ``candidates`` lists every candidate explanation with its origin and its score on the validation
+  records, as JSON; ``origin`` says who wrote the kept one (``llm``, ``revision``,
+  ``graph-summary``, ``graph``, ``tokens`` or ``template``).
+* ``scores(run_id, layer, neuron, method, config_hash, status, score, score_top, score_random,
+  auprc, r2, n_tokens, simulator_model, simulator_mode, simulation, error, prompt_tokens,
+  completion_tokens, cost_usd, explain_run_id, created)`` - method is ``explanation``,
+  ``baseline``, ``n2g`` or ``explanation_first`` (the first LLM explanation alone); ``simulation``
+  is the JSON rule the ``rule`` simulator compiled the explanation into; ``score`` is the Pearson
+  correlation pooled over the held-out top and random records (``score_top``/``score_random`` per
+  subset); ``auprc`` the average precision of the simulation against "the neuron fires" (>= half
+  its max) over every held-out record, quantile ones included. A failed simulation is
+  ``status='failed'`` with a null score.
 * ``llm_cache(key, model, endpoint_kind, request, response, prompt_tokens, completion_tokens,
   created)`` - every LLM request/response keyed by (model, prompt hash, params), so reruns cost
   nothing (read and written by :class:`autointerp.llm.cache.LLMCache`).
@@ -80,9 +84,11 @@ import sqlite_utils
 #: 3: ``scores.score_raw`` (correlation with the raw activation) and the ``evaluations`` table.
 #: 4: ``scores.simulation`` (the matching rule an explanation was compiled into) and
 #: ``explanations.candidates`` (best-of-n: every candidate with its validation score).
+#: 5: ``scores.auprc`` (the simulation's average precision against "the neuron fires") and
+#: ``explanations.origin`` (who wrote the kept explanation: the LLM, a revision, the graph, ...).
 #: Older databases are upgraded in place when opened (new tables and columns only; no row is
 #: rewritten).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,8 @@ _RUN = ("run_id", "runs", "id")
 
 #: : Nullable columns added after a table first shipped: a database that lacks them gets them when :
 #: opened (older rows read NULL there; older code ignores them). ``scores.score_raw`` came with :
-#: schema 3, ``scores.simulation`` and ``explanations.candidates`` with 4; the ``graphs`` columns
-#: came without a version bump.
+#: schema 3, ``scores.simulation`` and ``explanations.candidates`` with 4, ``scores.auprc`` and
+#: ``explanations.origin`` with 5; the ``graphs`` columns came without a version bump.
 ADDED_COLUMNS: dict[str, dict[str, type]] = {
     "graphs": {
         "f1_top": float,
@@ -127,8 +133,8 @@ ADDED_COLUMNS: dict[str, dict[str, type]] = {
         "f1_random": float,
         "correlation_random": float,
     },
-    "scores": {"score_raw": float, "simulation": str},
-    "explanations": {"candidates": str},
+    "scores": {"score_raw": float, "simulation": str, "auprc": float},
+    "explanations": {"candidates": str, "origin": str},
 }
 
 #: Every table, index and full-text index, in creation order.
@@ -258,6 +264,7 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
             "prompt_hash": str,
             "model": str,
             "candidates": str,
+            "origin": str,
             "explain_run_id": int,
             "prompt_tokens": int,
             "completion_tokens": int,
@@ -281,6 +288,7 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
             "score_raw": float,
             "score_top": float,
             "score_random": float,
+            "auprc": float,
             "r2": float,
             "n_tokens": int,
             "simulator_model": str,
