@@ -147,6 +147,13 @@ CLI_CASES = [
         "--augmentations must be at least 0, not -1",
     ),
     (["harvest", "--model", M, "--top-k", "0"], 2, "--top-k must be at least 1, not 0"),
+    # every size option is refused the same way, never read as "the default" (0 ran with 16)
+    *[
+        (["harvest", "--model", M, option, "0"], 2, f"{option} must be at least {low}, not 0")
+        for option, low in (("--batch-size", 1), ("--ctx-len", 2), ("--tokens", 1))
+    ],
+    (["harvest", "--model", M, "--random-k", "-1"], 2, "--random-k must be at least 0, not -1"),
+    (["harvest", "--model", M, "--bottom-k", "-1"], 2, "--bottom-k must be at least 0, not -1"),
     (
         ["harvest", "--model", M, "--checkpoint-seconds", "nan"],
         2,

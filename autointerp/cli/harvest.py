@@ -212,7 +212,9 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         bottom_k=args.bottom_k,
         random_k=args.random_k,
         seed=args.seed,
-        batch_size=args.batch_size or default_of(HarvestConfig, "batch_size"),
+        batch_size=(  # 0 is the config's to refuse, not a stand-in for the default
+            default_of(HarvestConfig, "batch_size") if args.batch_size is None else args.batch_size
+        ),
         shard=shard,
         checkpoint_seconds=args.checkpoint_seconds,
         dtype=args.dtype,
