@@ -561,6 +561,26 @@ def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_work
     assert (work / "a" / "b.graphml").exists() and (work / "a" / "b.svg").exists()
 
 
+def test_export_onto_a_link_follows_it_and_keeps_the_link(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: links are followed as the system follows them. The file the link names gets the
+    graph; the link stays a link (it used to be replaced by a regular file)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "real.graphml").write_text("old contents")
+    (work / "g.graphml").symlink_to(elsewhere / "real.graphml")
+    (work / "new.graphml").symlink_to(elsewhere / "new.graphml")  # dangling: made by the write
+    monkeypatch.chdir(work)
+    for name in ("g.graphml", "new.graphml"):
+        assert main(["export", "graphml", M, "1/0", "-o", name, "--db", str(db)]) == 0
+        assert (work / name).is_symlink()
+    for name in ("real.graphml", "new.graphml"):
+        assert (elsewhere / name).read_text().startswith("<?xml"), name
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["new.graphml", "real.graphml"]
+
+
 def _full_disk_cli(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:
     """The real CLI with files capped at ``limit`` bytes (RLIMIT_FSIZE): every write past it fails
     with EFBIG, as on a full disk (SIGXFSZ ignored, so the write fails instead of killing the
