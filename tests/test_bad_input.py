@@ -343,6 +343,22 @@ API_CASES = [
         "query: String should have at most 500",
     ),
     ("GET", f"/api/{M}/rank?by={SQL}", None, 422, "Cannot rank by"),
+    # percent-encoded bytes that are not UTF-8 are refused, never searched for as "\ufffd\ufffd"
+    (
+        "GET",
+        f"/api/{M}/search?query=%C0%AF",
+        None,
+        422,
+        "The query string is not valid UTF-8: byte 0xc0",
+    ),
+    (
+        "GET",
+        f"/api/{M}/search?text=caf%E9",
+        None,
+        422,
+        "query string is not valid UTF-8: byte 0xe9",
+    ),
+    ("GET", "/m/%C0%AF/search", None, 422, "The path is not valid UTF-8: byte 0xc0"),
     ("GET", f"/api/{SQL}/stats/1/0", None, 404, "No harvested model"),
     ("GET", f"/api/{M}/neuroscope/1/0?kinds={SQL}", None, 422, "Unknown example kind"),
     ("POST", f"/api/{M}/activations", {"text": "x" * 1_000_000, "layer": 1}, 413, "at most"),
