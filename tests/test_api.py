@@ -585,6 +585,35 @@ def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(
     ] == [secret]
 
 
+def test_the_clients_of_a_recent_prompt_are_bounded_whatever_cookies_are_sent(
+    api_db: Path, tiny_gated: SubjectModel
+) -> None:
+    """Every client chooses its cookie: 4,500 POSTs with distinct ones grew the server by 125 MB.
+    A prompt is listed to its MAX_OWNERS most recent clients, and a cookie this server did not hand
+    out is replaced, not kept."""
+    from autointerp.api.params import CLIENT_COOKIE, CLIENT_ID
+    from autointerp.live import MAX_OWNERS
+
+    app = create_app(api_db, loader=lambda name: tiny_gated)
+    url = f"/api/{M}/layerscope"
+    first, many = TestClient(app), TestClient(app)
+    assert first.post(url, json={"text": "hello there"}).status_code == 200
+    assert len(first.get(url).json()["prompts"]) == 1
+    for i in range(3 * MAX_OWNERS):
+        many.cookies.clear()
+        many.cookies.set(CLIENT_COOKIE, f"{i:024x}")
+        assert many.post(url, json={"text": "hello there"}).status_code == 200
+    owners = app.state.live._owners
+    assert owners and max(len(o) for o in owners.values()) == MAX_OWNERS
+    assert first.get(url).json()["prompts"] == []  # the oldest client is no longer listed
+    assert len(many.get(url).json()["prompts"]) == 1  # the latest still is
+    many.cookies.clear()
+    many.cookies.set(CLIENT_COOKIE, "x" * 4000)
+    answer = many.post(url, json={"text": "hello there"})
+    assert CLIENT_ID.fullmatch(answer.cookies[CLIENT_COOKIE])
+    assert all("x" * 4000 not in o for o in owners.values())
+
+
 def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
     """WAL: a pipeline in the middle of a write transaction never blocks the server's reads."""
     with write_lock_held(api_db, "api-test-lock"):
