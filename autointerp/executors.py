@@ -22,24 +22,14 @@ Each stage's driver sits beside its stage: :mod:`autointerp.harvest.ray` (shards
 :mod:`autointerp.n2g.ray` (chunks of a layer's neurons).
 
 Explanations (``autointerp explain``, and the explain stage of ``eval`` and ``calibrate``) follow
-them too. A task is a few neurons (``EXPLAIN_CHUNK``): the driver reads each neuron's records and
-graph from the database (:func:`explain.run.explain_layers` makes the jobs as for the in-process
-run) and sends them as plain data; the worker makes its own LLM client for the same endpoints and
-runs the in-process code on them (:func:`explain.run.run_in_threads`, ``--concurrency`` threads) and
-returns the rows. The driver writes a task's neurons in one transaction. The LLM response cache is
-read by the worker when the result file is on its machine (read-only) and written by the driver: a
-worker's new responses come back with its rows. Workers talk to the LLM servers directly, so the
-``--base-url`` endpoints must be reachable from every worker (the embedded local server listens on
-127.0.0.1: fine for ``ray:local``).
+them too, with the tools here; their runner lives beside the stage, in
+:mod:`autointerp.explain.ray`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autointerp.errors import UserError
@@ -195,130 +185,3 @@ def worker_model(name: str, device: str, dtype: str) -> SubjectModel:
         _worker_models.clear()  # one model per worker
         _worker_models[key] = load_model(name, progress=False, device=device, dtype=dtype)
     return _worker_models[key]
-
-
-def die_once(marker: str | None) -> None:
-    """Tests (``AUTOINTERP_KILL_RAY_WORKER_ONCE``): SIGKILL this worker the first time any task
-    gets here, as an out-of-memory kill or a lost node would; the marker file says it happened."""
-    if marker and not os.path.exists(marker):
-        Path(marker).touch()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-#: neurons per explain task: small enough that a lost worker costs little LLM time and the progress
-#: bar moves, large enough that Ray's per-task overhead (milliseconds) is nothing beside the LLM's
-EXPLAIN_CHUNK = 4
-
-
-def _explain_chunk(
-    settings: Any,
-    urls: list[str],
-    cache_path: str,
-    cfg: Any,
-    mode: str,
-    templates: Any,
-    prices: dict[str, dict[str, float]] | None,
-    jobs: list[Any],
-    kill_marker: str | None,
-) -> dict[str, Any]:
-    """One task (runs in a Ray worker): explain and score a few neurons exactly as the in-process
-    run does, with a client of the worker's own; returns the results, the new LLM responses and the
-    worker's ledger per endpoint."""
-    from autointerp.explain.run import run_in_threads
-    from autointerp.explain.simulate import Simulator
-    from autointerp.llm.cache import DeferredCache
-    from autointerp.llm.client import LLMClient
-
-    cache = DeferredCache(cache_path)
-    try:
-        client = LLMClient(settings, cache, urls)
-        sim = Simulator(client, cfg.simulator_model, templates, mode, cfg.sim_logprobs)
-        results: list[Any] = []
-
-        def keep(finished: list[Any]) -> None:
-            results.extend(finished)
-            die_once(kill_marker)  # tests: mid-task, after the first neuron's LLM calls
-
-        run_in_threads(iter(jobs), client, sim, cfg, templates, prices, keep)
-        return {
-            "results": results,
-            "cache": cache.new_entries(),
-            "endpoints": client.endpoint_usage(),
-        }
-    finally:
-        cache.close()
-
-
-def explain_runner(executor: Executor, workers: int | None = None) -> Any:
-    """What runs the explain stage's neurons (``runner`` of :func:`explain.run.explain_layers`):
-    None (the default, threads in this process) for ``local``, Ray tasks otherwise."""
-    if executor.kind != "ray":
-        return None
-
-    def run(
-        jobs: Iterator[Any],
-        client: Any,
-        sim: Any,
-        cfg: Any,
-        templates: Any,
-        prices: dict[str, dict[str, float]] | None,
-        commit: Callable[[list[Any]], None],
-    ) -> None:
-        ray_explain(jobs, client, sim.mode, cfg, templates, prices, executor, workers, commit)
-
-    return run
-
-
-def ray_explain(
-    jobs: Iterator[Any],
-    client: Any,
-    mode: str,
-    cfg: Any,
-    templates: Any,
-    prices: dict[str, dict[str, float]] | None,
-    executor: Executor,
-    workers: int | None,
-    commit: Callable[[list[Any]], None],
-) -> None:
-    """Explain ``jobs`` (:class:`explain.run.NeuronJob`, read lazily) as Ray tasks of
-    ``EXPLAIN_CHUNK`` neurons, at most ``workers`` in flight (default: twice the cluster's CPUs),
-    and ``commit`` each task's results on the driver as it finishes. ``client`` is the driver's: its
-    endpoints and settings are the workers', its cache receives their new responses and its ledger
-    their tokens; ``mode`` is the simulator mode the driver settled on (``auto`` probed once)."""
-    ray = start_ray(executor, workers)
-    window = workers or 2 * cluster_slots(ray, None)
-    # an LLM task is one CPU (prompt building, rule matching); it is retried when its worker dies
-    task = ray.remote(_explain_chunk).options(**task_options(None))
-    urls = [e.url for e in client.endpoints]
-    cache_path = getattr(client.cache, "path", "") or ""
-    kill_marker = os.environ.get("AUTOINTERP_KILL_RAY_WORKER_ONCE")
-
-    def chunks() -> Iterator[tuple[int, tuple[Any, ...]]]:
-        index = 0
-        while True:
-            chunk = [job for _, job in zip(range(EXPLAIN_CHUNK), jobs, strict=False)]
-            if not chunk:
-                return
-            yield (
-                index,
-                (
-                    client.settings,
-                    urls,
-                    cache_path,
-                    cfg,
-                    mode,
-                    templates,
-                    prices,
-                    chunk,
-                    kill_marker,
-                ),
-            )
-            index += 1
-
-    def done(_index: int, out: dict[str, Any]) -> None:
-        if client.cache is not None:  # before the results: the cache has its own connection
-            client.cache.save_entries(out["cache"])
-        client.absorb(out["endpoints"])
-        commit(out["results"])
-
-    run_tasks(ray, task, chunks(), done, "explain", window)

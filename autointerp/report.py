@@ -37,9 +37,7 @@ def build_report(
         raise UserError("--limit must be at least 1 and --similar at least 0.")
     harvested = store.harvested_layers(model)
     if not harvested:
-        raise UserError(
-            f"No complete harvest of {model} in {store.path}; run `autointerp harvest` first."
-        )
+        raise store.not_harvested(model)
     wanted = (
         sorted(harvested) if layers is None else [layer for layer in layers if layer in harvested]
     )

@@ -1,6 +1,6 @@
 """Which neurons of a layer a stage works on: ``top:K`` by max activation, ranges, or all.
 
-The graph stage (:mod:`autointerp.n2g.run`), the explain stage (:mod:`autointerp.explain.run`) and
+The graph stage (:mod:`autointerp.n2g.run`), the explain stage (:mod:`autointerp.explain.plan`) and
 the export command choose neurons with the same ``--neurons`` spec; it lives here, below the stages,
 so that choosing neurons for explanations does not import the graph stage's driver.
 """

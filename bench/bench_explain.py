@@ -26,8 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import load_templates, simulation_prompt
-from autointerp.explain.run import ExplainConfig, explain_layers
+from autointerp.explain.run import explain_layers
 from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.llm.local_server import free_port, local_gguf, local_server, resolve_local_llm
 from autointerp.ranges import parse_layers
@@ -50,9 +52,8 @@ def explain_cost(db: str, model: str, layers: list[int], neurons: str, llm: str)
                 explainer_model=served, simulator_model=served, prompt_version=templates.version
             )
             t0 = time.time()
-            summary = explain_layers(
-                store, model, layers, neurons, cfg, client, templates, progress=True
-            )
+            plan = plan_explain(store, model, layers, cfg, neurons)
+            summary = explain_layers(store, plan, client, templates, progress=True)
             wall = time.time() - t0
         expl = list(store.db.query("select * from explanations where kind = 'llm'"))
         scores = list(

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from autointerp.explain.baseline import baseline_explanation
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.neuron import explain_messages
 from autointerp.explain.prompts import load_templates
-from autointerp.explain.run import (
-    ExplainConfig,
-    baseline_explanation,
-    explain_messages,
-    explain_records,
-)
+from autointerp.explain.records import explain_records
 from autointerp.explain.simulate import Simulator
 from autointerp.llm.client import LLMClient, LLMSettings, Usage
 from autointerp.llm.local_server import local_server

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from autointerp.corpus import iter_contexts, load_documents
-from autointerp.explain.run import ExplainConfig
+from autointerp.explain.config import ExplainConfig
 from autointerp.llm.client import LLMClient, LLMSettings
 from autointerp.models import SubjectModel
 from autointerp.store import Store

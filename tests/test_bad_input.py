@@ -35,6 +35,7 @@ from autointerp.untrusted import ENVIRONMENT
 M = "tiny-gated"
 SQL = "'; drop table graphs; --"
 OFFLINE = "http://127.0.0.1:9/v1"  # never contacted: every case fails before any LLM call
+OFFLINE_TOO = "http://127.0.0.1:7/v1"  # with OFFLINE: a pool where no server answers
 EXPLAIN = ["--base-url", OFFLINE, "--explainer-model", "m", "--no-progress"]
 HUGE = 2**63  # one past SQLite's largest integer
 
@@ -241,6 +242,25 @@ CLI_CASES = [
         "--base-url must be an http(s) URL",
     ),
     (["explain", M, "--layers", "1", "--neurons", "0", *EXPLAIN], 2, "does not answer"),
+    # eval and calibrate take the same LLM options as explain, refuse the same nonsense and check
+    # the endpoint up front too (they used to take one --base-url, a nan timeout, 0 attempts, and
+    # record a failed row per neuron for an endpoint that is not there)
+    *[
+        ([command, model, option, value, *EXPLAIN], 2, f"{option}: {says}")
+        for command, model in (("eval", M), ("calibrate", "smollm2-135m"))
+        for option, value, says in (
+            ("--llm-timeout", "nan", "must be a finite number, not 'nan'"),
+            ("--max-attempts", "0", "must be at least 1, not 0"),
+            ("--threads", "0", "must be at least 1, not 0"),
+        )
+    ],
+    (["eval", M, "--layers", "1", "--sample", "2", *EXPLAIN], 2, "does not answer"),
+    (
+        ["eval", M, "--layers", "1", "--sample", "2", "--base-url", OFFLINE_TOO, *EXPLAIN],
+        2,
+        "No LLM server of the pool answers",
+    ),
+    (["calibrate", "smollm2-135m", "--tokens", "256", *EXPLAIN], 2, "does not answer"),
 ]
 
 

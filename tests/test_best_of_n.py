@@ -11,11 +11,7 @@ from test_explain import _client
 from test_rules import explain_with_rules
 
 from autointerp.explain.prompts import load_templates
-from autointerp.explain.run import (
-    explain_records,
-    heldout_records,
-    validation_records,
-)
+from autointerp.explain.records import explain_records, heldout_records, validation_records
 from autointerp.explain.simulate import Simulator, simulate_score
 
 

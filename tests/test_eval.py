@@ -33,8 +33,10 @@ from autointerp.eval.features import (
     regex_activations,
 )
 from autointerp.eval.stats import paired, summarize
+from autointerp.explain.neuron import NeuronJob, process_neuron
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Record, load_templates
-from autointerp.explain.run import NeuronJob, explain_layers, process_neuron
+from autointerp.explain.run import explain_layers
 from autointerp.explain.simulate import (
     MAX_DIGITLESS_FRACTION,
     SimulationFailure,
@@ -70,10 +72,7 @@ def test_a_digitless_simulation_is_a_recorded_failure_never_a_score(
     server = fault_server("no-digits")
     summary = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0-1",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0-1"),
         llm_client(server.url),
         load_templates(),
         progress=False,
@@ -123,10 +122,7 @@ def test_empty_heldout_set_is_refused_up_front_or_recorded_per_neuron(
     with pytest.raises(UserError, match="no held-out text"):
         explain_layers(
             store,
-            "tiny-gated",
-            [1],
-            "0",
-            fault_config(sim_top=0, sim_random=0),
+            plan_explain(store, "tiny-gated", [1], fault_config(sim_top=0, sim_random=0), "0"),
             llm_client(server.url),
             load_templates(),
             progress=False,
@@ -180,10 +176,7 @@ def test_raw_and_positive_part_scores_are_both_stored(  # type: ignore
     server = fault_server("keyword")
     explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0-2",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0-2"),
         llm_client(server.url),
         load_templates(),
         progress=False,
@@ -363,7 +356,7 @@ def test_shuffled_control_scores_below_the_true_explanations(  # type: ignore
         range(len(words))
     )
     shuffled = [true[i]["score"] for i in true]
-    from autointerp.explain.run import heldout_records
+    from autointerp.explain.records import heldout_records
     from autointerp.explain.simulate import simulate_score
 
     own = [
@@ -535,7 +528,7 @@ def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
 def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
     gated_db, fault_server, tmp_path, tiny_gated
 ) -> None:  # type: ignore
-    from autointerp.eval.evaluate import EvalConfig, evaluate
+    from autointerp.eval.evaluate import EvalConfig, evaluate, plan_eval
     from autointerp.n2g.build import N2GConfig
     from autointerp.n2g.run import graph_layers
 
@@ -563,9 +556,7 @@ def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(
 
     out = evaluate(
         store,
-        "tiny-gated",
-        EvalConfig(layers=[1], sample=3, seed=1),
-        fault_config(),
+        plan_eval(store, "tiny-gated", EvalConfig(layers=[1], sample=3, seed=1), fault_config()),
         llm_client(server.url),
         load_templates(),
         build_graphs=build,
@@ -595,6 +586,52 @@ def test_eval_bad_input_is_one_sentence(gated_db, tmp_path) -> None:  # type: ig
             "m",
         )
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_config_refuses_nonsense_in_one_sentence() -> None:
+    from autointerp.eval.evaluate import EvalConfig
+
+    for fields, says in (
+        ({"layers": [1], "sample": 1}, "--sample must be at least 2"),
+        ({"layers": [1], "sample": 2.5}, "--sample must be a whole number"),
+        ({"layers": [1], "seed": "x"}, "--seed must be a whole number"),
+        ({"layers": [-1]}, "--layers must be at least 0, not -1"),
+        ({"layers": []}, "--layers names no layer"),
+    ):
+        with pytest.raises(UserError, match=says):
+            EvalConfig(**fields)
+    assert EvalConfig(layers=[0, 3], sample=2, seed=-1).sample == 2
+
+
+def test_eval_and_calibrate_spread_their_requests_over_a_pool_of_endpoints(
+    gated_db, fault_server, tmp_path
+) -> None:  # type: ignore
+    """--base-url repeated is a pool for eval and calibrate too (they used to keep the last one)."""
+    store = copy_store(gated_db, tmp_path)
+    a, b = fault_server("keyword"), fault_server("keyword")
+    pool = ["--base-url", a.url, "--base-url", b.url, "--explainer-model", "fault-model"]
+    llm = [*pool, "--simulator-mode", "echo", "--sim-top", "2", "--sim-random", "2"]
+    proc = run_cli(
+        "eval", "tiny-gated", "--layers", "1", "--sample", "4", "--no-graphs", "--no-progress",
+        *llm, "--db", str(store.path), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["neurons"]) == 4
+    assert a.requests > 0 and b.requests > 0
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS * 8))
+    feats = tmp_path / "features.json"
+    feats.write_text(
+        json.dumps([{"name": "capital", "pattern": r"\bcapital\b", "description": "capital"}])
+    )
+    asked = a.requests, b.requests
+    proc = run_cli(
+        "calibrate", "smollm2-135m", "--features", str(feats), "--tokens", "2048", "--corpus",
+        str(corpus), "--no-progress", *llm, "--db", str(tmp_path / "c.db"), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["capital"]
+    assert a.requests > asked[0] and b.requests > asked[1]
 
 
 def test_calibrate_command_runs_features_through_the_whole_pipeline(

@@ -16,6 +16,8 @@ import pytest
 from helpers import ANIMALS, clear_tables, copy_store, fault_config, run_cli
 
 from autointerp.errors import UserError
+from autointerp.explain.baseline import baseline_explanation
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import (
     OutputTokens,
     Record,
@@ -26,7 +28,7 @@ from autointerp.explain.prompts import (
     simulation_prompt,
 )
 from autointerp.explain.rules import parse_rule
-from autointerp.explain.run import baseline_explanation, explain_layers
+from autointerp.explain.run import explain_layers
 from autointerp.explain.simulate import (
     Simulator,
     expected_digit,
@@ -243,7 +245,11 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(
     server = fault_server("500")
     cfg = fault_config()
     summary = explain_layers(
-        store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(), progress=False
+        store,
+        plan_explain(store, "tiny-gated", [1], cfg, "0-2"),
+        _client(server.url),
+        load_templates(),
+        progress=False,
     )
     assert summary.failed == 3 and summary.explained == 0
     rows = list(
@@ -263,7 +269,11 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(
 
     server.mode = "ok"
     again = explain_layers(
-        store, "tiny-gated", [1], "0-2", cfg, _client(server.url), load_templates(), progress=False
+        store,
+        plan_explain(store, "tiny-gated", [1], cfg, "0-2"),
+        _client(server.url),
+        load_templates(),
+        progress=False,
     )
     assert (
         again.skipped == 3 and again.explained == 0
@@ -271,10 +281,7 @@ def test_failures_are_recorded_never_scored_and_retry_failed_redoes_only_them(
     before = server.requests
     redo = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0-2",
-        cfg,
+        plan_explain(store, "tiny-gated", [1], cfg, "0-2"),
         _client(server.url),
         load_templates(),
         retry_failed=True,
@@ -293,7 +300,11 @@ def test_a_copied_few_shot_answer_is_asked_again(small_db, fault_server, tmp_pat
     server = fault_server("copycat")  # repeats "days of the week" unless asked again hotter
     cfg = fault_config()
     explain_layers(
-        store, "tiny-gated", [1], "0", cfg, _client(server.url), load_templates(), progress=False
+        store,
+        plan_explain(store, "tiny-gated", [1], cfg, "0"),
+        _client(server.url),
+        load_templates(),
+        progress=False,
     )
     row = next(store.db.query("select * from explanations where kind = 'llm'"))
     assert row["status"] == "ok" and row["text"] == "tokens that matter"
@@ -313,10 +324,7 @@ def test_output_tokens_come_from_stored_weight_facts_or_are_refused_up_front(  #
     def explain() -> None:
         explain_layers(
             store,
-            "tiny-gated",
-            [1],
-            "0,1",
-            cfg,
+            plan_explain(store, "tiny-gated", [1], cfg, "0,1"),
             _client(server.url),
             load_templates(),
             progress=False,
@@ -351,10 +359,7 @@ def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp
     cache = LLMCache(store.path)
     first = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0"),
         _client(server.url, cache),
         load_templates(),
         progress=False,
@@ -364,10 +369,7 @@ def test_responses_are_cached_so_reruns_cost_nothing(small_db, fault_server, tmp
     calls = server.requests
     second = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0"),
         _client(server.url, cache),
         load_templates(),
         progress=False,
@@ -548,10 +550,7 @@ def test_negative_side_of_gated_neurons_is_explained_and_scored_separately(
     server = fault_server("ok")
     summary = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(negative=True),
+        plan_explain(store, "tiny-gated", [1], fault_config(negative=True), "0"),
         _client(server.url),
         load_templates(),
         progress=False,
@@ -569,10 +568,7 @@ def test_price_table_gives_dollars_per_row_and_per_run(small_db, fault_server, t
     prices = {"fault-model": {"prompt": 1.0, "completion": 2.0}}  # dollars per 1M tokens
     summary = explain_layers(
         store,
-        "tiny-gated",
-        [1],
-        "0",
-        fault_config(),
+        plan_explain(store, "tiny-gated", [1], fault_config(), "0"),
         _client(server.url),
         load_templates(),
         prices,

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from helpers import copy_db, run_cli
 
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import load_templates
-from autointerp.explain.run import ExplainConfig, explain_layers
+from autointerp.explain.run import explain_layers
 from autointerp.explain.simulate import parse_json_values
 from autointerp.llm.client import LLMClient, LLMFailure, LLMSettings, split_base_urls
 from autointerp.store import Store
@@ -129,7 +131,11 @@ def test_a_server_dying_mid_run_loses_nothing_and_scores_nothing_twice(
         concurrency=2,
     )
     summary = explain_layers(
-        store, "tiny-gated", [1], "0-11", cfg, client, load_templates(), progress=False
+        store,
+        plan_explain(store, "tiny-gated", [1], cfg, "0-11"),
+        client,
+        load_templates(),
+        progress=False,
     )
     assert killed.is_set()
     assert summary.explained == 12 and summary.failed == 0  # nothing lost

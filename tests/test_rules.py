@@ -12,6 +12,7 @@ import pytest
 from helpers import copy_store, fault_config
 from test_explain import GOLDEN, _client, _golden
 
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Record, compile_messages, load_templates
 from autointerp.explain.rules import (
     AnyRule,
@@ -151,7 +152,11 @@ def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> E
     rules (``config`` overrides the test config's fields)."""
     cfg = fault_config(simulator_mode="rule", **config)
     return explain_layers(
-        store, "tiny-gated", [1], neurons, cfg, _client(url), load_templates(), progress=False
+        store,
+        plan_explain(store, "tiny-gated", [1], cfg, neurons),
+        _client(url),
+        load_templates(),
+        progress=False,
     )
 
 

@@ -240,10 +240,7 @@ def stored_layers(store: Any, model: str, text: str | None) -> list[int] | None:
         return parse_layers(text)
     info = store.model_info(model)
     if not info or not info.get("n_layers"):
-        raise UserError(
-            f"No harvest of {model} in {store.path}; run `autointerp harvest --model "
-            f"{model} --layers auto` first."
-        )
+        raise store.not_harvested(model)
     return resolve_layers(text, int(info["n_layers"]))
 
 

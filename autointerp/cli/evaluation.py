@@ -2,16 +2,16 @@
 known-answer features and on a seeded random sample of neurons, with text and JSON reports.
 
 Both talk to an LLM as ``explain`` does (:class:`autointerp.llm.session.LLMSession`: the endpoint
-the options name, or the embedded local server) and share its options here.
+the options name, or the embedded local server) and take its LLM options, declared once in
+:mod:`autointerp.cli.explain` (:func:`~autointerp.cli.explain.add_llm_options`). Each handler
+parses, plans (what the database can tell is checked before the LLM starts), runs and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autointerp.cli.common import (
     Commands,
@@ -23,127 +23,24 @@ from autointerp.cli.common import (
     print_json,
     stdout_to_stderr,
 )
-from autointerp.cli.explain import (
-    add_llm_executor_options,
-    add_prompt_variant_option,
-    add_record_options,
-)
+from autointerp.cli.explain import add_llm_options, explain_config, llm_session, llm_settings
 from autointerp.errors import UserError
-from autointerp.packaged import DEFAULT_LOCAL_LLM
+
+if TYPE_CHECKING:
+    from autointerp.eval.evaluate import GraphBuilder
+    from autointerp.eval.features import RegexFeature
+    from autointerp.executors import Executor
+    from autointerp.models import SubjectModel
+    from autointerp.store import Store
 
 commands = Commands()
 
 
-def _add_llm_options(p: argparse.ArgumentParser) -> None:
-    from autointerp.explain.run import ExplainConfig
-    from autointerp.explain.simulate import MODES
-    from autointerp.llm.client import LLMSettings
-
-    def default(name: str) -> Any:
-        return default_of(ExplainConfig, name)
-
-    p.add_argument(
-        "--base-url",
-        default=None,
-        help=(
-            "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else the embedded local server)"
-        ),
-    )
-    p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
-    p.add_argument("--explainer-model", default=None, help="model that writes explanations")
-    p.add_argument(
-        "--simulator-model", default=None, help="model that simulates (default: the explainer)"
-    )
-    p.add_argument(
-        "--local-llm",
-        default=DEFAULT_LOCAL_LLM,
-        help=(
-            f"packaged model for the local server: {DEFAULT_LOCAL_LLM} (default) or "
-            "qwen2.5-coder-0.5b"
-        ),
-    )
-    p.add_argument(
-        "--simulator-mode",
-        default=default("simulator_mode"),
-        choices=list(MODES),
-        help=(
-            "rule (default: the explanation compiled into a matching rule) or a token-by-token "
-            "LLM simulation (auto probes the endpoint; see `explain --help`)"
-        ),
-    )
-    add_record_options(p)
-    p.add_argument(
-        "--max-attempts",
-        type=int,
-        default=default_of(LLMSettings, "max_attempts"),
-        help="attempts per LLM call before recording a failure",
-    )
-    timeout = default_of(LLMSettings, "timeout")
-    p.add_argument(
-        "--llm-timeout",
-        type=float,
-        default=timeout,
-        help=f"seconds per LLM request (default {timeout:g})",
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for the local server (default: all)"
-    )
-    p.add_argument(
-        "--prompts", default=None, help="prompt template folder (default: the packaged prompts)"
-    )
-    add_prompt_variant_option(p)
-    add_llm_executor_options(p)
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """--no-progress, --json and --db, after the LLM options."""
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_db_option(p)
-
-
-@contextlib.contextmanager
-def _llm(args: argparse.Namespace, store: Any) -> Iterator[tuple[Any, Any, Any]]:
-    """(client, explain config, templates) for the LLM the options name; the settings are all
-    checked before the local server (if any) starts."""
-    from autointerp.explain.prompts import load_templates
-    from autointerp.explain.run import ExplainConfig, check_config
-    from autointerp.explain.simulate import LOGPROB_FREE_MODES
-    from autointerp.llm.client import LLMSettings
-    from autointerp.llm.session import LLMSession
-
-    settings = LLMSettings.from_env(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        explainer_model=args.explainer_model,
-        simulator_model=args.simulator_model,
-        timeout=args.llm_timeout,
-        max_attempts=args.max_attempts,
-    )
-    templates = load_templates(args.prompts, args.prompt)
-    llm = LLMSession(
-        settings,
-        store.path,
-        local_llm=args.local_llm,
-        threads=args.threads,
-        prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
-        log=log,
-    )
-
-    def config(explainer: str, simulator: str) -> Any:
-        cfg = ExplainConfig(
-            explainer_model=explainer,
-            simulator_model=simulator,
-            prompt_version=templates.version,
-            sim_top=args.sim_top,
-            sim_random=args.sim_random,
-            simulator_mode=args.simulator_mode,
-            explain_records=args.explain_records,
-            candidates=args.candidates,
-            output_tokens=args.output_tokens,
-        )
-        check_config(cfg)
-        return cfg
-
-    config("-", "-")  # refuse bad settings before the server starts
-    with llm:
-        yield llm.client, config(llm.explainer_model, llm.simulator_model), templates
 
 
 def _fmt(value: float | None, width: int = 6) -> str:
@@ -183,14 +80,16 @@ def calibrate_options(p: argparse.ArgumentParser) -> None:
         default=default_of(CalibrateConfig, "corpus"),
         help="corpus (default: the packaged wiki + code mix)",
     )
-    _add_llm_options(p)
+    add_llm_options(p)
+    _add_output_options(p)
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autointerp.eval.calibrate import CalibrateConfig, calibrate
     from autointerp.eval.features import load_features
-    from autointerp.executors import explain_runner
+    from autointerp.explain.prompts import load_templates
+    from autointerp.explain.ray import explain_runner
     from autointerp.models import load_tokenizer
     from autointerp.store import Store
 
@@ -200,33 +99,39 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "--output-tokens shows what a neuron's output weights promote; known-answer features"
             " have no weights (use it with eval or explain)."
         )
-    if args.tokens < 256:
-        raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
+    cfg = CalibrateConfig(corpus=args.corpus, tokens=args.tokens)
+    executor = parse_executor(args)
+    templates = load_templates(args.prompts, args.prompt)
+    explain_cfg = explain_config(args, templates)
+    settings = llm_settings(args)
     with stdout_to_stderr():
         name, tokenizer = load_tokenizer(args.model, progress=not args.no_progress)
-    executor = parse_executor(args)
     store = Store(db_path(args))
-    cfg = CalibrateConfig(corpus=args.corpus, tokens=args.tokens)
-    with (
-        _llm(args, store) as (client, explain_cfg, templates),
-        stdout_to_stderr(),
-    ):
+    with llm_session(args, settings, store) as llm, stdout_to_stderr():
         result = calibrate(
             store,
             name,
             tokenizer,
             features,
             cfg,
-            explain_cfg,
-            client,
+            explain_cfg.with_models(llm.explainer_model, llm.simulator_model),
+            llm.client,
             templates,
             progress=not args.no_progress,
             log=log,
             runner=explain_runner(executor, args.workers),
         )
+    _print_calibration(args, name, features, result)
+    return 0
+
+
+def _print_calibration(
+    args: argparse.Namespace, name: str, features: list[RegexFeature], result: dict[str, Any]
+) -> None:
+    """The calibration as a table (or the features' rows as JSON)."""
     if args.json:
         print_json(result["features"])
-        return 0
+        return
     print(
         f"known-answer features of {name} ({len(features)}, {args.tokens} tokens of "
         f"{args.corpus}); "
@@ -255,7 +160,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"{_fmt(m['baseline_score'])} {_fmt(m['n2g_score'])}"
     )
     print(f"stored as calibrate run {result['run_id']}")
-    return 0
 
 
 @commands.add(
@@ -314,102 +218,99 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not build missing N2G graphs (no subject model)",
     )
-    _add_llm_options(p)
+    add_llm_options(p)
+    _add_output_options(p)
     p.set_defaults(func=cmd_eval)
 
 
+class _Subject:
+    """The subject model of ``eval``, loaded at most once and only when something needs it
+    (missing weight facts or N2G graphs)."""
+
+    def __init__(self, name: str, progress: bool) -> None:
+        self.name, self.progress = name, progress
+        self._model: SubjectModel | None = None
+
+    def model(self) -> SubjectModel:
+        from autointerp.models import load_model
+
+        if self._model is None:
+            self._model = load_model(self.name, progress=self.progress)
+        return self._model
+
+
+def _graph_builder(
+    store: Store, subject: _Subject, executor: Executor, workers: int | None
+) -> GraphBuilder:
+    """Builds the N2G graphs the sample lacks, in this process or as Ray tasks."""
+    from autointerp.n2g.build import N2GConfig
+
+    def build(layer: int, neurons: list[int]) -> None:
+        spec = ",".join(str(n) for n in neurons)
+        if executor.kind == "ray":
+            from autointerp.n2g.ray import ray_graph
+
+            ray_graph(
+                subject.model(),
+                store,
+                [layer],
+                spec,
+                N2GConfig(),
+                executor,
+                workers=workers,
+                progress=subject.progress,
+            )
+            return
+        from autointerp.n2g.run import graph_layers
+
+        graph_layers(subject.model(), store, [layer], spec, N2GConfig(), progress=subject.progress)
+
+    return build
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from autointerp.eval.evaluate import EvalConfig, evaluate
+    from autointerp.eval.evaluate import EvalConfig, evaluate, plan_eval
     from autointerp.eval.plot import eval_plot
-    from autointerp.executors import explain_runner
+    from autointerp.explain.prompts import load_templates
+    from autointerp.explain.ray import explain_runner
     from autointerp.model_names import canonical_model_name
     from autointerp.ranges import parse_layers
     from autointerp.store import Store
+    from autointerp.weights import store_weight_facts
 
+    executor = parse_executor(args)
+    templates = load_templates(args.prompts, args.prompt)
+    explain_cfg = explain_config(args, templates)
+    settings = llm_settings(args)
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
-    layers = parse_layers(args.layers)
-    if layers is None:
-        layers = sorted(store.harvested_layers(model))
-        if not layers:
-            raise UserError(
-                f"No complete harvest of {model} in {store.path}; run `autointerp harvest` first."
-            )
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         raise UserError(f"The folder for the plot {args.plot} does not exist.")
-    if args.sample < 2:
-        raise UserError(
-            "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
-        )
-    executor = parse_executor(args)
+    layers = parse_layers(args.layers)
     cfg = EvalConfig(
-        layers=layers,
+        layers=store.harvested_layer_list(model) if layers is None else layers,
         sample=args.sample,
         seed=args.seed,
         embedding=args.embedding_scorer,
         detection=args.detection_scorer,
     )
-    subject: dict[str, Any] = {}
-
-    def build_graphs(layer: int, neurons: list[int]) -> None:
-        from autointerp.models import load_model
-        from autointerp.n2g.build import N2GConfig
-        from autointerp.n2g.run import graph_layers
-
-        if "model" not in subject:
-            subject["model"] = load_model(model, progress=not args.no_progress)
-        if executor.kind == "ray":
-            from autointerp.n2g.ray import ray_graph
-
-            ray_graph(
-                subject["model"],
-                store,
-                [layer],
-                ",".join(str(n) for n in neurons),
-                N2GConfig(),
-                executor,
-                workers=args.workers,
-                progress=not args.no_progress,
-            )
-            return
-        graph_layers(
-            subject["model"],
-            store,
-            [layer],
-            ",".join(str(n) for n in neurons),
-            N2GConfig(),
-            progress=not args.no_progress,
-        )
-
-    for layer in layers:  # refuse unharvested layers before the LLM server starts
-        if store.latest_complete_run(model, layer) is None:
-            raise UserError(
-                f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest "
-                f"--model {model} --layers {layer}` first."
-            )
-    missing_weights = sorted(set(layers) - store.weight_layers(model)) if args.output_tokens else []
-    if missing_weights and not args.no_graphs:  # the subject model is at hand: compute them
-        from autointerp.models import load_model
-        from autointerp.weights import store_weight_facts
-
-        subject["model"] = load_model(model, progress=not args.no_progress)
+    # the subject model is at hand unless --no-graphs: then missing weight facts are computed
+    plan = plan_eval(store, model, cfg, explain_cfg, weights_to_come=not args.no_graphs)
+    progress = not args.no_progress
+    subject = _Subject(model, progress)
+    if plan.explain.missing_weights:
+        loaded = subject.model()  # its download progress may go to stdout; the facts' may not
         with stdout_to_stderr():
-            store_weight_facts(
-                store, subject["model"], missing_weights, progress=not args.no_progress
-            )
-    with (
-        _llm(args, store) as (client, explain_cfg, templates),
-        stdout_to_stderr(),
-    ):
+            store_weight_facts(store, loaded, plan.explain.missing_weights, progress=progress)
+    builder = None if args.no_graphs else _graph_builder(store, subject, executor, args.workers)
+    with llm_session(args, settings, store) as llm, stdout_to_stderr():
         result = evaluate(
             store,
-            model,
-            cfg,
-            explain_cfg,
-            client,
+            plan.with_models(llm.explainer_model, llm.simulator_model),
+            llm.client,
             templates,
-            build_graphs=None if args.no_graphs else build_graphs,
-            progress=not args.no_progress,
+            build_graphs=builder,
+            progress=progress,
             runner=explain_runner(executor, args.workers),
         )
     if args.plot:
@@ -417,13 +318,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.plot).write_bytes(
             eval_plot(result, known["result"]["features"] if known else None)
         )
+    _print_eval(args, result)
+    return 0
+
+
+def _print_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The evaluation as tables (or all of it as JSON)."""
     if args.json:
         print_json(result)
-        return 0
+        return
+    model, layers = result["model"], result["layers"]
     print(
-        f"{model} layers {','.join(map(str, layers))}: {args.sample} random firing neurons per "
-        "layer "
-        f"(seed {args.seed}); explainer {result['explainer_model']}, simulator "
+        f"{model} layers {','.join(map(str, layers))}: {result['sample']} random firing"
+        " neurons per layer "
+        f"(seed {result['seed']}); explainer {result['explainer_model']}, simulator "
         f"{result['simulator_model']} ({result['simulator_mode']})"
     )
     print(
@@ -455,4 +363,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         )
     print(f"stored as eval run {result['run_id']}" + (f"; plot: {args.plot}" if args.plot else ""))
-    return 0

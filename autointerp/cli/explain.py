@@ -1,12 +1,18 @@
 """``autointerp explain``: explanations by an LLM, scored by simulation, with the token-lookup
 baseline and the N2G graph scored on the same held-out text. Which LLM (endpoints or the embedded
-local server) is :class:`autointerp.llm.session.LLMSession`'s business."""
+local server) is :class:`autointerp.llm.session.LLMSession`'s business.
+
+The LLM's options are declared here once (:func:`add_llm_options`) for ``explain``, ``eval`` and
+``calibrate``, with the functions that read them (:func:`explain_config`, :func:`llm_settings`,
+:func:`llm_session`): the three commands take the same endpoints (a pool), refuse the same nonsense
+and check the endpoint up front alike."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from autointerp.cli.common import (
     Commands,
@@ -21,8 +27,16 @@ from autointerp.cli.common import (
     print_json,
     stored_layers,
 )
-from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_LOCAL_LLM
+
+if TYPE_CHECKING:
+    from autointerp.explain.config import ExplainConfig
+    from autointerp.explain.plan import ExplainPlan
+    from autointerp.explain.prompts import Templates
+    from autointerp.explain.run import ExplainSummary
+    from autointerp.llm.client import LLMSettings
+    from autointerp.llm.session import LLMSession
+    from autointerp.store import Store
 
 commands = Commands()
 
@@ -31,7 +45,7 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     """How many examples the explainer sees and the simulator is scored on, and how many candidate
     explanations are drawn: the same options for explain, calibrate and eval, with ExplainConfig's
     defaults."""
-    from autointerp.explain.run import ExplainConfig
+    from autointerp.explain.config import ExplainConfig
 
     def default(name: str) -> Any:
         return default_of(ExplainConfig, name)
@@ -95,7 +109,7 @@ def add_prompt_variant_option(p: argparse.ArgumentParser) -> None:
 
 def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
     """--executor/--workers for the LLM stage (explain, and eval's and calibrate's explain step)."""
-    from autointerp.executors import EXPLAIN_CHUNK
+    from autointerp.explain.ray import EXPLAIN_CHUNK
 
     add_executor_options(
         p,
@@ -108,49 +122,19 @@ def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-@commands.add(
-    "explain",
-    help="explain neurons with an LLM and score explanations, baseline and N2G by simulation",
-    description=(
-        "For each chosen neuron: an LLM explains its top training examples (prompts/ templates), a"
-        " simulator predicts its activations on held-out top + random text from the explanation,"
-        " and the score is the correlation with the real activations. The token-lookup baseline and"
-        " the N2G graph are scored on the same text. Resumable per neuron; a failed LLM call is"
-        " recorded with its reason, never as a score. With no --base-url / OPENAI_BASE_URL, a local"
-        " llama.cpp server with a packaged Qwen2.5-Coder model is started and stopped"
-        " automatically."
-    ),
-    epilog=(
-        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons top:4\n  autointerp"
-        " explain smollm2-135m --layers 2 --neurons 0-9 --local-llm qwen2.5-coder-0.5b\n "
-        " OPENAI_API_KEY=... autointerp explain gemma-3-270m --layers 9 --neurons top:20 \\\n     "
-        " --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode"
-        " chat-logprobs"
-    ),
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-)
-def explain_options(p: argparse.ArgumentParser) -> None:
-    from autointerp.explain.run import ExplainConfig
+def add_llm_options(
+    p: argparse.ArgumentParser,
+    stage_options: Callable[[argparse.ArgumentParser], None] | None = None,
+    price_table: bool = False,
+) -> None:
+    """The LLM's options, the same for explain, eval and calibrate: which endpoint(s) or local
+    model, which models explain and simulate, the records shown and scored, attempts, timeout,
+    prompts and executor. ``stage_options`` adds the command's own options after the record
+    options (where ``--help`` lists them), ``price_table`` the price table of ``explain``."""
+    from autointerp.explain.config import ExplainConfig
     from autointerp.explain.simulate import MODES
     from autointerp.llm.client import LLMSettings
 
-    def default(name: str) -> Any:
-        return default_of(ExplainConfig, name)
-
-    p.add_argument("model", help="model name as harvested")
-    p.add_argument(
-        "--layers",
-        default=None,
-        help=(
-            "layers, e.g. 3,9 or 0-5, or auto (the layers `harvest --layers auto` "
-            "chose) (default: every harvested layer)"
-        ),
-    )
-    p.add_argument(
-        "--neurons",
-        default="top:4",
-        help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all",
-    )
     p.add_argument(
         "--base-url",
         action="append",
@@ -184,7 +168,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--simulator-mode",
-        default=default("simulator_mode"),
+        default=default_of(ExplainConfig, "simulator_mode"),
         choices=list(MODES),
         help=(
             "rule (default: the LLM compiles the explanation into a matching rule of words and a "
@@ -194,22 +178,8 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     add_record_options(p)
-    p.add_argument(
-        "--negative", action="store_true", help="also explain the negative side of gated neurons"
-    )
-    p.add_argument("--no-baseline", action="store_true", help="skip the token-lookup baseline")
-    p.add_argument(
-        "--no-n2g", action="store_true", help="do not show the N2G graph's paths to the explainer"
-    )
-    p.add_argument(
-        "--retry-failed", action="store_true", help="redo only the neurons with a recorded failure"
-    )
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=default("concurrency"),
-        help=f"neurons processed at once (default {default('concurrency')})",
-    )
+    if stage_options is not None:
+        stage_options(p)
     p.add_argument(
         "--max-attempts",
         type=at_least(1),
@@ -229,14 +199,128 @@ def explain_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads for the local server (default: all)",
     )
-    p.add_argument(
-        "--price-table",
-        default=None,
-        help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars',
-    )
+    if price_table:
+        p.add_argument(
+            "--price-table",
+            default=None,
+            help='JSON {"model": {"prompt": $ per 1M tokens, "completion": ...}} to report dollars',
+        )
     p.add_argument("--prompts", default=None, help="prompt template folder (default: prompts/)")
     add_prompt_variant_option(p)
     add_llm_executor_options(p)
+
+
+def explain_config(args: argparse.Namespace, templates: Templates, **stage: Any) -> ExplainConfig:
+    """The explain config the LLM options give (without the LLMs' names, known once the session is
+    up: :meth:`ExplainConfig.with_models`); ``stage``: the command's own fields. Nonsense numbers
+    are refused here, before anything runs."""
+    from autointerp.explain.config import ExplainConfig
+
+    return ExplainConfig(
+        prompt_version=templates.version,
+        sim_top=args.sim_top,
+        sim_random=args.sim_random,
+        simulator_mode=args.simulator_mode,
+        explain_records=args.explain_records,
+        candidates=args.candidates,
+        output_tokens=args.output_tokens,
+        **stage,
+    )
+
+
+def llm_settings(args: argparse.Namespace, **extra: Any) -> LLMSettings:
+    """The endpoints, key, models, timeout and attempts the options (or the environment) give;
+    ``extra``: more settings of the command (explain's concurrency and prices)."""
+    from autointerp.llm.client import LLMSettings
+
+    return LLMSettings.from_env(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        explainer_model=args.explainer_model,
+        simulator_model=args.simulator_model,
+        timeout=args.llm_timeout,
+        max_attempts=args.max_attempts,
+        **extra,
+    )
+
+
+def llm_session(args: argparse.Namespace, settings: LLMSettings, store: Store) -> LLMSession:
+    """The LLM session of the options: the endpoints, checked now (a malformed or silent one is one
+    sentence before any work), or the local server, started on entering."""
+    from autointerp.explain.simulate import LOGPROB_FREE_MODES
+    from autointerp.llm.session import LLMSession
+
+    return LLMSession(
+        settings,
+        store.path,
+        local_llm=args.local_llm,
+        threads=args.threads,
+        prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
+        check_endpoints=True,
+        log=log,
+    )
+
+
+def _explain_stage_options(p: argparse.ArgumentParser) -> None:
+    """explain's own options among the LLM's: which sides and methods, retries, concurrency."""
+    from autointerp.explain.config import ExplainConfig
+
+    p.add_argument(
+        "--negative", action="store_true", help="also explain the negative side of gated neurons"
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip the token-lookup baseline")
+    p.add_argument(
+        "--no-n2g", action="store_true", help="do not show the N2G graph's paths to the explainer"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="redo only the neurons with a recorded failure"
+    )
+    concurrency = default_of(ExplainConfig, "concurrency")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=concurrency,
+        help=f"neurons processed at once (default {concurrency})",
+    )
+
+
+@commands.add(
+    "explain",
+    help="explain neurons with an LLM and score explanations, baseline and N2G by simulation",
+    description=(
+        "For each chosen neuron: an LLM explains its top training examples (prompts/ templates), a"
+        " simulator predicts its activations on held-out top + random text from the explanation,"
+        " and the score is the correlation with the real activations. The token-lookup baseline and"
+        " the N2G graph are scored on the same text. Resumable per neuron; a failed LLM call is"
+        " recorded with its reason, never as a score. With no --base-url / OPENAI_BASE_URL, a local"
+        " llama.cpp server with a packaged Qwen2.5-Coder model is started and stopped"
+        " automatically."
+    ),
+    epilog=(
+        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons top:4\n  autointerp"
+        " explain smollm2-135m --layers 2 --neurons 0-9 --local-llm qwen2.5-coder-0.5b\n "
+        " OPENAI_API_KEY=... autointerp explain gemma-3-270m --layers 9 --neurons top:20 \\\n     "
+        " --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode"
+        " chat-logprobs"
+    ),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
+def explain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help=(
+            "layers, e.g. 3,9 or 0-5, or auto (the layers `harvest --layers auto` "
+            "chose) (default: every harvested layer)"
+        ),
+    )
+    p.add_argument(
+        "--neurons",
+        default="top:4",
+        help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all",
+    )
+    add_llm_options(p, _explain_stage_options, price_table=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--json", action="store_true", help="print a JSON summary (counts, tokens, cost)"
@@ -246,88 +330,43 @@ def explain_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from autointerp.executors import explain_runner
+    from autointerp.explain.plan import plan_explain
     from autointerp.explain.prompts import load_templates
-    from autointerp.explain.run import ExplainConfig, check_heldout, explain_layers, plan_neurons
-    from autointerp.explain.simulate import LOGPROB_FREE_MODES
-    from autointerp.llm.client import LLMSettings, load_prices
-    from autointerp.llm.session import LLMSession
+    from autointerp.explain.ray import explain_runner
+    from autointerp.explain.run import explain_layers
+    from autointerp.llm.client import load_prices
     from autointerp.model_names import canonical_model_name
     from autointerp.store import Store
 
-    options = {
-        "sim_top": args.sim_top,
-        "sim_random": args.sim_random,
-        "simulator_mode": args.simulator_mode,
+    executor = parse_executor(args)
+    templates = load_templates(args.prompts, args.prompt)
+    stage = {
         "use_n2g": not args.no_n2g,
         "negative": args.negative,
         "baseline": not args.no_baseline,
-        "explain_records": args.explain_records,
-        "candidates": args.candidates,
-        "output_tokens": args.output_tokens,
     }
-    ExplainConfig(**options, concurrency=args.concurrency)  # nonsense numbers: refused before all
-    executor = parse_executor(args)
+    cfg = explain_config(args, templates, **stage, concurrency=args.concurrency)
+    settings = llm_settings(
+        args, concurrency=args.concurrency, prices=load_prices(args.price_table)
+    )
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
-    layers = stored_layers(store, model, args.layers)
-    if layers is None:
-        layers = sorted(store.harvested_layers(model))
-        if not layers:
-            raise UserError(
-                f"No complete harvest of {model} in {store.path}; run `autointerp harvest` first."
-            )
-    settings = LLMSettings.from_env(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        explainer_model=args.explainer_model,
-        simulator_model=args.simulator_model,
-        timeout=args.llm_timeout,
-        max_attempts=args.max_attempts,
-        concurrency=args.concurrency,
-        prices=load_prices(args.price_table),
-    )
-    info = store.model_info(model)
-    if info is None:
-        raise UserError(
-            f"{model} has not been harvested in {store.path}; run `autointerp harvest` first."
-        )
-    if args.negative and not info.get("gated_mlp"):
+    # what the database can tell is checked before any LLM is contacted
+    plan = plan_explain(store, model, stored_layers(store, model, args.layers), cfg, args.neurons)
+    if args.negative and not plan.gated:
         # GELU/ReLU neurons (GPT-2 style) barely go below zero (GELU's minimum is -0.17) and their
         # harvest keeps no bottom examples, so there is no negative side to explain; the positive
         # side is explained as usual.
         print(
             f"note: --negative does nothing for {model}: its MLP is not gated "
-            f"({info.get('act_fn')}), so its neurons have no negative side worth explaining",
+            f"({plan.info.get('act_fn')}), so its neurons have no negative side worth explaining",
             file=sys.stderr,
         )
-    templates = load_templates(args.prompts, args.prompt)
-    # what the database can tell is checked before any LLM is contacted
-    plan = plan_neurons(store, model, layers, args.neurons, int(info["d_mlp"]))
-    check_heldout(store, plan, ExplainConfig(**options))
-    llm = LLMSession(
-        settings,
-        store.path,
-        local_llm=args.local_llm,
-        threads=args.threads,
-        prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
-        check_endpoints=True,
-        log=log,
-    )
-    with llm:
-        cfg = ExplainConfig(
-            explainer_model=llm.explainer_model,
-            simulator_model=llm.simulator_model,
-            prompt_version=templates.version,
-            concurrency=settings.concurrency,
-            **options,
-        )
+    with llm_session(args, settings, store) as llm:
+        plan = plan.with_models(llm.explainer_model, llm.simulator_model)
         summary = explain_layers(
             store,
-            model,
-            layers,
-            args.neurons,
-            cfg,
+            plan,
             llm.client,
             templates,
             settings.prices,
@@ -335,11 +374,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             runner=explain_runner(executor, args.workers),
         )
-    endpoints = llm.client.endpoint_usage()
-    u = summary.usage
+    return _report(args, plan, summary, llm.client.endpoint_usage())
+
+
+def _report(
+    args: argparse.Namespace,
+    plan: ExplainPlan,
+    summary: ExplainSummary,
+    endpoints: list[dict[str, Any]],
+) -> int:
+    """Print what the run did (text or ``--json``); exit status 1 when no neuron got an
+    explanation at all."""
+    model, cfg, u = plan.model, plan.cfg, summary.usage
     out = {
         "model": model,
-        "layers": layers,
+        "layers": plan.layer_numbers,
         "explain_run_id": summary.run_id,
         "explained": summary.explained,
         "failed": summary.failed,

@@ -131,12 +131,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     model = load_subject(args.model, progress=not args.no_progress, args=args)
     layers = resolve_layers(args.layers, model.n_layers)
     if layers is None:
-        layers = sorted(store.harvested_layers(model.name))
-        if not layers:
-            raise UserError(
-                f"No complete harvest of {model.name} in {store.path}; run `autointerp harvest`"
-                " first."
-            )
+        layers = store.harvested_layer_list(model.name)
     model.check_layers(layers)
     if executor.kind == "ray":
         summaries = ray_graph(

@@ -166,10 +166,7 @@ def _neuron_record(
         else next((r for r in store.runs(model) if r["id"] == run_id), None)
     )
     if run is None:
-        raise UserError(
-            f"Layer {layer} of {model} has not been harvested; harvested layers: "
-            f"{sorted(store.harvested_layers(model))}."
-        )
+        raise store.not_harvested(model, layer)
     from autointerp.records import neuron_summary
 
     record = neuron_summary(store, model, layer, neuron, run["id"], limit)

@@ -18,15 +18,19 @@ control.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from autointerp.config import identity_hash
+from autointerp.errors import UserError
 from autointerp.eval.features import KnownFeatureModel, RegexFeature, RegexSubject
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Templates
-from autointerp.explain.run import ExplainConfig, JobRunner, explain_layers
+from autointerp.explain.run import JobRunner, explain_layers
 from autointerp.harvest import HarvestConfig, harvest
 from autointerp.llm.client import LLMClient
 from autointerp.n2g.build import N2GConfig
@@ -45,28 +49,30 @@ class CalibrateConfig:
     ctx_len: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.tokens < 256:
+            raise UserError("--tokens must be at least 256 (a few contexts of 64 tokens).")
+
 
 def _median(values: list[float | None]) -> float | None:
     ok = [v for v in values if v is not None]
     return float(np.median(ok)) if ok else None
 
 
-def calibrate(
+def run_pipeline(
     store: Store,
-    base_model: str,
-    tokenizer: Any,
-    features: list[RegexFeature],
+    known: KnownFeatureModel,
     cfg: CalibrateConfig,
     explain_cfg: ExplainConfig,
     client: LLMClient,
     templates: Templates,
     progress: bool = True,
-    log: Any = print,
+    log: Callable[[str], None] = print,
     runner: JobRunner | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline on the features and return ``{"model", "features_model", "features": [...],
-    "medians"}``; the result is stored as a ``calibrate`` run of ``base_model``."""
-    known = KnownFeatureModel(base_model, tokenizer, features)
+    """The unchanged pipeline on the features as one layer of neurons - harvest, N2G graphs,
+    explanations and scores, with each true description simulated beside the explanation - and
+    the harvest run it read."""
     harvest(
         known,
         store,
@@ -90,51 +96,63 @@ def calibrate(
         progress=progress,
         subject_for=lambda _: RegexSubject(known),
     )
-    extra = {(0, i): {TRUE_METHOD: f.description} for i, f in enumerate(features)}
-    explain_layers(
-        store,
-        known.name,
-        [0],
-        "all",
-        explain_cfg,
-        client,
-        templates,
-        progress=progress,
-        extra=extra,
-        runner=runner,
-    )
-    run = store.latest_complete_run(known.name, 0)
-    assert run is not None  # harvested just above
-    rows = []
+    extra = {(0, i): {TRUE_METHOD: f.description} for i, f in enumerate(known.features)}
+    plan = plan_explain(store, known.name, [0], explain_cfg, "all")
+    explain_layers(store, plan, client, templates, progress=progress, extra=extra, runner=runner)
+    return plan.layers[0].run
+
+
+def feature_row(
+    store: Store, run_id: int, index: int, feature: RegexFeature, config_hash: str
+) -> dict[str, Any]:
+    """One feature's line of the result: its scores by method, the explanation, what the rule
+    simulator compiled each description into, and why a score is missing."""
+    expl, scores = store.config_results(run_id, 0, index, config_hash)
+    stats = store.neuron(run_id, 0, index) or {}
+
+    def score(method: str) -> float | None:
+        row = scores.get(method)
+        return row["score"] if row and row["status"] == "ok" else None
+
+    llm = expl.get("llm") or {}
+    return {
+        "name": feature.name,
+        "kind": feature.kind,
+        "pattern": feature.pattern,
+        "description": feature.description,
+        "true_score": score(TRUE_METHOD),
+        "explanation": llm.get("text"),
+        "explanation_score": score("explanation"),
+        "baseline_score": score("baseline"),
+        "n2g_score": score("n2g"),
+        "frac_active": stats.get("frac_positive"),
+        "status": {m: r["status"] for m, r in scores.items()},
+        "errors": {m: r["error"] for m, r in scores.items() if r.get("error")},
+        # what the rule simulator compiled each description into (``rule`` mode)
+        "rules": {m: r["simulation"] for m, r in scores.items() if r.get("simulation")},
+        "baseline": (expl.get("baseline") or {}).get("text"),
+    }
+
+
+def calibrate(
+    store: Store,
+    base_model: str,
+    tokenizer: Any,
+    features: list[RegexFeature],
+    cfg: CalibrateConfig,
+    explain_cfg: ExplainConfig,
+    client: LLMClient,
+    templates: Templates,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    runner: JobRunner | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline on the features and return ``{"model", "features_model", "features": [...],
+    "medians"}``; the result is stored as a ``calibrate`` run of ``base_model``."""
+    known = KnownFeatureModel(base_model, tokenizer, features)
+    run = run_pipeline(store, known, cfg, explain_cfg, client, templates, progress, log, runner)
     config_hash = explain_cfg.config_hash()
-    for i, f in enumerate(features):
-        expl, scores = store.config_results(run["id"], 0, i, config_hash)
-        stats = store.neuron(run["id"], 0, i) or {}
-
-        def score(method: str, scores: dict[str, dict[str, Any]] = scores) -> float | None:
-            row = scores.get(method)
-            return row["score"] if row and row["status"] == "ok" else None
-
-        llm = expl.get("llm") or {}
-        rows.append(
-            {
-                "name": f.name,
-                "kind": f.kind,
-                "pattern": f.pattern,
-                "description": f.description,
-                "true_score": score(TRUE_METHOD),
-                "explanation": llm.get("text"),
-                "explanation_score": score("explanation"),
-                "baseline_score": score("baseline"),
-                "n2g_score": score("n2g"),
-                "frac_active": stats.get("frac_positive"),
-                "status": {m: r["status"] for m, r in scores.items()},
-                "errors": {m: r["error"] for m, r in scores.items() if r.get("error")},
-                # what the rule simulator compiled each description into (``rule`` mode)
-                "rules": {m: r["simulation"] for m, r in scores.items() if r.get("simulation")},
-                "baseline": (expl.get("baseline") or {}).get("text"),
-            }
-        )
+    rows = [feature_row(store, run["id"], i, f, config_hash) for i, f in enumerate(features)]
     medians = {
         key: _median([r[key] for r in rows])
         for key in ("true_score", "explanation_score", "baseline_score", "n2g_score")

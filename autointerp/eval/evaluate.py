@@ -23,23 +23,32 @@ controls.
 
 Every evaluation is stored (config + hash + result) as an ``eval`` run, so a later explainer can be
 compared.
+
+As the explain stage, it runs in two steps: :func:`plan_eval` draws the sample and checks what the
+database can tell (an :class:`autointerp.explain.plan.ExplainPlan` of the sampled neurons), before
+any LLM is contacted; :func:`evaluate` runs the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
-from autointerp.config import identity_hash
+from autointerp.config import check_int, identity_hash
 from autointerp.errors import UserError
 from autointerp.eval.scorers import detection_score, embedding_score
 from autointerp.eval.stats import paired, spearman, summarize
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.plan import ExplainPlan, LayerPlan, plan_explain
 from autointerp.explain.prompts import Templates
-from autointerp.explain.run import ExplainConfig, JobRunner, explain_layers, heldout_records
+from autointerp.explain.records import heldout_records
+from autointerp.explain.run import JobRunner, explain_layers
 from autointerp.explain.simulate import Simulator, simulate_score
 from autointerp.llm.client import LLMClient, LLMFailure, Usage
 from autointerp.store import Store
@@ -54,6 +63,9 @@ SCORER_SCORES = {
     ),
 }
 
+GraphBuilder = Callable[[int, list[int]], None]
+"""(layer, neurons) -> builds and stores their N2G graphs (the caller owns the subject model)."""
+
 
 @dataclass
 class EvalConfig:
@@ -67,19 +79,71 @@ class EvalConfig:
     #: the simulator's model) and report how well it agrees with simulation
     detection: bool = False
 
+    def __post_init__(self) -> None:
+        """Nonsense is refused in one sentence when the config is made, before anything runs."""
+        if not self.layers:
+            raise UserError("--layers names no layer to evaluate.")
+        for layer in self.layers:
+            check_int(layer, "--layers", 0)
+        for option, value in (("--sample", self.sample), ("--seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{option} must be a whole number, not {value!r}.")
+        if self.sample < 2:
+            raise UserError(
+                "--sample must be at least 2 (the shuffled control needs another neuron of the "
+                "layer)."
+            )
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """An evaluation checked against the database: its config and the explain plan of the sampled
+    neurons (their harvest runs, the explain config)."""
+
+    cfg: EvalConfig
+    explain: ExplainPlan
+
+    @property
+    def model(self) -> str:
+        return self.explain.model
+
+    def with_models(self, explainer: str, simulator: str) -> EvalPlan:
+        """The same plan with the LLMs' names (known once the LLM session is up)."""
+        return dataclasses.replace(self, explain=self.explain.with_models(explainer, simulator))
+
+
+def _draw(firing: list[int], layer: int, n: int, seed: int) -> list[int]:
+    """``n`` of the ``firing`` neurons of ``layer``, drawn uniformly, seeded by seed and layer."""
+    rng = random.Random(f"autointerp-eval:{seed}:{layer}")
+    return sorted(rng.sample(firing, min(n, len(firing))))
+
 
 def sample_neurons(store: Store, model: str, layer: int, n: int, seed: int) -> list[int]:
     """``n`` neurons of ``layer`` drawn uniformly (seeded by seed and layer) among those that
     fire."""
-    run = store.latest_complete_run(model, layer)
-    if run is None:
-        raise UserError(
-            f"Layer {layer} of {model} has not been harvested yet; run `autointerp harvest --model "
-            f"{model} --layers {layer}` first."
-        )
-    firing = store.firing_neurons(run["id"], layer)
-    rng = random.Random(f"autointerp-eval:{seed}:{layer}")
-    return sorted(rng.sample(firing, min(n, len(firing))))
+    run = store.harvest_run(model, layer)
+    return _draw(store.firing_neurons(run["id"], layer), layer, n, seed)
+
+
+def plan_eval(
+    store: Store,
+    model: str,
+    cfg: EvalConfig,
+    explain_cfg: ExplainConfig,
+    *,
+    weights_to_come: bool = False,
+) -> EvalPlan:
+    """Draw the sample of every layer and check it as ``explain`` checks its neurons
+    (:func:`autointerp.explain.plan.plan_explain`; ``weights_to_come``: the caller computes the
+    weight facts ``--output-tokens`` needs, listed in ``plan.explain.missing_weights``)."""
+
+    def sample(layer: int, run: dict[str, Any]) -> list[int]:
+        return _draw(store.firing_neurons(run["id"], layer), layer, cfg.sample, cfg.seed)
+
+    explain = plan_explain(
+        store, model, cfg.layers, explain_cfg, sample, weights_to_come=weights_to_come
+    )
+    return EvalPlan(cfg, explain)
 
 
 def derangement(items: list[int], seed: int) -> dict[int, int]:
@@ -125,147 +189,210 @@ def shuffled_scores(
     return out
 
 
-def evaluate(
-    store: Store,
-    model: str,
-    cfg: EvalConfig,
-    explain_cfg: ExplainConfig,
-    client: LLMClient,
-    templates: Templates,
-    build_graphs: Any = None,
-    progress: bool = True,
-    runner: JobRunner | None = None,
+@dataclass
+class Tally:
+    """What the summaries are made of, per method, control and cheap scorer: the score of every
+    neuron where it is ``ok`` and the failed and undefined counts (never averaged in); per cheap
+    scorer its seconds, LLM usage and failure reasons."""
+
+    scorers: list[str]
+    scores: dict[str, dict[tuple[int, int], float | None]] = field(init=False)
+    counts: dict[str, dict[str, int]] = field(init=False)
+    seconds: dict[str, float] = field(init=False)
+    usage: dict[str, Usage] = field(init=False)
+    reasons: dict[str, dict[str, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scores = {m: {} for m in (*METHODS, "shuffled", *self.scorers)}
+        self.counts = {m: {"failed": 0, "undefined": 0} for m in self.scores}
+        self.seconds = dict.fromkeys(self.scorers, 0.0)
+        self.usage = {name: Usage() for name in self.scorers}
+        self.reasons = {name: {} for name in self.scorers}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Count one neuron's entry under each method."""
+        for method in self.scores:
+            status = entry["status"][method]
+            if status == "ok":
+                self.scores[method][(entry["layer"], entry["neuron"])] = entry["scores"][method]
+            elif status in ("failed", "undefined"):
+                self.counts[method][status] += 1
+
+
+def method_entry(
+    layer: int,
+    neuron: int,
+    stored: tuple[dict[str, Any], dict[str, Any]],
+    text: str | None,
+    shuffled: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Run the evaluation (see the module docstring); ``build_graphs(layer, neurons)`` makes missing
-    N2G graphs (the caller owns the subject model); ``runner`` runs the explain step (Ray tasks:
-    :func:`autointerp.executors.explain_runner`; default: this process). Returns and stores the
-    result."""
-    if cfg.sample < 2:
-        raise UserError(
-            "--sample must be at least 2 (the shuffled control needs another neuron of the layer)."
+    """One neuron's entry of the result: the status and score of each method (from its ``stored``
+    explanations and scores) and of the shuffled control."""
+    expl, scores = stored
+    entry: dict[str, Any] = {
+        "layer": layer,
+        "neuron": neuron,
+        "scores": {},
+        "status": {},
+        "explanation": text,
+        "baseline": (expl.get("baseline") or {}).get("text"),
+    }
+    for method in METHODS:
+        row = scores.get(method)
+        status = row["status"] if row else "missing"
+        if method == "explanation" and row is None and "llm" in expl:
+            status = expl["llm"]["status"]
+        entry["status"][method] = status
+        entry["scores"][method] = row["score"] if row and status == "ok" else None
+        if row and method == "explanation":
+            entry["scores"]["explanation_raw"] = row.get("score_raw")
+    entry["status"]["shuffled"] = shuffled["status"] if shuffled else "missing"
+    entry["scores"]["shuffled"] = (
+        shuffled["score"] if shuffled and shuffled["status"] == "ok" else None
+    )
+    if shuffled:
+        entry["shuffled_from"] = shuffled["from"]
+    return entry
+
+
+class Scoring:
+    """The scoring half of an evaluation, after the explain step: each sampled neuron's stored
+    scores, the shuffled control and the cheap scorers, tallied for the summaries."""
+
+    def __init__(
+        self, store: Store, plan: EvalPlan, client: LLMClient, templates: Templates
+    ) -> None:
+        self.store, self.plan, self.client = store, plan, client
+        self.cfg = plan.explain.cfg
+        self.sim = Simulator(
+            client,
+            self.cfg.simulator_model,
+            templates,
+            self.cfg.simulator_mode,
+            self.cfg.sim_logprobs,
         )
-    samples = {
-        layer: sample_neurons(store, model, layer, cfg.sample, cfg.seed) for layer in cfg.layers
-    }
-    runs = {layer: store.latest_complete_run(model, layer) for layer in cfg.layers}
-    if build_graphs is not None:
-        for layer, neurons in samples.items():
-            have = {
-                r["neuron"]
-                for r in store.db.query(
-                    "select distinct neuron from graphs where run_id = ? and layer = ?",
-                    [runs[layer]["id"], layer],
-                )
-            }
-            missing = [n for n in neurons if n not in have]
-            if missing:
-                build_graphs(layer, missing)
-    explain_layers(
-        store,
-        model,
-        cfg.layers,
-        None,
-        explain_cfg,
-        client,
-        templates,
-        progress=progress,
-        neurons=samples,
-        runner=runner,
-    )
-    config_hash = explain_cfg.config_hash()
-    sim = Simulator(
-        client,
-        explain_cfg.simulator_model,
-        templates,
-        explain_cfg.simulator_mode,
-        explain_cfg.sim_logprobs,
-    )
-    neurons_out: list[dict[str, Any]] = []
-    scorers = [name for name in SCORER_SCORES if getattr(cfg, name)]
-    per_method: dict[str, dict[tuple[int, int], float | None]] = {
-        m: {} for m in (*METHODS, "shuffled", *scorers)
-    }
-    scorer_seconds = dict.fromkeys(scorers, 0.0)
-    scorer_usage = {name: Usage() for name in scorers}
-    reasons: dict[str, dict[str, int]] = {name: {} for name in scorers}
-    counts: dict[str, dict[str, int]] = {m: {"failed": 0, "undefined": 0} for m in per_method}
-    bar = tqdm(
-        total=sum(len(v) for v in samples.values()),
-        unit="neuron",
-        disable=not progress,
-        desc=f"shuffled control {model}",
-        dynamic_ncols=True,
-    )
-    for layer, neurons in samples.items():
-        run_id = runs[layer]["id"]
-        rows = {n: store.config_results(run_id, layer, n, config_hash) for n in neurons}
+        self.tally = Tally([name for name in SCORER_SCORES if getattr(plan.cfg, name)])
+
+    def layer(self, lp: LayerPlan) -> list[dict[str, Any]]:
+        """The entries of one layer's sampled neurons."""
+        run_id, layer = lp.run["id"], lp.layer
+        config_hash = self.cfg.config_hash()
+        rows = {n: self.store.config_results(run_id, layer, n, config_hash) for n in lp.neurons}
         texts = {
             n: e["llm"]["text"]
             for n, (e, _) in rows.items()
             if e.get("llm", {}).get("status") == "ok"
         }
         maxima = {
-            n: float((store.neuron(run_id, layer, n) or {"max": 0.0})["max"]) for n in neurons
+            n: float((self.store.neuron(run_id, layer, n) or {"max": 0.0})["max"])
+            for n in lp.neurons
         }
+        seed = self.plan.cfg.seed + layer
         shuffled = shuffled_scores(
-            store, run_id, layer, texts, explain_cfg, sim, cfg.seed + layer, maxima
+            self.store, run_id, layer, texts, self.cfg, self.sim, seed, maxima
         )
-        bar.update(len(neurons))
-        for n in neurons:
-            expl, scores = rows[n]
-            entry: dict[str, Any] = {
-                "layer": layer,
-                "neuron": n,
-                "scores": {},
-                "status": {},
-                "explanation": texts.get(n),
-                "baseline": (expl.get("baseline") or {}).get("text"),
-            }
-            for method in METHODS:
-                row = scores.get(method)
-                status = row["status"] if row else "missing"
-                if method == "explanation" and row is None and "llm" in expl:
-                    status = expl["llm"]["status"]
-                entry["status"][method] = status
-                entry["scores"][method] = row["score"] if row and status == "ok" else None
-                if row and method == "explanation":
-                    entry["scores"]["explanation_raw"] = row.get("score_raw")
-            sh = shuffled.get(n)
-            entry["status"]["shuffled"] = sh["status"] if sh else "missing"
-            entry["scores"]["shuffled"] = sh["score"] if sh and sh["status"] == "ok" else None
-            if sh:
-                entry["shuffled_from"] = sh["from"]
-            for name in scorers:
-                t0 = time.perf_counter()
-                value, status = None, "missing"
-                if n in texts:
-                    held = heldout_records(store, run_id, layer, n, explain_cfg)
-                    try:
-                        if name == "embedding":
-                            value = embedding_score(texts[n], held, maxima[n])
-                        else:
-                            value, spent = detection_score(
-                                client, explain_cfg.simulator_model, texts[n], held, maxima[n]
-                            )
-                            scorer_usage[name].add(spent)
-                        status = "ok" if value is not None else "undefined"
-                    except LLMFailure as exc:  # recorded with its reason, never a number
-                        status = "failed"
-                        entry.setdefault("reasons", {})[name] = exc.reason
-                        reasons[name][exc.reason] = reasons[name].get(exc.reason, 0) + 1
-                scorer_seconds[name] += time.perf_counter() - t0
-                entry["scores"][name] = value
-                entry["status"][name] = status
-            for method in per_method:
-                status = entry["status"][method]
-                if status == "ok":
-                    per_method[method][(layer, n)] = entry["scores"][method]
-                elif status in ("failed", "undefined"):
-                    counts[method][status] += 1
-            neurons_out.append(entry)
+        out = []
+        for n in lp.neurons:
+            entry = method_entry(layer, n, rows[n], texts.get(n), shuffled.get(n))
+            for name in self.tally.scorers:
+                self.cheap_score(entry, lp, name, texts.get(n), maxima[n])
+            self.tally.add(entry)
+            out.append(entry)
+        return out
+
+    def cheap_score(
+        self, entry: dict[str, Any], lp: LayerPlan, name: str, text: str | None, top: float
+    ) -> None:
+        """Score the neuron's explanation ``text`` with the cheap scorer ``name`` on its held-out
+        windows, timed; a failure is recorded with its reason, never a number."""
+        t0 = time.perf_counter()
+        value, status = None, "missing"
+        if text is not None:
+            held = heldout_records(self.store, lp.run["id"], lp.layer, entry["neuron"], self.cfg)
+            try:
+                if name == "embedding":
+                    value = embedding_score(text, held, top)
+                else:
+                    value, spent = detection_score(
+                        self.client, self.cfg.simulator_model, text, held, top
+                    )
+                    self.tally.usage[name].add(spent)
+                status = "ok" if value is not None else "undefined"
+            except LLMFailure as exc:
+                status = "failed"
+                entry.setdefault("reasons", {})[name] = exc.reason
+                reasons = self.tally.reasons[name]
+                reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+        self.tally.seconds[name] += time.perf_counter() - t0
+        entry["scores"][name] = value
+        entry["status"][name] = status
+
+
+def build_missing_graphs(store: Store, plan: ExplainPlan, build_graphs: GraphBuilder) -> None:
+    """Have ``build_graphs`` make the N2G graphs the sampled neurons lack."""
+    for lp in plan.layers:
+        have = {
+            r["neuron"]
+            for r in store.db.query(
+                "select distinct neuron from graphs where run_id = ? and layer = ?",
+                [lp.run["id"], lp.layer],
+            )
+        }
+        missing = [n for n in lp.neurons if n not in have]
+        if missing:
+            build_graphs(lp.layer, missing)
+
+
+def evaluate(
+    store: Store,
+    plan: EvalPlan,
+    client: LLMClient,
+    templates: Templates,
+    build_graphs: GraphBuilder | None = None,
+    progress: bool = True,
+    runner: JobRunner | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation ``plan`` (:func:`plan_eval`; see the module docstring):
+    ``build_graphs(layer, neurons)`` makes missing N2G graphs (the caller owns the subject model);
+    ``runner`` runs the explain step (Ray tasks: :func:`autointerp.explain.ray.explain_runner`;
+    default: this process). Returns and stores the result."""
+    if build_graphs is not None:
+        build_missing_graphs(store, plan.explain, build_graphs)
+    explain_layers(store, plan.explain, client, templates, progress=progress, runner=runner)
+    scoring = Scoring(store, plan, client, templates)
+    bar = tqdm(
+        total=sum(len(lp.neurons) for lp in plan.explain.layers),
+        unit="neuron",
+        disable=not progress,
+        desc=f"shuffled control {plan.model}",
+        dynamic_ncols=True,
+    )
+    neurons_out: list[dict[str, Any]] = []
+    for lp in plan.explain.layers:
+        neurons_out += scoring.layer(lp)
+        bar.update(len(lp.neurons))
     bar.close()
+    result = eval_result(store, plan, neurons_out, scoring.tally)
+    explain_cfg = plan.explain.cfg
+    config = {
+        "eval": asdict(plan.cfg),
+        "explain": explain_cfg.identity(),
+        "explain_config_hash": explain_cfg.config_hash(),
+    }
+    result["run_id"] = store.save_evaluation(
+        plan.model, "eval", config, identity_hash(config), result
+    )
+    return result
+
+
+def method_summaries(
+    store: Store, model: str, tally: Tally, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Per method and control: n, mean, median, interval, ...; the known-answer controls from the
+    model's newest ``calibrate`` result when there is one."""
     methods = {
-        m: summarize(list(per_method[m].values()), **counts[m], seed=cfg.seed) for m in per_method
+        m: summarize(list(tally.scores[m].values()), **tally.counts[m], seed=seed)
+        for m in tally.scores
     }
     known = store.latest_evaluation(model, "calibrate")
     if known is not None:
@@ -275,13 +402,19 @@ def evaluate(
             ("explanation_score", "known_explanation"),
         ):
             values = [f[key] for f in feats if f[key] is not None]
-            methods[name] = summarize(
-                values, failed=sum(f[key] is None for f in feats), seed=cfg.seed
-            )
+            methods[name] = summarize(values, failed=sum(f[key] is None for f in feats), seed=seed)
             methods[name]["calibrate_run_id"] = known["run_id"]
-    expl = per_method["explanation"]
+    return methods
+
+
+def eval_result(
+    store: Store, plan: EvalPlan, neurons: list[dict[str, Any]], tally: Tally
+) -> dict[str, Any]:
+    """The result as reported and stored (without its run id)."""
+    cfg, explain_cfg = plan.cfg, plan.explain.cfg
+    expl = tally.scores["explanation"]
     result: dict[str, Any] = {
-        "model": model,
+        "model": plan.model,
         "layers": cfg.layers,
         "sample": cfg.sample,
         "seed": cfg.seed,
@@ -289,36 +422,30 @@ def evaluate(
         "simulator_model": explain_cfg.simulator_model,
         "simulator_mode": explain_cfg.simulator_mode,
         "prompt_version": explain_cfg.prompt_version,
-        "explain_config_hash": config_hash,
+        "explain_config_hash": explain_cfg.config_hash(),
         "score": (
             "correlation with the activation's positive part (README: Explanations and "
             "simulation scores)"
         ),
-        "methods": methods,
+        "methods": method_summaries(store, plan.model, tally, cfg.seed),
         "paired": {
-            f"explanation-{other}": paired(expl, per_method[other], cfg.seed)
+            f"explanation-{other}": paired(expl, tally.scores[other], cfg.seed)
             for other in ("baseline", "shuffled", "n2g")
         },
-        "neurons": neurons_out,
+        "neurons": neurons,
     }
-    if scorers:
+    if tally.scorers:
         result["scorer_agreement"] = {
             name: _agreement(
-                per_method[name],
+                tally.scores[name],
                 expl,
-                scorer_seconds[name],
-                scorer_usage[name],
-                reasons[name],
+                tally.seconds[name],
+                tally.usage[name],
+                tally.reasons[name],
                 SCORER_SCORES[name],
             )
-            for name in scorers
+            for name in tally.scorers
         }
-    config = {
-        "eval": asdict(cfg),
-        "explain": explain_cfg.identity(),
-        "explain_config_hash": config_hash,
-    }
-    result["run_id"] = store.save_evaluation(model, "eval", config, identity_hash(config), result)
     return result
 
 

@@ -24,14 +24,13 @@ from tqdm import tqdm
 from autointerp.executors import (
     Executor,
     cluster_slots,
-    die_once,
     run_tasks,
     start_ray,
     task_options,
     worker_device,
     worker_model,
 )
-from autointerp.faults import kill_point
+from autointerp.faults import kill_point, kill_worker_once
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import N2GConfig
 from autointerp.n2g.readouts import ModelLayerSubject
@@ -69,7 +68,9 @@ def _graph_chunk(
     model = worker_model(model_name, device, dtype)
     started = time.time()
     rows = build_chunk(ModelLayerSubject(model, inputs.layer), inputs, cfg)
-    die_once(kill_marker)  # tests: the work is done but never returned, as when a node is lost
+    kill_worker_once(
+        kill_marker
+    )  # tests: the work is done but never returned, as when a node is lost
     return {"rows": rows, "seconds": time.time() - started}
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autointerp.errors import UserError
 from autointerp.faults import kill_point
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import Example, N2GConfig, build_graphs, evaluate
@@ -132,12 +131,7 @@ def plan_graphs(
     config_hash = cfg.config_hash()
     chosen = []
     for layer in layers:
-        run = store.latest_complete_run(model.name, layer)
-        if run is None:
-            raise UserError(
-                f"Layer {layer} of {model.name} has not been harvested yet; run `autointerp harvest"
-                f" --model {model.name} --layers {layer}` first."
-            )
+        run = store.harvest_run(model.name, layer)
         chosen.append(
             (layer, run, select_neurons(store, model.name, layer, neurons_spec, model.d_mlp))
         )

@@ -212,12 +212,10 @@ class ExplanationTables(HarvestTables):
         runs = {lay: run["id"] for lay, run in self.harvested_layers(model).items()}
         if layer is not None:
             if layer not in runs:
-                raise UserError(
-                    f"Layer {layer} of {model} has not been harvested; harvested: {sorted(runs)}."
-                )
+                raise self.not_harvested(model, layer)
             runs = {layer: runs[layer]}
         if not runs:
-            raise UserError(f"No complete harvest of {model} in {self.path}.")
+            raise self.not_harvested(model)
         where = " or ".join("(n.run_id = ? and n.layer = ?)" for _ in runs)
         params: list[Any] = [v for lay, run_id in runs.items() for v in (run_id, lay)]
         per_neuron = ("run_id", "layer", "neuron")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import autointerp.store.schema as schema
+from autointerp.errors import UserError
 from autointerp.store.codec import decode_acts
 from autointerp.store.core import StoreCore, run_row
 
@@ -127,6 +128,36 @@ class HarvestTables(StoreCore):
         if layer is not None:
             return layers.get(layer)
         return max(layers.values(), key=lambda r: r["id"], default=None)
+
+    # The stages and the commands that read a harvest all refuse a missing one; the sentence they
+    # say is written once, here.
+    def not_harvested(self, model: str, layer: int | None = None) -> UserError:
+        """The one sentence for ``model`` (or one ``layer`` of it) having no complete harvest in
+        this database, and what to run instead."""
+        if layer is None:
+            return UserError(
+                f"No complete harvest of {model} in {self.path}; run `autointerp harvest` first."
+            )
+        harvested = sorted(self.harvested_layers(model))
+        return UserError(
+            f"Layer {layer} of {model} has not been harvested (harvested layers: {harvested});"
+            f" run `autointerp harvest --model {model} --layers {layer}` first."
+        )
+
+    def harvest_run(self, model: str, layer: int) -> dict[str, Any]:
+        """:meth:`latest_complete_run` of ``layer``, refused in one sentence when there is none."""
+        run = self.latest_complete_run(model, layer)
+        if run is None:
+            raise self.not_harvested(model, layer)
+        return run
+
+    def harvested_layer_list(self, model: str) -> list[int]:
+        """Every layer of ``model`` with a complete harvest, in order; refused in one sentence when
+        there is none (what ``--layers`` left out means)."""
+        layers = sorted(self.harvested_layers(model))
+        if not layers:
+            raise self.not_harvested(model)
+        return layers
 
     # ----------------------------------------------------------------------------------------------
     # checkpoints
