@@ -474,6 +474,39 @@ def test_explain_against_a_trickling_endpoint_records_timeouts_and_finishes(
     assert statuses == ["complete"]
 
 
+def test_a_dead_endpoint_stops_explain_and_retry_failed_resumes(
+    explain_base: Path,
+    fault_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A server that is up and answers 500 to everything (the endpoint check passes: it answers)
+    kept a run going for hours. After --stop-after-failures neurons in a row whose every call failed
+    at the endpoint, explain stops with one sentence; the failures stay recorded, the run is
+    `stopped`, and --retry-failed once the server works does the rest."""
+    db = copy_db(explain_base, tmp_path / "run.db")
+    server = fault_server("dead")
+    proc = explain_cli(db, server.url, "0-9", "--stop-after-failures", "2", "--max-attempts", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped after 2 neurons in a row" in errors[0], proc.stderr
+    assert "--retry-failed" in errors[0] and "HTTP 500" in errors[0]
+    with sqlite3.connect(db) as conn:
+        failed = {r[0] for r in conn.execute("select neuron from explanations where text is null")}
+        statuses = [r[0] for r in conn.execute("select status from runs where stage = 'explain'")]
+    assert 2 <= len(failed) <= 4 and statuses == ["stopped"], (failed, statuses)  # 2 in flight
+    server.mode = "ok"
+    proc = explain_cli(db, server.url, "0-9", "--retry-failed")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["explained"] == 10 and summary["failed"] == 0, summary
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from explanations where text is null").fetchone() == (
+            0,
+        )
+        statuses = [r[0] for r in conn.execute("select status from runs where stage = 'explain'")]
+    assert statuses == ["complete"]
+
+
 # ------------------------------------------------------------------------------------------------
 # concurrency
 def _listening_addresses(port: int) -> set[str]:

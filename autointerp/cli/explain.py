@@ -282,6 +282,19 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
         default=concurrency,
         help=f"neurons processed at once (default {concurrency})",
     )
+    from autointerp.explain.run import STOP_AFTER_FAILURES
+
+    p.add_argument(
+        "--stop-after-failures",
+        type=at_least(0),
+        default=STOP_AFTER_FAILURES,
+        metavar="N",
+        help=(
+            "stop after N neurons in a row whose every LLM call failed at the endpoint (refused,"
+            " timed out, 429, 5xx); --retry-failed resumes (default"
+            f" {STOP_AFTER_FAILURES}; 0: never stop)"
+        ),
+    )
 
 
 @commands.add(
@@ -373,6 +386,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             runner=explain_runner(executor, args.workers),
+            stop_after=args.stop_after_failures or None,
         )
     return _report(args, plan, summary, llm.client.endpoint_usage())
 
@@ -404,6 +418,8 @@ def _report(
         "cost_usd": summary.cost_usd,
         "endpoints": endpoints,
     }
+    if summary.stopped:
+        out["stopped"] = summary.stopped
     if args.json:
         print_json(out)
     else:
@@ -428,6 +444,9 @@ def _report(
             print(
                 f"Redo the failures with: autointerp explain {model} --retry-failed (same options)"
             )
+    if summary.stopped:  # the endpoint kept failing: one sentence, what is recorded stays
+        print(f"error: {summary.stopped}", file=sys.stderr)
+        return 1
     # Nothing explained at all (every explanation call failed) is an error; explanations whose
     # scores failed (e.g. a simulator that does not answer on the 0-9 scale) are output, with the
     # failures recorded, counted above and redone by --retry-failed.
