@@ -194,8 +194,15 @@ CLI_CASES = [
             (["similarity", M], "--limit"),
             (["similarity", M], "--max-df"),
             (["graph", M, "--layers", "1"], "--train-examples"),
+            (["explain", M, *EXPLAIN], "--concurrency"),
+            (["explain", M, *EXPLAIN], "--sim-top"),
+            (["explain", M, *EXPLAIN], "--candidates"),
+            (["eval", M, *EXPLAIN], "--sample"),
         )
     ],
+    (["eval", M, "--seed", str(2 * HUGE), *EXPLAIN], 2, "--seed: must be at most"),
+    (["calibrate", M, "--tokens", str(2 * HUGE), *EXPLAIN], 2, "--tokens: must be at most"),
+    (["explain", M, "--stop-after-failures", "-1", *EXPLAIN], 2, "must be at least 0, not -1"),
     (["neuron", M, "1/99999999999999999999"], 2, "Neuron must be at most 2147483647"),
     (["neuron", M, f"{HUGE}/0"], 2, "Layer must be at most 2147483647"),
     (["similar", M, f"1/{HUGE}"], 2, "Neuron must be at most 2147483647"),
@@ -915,6 +922,41 @@ def test_every_command_that_prints_stored_text_keeps_controls_and_bidi_off_the_t
     assert main([*argv, "--db", str(terminal_hostile_db)]) == 0
     out = capsys.readouterr().out
     assert "␛[2J␍␇\\x85\\u202e\\u200f\\u2066\\u061c" in out, out  # shown, not obeyed
+    assert not [c for c in TERMINAL_BAD if c in out], out
+
+
+def test_calibrate_prints_its_explanations_and_errors_terminal_safe(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """calibrate prints what the LLM wrote and why calls failed (the server's own words) as it
+    runs: the same terminal-safe rendering as every stored text."""
+    import argparse
+
+    from autointerp.cli.evaluation import _print_calibration
+
+    feature = {
+        "name": "digits",
+        "frac_active": 0.1,
+        "true_score": 0.9,
+        "explanation_score": 0.5,
+        "baseline_score": 0.2,
+        "n2g_score": None,
+        "explanation": TERMINAL_HOSTILE + "digits",
+        "errors": {"baseline": "HTTP 500: " + TERMINAL_HOSTILE},
+    }
+    result = {
+        "features": [feature],
+        "medians": {k: None for k in ("true_score", "explanation_score", "baseline_score")}
+        | {"n2g_score": None},
+        "explainer_model": "m",
+        "simulator_model": "m",
+        "simulator_mode": "rule",
+        "run_id": 1,
+    }
+    args = argparse.Namespace(json=False, tokens=256, corpus="default")
+    _print_calibration(args, "smollm2-135m", [], result)
+    out = capsys.readouterr().out
+    assert out.count("␛[2J␍␇\\x85\\u202e\\u200f\\u2066\\u061c") == 2, out
     assert not [c for c in TERMINAL_BAD if c in out], out
 
 

@@ -26,6 +26,7 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stored_layers,
+    whole,
 )
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -52,25 +53,25 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--sim-top",
-        type=int,
+        type=whole(),
         default=default("sim_top"),
         help=f"held-out top examples simulated (default {default('sim_top')})",
     )
     p.add_argument(
         "--sim-random",
-        type=int,
+        type=whole(),
         default=default("sim_random"),
         help=f"held-out random examples simulated (default {default('sim_random')})",
     )
     p.add_argument(
         "--explain-records",
-        type=int,
+        type=whole(),
         default=default("explain_records"),
         help=f"top training examples shown (default {default('explain_records')})",
     )
     p.add_argument(
         "--candidates",
-        type=int,
+        type=whole(),
         default=default("candidates"),
         help=(
             "best-of-n: sample N explanations per neuron, keep the one that scores best on "
@@ -80,7 +81,7 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--output-tokens",
-        type=int,
+        type=whole(),
         default=default("output_tokens"),
         metavar="N",
         help=(
@@ -278,7 +279,7 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
     concurrency = default_of(ExplainConfig, "concurrency")
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=whole(),
         default=concurrency,
         help=f"neurons processed at once (default {concurrency})",
     )
