@@ -192,7 +192,10 @@ def add_llm_options(
         "--llm-timeout",
         type=finite,
         default=timeout,
-        help=f"seconds per LLM request (default {timeout:g})",
+        help=(
+            f"deadline of each LLM request in seconds, the whole request: connecting, headers"
+            f" and body (default {timeout:g})"
+        ),
     )
     p.add_argument(
         "--threads",
