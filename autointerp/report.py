@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.untrusted import terminal_text
 
 
 def build_report(
@@ -135,7 +136,8 @@ def format_report(report: dict[str, Any], db: str, command: str = "autointerp") 
         )
         for n in report["neurons"]:
             scores = f"{_fmt(n['score'])} {_fmt(n['baseline_score'], 8)} {_fmt(n['n2g_score'])}"
-            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {scores}  {n['explanation'] or '-'}")
+            explanation = terminal_text(n["explanation"] or "-")  # LLM text: never raw controls
+            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {scores}  {explanation}")
             if report["similar_per_neuron"]:
                 lines.append(" " * 35 + _similar_text(report, n["similar"], command))
     else:

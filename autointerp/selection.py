@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from autointerp.errors import UserError
 from autointerp.histogram import HIST_EDGES
-from autointerp.ranges import parse_ranges
+from autointerp.ranges import bounded_index, parse_ranges
 
 if TYPE_CHECKING:
     from autointerp.store import Store
@@ -71,7 +71,7 @@ def _count(spec: str, kind: str) -> int:
         raise UserError(f"--neurons {kind}:K needs a number, not {spec!r}.") from exc
     if k < 1:
         raise UserError(f"--neurons {kind}:K needs K >= 1, not {k}.")
-    return k
+    return bounded_index(k, f"--neurons {kind}:K", spec)
 
 
 def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp: int) -> list[int]:
@@ -83,12 +83,7 @@ def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp
         return sorted(r["neuron"] for r in store.rank_neurons(model, "max", layer, k))
     if kind == "best":
         k = _count(spec, "best")  # type: ignore[arg-type]
-        run = store.latest_complete_run(model, layer)
-        if run is None:
-            raise UserError(
-                f"Layer {layer} of {model} has not been harvested; harvested: "
-                f"{sorted(store.harvested_layers(model))}."
-            )
+        run = store.harvest_run(model, layer)
         return sorted(best_neurons(store, int(run["id"]), layer, k).chosen)
     return parse_neurons(spec, d_mlp)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.ranges import MAX_INDEX
 from autointerp.untrusted import read_text
 
 
@@ -127,7 +128,7 @@ def add_executor_options(p: argparse.ArgumentParser, tasks: str, workers: str) -
             f" (start one on this machine) or ray:ADDRESS: {tasks}"
         ),
     )
-    p.add_argument("--workers", type=int, default=None, help=f"with --executor ray: {workers}")
+    p.add_argument("--workers", type=whole(), default=None, help=f"with --executor ray: {workers}")
 
 
 def parse_executor(args: argparse.Namespace) -> Any:
@@ -141,9 +142,10 @@ def parse_executor(args: argparse.Namespace) -> Any:
     return executor
 
 
-def at_least(low: int) -> Callable[[str], int]:
+def at_least(low: int, high: int = MAX_INDEX) -> Callable[[str], int]:
     """An integer option that must be ``>= low`` (an argparse type: checked before anything
-    runs)."""
+    runs), and at most ``high``: past 64 bits a number overflows SQLite and numpy, and no layer,
+    neuron or count comes near :data:`autointerp.ranges.MAX_INDEX`, the API's bound too."""
 
     def convert(text: str) -> int:
         try:
@@ -152,8 +154,32 @@ def at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {value}")
         return value
 
+    return convert
+
+
+#: The bound of whole-number options that count tokens or seed a generator, which may exceed
+#: :data:`autointerp.ranges.MAX_INDEX` but must fit SQLite's 64-bit integers.
+INT64_MAX = 2**63 - 1
+
+
+def whole(high: int = MAX_INDEX) -> Callable[[str], int]:
+    """An integer option with no lower bound of its own (the command or its config checks that,
+    in its own words) that must lie within ``-high .. high``. Text that is no integer gets
+    argparse's usual "invalid int value"."""
+
+    def convert(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid int value: 'x'"
+        if abs(value) > high:
+            side = "at most" if value > 0 else "at least"
+            limit = high if value > 0 else -high
+            raise argparse.ArgumentTypeError(f"must be {side} {limit}, not {value}")
+        return value
+
+    convert.__name__ = "int"
     return convert
 
 

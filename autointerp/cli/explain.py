@@ -26,6 +26,7 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stored_layers,
+    whole,
 )
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -52,25 +53,25 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--sim-top",
-        type=int,
+        type=whole(),
         default=default("sim_top"),
         help=f"held-out top examples simulated (default {default('sim_top')})",
     )
     p.add_argument(
         "--sim-random",
-        type=int,
+        type=whole(),
         default=default("sim_random"),
         help=f"held-out random examples simulated (default {default('sim_random')})",
     )
     p.add_argument(
         "--explain-records",
-        type=int,
+        type=whole(),
         default=default("explain_records"),
         help=f"top training examples shown (default {default('explain_records')})",
     )
     p.add_argument(
         "--candidates",
-        type=int,
+        type=whole(),
         default=default("candidates"),
         help=(
             "best-of-n: sample N explanations per neuron, keep the one that scores best on "
@@ -80,7 +81,7 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--output-tokens",
-        type=int,
+        type=whole(),
         default=default("output_tokens"),
         metavar="N",
         help=(
@@ -191,7 +192,10 @@ def add_llm_options(
         "--llm-timeout",
         type=finite,
         default=timeout,
-        help=f"seconds per LLM request (default {timeout:g})",
+        help=(
+            f"deadline of each LLM request in seconds, the whole request: connecting, headers"
+            f" and body (default {timeout:g})"
+        ),
     )
     p.add_argument(
         "--threads",
@@ -278,9 +282,22 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
     concurrency = default_of(ExplainConfig, "concurrency")
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=whole(),
         default=concurrency,
         help=f"neurons processed at once (default {concurrency})",
+    )
+    from autointerp.explain.run import STOP_AFTER_FAILURES
+
+    p.add_argument(
+        "--stop-after-failures",
+        type=at_least(0),
+        default=STOP_AFTER_FAILURES,
+        metavar="N",
+        help=(
+            "stop after N neurons in a row whose every LLM call failed at the endpoint (refused,"
+            " timed out, 429, 5xx); --retry-failed resumes (default"
+            f" {STOP_AFTER_FAILURES}; 0: never stop)"
+        ),
     )
 
 
@@ -377,6 +394,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             runner=explain_runner(executor, args.workers),
+            stop_after=args.stop_after_failures or None,
         )
     return _report(args, plan, summary, llm.client.endpoint_usage())
 
@@ -408,6 +426,8 @@ def _report(
         "cost_usd": summary.cost_usd,
         "endpoints": endpoints,
     }
+    if summary.stopped:
+        out["stopped"] = summary.stopped
     if args.json:
         print_json(out)
     else:
@@ -432,6 +452,9 @@ def _report(
             print(
                 f"Redo the failures with: autointerp explain {model} --retry-failed (same options)"
             )
+    if summary.stopped:  # the endpoint kept failing: one sentence, what is recorded stays
+        print(f"error: {summary.stopped}", file=sys.stderr)
+        return 1
     # Nothing explained at all (every explanation call failed) is an error; explanations whose
     # scores failed (e.g. a simulator that does not answer on the 0-9 scale) are output, with the
     # failures recorded, counted above and redone by --retry-failed.

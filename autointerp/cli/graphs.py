@@ -20,6 +20,7 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stored_layers,
+    whole,
 )
 from autointerp.errors import UserError
 from autointerp.ranges import parse_neuron
@@ -67,13 +68,13 @@ def graph_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--train-examples",
-        type=int,
+        type=whole(),
         default=default("train_examples"),
         help=f"top training examples per neuron (default {default('train_examples')})",
     )
     p.add_argument(
         "--augmentations",
-        type=int,
+        type=whole(),
         default=default("augmentations"),
         help=f"substitutes per important token (default {default('augmentations')})",
     )

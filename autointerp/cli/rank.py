@@ -7,7 +7,14 @@ import argparse
 import sys
 from typing import Any
 
-from autointerp.cli.common import Commands, add_db_option, at_least, db_path, print_json
+from autointerp.cli.common import (
+    Commands,
+    add_db_option,
+    at_least,
+    db_path,
+    print_json,
+    whole,
+)
 from autointerp.errors import UserError
 from autointerp.untrusted import terminal_text
 
@@ -54,7 +61,7 @@ def rank_options(p: argparse.ArgumentParser) -> None:
             '"ranked_by" in --json'
         ),
     )
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--limit", type=whole(), default=20, help="how many (default 20)")
     p.add_argument(
         "--json",
         action="store_true",

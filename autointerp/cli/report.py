@@ -15,6 +15,7 @@ from autointerp.cli.common import (
     print_json,
     store_model,
     stored_layers,
+    whole,
 )
 
 commands = Commands()
@@ -40,10 +41,10 @@ def report_options(p: argparse.ArgumentParser) -> None:
     from autointerp.report import build_report
 
     limit, similar = default_of(build_report, "limit"), default_of(build_report, "similar")
-    p.add_argument("--limit", type=int, default=limit, help=f"neurons shown (default {limit})")
+    p.add_argument("--limit", type=whole(), default=limit, help=f"neurons shown (default {limit})")
     p.add_argument(
         "--similar",
-        type=int,
+        type=whole(),
         default=similar,
         help=f"similar neurons per neuron (default {similar})",
     )

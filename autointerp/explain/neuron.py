@@ -80,6 +80,9 @@ class NeuronResult:
     explanations: list[dict[str, Any]]
     scores: list[dict[str, Any]]
     usage: Usage
+    #: the reason, when every LLM call of this neuron failed at the endpoint (unreachable, timeout,
+    #: 429, 5xx: not a wrong answer); None when any call was answered or none was made
+    endpoint_failure: str | None = None
 
     @property
     def cost_usd(self) -> float | None:
@@ -287,6 +290,7 @@ class NeuronRows:
         self.usage = Usage()
         self.explanations: list[dict[str, Any]] = []
         self.scores: list[dict[str, Any]] = []
+        self.calls: list[LLMFailure | None] = []  # each LLM call's failure, None when answered
 
     def explanation(
         self,
@@ -373,11 +377,17 @@ class NeuronRows:
             result, used = simulate_score(sim, text, records, max_act, sign)
             self.usage.add(used)
             self.score(method, result, None, used, sim.mode)
+            self.calls.append(None)
         except LLMFailure as exc:
             self.score(method, None, exc.reason, Usage(), sim.mode)
+            self.calls.append(exc)
 
     def result(self, job: NeuronJob) -> NeuronResult:
-        return NeuronResult(job, self.explanations, self.scores, self.usage)
+        down = bool(self.calls) and all(c is not None and c.transient for c in self.calls)
+        last = self.calls[-1] if down else None
+        return NeuronResult(
+            job, self.explanations, self.scores, self.usage, last.reason if last else None
+        )
 
 
 @dataclass(frozen=True)
@@ -449,6 +459,7 @@ def explain_side(
         else:
             text, used = _explain(client, cfg, messages, templates)
         rows.usage.add(used)
+        rows.calls.append(None)
         rows.explanation(
             side.kind,
             text,
@@ -460,6 +471,7 @@ def explain_side(
             candidates,
         )
     except LLMFailure as exc:
+        rows.calls.append(exc)
         rows.explanation(
             side.kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
         )

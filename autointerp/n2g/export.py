@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,11 @@ def safe_output_path(path: str | Path, folder: bool = False) -> Path:
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` that becomes ``path`` only when writing it succeeded (and is
-    removed when it did not: a full disk or a folder in the way leaves nothing behind)."""
+    removed when it did not: a full disk or a folder in the way leaves nothing behind). A ``path``
+    that is a symbolic link is followed, as the system follows it for any write: the file it points
+    to is replaced, and the link stays a link."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

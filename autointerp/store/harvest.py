@@ -74,6 +74,14 @@ class HarvestTables(StoreCore):
         )
         self.db.conn.commit()
 
+    def stop_stage(self, run_id: int) -> None:
+        """A run that ended before its work was done (an LLM endpoint that kept failing): neither
+        ``running`` nor ``complete``; rerunning it resumes where it stopped."""
+        self.db.execute(
+            "update runs set status = 'stopped', finished = ? where id = ?", [time.time(), run_id]
+        )
+        self.db.conn.commit()
+
     def create_run(
         self,
         model: str,
