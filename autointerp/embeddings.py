@@ -92,10 +92,11 @@ def load_embedder() -> Any:
             path = prepare_embedder()
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
 
-            # a weights bar on every search says nothing to the user
-            hf_logging.disable_progress_bar()
+            from autointerp.models import quiet_libraries
+
+            # a weights bar on every search says nothing to the user; other bars stay as asked
+            quiet_libraries()
 
             _loaded[EMBEDDER] = SentenceTransformer(str(path), device="cpu")
         return _loaded[EMBEDDER]

@@ -463,7 +463,7 @@ def load_model(
     raising one clear :class:`UserError` when it cannot be had."""
     canonical, packaged = resolve_model_name(name)
     target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    _quiet_libraries()
+    quiet_libraries()
     if packaged is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -550,7 +550,7 @@ def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
     return provenance
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """TransformerLens and transformers log warnings that say nothing actionable to our users, and
     transformers draws a "Loading weights" bar on every load (download bars stay)."""
     import logging
@@ -590,7 +590,7 @@ def load_tokenizer(name: str, progress: bool = True) -> tuple[str, Any]:
     features need. Packaged models read the tokenizer from their converted directory;
     TransformerLens models load whole (their tokenizer comes with them)."""
     canonical, packaged = resolve_model_name(name)
-    _quiet_libraries()
+    quiet_libraries()
     if packaged is not None:
         from transformers import AutoTokenizer
 

@@ -215,3 +215,15 @@ def test_an_unreachable_simulator_is_a_failure_with_its_reason() -> None:
     sim = Simulator(_client("http://127.0.0.1:9/v1"), "m", load_templates(), "rule")
     with pytest.raises(LLMFailure, match="connection error"):
         sim.simulate_records("anything", [TOKENS])
+
+
+def test_an_empty_compiled_rule_takes_the_quoted_text() -> None:
+    """A compiled rule that covers nothing is checked against its description: quoted text is
+    what the description names; with nothing quoted the empty rule stands."""
+    from autointerp.explain.simulate import covering_rule
+
+    empty = parse_rule('{"words": [], "regex": null}')
+    assert covering_rule(empty, 'the hyphen character "-"').apply(["a", "-", "b"]) == [0, 1, 0]
+    assert covering_rule(empty, "hyphens") == empty
+    only_position = parse_rule('{"position": "first"}')
+    assert covering_rule(only_position, "x") == only_position

@@ -372,17 +372,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
-    # what the database can tell is checked before any LLM is contacted
-    plan = plan_explain(store, model, stored_layers(store, model, args.layers), cfg, args.neurons)
-    if args.negative and not plan.gated:
+    info = store.model_info(model) or {}
+    if args.negative and info and not info.get("gated_mlp"):
         # GELU/ReLU neurons (GPT-2 style) barely go below zero (GELU's minimum is -0.17) and their
         # harvest keeps no bottom examples, so there is no negative side to explain; the positive
-        # side is explained as usual.
+        # side is explained as usual. Said first: it holds whatever layers are asked for.
         print(
             f"note: --negative does nothing for {model}: its MLP is not gated "
-            f"({plan.info.get('act_fn')}), so its neurons have no negative side worth explaining",
+            f"({info.get('act_fn')}), so its neurons have no negative side worth explaining",
             file=sys.stderr,
         )
+    # what the database can tell is checked before any LLM is contacted
+    plan = plan_explain(store, model, stored_layers(store, model, args.layers), cfg, args.neurons)
     with llm_session(args, settings, store) as llm:
         plan = plan.with_models(llm.explainer_model, llm.simulator_model)
         summary = explain_layers(

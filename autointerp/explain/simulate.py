@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
@@ -52,7 +53,7 @@ from autointerp.explain.prompts import (
     simulation_messages,
     simulation_prompt,
 )
-from autointerp.explain.rules import Rule, RuleError, RuleTimeout, parse_rule
+from autointerp.explain.rules import Rule, RuleError, RuleTimeout, TokenRule, parse_rule
 from autointerp.explain.templates import template_rule
 from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
 
@@ -61,6 +62,8 @@ MODES = ("rule", "auto", "echo", "echo-shifted", "chat-logprobs", "json")
 LOGPROB_FREE_MODES = ("rule", "json")
 #: Tokens a compiled rule may take (long word lists are the usual reason to need many).
 RULE_MAX_TOKENS = 256
+#: text a description quotes (straight or curly double quotes), which it names literally
+QUOTED = re.compile(r'"([^"\n]+)"|\u201c([^\u201d\n]+)\u201d')
 DIGITS = {str(d): d for d in range(SCALE_MAX + 1)}
 #: A token "fires" at this share of the neuron's max activation: N2G's firing threshold
 #: (``N2GConfig.fire_threshold``), so a simulation's AUPRC and a graph's F1 ask the same question.
@@ -201,6 +204,22 @@ def parse_json_values(response: dict[str, Any], n: int) -> list[float]:
     return [float(v) for v in data["activations"]]
 
 
+def covering_rule(rule: Rule, explanation: str) -> Rule:
+    """The compiled rule checked against the description it came from. A rule that covers
+    nothing (no word, token, pattern or condition) ignores what the description names: the 0.5B
+    compiles 'the hyphen character "-"' and every other symbol to an empty rule. When the
+    description quotes text, the quoted text is what it names, so it becomes the rule's words.
+    With nothing quoted the empty rule stands: it is what the compiler made of the description,
+    and it scores as silence (retrying did not change the 0.5B's answer)."""
+    if not isinstance(rule, TokenRule) or any(
+        (rule.words, rule.tokens, rule.regex, rule.positions, rule.after)
+    ):
+        return rule
+    found = (a or b for a, b in QUOTED.findall(explanation))
+    quoted = tuple(dict.fromkeys(q for q in found if q.strip()))
+    return replace(rule, words=quoted) if quoted else rule
+
+
 def _truncated(response: dict[str, Any]) -> bool:
     """The server stopped at ``max_tokens`` (``finish_reason == "length"``): the reply is cut, so
     say so."""
@@ -281,10 +300,11 @@ class Simulator:
             except (KeyError, IndexError, TypeError) as exc:
                 raise InvalidOutput("the reply has no message") from exc
             try:
-                return parse_rule(content)
+                rule = parse_rule(content)
             except RuleError as exc:
                 cut = "truncated at max_tokens: " if _truncated(response) else ""
                 raise InvalidOutput(cut + str(exc)) from exc
+            return covering_rule(rule, explanation)
 
         body = {
             "messages": compile_messages(explanation, self.templates),
