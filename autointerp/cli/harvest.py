@@ -106,6 +106,17 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
         help=f"uniformly random contexts kept (default {default('random_k')})",
     )
     p.add_argument(
+        "--per-document",
+        type=int,
+        default=default("per_document"),
+        metavar="C",
+        help=(
+            "at most C top (and bottom) examples of a neuron from one document, the one where it"
+            f" peaks, so a repeated file cannot fill them (default {default('per_document')};"
+            " 0: no cap)"
+        ),
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=default("seed"),
@@ -205,6 +216,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         bottom_k=args.bottom_k,
         random_k=args.random_k,
+        per_document=args.per_document,
         seed=args.seed,
         batch_size=args.batch_size or default_of(HarvestConfig, "batch_size"),
         shard=shard,

@@ -43,6 +43,7 @@ from autointerp.harvest.config import (
     HarvestConfig,
     parse_shard,
     resolve_config,
+    stats_device,
 )
 from autointerp.harvest.keys import (
     INT64_MAX,
@@ -88,4 +89,5 @@ __all__ = [
     "rank_keys",
     "replacements",
     "resolve_config",
+    "stats_device",
 ]

@@ -1,0 +1,77 @@
+"""Top examples from many documents: at most ``per_document`` of a neuron's top (and bottom)
+examples come from one document, so one repeated file cannot fill a neuron's examples.
+
+Design notes (why it is built this way):
+
+* **An example's document is where the neuron peaks.** A context is a window of packed documents;
+  the top-k ranks contexts by their maximum activation, so the document that counts is the one of
+  the token where the neuron reaches that maximum (the first such token; for the bottom examples,
+  the first token of the minimum). A separator between documents counts with the document it ends
+  (the nearest document token before it in the context), or with the next one when the context
+  starts with it (:func:`token_documents`).
+* **Exact and streaming.** "The K largest keys, at most C from one document" is the greedy choice
+  on a matroid (a per-document limit under a size limit), so keeping, after every batch, the capped
+  top-K of everything seen gives exactly the capped top-K of the whole stream: an example dropped
+  once can never re-enter. Merging two capped states and capping the union is exact for the same
+  reason, so shards merge into what one run keeps, bit for bit (ties are broken by the same unique
+  64-bit keys as without a cap).
+* **Vectorised over neurons.** :func:`capped_keep` decides, for many neurons at once, which of
+  their current examples and candidates stay: two sorts and a cumulative sum, the same torch code
+  on the CPU and on CUDA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Document of a slot without one (an empty buffer slot, a candidate that cannot enter): every such
+#: entry is made a document of its own when the cap is applied.
+NO_DOCUMENT = -1
+
+
+def token_documents(doc_index: np.ndarray) -> np.ndarray:
+    """Each token's document in a batch of contexts ``doc_index`` [B, T] (-1 at BOS and between
+    documents): a separator takes the document of the nearest document token before it in its
+    context, or, with none before it, the one after it; BOS likewise (it never peaks: positions 0
+    are left out of every ranking). A context without any document token keeps -1."""
+    b, t = doc_index.shape
+    pos = np.broadcast_to(np.arange(t), (b, t))
+    has = doc_index >= 0
+    before = np.maximum.accumulate(np.where(has, pos, -1), axis=1)
+    after = np.minimum.accumulate(np.where(has, pos, t)[:, ::-1], axis=1)[:, ::-1]
+    src = np.where(before >= 0, before, np.minimum(after, t - 1))
+    out = np.take_along_axis(doc_index, src, axis=1).astype(np.int64)
+    out[~has.any(axis=1)] = NO_DOCUMENT
+    return out
+
+
+def capped_keep(keys: torch.Tensor, docs: torch.Tensor, k: int, cap: int) -> torch.Tensor:
+    """Which entries of each row to keep: the ``k`` largest ``keys`` [R, M] with at most ``cap``
+    from one document (``docs`` [R, M]; a negative document is an entry's own). Returns a boolean
+    mask [R, M] with exactly ``k`` entries per row when the first ``k`` columns are a capped set
+    (a buffer: an empty slot has the smallest key and a negative document) and the rest are
+    candidates; the entries kept among equal keys are the earliest columns (so an empty buffer slot
+    is never traded for an equal one).
+
+    Greedy by key is optimal here (a matroid), so: rank every entry among the entries of its
+    document with larger keys; those ranked below ``cap`` are eligible, and the ``k`` largest
+    eligible ones are kept. Why exactly ``k``: each document has at least as many eligible entries
+    as the buffer holds of it, and empty slots are documents of their own."""
+    r, m = keys.shape
+    own = -1 - torch.arange(m, device=docs.device)  # distinct negative documents per column
+    docs = torch.where(docs < 0, own, docs)
+    order = keys.argsort(dim=1, descending=True, stable=True)
+    by_key = docs.gather(1, order)
+    # rank within the document: group equal documents (stably: larger keys first within a group),
+    # then each entry's distance from its group's first entry
+    group = by_key.argsort(dim=1, stable=True)
+    grouped = by_key.gather(1, group)
+    pos = torch.arange(m, device=keys.device).expand(r, m)
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    first = torch.where(starts, pos, 0).cummax(dim=1).values
+    rank = torch.empty_like(first).scatter_(1, group, pos - first)
+    eligible = rank < cap
+    kept = eligible & (eligible.cumsum(dim=1) <= k)
+    return torch.zeros_like(kept).scatter_(1, order, kept)
