@@ -309,8 +309,7 @@ class SubjectModel:
         Why during: a harvest folds every layer's activations into its statistics, and done here
         the ~8 MB of a layer are still in the CPU's cache; done after the pass they have been
         evicted by the later layers, and the same statistics cost a quarter more time (measured on
-        gemma-3-270m, BENCHMARKS.md). A harvest on CUDA asks for the model's device, so its
-        statistics are computed where the activations are, with no copy to the host per batch.
+        gemma-3-270m, BENCHMARKS.md); a harvest on CUDA asks for them there (no host copy).
         ``fold`` must not modify ``acts``: the forward pass goes on with them."""
         wanted = sorted(set(layers))
 

@@ -706,3 +706,31 @@ def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -
     # left free (deleted after the rows were written, the states' pages stayed free in the file:
     # 1.8 GB after a full-corpus Gemma harvest)
     assert store.db.execute("pragma freelist_count").fetchone()[0] == 0
+
+
+def test_statistics_on_a_device_equal_the_host_ones(
+    tiny_gated: SubjectModel, text_corpus: Path
+) -> None:
+    """The state's code is the same torch code on every device, so the check ``tests/test_gpu.py``
+    runs with CUDA runs here with the CPU as the device: straight through, resumed from a
+    checkpoint, and merged from shards, every tensor equal. A real harvest's activations reach the
+    state on the device asked for, as float32."""
+    from harvest_states import check_device_statistics, model_batches
+
+    batches = model_batches(tiny_gated, str(text_corpus), 1, 12, 6, 5)
+    check_device_statistics(batches, "cpu")
+    seen = []
+    tokens = torch.from_numpy(np.stack([np.arange(12)] * 2))
+    tiny_gated.each_mlp_activation(
+        tokens, [0], lambda _layer, acts: seen.append((acts.device, acts.dtype)), device="cpu"
+    )
+    assert seen == [(torch.device("cpu"), torch.float32)]
+    with pytest.raises(Exception, match="not a device"):
+        harvest(
+            tiny_gated,
+            Path(text_corpus).parent / "never.db",
+            HarvestConfig(model=tiny_gated.name, corpus=str(text_corpus), stats_device="gpu0"),
+            progress=False,
+            log=lambda m: None,
+        )
+    assert not (Path(text_corpus).parent / "never.db").exists()

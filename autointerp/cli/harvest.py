@@ -87,6 +87,41 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
             "on CUDA, from free device memory)"
         ),
     )
+    add_example_options(p)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="seed for document order and random samples",
+    )
+    p.add_argument(
+        "--shard", default=None, help="i/n: harvest only contexts with id %% n == i (merge later)"
+    )
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=default("checkpoint_seconds"),
+        help=(
+            "seconds between resumable checkpoints (default: at least 120, and further apart"
+            " when writing one takes long, so that checkpoints cost at most ~2%% of the run;"
+            " the first is timed by the state's size: ~10 minutes for a whole gemma-3-270m)"
+        ),
+    )
+    add_answers_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_db_option(p)
+    add_device_options(p)
+    p.set_defaults(func=cmd_harvest)
+
+
+def add_example_options(p: argparse.ArgumentParser) -> None:
+    """How many examples of each kind a harvest keeps per neuron, and from how many documents."""
+    from autointerp.harvest import HarvestConfig
+
+    def default(name: str) -> Any:
+        return default_of(HarvestConfig, name)
+
     p.add_argument(
         "--top-k",
         type=int,
@@ -116,31 +151,6 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
             " 0: no cap)"
         ),
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=default("seed"),
-        help="seed for document order and random samples",
-    )
-    p.add_argument(
-        "--shard", default=None, help="i/n: harvest only contexts with id %% n == i (merge later)"
-    )
-    p.add_argument(
-        "--checkpoint-seconds",
-        type=float,
-        default=default("checkpoint_seconds"),
-        help=(
-            "seconds between resumable checkpoints (default: at least 120, and further apart"
-            " when writing one takes long, so that checkpoints cost at most ~2%% of the run;"
-            " the first is timed by the state's size: ~10 minutes for a whole gemma-3-270m)"
-        ),
-    )
-    add_answers_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    add_db_option(p)
-    add_device_options(p)
-    p.set_defaults(func=cmd_harvest)
 
 
 def add_answers_option(p: argparse.ArgumentParser) -> None:
