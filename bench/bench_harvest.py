@@ -865,6 +865,11 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         " harvest's default)",
     )
     p.add_argument("--device", help="where the model and the statistics run (default cpu)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's; 1 is steadier on a machine shared with others)",
+    )
     p.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     a = p.parse_args(argv)
     s = Settings.quick() if a.quick else Settings()
@@ -872,6 +877,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         s.per_document = tuple(int(x) for x in a.per_document.split(","))
     if a.device:
         s.device = a.device
+    if a.threads:
+        torch.set_num_threads(a.threads)
     for name in (
         "model",
         "layers",

@@ -28,6 +28,8 @@ import torch
 #: Document of a slot without one (an empty buffer slot, a candidate that cannot enter): every such
 #: entry is made a document of its own when the cap is applied.
 NO_DOCUMENT = -1
+#: :func:`context_documents` of a context whose tokens come from more than one document.
+MIXED = -2
 
 
 def token_documents(doc_index: np.ndarray) -> np.ndarray:
@@ -43,6 +45,37 @@ def token_documents(doc_index: np.ndarray) -> np.ndarray:
     src = np.where(before >= 0, before, np.minimum(after, t - 1))
     out = np.take_along_axis(doc_index, src, axis=1).astype(np.int64)
     out[~has.any(axis=1)] = NO_DOCUMENT
+    return out
+
+
+def context_documents(docs: torch.Tensor) -> torch.Tensor:
+    """The document of each context of ``docs`` [B, T] (:func:`token_documents`) whose tokens after
+    BOS all come from one, else :data:`MIXED`: for most contexts the peak's document is known
+    without finding the peak."""
+    first = docs[:, 1]
+    return torch.where((docs[:, 1:] == first[:, None]).all(dim=1), first, MIXED)
+
+
+def peak_documents(
+    acts: torch.Tensor,
+    docs: torch.Tensor,
+    in_context: torch.Tensor,
+    contexts: torch.Tensor,
+    neurons: torch.Tensor,
+    largest: bool,
+) -> torch.Tensor:
+    """The document where each neuron of ``neurons`` peaks (its first maximum, or with
+    ``largest`` False its first minimum, BOS left out) in the context at batch position
+    ``contexts`` (pairs [P]); ``docs`` [B, T] is :func:`token_documents`, ``in_context`` [B]
+    :func:`context_documents`. Only the pairs in mixed contexts read their activations: a strided
+    gather of T - 1 values each."""
+    out = in_context[contexts]
+    mixed = (out == MIXED).nonzero().squeeze(1)
+    if mixed.numel():
+        c = contexts[mixed]
+        body = acts[c, 1:, neurons[mixed]]  # [M, T-1]
+        peak = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1
+        out[mixed] = docs[c, peak]
     return out
 
 

@@ -38,7 +38,12 @@ import math
 import numpy as np
 import torch
 
-from autointerp.harvest.documents import NO_DOCUMENT, capped_keep
+from autointerp.harvest.documents import (
+    NO_DOCUMENT,
+    capped_keep,
+    context_documents,
+    peak_documents,
+)
 from autointerp.harvest.keys import (
     INT64_MAX,
     INT64_MIN,
@@ -185,14 +190,19 @@ class LayerState:
         ctx_bins = hist_bins(ctx_max, self._offsets)  # [B, d]
         s["ctx_hist"] += self._bincount(ctx_bins)
 
-        self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts, docs)
+        where = (docs, context_documents(docs)) if docs is not None else None
+        self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts, where)
         if s["bot_key"].shape[1]:
-            self._topk("bot", rank_keys(-ctx_min.T + 0.0, ctx_ids), acts, docs)
+            self._topk("bot", rank_keys(-ctx_min.T + 0.0, ctx_ids), acts, where)
         self._quantile(ctx_bins, ctx_max, hkeys, acts)
         self._random(hkeys, acts)
 
     def _topk(
-        self, prefix: str, cand: torch.Tensor, acts: torch.Tensor, docs: torch.Tensor | None
+        self,
+        prefix: str,
+        cand: torch.Tensor,
+        acts: torch.Tensor,
+        docs: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
         """Keep the K largest keys per neuron (at most ``per_document`` from one document, when
         set: :meth:`_capped`). ``self._thr[prefix]`` caches each neuron's K-th key, so most batches
@@ -229,26 +239,23 @@ class LayerState:
         cand: torch.Tensor,
         beats: torch.Tensor,
         acts: torch.Tensor,
-        docs: torch.Tensor,
+        docs: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
         """:meth:`_topk` under the per-document cap, for the neurons ``rows`` and their candidates
         ``cand`` [R, B] (``beats``: those above the neuron's threshold, the only ones that can
-        enter).
+        enter); ``docs``: each token's and each context's document.
 
         A candidate's document is the one of the token where the neuron peaks in that context (the
-        maximum for the top examples, the minimum for the bottom ones). It is found only for the
-        candidates that can enter (after the first batches, a few per batch), from their
-        activations, which are gathered from the batch once: the ones that enter are written from
-        that copy."""
+        maximum for the top examples, the minimum for the bottom ones), found only for the
+        candidates that can enter, and read from the context where it lies in one document."""
         keys, buf = self.t[f"{prefix}_key"], self.t[f"{prefix}_acts"]
         slot_docs, thr = self.t[f"{prefix}_doc"], self._thr[prefix]
         k = keys.shape[1]
         pair_r, pair_c = beats.nonzero(as_tuple=True)
-        body = acts[pair_c, :, rows[pair_r]]  # [P, T]
-        inner = body[:, 1:]
-        peak = (inner.argmax(dim=1) if prefix == "top" else inner.argmin(dim=1)) + 1
         cand_docs = torch.full_like(cand, NO_DOCUMENT)
-        cand_docs[pair_r, pair_c] = docs[pair_c, peak]
+        cand_docs[pair_r, pair_c] = peak_documents(
+            acts, *docs, pair_c, rows[pair_r], largest=prefix == "top"
+        )
         both = torch.cat([keys[rows], cand], dim=1)
         keep = capped_keep(both, torch.cat([slot_docs[rows], cand_docs], 1), k, self.per_document)
         thr[rows] = torch.where(keep, both, INT64_MAX).amin(dim=1)
@@ -258,13 +265,10 @@ class LayerState:
         # evicted slots and incoming candidates pair up row by row (see replacements)
         ev_r, ev_c = (~keep[:, :k]).nonzero(as_tuple=True)
         in_r, in_c = incoming.nonzero(as_tuple=True)
-        pair_of = torch.full_like(cand, -1)
-        pair_of[pair_r, pair_c] = torch.arange(len(pair_r), device=cand.device)
-        taken = pair_of[in_r, in_c]
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[in_r, in_c]
         slot_docs[neuron, ev_c] = cand_docs[in_r, in_c]
-        buf[neuron, ev_c] = body[taken]
+        buf[neuron, ev_c] = acts[in_c, :, neuron]
 
     def _quantile(
         self, ctx_bins: torch.Tensor, ctx_max: torch.Tensor, hkeys: torch.Tensor, acts: torch.Tensor
