@@ -219,8 +219,12 @@ def _random_batches(
     return out
 
 
-def _fold(batches: list[tuple[torch.Tensor, ...]], cap: int, resume_at: int = -1) -> LayerState:
-    state = LayerState(5, 8, top_k=6, bottom_k=4, random_k=3, hist_sample=2, per_document=cap)
+def _fold(
+    batches: list[tuple[torch.Tensor, ...]], cap: int, resume_at: int = -1, bottom_k: int = 4
+) -> LayerState:
+    state = LayerState(
+        5, 8, top_k=6, bottom_k=bottom_k, random_k=3, hist_sample=2, per_document=cap
+    )
     for i, (acts, ids, hkeys, docs) in enumerate(batches):
         state.update(acts, ids, hkeys, docs)
         if i == resume_at:  # a checkpoint and a resumed run
@@ -243,6 +247,10 @@ def test_capped_state_equals_the_capped_selection_of_everything(cap: int) -> Non
     merged = shards[0]
     for other in shards[1:]:
         merged.merge(other)
+    without_bottom = _fold(batches[0::2], cap, bottom_k=0)  # a model whose MLP is not gated
+    without_bottom.merge(_fold(batches[1::2], cap, bottom_k=0))
+    top_keys = [st.t["top_key"].sort(dim=1).values for st in (without_bottom, merged)]
+    assert torch.equal(*top_keys)
     for state in (whole, resumed, merged):
         for prefix, extreme, k in (("top", 1.0, 6), ("bot", -1.0, 4)):
             for n in range(5):

@@ -328,6 +328,8 @@ class LayerState:
         document, when set)."""
         s = self.t
         k = s[f"{prefix}_key"].shape[1]
+        if k == 0:  # no bottom examples (a model whose MLP is not gated)
+            return
         keys = torch.cat([s[f"{prefix}_key"], o[f"{prefix}_key"]], 1)
         acts = torch.cat([s[f"{prefix}_acts"], o[f"{prefix}_acts"]], 1)
         if self.per_document:
