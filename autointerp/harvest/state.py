@@ -205,10 +205,16 @@ class LayerState:
         docs: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
         """Keep the K largest keys per neuron (at most ``per_document`` from one document, when
-        set: :meth:`_capped`). ``self._thr[prefix]`` caches each neuron's K-th key, so most batches
-        cost one comparison; rows that change gather their per-token activations straight from the
-        batch (a strided gather of a few thousand rows takes a tenth of what a transposed copy of
-        the whole batch did)."""
+        set). ``self._thr[prefix]`` caches each neuron's K-th key, so most batches cost one
+        comparison; rows that change gather their per-token activations straight from the batch
+        (a strided gather of a few thousand rows takes a tenth of what a transposed copy of the
+        whole batch did).
+
+        With a cap, the uncapped choice is made first: where it keeps no more than the cap from
+        any document it is also the capped choice (greedy by key accepts every entry), and only
+        the neurons where it does not (a few per batch, but for the first batches) take the
+        capped selection of :meth:`_capped`. So the documents of most candidates are never
+        looked up."""
         keys, buf = self.t[f"{prefix}_key"], self.t[f"{prefix}_acts"]
         if keys.shape[1] == 0:
             return
@@ -219,18 +225,47 @@ class LayerState:
         rows = beats.any(dim=1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        if self.per_document:
-            assert docs is not None
-            self._capped(prefix, rows, cand[rows], beats[rows], acts, docs)
-            return
         moved, kth = replacements(keys[rows], cand[rows], largest=True)
         if moved is None:
             return
         ev_r, ev_c, in_r, in_c = moved
+        if self.per_document:
+            assert docs is not None
+            in_docs = peak_documents(acts, *docs, in_c, rows[in_r], largest=prefix == "top")
+            over = self._over_cap(prefix, rows, ev_r, ev_c, in_docs)
+            if bool(over.any()):
+                self._capped(prefix, rows[over], cand[rows[over]], beats[rows[over]], acts, docs)
+                fits = ~over[ev_r]  # ev_r and in_r name the same row at each position
+                ev_r, ev_c, in_r, in_c, in_docs = (
+                    x[fits] for x in (ev_r, ev_c, in_r, in_c, in_docs)
+                )
+                rows, kth = rows[~over], kth[~over]
+                # rows of the kept moves, renumbered among the rows that fit
+                renumber = torch.cumsum(~over, dim=0) - 1
+                ev_r, in_r = renumber[ev_r], renumber[in_r]
+            self.t[f"{prefix}_doc"][rows[ev_r], ev_c] = in_docs
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[rows[in_r], in_c]
         buf[neuron, ev_c] = acts[in_c, :, neuron]
         thr[rows] = kth
+
+    def _over_cap(
+        self,
+        prefix: str,
+        rows: torch.Tensor,
+        ev_r: torch.Tensor,
+        ev_c: torch.Tensor,
+        in_docs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Which of ``rows`` the uncapped moves (slots ``ev_r, ev_c`` taken over by candidates of
+        documents ``in_docs``) would leave with more than ``per_document`` examples of one
+        document. Only an incoming example can break the cap: the buffer kept it."""
+        after = self.t[f"{prefix}_doc"][rows]  # a copy
+        after[ev_r, ev_c] = in_docs
+        counts = (after[ev_r] == in_docs[:, None]).sum(dim=1)
+        over = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+        over[ev_r[(counts > self.per_document) & (in_docs >= 0)]] = True
+        return over
 
     def _capped(
         self,
