@@ -33,7 +33,7 @@ from autointerp.harvest import (
     merge,
     rank_keys,
 )
-from autointerp.harvest.documents import capped_keep, token_documents
+from autointerp.harvest.documents import PeakDocuments, capped_keep, token_documents
 from autointerp.histogram import HIST_EDGES
 from autointerp.models import SubjectModel
 from autointerp.store import Store
@@ -199,6 +199,29 @@ def test_a_separator_counts_with_the_document_it_ends() -> None:
         assert [_peak_document(row, i) for i in range(1, 6)] == token_documents(np.array([row]))[
             0, 1:
         ].tolist()
+
+
+def test_peak_documents_by_gather_and_for_the_whole_batch_agree_with_argmax() -> None:
+    """Where the neuron first reaches its maximum (or minimum) after BOS, and that token's
+    document: asked for a few pairs (a gather per pair) and for every pair (the whole batch at
+    once), against argmax by hand, with ties (activations in steps of 0.5)."""
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randint(-3, 4, (6, 10, 7), generator=g).float() * 0.5
+    doc_index = torch.randint(0, 4, (6, 10), generator=g).sort(dim=1).values.numpy()
+    doc_index[:, 0] = -1
+    doc_index[0, 1:] = 2  # one context in one document
+    docs = torch.from_numpy(token_documents(doc_index))
+    body = acts[:, 1:, :]
+    for largest in (True, False):
+        peaks = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1  # [B, d]
+        expected = docs.gather(1, peaks)
+        pairs = torch.cartesian_prod(torch.arange(6), torch.arange(7))
+        few = pairs[::9]
+        for chosen in (few, pairs):  # a gather per pair; the whole batch at once
+            found = PeakDocuments(acts, docs, body.amax(dim=1), body.amin(dim=1)).of(
+                chosen[:, 0], chosen[:, 1], largest
+            )
+            assert found.tolist() == expected[chosen[:, 0], chosen[:, 1]].tolist()
 
 
 def _random_batches(

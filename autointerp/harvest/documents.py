@@ -56,27 +56,63 @@ def context_documents(docs: torch.Tensor) -> torch.Tensor:
     return torch.where((docs[:, 1:] == first[:, None]).all(dim=1), first, MIXED)
 
 
-def peak_documents(
-    acts: torch.Tensor,
-    docs: torch.Tensor,
-    in_context: torch.Tensor,
-    contexts: torch.Tensor,
-    neurons: torch.Tensor,
-    largest: bool,
-) -> torch.Tensor:
-    """The document where each neuron of ``neurons`` peaks (its first maximum, or with
-    ``largest`` False its first minimum, BOS left out) in the context at batch position
-    ``contexts`` (pairs [P]); ``docs`` [B, T] is :func:`token_documents`, ``in_context`` [B]
-    :func:`context_documents`. Only the pairs in mixed contexts read their activations: a strided
-    gather of T - 1 values each."""
-    out = in_context[contexts]
-    mixed = (out == MIXED).nonzero().squeeze(1)
-    if mixed.numel():
-        c = contexts[mixed]
-        body = acts[c, 1:, neurons[mixed]]  # [M, T-1]
-        peak = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1
-        out[mixed] = docs[c, peak]
-    return out
+#: Above this share of a batch's (mixed context, neuron) pairs asked for, :class:`PeakDocuments`
+#: finds the peaks of every neuron of the mixed contexts at once (a few passes over them) instead
+#: of gathering each pair's activations (a strided read of T - 1 values, ~10x the cost per pair).
+WHOLE_BATCH_SHARE = 1 / 8
+
+
+class PeakDocuments:
+    """The document where a neuron peaks in a context, for one batch: ``acts`` [B, T, d], ``docs``
+    [B, T] (:func:`token_documents`) and each context's maximum and minimum [B, d] (BOS left out).
+
+    Read from the context where its tokens lie in one document (most contexts); else the
+    activations say where the first maximum (or minimum) is: gathered pair by pair when a few
+    pairs are asked for (after the first batches), or found for every neuron of those contexts at
+    once when many are (the first batches), and then kept for the batch."""
+
+    def __init__(
+        self, acts: torch.Tensor, docs: torch.Tensor, ctx_max: torch.Tensor, ctx_min: torch.Tensor
+    ):
+        self.acts, self.docs = acts, docs
+        self.context = context_documents(docs)
+        self.mixed = (self.context == MIXED).nonzero().squeeze(1)
+        self.extremes = {True: ctx_max, False: ctx_min}
+        self._tables: dict[bool, torch.Tensor] = {}
+
+    def of(self, contexts: torch.Tensor, neurons: torch.Tensor, largest: bool) -> torch.Tensor:
+        """The documents of the pairs (``contexts`` [P] batch positions, ``neurons`` [P]) at the
+        first maximum (``largest``) or minimum."""
+        out = self.context[contexts]
+        mixed = (out == MIXED).nonzero().squeeze(1)
+        if not mixed.numel():
+            return out
+        c, n = contexts[mixed], neurons[mixed]
+        many = mixed.numel() > WHOLE_BATCH_SHARE * self.mixed.numel() * self.acts.shape[2]
+        if largest in self._tables or many:
+            out[mixed] = self._table(largest)[c, n]
+        else:
+            body = self.acts[c, 1:, n]  # [M, T-1]
+            peak = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1
+            out[mixed] = self.docs[c, peak]
+        return out
+
+    def _table(self, largest: bool) -> torch.Tensor:
+        """[B, d]: the peak's document of every neuron in every mixed context (elsewhere
+        :data:`NO_DOCUMENT`). The first token equal to the extreme is the one with the largest
+        weight ``T - 1 - t``: three elementwise passes and a maximum, each fast on this layout
+        (an argmax over the token axis is not)."""
+        if largest not in self._tables:
+            m = self.mixed
+            x = self.acts[m, 1:, :]  # [M, T-1, d]
+            t1 = x.shape[1]
+            weight = torch.arange(t1, 0, -1, dtype=x.dtype, device=x.device)[None, :, None]
+            hit = x == self.extremes[largest][m][:, None, :]
+            first = t1 - (hit * weight).amax(dim=1).long()  # [M, d], 0-based after BOS
+            table = torch.full(self.extremes[largest].shape, NO_DOCUMENT, device=x.device)
+            table[m] = self.docs[m].gather(1, first + 1)
+            self._tables[largest] = table
+        return self._tables[largest]
 
 
 def capped_keep(keys: torch.Tensor, docs: torch.Tensor, k: int, cap: int) -> torch.Tensor:

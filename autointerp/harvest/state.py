@@ -38,12 +38,7 @@ import math
 import numpy as np
 import torch
 
-from autointerp.harvest.documents import (
-    NO_DOCUMENT,
-    capped_keep,
-    context_documents,
-    peak_documents,
-)
+from autointerp.harvest.documents import NO_DOCUMENT, PeakDocuments, capped_keep
 from autointerp.harvest.keys import (
     INT64_MAX,
     INT64_MIN,
@@ -190,7 +185,7 @@ class LayerState:
         ctx_bins = hist_bins(ctx_max, self._offsets)  # [B, d]
         s["ctx_hist"] += self._bincount(ctx_bins)
 
-        where = (docs, context_documents(docs)) if docs is not None else None
+        where = PeakDocuments(acts, docs, ctx_max, ctx_min) if docs is not None else None
         self._topk("top", rank_keys(ctx_max.T, ctx_ids), acts, where)
         if s["bot_key"].shape[1]:
             self._topk("bot", rank_keys(-ctx_min.T + 0.0, ctx_ids), acts, where)
@@ -202,7 +197,7 @@ class LayerState:
         prefix: str,
         cand: torch.Tensor,
         acts: torch.Tensor,
-        docs: tuple[torch.Tensor, torch.Tensor] | None,
+        docs: PeakDocuments | None,
     ) -> None:
         """Keep the K largest keys per neuron (at most ``per_document`` from one document, when
         set). ``self._thr[prefix]`` caches each neuron's K-th key, so most batches cost one
@@ -231,7 +226,7 @@ class LayerState:
         ev_r, ev_c, in_r, in_c = moved
         if self.per_document:
             assert docs is not None
-            in_docs = peak_documents(acts, *docs, in_c, rows[in_r], largest=prefix == "top")
+            in_docs = docs.of(in_c, rows[in_r], largest=prefix == "top")
             over = self._over_cap(prefix, rows, ev_r, ev_c, in_docs)
             if bool(over.any()):
                 self._capped(prefix, rows[over], cand[rows[over]], beats[rows[over]], acts, docs)
@@ -274,11 +269,11 @@ class LayerState:
         cand: torch.Tensor,
         beats: torch.Tensor,
         acts: torch.Tensor,
-        docs: tuple[torch.Tensor, torch.Tensor],
+        docs: PeakDocuments,
     ) -> None:
         """:meth:`_topk` under the per-document cap, for the neurons ``rows`` and their candidates
         ``cand`` [R, B] (``beats``: those above the neuron's threshold, the only ones that can
-        enter); ``docs``: each token's and each context's document.
+        enter); ``docs`` finds the candidates' documents.
 
         A candidate's document is the one of the token where the neuron peaks in that context (the
         maximum for the top examples, the minimum for the bottom ones), found only for the
@@ -288,9 +283,7 @@ class LayerState:
         k = keys.shape[1]
         pair_r, pair_c = beats.nonzero(as_tuple=True)
         cand_docs = torch.full_like(cand, NO_DOCUMENT)
-        cand_docs[pair_r, pair_c] = peak_documents(
-            acts, *docs, pair_c, rows[pair_r], largest=prefix == "top"
-        )
+        cand_docs[pair_r, pair_c] = docs.of(pair_c, rows[pair_r], largest=prefix == "top")
         both = torch.cat([keys[rows], cand], dim=1)
         keep = capped_keep(both, torch.cat([slot_docs[rows], cand_docs], 1), k, self.per_document)
         thr[rows] = torch.where(keep, both, INT64_MAX).amin(dim=1)
