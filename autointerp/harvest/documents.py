@@ -80,19 +80,26 @@ class PeakDocuments:
         self.extremes = {True: ctx_max, False: ctx_min}
         self._tables: dict[bool, torch.Tensor] = {}
 
-    def of(self, contexts: torch.Tensor, neurons: torch.Tensor, largest: bool) -> torch.Tensor:
+    def of(
+        self,
+        contexts: torch.Tensor,
+        neurons: torch.Tensor,
+        largest: bool,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The documents of the pairs (``contexts`` [P] batch positions, ``neurons`` [P]) at the
-        first maximum (``largest``) or minimum."""
+        first maximum (``largest``) or minimum. ``rows`` [P, T]: the pairs' activations, when the
+        caller has gathered them already."""
         out = self.context[contexts]
         mixed = (out == MIXED).nonzero().squeeze(1)
         if not mixed.numel():
             return out
         c, n = contexts[mixed], neurons[mixed]
         many = mixed.numel() > WHOLE_BATCH_SHARE * self.mixed.numel() * self.acts.shape[2]
-        if largest in self._tables or many:
+        if largest in self._tables or (many and rows is None):
             out[mixed] = self._table(largest)[c, n]
         else:
-            body = self.acts[c, 1:, n]  # [M, T-1]
+            body = rows[mixed, 1:] if rows is not None else self.acts[c, 1:, n]  # [M, T-1]
             peak = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1
             out[mixed] = self.docs[c, peak]
         return out

@@ -224,15 +224,16 @@ class LayerState:
         if moved is None:
             return
         ev_r, ev_c, in_r, in_c = moved
+        incoming = acts[in_c, :, rows[in_r]]  # [I, T]; ev_r and in_r name the same row at each i
         if self.per_document:
             assert docs is not None
-            in_docs = docs.of(in_c, rows[in_r], largest=prefix == "top")
+            in_docs = docs.of(in_c, rows[in_r], prefix == "top", incoming)
             over = self._over_cap(prefix, rows, ev_r, ev_c, in_docs)
             if bool(over.any()):
                 self._capped(prefix, rows[over], cand[rows[over]], beats[rows[over]], acts, docs)
-                fits = ~over[ev_r]  # ev_r and in_r name the same row at each position
-                ev_r, ev_c, in_r, in_c, in_docs = (
-                    x[fits] for x in (ev_r, ev_c, in_r, in_c, in_docs)
+                fits = ~over[ev_r]
+                ev_r, ev_c, in_r, in_c, in_docs, incoming = (
+                    x[fits] for x in (ev_r, ev_c, in_r, in_c, in_docs, incoming)
                 )
                 rows, kth = rows[~over], kth[~over]
                 # rows of the kept moves, renumbered among the rows that fit
@@ -241,7 +242,7 @@ class LayerState:
             self.t[f"{prefix}_doc"][rows[ev_r], ev_c] = in_docs
         neuron = rows[ev_r]
         keys[neuron, ev_c] = cand[rows[in_r], in_c]
-        buf[neuron, ev_c] = acts[in_c, :, neuron]
+        buf[neuron, ev_c] = incoming
         thr[rows] = kth
 
     def _over_cap(
