@@ -294,20 +294,22 @@ class SubjectModel:
         tokens: torch.Tensor,
         layers: Sequence[int],
         fold: Callable[[int, torch.Tensor], None],
+        device: torch.device | str = "cpu",
     ) -> None:
         """Call ``fold(layer, acts)`` with each requested layer's post-nonlinearity MLP activations
-        ``[batch, pos, d_mlp]`` (host float32) *during* one forward pass that stops after the last
-        requested layer, in layer order, as soon as each layer has computed them.
+        ``[batch, pos, d_mlp]`` (float32, on ``device``: the host unless asked otherwise) *during*
+        one forward pass that stops after the last requested layer, in layer order, as soon as each
+        layer has computed them.
 
         Why during: a harvest folds every layer's activations into its statistics, and done here
         the ~8 MB of a layer are still in the CPU's cache; done after the pass they have been
         evicted by the later layers, and the same statistics cost a quarter more time (measured on
-        gemma-3-270m, BENCHMARKS.md). ``fold`` must not modify ``acts``: the forward pass goes on
-        with them."""
+        gemma-3-270m, BENCHMARKS.md); a harvest on CUDA asks for them there (no host copy).
+        ``fold`` must not modify ``acts``: the forward pass goes on with them."""
         wanted = sorted(set(layers))
 
         def hook(act: torch.Tensor, hook: Any) -> None:
-            fold(int(hook.name.split(".")[1]), act.to("cpu", torch.float32))
+            fold(int(hook.name.split(".")[1]), act.to(device, torch.float32))
 
         self.model.run_with_hooks(
             tokens.to(self.device, non_blocking=True),

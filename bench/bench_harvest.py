@@ -4,9 +4,11 @@ time, peak memory.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_harvest.py                      # gemma-3-270m, defaults printed at
-    the start .venv/bin/python bench/bench_harvest.py --quick              # smollm2-135m, tiny
-    sizes: a smoke check .venv/bin/python bench/bench_harvest.py --out bench/harvest.md
+    .venv/bin/python bench/bench_harvest.py               # gemma-3-270m, defaults printed first
+    .venv/bin/python bench/bench_harvest.py --quick       # smollm2-135m, tiny sizes: a smoke check
+    .venv/bin/python bench/bench_harvest.py --out bench/harvest.md
+    .venv/bin/python bench/bench_harvest.py --per-document 0,2   # two harvests, interleaved
+    python3 bench/bench_harvest.py --device cuda --batch-size 256 --layers 3,9,15 --no-memory
 
 What it measures, and why it is measured this way:
 
@@ -24,7 +26,10 @@ What it measures, and why it is measured this way:
    top-k fill-up phase is included as in a real run (``--prefill-tokens`` measures past that phase
    instead). "Bare" is ``model.model(tokens, stop_at_layer=max(layers) + 1)`` under
    ``inference_mode`` with no hooks. ``--rounds`` repeats the same batches on fresh copies of the
-   states, for more pairs. Two further estimates sit beside the median: the quietest-pair ratio
+   states, for more pairs. ``--per-document 0,2`` harvests every batch once per cap (each with
+   its own states), interleaved with the same bare pass, so the cap's cost is a ratio within one
+   run; ``--device cuda`` runs the model and the statistics there (each timing ends with a
+   ``torch.cuda.synchronize``). Two further estimates sit beside the median: the quietest-pair ratio
    (per batch, the round whose bare + harvest took least time, since contention only ever adds
    time) and the CPU-time ratio (``process_time``, less sensitive to being preempted by other
    processes).
@@ -76,6 +81,7 @@ import autointerp.harvest as harvest_mod
 import autointerp.harvest.state as state_mod
 from autointerp.corpus import Context, iter_contexts, load_documents
 from autointerp.harvest import HarvestConfig, LayerState, hash_keys
+from autointerp.harvest.documents import token_documents
 from autointerp.models import SubjectModel, load_model
 from autointerp.ranges import parse_layers
 from autointerp.store import Store
@@ -110,6 +116,10 @@ class Settings:
     mem_layers: str = "0-5"
     profile: bool = True
     torch_profile: bool = False
+    # One harvest per cap, interleaved with the same bare passes (the first is the headline);
+    # None: HarvestConfig's default.
+    per_document: tuple[int, ...] | None = None
+    device: str = "cpu"
 
     @classmethod
     def quick(cls) -> Settings:
@@ -133,6 +143,7 @@ class Batch:
 
     tokens: torch.Tensor  # int64 [B, ctx_len]
     ids: torch.Tensor  # int64 [B] context ids
+    docs: torch.Tensor  # int64 [B, ctx_len] each token's document (token_documents)
 
 
 def build_batches(model: SubjectModel, s: Settings) -> tuple[list[Batch], list[Batch]]:
@@ -152,6 +163,9 @@ def build_batches(model: SubjectModel, s: Settings) -> tuple[list[Batch], list[B
             Batch(
                 torch.from_numpy(np.stack([c.tokens for c in part[i : i + s.batch_size]])),
                 torch.tensor([c.context_id for c in part[i : i + s.batch_size]], dtype=torch.int64),
+                torch.from_numpy(
+                    token_documents(np.stack([c.doc_index for c in part[i : i + s.batch_size]]))
+                ),
             )
             for i in range(0, len(part), s.batch_size)
         ]
@@ -159,20 +173,37 @@ def build_batches(model: SubjectModel, s: Settings) -> tuple[list[Batch], list[B
     return batched(contexts[:n_prefill]), batched(contexts[n_prefill:])
 
 
-def fresh_states(model: SubjectModel, layers: Sequence[int], s: Settings) -> dict[int, LayerState]:
+def fresh_states(
+    model: SubjectModel, layers: Sequence[int], s: Settings, per_document: int | None = None
+) -> dict[int, LayerState]:
     """The states a default ``harvest()`` would allocate: ``HarvestConfig``'s defaults resolved by
     harvest's own ``resolve_config`` (bottom_k from the MLP's gating), and every other setting it
-    passes (e.g. ``hist_sample``)."""
+    passes (``hist_sample``, the per-document cap: ``per_document`` if given, where the statistics
+    are computed)."""
+    cap = {} if per_document is None else {"per_document": per_document}
     cfg = harvest_mod.resolve_config(
-        HarvestConfig(model=model.name, layers=list(layers), ctx_len=s.ctx_len), model
+        HarvestConfig(model=model.name, layers=list(layers), ctx_len=s.ctx_len, **cap), model
     )
-    extra = {"hist_sample": cfg.hist_sample} if hasattr(cfg, "hist_sample") else {}
+    device = harvest_mod.stats_device(cfg, model)
     return {
         layer: LayerState(
-            model.d_mlp, cfg.ctx_len, cfg.top_k, cfg.bottom_k or 0, cfg.random_k, **extra
+            model.d_mlp,
+            cfg.ctx_len,
+            cfg.top_k,
+            cfg.bottom_k or 0,
+            cfg.random_k,
+            cfg.hist_sample,
+            cfg.per_document,
+            device,
         )
         for layer in layers
     }
+
+
+def _sync(model: SubjectModel) -> None:
+    """Wait for the device's queued work, so a timing covers it (a no-op on the CPU)."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,9 +211,11 @@ def fresh_states(model: SubjectModel, layers: Sequence[int], s: Settings) -> dic
 def time_bare(model: SubjectModel, layers: Sequence[int], batch: Batch) -> float:
     """One hook-free forward pass that stops where the harvest's does (after the last requested
     layer)."""
+    _sync(model)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        model.model(batch.tokens, stop_at_layer=max(layers) + 1)
+        model.model(batch.tokens.to(model.device), stop_at_layer=max(layers) + 1)
+    _sync(model)
     return time.perf_counter() - t0
 
 
@@ -194,18 +227,26 @@ def time_harvest(
     seed: int,
 ) -> tuple[float, float]:
     """One ``_fold_batch`` of ``harvest()`` (each layer folded in during the forward pass); returns
-    (hash keys + hooked forward, updates of every layer) seconds."""
+    (hash keys + hooked forward, updates of every layer) seconds. On CUDA the update's share is
+    what it keeps the host waiting (its synchronising steps), not the device's time."""
+    _sync(model)
     t0 = time.perf_counter()
-    hkeys = hash_keys(batch.ids.tolist(), seed)
+    first = next(iter(states.values()))
+    device = first.device
+    hkeys = hash_keys(batch.ids.tolist(), seed).to(device)
+    ids = batch.ids.to(device)
+    docs = batch.docs.to(device) if first.per_document else None
     spent = 0.0
 
     def fold(layer: int, acts: torch.Tensor) -> None:
         nonlocal spent
         u = time.perf_counter()
-        states[layer].update(acts, batch.ids, hkeys)
+        states[layer].update(acts, ids, hkeys, docs)
         spent += time.perf_counter() - u
 
-    model.each_mlp_activation(batch.tokens, layers, fold)
+    where = {} if device.type == "cpu" else {"device": device}
+    model.each_mlp_activation(batch.tokens, layers, fold, **where)
+    _sync(model)
     return time.perf_counter() - t0 - spent, spent
 
 
@@ -280,45 +321,53 @@ def measure_ratio(
     prefill: list[Batch],
     batches: list[Batch],
     s: Settings,
-) -> RatioResult:
-    """Interleaved bare/harvest timing over ``batches``, ``s.rounds`` times.
+) -> list[RatioResult]:
+    """Interleaved bare/harvest timing over ``batches``, ``s.rounds`` times: one result per cap of
+    ``s.per_document`` (each harvest with its own states, all against the same bare passes).
 
     The states are prefilled (untimed) with ``prefill`` and copied fresh for every round, so each
     round does the same work; with no prefill they start empty, as in a real run, and the top-k
     fill-up of the first contexts is part of the harvest cost. Warm-up: the first batch once each
     way on throw-away states (first calls allocate, fault pages in, and pick kernels). Then, per
-    batch, bare and harvest back to back, alternating which goes first (and starting the other way
-    round in odd rounds), so neither side systematically runs second.
+    batch, the bare pass and each harvest back to back, the order rotating from batch to batch (and
+    starting elsewhere in each round), so no side systematically runs first.
     """
-    base = fresh_states(model, layers, s)
-    for batch in prefill:
-        time_harvest(model, layers, base, batch, s.seed)
+    caps = s.per_document or (None,)
+    bases = []
+    for cap in caps:
+        base = fresh_states(model, layers, s, cap)
+        for batch in prefill:
+            time_harvest(model, layers, base, batch, s.seed)
+        time_harvest(model, layers, copy.deepcopy(base), batches[0], s.seed)
+        bases.append(base)
     time_bare(model, layers, batches[0])
-    time_harvest(model, layers, copy.deepcopy(base), batches[0], s.seed)
-    out = RatioResult(rounds=s.rounds)
+    out = [RatioResult(rounds=s.rounds) for _ in caps]
     for r in range(s.rounds):
-        states = copy.deepcopy(base)
+        states = [copy.deepcopy(base) for base in bases]
         gc.collect()
         for i, batch in enumerate(batches):
-            c0 = time.process_time()
-            if (i + r) % 2 == 0:
-                bare = time_bare(model, layers, batch)
-                c1 = time.process_time()
-                fwd, upd = time_harvest(model, layers, states, batch, s.seed)
-                c2 = time.process_time()
-                bare_cpu, harvest_cpu = c1 - c0, c2 - c1
-            else:
-                fwd, upd = time_harvest(model, layers, states, batch, s.seed)
-                c1 = time.process_time()
-                bare = time_bare(model, layers, batch)
-                c2 = time.process_time()
-                bare_cpu, harvest_cpu = c2 - c1, c1 - c0
-            pair = Pair(r, i, int(batch.tokens.numel()), bare, fwd, upd, bare_cpu, harvest_cpu)
-            out.pairs.append(pair)
+            steps = [-1, *range(len(caps))]  # -1: the bare pass
+            shift = (i + r) % len(steps)
+            bare = bare_cpu = 0.0
+            timed: dict[int, tuple[float, float, float]] = {}
+            for step in steps[shift:] + steps[:shift]:
+                c0 = time.process_time()
+                if step < 0:
+                    bare = time_bare(model, layers, batch)
+                    bare_cpu = time.process_time() - c0
+                else:
+                    fwd, upd = time_harvest(model, layers, states[step], batch, s.seed)
+                    timed[step] = (fwd, upd, time.process_time() - c0)
+            for v, (fwd, upd, cpu) in sorted(timed.items()):
+                pair = Pair(r, i, int(batch.tokens.numel()), bare, fwd, upd, bare_cpu, cpu)
+                out[v].pairs.append(pair)
             print(
                 f"  round {r + 1}/{s.rounds} batch {i + 1}/{len(batches)}: bare {bare:.3f}s "
-                f" harvest {pair.harvest:.3f}s (forward {fwd:.3f} + update {upd:.3f})  ratio"
-                f" {pair.ratio:.3f}",
+                + "  ".join(
+                    f" harvest{'' if caps[v] is None else f' C={caps[v]}'} {p[0] + p[1]:.3f}s"
+                    f" (forward {p[0]:.3f} + update {p[1]:.3f}) ratio {(p[0] + p[1]) / bare:.3f}"
+                    for v, p in sorted(timed.items())
+                ),
                 file=sys.stderr,
             )
     return out
@@ -368,13 +417,18 @@ class PartTimer:
     @contextlib.contextmanager
     def installed(self) -> Iterator[PartTimer]:
         """Wrap the helpers for the duration of the block and restore the originals afterwards."""
-        saved_cls = {n: LayerState.__dict__[n] for n in ("update", "_topk", "_quantile", "_random")}
-        saved_mod = {n: getattr(state_mod, n) for n in ("replacements", "hist_bins", "rank_keys")}
+        names = ("update", "_topk", "_capped", "_quantile", "_random")
+        saved_cls = {n: LayerState.__dict__[n] for n in names}
+        saved_mod = {
+            n: getattr(state_mod, n)
+            for n in ("replacements", "hist_bins", "rank_keys", "capped_keep")
+        }
         try:
             LayerState.update = self.wrap("update", saved_cls["update"])  # type: ignore[method-assign]
             LayerState._topk = self.wrap(self.topk_label, saved_cls["_topk"])  # type: ignore[method-assign]
             LayerState._quantile = self.wrap("_quantile", saved_cls["_quantile"])  # type: ignore[method-assign]
             LayerState._random = self.wrap("_random", saved_cls["_random"])  # type: ignore[method-assign]
+            LayerState._capped = self.wrap("_capped", saved_cls["_capped"])  # type: ignore[method-assign]
             for n, fn in saved_mod.items():
                 setattr(state_mod, n, self.wrap(n, fn))
             yield self
@@ -392,35 +446,29 @@ def profile_update(
     batches: list[Batch],
     s: Settings,
 ) -> tuple[PartTimer, str | None]:
-    """One more pass over the same batches (states prefilled the same way): only the updates are
-    timed, by part."""
-    states = fresh_states(model, layers, s)
+    """One more pass over the same batches (states prefilled the same way, with the first cap of
+    ``s.per_document``): only the updates are timed, by part."""
+    states = fresh_states(model, layers, s, (s.per_document or (None,))[0])
     for batch in prefill:
         time_harvest(model, layers, states, batch, s.seed)
     timer = PartTimer()
     table = None
     for i, batch in enumerate(batches):
-        hkeys = hash_keys(batch.ids.tolist(), s.seed)
         if s.torch_profile and i == len(batches) - 1:
             from torch.profiler import profile
 
             # After the pass, so the table holds the updates' operators only (their inputs are no
             # longer in the cache, so each operator takes somewhat longer than during the pass).
+            hkeys = hash_keys(batch.ids.tolist(), s.seed)
             acts = model.mlp_activations(batch.tokens, layers)
             # under inference_mode as in the pass: its tensors cannot be updated in place outside
             with profile() as prof, torch.inference_mode():
                 for layer in layers:
-                    states[layer].update(acts[layer], batch.ids, hkeys)
+                    states[layer].update(acts[layer], batch.ids, hkeys, batch.docs)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
             continue
         with timer.installed():
-            model.each_mlp_activation(
-                batch.tokens,
-                layers,
-                lambda layer, acts, ids=batch.ids, hkeys=hkeys: states[layer].update(
-                    acts, ids, hkeys
-                ),
-            )
+            time_harvest(model, layers, states, batch, s.seed)
     return timer, table
 
 
@@ -589,13 +637,14 @@ def report(
     command: str,
     model: SubjectModel,
     layers: Sequence[int],
-    r: RatioResult,
+    results: list[RatioResult],
     mem: list[dict[str, Any]],
     timer: PartTimer | None,
     torch_table: str | None,
 ) -> str:
-    """The Markdown section: the headline table first, then the details a reviewer needs to trust
-    it."""
+    """The Markdown section: the headline table first (the first cap of ``--per-document``), then
+    each cap against the same bare passes, then the details a reviewer needs to trust it."""
+    r = results[0]
     harvest_total, bare_total = r.total("harvest"), r.total("bare")
     median_ratio = r.median_ratio
     start_state = (
@@ -611,7 +660,7 @@ def report(
         "",
         f"Command: `{command}`",
         "",
-        f"{machine_line()}.",
+        f"{machine_line()}; model and statistics on {model.device}.",
         "",
         (
             "| model | layers | tokens | batch | harvest tok/s | bare tok/s | ratio (median) "
@@ -650,6 +699,8 @@ def report(
         + f". Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (the"
         " machine is shared).",
     ]
+    if len(results) > 1:
+        lines += _caps_table(s, results)
     if mem:
         lines += [
             "",
@@ -720,6 +771,28 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def _caps_table(s: Settings, results: list[RatioResult]) -> list[str]:
+    """Each cap's harvest against the same bare passes (interleaved in one run)."""
+    lines = [
+        "",
+        "Per-document caps, each harvest interleaved with the same bare passes:",
+        "",
+        "| --per-document | harvest tok/s | ratio (median) | ratio of totals | update / bare"
+        " (median) | update s per round | / first cap's update |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    first = results[0].total("update")
+    for cap, res in zip(s.per_document or (), results, strict=True):
+        upd = res.total("update")
+        lines.append(
+            f"| {cap} | {res.tokens / res.total('harvest'):,.0f} | {res.median_ratio:.3f}x |"
+            f" {res.total('harvest') / res.total('bare'):.3f}x |"
+            f" {statistics.median(p.update / p.bare for p in res.pairs):.3f}x | {upd:.2f} |"
+            f" {upd / first:.2f}x |"
+        )
+    return lines
+
+
 def command_line() -> str:
     """The command as typed from the repository root (relative paths where possible)."""
 
@@ -786,9 +859,26 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
     p.add_argument(
         "--torch-profile", action="store_true", help="also print a torch.profiler op table"
     )
+    p.add_argument(
+        "--per-document",
+        help="caps to harvest with, each against the same bare passes, e.g. 0,2 (default: the"
+        " harvest's default)",
+    )
+    p.add_argument("--device", help="where the model and the statistics run (default cpu)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's; 1 is steadier on a machine shared with others)",
+    )
     p.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     a = p.parse_args(argv)
     s = Settings.quick() if a.quick else Settings()
+    if a.per_document:
+        s.per_document = tuple(int(x) for x in a.per_document.split(","))
+    if a.device:
+        s.device = a.device
+    if a.threads:
+        torch.set_num_threads(a.threads)
     for name in (
         "model",
         "layers",
@@ -827,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Memory children first, while this process is still small: a child's ru_maxrss starts at its
     # spawner's peak.
     mem = [] if a.no_memory else [run_memory_child(s, n) for n in s.mem_tokens]
-    model = load_model(s.model, progress=False)
+    model = load_model(s.model, progress=False, device=s.device)
     layers = parse_layers(s.layers) or list(range(model.n_layers))
     model.check_layers(layers)
     prefill, batches = build_batches(model, s)
@@ -837,12 +927,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         " bare/harvest ...",
         file=sys.stderr,
     )
-    ratio = measure_ratio(model, layers, prefill, batches, s)
+    results = measure_ratio(model, layers, prefill, batches, s)
     timer, table = None, None
     if s.profile:
         print("  profiling LayerState.update ...", file=sys.stderr)
         timer, table = profile_update(model, layers, prefill, batches, s)
-    text = report(s, command, model, layers, ratio, mem, timer, table)
+    text = report(s, command, model, layers, results, mem, timer, table)
     print(f"(bench took {time.perf_counter() - t_start:.0f}s)", file=sys.stderr)
     emit(text, a.out)
 

@@ -18,6 +18,10 @@ bare pass), the loop's ratio with and without its checkpoints, and the parts. Se
 interleaved: run it on a quiet machine. Run from the repository root::
 
     .venv/bin/python bench/bench_harvest_run.py --tokens 131072 --out bench/results/harvest-run.md
+    python3 bench/bench_harvest_run.py --device cuda --layers 3,9,15 --tokens 1048576  # on a GPU
+
+On CUDA the batch size is what ``harvest`` picks there (``--batch-size`` overrides it), the
+statistics stay on the device (as in a harvest), and every bare batch ends with a synchronize.
 """
 
 from __future__ import annotations
@@ -99,13 +103,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="time the bare passes on every K-th batch only, scaled up (default 1: all batches)",
     )
     p.add_argument("--layers", default="all", help="all (default), 0-5, 0,3,5")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", help="the model's dtype (default float32)")
+    p.add_argument(
+        "--batch-size", type=int, help="contexts per batch (default: what harvest picks)"
+    )
+    p.add_argument("--per-document", type=int, help="the harvest's cap (default: its default)")
     p.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     a = p.parse_args(argv)
     command = command_line()
 
-    model = load_model(a.model, progress=False)
+    model = load_model(a.model, progress=False, device=a.device, dtype=a.dtype)
     layers = parse_layers(a.layers) or list(range(model.n_layers))
-    cfg = HarvestConfig(model=model.name, layers=layers, n_tokens=a.tokens or None)
+    extra = {} if a.per_document is None else {"per_document": a.per_document}
+    cfg = HarvestConfig(model=model.name, layers=layers, n_tokens=a.tokens or None, **extra)
+    cfg.batch_size = a.batch_size or model.suggest_batch_size(cfg.ctx_len, layers)
     # the contexts harvest() will read, batched as it batches them
     settings = Settings(
         model=model.name,
@@ -150,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"Command: `{command}`",
         "",
-        f"{machine_line()}.",
+        f"{machine_line()}; model on {model.device} in {model.dtype_name}, batches of"
+        f" {cfg.batch_size}, per-document cap {cfg.per_document}.",
         "",
         "| part | seconds | / bare forward |",
         "|---|---:|---:|",
@@ -158,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"- Bare passes {bare_1:.1f} s and {bare_2:.1f} s{sampled} (before and after the"
         f" harvest; they differ by {abs(bare_1 - bare_2) / bare:.1%}); harvest"
-        f" {tokens / total:.0f} tokens/s end to end, bare {tokens / bare:.0f} tokens/s.",
+        f" {tokens / total:.0f} tokens/s end to end, the loop {tokens / (loop - ckpt):.0f}"
+        f" tokens/s without checkpoints, bare {tokens / bare:.0f} tokens/s.",
         f"- Checkpoints: {', '.join(f'{s:.1f} s' for s in store.checkpoint_seconds) or 'none'};"
         f" database {db_mb:.0f} MB; peak RSS of the process {peak_rss_gb:.1f} GB.",
         "",

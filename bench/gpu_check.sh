@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# One short GPU check (about 5 minutes once the model is converted): the gpu tests, then harvest tokens/s and
+# One short GPU check (about 6 minutes once the model is converted): the gpu tests, then harvest tokens/s and
 # N2G seconds/neuron for gemma-3-270m on the GPU against the same work on this machine's CPU cores, in one run
-# (a ratio, not two runs on different days), and what bfloat16 changes in a harvest. Writes
-# bench/results/gpu.md; quote it in BENCHMARKS.md with the date and the machine.
+# (a ratio, not two runs on different days), what bfloat16 changes in a harvest, and the harvest loop (its
+# statistics on the GPU) against a bare forward pass over the same tokens: the target is >= 50,000 tokens/s for
+# layers 3,9,15 in float32 and the loop within 1.2x of the bare pass. Writes bench/results/gpu.md; quote it in
+# BENCHMARKS.md with the date and the machine.
 #
 #   bash bench/gpu_check.sh                    # on a machine with an NVIDIA GPU, after `make setup`
 #   PYTHON=python3 bash bench/gpu_check.sh     # any Python that has torch (CUDA) and autointerp's packages
-#   GPU_DEVICE=cpu GPU_TOKENS=2048 CPU_TOKENS=2048 N2G_GPU=top:1 N2G_CPU=top:1 bash bench/gpu_check.sh
+#   GPU_DEVICE=cpu GPU_TOKENS=2048 CPU_TOKENS=2048 N2G_GPU=top:1 N2G_CPU=top:1 LOOP_TOKENS=2048 \
+#       CAP_TOKENS=2048 CAP_BATCH=16 bash bench/gpu_check.sh
 #                                              # a dry run of the script itself on a machine without a GPU
 #
 # Set-up needs the package registries (torch's CUDA build and the packaged models come from PyPI) unless the
 # packaged model's wheels are already in $AUTOINTERP_CACHE/wheels; the check itself runs offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's autointerp, for the bench scripts too
 if [ -z "${PYTHON:-}" ]; then
     PYTHON=.venv/bin/python
     [ -x "$PYTHON" ] || make setup
@@ -60,6 +64,18 @@ timeout 150 $AI graph $MODEL --neurons "$N2G_GPU" --device "$DEV" --db "$work/gp
 timeout 200 $AI graph $MODEL --neurons "$N2G_CPU" --device cpu --db "$work/cpu.db" \
     "${common[@]}" > "$work/n2g-cpu.json"
 
+echo "== the harvest loop against a bare forward pass, statistics on the GPU"
+LOOP_TOKENS=${LOOP_TOKENS:-1048576}
+CAP_TOKENS=${CAP_TOKENS:-131072}
+CAP_BATCH=${CAP_BATCH:-256}
+# a real harvest() between two bare passes over the same contexts: the loop's tokens/s and its ratio
+timeout 300 $PY bench/bench_harvest_run.py --model $MODEL --device "$DEV" --layers $LAYERS \
+    --tokens "$LOOP_TOKENS" --out "$work/harvest-run.md" || echo "(bench_harvest_run failed)" > "$work/harvest-run.md"
+# per batch, a bare pass and harvests without and with the per-document cap, interleaved
+timeout 200 $PY bench/bench_harvest.py --model $MODEL --device "$DEV" --layers $LAYERS \
+    --tokens "$CAP_TOKENS" --batch-size "$CAP_BATCH" --rounds 2 --per-document 0,2 --no-memory \
+    --no-profile --out "$work/harvest-caps.md" || echo "(bench_harvest failed)" > "$work/harvest-caps.md"
+
 for f in "$work"/*.json; do echo "== $(basename "$f")"; cat "$f"; echo; done
 
 $PY - "$work" "$out" "$DEV" <<'PYEOF'
@@ -103,6 +119,8 @@ for (layer,) in db.execute("select distinct layer from neurons order by layer"):
     lines.append(f"| {layer} | {shared / total:.1%} | {med:.2%} / {max(moved):.2%} |")
 tests = open(f"{work}/tests.txt").read().strip().splitlines()
 lines += ["", "gpu tests: " + (tests[-1] if tests else "no output")]
+for name in ("harvest-run", "harvest-caps"):  # the loop against a bare pass; the cap's cost
+    lines += ["", open(f"{work}/{name}.md").read().strip()]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF

@@ -1,7 +1,8 @@
 """The subject model on a CUDA device gives the results it gives on the CPU: the same harvest
 (float32: the same top-k contexts, statistics to float32 rounding), the same N2G graphs (the same
 nodes and edges; importances and activations, stored to 6 decimals, to float32 rounding), the same
-live activations.
+live activations; and the harvest's statistics, computed on the GPU, are the ones the CPU computes
+from the same activations.
 Skipped, with the reason printed, where there is no CUDA device; ``bench/gpu_check.sh`` runs these
 first on a GPU machine."""
 
@@ -41,7 +42,7 @@ def on_gpu():  # type: ignore[no-untyped-def]
     return load_model(MODEL, progress=False, device="cuda", dtype="float32")
 
 
-def _harvest(model, corpus, db):  # type: ignore[no-untyped-def]
+def _harvest(model, corpus, db, **settings):  # type: ignore[no-untyped-def]
     cfg = HarvestConfig(
         model=model.name,
         corpus=str(corpus),
@@ -51,6 +52,7 @@ def _harvest(model, corpus, db):  # type: ignore[no-untyped-def]
         random_k=4,
         batch_size=8,
         checkpoint_seconds=1e9,
+        **settings,
     )
     return harvest(model, db, cfg, progress=False, log=lambda m: None)
 
@@ -73,6 +75,43 @@ def test_cuda_harvest_equals_cpu_harvest(on_cpu, on_gpu, text_corpus, tmp_path) 
         np.testing.assert_allclose(
             [x["max"], x["min"], x["mean"]], [y["max"], y["min"], y["mean"]], rtol=1e-3, atol=1e-4
         )
+
+
+def test_cuda_resident_statistics_equal_cpu_statistics(on_gpu, text_corpus) -> None:  # type: ignore[no-untyped-def]
+    """The same activations (the model's on the GPU) folded into states on the GPU and on the CPU:
+    straight through, checkpointed and resumed, and as shards merged on the host. Keys, examples,
+    documents, counts and extremes equal exactly; sums to float32 rounding of a batch's partial
+    sums; histogram bins (and the quantile samples kept per bin) but for values within rounding of
+    a bin edge, where CUDA's log1p may round the other way (allowed: 1 in 10,000)."""
+    from harvest_states import check_device_statistics, model_batches
+
+    batches = model_batches(on_gpu, str(text_corpus), 5, 32, 8, 6)
+    check_device_statistics(batches, "cuda", edge_share=1e-4)
+
+
+def test_cuda_harvest_keeps_its_statistics_on_the_gpu(on_gpu, text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A harvest on CUDA computes its statistics there by default, and its rows are the rows the
+    same activations give with the statistics on the host."""
+    _harvest(on_gpu, text_corpus, tmp_path / "gpu.db")
+    _harvest(on_gpu, text_corpus, tmp_path / "host.db", stats_device="cpu")
+    a, b = Store(tmp_path / "gpu.db"), Store(tmp_path / "host.db")
+    assert a.runs()[0]["config"]["stats_device"].startswith("cuda")
+    assert b.runs()[0]["config"]["stats_device"] == "cpu"
+    assert a.runs()[0]["config_hash"] == b.runs()[0]["config_hash"]
+    examples = (
+        "select layer, neuron, kind, rank, context_id, max_activation, min_activation, peak_index"
+        " from examples where kind != 'quantile' order by layer, neuron, kind, rank"
+    )
+    assert list(a.db.query(examples)) == list(b.db.query(examples))
+    stats = "select layer, neuron, count, max, min, n_positive from neurons order by layer, neuron"
+    assert list(a.db.query(stats)) == list(b.db.query(stats))
+    sums = "select sum, sum_sq from neurons order by layer, neuron"
+    np.testing.assert_allclose(
+        [list(r.values()) for r in a.db.query(sums)],
+        [list(r.values()) for r in b.db.query(sums)],
+        rtol=1e-5,
+        atol=1e-3,
+    )
 
 
 def test_cuda_graphs_equal_cpu_graphs(on_cpu, on_gpu, text_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from autointerp.corpus import iter_contexts
 from autointerp.harvest import (
     CHECKPOINT_MIN_SECONDS,
     CHECKPOINT_SHARE,
+    INT64_MIN,
     SPLIT_PATTERN,
     HarvestConfig,
     LayerState,
@@ -32,6 +33,7 @@ from autointerp.harvest import (
     merge,
     rank_keys,
 )
+from autointerp.harvest.documents import PeakDocuments, capped_keep, token_documents
 from autointerp.histogram import HIST_EDGES
 from autointerp.models import SubjectModel
 from autointerp.store import Store
@@ -114,7 +116,8 @@ def _check_against_brute_force(
                 by_kind.setdefault(ex["kind"], []).append(ex)
 
             ctx_max = body[:, :, n].max(axis=1)
-            order = np.lexsort((ctx_ids, -ctx_max))[: cfg.top_k]
+            peaks = body[:, :, n].argmax(axis=1) + 1
+            order = _capped(np.lexsort((ctx_ids, -ctx_max)), contexts, peaks, cfg)
             top = by_kind["top"]
             assert [e["context_id"] for e in top] == ctx_ids[order].tolist()
             for ex, i in zip(top, order, strict=True):
@@ -124,7 +127,8 @@ def _check_against_brute_force(
 
             if model.gated:
                 ctx_min = body[:, :, n].min(axis=1)
-                order = np.lexsort((ctx_ids, ctx_min))[: cfg.top_k]
+                lows = body[:, :, n].argmin(axis=1) + 1
+                order = _capped(np.lexsort((ctx_ids, ctx_min)), contexts, lows, cfg)
                 assert [e["context_id"] for e in by_kind["bottom"]] == ctx_ids[order].tolist()
             else:
                 assert "bottom" not in by_kind
@@ -138,8 +142,224 @@ def _check_against_brute_force(
                 assert top_value * i / 4 < ex["max_activation"] <= top_value * (i + 1) / 4 + 1e-6
 
 
+def _peak_document(context: Any, position: int) -> int:
+    """The document of token ``position`` of ``context`` (a :class:`Context` or its ``doc_index``
+    list), by the rule the README states: a separator counts with the nearest document token before
+    it in the context, else after it."""
+    docs = context if isinstance(context, list) else context.doc_index.tolist()
+    before = [d for d in docs[1 : position + 1] if d >= 0]
+    after = [d for d in docs[position:] if d >= 0]
+    return before[-1] if before else after[0]
+
+
+def _capped(ranked: np.ndarray, contexts: list, peaks: np.ndarray, cfg: HarvestConfig) -> list:
+    """The first ``top_k`` of the context indices ``ranked`` (best first) with at most
+    ``cfg.per_document`` from one document (where each context peaks at ``peaks``): the greedy
+    selection, by hand."""
+    taken: dict[int, int] = {}
+    out = []
+    for i in ranked.tolist():
+        doc = _peak_document(contexts[i], int(peaks[i]))
+        if cfg.per_document and taken.get(doc, 0) >= cfg.per_document:
+            continue
+        taken[doc] = taken.get(doc, 0) + 1
+        out.append(i)
+        if len(out) == cfg.top_k:
+            break
+    return out
+
+
+def test_capped_selection_is_the_greedy_one() -> None:
+    """:func:`capped_keep` against the greedy choice written out (largest key first, skipping a
+    document that already has ``cap``), on random rows with few documents so the cap binds."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k, b, cap = int(rng.integers(1, 7)), int(rng.integers(1, 9)), int(rng.integers(1, 4))
+        keys = rng.choice(np.arange(-1000, 1000), size=k + b, replace=False)
+        docs = rng.integers(-1, 4, size=k + b)  # -1: an entry that is its own document
+        kept = capped_keep(torch.from_numpy(keys)[None], torch.from_numpy(docs)[None], k, cap)[0]
+        taken: dict[Any, int] = {}
+        expected = set()
+        for i in np.argsort(-keys).tolist():
+            doc = int(docs[i]) if docs[i] >= 0 else ("own", i)
+            if len(expected) < k and taken.get(doc, 0) < cap:
+                expected.add(i)
+                taken[doc] = taken.get(doc, 0) + 1
+        assert set(kept.nonzero().flatten().tolist()) == expected
+
+
+def test_a_separator_counts_with_the_document_it_ends() -> None:
+    doc_index = np.array([[-1, 3, 3, -1, 4, 4], [-1, -1, 5, 5, -1, 6], [-1, -1, -1, -1, -1, -1]])
+    assert token_documents(doc_index).tolist() == [
+        [3, 3, 3, 3, 4, 4],
+        [5, 5, 5, 5, 5, 6],
+        [-1, -1, -1, -1, -1, -1],
+    ]
+    for row in doc_index[:2].tolist():  # the test's own statement of the rule agrees
+        assert [_peak_document(row, i) for i in range(1, 6)] == token_documents(np.array([row]))[
+            0, 1:
+        ].tolist()
+
+
+def test_peak_documents_by_gather_and_for_the_whole_batch_agree_with_argmax() -> None:
+    """Where the neuron first reaches its maximum (or minimum) after BOS, and that token's
+    document: asked for a few pairs (a gather per pair) and for every pair (the whole batch at
+    once), against argmax by hand, with ties (activations in steps of 0.5)."""
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randint(-3, 4, (6, 10, 7), generator=g).float() * 0.5
+    doc_index = torch.randint(0, 4, (6, 10), generator=g).sort(dim=1).values.numpy()
+    doc_index[:, 0] = -1
+    doc_index[0, 1:] = 2  # one context in one document
+    docs = torch.from_numpy(token_documents(doc_index))
+    body = acts[:, 1:, :]
+    for largest in (True, False):
+        peaks = (body.argmax(dim=1) if largest else body.argmin(dim=1)) + 1  # [B, d]
+        expected = docs.gather(1, peaks)
+        pairs = torch.cartesian_prod(torch.arange(6), torch.arange(7))
+        few = pairs[::9]
+        for chosen in (few, pairs):  # a gather per pair; the whole batch at once
+            found = PeakDocuments(acts, docs, body.amax(dim=1), body.amin(dim=1)).of(
+                chosen[:, 0], chosen[:, 1], largest
+            )
+            assert found.tolist() == expected[chosen[:, 0], chosen[:, 1]].tolist()
+
+
+def _random_batches(
+    n: int, b: int, t: int, d: int, docs: int, seed: int = 0
+) -> list[tuple[torch.Tensor, ...]]:
+    """Batches of activations (with ties and repeated values), ids, hash keys and token documents
+    drawn from few documents, so the cap binds often."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        acts = torch.randint(-4, 5, (b, t, d), generator=g).float() * 0.5
+        ids = torch.arange(i * b, (i + 1) * b)
+        doc_index = torch.randint(0, docs, (b, t), generator=g).sort(dim=1).values.numpy()
+        doc_index[:, 0] = -1
+        doc_index[doc_index == 2] = -1  # some separators
+        docs_t = torch.from_numpy(token_documents(doc_index))
+        out.append((acts, ids, hash_keys(ids.tolist(), 0), docs_t))
+    return out
+
+
+def _fold(
+    batches: list[tuple[torch.Tensor, ...]], cap: int, resume_at: int = -1, bottom_k: int = 4
+) -> LayerState:
+    state = LayerState(
+        5, 8, top_k=6, bottom_k=bottom_k, random_k=3, hist_sample=2, per_document=cap
+    )
+    for i, (acts, ids, hkeys, docs) in enumerate(batches):
+        state.update(acts, ids, hkeys, docs)
+        if i == resume_at:  # a checkpoint and a resumed run
+            state = LayerState.from_bytes(state.to_bytes(), hist_sample=2)
+    return state
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_capped_state_equals_the_capped_selection_of_everything(cap: int) -> None:
+    """Streamed batch by batch, resumed from a checkpoint, or merged from shards, the capped top
+    and bottom examples are the greedy capped selection over every context at once."""
+    batches = _random_batches(n=9, b=4, t=8, d=5, docs=6)
+    acts = torch.cat([a for a, *_ in batches])
+    ids = torch.cat([i for _, i, *_ in batches])
+    docs = torch.cat([d for *_, d in batches])
+    body = acts[:, 1:, :]
+    whole = _fold(batches, cap)
+    resumed = _fold(batches, cap, resume_at=4)
+    shards = [_fold(batches[i::3], cap) for i in range(3)]
+    merged = shards[0]
+    for other in shards[1:]:
+        merged.merge(other)
+    without_bottom = _fold(batches[0::2], cap, bottom_k=0)  # a model whose MLP is not gated
+    without_bottom.merge(_fold(batches[1::2], cap, bottom_k=0))
+    top_keys = [st.t["top_key"].sort(dim=1).values for st in (without_bottom, merged)]
+    assert torch.equal(*top_keys)
+    for state in (whole, resumed, merged):
+        for prefix, extreme, k in (("top", 1.0, 6), ("bot", -1.0, 4)):
+            for n in range(5):
+                values = (body[:, :, n] * extreme).amax(dim=1)
+                peaks = (body[:, :, n] * extreme).argmax(dim=1) + 1
+                order = sorted(range(len(ids)), key=lambda c: (-values[c].item(), ids[c].item()))
+                taken: dict[int, int] = {}
+                expected = []
+                for c in order:
+                    doc = int(docs[c, peaks[c]])
+                    if taken.get(doc, 0) < cap and len(expected) < k:
+                        taken[doc] = taken.get(doc, 0) + 1
+                        expected.append(int(ids[c]))
+                got = state.t[f"{prefix}_key"][n].sort(descending=True).values
+                got = got[got != INT64_MIN]  # empty slots: fewer documents than slots
+                assert key_contexts(got).tolist() == expected, (prefix, n)
+        assert torch.equal(state.t["count"], whole.t["count"])
+    # the three ways agree on every tensor but the slot order of the example buffers
+    for state in (resumed, merged):
+        for prefix in ("top", "bot"):
+            a, b = whole.t[f"{prefix}_key"], state.t[f"{prefix}_key"]
+            ia, ib = a.argsort(dim=1), b.argsort(dim=1)
+            assert torch.equal(a.gather(1, ia), b.gather(1, ib))
+            for part in ("doc", "acts"):
+                x, y = whole.t[f"{prefix}_{part}"], state.t[f"{prefix}_{part}"]
+                assert torch.equal(x[torch.arange(5)[:, None], ia], y[torch.arange(5)[:, None], ib])
+
+
+def test_one_repeated_document_cannot_fill_a_neurons_examples(
+    tiny: SubjectModel, tmp_path: Path
+) -> None:
+    """A corpus that is mostly one long document of repeated doctest lines (as the standard
+    library's decimal module once filled every graphed neuron's top examples): with the default
+    cap no neuron has more than 2 top examples that peak in it; without a cap, many do."""
+    from helpers import PARAGRAPHS
+
+    doctest = "    >>> ExtendedContext.divide(Decimal('1'), Decimal('3'))\n    Decimal('0.333')\n"
+    corpus = tmp_path / "repeated.jsonl"
+    texts = [doctest * 60, *PARAGRAPHS]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    counts = {}
+    for cap in (0, 2):
+        cfg = HarvestConfig(
+            model=tiny.name,
+            corpus=str(corpus),
+            layers=[1],
+            ctx_len=16,
+            top_k=6,
+            random_k=2,
+            per_document=cap,
+            checkpoint_seconds=1e9,
+        )
+        result = harvest(tiny, tmp_path / f"c{cap}.db", cfg, progress=False, log=lambda m: None)
+        store = Store(tmp_path / f"c{cap}.db")
+        most = []
+        for n in range(tiny.d_mlp):
+            top = list(store.examples(result.run_id, 1, n, kinds=["top"]))
+            assert len(top) == 6  # the short documents make up the rest
+            per_doc: dict[int, int] = {}
+            for ex in top:
+                doc = _peak_document(ex["doc_index"], ex["peak_index"])
+                per_doc[doc] = per_doc.get(doc, 0) + 1
+            most.append(max(per_doc.values()))
+        counts[cap] = most
+    assert max(counts[2]) == 2
+    assert sum(m > 2 for m in counts[0]) > tiny.d_mlp // 2  # the test can fail
+
+
+def test_the_cap_is_part_of_the_config_hash() -> None:
+    """The default cap changes results, so it gets a new hash; a harvest without a cap keeps the
+    hash it had before the option existed."""
+    assert HarvestConfig(model="m", per_document=0).config_hash() == "959d12b88d4ba391"
+    assert HarvestConfig(model="m").config_hash() != "959d12b88d4ba391"
+    assert HarvestConfig(model="m", per_document=3).config_hash() not in {
+        HarvestConfig(model="m").config_hash(),
+        "959d12b88d4ba391",
+    }
+    # where the statistics are computed is not part of it
+    assert HarvestConfig(model="m", stats_device="cpu").config_hash() == (
+        HarvestConfig(model="m").config_hash()
+    )
+
+
+@pytest.mark.parametrize("per_document", [0, 1, 2])
 def test_tiny_model_harvest_equals_brute_force(
-    tiny: SubjectModel, text_corpus: Path, tmp_path: Path
+    tiny: SubjectModel, text_corpus: Path, tmp_path: Path, per_document: int
 ) -> None:
     cfg = HarvestConfig(
         model=tiny.name,
@@ -150,6 +370,7 @@ def test_tiny_model_harvest_equals_brute_force(
         random_k=5,
         batch_size=3,
         checkpoint_seconds=1e9,
+        per_document=per_document,
     )
     result = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
     ref = brute_force(tiny, str(text_corpus), [0, 1], 16, None)
@@ -350,8 +571,9 @@ def test_a_harvest_of_an_endless_pipe_stops_at_its_budget_in_bounded_memory(
     assert proc.returncode == 0 and proc.stdout.split() == ["complete", "20"], proc.stderr[-800:]
 
 
+@pytest.mark.parametrize("per_document", [0, 1])
 def test_tiny_shards_merge_to_the_unsharded_result(
-    tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path
+    tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path, per_document: int
 ) -> None:
     base = dict(
         model=tiny_gated.name,
@@ -361,6 +583,7 @@ def test_tiny_shards_merge_to_the_unsharded_result(
         top_k=5,
         random_k=4,
         batch_size=4,
+        per_document=per_document,
     )
     whole = harvest(
         tiny_gated, tmp_path / "all.db", HarvestConfig(**base), progress=False, log=lambda m: None
@@ -612,3 +835,31 @@ def test_the_final_write_reuses_the_pages_the_checkpoints_held(tmp_path: Path) -
     # left free (deleted after the rows were written, the states' pages stayed free in the file:
     # 1.8 GB after a full-corpus Gemma harvest)
     assert store.db.execute("pragma freelist_count").fetchone()[0] == 0
+
+
+def test_statistics_on_a_device_equal_the_host_ones(
+    tiny_gated: SubjectModel, text_corpus: Path
+) -> None:
+    """The state's code is the same torch code on every device, so the check ``tests/test_gpu.py``
+    runs with CUDA runs here with the CPU as the device: straight through, resumed from a
+    checkpoint, and merged from shards, every tensor equal. A real harvest's activations reach the
+    state on the device asked for, as float32."""
+    from harvest_states import check_device_statistics, model_batches
+
+    batches = model_batches(tiny_gated, str(text_corpus), 1, 12, 6, 5)
+    check_device_statistics(batches, "cpu")
+    seen = []
+    tokens = torch.from_numpy(np.stack([np.arange(12)] * 2))
+    tiny_gated.each_mlp_activation(
+        tokens, [0], lambda _layer, acts: seen.append((acts.device, acts.dtype)), device="cpu"
+    )
+    assert seen == [(torch.device("cpu"), torch.float32)]
+    with pytest.raises(Exception, match="not a device"):
+        harvest(
+            tiny_gated,
+            Path(text_corpus).parent / "never.db",
+            HarvestConfig(model=tiny_gated.name, corpus=str(text_corpus), stats_device="gpu0"),
+            progress=False,
+            log=lambda m: None,
+        )
+    assert not (Path(text_corpus).parent / "never.db").exists()

@@ -93,24 +93,7 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
             "on CUDA, from free device memory)"
         ),
     )
-    p.add_argument(
-        "--top-k",
-        type=whole(),
-        default=default("top_k"),
-        help="top contexts kept per neuron (20 train/10 valid/10 test)",
-    )
-    p.add_argument(
-        "--bottom-k",
-        type=whole(),
-        default=None,
-        help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)",
-    )
-    p.add_argument(
-        "--random-k",
-        type=whole(),
-        default=default("random_k"),
-        help=f"uniformly random contexts kept (default {default('random_k')})",
-    )
+    add_example_options(p)
     p.add_argument(
         "--seed",
         type=whole(INT64_MAX),
@@ -136,6 +119,44 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
     add_db_option(p)
     add_device_options(p)
     p.set_defaults(func=cmd_harvest)
+
+
+def add_example_options(p: argparse.ArgumentParser) -> None:
+    """How many examples of each kind a harvest keeps per neuron, and from how many documents."""
+    from autointerp.harvest import HarvestConfig
+
+    def default(name: str) -> Any:
+        return default_of(HarvestConfig, name)
+
+    p.add_argument(
+        "--top-k",
+        type=whole(),
+        default=default("top_k"),
+        help="top contexts kept per neuron (20 train/10 valid/10 test)",
+    )
+    p.add_argument(
+        "--bottom-k",
+        type=whole(),
+        default=None,
+        help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)",
+    )
+    p.add_argument(
+        "--random-k",
+        type=whole(),
+        default=default("random_k"),
+        help=f"uniformly random contexts kept (default {default('random_k')})",
+    )
+    p.add_argument(
+        "--per-document",
+        type=whole(),
+        default=default("per_document"),
+        metavar="C",
+        help=(
+            "at most C top (and bottom) examples of a neuron from one document, the one where it"
+            f" peaks, so a repeated file cannot fill them (default {default('per_document')};"
+            " 0: no cap)"
+        ),
+    )
 
 
 def add_answers_option(p: argparse.ArgumentParser) -> None:
@@ -211,6 +232,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         bottom_k=args.bottom_k,
         random_k=args.random_k,
+        per_document=args.per_document,
         seed=args.seed,
         batch_size=(  # 0 is the config's to refuse, not a stand-in for the default
             default_of(HarvestConfig, "batch_size") if args.batch_size is None else args.batch_size

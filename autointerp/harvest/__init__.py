@@ -22,12 +22,18 @@ Design notes (why it is built this way):
   transaction, after whole batches); a restarted run loads it and skips the contexts already seen.
   Result rows are written once, in one transaction, at the end.
 
+* **Top examples from many documents.** At most ``per_document`` top (and bottom) examples of a
+  neuron come from one document (the one where it peaks), exactly and streaming.
+* **On the model's device.** On CUDA the state lives on the GPU and the activations never cross to
+  the host batch by batch; the same torch code runs on the CPU.
+
 One role per module: :mod:`.config` (what determines a run), :mod:`.keys` (the ranking and sampling
-keys, histogram bins), :mod:`.state` (the per-layer state that accumulates, merges and is
-serialised), :mod:`.rows` (a finished state as result rows), :mod:`.checkpoints` (when to write
-one), :mod:`.run` (one harvest run against the store), :mod:`.merging` (shard runs into one) and
-:mod:`.ray` (the same harvest as Ray shard tasks; imported on its own, not from here). The names
-callers use are importable from the package itself.
+keys, histogram bins), :mod:`.documents` (an example's document, the capped selection),
+:mod:`.state` (the per-layer state that accumulates, merges and is serialised), :mod:`.rows` (a
+finished state as result rows), :mod:`.checkpoints` (when to write one), :mod:`.run` (one harvest
+run against the store), :mod:`.merging` (shard runs into one) and :mod:`.ray` (the same harvest as
+Ray shard tasks; imported on its own, not from here). The names callers use are importable from the
+package itself.
 """
 
 from autointerp.harvest.checkpoints import (
@@ -43,6 +49,7 @@ from autointerp.harvest.config import (
     HarvestConfig,
     parse_shard,
     resolve_config,
+    stats_device,
 )
 from autointerp.harvest.keys import (
     INT64_MAX,
@@ -88,4 +95,5 @@ __all__ = [
     "rank_keys",
     "replacements",
     "resolve_config",
+    "stats_device",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from autointerp.config import check_int, check_number, config_identity, identity_hash
 from autointerp.errors import UserError
 from autointerp.histogram import HIST_BINS, HIST_HI, HIST_LO
@@ -44,6 +46,9 @@ class HarvestConfig:
         4  # the token histogram counts contexts whose hash is 0 mod this (1: every context)
     )
     seed: int = 0
+    # At most this many top (and bottom) examples of a neuron from one document (the document of
+    # the token where the neuron peaks; see autointerp.harvest.documents); 0: no cap.
+    per_document: int = 2
     corpus_fingerprint: str | None = (
         None  # filled in by harvest(): a changed corpus is a different run
     )
@@ -58,6 +63,10 @@ class HarvestConfig:
     # run is a different result (activations differ in the third significant digit), so it gets its
     # own identity.
     dtype: str = field(default="float32", metadata={"hashed": False})
+    # Where the statistics are computed: None: on the model's device when that is CUDA (the
+    # activations never cross to the host), else on the CPU; or a torch device ("cpu", "cuda:1").
+    # The same results either way, so not part of the identity.
+    stats_device: str | None = field(default=None, metadata={"hashed": False})
 
     def __post_init__(self) -> None:
         check_int(self.ctx_len, "--ctx-len", 2)
@@ -71,21 +80,28 @@ class HarvestConfig:
         check_int(self.quantile_per_interval, "quantile_per_interval", 0)
         check_int(self.hist_sample, "hist_sample", 1)
         check_int(self.seed, "--seed", 0)
+        check_int(self.per_document, "--per-document", 0)
         check_int(self.batch_size, "--batch-size", 1)
         if self.checkpoint_seconds is not None:
             # 0 is meaningful: a checkpoint after every batch (the crash tests use it)
             check_number(self.checkpoint_seconds, "--checkpoint-seconds", 0.0, finite=False)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change results (shard, batch size and checkpoint cadence do not)."""
+        """The fields that change results (shard, batch size, checkpoint cadence and where the
+        statistics are computed do not). Settings added later are left out at their "off" value,
+        so runs made before they existed keep their hash: ``per_document`` 0 (no cap) and float32.
+        The default cap (2) changes results, so a harvest made with it has a new hash."""
         half = {"dtype": self.dtype} if self.dtype != "float32" else {}
-        return config_identity(
+        out = config_identity(
             self,
             harvest_version=HARVEST_VERSION,
             hist=[HIST_LO, HIST_HI, HIST_BINS],
             split_pattern=list(SPLIT_PATTERN),
             **half,
         )
+        if not self.per_document:
+            del out["per_document"]
+        return out
 
     def config_hash(self) -> str:
         return identity_hash(self.identity())
@@ -125,6 +141,7 @@ def resolve_config(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
         raise UserError(
             f"--tokens {cfg.n_tokens} is less than one context of {cfg.ctx_len} tokens."
         )
+    stats_device(cfg, model)  # a device that does not exist is one sentence here
     bottom = cfg.bottom_k if cfg.bottom_k is not None else (cfg.top_k if model.gated else 0)
     out = HarvestConfig(
         **{
@@ -137,3 +154,23 @@ def resolve_config(cfg: HarvestConfig, model: SubjectModel) -> HarvestConfig:
     )
     out.shard = tuple(cfg.shard)  # type: ignore[assignment]
     return out
+
+
+def stats_device(cfg: HarvestConfig, model: SubjectModel) -> torch.device:
+    """Where ``cfg``'s statistics are computed on ``model``: ``cfg.stats_device`` if set, else the
+    model's device when that is CUDA (the activations stay where the forward pass made them) and
+    the CPU otherwise. Left unresolved in the config itself, so that each Ray worker picks its own
+    device."""
+    if cfg.stats_device is None:
+        return model.device if model.device.type == "cuda" else torch.device("cpu")
+    try:
+        device = torch.device(cfg.stats_device)
+    except RuntimeError as exc:
+        raise UserError(f"{cfg.stats_device!r} is not a device (cpu, cuda, cuda:N).") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"The statistics cannot go to {cfg.stats_device}: torch sees no CUDA device."
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"The statistics go to the CPU or a CUDA device, not {cfg.stats_device}.")
+    return device

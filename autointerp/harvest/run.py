@@ -32,7 +32,8 @@ from tqdm import tqdm
 from autointerp.corpus import Context, Document, corpus_fingerprint, iter_contexts, load_documents
 from autointerp.errors import UserError
 from autointerp.harvest.checkpoints import checkpoint_spacing, estimated_write_seconds
-from autointerp.harvest.config import HarvestConfig, resolve_config
+from autointerp.harvest.config import HarvestConfig, resolve_config, stats_device
+from autointerp.harvest.documents import token_documents
 from autointerp.harvest.keys import hash_keys
 from autointerp.harvest.rows import example_rows, neuron_rows
 from autointerp.harvest.state import LayerState
@@ -105,8 +106,10 @@ def harvest(
             run["id"], "already complete", run["contexts_done"], run["tokens_done"], 0.0
         )
     store.upsert_model(model.info())
-    run_id, states, start = _open_run(model, store, cfg, docs, run, log)
+    device = stats_device(cfg, model)
+    run_id, states, start = _open_run(model, store, cfg, docs, run, device, log)
     done = _harvest_pass(model, store, cfg, docs, run_id, states, start, progress)
+    states = {layer: st.to("cpu") for layer, st in states.items()}  # the rows are made on the host
     _write_results(model, store, cfg, docs, run_id, states, done, write_examples, progress, log)
     return HarvestResult(
         run_id, "complete", done.contexts_done, done.tokens_done, time.time() - started
@@ -119,10 +122,11 @@ def _open_run(
     cfg: HarvestConfig,
     docs: list[Document],
     run: dict[str, Any] | None,
+    device: torch.device,
     log: Callable[[str], None],
 ) -> tuple[int, dict[int, LayerState], _Pass]:
     """The run to write (``run``, the unfinished run of this config, or a new one), its layers'
-    states (from its last checkpoint, or empty) and where the pass resumes."""
+    states on ``device`` (from its last checkpoint, or empty) and where the pass resumes."""
     layers = cfg.layers or []
     start_ctx = tokens_done = 0
     if run:
@@ -130,7 +134,10 @@ def _open_run(
         start_ctx, blobs = store.load_checkpoint(run_id)
         tokens_done = run["tokens_done"]
         states = (
-            {layer: LayerState.from_bytes(blobs[layer], cfg.hist_sample) for layer in layers}
+            {
+                layer: LayerState.from_bytes(blobs[layer], cfg.hist_sample, device)
+                for layer in layers
+            }
             if blobs
             else {}
         )
@@ -143,6 +150,7 @@ def _open_run(
             "batch_size": cfg.batch_size,
             "shard": list(shard),
             "device": str(model.device),
+            "stats_device": str(device),
         }
         corpus_info = {
             "spec": cfg.corpus,
@@ -163,6 +171,8 @@ def _open_run(
                 cfg.bottom_k or 0,
                 cfg.random_k,
                 cfg.hist_sample,
+                cfg.per_document,
+                device,
             )
             for layer in layers
         }
@@ -244,12 +254,23 @@ def _fold_batch(
     seed: int,
 ) -> None:
     """One forward pass over ``batch``; each layer's activations are folded into its state while
-    the pass runs (while they are still in the CPU's cache)."""
+    the pass runs (on the CPU: while they are still in its cache; on CUDA: where the pass made
+    them, with no copy to the host)."""
+    device = next(iter(states.values())).device
     tokens = torch.from_numpy(np.stack([c.tokens for c in batch]))
     ids = torch.tensor([c.context_id for c in batch], dtype=torch.int64)
-    hkeys = hash_keys(ids.tolist(), seed)
+    hkeys = hash_keys(ids.tolist(), seed).to(device)
+    ids = ids.to(device)
+    capped = next(iter(states.values())).per_document
+    docs = (
+        torch.from_numpy(token_documents(np.stack([c.doc_index for c in batch]))).to(device)
+        if capped
+        else None
+    )
+    # a subject without weights (calibration's known features) delivers host activations only
+    where = {} if device.type == "cpu" else {"device": device}
     model.each_mlp_activation(
-        tokens, layers, lambda layer, acts: states[layer].update(acts, ids, hkeys)
+        tokens, layers, lambda layer, acts: states[layer].update(acts, ids, hkeys, docs), **where
     )
 
 
