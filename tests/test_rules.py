@@ -187,7 +187,7 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
 ) -> None:
     store = copy_store(small_db, tmp_path)
     server = fault_server(mode)  # explanations are answered well; the rule is broken
-    summary = explain_with_rules(store, server.url, "0-1")
+    summary = explain_with_rules(store, server.url, "0-1", written_candidates=False)
     assert summary.failed == 2
     rows = list(store.db.query("select * from scores where method = 'explanation'"))
     assert len(rows) == 2
@@ -201,13 +201,33 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
     assert all("tokens" in json.loads(r["simulation"]) for r in baselines)
 
 
+def test_a_broken_rule_leaves_the_written_candidates_and_the_failure_is_recorded(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path
+) -> None:
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("not-json")  # the LLM's explanation cannot be compiled
+    summary = explain_with_rules(store, server.url, "0-1")
+    assert summary.failed == 2  # the LLM's failure counts: --retry-failed redoes these neurons
+    for row in store.db.query("select * from explanations where kind = 'llm'"):
+        # a written candidate is kept, and says so; the LLM's is stored with why it has no score
+        assert row["status"] == "ok" and row["origin"] in ("tokens", "graph", "template")
+        llm = [c for c in json.loads(row["candidates"]) if c["origin"] == "llm"]
+        assert llm and llm[0]["valid_score"] is None and "no JSON object" in llm[0]["error"]
+    for row in store.db.query("select * from scores where method = 'explanation_first'"):
+        assert row["status"] == "failed" and row["score"] is None
+        assert "no JSON object" in row["error"]
+
+
 def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     explain_with_rules(store, server.url, "0")
     rows = {r["method"]: r for r in store.db.query("select * from scores")}
     assert rows["explanation"]["simulator_mode"] == "rule"
-    assert json.loads(rows["explanation"]["simulation"])["words"] == ["matter", "that", "tokens"]
+    # the LLM's first explanation, as the fault server compiled it, beside the kept one's rule
+    first = json.loads(rows["explanation_first"]["simulation"])
+    assert first["words"] == ["matter", "that", "tokens"]
+    assert parse_rule(rows["explanation"]["simulation"]).apply(["a"]) is not None
     assert json.loads(rows["baseline"]["simulation"])["tokens"]  # compiled with no LLM call
 
 

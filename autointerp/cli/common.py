@@ -157,6 +157,13 @@ def at_least(low: int) -> Callable[[str], int]:
     return convert
 
 
+def count_or_all(text: str) -> int | None:
+    """A count option that may also be ``all`` (None: as many as there are)."""
+    if text.strip().lower() == "all":
+        return None
+    return at_least(0)(text)
+
+
 def finite(text: str) -> float:
     """A float option that must be a finite number (nan and inf compare with nothing sensibly)."""
     try:

@@ -19,6 +19,7 @@ from autointerp.cli.common import (
     add_db_option,
     add_executor_options,
     at_least,
+    count_or_all,
     db_path,
     default_of,
     finite,
@@ -45,22 +46,28 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     """How many examples the explainer sees and the simulator is scored on, and how many candidate
     explanations are drawn: the same options for explain, calibrate and eval, with ExplainConfig's
     defaults."""
-    from autointerp.explain.config import ExplainConfig
+    from autointerp.explain.config import LLM_SIM_RECORDS, ExplainConfig
 
     def default(name: str) -> Any:
         return default_of(ExplainConfig, name)
 
+    every = (
+        f"(default: every one the harvest kept under the rule simulator, {LLM_SIM_RECORDS} under a"
+        " token-by-token one, where each is an LLM call)"
+    )
     p.add_argument(
         "--sim-top",
-        type=int,
+        type=count_or_all,
         default=default("sim_top"),
-        help=f"held-out top examples simulated (default {default('sim_top')})",
+        metavar="N|all",
+        help=f"held-out top examples simulated {every}",
     )
     p.add_argument(
         "--sim-random",
-        type=int,
+        type=count_or_all,
         default=default("sim_random"),
-        help=f"held-out random examples simulated (default {default('sim_random')})",
+        metavar="N|all",
+        help=f"held-out random examples simulated {every}",
     )
     p.add_argument(
         "--explain-records",
@@ -74,9 +81,34 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
         default=default("candidates"),
         help=(
             "best-of-n: sample N explanations per neuron, keep the one that scores best on "
-            "validation records (training-split examples the explainer did not see; the reported "
-            f"score stays on the test split) (default {default('candidates')})"
+            "the validation split (examples neither the explainer nor written candidates saw; the "
+            f"reported score stays on the test split) (default {default('candidates')})"
         ),
+    )
+    p.add_argument(
+        "--rounds",
+        type=at_least(0),
+        default=default("rounds"),
+        metavar="K",
+        help=(
+            "feedback rounds (rule simulator): show the explainer where its explanation's rule "
+            "missed and fired wrongly on validation records and ask for a revision, kept only when"
+            f" it scores better there (default {default('rounds')}; 0: none)"
+        ),
+    )
+    p.add_argument(
+        "--llm-only",
+        action="store_true",
+        help=(
+            "keep only explanations the LLM wrote: no candidates written from the token statistics,"
+            " the N2G graph or the single-token template (by default they compete with the LLM's "
+            "on validation records, and the kept one's origin is stored)"
+        ),
+    )
+    p.add_argument(
+        "--no-restate",
+        action="store_true",
+        help="do not ask the LLM to restate the best graph-written candidate in plain words",
     )
     p.add_argument(
         "--output-tokens",
@@ -224,6 +256,9 @@ def explain_config(args: argparse.Namespace, templates: Templates, **stage: Any)
         explain_records=args.explain_records,
         candidates=args.candidates,
         output_tokens=args.output_tokens,
+        rounds=args.rounds,
+        written_candidates=not args.llm_only,
+        restate=not args.no_restate,
         **stage,
     )
 
