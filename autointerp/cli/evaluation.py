@@ -139,26 +139,37 @@ def _print_calibration(
         f"({result['simulator_mode']})"
     )
     print(
-        "true = simulator given the true description (its ceiling); explanation = the explainer's "
-        "phrase; "
-        "scores are correlations on held-out text"
+        "true = simulator given the true description (its ceiling); expl = the kept explanation "
+        "(its origin below); llm1 = the LLM's first explanation alone; scores are correlations on "
+        "held-out text"
     )
     print(
-        f"{'feature':<24} {'active':>7} {'true':>6} {'expl':>6} {'base':>6} {'n2g':>6}  explanation"
+        f"{'feature':<24} {'active':>7} {'true':>6} {'expl':>6} {'llm1':>6} {'base':>6} {'n2g':>6}"
+        "  origin: explanation"
     )
     for r in result["features"]:
         active = f"{100 * r['frac_active']:6.2f}%" if r["frac_active"] is not None else "      -"
         print(
             f"{r['name'][:24]:<24} {active} {_fmt(r['true_score'])} {_fmt(r['explanation_score'])} "
-            f"{_fmt(r['baseline_score'])} {_fmt(r['n2g_score'])}  {r['explanation'] or '-'}"
+            f"{_fmt(r.get('explanation_first_score'))} {_fmt(r['baseline_score'])} "
+            f"{_fmt(r['n2g_score'])}  {r.get('origin') or '-'}: {r['explanation'] or '-'}"
         )
         for method, error in r["errors"].items():
             print(f"{'':<24} {method}: {error}")
     m = result["medians"]
     print(
         f"{'median':<24} {'':>7} {_fmt(m['true_score'])} {_fmt(m['explanation_score'])} "
-        f"{_fmt(m['baseline_score'])} {_fmt(m['n2g_score'])}"
+        f"{_fmt(m.get('explanation_first_score'))} {_fmt(m['baseline_score'])} "
+        f"{_fmt(m['n2g_score'])}"
     )
+    rec = result.get("recovered")
+    if rec:
+        share = f"{rec['share_of_true']:g}"
+        print(
+            f"explanation >= {share} x the true description's score on {rec['explanation']} of "
+            f"{rec['features']} features (the LLM's first explanation alone: "
+            f"{rec['explanation_first']})"
+        )
     print(f"stored as calibrate run {result['run_id']}")
 
 
@@ -322,6 +333,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_side_metrics(result: dict[str, Any]) -> None:
+    """The numbers beside the headline (random records alone, AUPRC) and who wrote the kept
+    explanations."""
+    side = result.get("side_metrics", {})
+    if side:
+        print("beside the headline (median; n):")
+        for name in next(iter(side.values())):
+            cells = [
+                f"{metric} {_fmt(side[metric][name]['median'])} ({side[metric][name]['n']})"
+                for metric in side
+            ]
+            print(f"  {name:<22} " + "   ".join(cells))
+    origins = result.get("origins") or {}
+    if origins:
+        total = sum(origins.values())
+        shares = ", ".join(f"{o} {n} ({100 * n / total:.0f}%)" for o, n in origins.items())
+        print(f"kept explanations by origin: {shares}")
+
+
 def _print_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """The evaluation as tables (or all of it as JSON)."""
     if args.json:
@@ -350,7 +380,8 @@ def _print_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print("paired differences (per neuron, both scored):")
     for name, d in result["paired"].items():
         ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
-        print(f"  {name:<22} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+        print(f"  {name:<27} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+    _print_side_metrics(result)
     for name, agreement in result.get("scorer_agreement", {}).items():
         rho = agreement["spearman_with_simulation"]
         print(
