@@ -208,9 +208,13 @@ def explanation_record(
                     "prompt_version",
                     "prompt_hash",
                     "config_hash",
+                    "origin",
                     "created",
                 )
             }
+            if row.get("candidates"):
+                # every candidate that competed, with its origin and validation score
+                explanations[row["kind"]]["candidates"] = json.loads(row["candidates"])
         elif row["status"] != "ok":
             failures.append(
                 {
@@ -229,6 +233,7 @@ def explanation_record(
                     "score_raw",
                     "score_top",
                     "score_random",
+                    "auprc",
                     "r2",
                     "n_tokens",
                     "simulator_model",

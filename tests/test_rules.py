@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import copy_store, fault_config
+from helpers import copy_store, fault_config, run_cli
 from test_explain import GOLDEN, _client, _golden
 
 from autointerp.explain.plan import plan_explain
@@ -235,3 +235,27 @@ def test_an_unreachable_simulator_is_a_failure_with_its_reason() -> None:
     sim = Simulator(_client("http://127.0.0.1:9/v1"), "m", load_templates(), "rule")
     with pytest.raises(LLMFailure, match="connection error"):
         sim.simulate_records("anything", [TOKENS])
+
+
+def test_competing_candidates_are_ranked_shown_and_listed(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("keyword")
+    explain_with_rules(store, server.url, "0-3")
+    proc = run_cli(
+        "rank", "tiny-gated", "--by", "explanation_auprc", "--json", "--db", str(store.path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows and all(r["auprc"] is not None and r["origin"] for r in rows)
+    assert [r["auprc"] for r in rows] == sorted((r["auprc"] for r in rows), reverse=True)
+    text = run_cli("rank", "tiny-gated", "--by", "explanation_random", "--db", str(store.path))
+    assert text.returncode == 0 and "auprc" in text.stdout and "origin" in text.stdout
+    from fastapi.testclient import TestClient
+
+    from autointerp.api.app import create_app
+
+    with TestClient(create_app(store.path)) as web:
+        page = web.get(f"/m/tiny-gated/neuron/1/{rows[0]['neuron']}").text
+        assert "candidate explanations competed" in page and "AUPRC" in page
+        ranked = web.get("/api/tiny-gated/rank?by=explanation_auprc").json()
+        assert [r["neuron"] for r in ranked["items"]] == [r["neuron"] for r in rows]

@@ -13,7 +13,17 @@ from autointerp.api.data import ApiData
 from autointerp.api.params import MAX_INDEX
 from autointerp.api.responses import JSONBytes, json_of
 
-RANK_BY = ("max", "min", "frac_positive", "variance", "n2g", "explanation", "baseline")
+RANK_BY = (
+    "max",
+    "min",
+    "frac_positive",
+    "variance",
+    "n2g",
+    "explanation",
+    "explanation_random",
+    "explanation_auprc",
+    "baseline",
+)
 
 
 def query_routes(app: FastAPI, data: ApiData) -> None:

@@ -184,11 +184,14 @@ class ExplanationTables(HarvestTables):
             out["n2g_graph"] = graphs
         return out
 
-    #: rank --by choices that read the scores table (method name) rather than a statistic
+    #: rank --by choices that read the scores table rather than a statistic: (score method, its
+    #: explanation's kind, the column ranked by) - the headline, or one of the numbers beside it
     SCORE_METHODS = {
-        "explanation": ("explanation", "llm"),
-        "baseline": ("baseline", "baseline"),
-        "explanation_negative": ("explanation_negative", "llm_negative"),
+        "explanation": ("explanation", "llm", "score"),
+        "explanation_random": ("explanation", "llm", "score_random"),
+        "explanation_auprc": ("explanation", "llm", "auprc"),
+        "baseline": ("baseline", "baseline", "score"),
+        "explanation_negative": ("explanation_negative", "llm_negative", "score"),
     }
 
     def rank_neurons(
@@ -205,7 +208,7 @@ class ExplanationTables(HarvestTables):
             "frac_positive": "n.frac_positive",
             "variance": "n.variance",
             "n2g": "g.correlation",
-            **{k: "s.score" for k in self.SCORE_METHODS},
+            **{k: f"s.{v[2]}" for k, v in self.SCORE_METHODS.items()},
         }
         if by not in columns:
             raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
@@ -234,11 +237,12 @@ class ExplanationTables(HarvestTables):
                 "g.f1_random as n2g_f1_random, g.correlation_random as n2g_correlation_random"
             )
         elif by in self.SCORE_METHODS:
-            method, kind = self.SCORE_METHODS[by]
+            method, kind, column = self.SCORE_METHODS[by]
             newest = newest_row("scores", "s", (*per_neuron, "method"), "h.status = 'ok'")
             join = (
                 "join scores s on s.run_id = n.run_id and s.layer = n.layer and s.neuron ="
-                f" n.neuron and s.method = ? and s.status = 'ok' and {newest} left join"
+                f" n.neuron and s.method = ? and s.status = 'ok' and s.{column} is not null and"
+                f" {newest} left join"
                 " explanations e on e.run_id = s.run_id and e.layer = s.layer and e.neuron ="
                 " s.neuron and e.config_hash = s.config_hash and e.kind = ?"
             )
@@ -249,8 +253,9 @@ class ExplanationTables(HarvestTables):
                 "o.status = 'ok')"
             )
             extra = (
-                ", s.score, s.score_raw, s.score_top, s.score_random, s.r2, s.simulator_model,"
-                " s.simulator_mode, e.text as explanation, e.model as explainer_model,"
+                ", s.score, s.score_raw, s.score_top, s.score_random, s.auprc, s.r2,"
+                " s.simulator_model, s.simulator_mode, e.text as explanation, e.origin,"
+                " e.model as explainer_model,"
                 f" e.prompt_version, s.config_hash, {other.format('baseline')} as baseline_score,"
                 f" {other.format('n2g')} as n2g_score"
             )
