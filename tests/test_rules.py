@@ -147,7 +147,9 @@ def test_few_shot_rules_are_valid_rules() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # against fault-injection endpoints (the server only compiles; matching and scoring are real)
-def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> ExplainSummary:
+def explain_with_rules(
+    store: Store, url: str, neurons: str, retry_failed: bool = False, **config: Any
+) -> ExplainSummary:
     """``explain`` of layer 1 of the tiny model against a fault-injection endpoint, simulated by
     rules (``config`` overrides the test config's fields)."""
     cfg = fault_config(simulator_mode="rule", **config)
@@ -157,6 +159,7 @@ def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> E
         _client(url),
         load_templates(),
         progress=False,
+        retry_failed=retry_failed,
     )
 
 
@@ -259,3 +262,21 @@ def test_competing_candidates_are_ranked_shown_and_listed(small_db, fault_server
         assert "candidate explanations competed" in page and "AUPRC" in page
         ranked = web.get("/api/tiny-gated/rank?by=explanation_auprc").json()
         assert [r["neuron"] for r in ranked["items"]] == [r["neuron"] for r in rows]
+
+
+def test_an_llm_that_writes_nothing_leaves_written_explanations_and_counts_as_failed(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path
+) -> None:
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("truncated-explanation")  # every explanation is cut at max_tokens
+    summary = explain_with_rules(store, server.url, "0-1")
+    # the neurons keep a written explanation, but the LLM's failure is on record and counted, so
+    # `explain` can say the endpoint wrote nothing and --retry-failed redoes them
+    assert summary.failed == summary.unexplained == 2 and summary.explained == 0
+    kept = list(store.db.query("select * from explanations where kind = 'llm'"))
+    assert all(r["status"] == "ok" and r["origin"] in ("tokens", "graph", "template") for r in kept)
+    firsts = list(store.db.query("select * from scores where method = 'explanation_first'"))
+    assert len(firsts) == 2 and all("truncated at max_tokens" in r["error"] for r in firsts)
+    server.mode = "ok"
+    again = explain_with_rules(store, server.url, "0-1", retry_failed=True)
+    assert again.explained == 2 and again.failed == 0

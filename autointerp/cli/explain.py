@@ -438,6 +438,7 @@ def _report(
         "cached_calls": u.cached_calls,
         "cost_usd": summary.cost_usd,
         "endpoints": endpoints,
+        "origins": summary.origins,
     }
     if args.json:
         print_json(out)
@@ -453,6 +454,9 @@ def _report(
             f" {u.completion_tokens} completion in {u.calls} calls ({u.cached_calls} from the"
             " cache)"
         )
+        if summary.origins:
+            kept = ", ".join(f"{o} {n}" for o, n in sorted(summary.origins.items()))
+            print(f"kept explanations by who wrote them: {kept}")
         if len(endpoints) > 1:
             for e in endpoints:
                 print(
@@ -468,8 +472,8 @@ def _report(
     # failures recorded, counted above and redone by --retry-failed.
     if summary.failed and not summary.explained and summary.unexplained == summary.failed:
         print(
-            f"error: every one of the {summary.failed} neurons processed failed to get an "
-            f"explanation (the reasons are stored; see `autointerp neuron {model} L/N`).",
+            f"error: the LLM wrote no explanation for any of the {summary.failed} neurons "
+            f"processed (the reasons are stored; see `autointerp neuron {model} L/N`).",
             file=sys.stderr,
         )
         return 1

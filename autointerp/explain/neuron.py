@@ -83,6 +83,9 @@ class NeuronResult:
     explanations: list[dict[str, Any]]
     scores: list[dict[str, Any]]
     usage: Usage
+    #: the LLM was asked for the positive side's explanation and wrote none (a written candidate
+    #: may still have been kept): what tells a broken endpoint apart from a poor explanation
+    llm_failed: bool = False
 
     @property
     def cost_usd(self) -> float | None:
@@ -214,6 +217,7 @@ class NeuronRows:
         self.usage = Usage()
         self.explanations: list[dict[str, Any]] = []
         self.scores: list[dict[str, Any]] = []
+        self.llm_failed = False
 
     def explanation(
         self,
@@ -321,7 +325,7 @@ class NeuronRows:
         self.score(method, result, None, Usage(), mode)
 
     def result(self, job: NeuronJob) -> NeuronResult:
-        return NeuronResult(job, self.explanations, self.scores, self.usage)
+        return NeuronResult(job, self.explanations, self.scores, self.usage, self.llm_failed)
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,7 @@ def explain_side(
             candidates,
         )
     except LLMFailure as exc:
+        rows.llm_failed = rows.llm_failed or side.kind == "llm"
         rows.explanation(
             side.kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
         )
@@ -434,6 +439,7 @@ def explain_by_competition(
     try:
         choice = compete(job, client, sim, cfg, templates, side.evidence)
     except LLMFailure as exc:
+        rows.llm_failed = True
         rows.explanation(side.kind, None, exc.reason, Usage(), cfg.explainer_model, 0.0)
         rows.score(side.method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
         return
@@ -455,6 +461,7 @@ def explain_by_competition(
     else:
         rows.ruled(side.method, kept.rule, side.heldout, side.max_activation, sim.mode)
     first = choice.first
+    rows.llm_failed = first is not None and first.text is None
     if first is not None:
         if first.rule is not None:
             rows.ruled("explanation_first", first.rule, side.heldout, side.max_activation, sim.mode)
