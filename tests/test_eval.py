@@ -33,7 +33,8 @@ from autointerp.eval.features import (
     regex_activations,
 )
 from autointerp.eval.stats import paired, summarize
-from autointerp.explain.neuron import NeuronJob, process_neuron
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.neuron import process_neuron
 from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Record, load_templates
 from autointerp.explain.run import explain_layers

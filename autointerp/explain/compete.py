@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autointerp.explain.candidates import (
     Candidate,
@@ -33,14 +33,12 @@ from autointerp.explain.candidates import (
 from autointerp.explain.config import ExplainConfig
 from autointerp.explain.explainer import ask_explainer, explain_messages, prompt_hash
 from autointerp.explain.feedback import mistakes, restate_messages, revision_messages
+from autointerp.explain.job import NeuronJob
 from autointerp.explain.prompts import Templates
 from autointerp.explain.rules import Rule
 from autointerp.explain.simulate import Simulator
 from autointerp.explain.templates import Clause, clauses_rule, explanation_text
 from autointerp.llm.client import LLMClient, LLMFailure, Usage
-
-if TYPE_CHECKING:
-    from autointerp.explain.neuron import NeuronJob
 
 #: Tie-break order of origins (earlier wins a tie on validation).
 ORIGIN_ORDER = ("llm", "revision", "graph-summary", "template", "graph", "tokens")

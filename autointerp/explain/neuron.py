@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autointerp.errors import UserError
@@ -35,6 +35,7 @@ from autointerp.explain.baseline import baseline_explanation, n2g_evidence
 from autointerp.explain.compete import LLM_ORIGINS, compete
 from autointerp.explain.config import ExplainConfig
 from autointerp.explain.explainer import ask_explainer, explain_messages, prompt_hash
+from autointerp.explain.job import NeuronJob
 from autointerp.explain.prompts import SCALE_MAX, OutputTokens, Record, Templates
 from autointerp.explain.records import (
     candidate_records,
@@ -54,29 +55,6 @@ Prices = dict[str, dict[str, float]]
 
 # --------------------------------------------------------------------------------------------------
 # jobs and results
-@dataclass
-class NeuronJob:
-    run_id: int
-    layer: int
-    neuron: int
-    max_activation: float
-    min_activation: float
-    train: list[Record]
-    heldout: list[Record]
-    graph: NeuronGraph | None
-    #: the validation split: where candidates compete (rule simulator) or best-of-n chooses
-    valid: list[Record] = field(default_factory=list)
-    #: every training-split record: what the written candidates are built from
-    train_all: list[Record] = field(default_factory=list)
-    train_negative: list[Record] = field(default_factory=list)
-    heldout_negative: list[Record] = field(default_factory=list)
-    #: other explanations to simulate and score on the same records, by score method (e.g. a
-    #: known-answer feature's true description as ``true_description``)
-    extra: dict[str, str] = field(default_factory=dict)
-    #: what the neuron's output promotes and suppresses (only with ``output_tokens`` > 0)
-    output: OutputTokens | None = None
-
-
 @dataclass
 class NeuronResult:
     job: NeuronJob

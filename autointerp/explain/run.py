@@ -27,7 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.neuron import NeuronJob, NeuronResult, Prices, make_job, process_neuron
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.neuron import NeuronResult, Prices, make_job, process_neuron
 from autointerp.explain.plan import ExplainPlan
 from autointerp.explain.prompts import Templates
 from autointerp.explain.simulate import Simulator
