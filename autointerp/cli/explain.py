@@ -154,19 +154,9 @@ def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_llm_options(
-    p: argparse.ArgumentParser,
-    stage_options: Callable[[argparse.ArgumentParser], None] | None = None,
-    price_table: bool = False,
-) -> None:
-    """The LLM's options, the same for explain, eval and calibrate: which endpoint(s) or local
-    model, which models explain and simulate, the records shown and scored, attempts, timeout,
-    prompts and executor. ``stage_options`` adds the command's own options after the record
-    options (where ``--help`` lists them), ``price_table`` the price table of ``explain``."""
-    from autointerp.explain.config import ExplainConfig
-    from autointerp.explain.simulate import MODES
-    from autointerp.llm.client import LLMSettings
-
+def add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    """Which LLM: the endpoint(s) and key, the models on them, or the packaged local model (explain,
+    eval, calibrate, and score, whose LLM only compiles a description into a rule)."""
     p.add_argument(
         "--base-url",
         action="append",
@@ -198,20 +188,12 @@ def add_llm_options(
             "qwen2.5-coder-0.5b (fast)"
         ),
     )
-    p.add_argument(
-        "--simulator-mode",
-        default=default_of(ExplainConfig, "simulator_mode"),
-        choices=list(MODES),
-        help=(
-            "rule (default: the LLM compiles the explanation into a matching rule of words and a "
-            "regular expression, applied to every token), or token-by-token LLM simulation: auto "
-            "(probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs (hosted "
-            "chat models), json (no logprobs)"
-        ),
-    )
-    add_record_options(p)
-    if stage_options is not None:
-        stage_options(p)
+
+
+def add_call_options(p: argparse.ArgumentParser) -> None:
+    """How each LLM call is made: attempts, timeout, and the local server's threads."""
+    from autointerp.llm.client import LLMSettings
+
     p.add_argument(
         "--max-attempts",
         type=at_least(1),
@@ -231,6 +213,36 @@ def add_llm_options(
         default=None,
         help="CPU threads for the local server (default: all)",
     )
+
+
+def add_llm_options(
+    p: argparse.ArgumentParser,
+    stage_options: Callable[[argparse.ArgumentParser], None] | None = None,
+    price_table: bool = False,
+) -> None:
+    """The LLM's options, the same for explain, eval and calibrate: which endpoint(s) or local
+    model, which models explain and simulate, the records shown and scored, attempts, timeout,
+    prompts and executor. ``stage_options`` adds the command's own options after the record
+    options (where ``--help`` lists them), ``price_table`` the price table of ``explain``."""
+    from autointerp.explain.config import ExplainConfig
+    from autointerp.explain.simulate import MODES
+
+    add_endpoint_options(p)
+    p.add_argument(
+        "--simulator-mode",
+        default=default_of(ExplainConfig, "simulator_mode"),
+        choices=list(MODES),
+        help=(
+            "rule (default: the LLM compiles the explanation into a matching rule of words and a "
+            "regular expression, applied to every token), or token-by-token LLM simulation: auto "
+            "(probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs (hosted "
+            "chat models), json (no logprobs)"
+        ),
+    )
+    add_record_options(p)
+    if stage_options is not None:
+        stage_options(p)
+    add_call_options(p)
     if price_table:
         p.add_argument(
             "--price-table",

@@ -11,6 +11,13 @@ from autointerp.errors import UserError
 from autointerp.store.core import newest_first, newest_row
 from autointerp.store.harvest import HarvestTables
 
+#: The ``explanations.kind`` and ``scores.method`` of a description a person wrote and scored with
+#: ``autointerp score --save`` (a hypothesis, not a pipeline result). Each text is its own pair of
+#: rows: their ``config_hash`` is a hash of the text and of the explain config whose held-out
+#: records scored it (:mod:`autointerp.explain.score_text`), so several hypotheses of one neuron
+#: sit side by side, and an explain run - which replaces its own config's rows - never touches them.
+USER_KIND = "user"
+
 
 class ExplanationTables(HarvestTables):
     """The ``explanations``, ``scores`` and ``evaluations`` tables (their rankings read the
@@ -39,7 +46,7 @@ class ExplanationTables(HarvestTables):
         layer: int,
         neuron: int,
         config_hash: str,
-        explain_run_id: int,
+        explain_run_id: int | None,
         explanations: list[dict[str, Any]],
         scores: list[dict[str, Any]],
     ) -> None:
@@ -78,13 +85,13 @@ class ExplanationTables(HarvestTables):
 
     def explanation_summary(self, model: str, layer: int, neuron: int) -> dict[str, Any]:
         """The newest explanation of each kind and score of each method for a neuron (from the
-        model's harvests)."""
+        model's harvests); the descriptions users scored are :meth:`user_explanations`."""
         out: dict[str, Any] = {"explanations": {}, "scores": {}}
         for table, column in (("explanations", "kind"), ("scores", "method")):
             rows = self.db.query(
                 f"select t.* from {table} t join runs r on r.id = t.run_id where r.model = ? and"
-                " t.layer = ? and t.neuron = ? order by t.created",
-                [model, layer, neuron],
+                f" t.layer = ? and t.neuron = ? and t.{column} != ? order by t.created",
+                [model, layer, neuron, USER_KIND],
             )
             for row in rows:  # later rows win; a kind keeps the place of its first row
                 out[table][row[column]] = dict(row)
@@ -111,6 +118,34 @@ class ExplanationTables(HarvestTables):
                 "select * from scores where run_id = ? and layer = ? and neuron = ? order by"
                 " created desc",
                 [run_id, layer, neuron],
+            )
+        ]
+
+    def newest_explained_config(self, run_id: int, layer: int, neuron: int) -> str | None:
+        """The explain config hash of the neuron's newest score of its explanation, baseline or N2G
+        graph: the held-out records a new description is scored on to stand beside them (None:
+        never explained)."""
+        row = self.db.execute(
+            "select s.config_hash from scores s where s.run_id = ? and s.layer = ? and s.neuron = ?"
+            " and s.method in ('explanation', 'baseline', 'n2g') order by"
+            f" {newest_first('s')} limit 1",
+            [run_id, layer, neuron],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def user_explanations(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
+        """The descriptions users scored and saved for a neuron (:data:`USER_KIND`), newest first,
+        each with its score row's columns (``status``, ``score``, ``simulation``, ``error``...)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select e.text, e.config_hash, e.explain_run_id, e.created, s.status, s.score,"
+                " s.score_raw, s.score_top, s.score_random, s.auprc, s.n_tokens, s.simulator_model,"
+                " s.simulator_mode, s.simulation, s.error from explanations e left join scores s on"
+                " s.run_id = e.run_id and s.layer = e.layer and s.neuron = e.neuron and"
+                " s.config_hash = e.config_hash and s.method = e.kind where e.run_id = ? and"
+                f" e.layer = ? and e.neuron = ? and e.kind = ? order by {newest_first('e')}",
+                [run_id, layer, neuron, USER_KIND],
             )
         ]
 
@@ -147,26 +182,26 @@ class ExplanationTables(HarvestTables):
             ),
             "scores": (
                 "select count(distinct neuron) from scores where run_id = ? and layer = ? and"
-                " status = 'ok'"
+                f" status = 'ok' and method != '{USER_KIND}'"
             ),
         }
         return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
 
     def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
         """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph
-        correlations."""
+        correlations. Users' descriptions are not the layer's results: left out."""
         out: dict[str, list[float]] = {}
         newest = newest_row(
             "scores",
             "s",
             ("neuron", "method"),
-            "h.run_id = ? and h.layer = ? and h.status = 'ok'",
+            "h.run_id = ? and h.layer = ? and h.status = 'ok' and h.method != ?",
             every_group=True,
         )
         for row in self.db.query(
             f"select s.method, s.score from scores s where {newest} and "
             "s.score is not null order by s.neuron, s.method",
-            [run_id, layer],
+            [run_id, layer, USER_KIND],
         ):
             out.setdefault(row["method"], []).append(float(row["score"]))
         newest = newest_row(
