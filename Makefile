@@ -9,8 +9,10 @@ CORPUS ?= default
 # empty LAYERS: an early, a middle and a late layer of MODEL ((2k+1)/6 of its depth; Gemma: 3,9,15)
 LAYERS ?=
 TOKENS ?= 65536
-NEURONS ?= top:4
-EXPLAIN_NEURONS ?= top:1
+# best:K: the K strongest neurons of a layer that are not dense, not from one document and not sharing a
+# top context (README, "Neuron-to-Graph"); best:1 is the first of best:4
+NEURONS ?= best:4
+EXPLAIN_NEURONS ?= best:1
 LLM    ?= qwen2.5-coder-1.5b
 DB     ?= autointerp.db
 # empty GRAPHS: graphs/<model>/
@@ -46,13 +48,15 @@ $(VENV)/.installed: pyproject.toml
 
 ## explain: harvest MODEL on CORPUS for LAYERS, build N2G graphs for NEURONS of each layer, explain
 ## and score EXPLAIN_NEURONS of each layer with the local LLM (or OPENAI_BASE_URL), export graphs
-## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, report the best-explained
+## to GRAPHS (GraphML + SVG), compute similar neurons by graph overlap, index every harvested neuron's
+## peak tokens for token search, report the best-explained
 explain: setup
 	$(AI) harvest --model $(MODEL) --corpus $(CORPUS) $(LAYERS_ARG) --tokens $(TOKENS) --db $(DB)
 	$(AI) graph $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) --db $(DB)
 	$(AI) explain $(MODEL) $(LAYERS_ARG) --neurons $(EXPLAIN_NEURONS) --local-llm $(LLM) --db $(DB)
 	$(AI) export graphml $(MODEL) $(LAYERS_ARG) --neurons $(NEURONS) $(GRAPHS_ARG) --db $(DB)
 	$(AI) similarity $(MODEL) --db $(DB)
+	$(AI) index $(MODEL) --db $(DB)
 	$(AI) report $(MODEL) $(LAYERS_ARG) $(REPORT_GRAPHS_ARG) --db $(DB)
 
 ## test: the whole suite, real-model and browser tests included (what CI runs)

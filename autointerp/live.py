@@ -29,6 +29,8 @@ import numpy as np
 from autointerp.errors import UserError
 
 VIEWS = ("mlp", "resid")
+#: Clients (browser cookies) a recent prompt is listed to, at most: the most recent ones.
+MAX_OWNERS = 64
 
 
 class LiveUnavailable(Exception):
@@ -85,7 +87,9 @@ class Live:
         # server was started to share them: a prompt typed into a local server is nobody else's
         # business.
         self.share_recent = share_recent
-        self._owners: dict[tuple[str, str], set[str]] = {}
+        # prompt -> the clients that ran it, oldest first, at most MAX_OWNERS each: every client
+        # sends a cookie of its choosing, so an unbounded table grows with the cookies sent
+        self._owners: dict[tuple[str, str], OrderedDict[str, None]] = {}
         self.max_chars = max_chars
         self.max_tokens = max_tokens
         self.recent_prompts = recent_prompts
@@ -172,7 +176,7 @@ class Live:
             if key in self._prompts:
                 self._prompts.move_to_end(key)
                 if owner:
-                    self._owners.setdefault(key, set()).add(owner)
+                    self._add_owner(key, owner)
                 return self._prompts[key]
         subject = self.model(name)
         ids = self._encode(subject, text)
@@ -204,11 +208,21 @@ class Live:
         with self._prompts_lock:
             self._prompts[key] = prompt
             if owner:
-                self._owners.setdefault(key, set()).add(owner)
+                self._add_owner(key, owner)
             while len(self._prompts) > self.recent_prompts:
                 old, _ = self._prompts.popitem(last=False)
                 self._owners.pop(old, None)
         return prompt
+
+    def _add_owner(self, key: tuple[str, str], owner: str) -> None:
+        """``owner`` ran prompt ``key`` (most recent last); the oldest owner beyond
+        :data:`MAX_OWNERS` no longer sees it among its recent prompts. Call with the prompts
+        lock held."""
+        owners = self._owners.setdefault(key, OrderedDict())
+        owners[owner] = None
+        owners.move_to_end(owner)
+        while len(owners) > MAX_OWNERS:
+            owners.popitem(last=False)
 
     def recent(self, name: str, owner: str | None = None) -> list[Prompt]:
         """Recent prompts of ``name`` that ``owner`` ran (all of them when the server shares

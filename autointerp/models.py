@@ -110,9 +110,7 @@ def cpu_has_bfloat16_instructions() -> bool:
     # Private probes of recent torch; without them, assume nothing.
     names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     checks = [check for name in names if (check := getattr(torch.cpu, name, None)) is not None]
-    if not checks:
-        return True
-    return any(check() for check in checks)
+    return not checks or any(check() for check in checks)
 
 
 def slow_dtype_warning(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -199,8 +197,7 @@ def _version(dist: str) -> str:
 
 @dataclass
 class SubjectModel:
-    """A HookedTransformer plus its tokenizer, with the few operations every pipeline stage
-    needs."""
+    """A HookedTransformer plus its tokenizer, with the few operations every stage needs."""
 
     name: str
     model: Any  # transformer_lens.HookedTransformer
@@ -215,8 +212,7 @@ class SubjectModel:
 
     @property
     def device(self) -> torch.device:
-        """Where the weights live; inputs are moved here and outputs back to the host by the
-        seam."""
+        """Where the weights live (the seam moves inputs here and outputs back to the host)."""
         return torch.device(self.model.cfg.device or "cpu")
 
     @property
@@ -235,8 +231,7 @@ class SubjectModel:
 
     @property
     def gated(self) -> bool:
-        """Gated MLPs (act(gate) * up) give signed activations, so both extremes are worth
-        harvesting."""
+        """Gated MLPs (act(gate) * up) give signed activations: both extremes are harvested."""
         return bool(self.model.cfg.gated_mlp)
 
     @property
@@ -556,18 +551,24 @@ def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
 
 
 def _quiet_libraries() -> None:
-    """TransformerLens and transformers log warnings that say nothing actionable to our users."""
+    """TransformerLens and transformers log warnings that say nothing actionable to our users, and
+    transformers draws a "Loading weights" bar on every load (download bars stay)."""
     import logging
     import warnings
 
+    from transformers.utils import logging as hf_logging
+
     warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.set_tqdm_hook(_no_loading_bar)
 
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
+
+def _no_loading_bar(factory: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
+    """transformers' tqdm hook: every bar as asked, but "Loading weights" never."""
+    if kwargs.get("desc") == "Loading weights":
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
 
 
 def packaged_status() -> list[dict[str, Any]]:

@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from autointerp.errors import UserError
 
+#: The largest layer, neuron or count a user may type (the API's bound too): far beyond any model,
+#: and far below SQLite's 64-bit integers, which a larger number would overflow.
+MAX_INDEX = 2**31 - 1
+#: The most numbers one ``a-b`` range may name: more neurons than any model's layer has, and few
+#: enough that spelling out the range costs no noticeable memory.
+MAX_RANGE = 2**20
+
+
+def bounded_index(value: int, what: str, text: str) -> int:
+    """``value`` if it is within :data:`MAX_INDEX` either way; else one sentence naming ``what``
+    (e.g. "Layers") and the ``text`` it came from."""
+    if abs(value) > MAX_INDEX:
+        raise UserError(f"{what} must be at most {MAX_INDEX}, not {value} (in {text!r}).")
+    return value
+
 
 def parse_ranges(text: str | None, what: str, example: str) -> set[int] | None:
     """``"0-3,7"`` -> ``{0, 1, 2, 3, 7}``; ``None``, ``""`` or ``"all"`` -> ``None`` (meaning
@@ -23,10 +38,15 @@ def parse_ranges(text: str | None, what: str, example: str) -> set[int] | None:
         for part in text.split(","):
             part = part.strip()
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.update(range(int(lo), int(hi) + 1))
+                lo, hi = (bounded_index(int(x), what, text) for x in part.split("-", 1))
+                if hi - lo >= MAX_RANGE:
+                    raise UserError(
+                        f"The range {part!r} names more than {MAX_RANGE:,} {what.lower()}; no"
+                        " model has that many."
+                    )
+                out.update(range(lo, hi + 1))
             elif part:
-                out.add(int(part))
+                out.add(bounded_index(int(part), what, text))
     except ValueError as exc:
         raise UserError(f"{what} must look like {example} or all, not {text!r}.") from exc
     if not out:
@@ -81,4 +101,6 @@ def parse_neuron(text: str) -> tuple[int, int]:
         ) from exc
     if layer < 0 or neuron < 0:
         raise UserError(f"Layer and neuron must not be negative in {text!r}.")
+    bounded_index(layer, "Layer", text)
+    bounded_index(neuron, "Neuron", text)
     return layer, neuron

@@ -323,12 +323,10 @@ def similar_record(
     url = url_name(model)
     items = [{**it, "url": f"/m/{url}/neuron/{it['layer']}/{it['neuron']}"} for it in items or []]
     if not items:
-        return {
-            **first,
-            "available": False,
-            "items": [],
-            "message": "No similar neurons computed for this neuron.",
-        }
+        message = "No similar neurons computed for this neuron."
+        if store.similarity_run(model) is not None and store.graph(model, layer, neuron):
+            message = f"No similar neuron above {store.similarity_min_score(model):g}."
+        return {**first, "available": False, "items": [], "message": message}
     return {**first, "available": True, "items": items}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.untrusted import terminal_text
 
 
 def build_report(
@@ -27,7 +28,8 @@ def build_report(
 ) -> dict[str, Any]:
     """``{"model", "layers", "tokens", "explained", "failed", "beat_baseline", "neurons": [{"layer",
     "neuron", "score", "baseline_score", "n2g_score", "explanation", "similar": [{"layer", "neuron",
-    "similarity"}]}], "graphs": {"folder", "files"}, "ranked_by"}``.
+    "similarity"}]}], "graphs": {"folder", "files"}, "ranked_by", "similar_min_score"}``; the
+    similar neurons are those stored at or above the similarity's minimum score.
 
     Neurons are ranked by explanation score when any has one, else by N2G correlation, else by max
     activation (``ranked_by`` says which); failed or undefined scores are never ranked.
@@ -94,6 +96,7 @@ def build_report(
         "tokens": tokens,
         "ranked_by": ranked_by,
         "similarity_computed": store.similarity_run(model) is not None,
+        "similar_min_score": store.similarity_min_score(model),
         "similar_per_neuron": similar,
         "explained": len(scored),
         "failed": failed,
@@ -114,8 +117,9 @@ def _fmt(value: float | None, width: int = 6) -> str:
     return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
 
 
-def format_report(report: dict[str, Any], db: str) -> str:
-    """The report as plain text for the terminal."""
+def format_report(report: dict[str, Any], db: str, command: str = "autointerp") -> str:
+    """The report as plain text for the terminal; the commands it suggests start with ``command``
+    (what runs this autointerp from the user's shell, e.g. ``.venv/bin/autointerp``)."""
     model = report["model"]
     layers = ",".join(map(str, report["layers"]))
     lines = [f"== {model}: layers {layers}, {report['tokens']:,} tokens harvested =="]
@@ -132,9 +136,10 @@ def format_report(report: dict[str, Any], db: str) -> str:
         )
         for n in report["neurons"]:
             scores = f"{_fmt(n['score'])} {_fmt(n['baseline_score'], 8)} {_fmt(n['n2g_score'])}"
-            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {scores}  {n['explanation'] or '-'}")
+            explanation = terminal_text(n["explanation"] or "-")  # LLM text: never raw controls
+            lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {scores}  {explanation}")
             if report["similar_per_neuron"]:
-                lines.append(" " * 35 + _similar_text(report, n["similar"]))
+                lines.append(" " * 35 + _similar_text(report, n["similar"], command))
     else:
         what = (
             "N2G graph correlation on held-out text"
@@ -142,11 +147,13 @@ def format_report(report: dict[str, Any], db: str) -> str:
             else "max activation"
         )
         lines.append(
-            f"No explanation scores yet (run `autointerp explain {model}`); top neurons by {what}:"
+            f"No explanation scores yet (run `{command} explain {model}`); top neurons by {what}:"
         )
         for n in report["neurons"]:
             value = n["n2g_score"] if report["ranked_by"] == "n2g" else n["max"]
-            similar = _similar_text(report, n["similar"]) if report["similar_per_neuron"] else ""
+            similar = (
+                _similar_text(report, n["similar"], command) if report["similar_per_neuron"] else ""
+            )
             lines.append(f"{n['layer']:>5}/{n['neuron']:<4} {_fmt(value)}  {similar}".rstrip())
     if report["graphs"] is not None:
         g = report["graphs"]
@@ -156,18 +163,18 @@ def format_report(report: dict[str, Any], db: str) -> str:
         )
     first = report["neurons"][0] if report["neurons"] else None
     which = f"{first['layer']}/{first['neuron']}" if first else "L/N"
-    lines.append(f"Look at one:  autointerp neuron {model} {which} --db {db}")
+    lines.append(f"Look at one:  {command} neuron {model} {which} --db {db}")
     lines.append(
-        f"Browse:       autointerp serve --db {db}   then open http://127.0.0.1:8000/m/{model}"
+        f"Browse:       {command} serve --db {db}   then open http://127.0.0.1:8000/m/{model}"
     )
     return "\n".join(lines)
 
 
-def _similar_text(report: dict[str, Any], similar: list[dict[str, Any]]) -> str:
+def _similar_text(report: dict[str, Any], similar: list[dict[str, Any]], command: str) -> str:
     if not report["similarity_computed"]:
-        return f"similar: not computed yet (autointerp similarity {report['model']})"
+        return f"similar: not computed yet ({command} similarity {report['model']})"
     if not similar:
-        return "similar: (none sharing a graph token)"
+        return f"similar: no similar neuron above {report['similar_min_score']:g}"
     return "similar: " + ", ".join(
         f"{s['layer']}/{s['neuron']} ({s['similarity']:.2f})" for s in similar
     )

@@ -1,7 +1,7 @@
 """From a token, an idea or a text to the neurons that handle it.
 
 **Token search** (DeepDecipher's query language) over the tokens of every neuron's newest N2G
-graph::
+graph and, for the neurons without one, the tokens their top examples peak on in the harvest::
 
     any:the activating:battery,batteries important:legal
 
@@ -17,6 +17,12 @@ graph::
   quotes ``\\n``, ``\\t``, ``\\"`` and ``\\\\`` are escapes.
 * Results are sorted by relevance: the sum over terms of the best weight that matched - the token's
   normalised activation (0-1, for activating matches) or its importance (0-1, for context matches).
+* Each result says its ``source``: ``graph`` (the neuron's graph answered) or ``harvest`` (it has no
+  graph, and its top examples peak on the token; see
+  :func:`autointerp.token_index.ensure_harvest_index`).
+  A harvest has no context tokens, so such a neuron matches ``activating:`` and ``any:`` terms but
+  never ``important:``. A graph built for a few neurons of a layer would otherwise leave the rest
+  unsearchable: after `make explain`, 12 of 6,144.
 
 **Explanation search by meaning** (the default, :func:`search_explanations_by_meaning`) embeds the
 query and every ok explanation with the packaged sentence-embedding model
@@ -42,7 +48,7 @@ from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.n2g.graph import normalize_token
-from autointerp.token_index import ensure_token_index
+from autointerp.token_index import ensure_harvest_index, ensure_token_index
 
 QUERY_KINDS = {
     "any": ("activating", "context"),
@@ -144,34 +150,43 @@ def search_tokens(
     limit: int = 20,
     update_index: bool = True,
 ) -> list[dict[str, Any]]:
-    """Neurons whose graphs match a query (a string, or :func:`parse_query`'s output), best first:
-    ``[{"layer", "neuron", "score", "matches": [{"kind": "activating"|"important", "token",
-    "weight"}]}]``.
+    """Neurons whose graphs (or, without a graph, harvested top examples) match a query (a string,
+    or :func:`parse_query`'s output), best first: ``[{"layer", "neuron", "score", "source":
+    "graph"|"harvest", "matches": [{"kind": "activating"|"important", "token", "weight"}]}]``.
 
-    ``update_index=False`` reads the token index as it is (the caller refreshed it, see
+    ``update_index=False`` reads the indexes as they are (the caller refreshed them, see
     :func:`refresh_token_index`)."""
     terms = parse_query(query) if isinstance(query, str) else query
     if limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
     if update_index:
         ensure_token_index(store, model)
-    if not store.graph_state(model)["graphs"]:
+        ensure_harvest_index(store, model)
+    harvest = store.has_harvest_index(model)
+    if not harvest and not store.graph_state(model)["graphs"]:
         raise UserError(
-            f"No N2G graphs of {model} in {store.path}; run `autointerp graph {model}` first."
+            f"No N2G graphs or indexed harvest of {model} in {store.path}; run `autointerp graph"
+            f" {model}` or `autointerp index {model}` first."
         )
-    rows = store.token_search(model, [(QUERY_KINDS[t["kind"]], t["tokens"]) for t in terms], limit)
+    rows = store.token_search(
+        model, [(QUERY_KINDS[t["kind"]], t["tokens"]) for t in terms], limit, harvest=harvest
+    )
     wanted = {(kind, tok) for t in terms for kind in QUERY_KINDS[t["kind"]] for tok in t["tokens"]}
+    tokens = sorted({t for _, t in wanted})
     out = []
     for r in rows:
+        found = (
+            store.neuron_tokens(model, r["layer"], r["neuron"], tokens)
+            if r["source"] == "graph"
+            else store.harvest_neuron_tokens(model, r["layer"], r["neuron"], tokens)
+        )
         matches = [
             {
                 "kind": "important" if m["kind"] == "context" else "activating",
                 "token": m["token"],
                 "weight": round(m["weight"], 6),
             }
-            for m in store.neuron_tokens(
-                model, r["layer"], r["neuron"], sorted({t for _, t in wanted})
-            )
+            for m in found
             if (m["kind"], m["token"]) in wanted
         ]
         out.append(
@@ -179,6 +194,7 @@ def search_tokens(
                 "layer": r["layer"],
                 "neuron": r["neuron"],
                 "score": round(r["score"], 6),
+                "source": r["source"],
                 "matches": matches,
             }
         )

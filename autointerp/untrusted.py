@@ -11,15 +11,21 @@ Text going **out** keeps what it is wherever the format can carry it (JSON, the 
 made visible where it cannot: control characters from an untrusted corpus are not well-formed XML
 (GraphML) and would drive the user's terminal (``\\x1b[2J`` clears it). They become the Unicode
 control pictures (U+2400 block: ``\\x00`` -> ``␀``, ``\\x1b`` -> ``␛``), the same idea as the
-``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. Where one token must stay
-on one line and be read back exactly (the explainer's prompts, the DOT export), :func:`escape_token`
-writes backslash escapes instead.
+``⏎``/``⇥`` the pages and the terminal already show for newlines and tabs. The terminal gets one
+rendering, :func:`terminal_text`, in every command that prints stored text (corpus tokens, LLM
+explanations and their errors): besides the controls it shows the bidirectional-text controls
+(U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) as ``\\u202e``, since they reorder what
+the terminal draws after them (a token could make the line it is on read backwards). Where one
+token must stay on one line and be read back exactly (the explainer's prompts, the DOT export),
+:func:`escape_token` writes backslash escapes instead.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import BinaryIO
 
 from autointerp.errors import UserError
@@ -28,6 +34,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0 controls (all of them, newline and tab included: the caller keeps those it wants), DEL, and
 # the C1 controls (0x80-0x9f: some terminals read 0x9b as CSI).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Bidirectional-text controls: invisible, they reorder how a terminal draws the rest of the line.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Characters XML 1.0 cannot hold at all (not even as &#...; references); tab, newline, CR are fine.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -49,6 +57,37 @@ def check_unicode(text: str, what: str, from_bytes: bool = False) -> str:
         f"{what} is not valid Unicode: it holds the lone surrogate \\u{code:04x} at "
         f"character {bad.start()}."
     )
+
+
+#: Every environment variable autointerp reads (a test checks the source for others). Text from the
+#: environment is text coming in like any other: Python keeps undecodable bytes as lone surrogates,
+#: which would reach an LLM request, a URL or the database and fail there, after work was done.
+ENVIRONMENT = (
+    "AUTOINTERP_CACHE",
+    "AUTOINTERP_DB",
+    "AUTOINTERP_EXPLAINER_MODEL",
+    "AUTOINTERP_KILL_AFTER",
+    "AUTOINTERP_KILL_AFTER_CHECKPOINTS",
+    "AUTOINTERP_KILL_RAY_WORKER_ONCE",
+    "AUTOINTERP_PROMPTS",
+    "AUTOINTERP_SIMULATOR_MODEL",
+    "CORPUS",
+    "HF_HUB_OFFLINE",
+    "MODEL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_BASE_URLS",
+)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """One sentence for the first variable of :data:`ENVIRONMENT` that is not valid UTF-8, before
+    any work (an LLM call, a run row) is done."""
+    values = os.environ if environ is None else environ
+    for name in ENVIRONMENT:
+        value = values.get(name)
+        if value is not None:
+            check_unicode(value, f"The environment variable {name}", from_bytes=True)
 
 
 def read_text(stream: BinaryIO | None = None, what: str = "The text on standard input") -> str:
@@ -87,8 +126,11 @@ def visible_controls(text: str, keep: str = "") -> str:
 
 def terminal_text(text: str) -> str:
     """One line of untrusted text for the terminal: newlines and tabs as ``⏎``/``⇥``, other controls
-    as pictures."""
-    return visible_controls(text.replace("\n", "⏎").replace("\t", "⇥"))
+    as pictures (ESC, CR, BEL: ``␛``, ``␍``, ``␇``; C1 controls such as U+0085: ``\\x85``), and the
+    bidirectional-text controls as ``\\u202e``. Every command that prints stored text prints it
+    through here."""
+    line = visible_controls(text.replace("\n", "⏎").replace("\t", "⇥"))
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def xml_text(text: str) -> str:

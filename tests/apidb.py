@@ -49,6 +49,9 @@ def build_api_db(model: SubjectModel, folder: Path) -> Path:
         compute_similarities(store, model.name, progress=False)
     except Exception as exc:  # then the similar-neuron test skips, saying why
         (folder / "similarity_failed.txt").write_text(repr(exc))
+    from autointerp.token_index import ensure_harvest_index
+
+    ensure_harvest_index(store, model.name)  # as `make explain` does: search sees every neuron
     store.save_weight_facts(
         model.name,
         [

@@ -32,7 +32,14 @@ database and the pipeline under test are real. Modes:
 * ``copycat``: an explanation request is answered with the prompt's first few-shot answer at
   temperature 0, and well when asked again hotter; simulations are answered well;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo
-  prompts, a valid JSON list for JSON simulations), so a test can watch a failure get redone.
+  prompts, a valid JSON list for JSON simulations), so a test can watch a failure get redone;
+* hostile endpoints: ``trickle`` (a 200's headers, then one byte every ``trickle_seconds`` for up
+  to ``trickle_for`` seconds: every read is quick, the answer never whole), ``endless`` (a 200
+  whose body never ends: bytes as fast as the client takes them, up to 256 MB), ``gzip-bomb``
+  (a 200 KB gzip body that expands to 200 MB), ``dead`` (500 for every request, ``/models`` too:
+  a server that is up and never works).
+
+``GET /models`` answers well in every mode but ``dead``, unless ``models_mode`` is ``trickle``.
 """
 
 from __future__ import annotations
@@ -41,10 +48,26 @@ import json
 import re
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 SIMULATION_FAULTS = ("truncated", "wrong-count", "not-json")
+ENDLESS_LIMIT = 256 << 20  # an "endless" body stops here, so a client without a cap cannot eat RAM
+BOMB_BYTES = 200 << 20  # what the gzip bomb expands to
+_bomb: list[bytes] = []
+_bomb_lock = threading.Lock()
+
+
+def gzip_bomb() -> bytes:
+    """A gzip stream of :data:`BOMB_BYTES` spaces (about 200 KB), made once."""
+    with _bomb_lock:
+        if not _bomb:
+            packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+            block = b" " * (1 << 20)
+            parts = [packer.compress(block) for _ in range(BOMB_BYTES >> 20)]
+            _bomb.append(b"".join(parts) + packer.flush())
+        return _bomb[0]
 
 
 class FaultServer:
@@ -53,6 +76,10 @@ class FaultServer:
 
     def __init__(self, mode: str):
         self.mode = mode
+        self.models_mode = "ok"  # or "trickle": what GET /models does (unless mode is "dead")
+        self.trickle_seconds = 0.5
+        self.trickle_for = 120.0  # seconds a trickle lasts at most (then the connection closes)
+        self.closing = False
         self.requests = 0
         #: every request's JSON body, in arrival order (what the client actually sent)
         self.bodies: list[dict[str, Any]] = []
@@ -63,9 +90,14 @@ class FaultServer:
                 pass
 
             def do_GET(self) -> None:  # /v1/models
-                self._send(
-                    200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"}
-                )
+                if server.mode == "dead":
+                    self._send(500, {"error": {"message": "boom"}})
+                elif server.models_mode == "trickle":
+                    self._trickle()
+                else:
+                    self._send(
+                        200, {"data": [{"id": "fault-model", "object": "model"}], "object": "list"}
+                    )
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -73,8 +105,14 @@ class FaultServer:
                 server.requests += 1
                 server.bodies.append(body)
                 mode = server.mode
-                if mode == "500":
+                if mode in ("500", "dead"):
                     self._send(500, {"error": {"message": "boom"}})
+                elif mode == "trickle":
+                    self._trickle()
+                elif mode == "endless":
+                    self._endless()
+                elif mode == "gzip-bomb":
+                    self._raw(200, gzip_bomb(), encoding="gzip")
                 elif mode == "429":
                     self._send(429, {"error": {"message": "slow down"}})
                 elif mode == "hang":
@@ -115,22 +153,60 @@ class FaultServer:
                 self._raw(status, json.dumps(obj).encode())
 
             def _raw(
-                self, status: int, data: bytes, content_type: str = "application/json"
+                self,
+                status: int,
+                data: bytes,
+                content_type: str = "application/json",
+                encoding: str | None = None,
             ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                if encoding:
+                    self.send_header("Content-Encoding", encoding)
                 self.end_headers()
                 try:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+            def _trickle(self) -> None:
+                """Headers at once, then the body a byte at a time, never all of it."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                until = time.monotonic() + server.trickle_for
+                try:
+                    while not server.closing and time.monotonic() < until:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(server.trickle_seconds)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
+
+            def _endless(self) -> None:
+                """A body with no length that does not end (until ENDLESS_LIMIT)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b" " * (64 << 10)
+                try:
+                    for _ in range(ENDLESS_LIMIT // len(chunk)):
+                        if server.closing:
+                            break
+                        self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
+                self.close_connection = True
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closing = True
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -328,7 +328,7 @@ def test_rank(client: TestClient, api_db: Path) -> None:
     _not_found(client, f"/api/{M}/rank?layer=9", "Layer 9")
 
 
-def test_search_tokens_and_explanations(client: TestClient) -> None:
+def test_search_tokens_and_explanations(client: TestClient, api_db: Path) -> None:
     text = _get(client, f"/api/{M}/search?text=capital")
     assert text["available"] and {(it["layer"], it["neuron"]) for it in text["items"]} == {
         (1, EXPLAINED)
@@ -336,9 +336,22 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     assert "llm" in {it["kind"] for it in text["items"]}
     assert text["items"][0]["page"] == f"/m/{M}/neuron/1/{EXPLAINED}"
     token = _get(client, f"/api/{M}/search?query=any:the")
-    assert token["available"] and "items" in token
+    assert token["available"] and "items" in token and "message" not in token
     for it in token["items"]:
-        assert it["matched"] == "tokens" and it["neuron"] in GRAPHED
+        assert it["matched"] == "tokens"
+        assert ((it["layer"], it["neuron"]) in {(1, n) for n in GRAPHED}) == (
+            it["source"] == "graph"
+        )
+    # neurons without a graph answer from the tokens their top examples peak on
+    with sqlite3.connect(api_db) as conn:
+        layer, neuron, peak = conn.execute(
+            "select layer, neuron, token from harvest_token_index where layer = 0 and token glob"
+            " '[a-z]*' order by weight desc, neuron limit 1"
+        ).fetchone()
+    found = _get(client, f"/api/{M}/search?query=activating:{peak}&limit=500")["items"]
+    assert {"layer": layer, "neuron": neuron, "source": "harvest"}.items() <= next(
+        it for it in found if (it["layer"], it["neuron"]) == (layer, neuron)
+    ).items()
     # SQL-like and FTS-operator strings are just text
     for q in ["text='; drop table neurons; --", "text=capital OR 1=1", "query=any:%27%3B%20drop"]:
         assert client.get(f"/api/{M}/search?{q}").status_code in (200, 422)
@@ -352,6 +365,21 @@ def test_search_tokens_and_explanations(client: TestClient) -> None:
     assert 'class="chip match"' in page and "[{" not in page and "&#39;kind&#39;" not in page, page[
         -1500:
     ]
+
+
+def test_search_without_the_harvest_index_says_how_to_build_it(
+    api_db: Path, tiny_gated: SubjectModel, tmp_path: Path
+) -> None:
+    from helpers import copy_store
+
+    store = copy_store(api_db, tmp_path)
+    store.db.execute("drop table harvest_token_index")  # as a database written before it
+    store.db.conn.commit()
+    c = TestClient(create_app(store.path, loader=lambda name: tiny_gated))
+    found = _get(c, f"/api/{M}/search?query=any:the")
+    assert all(it["source"] == "graph" for it in found["items"])
+    assert f"autointerp index {M}" in found["message"] and "layers 0,1" in found["message"]
+    assert "harvest_token_index" not in store.db.table_names()  # a GET never builds it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -585,6 +613,35 @@ def test_recent_layerscope_prompts_are_listed_only_to_who_ran_them(
     ] == [secret]
 
 
+def test_the_clients_of_a_recent_prompt_are_bounded_whatever_cookies_are_sent(
+    api_db: Path, tiny_gated: SubjectModel
+) -> None:
+    """Every client chooses its cookie: 4,500 POSTs with distinct ones grew the server by 125 MB.
+    A prompt is listed to its MAX_OWNERS most recent clients, and a cookie this server did not hand
+    out is replaced, not kept."""
+    from autointerp.api.params import CLIENT_COOKIE, CLIENT_ID
+    from autointerp.live import MAX_OWNERS
+
+    app = create_app(api_db, loader=lambda name: tiny_gated)
+    url = f"/api/{M}/layerscope"
+    first, many = TestClient(app), TestClient(app)
+    assert first.post(url, json={"text": "hello there"}).status_code == 200
+    assert len(first.get(url).json()["prompts"]) == 1
+    for i in range(3 * MAX_OWNERS):
+        many.cookies.clear()
+        many.cookies.set(CLIENT_COOKIE, f"{i:024x}")
+        assert many.post(url, json={"text": "hello there"}).status_code == 200
+    owners = app.state.live._owners
+    assert owners and max(len(o) for o in owners.values()) == MAX_OWNERS
+    assert first.get(url).json()["prompts"] == []  # the oldest client is no longer listed
+    assert len(many.get(url).json()["prompts"]) == 1  # the latest still is
+    many.cookies.clear()
+    many.cookies.set(CLIENT_COOKIE, "x" * 4000)
+    answer = many.post(url, json={"text": "hello there"})
+    assert CLIENT_ID.fullmatch(answer.cookies[CLIENT_COOKIE])
+    assert all("x" * 4000 not in o for o in owners.values())
+
+
 def test_reads_while_a_writer_holds_the_database(client: TestClient, api_db: Path) -> None:
     """WAL: a pipeline in the middle of a write transaction never blocks the server's reads."""
     with write_lock_held(api_db, "api-test-lock"):
@@ -746,6 +803,98 @@ def test_serve_on_a_busy_port_and_a_slow_client(api_db: Path) -> None:
                 answer.startswith("HTTP/1.1 408") and "did not arrive within 1 seconds" in answer
             ), answer
             assert time.time() - started < 8
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _serving(api_db: Path, *options: str) -> tuple[subprocess.Popen[str], int]:
+    """`autointerp serve` on a free loopback port, answering once this returns."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autointerp", "serve", "--db", str(api_db), "--port", str(port)]
+        + list(options),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=2)
+            return proc, port
+        except httpx.TransportError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                stderr = proc.communicate()[1][-500:]
+                raise AssertionError(f"server did not start: {stderr}") from None
+            time.sleep(0.3)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(3)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_headers_are_cut_off_and_never_use_up_the_server(api_db: Path) -> None:
+    """70 sockets each sending one header byte at a time (they used to hold all 64 connection
+    slots, so every normal request got 503): normal requests are answered all along, and each slow
+    socket is disconnected once --header-timeout has passed without a whole request."""
+    proc, port = _serving(api_db, "--header-timeout", "1")
+    url = f"http://127.0.0.1:{port}/api/models"
+    request = b"GET /api/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(70)]
+    try:
+        statuses = []
+        for i in range(6):  # ~2.5 s, past the header deadline
+            for sock in slow:
+                try:
+                    sock.send(request[i : i + 1])
+                except OSError:
+                    pass  # already disconnected
+            statuses.append(httpx.get(url, timeout=5).status_code)
+            time.sleep(0.4)
+        assert statuses == [200] * 6
+        assert all(_closed_by_server(sock) for sock in slow)
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_a_trickled_body_gets_408_at_the_body_deadline(api_db: Path) -> None:
+    """Content-Length 200 sent one byte every 0.3 s: each byte arrives well within --timeout, but
+    the body as a whole does not, and that is what the deadline is for (it used to be per read)."""
+    proc, port = _serving(api_db, "--timeout", "2")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"POST /api/{M}/layerscope HTTP/1.1\r\nHost: x\r\nContent-Type:"
+                " application/json\r\nContent-Length: 200\r\n\r\n".encode()
+            )
+            started = time.time()
+            sock.setblocking(False)
+            answer = b""
+            while time.time() - started < 8 and not answer.endswith(b"}"):
+                try:
+                    sock.send(b" ")
+                except OSError:
+                    pass  # the server closed it after answering
+                time.sleep(0.3)
+                try:
+                    answer += sock.recv(4096)
+                except BlockingIOError:
+                    pass
+            text = answer.decode()
+            assert text.startswith("HTTP/1.1 408") and "within 2 seconds" in text, text
+            assert 1.5 < time.time() - started < 5
     finally:
         proc.terminate()
         proc.wait(timeout=20)

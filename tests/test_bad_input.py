@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apidb import build_api_db
@@ -27,6 +30,7 @@ from helpers import PARAGRAPHS, REPO, set_schema_version
 from autointerp.api import create_app
 from autointerp.cli import main
 from autointerp.models import SubjectModel
+from autointerp.untrusted import ENVIRONMENT
 
 M = "tiny-gated"
 SQL = "'; drop table graphs; --"
@@ -67,6 +71,7 @@ CLI_CASES = [
         "Neuron 24 is out of range",
     ),
     (["explain", M, "--layers", "1", "--neurons", "top:0", *EXPLAIN], 2, "K >= 1"),
+    (["explain", M, "--layers", "1", "--neurons", "best:0", *EXPLAIN], 2, "K >= 1"),
     (["similar", M, "1/999"], 2, "No N2G graph for tiny-gated 1/999"),
     (["export", "graphml", M, "1/999", "-o", "out/x.graphml"], 2, "No N2G graph"),
     # texts too long for the live commands (refused before the model is loaded)
@@ -144,6 +149,13 @@ CLI_CASES = [
         "--augmentations must be at least 0, not -1",
     ),
     (["harvest", "--model", M, "--top-k", "0"], 2, "--top-k must be at least 1, not 0"),
+    # every size option is refused the same way, never read as "the default" (0 ran with 16)
+    *[
+        (["harvest", "--model", M, option, "0"], 2, f"{option} must be at least {low}, not 0")
+        for option, low in (("--batch-size", 1), ("--ctx-len", 2), ("--tokens", 1))
+    ],
+    (["harvest", "--model", M, "--random-k", "-1"], 2, "--random-k must be at least 0, not -1"),
+    (["harvest", "--model", M, "--bottom-k", "-1"], 2, "--bottom-k must be at least 0, not -1"),
     (
         ["harvest", "--model", M, "--checkpoint-seconds", "nan"],
         2,
@@ -167,6 +179,42 @@ CLI_CASES = [
     (["explain", M, "--sim-top", "0", "--sim-random", "0", *EXPLAIN], 2, "both 0"),
     (["explain", M, "--explain-records", "0", *EXPLAIN], 2, "--explain-records must be at least 1"),
     (["similar", M, "1/0", "--limit", "x"], 2, "--limit: must be a whole number"),
+    # integers past 64 bits (or past any model): bounded as the API bounds them, never an
+    # OverflowError, and a range is never spelt out number by number into memory
+    *[
+        ([*argv, option, str(HUGE)], 2, f"{option}: must be at most 2147483647")
+        for argv, option in (
+            (["rank", M], "--limit"),
+            (["report", M], "--limit"),
+            (["report", M], "--similar"),
+            (["neuron", M, "1/0"], "--limit"),
+            (["neuron", M, "1/0"], "--run"),
+            (["similar", M, "1/0"], "--limit"),
+            (["search", M, "any:the"], "--limit"),
+            (["search", M, "--explanations", "capital", "--exact"], "--limit"),
+            (["similarity", M], "--limit"),
+            (["similarity", M], "--max-df"),
+            (["graph", M, "--layers", "1"], "--train-examples"),
+            (["explain", M, *EXPLAIN], "--concurrency"),
+            (["explain", M, *EXPLAIN], "--sim-top"),
+            (["explain", M, *EXPLAIN], "--candidates"),
+            (["eval", M, *EXPLAIN], "--sample"),
+        )
+    ],
+    (["eval", M, "--seed", str(2 * HUGE), *EXPLAIN], 2, "--seed: must be at most"),
+    (["calibrate", M, "--tokens", str(2 * HUGE), *EXPLAIN], 2, "--tokens: must be at most"),
+    (["explain", M, "--stop-after-failures", "-1", *EXPLAIN], 2, "must be at least 0, not -1"),
+    (["neuron", M, "1/99999999999999999999"], 2, "Neuron must be at most 2147483647"),
+    (["neuron", M, f"{HUGE}/0"], 2, "Layer must be at most 2147483647"),
+    (["similar", M, f"1/{HUGE}"], 2, "Neuron must be at most 2147483647"),
+    (["export", "graphml", M, f"1/{HUGE}", "-o", "x.graphml"], 2, "Neuron must be at most"),
+    (["harvest", "--model", M, "--tokens", str(2 * HUGE)], 2, "--tokens: must be at most"),
+    (["harvest", "--model", M, "--seed", str(2 * HUGE)], 2, "--seed: must be at most"),
+    (["rank", M, "--layer", str(HUGE)], 2, "--layer: must be at most 2147483647"),
+    (["harvest", "--model", M, "--layers", f"0-{HUGE}"], 2, "Layers must be at most"),
+    (["export", "graphml", M, "--layers", "0-3000000000", "--all"], 2, "Layers must be at most"),
+    (["explain", M, "--neurons", "0-99999999", *EXPLAIN], 2, "names more than 1,048,576"),
+    (["explain", M, "--neurons", f"top:{HUGE}", *EXPLAIN], 2, "top:K must be at most"),
     # the LLM endpoint is checked once, up front: malformed or unreachable is one sentence, no
     # failed rows
     (
@@ -323,6 +371,22 @@ API_CASES = [
         "query: String should have at most 500",
     ),
     ("GET", f"/api/{M}/rank?by={SQL}", None, 422, "Cannot rank by"),
+    # percent-encoded bytes that are not UTF-8 are refused, never searched for as "\ufffd\ufffd"
+    (
+        "GET",
+        f"/api/{M}/search?query=%C0%AF",
+        None,
+        422,
+        "The query string is not valid UTF-8: byte 0xc0",
+    ),
+    (
+        "GET",
+        f"/api/{M}/search?text=caf%E9",
+        None,
+        422,
+        "query string is not valid UTF-8: byte 0xe9",
+    ),
+    ("GET", "/m/%C0%AF/search", None, 422, "The path is not valid UTF-8: byte 0xc0"),
     ("GET", f"/api/{SQL}/stats/1/0", None, 404, "No harvested model"),
     ("GET", f"/api/{M}/neuroscope/1/0?kinds={SQL}", None, 422, "Unknown example kind"),
     ("POST", f"/api/{M}/activations", {"text": "x" * 1_000_000, "layer": 1}, 413, "at most"),
@@ -424,6 +488,33 @@ def _other_program(tmp_path: Path, db: Path) -> Path:
     return path
 
 
+def _foreign_meta(tmp_path: Path, db: Path) -> Path:
+    """Another program that versions its schema as autointerp does: ``meta(key, value)`` with a
+    ``schema_version`` row."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table meta (key text primary key, value text)")
+        conn.execute("insert into meta values ('schema_version', '1')")
+        conn.execute("create table things (name text)")
+    conn.close()
+    return path
+
+
+def _schema_version(value: object) -> Callable[[Path, Path], Path]:
+    """An autointerp database whose ``schema_version`` is ``value`` (not a whole number)."""
+
+    def make(tmp_path: Path, db: Path) -> Path:
+        path = tmp_path / "odd-version.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+            src.backup(dst)
+            dst.execute("pragma journal_mode=delete")
+            dst.execute("update meta set value = ? where key = 'schema_version'", [value])
+        dst.close()
+        return path
+
+    return make
+
+
 def _snapshot(path: Path) -> object:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_bytes()
 
@@ -433,6 +524,8 @@ ENVIRONMENTS = {
     "corrupted": _corrupted,
     "a-folder": _folder,
     "another-programs-sqlite": _other_program,
+    "another-programs-meta-table": _foreign_meta,
+    **{f"schema-version-{v!r}": _schema_version(v) for v in ("4.0", "abc", None, 4.5)},
 }
 ENV_COMMANDS = [
     ["rank", M],
@@ -510,6 +603,26 @@ def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_work
         == 0
     )
     assert (work / "a" / "b.graphml").exists() and (work / "a" / "b.svg").exists()
+
+
+def test_export_onto_a_link_follows_it_and_keeps_the_link(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: links are followed as the system follows them. The file the link names gets the
+    graph; the link stays a link (it used to be replaced by a regular file)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "real.graphml").write_text("old contents")
+    (work / "g.graphml").symlink_to(elsewhere / "real.graphml")
+    (work / "new.graphml").symlink_to(elsewhere / "new.graphml")  # dangling: made by the write
+    monkeypatch.chdir(work)
+    for name in ("g.graphml", "new.graphml"):
+        assert main(["export", "graphml", M, "1/0", "-o", name, "--db", str(db)]) == 0
+        assert (work / name).is_symlink()
+    for name in ("real.graphml", "new.graphml"):
+        assert (elsewhere / name).read_text().startswith("<?xml"), name
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["new.graphml", "real.graphml"]
 
 
 def _full_disk_cli(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:
@@ -594,6 +707,100 @@ def test_a_database_on_read_only_media_can_be_browsed(db: Path, tmp_path: Path) 
     assert sorted(p.name for p in src.iterdir()) == ["pub.db"]
 
 
+def test_read_only_media_with_a_wal_file_is_read_whole_or_refused(db: Path, tmp_path: Path) -> None:
+    """A database published on read-only media together with its -wal file (changes not yet
+    checkpointed into it: here every score). With the -shm file beside them SQLite reads the WAL;
+    without it an immutable read would miss those changes and answer "no scores yet", so that is
+    one sentence saying what to do instead."""
+    made, src, ro = tmp_path / "made", tmp_path / "src", tmp_path / "ro"
+    for folder in (made, src, ro):
+        folder.mkdir()
+    with sqlite3.connect(db) as a, sqlite3.connect(made / "pub.db") as b:
+        a.backup(b)
+        scores = b.execute("select * from scores").fetchall()
+        b.execute("delete from scores")
+    a.close()
+    b.close()  # checkpointed: the file itself has no scores
+    writer = sqlite3.connect(made / "pub.db")
+    writer.execute("pragma wal_autocheckpoint=0")
+    marks = ",".join("?" * len(scores[0]))
+    writer.executemany(f"insert into scores values ({marks})", scores)
+    writer.commit()  # the scores are in pub.db-wal only
+    for name in ("pub.db", "pub.db-wal"):
+        (src / name).write_bytes((made / name).read_bytes())
+    writer.close()
+    python = f"PYTHONPATH={REPO} {sys.executable} -m autointerp"
+    mount = f"mount --bind {src} {ro} && mount -o remount,bind,ro {ro}"
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"{mount} && touch {ro}/x"], capture_output=True, text=True
+    )
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.strip()[:200]}")
+
+    def rank() -> subprocess.CompletedProcess[str]:
+        script = f"{mount} && {python} rank {M} --by explanation --json --db {ro}/pub.db"
+        return subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300
+        )
+
+    proc = rank()  # no -shm: refused in one sentence, nothing written
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pub.db-wal" in proc.stderr and "copy both files" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["pub.db", "pub.db-wal"]
+    # with the -shm file beside them the WAL is read: every score is there
+    writer = sqlite3.connect(made / "pub.db")
+    writer.execute("pragma wal_autocheckpoint=0")
+    writer.execute("select count(*) from scores").fetchone()
+    (src / "pub.db-shm").write_bytes((made / "pub.db-shm").read_bytes())
+    writer.close()
+    proc = rank()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout) and '"score": 0.61' in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("name", ENVIRONMENT)
+def test_an_environment_variable_that_is_not_utf8_is_one_sentence_up_front(
+    db: Path, name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "caf\udce9")  # the bytes b"caf\xe9", as Python keeps them
+    before = dump(db)
+    code = main(["rank", M, "--db", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"error: The environment variable {name} is not valid UTF-8: byte 0xe9" in err, err
+    assert dump(db) == before
+
+
+def test_a_non_utf8_model_name_in_the_environment_calls_no_llm_and_leaves_no_run(
+    db: Path,
+    tmp_path: Path,
+    fault_server: Callable[[str], Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to call the LLM, then fail to store the model's name, leaving a `running` run."""
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    server = fault_server("ok")
+    monkeypatch.setenv("AUTOINTERP_EXPLAINER_MODEL", "model-\udcff")
+    before = dump(copy)
+    argv = ["explain", M, "--layers", "1", "--neurons", "3", "--base-url", server.url]
+    code = main([*argv, "--no-progress", "--db", str(copy)])
+    err = capsys.readouterr().err
+    assert code == 2 and "AUTOINTERP_EXPLAINER_MODEL is not valid UTF-8" in err, err
+    assert server.requests == 0 and dump(copy) == before
+
+
+def test_every_environment_variable_the_code_reads_is_checked() -> None:
+    read = set()
+    for path in (REPO / "autointerp").rglob("*.py"):
+        read |= set(
+            re.findall(r"environ(?:\.get|\.setdefault)?[(\[]\"([A-Z_]+)\"", path.read_text())
+        )
+    assert read and read <= set(ENVIRONMENT), sorted(read - set(ENVIRONMENT))
+
+
 # --------------------------------------------------------------------------------- control
 # characters
 HOSTILE = (  # clear screen, NUL, SOH, bell, 8-bit CSI: from an untrusted corpus
@@ -659,6 +866,99 @@ def test_the_terminal_never_gets_raw_escape_sequences_from_the_corpus(
         capsys.readouterr().out
     )  # JSON keeps the data exactly (escaped by JSON itself)
     assert all(t.startswith(HOSTILE) for ex in record["examples"] for t in ex["tokens"][1:])
+
+
+#: what an LLM reply or a corpus may hold that must never reach a terminal raw: escape, carriage
+#: return, bell, NEL (U+0085, a C1 control), and bidirectional-text controls that reorder the line
+TERMINAL_HOSTILE = "\x1b[2J\r\x07\x85\u202e\u200f\u2066\u061c"
+TERMINAL_BAD = ("\x1b", "\r", "\x07", "\x85", "\u202e", "\u200f", "\u2066", "\u061c")
+
+
+@pytest.fixture
+def terminal_hostile_db(db: Path, tmp_path: Path) -> Path:
+    """The test database with those characters in every stored token, every explanation and its
+    error, and the corpus spec of every run."""
+    path = tmp_path / "terminal.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    with sqlite3.connect(path) as conn:
+        for context_id, tokens in conn.execute(
+            "select context_id, str_tokens from contexts"
+        ).fetchall():
+            toks = json.loads(tokens)
+            toks = [toks[0]] + [TERMINAL_HOSTILE + t for t in toks[1:]]
+            conn.execute(
+                "update contexts set str_tokens = ? where context_id = ?",
+                [json.dumps(toks), context_id],
+            )
+        conn.execute(
+            "update explanations set text = ? || text where text is not null", [TERMINAL_HOSTILE]
+        )
+        conn.execute(
+            "update explanations set error = ? || error where error is not null",
+            [TERMINAL_HOSTILE],
+        )
+        for run_id, config in conn.execute("select id, config from runs").fetchall():
+            cfg = json.loads(config)
+            if "corpus" in cfg:
+                cfg["corpus"] = TERMINAL_HOSTILE + cfg["corpus"]
+                conn.execute("update runs set config = ? where id = ?", [json.dumps(cfg), run_id])
+    return path
+
+
+TERMINAL_COMMANDS = [
+    ["neuron", M, "1/0"],  # corpus tokens and the LLM explanation
+    ["neuron", M, "1/1"],  # a failed explanation's stored error
+    ["rank", M],
+    ["report", M],
+    ["search", M, "--explanations", "capital", "--exact"],
+    ["runs"],
+]
+
+
+@pytest.mark.parametrize("argv", TERMINAL_COMMANDS, ids=[" ".join(a) for a in TERMINAL_COMMANDS])
+def test_every_command_that_prints_stored_text_keeps_controls_and_bidi_off_the_terminal(
+    terminal_hostile_db: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--db", str(terminal_hostile_db)]) == 0
+    out = capsys.readouterr().out
+    assert "␛[2J␍␇\\x85\\u202e\\u200f\\u2066\\u061c" in out, out  # shown, not obeyed
+    assert not [c for c in TERMINAL_BAD if c in out], out
+
+
+def test_calibrate_prints_its_explanations_and_errors_terminal_safe(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """calibrate prints what the LLM wrote and why calls failed (the server's own words) as it
+    runs: the same terminal-safe rendering as every stored text."""
+    import argparse
+
+    from autointerp.cli.evaluation import _print_calibration
+
+    feature = {
+        "name": "digits",
+        "frac_active": 0.1,
+        "true_score": 0.9,
+        "explanation_score": 0.5,
+        "baseline_score": 0.2,
+        "n2g_score": None,
+        "explanation": TERMINAL_HOSTILE + "digits",
+        "errors": {"baseline": "HTTP 500: " + TERMINAL_HOSTILE},
+    }
+    result = {
+        "features": [feature],
+        "medians": {k: None for k in ("true_score", "explanation_score", "baseline_score")}
+        | {"n2g_score": None},
+        "explainer_model": "m",
+        "simulator_model": "m",
+        "simulator_mode": "rule",
+        "run_id": 1,
+    }
+    args = argparse.Namespace(json=False, tokens=256, corpus="default")
+    _print_calibration(args, "smollm2-135m", [], result)
+    out = capsys.readouterr().out
+    assert out.count("␛[2J␍␇\\x85\\u202e\\u200f\\u2066\\u061c") == 2, out
+    assert not [c for c in TERMINAL_BAD if c in out], out
 
 
 def test_malformed_few_shot_examples_are_one_sentence(

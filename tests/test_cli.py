@@ -165,3 +165,42 @@ def test_neuron_json_and_live_activations_agree(smol: SubjectModel, tmp_path: Pa
     runs = json.loads(run_cli("runs", "--db", str(db), "--json").stdout)
     assert runs[0]["config"]["layers"] == [3] and runs[0]["status"] == "complete"
     assert Store(db).model_info("smollm2-135m")["provenance"]["source_sha256"]
+
+
+@pytest.mark.slow
+def test_live_commands_draw_no_library_loading_bars() -> None:
+    """`fire` (like `compare`, `harvest`, `graph`) loads a real model: transformers' "Loading
+    weights" bar is not the user's business, and nothing else is printed to stderr."""
+    proc = run_cli("fire", "smollm2-135m", "--layer", "1", "--text", "Monday and Tuesday")
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading weights" not in proc.stderr and proc.stderr.strip() == "", proc.stderr
+    assert "1/" in proc.stdout
+
+
+def test_the_loading_bar_is_off_once_autointerp_loads(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A real transformers load of a small saved model draws no "Loading weights" bar once the
+    model loader has set the libraries up, and other transformers bars are left alone."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from autointerp.models import load_tokenizer
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    load_tokenizer("smollm2-135m")  # sets the libraries up, as every model load does
+    capfd.readouterr()
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
+    assert "Loading weights" not in capfd.readouterr().err
+    bar = hf_logging.tqdm(range(3), desc="other work", disable=False)
+    list(bar)
+    bar.close()
+    assert "other work" in capfd.readouterr().err

@@ -5,12 +5,25 @@ computes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
-from autointerp.corpus import CODE_SHARE, Document, iter_contexts, load_documents
+from autointerp.corpus import (
+    CODE_SHARE,
+    MIN_READ_CHARS,
+    READ_BYTES,
+    Document,
+    iter_contexts,
+    load_documents,
+    read_limit,
+    read_text_stream,
+)
 from autointerp.errors import UserError
 from autointerp.model_names import canonical_model_name, resolve_model_name, tl_official_name
 from autointerp.models import SubjectModel
@@ -209,3 +222,110 @@ def test_token_texts_are_decoded_once_per_model(tiny: SubjectModel) -> None:
     assert model.str_tokens(ids) == [tiny.tokenizer.decode([i]) for i in ids]
     assert model.str_tokens(torch.tensor(ids)) == model.str_tokens(ids)
     assert counting.calls == len(set(ids))
+
+
+def test_a_corpus_file_read_as_a_stream_is_exactly_a_whole_read(tmp_path: Path) -> None:
+    """Pieces of a few bytes, cut inside characters, a byte-order mark and \r\n pairs: the same
+    text, newlines and error position as ``read_text(encoding="utf-8-sig")``."""
+    cases = [
+        "\ufeffa\r\nb\rc\n\U0001d518 caf\u00e9\r".encode(),
+        b"\r\n\r\r\n\n" * 5,
+        "\ufeffab".encode() + b"\xff" + b"cd",
+        "\u20ac\u20ac".encode() + b"\xe2\x82" + b"x",
+        b"",
+    ]
+    for data in cases:
+        path = tmp_path / "f.txt"
+        path.write_bytes(data)
+        try:
+            want: object = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            want = f"(byte {exc.start} cannot be decoded)"
+        for piece in (1, 2, 3, 7, READ_BYTES):
+            try:
+                got: object = read_text_stream(path, None, piece)
+            except UserError as exc:
+                got = str(exc)[str(exc).index("(byte") :]
+            assert got == (want + "." if "(byte" in str(want) else (want, False))
+            if isinstance(want, str) and "(byte" not in want:
+                for limit in (1, 5):
+                    assert read_text_stream(path, limit, piece) == (
+                        want[:limit],
+                        len(want) > limit,
+                    )
+
+
+def test_jsonl_strings_may_hold_raw_line_and_paragraph_separators(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are valid raw inside a JSON string; only \\n ends a JSONL line."""
+    text = "one\u2028two\u2029three\x85four"
+    lines = tmp_path / "seps.jsonl"
+    lines.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [d.text for d in load_documents(str(lines), 0)] == [text]
+
+
+#: Loads a corpus in a process that may use at most this much memory (address space), so that a
+#: reader that reads without end fails fast with MemoryError instead of filling the machine.
+SMALL_PROCESS_BYTES = 1 << 30
+
+_LOAD_SCRIPT = """
+import resource, sys, threading, tracemalloc
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from autointerp.corpus import load_documents
+
+spec, budget, endless = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+
+
+def write_forever():  # an endless source behind a named pipe
+    chunk = ("endless words " * 4096).encode()
+    try:
+        with open(spec, "wb") as f:
+            while True:
+                f.write(chunk)
+    except OSError:
+        pass  # the reader closed the pipe
+
+
+if endless:
+    threading.Thread(target=write_forever, daemon=True).start()
+tracemalloc.start()
+docs = load_documents(spec, 0, max_tokens=int(budget) if budget else None)
+peak = tracemalloc.get_traced_memory()[1]  # ru_maxrss would count the forked parent's pages
+print(len(docs), sum(len(d.text) for d in docs), peak)
+"""
+
+
+def _load_in_a_small_process(
+    spec: Path, budget: int | None, endless: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``load_documents`` in a child process capped at :data:`SMALL_PROCESS_BYTES` and 60 s."""
+    script = _LOAD_SCRIPT.format(limit=SMALL_PROCESS_BYTES)
+    return subprocess.run(
+        [sys.executable, "-c", script, str(spec), str(budget or ""), "1" if endless else "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_a_corpus_behind_a_link_to_a_device_is_refused_before_reading(tmp_path: Path) -> None:
+    link = tmp_path / "corpus.txt"
+    link.symlink_to("/dev/zero")  # read whole, it would fill the memory
+    for budget in (1000, None):
+        proc = _load_in_a_small_process(link, budget)
+        assert proc.returncode == 1 and "MemoryError" not in proc.stderr, proc.stderr[-500:]
+        assert "UserError: The corpus" in proc.stderr and "is a device (/dev/zero)" in proc.stderr
+
+
+def test_an_endless_pipe_is_read_only_as_far_as_the_token_budget(tmp_path: Path) -> None:
+    """A named pipe whose writer never stops: the corpus is read as a stream up to the budget's
+    characters, in bounded memory; without a budget it is refused, as it may never end."""
+    fifo = tmp_path / "endless.txt"
+    os.mkfifo(fifo)
+    proc = _load_in_a_small_process(fifo, 1000, endless=True)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    documents, characters, peak = map(int, proc.stdout.split())
+    assert documents == 1 and characters == read_limit(1000) == MIN_READ_CHARS
+    assert peak < 3 * MIN_READ_CHARS, peak  # the text and its pieces, nothing more
+    proc = _load_in_a_small_process(fifo, None)
+    assert proc.returncode == 1 and "which may never end; give --tokens" in proc.stderr, proc.stderr

@@ -129,6 +129,12 @@ def test_explanation_replies_are_parsed_or_rejected() -> None:
     )
     with pytest.raises(ValueError):
         parse_explanation("   ")
+    # quotes: a phrase in quotes loses them, a quoted word at the end keeps its closing one
+    assert parse_explanation(' the word "cat"') == 'the word "cat"'
+    assert parse_explanation(' the word "cat".') == 'the word "cat"'
+    assert parse_explanation(' "tokens that matter."') == "tokens that matter"
+    assert parse_explanation(' "the word "cat""') == 'the word "cat"'
+    assert parse_explanation(' "tokens that matter') == "tokens that matter"
 
 
 def test_baseline_names_the_most_activating_tokens() -> None:

@@ -252,6 +252,104 @@ def test_one_huge_document_is_read_only_as_far_as_the_budget_and_stores_only_tha
     assert ids and all(whole[c].tokens.tolist() == t for c, t in ids.items())
 
 
+def test_a_harvest_reads_the_corpus_only_as_far_as_its_token_budget(
+    tiny: SubjectModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget reaches the corpus reader: a file longer than the budget's characters is read
+    only that far (the least the reader takes is lowered here, so a small file shows it), and the
+    run's fingerprint is that of the part read."""
+    import autointerp.corpus as corpus
+
+    monkeypatch.setattr(corpus, "MIN_READ_CHARS", 1000)
+    words = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "
+    big = tmp_path / "big.txt"
+    big.write_text(words * 5000)  # 415,000 characters; the budget below reads 20,480
+    cfg = HarvestConfig(
+        model=tiny.name,
+        corpus=str(big),
+        layers=[0],
+        ctx_len=16,
+        n_tokens=16 * 20,
+        top_k=4,
+        random_k=4,
+        checkpoint_seconds=1e9,
+    )
+    result = harvest(tiny, tmp_path / "h.db", cfg, progress=False, log=lambda m: None)
+    assert result.contexts == 20
+    (run,) = Store(tmp_path / "h.db").runs()
+    read = corpus.load_documents(str(big), 0, 16 * 20)
+    assert [len(d.text) for d in read] == [corpus.read_limit(16 * 20)] == [16 * 20 * 64]
+    assert run["corpus"]["fingerprint"] == corpus.corpus_fingerprint(read)
+
+
+_ENDLESS_HARVEST = """
+import resource, sys, threading
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import AutoTokenizer
+from autointerp.harvest import HarvestConfig, harvest
+from autointerp.models import SubjectModel
+from autointerp.packaged import packaged_model_dir
+
+spec, db = sys.argv[1], sys.argv[2]
+tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir("smollm2-135m")))
+shape = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=24, n_ctx=128)
+config = HookedTransformerConfig(
+    **shape, d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", seed=0
+)
+net = HookedTransformer(config, tokenizer, move_to_device=False).eval()
+model = SubjectModel("tiny-gelu", net, tokenizer, {{"model": "tiny-gelu", "dtype": "float32"}})
+
+
+def write_forever():  # an endless source behind a named pipe
+    chunk = ("The quick brown fox jumps over the lazy dog. " * 1000).encode()
+    try:
+        with open(spec, "wb") as f:
+            while True:
+                f.write(chunk)
+    except OSError:
+        pass  # the reader closed the pipe
+
+
+threading.Thread(target=write_forever, daemon=True).start()
+cfg = HarvestConfig(
+    model="tiny-gelu", corpus=spec, layers=[0], ctx_len=16, n_tokens=16 * 20, top_k=4, random_k=4
+)
+result = harvest(model, db, cfg, progress=False, log=lambda m: None)
+print(result.status, result.contexts)
+"""
+
+
+@pytest.mark.slow  # ~15 s, most of it importing torch and reading 64 MB through the pipe
+def test_a_harvest_of_an_endless_pipe_stops_at_its_budget_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """A named pipe whose writer never stops, harvested with --tokens, in a process capped at
+    8 GB of address space (torch alone maps ~2.7 GB): the harvest completes, reading only as far as
+    the budget needs (before, it read until the memory ran out: 14.6 GB from /dev/zero)."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    fifo = tmp_path / "endless.txt"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _ENDLESS_HARVEST.format(limit=8 << 30),
+            str(fifo),
+            str(tmp_path / "h.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == ["complete", "20"], proc.stderr[-800:]
+
+
 def test_tiny_shards_merge_to_the_unsharded_result(
     tiny_gated: SubjectModel, text_corpus: Path, tmp_path: Path
 ) -> None:

@@ -371,10 +371,14 @@ def test_json_and_graphml_round_trip(tmp_path: Path) -> None:
         assert back.nodes[n] == attrs
     assert {a["kind"] for _, a in back.nodes(data=True)} == {
         "activating",
+        "substitute",  # an augmentation variant on which the rule neuron stays quiet
         "context",
         "wildcard",
         "end",
     }
+    for _, a in back.nodes(data=True):
+        if a["kind"] in ("activating", "substitute"):
+            assert (a["activation"] >= 0.1) == (a["kind"] == "activating")
     assert isinstance(back.nodes["n0"]["depth"], int) and isinstance(
         back.nodes["n0"]["activation"], float
     )

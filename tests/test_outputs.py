@@ -88,6 +88,7 @@ def test_bulk_graphml_export_is_read_by_networkx_with_typed_attributes(
                 "graphml",
                 M,
                 "--all",
+                "--full",
                 "-o",
                 str(out),
                 "--db",
@@ -292,6 +293,53 @@ def test_report_puts_scores_side_by_side_with_similar_neurons(
     assert f"GraphML + SVG of 0 graphs in {tmp_path}/" in text
 
 
+def test_the_reports_closing_commands_run_as_pasted(api_db: Path) -> None:
+    """`make explain` runs .venv/bin/autointerp with the venv not activated: the commands the
+    report ends with must name that script, and run from the same folder as printed; with the
+    venv's bin on PATH, the bare name is enough."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    script = Path(sys.prefix) / "bin" / "autointerp"
+    assert script.exists(), "the test runs from the project's venv"
+    bare_path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "autointerp").exists()
+    )
+    env = {**os.environ, "PATH": bare_path}
+    out = subprocess.run(
+        [str(script), "report", M, "--db", str(api_db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    look = next(line for line in out.splitlines() if line.startswith("Look at one:"))
+    command = look.split(":", 1)[1].strip()
+    assert command.startswith(f"{script.relative_to(REPO)} neuron {M} "), command
+    ran = subprocess.run(
+        shlex.split(command), capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    assert ran.returncode == 0 and f"{M}" in ran.stdout, ran.stderr
+    browse = next(line for line in out.splitlines() if line.startswith("Browse:"))
+    assert f"{script.relative_to(REPO)} serve --db {api_db}" in browse
+    # activated (the venv's bin first on PATH): the bare name, which then runs
+    activated = {**os.environ, "PATH": f"{script.parent}{os.pathsep}{bare_path}"}
+    out = subprocess.run(
+        [str(script), "report", M, "--db", str(api_db)],
+        capture_output=True,
+        text=True,
+        env=activated,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert f"Look at one:  autointerp neuron {M} " in out
+
+
 def test_rank_defaults_to_explanation_score_once_there_is_one(
     api_db: Path, tiny_gated: SubjectModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -327,3 +375,151 @@ def test_rank_defaults_to_explanation_score_once_there_is_one(
     assert [r["ranked_by"] for r in rows] == ["max"] * 3
     assert [r["max"] for r in rows] == sorted((r["max"] for r in rows), reverse=True)
     assert "ranked by max (no explanations yet" in captured.err
+
+
+# ----------------------------------------------------------------------------------------------
+# quiet, correct output
+def test_runs_lists_what_each_stage_wrote(api_db: Path) -> None:
+    from helpers import run_cli
+
+    proc = run_cli("runs", "--db", str(api_db))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "None" not in proc.stdout
+    harvest = next(line for line in lines if " harvest " in line)
+    tokens = Store(api_db, create=False).runs(M)[0]["tokens_done"]
+    assert "layers 0,1" in harvest and f"{tokens:,} tokens" in harvest and "corpus " in harvest
+    n2g = next(line for line in lines if " n2g " in line)
+    assert f"{len(GRAPHED)} graphs in layers 1" in n2g
+    similarity = next(line for line in lines if " similarity " in line)
+    assert f"{len(GRAPHED)} graphs," in similarity and "similar pairs stored (>= 0.1)" in similarity
+
+
+def test_export_draws_tokens_the_font_lacks_as_escapes_and_warns_nothing(
+    api_db: Path, tmp_path: Path
+) -> None:
+    """CJK, Devanagari and Tamil tokens (the corpus' Wikipedia has them) in a graph: the SVG shows
+    them as \\u escapes, the GraphML keeps them, and the export prints no glyph warning."""
+    import time
+
+    from helpers import copy_store, run_cli
+
+    from autointerp.n2g.export import drawable
+    from autointerp.n2g.graph import NeuronGraph, PathExample
+
+    store = copy_store(api_db, tmp_path)
+    g = NeuronGraph()
+    g.add_path(PathExample(("中国", "लगभग", None), (1.0, 0.9, 0.1), 1.0))
+    g.add_path(PathExample(("தமிழ்",), (1.0,), 0.8))
+    run = store.latest_complete_run(M, 1)
+    n2g = store.create_run(M, "n2g", {}, "hand", (0, 1), {})
+    data = g.to_json()
+    store.save_graphs(
+        [
+            {
+                "run_id": run["id"],
+                "layer": 1,
+                "neuron": 20,
+                "config_hash": "hand",
+                "graph": json.dumps(data),
+                "n_nodes": len(data["nodes"]),
+                "n2g_run_id": n2g,
+                "created": time.time(),
+            }
+        ]
+    )
+    out = tmp_path / "x.graphml"
+    proc = run_cli("export", "graphml", M, "1/20", "-o", str(out), "--db", str(store.path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr  # no "Glyph ... missing from font(s)"
+    assert {a["token"] for _, a in nx.read_graphml(out).nodes(data=True)} >= {"中国", "लगभग"}
+    assert drawable("中国 x") == "\\u4e2d\\u56fd x" and drawable("é, ∀") == "é, ∀"
+    assert drawable("\U0002000b") == "\\U0002000b"
+
+
+# ----------------------------------------------------------------------------------------------
+# what a GraphML file holds
+def test_graphml_kinds_say_which_roots_fire_and_which_stop_the_neuron(
+    api_db: Path, tmp_path: Path
+) -> None:
+    """On the real graphs: a root is ``activating`` when its best path predicts >= 0.1 of the max,
+    else ``substitute`` (an augmentation variant that stopped the neuron); every root is one of
+    the two, as the stored graph says."""
+    store = Store(api_db, create=False)
+    out = tmp_path / "g"
+    assert main(["export", "graphml", M, "--all", "-o", str(out), "--db", str(api_db),
+                 "--no-svg", "--no-progress"]) == 0  # fmt: skip
+    seen: dict[str, int] = {}
+    for n in GRAPHED:
+        stored = store.graph(M, 1, n)["graph"]
+        g = nx.read_graphml(out / f"1_{n}.graphml")
+        roots = {f"n{x['id']}" for x in stored["nodes"] if x["kind"] == "activating"}
+        for node, attrs in g.nodes(data=True):
+            seen[attrs["kind"]] = seen.get(attrs["kind"], 0) + 1
+            if node in roots:
+                ends = [g.nodes[d]["activation"] for d in nx.descendants(g, node)
+                        if g.nodes[d]["kind"] == "end"]  # fmt: skip
+                assert attrs["kind"] == ("activating" if max(ends) >= 0.1 else "substitute")
+            else:
+                assert attrs["kind"] in ("context", "wildcard", "end")
+        paths = sum(1 for x in stored["nodes"] if x["kind"] == "end")
+        assert g.graph["paths"] == paths and g.graph["paths_exported"] == min(paths, 64)
+    assert seen.get("activating") and seen.get("substitute"), seen
+
+
+def test_export_keeps_the_strongest_64_paths_unless_full(api_db: Path, tmp_path: Path) -> None:
+    import time
+
+    from helpers import copy_store
+
+    from autointerp.n2g.graph import NeuronGraph, PathExample
+
+    store = copy_store(api_db, tmp_path)
+    g = NeuronGraph()
+    for i in range(100):  # 100 paths, activations 0.01 .. 1.00
+        g.add_path(PathExample((f"tok{i}", f"ctx{i}"), (1.0, 0.8), (i + 1) / 100))
+    data = g.to_json()
+    run = store.latest_complete_run(M, 1)
+    n2g = store.create_run(M, "n2g", {}, "hand", (0, 1), {})
+    store.save_graphs(
+        [
+            {
+                "run_id": run["id"],
+                "layer": 1,
+                "neuron": 21,
+                "config_hash": "hand",
+                "graph": json.dumps(data),
+                "n_nodes": len(data["nodes"]),
+                "n2g_run_id": n2g,
+                "created": time.time(),
+            }
+        ]
+    )
+    cut, full = tmp_path / "cut.graphml", tmp_path / "full.graphml"
+    common = ["export", "graphml", M, "1/21", "--db", str(store.path), "--no-svg"]
+    assert main([*common, "-o", str(cut)]) == 0 and main([*common, "-o", str(full), "--full"]) == 0
+    kept, every = nx.read_graphml(cut), nx.read_graphml(full)
+    ends = sorted(a["activation"] for _, a in kept.nodes(data=True) if a["kind"] == "end")
+    assert len(ends) == 64 and ends[0] == pytest.approx(0.37)  # the 64 strongest: 0.37 .. 1.00
+    assert (kept.graph["paths"], kept.graph["paths_exported"]) == (100, 64)
+    assert (every.graph["paths"], every.graph["paths_exported"]) == (100, 100)
+    assert every.number_of_nodes() == len(data["nodes"]) == 300
+    assert kept.number_of_nodes() == 3 * 64
+    # the tokens below 0.1 are substitutes, above it activating
+    kinds = {a["token"]: a["kind"] for _, a in every.nodes(data=True) if a["depth"] == 0}
+    assert kinds["tok8"] == "substitute" and kinds["tok9"] == "activating"  # 0.09 and 0.10
+
+
+def test_rank_by_cos_in_out(api_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from autointerp.api import create_app
+
+    assert main(["rank", M, "--by", "cos_in_out", "--db", str(api_db), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["layer"], r["neuron"], r["score"]) for r in rows] == [(1, 0, 0.12)]
+    assert main(["rank", M, "--by", "cos_in_out_negative", "--db", str(api_db)]) == 0
+    text = capsys.readouterr().out
+    assert "cos(in,out)" in text and "+0.120" in text
+    items = TestClient(create_app(api_db)).get(f"/api/{M}/rank?by=cos_in_out").json()["items"]
+    assert [(it["layer"], it["neuron"], it["cos_in_out"]) for it in items] == [(1, 0, 0.12)]

@@ -31,7 +31,9 @@ import pytest
 from apidb import build_api_db
 from helpers import PARAGRAPHS, REPO, clear_tables, copy_db, free_port, run_cli, write_lock_held
 
+from autointerp.errors import UserError
 from autointerp.harvest import HarvestConfig, harvest
+from autointerp.llm.client import LLMClient, LLMFailure, LLMSettings, check_endpoint
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import N2GConfig
 from autointerp.n2g.run import graph_layers
@@ -380,6 +382,129 @@ def test_an_html_reply_is_invalid_output_retried_and_recorded_with_its_reason(
         assert "invalid output: malformed response: not the API's JSON but '<html>" in error, error
         assert "(after 2 attempts)" in error and "AttributeError" not in error, error
     assert server.requests >= 2
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile endpoints: a reply that trickles, never ends or expands without bound; a server that is up
+# and answers 500 forever
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def _client(url: str, seconds: float, attempts: int = 1) -> LLMClient:
+    settings = LLMSettings(base_url=url, timeout=seconds, max_attempts=attempts, backoff=0.05)
+    return LLMClient(settings, None, url)
+
+
+def _content(response: dict[str, Any]) -> str:
+    return str(response["choices"][0]["message"]["content"])
+
+
+def test_a_trickled_reply_is_a_timeout_at_the_request_deadline(fault_server) -> None:  # type: ignore[no-untyped-def]
+    """Headers at once, then a byte every 0.5 s: each read is quick, so a timeout per read never
+    fires; the deadline is for the whole request (--llm-timeout 1 here), and a timeout is retried,
+    then a failure with its reason."""
+    server = fault_server("trickle")
+    server.trickle_for = 15  # bounds the old behaviour: a reply that never ends, read to the end
+    started = time.monotonic()
+    with pytest.raises(LLMFailure) as failed:
+        _client(server.url, 1.0, attempts=2).call("chat", "m", CHAT, _content)
+    assert time.monotonic() - started < 4
+    assert failed.value.reason.startswith("timeout:") and failed.value.transient
+    assert "(after 2 attempts)" in failed.value.reason and server.requests == 2
+
+
+def test_the_endpoint_check_obeys_the_deadline(fault_server) -> None:  # type: ignore[no-untyped-def]
+    server = fault_server("ok")
+    server.models_mode = "trickle"
+    server.trickle_for = 15
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"does not answer \(timeout"):
+        check_endpoint(server.url, None, 1.0)
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [("endless", "the response is over 64 MiB"), ("gzip-bomb", "decodes to over 64 MiB")],
+)
+def test_a_reply_too_large_to_read_is_invalid_output_read_in_bounded_memory(
+    fault_server,  # type: ignore[no-untyped-def]
+    mode: str,
+    says: str,
+) -> None:
+    """A body that never ends, and 200 KB of gzip that expands to 200 MB (a 306 KB one took explain
+    to a 2.1 GB peak): read and decoded a piece at a time up to the cap, then invalid output."""
+    import tracemalloc
+
+    from llmfaults import gzip_bomb
+
+    from autointerp.llm.transport import MAX_RESPONSE_BYTES
+
+    server = fault_server(mode)
+    gzip_bomb()  # made before measuring: the server is in this process
+    tracemalloc.start()
+    try:
+        with pytest.raises(LLMFailure) as failed:
+            _client(server.url, 30.0).call("chat", "m", CHAT, _content)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert says in failed.value.reason and not failed.value.transient, failed.value.reason
+    assert peak < 3 * MAX_RESPONSE_BYTES, peak
+
+
+def test_explain_against_a_trickling_endpoint_records_timeouts_and_finishes(
+    explain_base: Path,
+    fault_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """It used to hang past 90 s with its run `running`: each request now ends at --llm-timeout,
+    the failure is recorded with its reason, and the run finishes."""
+    db = copy_db(explain_base, tmp_path / "run.db")
+    server = fault_server("trickle")
+    server.trickle_for = 30
+    started = time.monotonic()
+    proc = explain_cli(db, server.url, "0", "--llm-timeout", "1", "--max-attempts", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 25  # a model-free CLI start, and two 1 s requests
+    with sqlite3.connect(db) as conn:
+        errors = [r[0] for r in conn.execute("select error from explanations where error <> ''")]
+        statuses = [r[0] for r in conn.execute("select status from runs where stage = 'explain'")]
+    assert errors and all(e.startswith("timeout:") for e in errors), errors
+    assert statuses == ["complete"]
+
+
+def test_a_dead_endpoint_stops_explain_and_retry_failed_resumes(
+    explain_base: Path,
+    fault_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A server that is up and answers 500 to everything (the endpoint check passes: it answers)
+    kept a run going for hours. After --stop-after-failures neurons in a row whose every call failed
+    at the endpoint, explain stops with one sentence; the failures stay recorded, the run is
+    `stopped`, and --retry-failed once the server works does the rest."""
+    db = copy_db(explain_base, tmp_path / "run.db")
+    server = fault_server("dead")
+    proc = explain_cli(db, server.url, "0-9", "--stop-after-failures", "2", "--max-attempts", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped after 2 neurons in a row" in errors[0], proc.stderr
+    assert "--retry-failed" in errors[0] and "HTTP 500" in errors[0]
+    with sqlite3.connect(db) as conn:
+        failed = {r[0] for r in conn.execute("select neuron from explanations where text is null")}
+        statuses = [r[0] for r in conn.execute("select status from runs where stage = 'explain'")]
+    assert 2 <= len(failed) <= 4 and statuses == ["stopped"], (failed, statuses)  # 2 in flight
+    server.mode = "ok"
+    proc = explain_cli(db, server.url, "0-9", "--retry-failed")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["explained"] == 10 and summary["failed"] == 0, summary
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from explanations where text is null").fetchone() == (
+            0,
+        )
+        statuses = [r[0] for r in conn.execute("select status from runs where stage = 'explain'")]
+    assert statuses == ["complete"]
 
 
 # ------------------------------------------------------------------------------------------------

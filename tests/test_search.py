@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import drop_explanation_index, run_cli
+from helpers import copy_db, drop_explanation_index, run_cli
 from test_similarity import MODEL, add_graphs, make_graph
 
 from autointerp.errors import UserError
 from autointerp.live import text_neurons
 from autointerp.search import fts_query, parse_query, search_explanations, search_tokens
 from autointerp.store import Store
+from autointerp.token_index import build_search_indexes, stale_harvest_layers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,6 +141,135 @@ def test_cli_search_json_and_bad_query(store: Store) -> None:
     res = run_cli("search", MODEL, "color:red", "--db", db)
     assert res.returncode == 2 and res.stderr.startswith("error: Unknown search kind 'color'")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# every harvested neuron: the harvest's peak tokens
+GRAPHED_HERE = (0, 1)  # neurons of the real small harvest given real N2G graphs
+
+
+@pytest.fixture(scope="module")
+def harvest_store(small_db: Path, tiny_gated, tmp_path_factory: pytest.TempPathFactory) -> Store:  # type: ignore[no-untyped-def]
+    """The real small harvest (tiny-gated, layer 1, 24 neurons) with real graphs for two neurons
+    and both token indexes built."""
+    from autointerp.n2g.build import N2GConfig
+    from autointerp.n2g.run import graph_layers
+
+    store = Store(copy_db(small_db, tmp_path_factory.mktemp("hsearch") / "h.db"))
+    spec = ",".join(map(str, GRAPHED_HERE))
+    graph_layers(tiny_gated, store, [1], spec, N2GConfig(), progress=False)
+    build_search_indexes(store, "tiny-gated")
+    return store
+
+
+def _peaks(store: Store) -> dict[int, dict[str, float]]:
+    """Neuron -> {normalised peak token of a top example: best activation / max}, from the stored
+    examples (read independently of the index)."""
+    run_id = store.latest_complete_run("tiny-gated", 1)["id"]
+    out: dict[int, dict[str, float]] = {}
+    for row in store.db.query("select neuron, max from neurons where run_id = ?", [run_id]):
+        if row["max"] <= 0:
+            continue
+        tokens = out.setdefault(row["neuron"], {})
+        for ex in store.examples(run_id, 1, row["neuron"], kinds=["top"]):
+            token = ex["str_tokens"][ex["peak_index"]]
+            token = token.strip().lower() if token.strip() else token
+            weight = ex["max_activation"] / row["max"]
+            tokens[token] = max(tokens.get(token, weight), weight)
+    return {n: {t: w for t, w in ts.items() if w >= 0.1} for n, ts in out.items()}
+
+
+def test_the_harvest_index_holds_every_neurons_peak_tokens(harvest_store: Store) -> None:
+    expected = _peaks(harvest_store)
+    stored: dict[int, dict[str, float]] = {}
+    for r in harvest_store.db.query("select neuron, token, weight from harvest_token_index"):
+        stored.setdefault(r["neuron"], {})[r["token"]] = r["weight"]
+    assert set(stored) == set(expected) and len(stored) > 20
+    for neuron, tokens in expected.items():
+        assert stored[neuron] == pytest.approx(tokens, abs=1e-5)
+
+
+def test_search_finds_neurons_without_a_graph_and_says_where_from(harvest_store: Store) -> None:
+    peaks = _peaks(harvest_store)
+    # a token that some ungraphed neurons peak on
+    token = next(
+        t
+        for n, ts in sorted(peaks.items())
+        if n not in GRAPHED_HERE
+        for t in sorted(ts, key=lambda t: -ts[t])
+        if t.isalpha()
+    )
+    rows = search_tokens(harvest_store, "tiny-gated", f"activating:{token}", limit=100)
+    from_harvest = {r["neuron"] for r in rows if r["source"] == "harvest"}
+    assert from_harvest == {n for n, ts in peaks.items() if token in ts} - set(GRAPHED_HERE)
+    for r in rows:
+        if r["source"] == "harvest":
+            assert r["matches"] == [
+                {
+                    "kind": "activating",
+                    "token": token,
+                    "weight": pytest.approx(peaks[r["neuron"]][token], abs=1e-5),
+                }
+            ]
+            assert r["score"] == pytest.approx(peaks[r["neuron"]][token], abs=1e-5)
+        else:  # a graphed neuron answers from its graph, whatever its top examples peak on
+            assert r["neuron"] in GRAPHED_HERE
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {
+        r["neuron"] for r in search_tokens(harvest_store, "tiny-gated", f"any:{token}", 100)
+    } >= from_harvest
+    # a harvest has no context tokens: important: terms reach graphs only
+    for r in search_tokens(harvest_store, "tiny-gated", f"important:{token}", limit=100):
+        assert r["source"] == "graph"
+    assert all(
+        r["source"] == "graph"
+        for r in search_tokens(harvest_store, "tiny-gated", f"any:{token} important:the", 100)
+    )
+
+
+def test_a_newer_harvest_of_the_layer_rebuilds_its_index(
+    harvest_store: Store,
+    tiny_gated,
+    text_corpus: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from autointerp.harvest import HarvestConfig, harvest
+
+    store = Store(copy_db(harvest_store.path, tmp_path / "again.db"))
+    assert not stale_harvest_layers(store, "tiny-gated")
+    cfg = HarvestConfig(
+        model="tiny-gated",
+        corpus=str(text_corpus),
+        layers=[1],
+        ctx_len=16,
+        top_k=4,
+        random_k=4,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
+    harvest(tiny_gated, store.path, cfg, progress=False, log=lambda m: None)
+    newest = store.latest_complete_run("tiny-gated", 1)["id"]
+    assert stale_harvest_layers(store, "tiny-gated") == {1: newest}
+    res = run_cli("index", "tiny-gated", "--json", "--no-progress", "--db", str(store.path))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["layers"] == [1] and summary["layers_indexed"] == 1
+    assert {r[0] for r in store.db.execute("select distinct run_id from harvest_token_index")} == {
+        newest
+    }
+
+
+def test_cli_search_prints_the_source(harvest_store: Store) -> None:
+    token = next(iter(_peaks(harvest_store)[5]))
+    db = str(harvest_store.path)
+    res = run_cli("search", "tiny-gated", f"activating:{token!s}", "--json", "--db", db)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert 5 in {r["neuron"] for r in rows} and {r["source"] for r in rows} <= {"graph", "harvest"}
+    text = run_cli("search", "tiny-gated", f"activating:{token!s}", "--db", db).stdout
+    line = next(x for x in text.splitlines() if x.split()[0] == "1/5")
+    assert " harvest " in line
 
 
 # --------------------------------------------------------------------------------------------------

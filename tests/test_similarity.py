@@ -4,17 +4,24 @@ stored results."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import PARAGRAPHS, copy_db, run_cli
 
 from autointerp.n2g.graph import NeuronGraph, PathExample
+from autointerp.records import similar_record
+from autointerp.report import build_report, format_report
 from autointerp.similarity import (
+    FORMULA,
+    UNIFORM,
+    TokenWeights,
     brute_force_top,
     compute_similarities,
+    corpus_idf,
     graph_similarity,
     overlap,
     similar,
@@ -231,3 +238,144 @@ def test_cli_similar_json_and_errors(graph_store: Store) -> None:
     )
     res = run_cli("similarity", MODEL, "--json", "--db", db, "--limit", "0")
     assert res.returncode == 2 and "--limit" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# token weights from the corpus, and the minimum score
+def test_idf_weights_follow_the_contexts() -> None:
+    contexts = [["<bos>", " the", " cat", ","], ["<bos>", "The", " dog", ","], ["<bos>", ",", "x"]]
+    weights, n = corpus_idf(contexts)
+    assert n == 3  # IDF log((N + 1) / (df + 1)) over that of a token never seen, log(N + 1)
+    assert weights(",") == 0.0  # in every context
+    assert weights("the") == pytest.approx(math.log(4 / 3) / math.log(4))  # normalised: 2 of 3
+    assert weights("cat") == pytest.approx(math.log(4 / 2) / math.log(4))
+    assert weights("never-seen") == 1.0
+    assert weights("<bos>") == 1.0  # BOS is not text the corpus holds
+    assert corpus_idf([]) == (UNIFORM, 0)
+
+
+def test_a_shared_token_counts_by_its_weight() -> None:
+    weights = TokenWeights({"a": 0.5, "b": 0.25, "c": 0.125})
+    # shared: a (0.5) of 2 and 3 tokens; the unshared ones count as tokens, whatever they weigh
+    assert overlap({"a", "b"}, {"a", "c", "d"}, weights) == pytest.approx(2 * 0.5 / 5)
+    assert overlap({"a", "b"}, {"a", "c", "d"}) == overlap({"a", "b"}, {"a", "c", "d"}, UNIFORM)
+    assert overlap({"a", "d"}, {"a", "d"}, weights) == 0.75  # identical: their mean weight
+    # a graph whose only context token is a common one shares little, even with its twin
+    assert graph_similarity(ts("x", "b"), ts("y", "b"), weights=weights) == 0.5 * 0.25
+
+
+@pytest.mark.parametrize(("max_df", "min_score"), [(5, 0.0), (1000, 0.0), (12, 0.1), (1000, 0.3)])
+def test_weighted_index_equals_brute_force(max_df: int, min_score: float) -> None:
+    sets = random_sets(120, seed=max_df)
+    # IDF-like weights; rounded to multiples of 2^-20 they add up exactly in any order, so index
+    # and brute force agree to the last bit
+    weights = TokenWeights({f"t{i}": math.log(2 + i) / math.log(60) for i in range(0, 40, 2)})
+    expected = brute_force_top(sets, 7, max_df, weights=weights, min_score=min_score)
+    for block in (2_000_000, 50):
+        found = top_similar(
+            sets, 7, max_df, block_pairs=block, weights=weights, min_score=min_score
+        )
+        assert found == expected
+    assert all(s >= min_score for top in expected for _, s in top)
+    if min_score >= 0.3:  # the minimum really removes pairs here
+        assert sum(map(len, expected)) < sum(
+            map(len, brute_force_top(sets, 7, max_df, weights=weights))
+        )
+
+
+@pytest.fixture(scope="module")
+def filler_harvest(tiny_gated, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A real harvest (tiny-gated, layer 1) of the test paragraphs among many sentences that all
+    hold ``,``, ``.`` and ``the``: the common tokens are in most contexts, "mitochondria" in few."""
+    from autointerp.harvest import HarvestConfig, harvest
+
+    folder = tmp_path_factory.mktemp("idf")
+    filler = [
+        f"Record {i} was filed in the archive, and copy {i} went to the office." for i in range(80)
+    ]
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*filler, *PARAGRAPHS]))
+    cfg = HarvestConfig(
+        model=tiny_gated.name,
+        corpus=str(corpus),
+        layers=[1],
+        ctx_len=32,
+        top_k=8,
+        random_k=8,
+        batch_size=8,
+        checkpoint_seconds=1e9,
+    )
+    harvest(tiny_gated, folder / "h.db", cfg, progress=False, log=lambda m: None)
+    return folder / "h.db"
+
+
+@pytest.fixture
+def harvest_graph_store(filler_harvest: Path, tmp_path: Path) -> Store:
+    """The real harvest above with graphs hung on its run: two that share only punctuation and "the"
+    (in most of its contexts), two that share "mitochondria" and "ATP"."""
+    store = Store(copy_db(filler_harvest, tmp_path / "h.db"))
+    run_id = store.latest_complete_run("tiny-gated", 1)["id"]
+    n2g = store.create_run("tiny-gated", "n2g", {}, "c", (0, 1), {})
+    graphs = {
+        0: make_graph([([",", "the"], [1, 0.9], 1.0), (["."], [1], 0.9), (["paris"], [1], 0.8)]),
+        1: make_graph([([",", "the"], [1, 0.8], 0.9), (["."], [1], 0.7), (["monday"], [1], 0.6)]),
+        2: make_graph([(["mitochondria", "the"], [1, 0.9], 1.0), (["atp"], [1], 0.8)]),
+        3: make_graph([(["mitochondria", "cell"], [1, 0.7], 0.9), (["atp"], [1], 0.9)]),
+    }
+    store.save_graphs(
+        {
+            "run_id": run_id,
+            "layer": 1,
+            "neuron": neuron,
+            "config_hash": "c",
+            "graph": json.dumps(g),
+            "n_nodes": len(g["nodes"]),
+            "n2g_run_id": n2g,
+            "created": time.time(),
+        }
+        for neuron, g in graphs.items()
+    )
+    return store
+
+
+def test_pairs_that_share_only_common_tokens_are_not_listed(harvest_graph_store: Store) -> None:
+    store = harvest_graph_store
+    summary = compute_similarities(store, "tiny-gated", progress=False)
+    assert summary["idf_contexts"] > 10 and summary["min_score"] == 0.1
+    neurons, token_sets = store.graph_token_sets("tiny-gated")
+    sets = dict(zip(neurons, (TokenSets(a, c) for a, c in token_sets), strict=True))
+    # with every token weighing 1 the punctuation pair would be listed; by IDF it is not
+    assert graph_similarity(sets[(1, 0)], sets[(1, 1)]) >= 0.4
+    weights, _ = corpus_idf(store.context_str_tokens(store.graph_harvest_runs("tiny-gated")))
+    assert graph_similarity(sets[(1, 0)], sets[(1, 1)], weights=weights) < 0.1
+    assert max(weights(t) for t in (",", ".", "the")) < 0.1 < weights("mitochondria")
+    assert store.similar("tiny-gated", 1, 0) == []
+    rows = store.similar("tiny-gated", 1, 2)
+    assert [(r["layer"], r["neuron"]) for r in rows] == [(1, 3)] and rows[0]["similarity"] >= 0.3
+    # the CLI, the report and the API say so
+    db = str(store.path)
+    res = run_cli("similar", "tiny-gated", "1/0", "--db", db)
+    assert res.returncode == 0 and "is similar to 1/0 above 0.1" in res.stdout, res.stderr
+    assert json.loads(run_cli("similar", "tiny-gated", "1/0", "--json", "--db", db).stdout) == []
+    report = build_report(store, "tiny-gated", similar=3)
+    text = format_report(report, db)
+    quiet = [n for n in report["neurons"] if (n["layer"], n["neuron"]) == (1, 0)]
+    if quiet:  # the report ranks by max activation here: 1/0 is listed when it is strong enough
+        assert "similar: no similar neuron above 0.1" in text
+    assert similar_record(store, "tiny-gated", 1, 0)["message"] == "No similar neuron above 0.1."
+    assert similar_record(store, "tiny-gated", 1, 2)["items"][0]["neuron"] == 3
+
+
+def test_a_stored_result_of_the_older_formula_is_recomputed(harvest_graph_store: Store) -> None:
+    store = harvest_graph_store
+    compute_similarities(store, "tiny-gated", progress=False)
+    run = store.similarity_run("tiny-gated")
+    store.db.execute(
+        "update runs set config = json_set(config, '$.formula', 'dice-v1') where id = ?",
+        [run["id"]],
+    )
+    store.db.conn.commit()
+    assert store.similarity_stale("tiny-gated", formula=FORMULA)
+    assert not store.similarity_stale("tiny-gated")
+    similar(store, "tiny-gated", 1, 2)
+    assert store.similarity_run("tiny-gated")["config"]["formula"] == FORMULA

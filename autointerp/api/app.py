@@ -7,8 +7,9 @@ loading Swagger UI from a CDN. Errors always say what exists: an unknown model, 
 neuron is a 404 whose JSON body lists the valid ones; a parameter of the wrong type or value is a
 422; a text over the limit is a 413.
 
-Where things are: this module builds the app (:func:`create_app`), its middleware (the body limit,
-encoded slashes in model names) and its error handlers. The JSON routes are registered by one
+Where things are: this module builds the app (:func:`create_app`), its middleware (the body limit
+and deadline, UTF-8 paths and query strings, encoded slashes in model names) and its error
+handlers; :mod:`.server` runs it under uvicorn. The JSON routes are registered by one
 function per resource: :mod:`.routes_models`, :mod:`.routes_search` (search and rank),
 :mod:`.routes_live` (live activations, Layerscope), :mod:`.routes_neurons` (a neuron's or a layer's
 services, GraphML), :mod:`.routes_score` (scoring a description sent by the client) and
@@ -56,7 +57,9 @@ MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before 
 
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, before the JSON parser sees them (a 1 MB
-    text must not cost a 1 MB parse and a forward pass to reject)."""
+    text must not cost a 1 MB parse and a forward pass to reject), and bodies that have not arrived
+    whole ``seconds`` after the request's headers with 408: one deadline for the whole body, so a
+    client that trickles it in a byte at a time is cut off too."""
 
     def __init__(self, app: ASGIApp, limit: int, seconds: float = 30.0):
         self.app = app
@@ -72,17 +75,23 @@ class BodyLimit:
                 await _too_large(send, int(value), self.limit)
                 return
         seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        arrived = False  # the whole body is in: what is received next (a disconnect) may wait
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, arrived
+            if arrived:
+                return await receive()
             try:  # a client that trickles its body in (or stops) must not hold a worker forever
-                message = await asyncio.wait_for(receive(), self.seconds)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise _BodyTooSlow(self.seconds) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _BodyTooLarge(seen)
+            arrived = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         try:
@@ -93,6 +102,34 @@ class BodyLimit:
             await _refuse(
                 send, 408, f"The request body did not arrive within {exc.seconds:g} seconds."
             )
+
+
+class StrictUtf8:
+    """Refuse, never replace: a percent-encoded path or query string that is not UTF-8
+    (``?query=%C0%AF``) is a 422 naming the first bad byte, as text anywhere else is; decoded with
+    replacement characters it would be a search for "\ufffd\ufffd"."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for what, raw in (
+                ("path", scope.get("raw_path") or b""),
+                ("query string", scope.get("query_string") or b""),
+            ):
+                data = urllib.parse.unquote_to_bytes(raw)
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    await _refuse(
+                        send,
+                        422,
+                        f"The {what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte"
+                        f" {exc.start} of it (percent-decoded) cannot be decoded.",
+                    )
+                    return
+        await self.app(scope, receive, send)
 
 
 class SlashedNames:
@@ -192,6 +229,7 @@ def create_app(
         )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, seconds=body_seconds)
     app.add_middleware(SlashedNames)
+    app.add_middleware(StrictUtf8)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_errors(app)
     # the order of registration is the order of the paths in /openapi.json and the order in which

@@ -37,7 +37,7 @@ from autointerp.search import (
     search_tokens,
 )
 from autointerp.store import Store
-from autointerp.token_index import refresh_token_index
+from autointerp.token_index import refresh_token_index, stale_harvest_layers
 
 __all__ = ["NEUROSCOPE_LIMIT", "ApiData"]  # the page's examples per kind: also the API's default
 
@@ -209,9 +209,14 @@ class ApiData:
             raise BadRequest(f"The token query {query!r} has no terms; write e.g. any:the.")
         messages = []
         if terms:
-            if not store.graph_state(view.name)["graphs"]:
+            graphs = store.graph_state(view.name)["graphs"]
+            # the harvest's index is built by `autointerp index` (or a CLI search), never by a GET:
+            # it reads every top example of a layer
+            unindexed = stale_harvest_layers(store, view.name)
+            if not graphs and len(unindexed) == len(store.harvested_layers(view.name)):
                 messages.append(
-                    "Token search needs N2G graphs, and none are computed for this model yet."
+                    "Token search needs N2G graphs or the harvest's token index, and neither is"
+                    f" computed for this model yet; run `autointerp index {view.name}`."
                 )
             else:
                 # read-only unless the index is behind and the lock is free at once: a GET never
@@ -221,6 +226,12 @@ class ApiData:
                     {**_plain(r), "matched": "tokens"}
                     for r in search_tokens(store, view.name, terms, limit, update_index=False)
                 ]
+                if unindexed:
+                    messages.append(
+                        "Neurons without a graph in layers"
+                        f" {','.join(map(str, unindexed))} are not searched until `autointerp"
+                        f" index {view.name}` runs."
+                    )
         if words:
             from autointerp.embeddings import embedder_ready
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
 from autointerp.api.data import ApiData
-from autointerp.api.params import CLIENT_COOKIE, MAX_INDEX, Index
+from autointerp.api.params import CLIENT_COOKIE, CLIENT_ID, MAX_INDEX, Index
 from autointerp.api.responses import JSONBytes, json_of
 from autointerp.errors import UserError
 from autointerp.live import VIEWS, Live, layer_scales, threshold_view
@@ -87,7 +87,9 @@ def live_routes(app: FastAPI, data: ApiData, live: Live) -> None:
     )
     def api_layerscope_run(model: str, req: LayerscopeRequest, request: Request) -> JSONBytes:
         view = data.model(model)
-        client = request.cookies.get(CLIENT_COOKIE) or secrets.token_hex(12)
+        client = request.cookies.get(CLIENT_COOKIE, "")
+        if not CLIENT_ID.fullmatch(client):  # only ids this server hands out are kept
+            client = secrets.token_hex(12)
         prompt = live.layerscope(view.name, req.text, owner=client)
         response = json_of(
             {

@@ -23,6 +23,8 @@ RANK_BY = (
     "explanation_random",
     "explanation_auprc",
     "baseline",
+    "cos_in_out",
+    "cos_in_out_negative",
 )
 
 

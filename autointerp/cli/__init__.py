@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from autointerp import __version__
 from autointerp.cli.common import db_path
 from autointerp.errors import UserError
-from autointerp.untrusted import check_unicode
+from autointerp.untrusted import check_environment, check_unicode
 
 EPILOG = """examples:
   autointerp setup                                   # fetch the default model and corpus (once)
@@ -114,6 +114,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # before the parser, whose defaults read some of them
+        check_environment()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # the command is the first word that is not an option (the top level has only --help/--version)
     parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
     try:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.ranges import MAX_INDEX
 from autointerp.untrusted import read_text
 
 
@@ -127,7 +128,7 @@ def add_executor_options(p: argparse.ArgumentParser, tasks: str, workers: str) -
             f" (start one on this machine) or ray:ADDRESS: {tasks}"
         ),
     )
-    p.add_argument("--workers", type=int, default=None, help=f"with --executor ray: {workers}")
+    p.add_argument("--workers", type=whole(), default=None, help=f"with --executor ray: {workers}")
 
 
 def parse_executor(args: argparse.Namespace) -> Any:
@@ -141,9 +142,10 @@ def parse_executor(args: argparse.Namespace) -> Any:
     return executor
 
 
-def at_least(low: int) -> Callable[[str], int]:
+def at_least(low: int, high: int = MAX_INDEX) -> Callable[[str], int]:
     """An integer option that must be ``>= low`` (an argparse type: checked before anything
-    runs)."""
+    runs), and at most ``high``: past 64 bits a number overflows SQLite and numpy, and no layer,
+    neuron or count comes near :data:`autointerp.ranges.MAX_INDEX`, the API's bound too."""
 
     def convert(text: str) -> int:
         try:
@@ -152,8 +154,32 @@ def at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {value}")
         return value
 
+    return convert
+
+
+#: The bound of whole-number options that count tokens or seed a generator, which may exceed
+#: :data:`autointerp.ranges.MAX_INDEX` but must fit SQLite's 64-bit integers.
+INT64_MAX = 2**63 - 1
+
+
+def whole(high: int = MAX_INDEX) -> Callable[[str], int]:
+    """An integer option with no lower bound of its own (the command or its config checks that,
+    in its own words) that must lie within ``-high .. high``. Text that is no integer gets
+    argparse's usual "invalid int value"."""
+
+    def convert(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid int value: 'x'"
+        if abs(value) > high:
+            side = "at most" if value > 0 else "at least"
+            limit = high if value > 0 else -high
+            raise argparse.ArgumentTypeError(f"must be {side} {limit}, not {value}")
+        return value
+
+    convert.__name__ = "int"
     return convert
 
 
@@ -238,3 +264,29 @@ def store_model(store: Any, name: str) -> str:
         have = f"; it has: {', '.join(sorted(names))}" if names else ""
         raise UserError(f"No results for {model} in {store.path}{have}.")
     return model
+
+
+def command_name() -> str:
+    """What to type to run this autointerp again, for the commands the CLI prints: ``autointerp``
+    when that name on PATH is this installation's script; otherwise the script's path (the one
+    this process was started as, else the one beside its Python), relative to the working
+    directory when it lies inside it. `make explain` runs ``.venv/bin/autointerp`` without
+    activating the venv, so its report prints ``.venv/bin/autointerp neuron ...``, which runs as
+    pasted where a bare ``autointerp`` is "command not found"."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    started = Path(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else None
+    script = (
+        started
+        if started is not None and started.name == "autointerp" and started.is_file()
+        else Path(os.path.abspath(sys.prefix)) / "bin" / "autointerp"
+    )
+    if not script.exists():  # not installed as a script (a source checkout run with -m)
+        return "autointerp"
+    found = shutil.which("autointerp")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "autointerp"
+    here = Path(os.getcwd())
+    return str(script.relative_to(here)) if script.is_relative_to(here) else str(script)

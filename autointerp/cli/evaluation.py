@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autointerp.cli.common import (
+    INT64_MAX,
     Commands,
     add_db_option,
     db_path,
@@ -22,9 +23,11 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stdout_to_stderr,
+    whole,
 )
 from autointerp.cli.explain import add_llm_options, explain_config, llm_session, llm_settings
 from autointerp.errors import UserError
+from autointerp.untrusted import terminal_text
 
 if TYPE_CHECKING:
     from autointerp.eval.evaluate import GraphBuilder
@@ -73,7 +76,10 @@ def calibrate_options(p: argparse.ArgumentParser) -> None:
     )
     tokens = default_of(CalibrateConfig, "tokens")
     p.add_argument(
-        "--tokens", type=int, default=tokens, help=f"corpus tokens to harvest (default {tokens})"
+        "--tokens",
+        type=whole(INT64_MAX),
+        default=tokens,
+        help=f"corpus tokens to harvest (default {tokens})",
     )
     p.add_argument(
         "--corpus",
@@ -149,13 +155,15 @@ def _print_calibration(
     )
     for r in result["features"]:
         active = f"{100 * r['frac_active']:6.2f}%" if r["frac_active"] is not None else "      -"
+        explanation = terminal_text(r["explanation"] or "-")  # LLM text: never raw controls
         print(
-            f"{r['name'][:24]:<24} {active} {_fmt(r['true_score'])} {_fmt(r['explanation_score'])} "
-            f"{_fmt(r.get('explanation_first_score'))} {_fmt(r['baseline_score'])} "
-            f"{_fmt(r['n2g_score'])}  {r.get('origin') or '-'}: {r['explanation'] or '-'}"
+            f"{terminal_text(r['name'][:24]):<24} {active} {_fmt(r['true_score'])}"
+            f" {_fmt(r['explanation_score'])} {_fmt(r.get('explanation_first_score'))}"
+            f" {_fmt(r['baseline_score'])} {_fmt(r['n2g_score'])}"
+            f"  {r.get('origin') or '-'}: {explanation}"
         )
         for method, error in r["errors"].items():
-            print(f"{'':<24} {method}: {error}")
+            print(f"{'':<24} {method}: {terminal_text(error)}")
     m = result["medians"]
     print(
         f"{'median':<24} {'':>7} {_fmt(m['true_score'])} {_fmt(m['explanation_score'])} "
@@ -199,11 +207,13 @@ def eval_options(p: argparse.ArgumentParser) -> None:
     sample, seed = default_of(EvalConfig, "sample"), default_of(EvalConfig, "seed")
     p.add_argument(
         "--sample",
-        type=int,
+        type=whole(),
         default=sample,
         help=f"random firing neurons per layer (default {sample})",
     )
-    p.add_argument("--seed", type=int, default=seed, help=f"sample seed (default {seed})")
+    p.add_argument(
+        "--seed", type=whole(INT64_MAX), default=seed, help=f"sample seed (default {seed})"
+    )
     p.add_argument("--plot", default=None, help="write a PNG of the score distributions here")
     p.add_argument(
         "--embedding-scorer",

@@ -27,6 +27,7 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stored_layers,
+    whole,
 )
 from autointerp.packaged import DEFAULT_LOCAL_LLM
 
@@ -71,13 +72,13 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--explain-records",
-        type=int,
+        type=whole(),
         default=default("explain_records"),
         help=f"top training examples shown (default {default('explain_records')})",
     )
     p.add_argument(
         "--candidates",
-        type=int,
+        type=whole(),
         default=default("candidates"),
         help=(
             "best-of-n: sample N explanations per neuron, keep the one that scores best on "
@@ -112,7 +113,7 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--output-tokens",
-        type=int,
+        type=whole(),
         default=default("output_tokens"),
         metavar="N",
         help=(
@@ -205,7 +206,10 @@ def add_call_options(p: argparse.ArgumentParser) -> None:
         "--llm-timeout",
         type=finite,
         default=timeout,
-        help=f"seconds per LLM request (default {timeout:g})",
+        help=(
+            f"deadline of each LLM request in seconds, the whole request: connecting, headers"
+            f" and body (default {timeout:g})"
+        ),
     )
     p.add_argument(
         "--threads",
@@ -325,9 +329,22 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
     concurrency = default_of(ExplainConfig, "concurrency")
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=whole(),
         default=concurrency,
         help=f"neurons processed at once (default {concurrency})",
+    )
+    from autointerp.explain.run import STOP_AFTER_FAILURES
+
+    p.add_argument(
+        "--stop-after-failures",
+        type=at_least(0),
+        default=STOP_AFTER_FAILURES,
+        metavar="N",
+        help=(
+            "stop after N neurons in a row whose every LLM call failed at the endpoint (refused,"
+            " timed out, 429, 5xx); --retry-failed resumes (default"
+            f" {STOP_AFTER_FAILURES}; 0: never stop)"
+        ),
     )
 
 
@@ -344,7 +361,7 @@ def _explain_stage_options(p: argparse.ArgumentParser) -> None:
         " automatically."
     ),
     epilog=(
-        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons top:4\n  autointerp"
+        "examples:\n  autointerp explain gemma-3-270m --layers 3,9 --neurons best:4\n  autointerp"
         " explain smollm2-135m --layers 2 --neurons 0-9 --local-llm qwen2.5-coder-0.5b\n "
         " OPENAI_API_KEY=... autointerp explain gemma-3-270m --layers 9 --neurons top:20 \\\n     "
         " --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --simulator-mode"
@@ -364,8 +381,12 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--neurons",
-        default="top:4",
-        help="top:K (strongest max activation, default top:4), ranges like 0-15,100, or all",
+        default="best:4",
+        help=(
+            "best:K (the K strongest that are not dense, not from one document and not sharing a"
+            " top context; default best:4), top:K (strongest max activation), ranges like"
+            " 0-15,100, or all"
+        ),
     )
     add_llm_options(p, _explain_stage_options, price_table=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -420,6 +441,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             runner=explain_runner(executor, args.workers),
+            stop_after=args.stop_after_failures or None,
         )
     return _report(args, plan, summary, llm.client.endpoint_usage())
 
@@ -452,6 +474,8 @@ def _report(
         "endpoints": endpoints,
         "origins": summary.origins,
     }
+    if summary.stopped:
+        out["stopped"] = summary.stopped
     if args.json:
         print_json(out)
     else:
@@ -479,6 +503,9 @@ def _report(
             print(
                 f"Redo the failures with: autointerp explain {model} --retry-failed (same options)"
             )
+    if summary.stopped:  # the endpoint kept failing: one sentence, what is recorded stays
+        print(f"error: {summary.stopped}", file=sys.stderr)
+        return 1
     # Nothing explained at all (every explanation call failed) is an error; explanations whose
     # scores failed (e.g. a simulator that does not answer on the 0-9 scale) are output, with the
     # failures recorded, counted above and redone by --retry-failed.

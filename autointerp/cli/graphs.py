@@ -20,6 +20,7 @@ from autointerp.cli.common import (
     parse_executor,
     print_json,
     stored_layers,
+    whole,
 )
 from autointerp.errors import UserError
 from autointerp.ranges import parse_neuron
@@ -59,17 +60,21 @@ def graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--neurons",
         default=None,
-        help="e.g. 0-15,100, or top:K for the K strongest by max activation (default: all neurons)",
+        help=(
+            "best:K (the K strongest by max activation that are not dense, not from one document"
+            " and not sharing a top context: what `make explain` graphs), top:K (the K strongest),"
+            " or ranges like 0-15,100 (default: all neurons)"
+        ),
     )
     p.add_argument(
         "--train-examples",
-        type=int,
+        type=whole(),
         default=default("train_examples"),
         help=f"top training examples per neuron (default {default('train_examples')})",
     )
     p.add_argument(
         "--augmentations",
-        type=int,
+        type=whole(),
         default=default("augmentations"),
         help=f"substitutes per important token (default {default('augmentations')})",
     )
@@ -180,6 +185,11 @@ EXPORT_FORMAT_NAMES = ("graphml", "dot")
         "Write N2G graphs as GraphML (typed attributes: token, kind, activation, "
         "importance, depth, count; edges: relation) or DOT (the same attributes as "
         "strings; tokens with \\n-style escapes), each with an SVG picture beside it. "
+        "A node's kind is activating (a token the neuron fires on), substitute (a token N2G put "
+        "in an activating token's place, on which the neuron stays below 0.1 of its max), "
+        "context, wildcard or end (a path's predicted activation). By default a file keeps the "
+        "paths to the 64 ends with the highest activation (graph attributes paths and "
+        "paths_exported say how many of how many); --full writes every path. "
         "With L/N: that neuron, to -o FILE (default graphs/<model>/<L>_<N>.graphml). "
         "Without: every chosen neuron that has a graph, to -o DIR (default "
         "graphs/<model>/), as <L>_<N>.graphml."
@@ -212,13 +222,18 @@ def export_options(p: argparse.ArgumentParser) -> None:
         "--neurons",
         default=None,
         help=(
-            "bulk: top:K (strongest by max activation), ranges like 0-15,100, or all (default: all)"
+            "bulk: best:K or top:K (as for `graph`), ranges like 0-15,100, or all (default: all)"
         ),
     )
     p.add_argument(
         "--all", action="store_true", help="bulk: every neuron that has a graph (the default)"
     )
     p.add_argument("--no-svg", action="store_true", help="skip the SVG pictures")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every path of each graph (default: the paths to the 64 strongest ends)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     add_db_option(p)
@@ -248,7 +263,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"No N2G graph for {model} {layer}/{neuron}; run `autointerp graph {model} "
             f"--layers {layer} --neurons {neuron}` first."
         )
-    written = export_graph(model, layer, neuron, row, out, args.format, svg=not args.no_svg)
+    written = export_graph(
+        model, layer, neuron, row, out, args.format, svg=not args.no_svg, full=args.full
+    )
     if args.json:
         print_json(written)
     else:
@@ -297,7 +314,14 @@ def _export_bulk(args: argparse.Namespace, model: str) -> int:
             f"`autointerp graph {model}` first."
         )
     written = export_graphs(
-        store, model, todo, folder, args.format, svg=not args.no_svg, progress=not args.no_progress
+        store,
+        model,
+        todo,
+        folder,
+        args.format,
+        svg=not args.no_svg,
+        progress=not args.no_progress,
+        full=args.full,
     )
     out = {
         "model": model,

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from autointerp.cli.common import (
+    INT64_MAX,
     Commands,
     add_db_option,
     add_device_options,
@@ -17,9 +18,11 @@ from autointerp.cli.common import (
     default_of,
     load_subject,
     print_json,
+    whole,
 )
 from autointerp.errors import UserError
 from autointerp.packaged import DEFAULT_MODEL, PACKAGED
+from autointerp.untrusted import terminal_text
 
 commands = Commands()
 
@@ -65,11 +68,14 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
-        "--tokens", type=int, default=None, help="token budget (default: the whole corpus)"
+        "--tokens",
+        type=whole(INT64_MAX),
+        default=None,
+        help="token budget (default: the whole corpus)",
     )
     p.add_argument(
         "--ctx-len",
-        type=int,
+        type=whole(),
         default=default("ctx_len"),
         help=f"tokens per context, BOS included (default {default('ctx_len')})",
     )
@@ -80,7 +86,7 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=whole(),
         default=None,
         help=(
             f"contexts per forward pass (default {default('batch_size')} on the CPU; "
@@ -89,25 +95,25 @@ def harvest_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=whole(),
         default=default("top_k"),
         help="top contexts kept per neuron (20 train/10 valid/10 test)",
     )
     p.add_argument(
         "--bottom-k",
-        type=int,
+        type=whole(),
         default=None,
         help="most negative contexts kept (default: same as --top-k for gated MLPs, else 0)",
     )
     p.add_argument(
         "--random-k",
-        type=int,
+        type=whole(),
         default=default("random_k"),
         help=f"uniformly random contexts kept (default {default('random_k')})",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=whole(INT64_MAX),
         default=default("seed"),
         help="seed for document order and random samples",
     )
@@ -206,7 +212,9 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         bottom_k=args.bottom_k,
         random_k=args.random_k,
         seed=args.seed,
-        batch_size=args.batch_size or default_of(HarvestConfig, "batch_size"),
+        batch_size=(  # 0 is the config's to refuse, not a stand-in for the default
+            default_of(HarvestConfig, "batch_size") if args.batch_size is None else args.batch_size
+        ),
         shard=shard,
         checkpoint_seconds=args.checkpoint_seconds,
         dtype=args.dtype,
@@ -319,10 +327,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     for r in rows:
-        cfg = r["config"]
         print(
-            f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<8} {r['status']:<9} shard"
-            f" {r['shard_index']}/{r['shard_count']}  layers {cfg.get('layers')} "
-            f" {r['tokens_done']} tokens  corpus {cfg.get('corpus')}"
+            f"run {r['id']:>3}  {r['model']:<14} {r['stage']:<10} {r['status']:<9}"
+            f" {terminal_text(run_summary(r, store.run_outputs(r['id'])))}"
         )
     return 0
+
+
+def run_summary(run: dict[str, Any], outputs: dict[str, Any]) -> str:
+    """One line of what a run is and wrote, by stage (a harvest: its layers, tokens and corpus;
+    the later stages: what they stored)."""
+    cfg, layers = run["config"], ",".join(map(str, outputs["layers"])) or "-"
+    if run["stage"] == "harvest":
+        shard = (
+            f"shard {run['shard_index']}/{run['shard_count']}  " if run["shard_count"] > 1 else ""
+        )
+        return (
+            f"{shard}layers {','.join(map(str, cfg.get('layers') or [])) or '-'}"
+            f"  {int(run['tokens_done'] or 0):,} tokens  corpus {cfg.get('corpus') or '-'}"
+        )
+    if run["stage"] == "n2g":
+        return f"{outputs['graphs']} graphs in layers {layers}"
+    if run["stage"] == "explain":
+        return (
+            f"{outputs['explanations']} explanations ({outputs['failed']} failed) in layers"
+            f" {layers}, explainer {cfg.get('explainer_model') or '-'}"
+        )
+    if run["stage"] == "similarity":
+        graphs = (cfg.get("graph_state") or {}).get("graphs", 0)
+        floor = cfg.get("min_score")
+        return f"{graphs} graphs, {outputs['similarities']} similar pairs stored" + (
+            f" (>= {floor:g})" if floor is not None else ""
+        )
+    return f"{outputs['evaluations']} result(s) stored"

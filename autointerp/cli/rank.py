@@ -7,7 +7,14 @@ import argparse
 import sys
 from typing import Any
 
-from autointerp.cli.common import Commands, add_db_option, at_least, db_path, print_json
+from autointerp.cli.common import (
+    Commands,
+    add_db_option,
+    at_least,
+    db_path,
+    print_json,
+    whole,
+)
 from autointerp.errors import UserError
 from autointerp.untrusted import terminal_text
 
@@ -50,11 +57,13 @@ def rank_options(p: argparse.ArgumentParser) -> None:
             "max (the default before), min (most negative), frac_positive, variance, n2g "
             "(graph correlation), baseline (token-lookup score), explanation_random (the "
             "explanation's correlation on random text alone), explanation_auprc (its average "
-            "precision against 'the neuron fires'), explanation_negative. The "
-            'order used is said on stderr and as "ranked_by" in --json'
+            "precision against 'the neuron fires'), explanation_negative, cos_in_out "
+            "(cos(w_in, w_out), most positive first; cos_in_out_negative: most negative first; "
+            "from `autointerp weights`). The order used is said on stderr and as "
+            '"ranked_by" in --json'
         ),
     )
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--limit", type=whole(), default=20, help="how many (default 20)")
     p.add_argument(
         "--json",
         action="store_true",
@@ -93,7 +102,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
         )
         return 0
     if not rows:
-        print(f"No neurons of {model} have a {args.by} score yet.")
+        hint = f" (run `autointerp weights {model}`)" if args.by.startswith("cos_in_out") else ""
+        print(f"No neurons of {model} have a {args.by} score yet{hint}.")
         return 0
     if args.by in Store.SCORE_METHODS:
         print(
@@ -121,13 +131,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
                 f"{r.get('origin') or '-'}: {terminal_text(r['explanation'] or '-')}"
             )
         return 0
-    n2g = args.by == "n2g"
+    n2g, cos = args.by == "n2g", args.by.startswith("cos_in_out")
     if n2g:
         print(
             "n2g: held-out correlation and F1 on the test top + random examples pooled, then on "
             "each alone (- : undefined, e.g. F1 where neither the graph nor the neuron fires)"
         )
     columns = "   n2g corr    f1  top corr  top f1  rnd corr  rnd f1" if n2g else ""
+    columns += "  cos(in,out)" if cos else ""
     print(
         f"{'neuron':>10} {'max':>9} {'min':>9} {'mean':>9} {'active':>7}{columns}"
         f"   (ranked by {args.by})"
@@ -147,5 +158,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
                 f"{cell(r['n2g_correlation_top'], 9)} {cell(r['n2g_f1_top'], 7)} "
                 f"{cell(r['n2g_correlation_random'], 9)} {cell(r['n2g_f1_random'], 7)}"
             )
+        if cos:
+            line += f"  {r['cos_in_out']:+11.3f}"
         print(line)
     return 0

@@ -9,11 +9,13 @@ from pathlib import Path
 from autointerp.cli.common import (
     Commands,
     add_db_option,
+    command_name,
     db_path,
     default_of,
     print_json,
     store_model,
     stored_layers,
+    whole,
 )
 
 commands = Commands()
@@ -39,10 +41,10 @@ def report_options(p: argparse.ArgumentParser) -> None:
     from autointerp.report import build_report
 
     limit, similar = default_of(build_report, "limit"), default_of(build_report, "similar")
-    p.add_argument("--limit", type=int, default=limit, help=f"neurons shown (default {limit})")
+    p.add_argument("--limit", type=whole(), default=limit, help=f"neurons shown (default {limit})")
     p.add_argument(
         "--similar",
-        type=int,
+        type=whole(),
         default=similar,
         help=f"similar neurons per neuron (default {similar})",
     )
@@ -71,5 +73,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(format_report(report, db_path(args)))
+        print(format_report(report, db_path(args), command_name()))
     return 0

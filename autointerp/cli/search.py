@@ -1,5 +1,5 @@
-"""``autointerp similarity``, ``similar``, ``search`` and ``fire``: finding neurons by graph
-overlap, by graph tokens or explanation text, and by what fires on a text."""
+"""``autointerp similarity``, ``similar``, ``index``, ``search`` and ``fire``: finding neurons by
+graph overlap, by graph (or harvest) tokens or explanation text, and by what fires on a text."""
 
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ commands = Commands()
     description=(
         "Similarity of two neurons' N2G graphs: 0.5 x Dice(activating tokens) + 0.5 x"
         " Dice(important context tokens), Dice = harmonic mean of the two overlap proportions"
-        " (symmetric). Tokens in more than --max-df graphs are stop tokens. Computed for all graphs"
-        " of MODEL through an inverted index (only pairs sharing a token); the top --limit per"
-        " neuron are stored."
+        " (symmetric), each token weighted by its IDF in the contexts the harvest stored (so"
+        " punctuation and 'the' weigh almost nothing). Tokens in more than --max-df graphs are"
+        " stop tokens. Computed for all graphs of MODEL through an inverted index (only pairs"
+        " sharing a token); the top --limit per neuron scoring at least --min-score are stored."
     ),
 )
 def similarity_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +67,15 @@ def similarity_options(p: argparse.ArgumentParser) -> None:
             f"(default {default('activating_weight')})"
         ),
     )
+    p.add_argument(
+        "--min-score",
+        type=finite,
+        default=default("min_score"),
+        help=(
+            "pairs scoring less are neither stored nor listed by `similar`, the API or the report"
+            f" (default {default('min_score')})"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_db_option(p)
@@ -86,14 +96,17 @@ def cmd_similarity(args: argparse.Namespace) -> int:
             max_df=args.max_df,
             activating_weight=args.activating_weight,
             progress=not args.no_progress,
+            min_score=args.min_score,
         )
     if args.json:
         print_json(out)
     else:
         print(
-            f"{out['graphs']} graphs: top {args.limit} similar neurons each stored ({out['pairs']}"
-            f" rows, stop tokens in > {out['max_df']} graphs: {out['stop_tokens']['activating']}"
-            f" activating, {out['stop_tokens']['context']} context) in {out['seconds']:.1f}s"
+            f"{out['graphs']} graphs: top {args.limit} similar neurons each at >="
+            f" {out['min_score']:g} stored ({out['pairs']} rows; tokens weighted by IDF over"
+            f" {out['idf_contexts']:,} contexts; stop tokens in > {out['max_df']} graphs:"
+            f" {out['stop_tokens']['activating']} activating, {out['stop_tokens']['context']}"
+            f" context) in {out['seconds']:.1f}s"
         )
     return 0
 
@@ -102,8 +115,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     "similar",
     help="neurons whose N2G graphs overlap most with L/N's",
     description=(
-        "The most similar neurons by graph overlap (see `autointerp similarity --help`); "
-        "computed first when missing or older than the graphs."
+        "The most similar neurons by graph overlap (see `autointerp similarity --help`), none"
+        " below the stored minimum score (0.1 by default); computed first when missing or older"
+        " than the graphs."
     ),
 )
 def similar_options(p: argparse.ArgumentParser) -> None:
@@ -138,23 +152,65 @@ def cmd_similar(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print(f"No neuron of {model} shares a (non-stop) graph token with {layer}/{neuron}.")
+        floor = store.similarity_min_score(model)
+        print(f"No neuron of {model} is similar to {layer}/{neuron} above {floor:g}.")
     for r in rows:
         print(f"{r['layer']:>5}/{r['neuron']:<5} {r['similarity']:.3f}")
     return 0
 
 
 @commands.add(
+    "index",
+    help="build the token search indexes: graph tokens and every harvested neuron's peak tokens",
+    description=(
+        "Bring MODEL's search indexes up to date: the tokens of every N2G graph (written with the"
+        " graphs; rebuilt here if behind) and, for every harvested layer, the tokens each neuron's"
+        " top examples peak on, so that `search` finds neurons without a graph too. `search`"
+        " builds what is missing itself; the server never does (it reads every top example of a"
+        " layer), so `make explain` runs this."
+    ),
+)
+def index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name as harvested")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_db_option(p)
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from autointerp.store import Store
+    from autointerp.token_index import build_search_indexes
+
+    store = Store(db_path(args), create=False)
+    model = store_model(store, args.model)
+    with stdout_to_stderr():
+        out = build_search_indexes(store, model, progress=not args.no_progress)
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"search index of {model}: {out['graphs']} graphs, {out['harvest_neurons']:,} harvested"
+            f" neurons in layers {','.join(map(str, out['layers'])) or '-'}"
+            f" ({out['graphs_indexed']} graphs and {out['layers_indexed']} layers indexed now,"
+            f" {out['seconds']:.1f}s)"
+        )
+    return 0
+
+
+@commands.add(
     "search",
-    help="neurons by graph tokens (any:/activating:/important:) or by explanation text",
+    help="neurons by graph or harvest tokens (any:/activating:/important:) or explanation text",
     description=(
         "Token query: terms KIND:TOKEN[,TOKEN...] with KIND any, activating or important; tokens of"
-        " a term are a union, terms an intersection; a bare token means any:. Tokens are normalised"
-        " like the graphs (lower case, surrounding space stripped); quote tokens with spaces,"
-        ' commas or colons: important:"\\n". Sorted by the summed activation/importance of the'
-        " matches. --explanations TEXT searches explanations by meaning instead (cosine similarity"
-        " of sentence embeddings, offline); add --exact for exact words (SQLite FTS5, stemmed,"
-        ' words ANDed, "a phrase", prefix*).'
+        " a term are a union, terms an intersection; a bare token means any:. A neuron with an N2G"
+        " graph answers from it; one without answers activating: and any: terms from the tokens"
+        " its harvested top examples peak on (each result says its source, graph or harvest)."
+        " Tokens are normalised like the graphs (lower case, surrounding space stripped); quote"
+        ' tokens with spaces, commas or colons: important:"\\n". Sorted by the summed'
+        " activation/importance of the matches. --explanations TEXT searches explanations by"
+        " meaning instead (cosine similarity of sentence embeddings, offline); add --exact for"
+        ' exact words (SQLite FTS5, stemmed, words ANDed, "a phrase", prefix*).'
     ),
     epilog=(
         'examples:\n  autointerp search gemma-3-270m "any:the activating:battery important:legal"\n'
@@ -222,9 +278,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         found = ", ".join(f"{m['kind']}:{m['token']!r} {m['weight']:.2f}" for m in r["matches"])
-        print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  {found}")
+        print(f"{r['layer']:>5}/{r['neuron']:<5} {r['score']:7.3f}  {r['source']:<7}  {found}")
     if not rows:
-        print("No neuron's graph matches every term.")
+        print("No neuron's graph or harvested top examples match every term.")
     return 0
 
 

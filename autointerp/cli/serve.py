@@ -14,6 +14,7 @@ from autointerp.cli.common import (
     default_of,
     finite,
     load_subject,
+    whole,
 )
 from autointerp.errors import UserError
 
@@ -35,13 +36,13 @@ def serve_options(p: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="interface to bind (default 127.0.0.1: this machine only)",
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=whole(), default=8000, help="port (default 8000)")
     from autointerp.api.app import create_app
 
     max_chars = default_of(create_app, "max_chars")
     p.add_argument(
         "--max-chars",
-        type=int,
+        type=whole(),
         default=max_chars,
         help=f"longest text the live activation endpoints accept (default {max_chars})",
     )
@@ -74,7 +75,18 @@ def serve_options(p: argparse.ArgumentParser) -> None:
         "--timeout",
         type=finite,
         default=30.0,
-        help="seconds a client may take to send its request body before a 408 (default 30)",
+        help="seconds a client may take to send its whole request body before a 408 (default 30)",
+    )
+    from autointerp.api.server import HEADER_SECONDS
+
+    p.add_argument(
+        "--header-timeout",
+        type=finite,
+        default=HEADER_SECONDS,
+        help=(
+            "seconds a client may take to send a request's headers before it is disconnected"
+            f" (default {HEADER_SECONDS:g})"
+        ),
     )
     p.add_argument(
         "--http",
@@ -112,14 +124,16 @@ def serve_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The JSON API and web pages, on loopback unless --host says otherwise."""
-    import uvicorn
-
     from autointerp.api import create_app
+    from autointerp.api.server import serve
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, not {args.port}.")
     if args.max_chars < 1:
         raise UserError("--max-chars must be at least 1.")
+    for option, seconds in (("--timeout", args.timeout), ("--header-timeout", args.header_timeout)):
+        if seconds <= 0:
+            raise UserError(f"{option} must be a positive number of seconds, not {seconds:g}.")
 
     def loader(name: str) -> Any:  # live views run the subject model where --device/--dtype say
         return load_subject(name, progress=False, args=args)
@@ -138,19 +152,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"serving {db_path(args)} on http://{args.host}:{args.port}/  (API docs: /docs)",
         file=sys.stderr,
     )
-    # Slow clients: an idle keep-alive connection is closed after 5 s, a body that takes longer than
-    # --timeout gets 408 (the app's BodyLimit), and at most 64 connections are served at once (more
-    # get 503).
-    uvicorn.run(
+    # Slow clients: an idle keep-alive connection is closed after 5 s, one that has not sent its
+    # request's headers within --header-timeout is closed, a body that has not arrived whole within
+    # --timeout gets 408 (the app's BodyLimit), and at most 64 requests are served at once (more get
+    # 503); see autointerp.api.server.
+    serve(
         app,
         host=args.host,
         port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_keep_alive=5,
-        limit_concurrency=64,
         http=args.http,
         loop=args.loop,
+        header_seconds=args.header_timeout,
+        log_level=args.log_level,
+        access_log=args.access_log,
     )
     return 0
 

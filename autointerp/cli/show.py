@@ -16,6 +16,7 @@ from autointerp.cli.common import (
     load_subject,
     print_json,
     text_arg,
+    whole,
 )
 from autointerp.errors import UserError
 from autointerp.ranges import parse_neuron
@@ -54,7 +55,7 @@ def neuron_options(p: argparse.ArgumentParser) -> None:
         "--full", action="store_true", help="show whole contexts, not a window around the peak"
     )
     p.add_argument(
-        "--run", type=int, default=None, help="a specific run id (default: latest complete)"
+        "--run", type=whole(), default=None, help="a specific run id (default: latest complete)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_db_option(p)
@@ -113,7 +114,8 @@ def cmd_neuron(args: argparse.Namespace) -> int:
         if sc.get("score_raw") is not None:
             shown += f", raw {sc['score_raw']:.3f}"
         console.print(
-            f"explanation ({kind}, {row['model']}): {terminal_text(row['text'])}  [{shown}]",
+            f"explanation ({kind}, {terminal_text(str(row['model']))}):"
+            f" {terminal_text(row['text'])}  [{shown}]",
             markup=False,
         )
     for user in record["user_explanations"]:  # saved with `autointerp score --save`

@@ -63,6 +63,9 @@ class Entry:
     round: int | None = None
     #: the hash of the prompt that produced it (LLM origins)
     prompt_hash: str | None = None
+    #: the LLM failure behind ``error`` (writing or compiling it), kept to tell an endpoint that
+    #: is down from a wrong answer
+    failure: LLMFailure | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
         """As stored in ``explanations.candidates``."""
@@ -116,11 +119,12 @@ class Competition:
             entry.valid = rule_score(rule, self.job.valid, self.job.max_activation)
         except LLMFailure as exc:
             entry.error = f"not compiled: {exc.reason}"
+            entry.failure = exc
         self.entries.append(entry)
         return entry
 
-    def failed(self, origin: str, reason: str, round: int | None = None) -> Entry:
-        entry = Entry(None, origin, error=reason, round=round)
+    def failed(self, origin: str, failure: LLMFailure, round: int | None = None) -> Entry:
+        entry = Entry(None, origin, error=failure.reason, round=round, failure=failure)
         self.entries.append(entry)
         return entry
 
@@ -163,8 +167,8 @@ def compete(
             restated(comp, client, cfg, templates)
     chosen = comp.best() or next((e for e in comp.entries if e.text is not None), None)
     if chosen is None:
-        reason = next((e.error for e in comp.entries if e.error), "no candidate")
-        raise LLMFailure(reason, attempts=1, transient=False)
+        failure = next((e.failure for e in comp.entries if e.failure), None)
+        raise failure or LLMFailure("no candidate", attempts=1, transient=False)
     return Choice(chosen, comp.entries, first, comp.usage)
 
 
@@ -210,7 +214,7 @@ def first_explanations(
             comp.usage.add(used)
             entry = comp.add(text, "llm", hashed=hashed)
         except LLMFailure as exc:
-            entry = comp.failed("llm", exc.reason)
+            entry = comp.failed("llm", exc)
             entry.prompt_hash = hashed
         first = first or entry
     assert first is not None  # cfg.candidates >= 1
@@ -237,7 +241,7 @@ def feedback_rounds(
             text, used = ask_explainer(client, cfg, messages, templates)
             comp.usage.add(used)
         except LLMFailure as exc:
-            comp.failed("revision", exc.reason, round=k)
+            comp.failed("revision", exc, round=k)
             return
         if comp.has(text):
             return
@@ -258,7 +262,7 @@ def restated(
         text, used = ask_explainer(client, cfg, messages, templates)
         comp.usage.add(used)
     except LLMFailure as exc:
-        comp.failed("graph-summary", exc.reason)
+        comp.failed("graph-summary", exc)
         return
     if not comp.has(text):
         comp.add(text, "graph-summary", hashed=prompt_hash(messages))

@@ -64,6 +64,9 @@ class NeuronResult:
     #: the LLM was asked for the positive side's explanation and wrote none (a written candidate
     #: may still have been kept): what tells a broken endpoint apart from a poor explanation
     llm_failed: bool = False
+    #: the reason, when every LLM call of this neuron failed at the endpoint (unreachable, timeout,
+    #: 429, 5xx: not a wrong answer); None when any call was answered or none was made
+    endpoint_failure: str | None = None
 
     @property
     def cost_usd(self) -> float | None:
@@ -196,6 +199,7 @@ class NeuronRows:
         self.explanations: list[dict[str, Any]] = []
         self.scores: list[dict[str, Any]] = []
         self.llm_failed = False
+        self.calls: list[LLMFailure | None] = []  # each LLM call's failure, None when answered
 
     def explanation(
         self,
@@ -286,8 +290,10 @@ class NeuronRows:
             result, used = simulate_score(sim, text, records, max_act, sign)
             self.usage.add(used)
             self.score(method, result, None, used, sim.mode)
+            self.calls.append(None)
         except LLMFailure as exc:
             self.score(method, None, exc.reason, Usage(), sim.mode)
+            self.calls.append(exc)
 
     def ruled(
         self, method: str, rule: Rule, records: list[Record], max_act: float, mode: str
@@ -303,7 +309,16 @@ class NeuronRows:
         self.score(method, result, None, Usage(), mode)
 
     def result(self, job: NeuronJob) -> NeuronResult:
-        return NeuronResult(job, self.explanations, self.scores, self.usage, self.llm_failed)
+        down = bool(self.calls) and all(c is not None and c.transient for c in self.calls)
+        last = self.calls[-1] if down else None
+        return NeuronResult(
+            job,
+            self.explanations,
+            self.scores,
+            self.usage,
+            self.llm_failed,
+            last.reason if last else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -380,6 +395,7 @@ def explain_side(
         else:
             text, used = ask_explainer(client, cfg, messages, templates)
         rows.usage.add(used)
+        rows.calls.append(None)
         rows.explanation(
             side.kind,
             text,
@@ -392,6 +408,7 @@ def explain_side(
         )
     except LLMFailure as exc:
         rows.llm_failed = rows.llm_failed or side.kind == "llm"
+        rows.calls.append(exc)
         rows.explanation(
             side.kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
         )
@@ -418,6 +435,7 @@ def explain_by_competition(
         choice = compete(job, client, sim, cfg, templates, side.evidence)
     except LLMFailure as exc:
         rows.llm_failed = True
+        rows.calls.append(exc)
         rows.explanation(side.kind, None, exc.reason, Usage(), cfg.explainer_model, 0.0)
         rows.score(side.method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
         return
@@ -440,6 +458,8 @@ def explain_by_competition(
         rows.ruled(side.method, kept.rule, side.heldout, side.max_activation, sim.mode)
     first = choice.first
     rows.llm_failed = first is not None and first.text is None
+    if first is not None:  # the LLM's first answer (or its failure) decides whether it is down
+        rows.calls.append(first.failure)
     if first is not None:
         if first.rule is not None:
             rows.ruled("explanation_first", first.rule, side.heldout, side.max_activation, sim.mode)

@@ -360,7 +360,12 @@ def parse_explanation(text: str) -> str:
         if lower.startswith(prefix):
             out = out[len(prefix) :].strip()
             lower = out.lower()
-    out = out.split("\n")[0].strip().strip('"').strip()
+    out = out.split("\n")[0].strip()
+    # quotes around the whole phrase are not part of it; a quote that closes a quoted word is
+    if len(out) > 1 and out[0] == out[-1] == '"':
+        out = out[1:-1].strip()
+    elif out.count('"') % 2:  # one unpaired quote at an end: as before, dropped
+        out = out.strip('"').strip()
     if out.endswith("."):
         out = out[:-1].strip()
     if len(out) < 2 or len(out) > 400:

@@ -87,6 +87,12 @@ def run_in_threads(
                 submit_next()
 
 
+#: ``explain`` stops after this many neurons in a row whose LLM calls all failed at the endpoint
+#: (``--stop-after-failures``): a server that is down or answers 500 forever fails every neuron, at
+#: ``--max-attempts`` calls and their backoff each, for as long as the run is.
+STOP_AFTER_FAILURES = 5
+
+
 @dataclass
 class ExplainSummary:
     explained: int = 0
@@ -100,6 +106,10 @@ class ExplainSummary:
     neurons: list[tuple[int, int]] = field(default_factory=list)
     #: who wrote each kept explanation (``explanations.origin``), counted
     origins: dict[str, int] = field(default_factory=dict)
+    #: why the run stopped before its last neuron (the endpoint kept failing), else None
+    stopped: str | None = None
+    #: neurons in a row, up to the last one finished, whose LLM calls all failed at the endpoint
+    endpoint_failures: int = 0
 
     def count(self, result: NeuronResult) -> None:
         """Add one finished neuron: its tokens, dollars and whether anything of it failed."""
@@ -116,6 +126,18 @@ class ExplainSummary:
             if r["kind"] == "llm" and r.get("origin"):
                 self.origins[r["origin"]] = self.origins.get(r["origin"], 0) + 1
         self.neurons.append((result.job.layer, result.job.neuron))
+        self.endpoint_failures = self.endpoint_failures + 1 if result.endpoint_failure else 0
+
+    def stop_if_down(self, result: NeuronResult, stop_after: int | None, model: str) -> None:
+        """Stop the run (:attr:`stopped`, one sentence) once ``stop_after`` neurons in a row had
+        every LLM call fail at the endpoint; ``result`` is the last of them."""
+        if stop_after and self.endpoint_failures >= stop_after and self.stopped is None:
+            self.stopped = (
+                f"stopped after {self.endpoint_failures} neurons in a row whose every LLM call"
+                f" failed at the endpoint (last: {result.endpoint_failure}); their failures are"
+                f" recorded. Once the endpoint works, resume with `autointerp explain {model}"
+                " --retry-failed` (same options)."
+            )
 
 
 def explain_run_id(store: Store, plan: ExplainPlan) -> int:
@@ -156,6 +178,7 @@ def explain_layers(
     progress: bool = True,
     extra: dict[tuple[int, int], dict[str, str]] | None = None,
     runner: JobRunner | None = None,
+    stop_after: int | None = None,
 ) -> ExplainSummary:
     """Explain and score the planned neurons (:func:`autointerp.explain.plan.plan_explain`, whose
     checks are not repeated); returns counts and the tokens spent.
@@ -163,7 +186,10 @@ def explain_layers(
     ``extra`` adds explanations to simulate beside the LLM's, per (layer, neuron) and score method
     (calibration's true descriptions). ``runner`` processes the neurons (default
     :func:`run_in_threads`; Ray tasks: :func:`autointerp.explain.ray.explain_runner`); the rows and
-    the database writes are the same whichever runs them."""
+    the database writes are the same whichever runs them. ``stop_after``: stop sending neurons once
+    that many in a row had every LLM call fail at the endpoint (those in flight are finished and
+    recorded); the summary says why (:attr:`ExplainSummary.stopped`) and the run's status is
+    ``stopped``."""
     cfg = plan.cfg
     config_hash = cfg.config_hash()
     run_id = explain_run_id(store, plan)
@@ -181,6 +207,8 @@ def explain_layers(
     def jobs() -> Iterator[NeuronJob]:
         """Each neuron's job, made when it is about to be sent (store reads stay on this thread)."""
         for harvest_run, layer, n in todo:
+            if summary.stopped:
+                return
             job = make_job(store, harvest_run, layer, n, cfg, plan.gated)
             job.extra = dict((extra or {}).get((layer, n), {}))
             yield job
@@ -203,6 +231,7 @@ def explain_layers(
         kill_point("explain")  # crash tests: SIGKILL right after a commit
         for result in results:
             summary.count(result)
+            summary.stop_if_down(result, stop_after, plan.model)
         bar.update(len(results))
         minutes = max(time.time() - started, 1e-9) / 60
         bar.set_postfix(
@@ -220,5 +249,8 @@ def explain_layers(
     finally:
         bar.close()
     summary.seconds = time.time() - started
-    store.finish_stage(run_id)
+    if summary.stopped:
+        store.stop_stage(run_id)
+    else:
+        store.finish_stage(run_id)
     return summary

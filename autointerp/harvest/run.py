@@ -66,7 +66,7 @@ def plan_harvest(
     identity, so only the same text resumes) and the corpus's documents; every check that can fail
     on user input, before any database is opened."""
     cfg = resolve_config(config, model)
-    docs = load_documents(cfg.corpus, cfg.seed)
+    docs = load_documents(cfg.corpus, cfg.seed, cfg.n_tokens)
     if (
         next(iter_contexts(docs, model.tokenizer, cfg.ctx_len, model.bos_id, model.sep_id, 1), None)
         is None
@@ -370,7 +370,7 @@ def completed_run(db: str | os.PathLike[str], config: HarvestConfig) -> dict[str
         else (config.top_k if info.get("gated_mlp") else 0)
     )
     cfg = HarvestConfig(**{**asdict(config), "layers": sorted(set(layers)), "bottom_k": bottom})
-    cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed))
+    cfg.corpus_fingerprint = corpus_fingerprint(load_documents(cfg.corpus, cfg.seed, cfg.n_tokens))
     shard: tuple[int, int] = tuple(config.shard)  # type: ignore[assignment]
     run = store.find_run(config.model, "harvest", cfg.config_hash(), shard)
     return run if run and run["status"] == "complete" else None

@@ -38,6 +38,7 @@ from tenacity import Retrying, retry_if_exception
 
 from autointerp.errors import UserError
 from autointerp.llm.cache import LLMCache
+from autointerp.llm.transport import ResponseTooLarge, http_client
 
 T = TypeVar("T")
 
@@ -199,11 +200,13 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float) -> None:
         raise UserError(
             f"--base-url must be an http(s) URL such as http://localhost:8000/v1, not {base_url!r}."
         )
+    seconds = min(timeout, 15.0)  # the whole check, headers and body, ends by then
     client = openai.OpenAI(
         base_url=base_url,
         api_key=api_key or "not-needed",
-        timeout=min(timeout, 15.0),
+        timeout=seconds,
         max_retries=0,
+        http_client=http_client(seconds),
     )
     try:
         client.models.list()
@@ -277,6 +280,7 @@ class LLMClient:
                     api_key=settings.api_key or "not-needed",
                     timeout=settings.timeout,
                     max_retries=0,
+                    http_client=http_client(settings.timeout),  # a deadline per request
                 ),
             )
             for url in urls
@@ -424,6 +428,8 @@ class LLMClient:
             raise InvalidOutput(
                 f"malformed response ({type(exc).__name__}: {str(exc)[:100]})"
             ) from exc
+        except ResponseTooLarge as exc:  # or one too large to read (a gzip bomb, an endless body)
+            raise InvalidOutput(f"malformed response: {exc}") from exc
         if not hasattr(raw, "model_dump"):  # a non-JSON body (an HTML page) comes back as text
             raise InvalidOutput(f"malformed response: not the API's JSON but {str(raw)[:80]!r}")
         response = raw.model_dump()

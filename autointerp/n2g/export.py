@@ -1,13 +1,28 @@
 """N2G graphs as files people open elsewhere: GraphML (networkx, Gephi, yEd) and an SVG picture.
 
+**What a file holds.** A node's ``kind`` says what it is: ``activating`` (a token the neuron fires
+on: a root whose best path predicts at least :data:`~autointerp.store.search_index.MIN_ACTIVATION`,
+0.1 of its max), ``substitute`` (a root N2G made by putting another token in an activating token's
+place, on which the neuron stayed below that: the graph predicts it stops the neuron there; in
+3/2005 of the first Gemma run 92 of the 93 roots were such), ``context``, ``wildcard`` or ``end``
+(a path's prediction). Graphs of some neurons run to thousands of nodes (9/408, 9/1579:
+1,800-3,600), too many to read in Gephi, so an export keeps by default the paths to the
+:data:`EXPORT_PATHS` (64) ends with the highest activation - the predictions that say where the
+neuron fires - and records the cut as the graph attributes ``paths`` (all) and
+``paths_exported``; ``--full`` writes every path.
+
 The picture follows N2G's convention: activating nodes red by activation, context nodes blue by
 importance, wildcards grey; the text reads right to left from the activating token back into its
-context.
+context. A character the picture's font cannot draw (CJK, Indic scripts, emoji in matplotlib's
+DejaVu Sans) is drawn as its ``\\uXXXX`` escape (:func:`drawable`) instead of an empty box and a
+"Glyph ... missing" warning per character; the GraphML and DOT files keep the tokens as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +30,18 @@ from typing import Any
 import networkx as nx
 
 from autointerp.errors import UserError
+from autointerp.store.search_index import MIN_ACTIVATION
 from autointerp.untrusted import escape_token, escaped_pictures, xml_text
+
+#: The paths (to the ends with the highest activation) an export keeps unless asked for all.
+EXPORT_PATHS = 64
 
 
 def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.DiGraph:
-    """A DiGraph with typed attributes: token (str), kind (str), depth (int), count (int),
-    importance and activation (float; present where they apply). Edges point from a token to the one
-    before it in the text."""
+    """A DiGraph with typed attributes: token (str), kind (str: ``activating``, ``substitute``,
+    ``context``, ``wildcard`` or ``end``; see the module docstring), depth (int), count (int),
+    importance and activation (float; present where they apply). Edges point from a token to the
+    one before it in the text."""
     g = nx.DiGraph(
         **{
             k: xml_text(v) if isinstance(v, str) else v
@@ -55,8 +75,26 @@ def to_networkx(data: dict[str, Any], meta: dict[str, Any] | None = None) -> nx.
         if node["kind"] == "activating":
             reach = nx.descendants(g, f"n{node['id']}")
             values = [activation_of[int(n[1:])] for n in reach if int(n[1:]) in activation_of]
-            g.nodes[f"n{node['id']}"]["activation"] = max(values, default=0.0)
+            best = max(values, default=0.0)
+            g.nodes[f"n{node['id']}"]["activation"] = best
+            if best < MIN_ACTIVATION:
+                g.nodes[f"n{node['id']}"]["kind"] = "substitute"
     return g
+
+
+def path_count(g: nx.DiGraph) -> int:
+    """How many paths (end nodes) a graph has."""
+    return sum(1 for _, a in g.nodes(data=True) if a["kind"] == "end")
+
+
+def export_cut(g: nx.DiGraph, full: bool = False) -> nx.DiGraph:
+    """What an export writes: the paths to the :data:`EXPORT_PATHS` strongest ends (all with
+    ``full``), with the graph attributes ``paths`` and ``paths_exported`` saying so."""
+    total = path_count(g)
+    out = g if full or total <= EXPORT_PATHS else strongest_paths(g, EXPORT_PATHS)
+    out.graph["paths"] = total
+    out.graph["paths_exported"] = path_count(out)
+    return out
 
 
 def safe_output_path(path: str | Path, folder: bool = False) -> Path:
@@ -93,7 +131,11 @@ def safe_output_path(path: str | Path, folder: bool = False) -> Path:
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` that becomes ``path`` only when writing it succeeded (and is
-    removed when it did not: a full disk or a folder in the way leaves nothing behind)."""
+    removed when it did not: a full disk or a folder in the way leaves nothing behind). A ``path``
+    that is a symbolic link is followed, as the system follows it for any write: the file it points
+    to is replaced, and the link stays a link."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -149,13 +191,42 @@ def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
     return g.subgraph(keep).copy()
 
 
-def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> None:
+@functools.cache
+def _drawn_characters() -> frozenset[int]:
+    """The code points the picture's font (matplotlib's default font) has glyphs for."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont(font_manager.FontProperties())  # rcParams: sans-serif
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character the picture's font lacks as ``\\uXXXX`` (``\\UXXXXXXXX``
+    above the basic plane)."""
+    have = _drawn_characters()
+
+    def shown(c: str) -> str:
+        if ord(c) in have or c.isspace():
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+    return "".join(shown(c) for c in text)
+
+
+def write_svg(
+    g: nx.DiGraph,
+    path: Path,
+    title: str,
+    max_paths: int = 16,
+    beside: str = "the GraphML has them all",
+) -> None:
     """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the
-    suffix."""
-    total = sum(1 for _, a in g.nodes(data=True) if a["kind"] == "end")
+    suffix. ``beside`` says what the file next to the picture holds when paths were left out."""
+    total = path_count(g)
     if total > max_paths:
         g = strongest_paths(g, max_paths)
-        title += f"\n(the {max_paths} strongest of {total} paths; the GraphML has them all)"
+        title += f"\n(the {max_paths} strongest of {total} paths; {beside})"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,6 +243,8 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         kind = attrs["kind"]
         if kind == "activating":
             colours.append(reds(0.25 + 0.75 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
+        elif kind == "substitute":  # stops the neuron: pale, like a quiet end
+            colours.append(reds(0.08))
         elif kind == "context":
             colours.append(blues(0.2 + 0.8 * min(max(attrs.get("importance", 0.0), 0.0), 1.0)))
         elif kind == "wildcard":
@@ -179,7 +252,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         else:
             colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
         token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        shown = escaped_pictures(repr(token)[1:-1])[:14]
+        shown = drawable(escaped_pictures(repr(token)[1:-1]))[:14]
         labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
     nx.draw_networkx_nodes(
@@ -193,7 +266,7 @@ def write_svg(g: nx.DiGraph, path: Path, title: str, max_paths: int = 16) -> Non
         linewidths=0.5,
     )
     nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(drawable(title), fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     try:
@@ -341,16 +414,26 @@ def export_graph(
     out: Path,
     fmt: str = "graphml",
     svg: bool = True,
+    full: bool = False,
 ) -> dict[str, str]:
-    """Write one stored graph as ``out`` (GraphML or DOT, by ``fmt``) and, with ``svg``, its picture
-    beside it. Returns ``{"graphml" or "dot": path, "svg": path}``."""
+    """Write one stored graph as ``out`` (GraphML or DOT, by ``fmt``; the :func:`export_cut`, or
+    every path with ``full``) and, with ``svg``, its picture beside it. Returns ``{"graphml" or
+    "dot": path, "svg": path}``."""
     g = to_networkx(row["graph"], graph_meta(model, layer, neuron, row))
-    (write_graphml if fmt == "graphml" else write_dot)(g, out)
+    written_graph = export_cut(g, full)
+    (write_graphml if fmt == "graphml" else write_dot)(written_graph, out)
     written = {fmt: str(out)}
     if svg:
         picture = out.with_suffix(".svg")
         corr = f"{row['correlation']:.2f}" if row["correlation"] is not None else "n/a"
-        write_svg(g, picture, f"{model} {layer}/{neuron}  (held-out correlation {corr})")
+        kept, name = written_graph.graph["paths_exported"], {"graphml": "GraphML"}.get(fmt, "DOT")
+        beside = (
+            f"the {name} has them all"
+            if kept == written_graph.graph["paths"]
+            else f"the {name} has the strongest {kept}; --full for all"
+        )
+        title = f"{model} {layer}/{neuron}  (held-out correlation {corr})"
+        write_svg(g, picture, title, beside=beside)
         written["svg"] = str(picture)
     return written
 
@@ -378,10 +461,12 @@ def export_graphs(
     fmt: str = "graphml",
     svg: bool = True,
     progress: bool = True,
+    full: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``folder/<L>_<N>.graphml`` (or ``.dot``) and ``.svg`` for each of ``neurons`` that has
-    a graph, with a progress bar; each file is written atomically, so an interrupted export leaves
-    whole files. Returns one ``{"layer", "neuron", fmt: path, "svg": path}`` per graph written."""
+    a graph (:func:`export_cut`, or every path with ``full``), with a progress bar; each file is
+    written atomically, so an interrupted export leaves whole files. Returns one ``{"layer",
+    "neuron", fmt: path, "svg": path}`` per graph written."""
     from tqdm import tqdm
 
     folder = safe_output_path(folder, folder=True)
@@ -401,7 +486,7 @@ def export_graphs(
             {
                 "layer": layer,
                 "neuron": neuron,
-                **export_graph(model, layer, neuron, row, path, fmt, svg),
+                **export_graph(model, layer, neuron, row, path, fmt, svg, full),
             }
         )
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from autointerp.errors import UserError
 from autointerp.store.schema import SCHEMA_VERSION
 
 DEFAULT_DB = "autointerp.db"
+#: Tables every autointerp database has had since the first schema version (with ``meta``).
+OWN_TABLES = frozenset({"models", "runs"})
 
 
 def default_db_path() -> str:
@@ -111,9 +114,11 @@ class StoreCore:
                     raise
                 # Read-only media: WAL readers need a -shm file next to the database, which cannot
                 # be created there, and WAL mode cannot be set. Nobody can write the file either, so
-                # reading it immutable is exact (for a published database: checkpointed, no -wal
-                # file beside it).
+                # reading it immutable is exact for a published database (checkpointed, no -wal
+                # file beside it). An immutable read ignores a -wal file, whose changes would then
+                # be silently missing: that is refused.
                 self.db.close()
+                self._refuse_unreadable_wal()
                 self.db = sqlite_utils.Database(
                     sqlite3.connect(
                         f"{self.path.resolve().as_uri()}?immutable=1", uri=True, timeout=30.0
@@ -129,22 +134,45 @@ class StoreCore:
             ) from exc
         self._ensure_schema()
 
+    def _refuse_unreadable_wal(self) -> None:
+        """One sentence for a database on read-only media beside a non-empty ``-wal`` file: SQLite
+        can read those changes only where it can write a ``-shm`` file too."""
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise UserError(
+                f"The database {self.path} is on read-only media beside {wal.name}, whose changes"
+                " SQLite cannot read there; copy both files to a writable folder and give that"
+                " --db (or publish the database checkpointed, without its -wal file)."
+            )
+
     def _check_owner(self) -> None:
-        """Refuse another program's SQLite file: creating our tables in it would change someone
-        else's data."""
+        """Refuse another program's SQLite file before anything changes it (not even WAL mode):
+        creating our tables in it would change someone else's data. Ours has a ``meta`` table
+        whose ``schema_version`` is a whole number, and the ``models`` and ``runs`` tables every
+        version of autointerp created; another program may well have a ``meta(key, value)`` table
+        of its own, even with a ``schema_version`` in it."""
         tables = set(self.db.table_names())
         if not tables:
             return
+        columns = {c.name for c in self.db["meta"].columns} if "meta" in tables else set()
         row = (
             self.db.execute("select value from meta where key = 'schema_version'").fetchone()
-            if "meta" in tables and "value" in {c.name for c in self.db["meta"].columns}
+            if {"key", "value"} <= columns
             else None
         )
-        if row is None:
+        if row is None or not OWN_TABLES <= tables:
             some = ", ".join(sorted(tables)[:4])
             raise UserError(
                 f"{self.path} is an SQLite database of another program (tables: "
                 f"{some}), not an autointerp database; give another --db."
+            )
+        version = row[0]
+        if not isinstance(version, int) and not (
+            isinstance(version, str) and re.fullmatch("[0-9]+", version)
+        ):
+            raise UserError(
+                f"{self.path} has schema_version {version!r} in its meta table, not a whole "
+                "number: it is damaged or not an autointerp database; give another --db."
             )
 
     @contextlib.contextmanager

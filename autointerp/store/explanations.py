@@ -236,13 +236,17 @@ class ExplanationTables(HarvestTables):
         score.
 
         Scores (``n2g``, ``explanation``, ``baseline``) use each neuron's newest successful score;
-        neurons without one drop out - a failed or undefined score is never ranked as a number."""
+        neurons without one drop out - a failed or undefined score is never ranked as a number.
+        ``cos_in_out`` (most positive first) and ``cos_in_out_negative`` (most negative first) rank
+        by the weight facts; neurons without them drop out too."""
         columns = {
             "max": "n.max",
             "min": "-n.min",
             "frac_positive": "n.frac_positive",
             "variance": "n.variance",
             "n2g": "g.correlation",
+            "cos_in_out": "w.cos_in_out",
+            "cos_in_out_negative": "-w.cos_in_out",
             **{k: f"s.{v[2]}" for k, v in self.SCORE_METHODS.items()},
         }
         if by not in columns:
@@ -271,6 +275,14 @@ class ExplanationTables(HarvestTables):
                 "g.f1_top as n2g_f1_top, g.correlation_top as n2g_correlation_top, "
                 "g.f1_random as n2g_f1_random, g.correlation_random as n2g_correlation_random"
             )
+        elif by in ("cos_in_out", "cos_in_out_negative"):
+            # weight facts (`autointerp weights`): cos(w_in, w_out), most positive or most negative
+            join = (
+                "join weights w on w.model = ? and w.layer = n.layer and w.neuron = n.neuron and"
+                " w.cos_in_out is not null"
+            )
+            join_params = [model]
+            extra = ", w.cos_in_out as score, w.cos_in_out, w.input_vector"
         elif by in self.SCORE_METHODS:
             method, kind, column = self.SCORE_METHODS[by]
             newest = newest_row("scores", "s", (*per_neuron, "method"), "h.status = 'ok'")

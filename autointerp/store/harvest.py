@@ -74,6 +74,14 @@ class HarvestTables(StoreCore):
         )
         self.db.conn.commit()
 
+    def stop_stage(self, run_id: int) -> None:
+        """A run that ended before its work was done (an LLM endpoint that kept failing): neither
+        ``running`` nor ``complete``; rerunning it resumes where it stopped."""
+        self.db.execute(
+            "update runs set status = 'stopped', finished = ? where id = ?", [time.time(), run_id]
+        )
+        self.db.conn.commit()
+
     def create_run(
         self,
         model: str,
@@ -487,3 +495,83 @@ class HarvestTables(StoreCore):
                 [run_id, layer],
             )
         ]
+
+    def neurons_by_max(self, run_id: int, layer: int) -> list[dict[str, Any]]:
+        """Every firing neuron of a harvested layer (max > 0), strongest first (ties: lower
+        index): ``[{neuron, max, frac_positive, hist}]``, the histogram decoded (what ``best:K``
+        reads to tell dense neurons)."""
+        return [
+            {"neuron": int(n), "max": float(mx), "frac_positive": float(fp), "hist": json.loads(h)}
+            for n, mx, fp, h in self.db.execute(
+                "select neuron, max, frac_positive, hist from neurons where run_id = ? and"
+                " layer = ? and max > 0 order by max desc, neuron",
+                [run_id, layer],
+            )
+        ]
+
+    def top_peaks(self, run_id: int, layer: int, neuron: int) -> list[tuple[int, int, float]]:
+        """``(context_id, peak_index, max_activation)`` of a neuron's top examples, by rank (the
+        activations themselves are not read)."""
+        return [
+            (int(c), int(p), float(a))
+            for c, p, a in self.db.execute(
+                "select context_id, peak_index, max_activation from examples where run_id = ? and"
+                " layer = ? and neuron = ? and kind = 'top' order by rank",
+                [run_id, layer, neuron],
+            )
+        ]
+
+    def layer_top_peaks(self, run_id: int, layer: int) -> Iterator[tuple[int, str, float]]:
+        """``(neuron, peak token, normalised activation)`` of every top example of a harvested
+        layer: the token each top example peaks on (as the harvest stored it) and its max
+        activation over the neuron's (what the harvest's token index holds)."""
+        tokens = {
+            int(cid): json.loads(text)
+            for cid, text in self.db.execute(
+                "select context_id, str_tokens from contexts where run_id = ? and context_id in"
+                " (select distinct context_id from examples where run_id = ? and layer = ? and"
+                " kind = 'top')",
+                [run_id, run_id, layer],
+            )
+        }
+        for neuron, cid, peak, act, top in self.db.execute(
+            "select e.neuron, e.context_id, e.peak_index, e.max_activation, n.max from examples e"
+            " join neurons n on n.run_id = e.run_id and n.layer = e.layer and n.neuron = e.neuron"
+            " where e.run_id = ? and e.layer = ? and e.kind = 'top' and n.max > 0",
+            [run_id, layer],
+        ):
+            yield int(neuron), tokens[int(cid)][int(peak)], float(act) / float(top)
+
+    def run_outputs(self, run_id: int) -> dict[str, Any]:
+        """What a run of any stage wrote, for ``autointerp runs``: ``{"graphs", "explanations",
+        "failed", "similarities", "evaluations"}`` (row counts) and ``"layers"`` (the layers of its
+        graphs or explanations)."""
+        db = self.db
+        graphs, graph_layers = db.execute(
+            "select count(*), group_concat(distinct layer) from graphs where n2g_run_id = ?",
+            [run_id],
+        ).fetchone()
+        explanations, failed, explained_layers = db.execute(
+            "select count(*), sum(status = 'failed'), group_concat(distinct layer) from"
+            " explanations where explain_run_id = ?",
+            [run_id],
+        ).fetchone()
+        layers = {
+            int(x) for text in (graph_layers, explained_layers) if text for x in text.split(",")
+        }
+        return {
+            "graphs": int(graphs),
+            "explanations": int(explanations),
+            "failed": int(failed or 0),
+            "similarities": int(
+                db.execute(
+                    "select count(*) from similarities where run_id = ?", [run_id]
+                ).fetchone()[0]
+            ),
+            "evaluations": int(
+                db.execute(
+                    "select count(*) from evaluations where run_id = ?", [run_id]
+                ).fetchone()[0]
+            ),
+            "layers": sorted(layers),
+        }

@@ -59,6 +59,10 @@ Tables (also in README):
   ``context`` (weight = highest importance); the inverted index behind token search and graph
   similarity. ``indexed_graphs(model, layer, neuron, run_id, config_hash, created)`` says which
   graph each neuron's rows came from (rebuilt when a newer graph appears).
+* ``harvest_token_index(model, layer, neuron, token, weight, run_id)`` - the tokens every harvested
+  neuron peaks on in its top examples (weight = the highest normalised activation there), from
+  the newest harvest ``run_id`` of the layer: token search answers from it for neurons without a
+  graph. Optional (rebuilt from the harvest by ``autointerp index``).
 * ``similarities(run_id, layer, neuron, rank, other_layer, other_neuron, similarity)`` - the top
   similar neurons of every neuron by graph overlap (:mod:`autointerp.similarity`), from the
   ``runs`` row of stage ``similarity`` whose config holds the limit, stop-token cap, weight and the
@@ -330,6 +334,19 @@ SCHEMA: tuple[Table | Index | FullTextIndex, ...] = (
     ),
     Index("token_index", ("model", "kind", "token")),
     Table(
+        "harvest_token_index",
+        {
+            "model": str,
+            "layer": int,
+            "neuron": int,
+            "token": str,
+            "weight": float,
+            "run_id": int,
+        },
+        ("model", "layer", "neuron", "token"),
+    ),
+    Index("harvest_token_index", ("model", "token")),
+    Table(
         "indexed_graphs",
         {
             "model": str,
@@ -395,7 +412,7 @@ TABLES = tuple(item.name for item in SCHEMA if not isinstance(item, Index))
 #: Tables a database may lack and still be current: what they hold can be rebuilt, and requiring
 #: them would make every read-only database written before they existed unreadable. Created when
 #: first written (:func:`create_table`); readers treat a missing one as empty.
-OPTIONAL_TABLES = ("answers",)
+OPTIONAL_TABLES = ("answers", "harvest_token_index")
 
 
 def missing_columns(db: sqlite_utils.Database) -> list[tuple[str, str, type]]:
@@ -417,12 +434,15 @@ def is_current(db: sqlite_utils.Database) -> bool:
 
 
 def create_table(db: sqlite_utils.Database, name: str) -> None:
-    """Create the :data:`SCHEMA` table ``name`` if ``db`` lacks it (an optional one, before its
-    first write)."""
+    """Create the :data:`SCHEMA` table ``name`` and its indexes if ``db`` lacks them (an optional
+    one, before its first write)."""
     item = next(t for t in SCHEMA if isinstance(t, Table) and t.name == name)
     db[item.name].create(
         item.columns, pk=item.pk, foreign_keys=list(item.foreign_keys) or None, if_not_exists=True
     )
+    for index in SCHEMA:
+        if isinstance(index, Index) and index.table == name:
+            db[name].create_index(list(index.columns), if_not_exists=True)
 
 
 def create_or_upgrade(db: sqlite_utils.Database) -> None:

@@ -1,6 +1,7 @@
 """The search indexes: ``token_index`` / ``indexed_graphs`` (the tokens of each neuron's newest
-N2G graph: token search and graph similarity read them), the FTS5 index over explanation texts,
-and the sentence embeddings of explanation texts (search by meaning).
+N2G graph: token search and graph similarity read them), ``harvest_token_index`` (the tokens every
+harvested neuron peaks on: token search for neurons without a graph), the FTS5 index over
+explanation texts, and the sentence embeddings of explanation texts (search by meaning).
 
 :func:`graph_token_weights` (which tokens of a graph the index holds, and their weights) lives
 here rather than with similarity: :meth:`autointerp.store.graphs.GraphTables.save_graphs` writes
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import autointerp.store.schema as schema
 from autointerp.store.core import StoreCore, newest_row
 
 #: A graph's (activating, context) tokens.
@@ -142,23 +144,111 @@ class SearchIndexTables(StoreCore):
             sets[(layer, neuron)][0 if kind == "activating" else 1].add(token)
         return neurons, [(frozenset(sets[n][0]), frozenset(sets[n][1])) for n in neurons]
 
+    # ----------------------------------------------------------------------------------------------
+    # the harvest's peak tokens
+    def harvest_indexed_layers(self, model: str, layers: Iterable[int]) -> dict[int, int]:
+        """Which of ``layers`` ``harvest_token_index`` holds, each -> the harvest run its rows come
+        from (a layer's rows are written together, so one row tells; read through the primary
+        key). Empty when the database predates the table."""
+        if "harvest_token_index" not in self.db.table_names():
+            return {}
+        out = {}
+        for layer in layers:
+            row = self.db.execute(
+                "select run_id from harvest_token_index where model = ? and layer = ? limit 1",
+                [model, layer],
+            ).fetchone()
+            if row is not None:
+                out[int(layer)] = int(row[0])
+        return out
+
+    def harvest_index_neurons(self, model: str) -> int:
+        """How many neurons of ``model`` the harvest's token index holds."""
+        if "harvest_token_index" not in self.db.table_names():
+            return 0
+        sql = (
+            "select count(*) from (select distinct layer, neuron from harvest_token_index where"
+            " model = ?)"
+        )
+        return int(self.db.execute(sql, [model]).fetchone()[0])
+
+    def has_harvest_index(self, model: str) -> bool:
+        """Whether ``harvest_token_index`` holds any neuron of ``model``."""
+        if "harvest_token_index" not in self.db.table_names():
+            return False
+        sql = "select 1 from harvest_token_index where model = ? limit 1"
+        return self.db.execute(sql, [model]).fetchone() is not None
+
+    def save_harvest_tokens(
+        self, model: str, layer: int, run_id: int, rows: Iterable[tuple[int, str, float]]
+    ) -> None:
+        """Replace one layer's rows of ``harvest_token_index`` with ``(neuron, token, weight)``
+        rows from harvest ``run_id``, in one transaction."""
+        with self.atomic():
+            schema.create_table(self.db, "harvest_token_index")  # optional: it may predate it
+            self.db.execute(
+                "delete from harvest_token_index where model = ? and layer = ?", [model, layer]
+            )
+            self.db.conn.executemany(
+                "insert into harvest_token_index (model, layer, neuron, token, weight, run_id)"
+                " values (?, ?, ?, ?, ?, ?)",
+                ((model, layer, n, t, w, run_id) for n, t, w in rows),
+            )
+
+    def harvest_neuron_tokens(
+        self, model: str, layer: int, neuron: int, tokens: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Which of ``tokens`` the neuron's top examples peak on, with what weight."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select 'activating' as kind, token, weight from harvest_token_index where model ="
+                f" ? and layer = ? and neuron = ? and token in ({','.join('?' * len(tokens))})"
+                " order by weight desc",
+                [model, layer, neuron, *tokens],
+            )
+        ]
+
     def token_search(
-        self, model: str, terms: Sequence[tuple[Sequence[str], Sequence[str]]], limit: int
+        self,
+        model: str,
+        terms: Sequence[tuple[Sequence[str], Sequence[str]]],
+        limit: int,
+        harvest: bool = False,
     ) -> list[dict[str, Any]]:
         """Neurons matching every term; a term is (kinds, tokens) and matches a neuron with any of
-        its tokens as any of its kinds. Score = sum over terms of the best matching weight.
-        Parameterised SQL only."""
+        its tokens as any of its kinds. Score = sum over terms of the best matching weight. With
+        ``harvest``, a neuron without an indexed graph matches an ``activating`` term through the
+        tokens its top examples peak on (``harvest_token_index``); each row says its ``source``,
+        ``graph`` or ``harvest``. Parameterised SQL only."""
         parts, params = [], []
         for i, (kinds, tokens) in enumerate(terms):
-            parts.append(
-                "(select layer, neuron, max(weight) as w from token_index where model = ? and kind"
-                f" in ({','.join('?' * len(kinds))}) and token in ({','.join('?' * len(tokens))})"
-                f" group by layer, neuron) t{i}"
+            marks = ",".join("?" * len(tokens))
+            source = (
+                f"select layer, neuron, weight from token_index where model = ? and kind in"
+                f" ({','.join('?' * len(kinds))}) and token in ({marks})"
             )
             params += [model, *kinds, *tokens]
+            if harvest and "activating" in kinds:
+                source += (
+                    " union all select h.layer, h.neuron, h.weight from harvest_token_index h where"
+                    f" h.model = ? and h.token in ({marks}) and not exists (select 1 from"
+                    " indexed_graphs i where i.model = h.model and i.layer = h.layer and i.neuron"
+                    " = h.neuron)"
+                )
+                params += [model, *tokens]
+            parts.append(
+                f"(select layer, neuron, max(weight) as w from ({source}) group by layer, neuron)"
+                f" t{i}"
+            )
+        graphed = (
+            "case when exists (select 1 from indexed_graphs i where i.model = ? and i.layer ="
+            " t0.layer and i.neuron = t0.neuron) then 'graph' else 'harvest' end"
+        )
+        params.insert(0, model)
         sql = (
             f"select t0.layer, t0.neuron, {' + '.join(f't{i}.w' for i in range(len(terms)))} as"
-            f" score from {parts[0]}"
+            f" score, {graphed} as source from {parts[0]}"
         )
         for i in range(1, len(terms)):
             sql += f" join {parts[i]} on t{i}.layer = t0.layer and t{i}.neuron = t0.neuron"

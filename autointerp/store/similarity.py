@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from autointerp.faults import kill_point
 from autointerp.store.core import StoreCore, run_row
 from autointerp.store.search_index import CURRENT_GRAPHS
+
+#: The default minimum similarity: a pair below it is neither stored nor listed
+#: (:mod:`autointerp.similarity`).
+MIN_SIMILARITY = 0.1
 
 
 class SimilarityTables(StoreCore):
@@ -85,28 +89,52 @@ class SimilarityTables(StoreCore):
         )
         return run_row(row) if row else None
 
-    def similarity_stale(self, model: str, limit: int = 0) -> bool:
-        """True when no similarity result exists, it keeps fewer than ``limit`` per neuron, or
-        the graphs changed."""
+    def similarity_stale(self, model: str, limit: int = 0, formula: str | None = None) -> bool:
+        """True when no similarity result exists, it keeps fewer than ``limit`` per neuron, the
+        graphs changed, or (given ``formula``) it was computed by another formula."""
         run = self.similarity_run(model)
         return (
             run is None
             or run["config"].get("limit", 0) < limit
             or run["config"].get("graph_state") != self.graph_state(model)
+            or (formula is not None and run["config"].get("formula") != formula)
         )
+
+    def similarity_min_score(self, model: str) -> float:
+        """The minimum score of the stored result (:data:`MIN_SIMILARITY` for one that predates
+        the setting, or when none is stored)."""
+        run = self.similarity_run(model)
+        return float((run or {}).get("config", {}).get("min_score", MIN_SIMILARITY))
+
+    def graph_harvest_runs(self, model: str) -> list[int]:
+        """The harvest runs the model's current graphs were built from."""
+        sql = f"select distinct run_id from ({CURRENT_GRAPHS}) order by run_id"
+        return [int(r[0]) for r in self.db.execute(sql, [model])]
+
+    def context_str_tokens(self, run_ids: Sequence[int]) -> Iterator[list[str]]:
+        """The string tokens of every context the runs stored (BOS first), one context at a time:
+        the corpus sample token weights are counted on."""
+        for run_id in run_ids:
+            for (text,) in self.db.execute(
+                "select str_tokens from contexts where run_id = ?", [run_id]
+            ):
+                yield json.loads(text)
 
     def similar(self, model: str, layer: int, neuron: int, limit: int = 10) -> list[dict[str, Any]]:
         """The stored most similar neurons of ``layer/neuron``: ``[{"layer", "neuron",
-        "similarity"}]``, most similar first (empty when nothing is stored;
-        :func:`autointerp.similarity.similar` computes first)."""
+        "similarity"}]``, most similar first, none below the result's minimum score (a result
+        stored before the minimum existed is cut at :data:`MIN_SIMILARITY`); empty when nothing
+        is stored (:func:`autointerp.similarity.similar` computes first)."""
         run = self.similarity_run(model)
         if run is None:
             return []
+        floor = float(run["config"].get("min_score", MIN_SIMILARITY))
         return [
             dict(r)
             for r in self.db.query(
                 "select other_layer as layer, other_neuron as neuron, similarity from similarities"
-                " where run_id = ? and layer = ? and neuron = ? order by rank limit ?",
-                [run["id"], layer, neuron, limit],
+                " where run_id = ? and layer = ? and neuron = ? and similarity >= ? order by rank"
+                " limit ?",
+                [run["id"], layer, neuron, floor, limit],
             )
         ]
