@@ -93,7 +93,11 @@ def tl_default_name(official: str) -> str:
 def canonical_model_name(name: str) -> str:
     """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one
     canonical name; a name known to neither (e.g. a model stored by a library caller under its own
-    name) comes back unchanged."""
+    name) comes back unchanged. A random-init control's name gets its model's stored name
+    (``smollm2+random-init-0`` -> ``smollm2-135m+random-init-0``)."""
+    control = parse_random_init_name(name)
+    if control is not None:
+        return random_init_name(canonical_model_name(control[0]), control[1])
     packaged = find_packaged(name)
     if packaged is not None:
         return packaged.name

@@ -23,7 +23,11 @@ from autointerp.eval.control_run import evaluate_control, plan_control
 from autointerp.eval.evaluate import EvalConfig, evaluate, sample_neurons
 from autointerp.eval.stats import difference_of_means
 from autointerp.explain.prompts import load_templates
-from autointerp.model_names import parse_random_init_name, random_init_name
+from autointerp.model_names import (
+    canonical_model_name,
+    parse_random_init_name,
+    random_init_name,
+)
 from autointerp.models import SubjectModel
 from autointerp.n2g.build import N2GConfig
 from autointerp.n2g.run import graph_layers
@@ -45,6 +49,8 @@ def test_control_names_carry_the_architecture_and_the_seed() -> None:
     assert parse_random_init_name("gemma-3-270m+random-init-12") == ("gemma-3-270m", 12)
     assert parse_random_init_name("gemma-3-270m") is None
     assert parse_random_init_name("gemma-3-270m+known-1234abcd") is None
+    assert canonical_model_name("SmolLM2+random-init-3") == "smollm2-135m+random-init-3"
+    assert canonical_model_name("tiny-gated+random-init-3") == "tiny-gated+random-init-3"
     with pytest.raises(UserError, match="--control-seed must be at least 0"):
         ControlSpec(seed=-1)
     with pytest.raises(UserError, match="--control must be random-init"):
@@ -222,3 +228,69 @@ def test_eval_command_prints_and_returns_the_control_section(
     bad = run_cli(*args[:-1], "-1")
     assert bad.returncode == 2 and "--control-seed must be at least 0" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow  # builds SmolLM2-135M's control twice (~15 s each)
+def test_smollm2_control_is_its_architecture_and_tokenizer_with_seeded_hf_init_weights(
+    smol: SubjectModel,
+) -> None:
+    from autointerp.random_init import load_subject
+
+    control = load_subject("smollm2+random-init-0", progress=False, device="cpu")
+    assert control.name == "smollm2-135m+random-init-0"
+    assert control.model.cfg.to_dict() == smol.model.cfg.to_dict()
+    assert control.tokenizer.get_vocab() == smol.tokenizer.get_vocab()
+    text = "def add(a, b):\n    return a + b  # The capital of France"
+    assert control.encode(text) == smol.encode(text)
+    provenance = control.provenance["random_init"]
+    assert provenance["architecture_class"] == "LlamaForCausalLM" and provenance["seed"] == 0
+    mine, theirs = _weights(control), _weights(smol)
+    assert mine.keys() == theirs.keys()
+    w = "blocks.3.mlp.W_in"
+    assert not torch.equal(mine[w], theirs[w])
+    assert mine[w].std().item() == pytest.approx(0.02, rel=0.05)  # Llama's normal(0, 0.02)
+    again = _weights(load_subject("smollm2-135m+random-init-0", progress=False, device="cpu"))
+    assert all(torch.equal(mine[k], again[k]) for k in mine)
+    ids = torch.tensor([control.encode(text)[0]])
+    acts = control.mlp_activations(ids, [3])[3]
+    assert acts.shape == smol.mlp_activations(ids, [3])[3].shape and (acts != 0).any()
+
+
+@pytest.mark.slow  # harvests, graphs and explains SmolLM2 and its control through the command
+def test_eval_command_with_the_random_init_control_on_smollm2(
+    tmp_path: Path, text_corpus: Path, fault_server: Any
+) -> None:
+    db = str(tmp_path / "db.db")
+    proc = run_cli(
+        *("harvest", "--model", "smollm2-135m", "--layers", "3", "--corpus", str(text_corpus)),
+        *("--ctx-len", "32", "--tokens", "1024", "--device", "cpu", "--no-progress"),
+        *("--db", db),
+    )
+    assert proc.returncode == 0, proc.stderr
+    server = fault_server("keyword")
+    args = ["eval", "smollm2-135m", "--layers", "3", "--sample", "2", "--base-url", server.url]
+    args += ["--explainer-model", "fault-model", "--no-progress", "--db", db]
+    proc = run_cli(*args, "--control", "random-init", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    section = out["control"]
+    control = "smollm2-135m+random-init-0"
+    assert section["model"] == control and len(section["neurons"]) == 2
+    assert section["provenance"]["random_init"]["architecture_class"] == "LlamaForCausalLM"
+    assert {"explanation", "baseline", "n2g", "shuffled"} <= set(section["trained_minus_control"])
+    store = Store(db)
+    trained, theirs = store.harvest_run("smollm2-135m", 3), store.harvest_run(control, 3)
+    same = ("model", "layers", "shard", "device")
+    assert {k: v for k, v in theirs["config"].items() if k not in same} == {
+        k: v for k, v in trained["config"].items() if k not in same
+    }
+    stored = store.latest_evaluation(control, "eval")
+    assert stored and [n["neuron"] for n in stored["result"]["neurons"]] == sample_neurons(
+        store, control, 3, 2, 0
+    )
+    assert all(n["status"]["n2g"] in ("ok", "undefined") for n in stored["result"]["neurons"])
+    # a rerun finds the control's harvest and graphs: it builds no model
+    again = run_cli(*args, "--control", "random-init")
+    assert again.returncode == 0, again.stderr
+    assert "Harvesting the random-init control" not in again.stderr
+    assert f"random-init control {control}" in again.stdout

@@ -187,9 +187,14 @@ def _print_calibration(
         "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
         "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
         "mean, median, bootstrap 95% CI, fraction >= 0.5, failed, undefined, and paired "
-        "differences. Stored as an eval run."
+        "differences. With --control random-init, the same for the model's architecture with "
+        "seeded random weights and how far the trained model's scores stand above it. Stored as "
+        "an eval run."
     ),
-    epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png",
+    epilog=(
+        "examples:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png\n"
+        "  autointerp eval smollm2-135m --layers 3 --sample 16 --control random-init"
+    ),
     formatter_class=argparse.RawDescriptionHelpFormatter,
 )
 def eval_options(p: argparse.ArgumentParser) -> None:
