@@ -228,6 +228,9 @@ def test_eval_command_prints_and_returns_the_control_section(
     bad = run_cli(*args[:-1], "-1")
     assert bad.returncode == 2 and "--control-seed must be at least 0" in bad.stderr
     assert "Traceback" not in bad.stderr
+    twice = run_cli(*args[:1], CONTROL, *args[2:])
+    assert twice.returncode == 2 and "is itself a random-init control" in twice.stderr
+    assert "Traceback" not in twice.stderr
 
 
 @pytest.mark.slow  # builds SmolLM2-135M's control twice (~15 s each)

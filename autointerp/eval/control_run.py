@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from autointerp.errors import UserError
 from autointerp.eval.control import ControlRun, ControlSpec, control_harvests, harvest_control
 from autointerp.eval.evaluate import EvalConfig, EvalPlan, GraphBuilder, evaluate, plan_eval
 from autointerp.explain.config import ExplainConfig
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import JobRunner
 from autointerp.llm.client import LLMClient
+from autointerp.model_names import parse_random_init_name
 from autointerp.store import Store
 
 if TYPE_CHECKING:
@@ -53,6 +55,10 @@ def plan_control(
     """Harvest the layers of ``cfg`` that ``model``'s control lacks, as the trained model's
     harvest of them ran (``load(dtype)`` builds the control model, only when one is missing), then
     plan its evaluation under the same eval and explain configs (:func:`plan_eval`)."""
+    if parse_random_init_name(model) is not None:
+        raise UserError(
+            f"{model} is itself a random-init control; give the trained model with --control."
+        )
     name = spec.model_name(model)
     missing = control_harvests(store, model, name, cfg.layers)
     if missing:
