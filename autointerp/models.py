@@ -379,7 +379,7 @@ class SubjectModel:
         return out
 
 
-def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
+def build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
     """Wrap an already-loaded HF model in a HookedTransformer without touching the hub.
 
     ``HookedTransformer.from_pretrained`` insists on an official name; for a local directory
@@ -463,14 +463,14 @@ def load_model(
     raising one clear :class:`UserError` when it cannot be had."""
     canonical, packaged = resolve_model_name(name)
     target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    _quiet_libraries()
+    quiet_libraries()
     if packaged is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = prepare_packaged(packaged, progress=progress)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
+        model = build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
         del hf_model
         if target.type != "cpu" or torch_dtype != torch.float32:
             # TransformerLens' .to keeps cfg.device/dtype in step
@@ -550,7 +550,7 @@ def tl_provenance(canonical: str, official: str) -> dict[str, Any]:
     return provenance
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """TransformerLens and transformers log warnings that say nothing actionable to our users, and
     transformers draws a "Loading weights" bar on every load (download bars stay)."""
     import logging
@@ -590,7 +590,7 @@ def load_tokenizer(name: str, progress: bool = True) -> tuple[str, Any]:
     features need. Packaged models read the tokenizer from their converted directory;
     TransformerLens models load whole (their tokenizer comes with them)."""
     canonical, packaged = resolve_model_name(name)
-    _quiet_libraries()
+    quiet_libraries()
     if packaged is not None:
         from transformers import AutoTokenizer
 

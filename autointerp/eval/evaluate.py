@@ -17,6 +17,9 @@ controls.
   counts (never averaged in), and paired differences per neuron (explanation - baseline,
   explanation - shuffled, explanation - n2g) with bootstrap intervals: the paired view removes the
   neuron-to-neuron spread.
+* **The random-init control** (optional, :mod:`autointerp.eval.control`): the same evaluation of
+  the model's architecture with seeded random weights, its summaries and how far the trained
+  model's scores stand above them, as the result's ``control`` section.
 * **Cheap scorers** (optional, :mod:`autointerp.eval.scorers`): embedding and detection scores of
   each explanation on the same held-out windows, with their Spearman correlation with simulation
   and their cost per neuron - whether a cheaper number could stand in for simulation.
@@ -42,6 +45,7 @@ from tqdm import tqdm
 
 from autointerp.config import check_int, identity_hash
 from autointerp.errors import UserError
+from autointerp.eval.control import ControlRun, control_section
 from autointerp.eval.scorers import detection_score, embedding_score
 from autointerp.eval.stats import paired, spearman, summarize
 from autointerp.explain.config import ExplainConfig
@@ -371,11 +375,14 @@ def evaluate(
     build_graphs: GraphBuilder | None = None,
     progress: bool = True,
     runner: JobRunner | None = None,
+    control: ControlRun | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation ``plan`` (:func:`plan_eval`; see the module docstring):
     ``build_graphs(layer, neurons)`` makes missing N2G graphs (the caller owns the subject model);
     ``runner`` runs the explain step (Ray tasks: :func:`autointerp.explain.ray.explain_runner`;
-    default: this process). Returns and stores the result."""
+    default: this process); ``control``, the random-init control's evaluation, is compared in the
+    result's ``control`` section (and named in the stored config). Returns and stores the
+    result."""
     if build_graphs is not None:
         build_missing_graphs(store, plan.explain, build_graphs)
     explain_layers(store, plan.explain, client, templates, progress=progress, runner=runner)
@@ -399,6 +406,9 @@ def evaluate(
         "explain": explain_cfg.identity(),
         "explain_config_hash": explain_cfg.config_hash(),
     }
+    if control is not None:
+        result["control"] = control_section(result, control, plan.cfg.seed)
+        config["control"] = asdict(control.spec)
     result["run_id"] = store.save_evaluation(
         plan.model, "eval", config, identity_hash(config), result
     )
