@@ -177,11 +177,12 @@ _worker_models: dict[tuple[str, str, str], SubjectModel] = {}
 
 def worker_model(name: str, device: str, dtype: str) -> SubjectModel:
     """The subject model, loaded once per worker process: Ray reuses a worker for the next task
-    (a harvest's next shard, a layer's next chunk)."""
+    (a harvest's next shard, a layer's next chunk). A random-init control (``eval --control``) is
+    built from its name as the driver built it."""
     key = (name, device, dtype)
     if key not in _worker_models:
-        from autointerp.models import load_model
+        from autointerp.random_init import load_subject
 
         _worker_models.clear()  # one model per worker
-        _worker_models[key] = load_model(name, progress=False, device=device, dtype=dtype)
+        _worker_models[key] = load_subject(name, progress=False, device=device, dtype=dtype)
     return _worker_models[key]

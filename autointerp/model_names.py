@@ -11,6 +11,7 @@ the names of the devices and dtypes it can load onto are here too, because ``ser
 from __future__ import annotations
 
 import difflib
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +24,22 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 """The dtypes a subject model can run in (``--dtype``); :data:`autointerp.models.DTYPES` maps them
 to torch's."""
 DEFAULT_DTYPE = "float32"
+RANDOM_INIT = "random-init"
+"""The control kind whose models are a subject's architecture with seeded random weights
+(:mod:`autointerp.random_init`)."""
+_RANDOM_INIT_NAME = re.compile(r"^(?P<base>.+)\+random-init-(?P<seed>\d+)$")
+
+
+def random_init_name(model: str, seed: int) -> str:
+    """The stored name of ``model``'s random-init control drawn with ``seed``
+    (``gemma-3-270m+random-init-0``): its rows never mix with the trained model's."""
+    return f"{model}+{RANDOM_INIT}-{seed}"
+
+
+def parse_random_init_name(name: str) -> tuple[str, int] | None:
+    """``(architecture model, seed)`` of a random-init control's name, else None."""
+    match = _RANDOM_INIT_NAME.match(name.strip())
+    return (match["base"], int(match["seed"])) if match else None
 
 
 @lru_cache(maxsize=1)
@@ -76,7 +93,11 @@ def tl_default_name(official: str) -> str:
 def canonical_model_name(name: str) -> str:
     """The stored name of ``name``: packaged aliases and TransformerLens aliases resolve to one
     canonical name; a name known to neither (e.g. a model stored by a library caller under its own
-    name) comes back unchanged."""
+    name) comes back unchanged. A random-init control's name gets its model's stored name
+    (``smollm2+random-init-0`` -> ``smollm2-135m+random-init-0``)."""
+    control = parse_random_init_name(name)
+    if control is not None:
+        return random_init_name(canonical_model_name(control[0]), control[1])
     packaged = find_packaged(name)
     if packaged is not None:
         return packaged.name

@@ -380,7 +380,7 @@ class SubjectModel:
         return out
 
 
-def _build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
+def build_hooked(config_name: str, hf_model: Any, tokenizer: Any) -> Any:
     """Wrap an already-loaded HF model in a HookedTransformer without touching the hub.
 
     ``HookedTransformer.from_pretrained`` insists on an official name; for a local directory
@@ -471,7 +471,7 @@ def load_model(
         path = prepare_packaged(packaged, progress=progress)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        model = _build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
+        model = build_hooked(packaged.tl_config_name or str(path), hf_model, tokenizer)
         del hf_model
         if target.type != "cpu" or torch_dtype != torch.float32:
             # TransformerLens' .to keeps cfg.device/dtype in step

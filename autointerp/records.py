@@ -21,6 +21,7 @@ from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.histogram import HIST_EDGES
+from autointerp.store.explanations import USER_KIND
 
 EXAMPLE_KINDS = ("top", "bottom", "quantile", "random")
 SERVICES = ("neuroscope", "n2g", "explanation", "similar", "stats", "weights", "all")
@@ -129,6 +130,7 @@ def neuron_summary(
         "weights": store.weight_facts(model, layer, neuron),
         # {"explanations": {kind: row}, "scores": {method: row}}
         **store.explanation_summary(model, layer, neuron),
+        "user_explanations": user_explanations(store, layer, neuron, run_id),
     }
 
 
@@ -192,13 +194,46 @@ def n2g_fields(model: str, layer: int, neuron: int, row: dict[str, Any]) -> dict
     }
 
 
+def user_explanations(store: Any, layer: int, neuron: int, run_id: int) -> list[dict[str, Any]]:
+    """The descriptions people scored and saved with ``autointerp score --save``, newest first:
+    each text with its score (or the reason it has none) and the rule it was compiled into."""
+    out = []
+    for row in store.user_explanations(run_id, layer, neuron):
+        item = {
+            k: row.get(k)
+            for k in (
+                "text",
+                "status",
+                "score",
+                "score_raw",
+                "score_top",
+                "score_random",
+                "auprc",
+                "n_tokens",
+                "simulator_model",
+                "simulator_mode",
+                "error",
+                "config_hash",
+                "created",
+            )
+        }
+        item["simulation"] = json.loads(row["simulation"]) if row.get("simulation") else None
+        out.append(item)
+    return out
+
+
 def explanation_record(
     store: Any, model: str, layer: int, neuron: int, run_id: int
 ) -> dict[str, Any]:
+    """The neuron's newest explanation of each kind and score of each method, the recorded
+    failures, and the descriptions users scored (``user_explanations``, apart: they are
+    hypotheses, not the pipeline's results)."""
     explanations: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
     # newest first: the first ok row wins
     for row in store.neuron_explanations(run_id, layer, neuron):
+        if row["kind"] == USER_KIND:
+            continue
         if row["status"] == "ok" and row["kind"] not in explanations:
             explanations[row["kind"]] = {
                 k: row.get(k)
@@ -208,9 +243,13 @@ def explanation_record(
                     "prompt_version",
                     "prompt_hash",
                     "config_hash",
+                    "origin",
                     "created",
                 )
             }
+            if row.get("candidates"):
+                # every candidate that competed, with its origin and validation score
+                explanations[row["kind"]]["candidates"] = json.loads(row["candidates"])
         elif row["status"] != "ok":
             failures.append(
                 {
@@ -221,6 +260,8 @@ def explanation_record(
             )
     scores: dict[str, dict[str, Any]] = {}
     for row in store.neuron_scores(run_id, layer, neuron):
+        if row["method"] == USER_KIND:
+            continue
         if row["status"] == "ok" and row["method"] not in scores:
             scores[row["method"]] = {
                 k: row.get(k)
@@ -229,6 +270,7 @@ def explanation_record(
                     "score_raw",
                     "score_top",
                     "score_random",
+                    "auprc",
                     "r2",
                     "n_tokens",
                     "simulator_model",
@@ -249,6 +291,7 @@ def explanation_record(
                 }
             )
     first = head(model, layer, neuron, run_id)
+    users = user_explanations(store, layer, neuron, run_id)
     if not explanations and not scores:
         return {
             **first,
@@ -256,6 +299,7 @@ def explanation_record(
             "explanations": {},
             "scores": {},
             "failures": failures,
+            "user_explanations": users,
             "message": "No explanation computed for this neuron; run `autointerp explain`.",
         }
     return {
@@ -264,6 +308,7 @@ def explanation_record(
         "explanations": explanations,
         "scores": scores,
         "failures": failures,
+        "user_explanations": users,
     }
 
 

@@ -15,7 +15,7 @@ import time
 
 from autointerp.explain.baseline import baseline_explanation
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.neuron import explain_messages
+from autointerp.explain.explainer import explain_messages
 from autointerp.explain.prompts import load_templates
 from autointerp.explain.records import explain_records
 from autointerp.explain.simulate import Simulator

@@ -971,6 +971,8 @@ def test_malformed_few_shot_examples_are_one_sentence(
         "simulate_system.txt",
         "compile_system.txt",
         "compile_examples.json",
+        "revise_system.txt",
+        "restate_system.txt",
     ):
         (prompts / name).write_text((REPO / "prompts" / name).read_text())
     before = dump(db)

@@ -119,6 +119,32 @@ def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+def test_your_own_explanation_is_scored_beside_the_stored_ones(
+    page, server: str, shots: Path
+) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/neuron/1/{EXPLAINED}")
+    page.fill("#score-text", 'the tokens "capital" and "Paris"')
+    page.click("#score-form button[type=submit]")
+    page.wait_for_selector("#score-result")
+    rows = page.locator("#score-result tr")
+    assert rows.count() == 4
+    mine = rows.nth(0).inner_text()
+    assert "your description" in mine and "AUPRC" in mine and "held-out tokens" in mine
+    assert "0.610" in rows.nth(1).inner_text() and "0.220" in rows.nth(2).inner_text()
+    assert '"tokens":["capital","Paris"]' in page.inner_text("#score-rule")
+    page.locator("#explanation").screenshot(path=str(shots / "neuron-score.png"))
+    # a phrase needs an LLM, which this server does not have: said, not a number
+    page.fill("#score-text", "capital cities")
+    page.click("#score-form button[type=submit]")
+    page.wait_for_selector("#score-out .error")
+    assert "no LLM" in page.inner_text("#score-out") and page.locator("#score-result").count() == 0
+    # the browser logs the 409 answer itself; that one is expected, nothing else is
+    refused = [e for e in page.errors if "status of 409" in e]  # type: ignore[attr-defined]
+    assert len(refused) == 1
+    page.errors.remove(refused[0])  # type: ignore[attr-defined]
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 def test_layerscope_runs_a_prompt_steps_layers_and_filters(page, server: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
     page.goto(f"{server}/m/{M}/layer/0")
     page.fill("#ls-text", "The capital of France is Paris.")

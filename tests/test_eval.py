@@ -33,7 +33,8 @@ from autointerp.eval.features import (
     regex_activations,
 )
 from autointerp.eval.stats import paired, summarize
-from autointerp.explain.neuron import NeuronJob, process_neuron
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.neuron import process_neuron
 from autointerp.explain.plan import plan_explain
 from autointerp.explain.prompts import Record, load_templates
 from autointerp.explain.run import explain_layers
@@ -523,6 +524,42 @@ def test_eval_command_samples_firing_neurons_stores_the_run_and_plots(
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
         neuron = out["neurons"][0]["neuron"]
         assert ">raw<" in web.get(f"/m/tiny-gated/neuron/1/{neuron}").text
+
+
+def test_eval_under_the_rule_simulator_reports_origins_the_first_llm_explanation_and_auprc(
+    gated_db, fault_server, tmp_path
+) -> None:  # type: ignore
+    store = copy_store(gated_db, tmp_path)
+    server = fault_server("keyword")
+    args = ["eval", "tiny-gated", "--layers", "1", "--sample", "4", "--seed", "3"]
+    args += ["--base-url", server.url, "--explainer-model", "fault-model", "--no-graphs"]
+    proc = run_cli(*args, "--no-progress", "--json", "--db", str(store.path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # every kept explanation says who wrote it, and the shares add up to the sample
+    assert sum(out["origins"].values()) == 4
+    assert set(out["origins"]) <= {
+        "llm",
+        "revision",
+        "graph-summary",
+        "template",
+        "tokens",
+        "graph",
+    }
+    assert [n["origin"] for n in out["neurons"]].count("tokens") == out["origins"].get("tokens", 0)
+    # the LLM's first explanation is scored on its own beside the kept one
+    first = out["methods"]["explanation_first"]
+    assert first["n"] + first["failed"] + first["undefined"] <= 4
+    assert "explanation-explanation_first" in out["paired"]
+    for metric in ("score_random", "auprc"):
+        for method in ("explanation", "baseline"):
+            summary = out["side_metrics"][metric][method]
+            values = [n[metric][method] for n in out["neurons"] if n[metric][method] is not None]
+            assert summary["n"] == len(values)
+    auprc = [v for n in out["neurons"] for v in n["auprc"].values() if v is not None]
+    assert auprc and all(0.0 <= v <= 1.0 for v in auprc)
+    text = run_cli(*args, "--no-progress", "--db", str(store.path))
+    assert "kept explanations by origin" in text.stdout and "auprc" in text.stdout
 
 
 def test_eval_builds_missing_graphs_and_shows_the_known_answer_control(

@@ -304,9 +304,9 @@ def test_llm_faults_are_retried_recorded_never_scored_and_retry_failed_redoes_on
         # when nothing was explained at all (explanations whose scores failed are output, failures
         # counted)
         if failing == "explanations":
-            assert proc.returncode == 1 and "error: every one of the 2 neurons" in proc.stderr, (
-                proc.stderr
-            )
+            assert (
+                proc.returncode == 1 and "no explanation for any of the 2 neurons" in proc.stderr
+            ), proc.stderr
         else:
             assert proc.returncode == 0 and "error:" not in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr

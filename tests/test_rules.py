@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import copy_store, fault_config
+from helpers import copy_store, fault_config, run_cli
 from test_explain import GOLDEN, _client, _golden
 
 from autointerp.explain.plan import plan_explain
@@ -147,7 +147,9 @@ def test_few_shot_rules_are_valid_rules() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # against fault-injection endpoints (the server only compiles; matching and scoring are real)
-def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> ExplainSummary:
+def explain_with_rules(
+    store: Store, url: str, neurons: str, retry_failed: bool = False, **config: Any
+) -> ExplainSummary:
     """``explain`` of layer 1 of the tiny model against a fault-injection endpoint, simulated by
     rules (``config`` overrides the test config's fields)."""
     cfg = fault_config(simulator_mode="rule", **config)
@@ -157,6 +159,7 @@ def explain_with_rules(store: Store, url: str, neurons: str, **config: Any) -> E
         _client(url),
         load_templates(),
         progress=False,
+        retry_failed=retry_failed,
     )
 
 
@@ -187,7 +190,7 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
 ) -> None:
     store = copy_store(small_db, tmp_path)
     server = fault_server(mode)  # explanations are answered well; the rule is broken
-    summary = explain_with_rules(store, server.url, "0-1")
+    summary = explain_with_rules(store, server.url, "0-1", written_candidates=False)
     assert summary.failed == 2
     rows = list(store.db.query("select * from scores where method = 'explanation'"))
     assert len(rows) == 2
@@ -201,13 +204,33 @@ def test_a_broken_rule_is_a_recorded_failure_never_a_score(  # type: ignore[no-u
     assert all("tokens" in json.loads(r["simulation"]) for r in baselines)
 
 
+def test_a_broken_rule_leaves_the_written_candidates_and_the_failure_is_recorded(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path
+) -> None:
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("not-json")  # the LLM's explanation cannot be compiled
+    summary = explain_with_rules(store, server.url, "0-1")
+    assert summary.failed == 2  # the LLM's failure counts: --retry-failed redoes these neurons
+    for row in store.db.query("select * from explanations where kind = 'llm'"):
+        # a written candidate is kept, and says so; the LLM's is stored with why it has no score
+        assert row["status"] == "ok" and row["origin"] in ("tokens", "graph", "template")
+        llm = [c for c in json.loads(row["candidates"]) if c["origin"] == "llm"]
+        assert llm and llm[0]["valid_score"] is None and "no JSON object" in llm[0]["error"]
+    for row in store.db.query("select * from scores where method = 'explanation_first'"):
+        assert row["status"] == "failed" and row["score"] is None
+        assert "no JSON object" in row["error"]
+
+
 def test_rules_are_stored_beside_their_scores(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = copy_store(small_db, tmp_path)
     server = fault_server("ok")
     explain_with_rules(store, server.url, "0")
     rows = {r["method"]: r for r in store.db.query("select * from scores")}
     assert rows["explanation"]["simulator_mode"] == "rule"
-    assert json.loads(rows["explanation"]["simulation"])["words"] == ["matter", "that", "tokens"]
+    # the LLM's first explanation, as the fault server compiled it, beside the kept one's rule
+    first = json.loads(rows["explanation_first"]["simulation"])
+    assert first["words"] == ["matter", "that", "tokens"]
+    assert parse_rule(rows["explanation"]["simulation"]).apply(["a"]) is not None
     assert json.loads(rows["baseline"]["simulation"])["tokens"]  # compiled with no LLM call
 
 
@@ -227,3 +250,45 @@ def test_an_empty_compiled_rule_takes_the_quoted_text() -> None:
     assert covering_rule(empty, "hyphens") == empty
     only_position = parse_rule('{"position": "first"}')
     assert covering_rule(only_position, "x") == only_position
+
+
+def test_competing_candidates_are_ranked_shown_and_listed(small_db, fault_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("keyword")
+    explain_with_rules(store, server.url, "0-3")
+    proc = run_cli(
+        "rank", "tiny-gated", "--by", "explanation_auprc", "--json", "--db", str(store.path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows and all(r["auprc"] is not None and r["origin"] for r in rows)
+    assert [r["auprc"] for r in rows] == sorted((r["auprc"] for r in rows), reverse=True)
+    text = run_cli("rank", "tiny-gated", "--by", "explanation_random", "--db", str(store.path))
+    assert text.returncode == 0 and "auprc" in text.stdout and "origin" in text.stdout
+    from fastapi.testclient import TestClient
+
+    from autointerp.api.app import create_app
+
+    with TestClient(create_app(store.path)) as web:
+        page = web.get(f"/m/tiny-gated/neuron/1/{rows[0]['neuron']}").text
+        assert "candidate explanations competed" in page and "AUPRC" in page
+        ranked = web.get("/api/tiny-gated/rank?by=explanation_auprc").json()
+        assert [r["neuron"] for r in ranked["items"]] == [r["neuron"] for r in rows]
+
+
+def test_an_llm_that_writes_nothing_leaves_written_explanations_and_counts_as_failed(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path
+) -> None:
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("truncated-explanation")  # every explanation is cut at max_tokens
+    summary = explain_with_rules(store, server.url, "0-1")
+    # the neurons keep a written explanation, but the LLM's failure is on record and counted, so
+    # `explain` can say the endpoint wrote nothing and --retry-failed redoes them
+    assert summary.failed == summary.unexplained == 2 and summary.explained == 0
+    kept = list(store.db.query("select * from explanations where kind = 'llm'"))
+    assert all(r["status"] == "ok" and r["origin"] in ("tokens", "graph", "template") for r in kept)
+    firsts = list(store.db.query("select * from scores where method = 'explanation_first'"))
+    assert len(firsts) == 2 and all("truncated at max_tokens" in r["error"] for r in firsts)
+    server.mode = "ok"
+    again = explain_with_rules(store, server.url, "0-1", retry_failed=True)
+    assert again.explained == 2 and again.failed == 0

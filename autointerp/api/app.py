@@ -12,7 +12,8 @@ and deadline, UTF-8 paths and query strings, encoded slashes in model names) and
 handlers; :mod:`.server` runs it under uvicorn. The JSON routes are registered by one
 function per resource: :mod:`.routes_models`, :mod:`.routes_search` (search and rank),
 :mod:`.routes_live` (live activations, Layerscope), :mod:`.routes_neurons` (a neuron's or a layer's
-services, GraphML) and :mod:`.routes_images` (``/img/``); the pages by :mod:`.pages`.
+services, GraphML), :mod:`.routes_score` (scoring a description sent by the client) and
+:mod:`.routes_images` (``/img/``); the pages by :mod:`.pages`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,10 +42,14 @@ from autointerp.api.routes_images import image_routes
 from autointerp.api.routes_live import live_routes
 from autointerp.api.routes_models import model_routes
 from autointerp.api.routes_neurons import neuron_routes
+from autointerp.api.routes_score import ServerLLM, score_routes
 from autointerp.api.routes_search import query_routes
 from autointerp.errors import UserError
 from autointerp.live import Live, LiveUnavailable, TooLong
 from autointerp.records import NotFound
+
+if TYPE_CHECKING:
+    from autointerp.llm.client import LLMSettings
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused before it is read (413)
@@ -189,14 +194,18 @@ def create_app(
     cors_origins: Sequence[str] = (),
     share_recent: bool = False,
     body_seconds: float = 30.0,
+    llm: LLMSettings | None = None,
 ) -> FastAPI:
     """The server for ``db_path``. ``loader(name) -> SubjectModel`` loads subject models for live
     activations (default :func:`autointerp.models.load_model`); ``max_chars``/``max_tokens`` bound
     every live text. ``cors_origins``: web origins allowed to read answers from a browser (none by
     default: another website open in the same browser must not read a local server).
     ``share_recent``: list every client's recent Layerscope prompts to everyone. ``body_seconds``: a
-    client that takes longer to send its request body gets 408."""
+    client that takes longer to send its request body gets 408. ``llm``: the endpoint that compiles
+    descriptions outside the template grammar into rules for ``POST /api/{model}/score/...`` (None:
+    only template descriptions are scored; :mod:`autointerp.api.routes_score`)."""
     data = ApiData(db_path)
+    scoring = ServerLLM(llm)
     live = Live(loader, max_chars=max_chars, max_tokens=max_tokens, share_recent=share_recent)
     app = FastAPI(
         title="autointerp",
@@ -229,8 +238,9 @@ def create_app(
     query_routes(app, data)
     live_routes(app, data, live)
     neuron_routes(app, data)
+    score_routes(app, data, scoring)
     image_routes(app, data, live)
-    page_routes(app, data, live)
+    page_routes(app, data, live, scoring_llm=scoring.available)
     return app
 
 

@@ -121,11 +121,13 @@ def example_view(ex: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def page_routes(app: FastAPI, data: ApiData, live: Live) -> None:
-    """Every page, registered in a fixed order (the order in which the routes are tried)."""
+def page_routes(app: FastAPI, data: ApiData, live: Live, scoring_llm: bool = False) -> None:
+    """Every page, registered in a fixed order (the order in which the routes are tried).
+    ``scoring_llm``: whether the server can compile descriptions outside the template grammar (the
+    neuron page's "test your own explanation" box says so)."""
     _home_pages(app, data)
     _model_pages(app, data)
-    _neuron_page(app, data, live)
+    _neuron_page(app, data, live, scoring_llm)
     _layer_page(app, data, live)
     _search_page(app, data)
 
@@ -222,7 +224,7 @@ def _model_pages(app: FastAPI, data: ApiData) -> None:
         return RedirectResponse(f"/m/{view.url}/neuron/{layer}/{neuron}", status_code=302)
 
 
-def _neuron_page(app: FastAPI, data: ApiData, live: Live) -> None:
+def _neuron_page(app: FastAPI, data: ApiData, live: Live, scoring_llm: bool) -> None:
     """``/m/{model}/neuron/{layer}/{neuron}``: everything known about one neuron."""
 
     @app.get(
@@ -262,6 +264,7 @@ def _neuron_page(app: FastAPI, data: ApiData, live: Live) -> None:
             d_mlp=view.d_mlp,
             gated=view.info.get("gated_mlp"),
             max_chars=live.max_chars,
+            scoring_llm=scoring_llm,
         )
 
 

@@ -20,6 +20,8 @@ RANK_BY = (
     "variance",
     "n2g",
     "explanation",
+    "explanation_random",
+    "explanation_auprc",
     "baseline",
     "cos_in_out",
     "cos_in_out_negative",

@@ -47,6 +47,7 @@ COMMAND_MODULES = (
     "harvest",
     "rank",
     "explain",
+    "score",
     "graphs",
     "report",
     "show",
@@ -105,6 +106,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
                     "shards",
                     "model_a",
                     "model_b",
+                    "description",
                 )
                 flag = name if name in positional else "--" + name.replace("_", "-")
                 check_unicode(item, f"The argument {flag}", from_bytes=True)

@@ -183,6 +183,13 @@ def whole(high: int = MAX_INDEX) -> Callable[[str], int]:
     return convert
 
 
+def count_or_all(text: str) -> int | None:
+    """A count option that may also be ``all`` (None: as many as there are)."""
+    if text.strip().lower() == "all":
+        return None
+    return at_least(0)(text)
+
+
 def finite(text: str) -> float:
     """A float option that must be a finite number (nan and inf compare with nothing sensibly)."""
     try:
@@ -218,12 +225,14 @@ def log(message: str) -> None:
 
 
 def load_subject(name: str, progress: bool = True, args: argparse.Namespace | None = None) -> Any:
-    """The subject model ``name`` on the --device/--dtype that ``args`` give."""
-    from autointerp.models import load_model, slow_dtype_warning
+    """The subject model ``name`` on the --device/--dtype that ``args`` give (a random-init
+    control's name, ``MODEL+random-init-SEED``, builds that control)."""
+    from autointerp.models import slow_dtype_warning
+    from autointerp.random_init import load_subject as load_model_or_control
 
     device, dtype = getattr(args, "device", "auto"), getattr(args, "dtype", "float32")
     with stdout_to_stderr():
-        model = load_model(name, progress=progress, device=device, dtype=dtype)
+        model = load_model_or_control(name, progress=progress, device=device, dtype=dtype)
     warning = slow_dtype_warning(model.device, model.dtype)
     if warning:
         log(warning)

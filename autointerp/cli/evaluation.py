@@ -30,9 +30,12 @@ from autointerp.errors import UserError
 from autointerp.untrusted import terminal_text
 
 if TYPE_CHECKING:
-    from autointerp.eval.evaluate import GraphBuilder
+    from autointerp.eval.control import ControlSpec
+    from autointerp.eval.control_run import ControlPlan
+    from autointerp.eval.evaluate import EvalConfig, EvalPlan, GraphBuilder
     from autointerp.eval.features import RegexFeature
     from autointerp.executors import Executor
+    from autointerp.explain.config import ExplainConfig
     from autointerp.models import SubjectModel
     from autointerp.store import Store
 
@@ -145,28 +148,39 @@ def _print_calibration(
         f"({result['simulator_mode']})"
     )
     print(
-        "true = simulator given the true description (its ceiling); explanation = the explainer's "
-        "phrase; "
-        "scores are correlations on held-out text"
+        "true = simulator given the true description (its ceiling); expl = the kept explanation "
+        "(its origin below); llm1 = the LLM's first explanation alone; scores are correlations on "
+        "held-out text"
     )
     print(
-        f"{'feature':<24} {'active':>7} {'true':>6} {'expl':>6} {'base':>6} {'n2g':>6}  explanation"
+        f"{'feature':<24} {'active':>7} {'true':>6} {'expl':>6} {'llm1':>6} {'base':>6} {'n2g':>6}"
+        "  origin: explanation"
     )
     for r in result["features"]:
         active = f"{100 * r['frac_active']:6.2f}%" if r["frac_active"] is not None else "      -"
         explanation = terminal_text(r["explanation"] or "-")  # LLM text: never raw controls
         print(
             f"{terminal_text(r['name'][:24]):<24} {active} {_fmt(r['true_score'])}"
-            f" {_fmt(r['explanation_score'])} {_fmt(r['baseline_score'])} {_fmt(r['n2g_score'])}"
-            f"  {explanation}"
+            f" {_fmt(r['explanation_score'])} {_fmt(r.get('explanation_first_score'))}"
+            f" {_fmt(r['baseline_score'])} {_fmt(r['n2g_score'])}"
+            f"  {r.get('origin') or '-'}: {explanation}"
         )
         for method, error in r["errors"].items():
             print(f"{'':<24} {method}: {terminal_text(error)}")
     m = result["medians"]
     print(
         f"{'median':<24} {'':>7} {_fmt(m['true_score'])} {_fmt(m['explanation_score'])} "
-        f"{_fmt(m['baseline_score'])} {_fmt(m['n2g_score'])}"
+        f"{_fmt(m.get('explanation_first_score'))} {_fmt(m['baseline_score'])} "
+        f"{_fmt(m['n2g_score'])}"
     )
+    rec = result.get("recovered")
+    if rec:
+        share = f"{rec['share_of_true']:g}"
+        print(
+            f"explanation >= {share} x the true description's score on {rec['explanation']} of "
+            f"{rec['features']} features (the LLM's first explanation alone: "
+            f"{rec['explanation_first']})"
+        )
     print(f"stored as calibrate run {result['run_id']}")
 
 
@@ -181,9 +195,14 @@ def _print_calibration(
         "(not the top ones), with whatever stage is missing run for them; per method (explanation, "
         "baseline, n2g) and control (shuffled explanations; known answers from `calibrate`): n, "
         "mean, median, bootstrap 95% CI, fraction >= 0.5, failed, undefined, and paired "
-        "differences. Stored as an eval run."
+        "differences. With --control random-init, the same for the model's architecture with "
+        "seeded random weights and how far the trained model's scores stand above it. Stored as "
+        "an eval run."
     ),
-    epilog="example:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png",
+    epilog=(
+        "examples:\n  autointerp eval gemma-3-270m --layers 3,9,15 --sample 16 --plot eval.png\n"
+        "  autointerp eval smollm2-135m --layers 3 --sample 16 --control random-init"
+    ),
     formatter_class=argparse.RawDescriptionHelpFormatter,
 )
 def eval_options(p: argparse.ArgumentParser) -> None:
@@ -228,25 +247,43 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not build missing N2G graphs (no subject model)",
     )
+    p.add_argument(
+        "--control",
+        choices=["random-init"],
+        default=None,
+        help=(
+            "also evaluate the model's architecture with seeded random weights (stored as "
+            "MODEL+random-init-SEED), harvested like the trained model's layers, its sample drawn "
+            "with the same seed among its own firing neurons, and report how far the trained "
+            "model's scores stand above it"
+        ),
+    )
+    p.add_argument(
+        "--control-seed",
+        type=int,
+        default=0,
+        help="seed of the control's random weights (default 0)",
+    )
     add_llm_options(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_eval)
 
 
 class _Subject:
-    """The subject model of ``eval``, loaded at most once and only when something needs it
-    (missing weight facts or N2G graphs)."""
+    """The subject model of ``eval`` (or its random-init control), loaded at most once per dtype
+    and only when something needs it (a missing harvest of the control, weight facts or N2G
+    graphs)."""
 
     def __init__(self, name: str, progress: bool) -> None:
         self.name, self.progress = name, progress
-        self._model: SubjectModel | None = None
+        self._models: dict[str, SubjectModel] = {}
 
-    def model(self) -> SubjectModel:
-        from autointerp.models import load_model
+    def model(self, dtype: str = "float32") -> SubjectModel:
+        from autointerp.random_init import load_subject
 
-        if self._model is None:
-            self._model = load_model(self.name, progress=self.progress)
-        return self._model
+        if dtype not in self._models:
+            self._models[dtype] = load_subject(self.name, progress=self.progress, dtype=dtype)
+        return self._models[dtype]
 
 
 def _graph_builder(
@@ -278,7 +315,50 @@ def _graph_builder(
     return build
 
 
+def _store_missing_weights(store: Store, plan: EvalPlan, subject: _Subject) -> None:
+    """Compute the weight facts ``--output-tokens`` needs that the plan lacks."""
+    from autointerp.weights import store_weight_facts
+
+    if plan.explain.missing_weights:
+        loaded = subject.model()  # its download progress may go to stdout; the facts' may not
+        with stdout_to_stderr():
+            store_weight_facts(
+                store, loaded, plan.explain.missing_weights, progress=subject.progress
+            )
+
+
+def _plan_control(
+    args: argparse.Namespace,
+    store: Store,
+    model: str,
+    cfg: EvalConfig,
+    explain_cfg: ExplainConfig,
+    spec: ControlSpec,
+) -> tuple[ControlPlan, _Subject]:
+    """The random-init control harvested where it lacks a layer (building it) and planned, with
+    its weight facts; and the control model, for its graphs."""
+    from autointerp.eval.control_run import plan_control
+
+    subject = _Subject(spec.model_name(model), not args.no_progress)
+    with stdout_to_stderr():
+        control = plan_control(
+            store,
+            model,
+            spec,
+            cfg,
+            explain_cfg,
+            subject.model,
+            weights_to_come=not args.no_graphs,
+            progress=subject.progress,
+            log=log,
+        )
+    _store_missing_weights(store, control.plan, subject)
+    return control, subject
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from autointerp.eval.control import ControlSpec
+    from autointerp.eval.control_run import evaluate_control
     from autointerp.eval.evaluate import EvalConfig, evaluate, plan_eval
     from autointerp.eval.plot import eval_plot
     from autointerp.explain.prompts import load_templates
@@ -286,12 +366,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from autointerp.model_names import canonical_model_name
     from autointerp.ranges import parse_layers
     from autointerp.store import Store
-    from autointerp.weights import store_weight_facts
 
     executor = parse_executor(args)
     templates = load_templates(args.prompts, args.prompt)
     explain_cfg = explain_config(args, templates)
     settings = llm_settings(args)
+    spec = ControlSpec(args.control, args.control_seed) if args.control else None
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
@@ -308,12 +388,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_eval(store, model, cfg, explain_cfg, weights_to_come=not args.no_graphs)
     progress = not args.no_progress
     subject = _Subject(model, progress)
-    if plan.explain.missing_weights:
-        loaded = subject.model()  # its download progress may go to stdout; the facts' may not
-        with stdout_to_stderr():
-            store_weight_facts(store, loaded, plan.explain.missing_weights, progress=progress)
+    _store_missing_weights(store, plan, subject)
+    control = _plan_control(args, store, model, cfg, explain_cfg, spec) if spec else None
     builder = None if args.no_graphs else _graph_builder(store, subject, executor, args.workers)
     with llm_session(args, settings, store) as llm, stdout_to_stderr():
+        runner = explain_runner(executor, args.workers)
+        control_run = None
+        if control is not None:
+            control_run = evaluate_control(
+                store,
+                control[0].with_models(llm.explainer_model, llm.simulator_model),
+                llm.client,
+                templates,
+                None
+                if args.no_graphs
+                else _graph_builder(store, control[1], executor, args.workers),
+                progress=progress,
+                runner=runner,
+            )
         result = evaluate(
             store,
             plan.with_models(llm.explainer_model, llm.simulator_model),
@@ -321,7 +413,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             templates,
             build_graphs=builder,
             progress=progress,
-            runner=explain_runner(executor, args.workers),
+            runner=runner,
+            control=control_run,
         )
     if args.plot:
         known = store.latest_evaluation(model, "calibrate")
@@ -330,6 +423,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     _print_eval(args, result)
     return 0
+
+
+def _print_side_metrics(result: dict[str, Any]) -> None:
+    """The numbers beside the headline (random records alone, AUPRC) and who wrote the kept
+    explanations."""
+    side = result.get("side_metrics", {})
+    if side:
+        print("beside the headline (median; n):")
+        for name in next(iter(side.values())):
+            cells = [
+                f"{metric} {_fmt(side[metric][name]['median'])} ({side[metric][name]['n']})"
+                for metric in side
+            ]
+            print(f"  {name:<22} " + "   ".join(cells))
+    origins = result.get("origins") or {}
+    if origins:
+        total = sum(origins.values())
+        shares = ", ".join(f"{o} {n} ({100 * n / total:.0f}%)" for o, n in origins.items())
+        print(f"kept explanations by origin: {shares}")
+
+
+def _print_control(result: dict[str, Any]) -> None:
+    """The random-init control's summaries beside the trained model's, and the difference."""
+    control = result.get("control")
+    if not control:
+        return
+    print(
+        f"random-init control {control['model']} (weights drawn with seed {control['seed']};"
+        f" {len(control['neurons'])} of its own firing neurons, drawn with the same sample seed;"
+        f" eval run {control['eval_run_id']}); mean scores and trained - control (unpaired:"
+        " different neurons):"
+    )
+    print(f"  {'method':<22} {'trained':>7} {'control':>7} {'n':>7} {'diff':>7} {'95% CI':>16}")
+    for name, d in control["trained_minus_control"].items():
+        ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
+        counts = f"{d['n'][0]}/{d['n'][1]}"
+        print(
+            f"  {name:<22} {_fmt(result['methods'][name]['mean'], 7)}"
+            f" {_fmt(control['methods'][name]['mean'], 7)} {counts:>7} {_fmt(d['mean'], 7)}"
+            f" {ci:>16}"
+        )
 
 
 def _print_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -360,7 +494,9 @@ def _print_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print("paired differences (per neuron, both scored):")
     for name, d in result["paired"].items():
         ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
-        print(f"  {name:<22} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+        print(f"  {name:<27} n={d['n']:<3} mean {_fmt(d['mean'])}  95% CI {ci}")
+    _print_side_metrics(result)
+    _print_control(result)
     for name, agreement in result.get("scorer_agreement", {}).items():
         rho = agreement["spearman_with_simulation"]
         print(

@@ -19,6 +19,7 @@ from autointerp.cli.common import (
     add_db_option,
     add_executor_options,
     at_least,
+    count_or_all,
     db_path,
     default_of,
     finite,
@@ -46,22 +47,28 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
     """How many examples the explainer sees and the simulator is scored on, and how many candidate
     explanations are drawn: the same options for explain, calibrate and eval, with ExplainConfig's
     defaults."""
-    from autointerp.explain.config import ExplainConfig
+    from autointerp.explain.config import LLM_SIM_RECORDS, ExplainConfig
 
     def default(name: str) -> Any:
         return default_of(ExplainConfig, name)
 
+    every = (
+        f"(default: every one the harvest kept under the rule simulator, {LLM_SIM_RECORDS} under a"
+        " token-by-token one, where each is an LLM call)"
+    )
     p.add_argument(
         "--sim-top",
-        type=whole(),
+        type=count_or_all,
         default=default("sim_top"),
-        help=f"held-out top examples simulated (default {default('sim_top')})",
+        metavar="N|all",
+        help=f"held-out top examples simulated {every}",
     )
     p.add_argument(
         "--sim-random",
-        type=whole(),
+        type=count_or_all,
         default=default("sim_random"),
-        help=f"held-out random examples simulated (default {default('sim_random')})",
+        metavar="N|all",
+        help=f"held-out random examples simulated {every}",
     )
     p.add_argument(
         "--explain-records",
@@ -75,9 +82,34 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
         default=default("candidates"),
         help=(
             "best-of-n: sample N explanations per neuron, keep the one that scores best on "
-            "validation records (training-split examples the explainer did not see; the reported "
-            f"score stays on the test split) (default {default('candidates')})"
+            "the validation split (examples neither the explainer nor written candidates saw; the "
+            f"reported score stays on the test split) (default {default('candidates')})"
         ),
+    )
+    p.add_argument(
+        "--rounds",
+        type=at_least(0),
+        default=default("rounds"),
+        metavar="K",
+        help=(
+            "feedback rounds (rule simulator): show the explainer where its explanation's rule "
+            "missed and fired wrongly on validation records and ask for a revision, kept only when"
+            f" it scores better there (default {default('rounds')}; 0: none)"
+        ),
+    )
+    p.add_argument(
+        "--llm-only",
+        action="store_true",
+        help=(
+            "keep only explanations the LLM wrote: no candidates written from the token statistics,"
+            " the N2G graph or the single-token template (by default they compete with the LLM's "
+            "on validation records, and the kept one's origin is stored)"
+        ),
+    )
+    p.add_argument(
+        "--no-restate",
+        action="store_true",
+        help="do not ask the LLM to restate the best graph-written candidate in plain words",
     )
     p.add_argument(
         "--output-tokens",
@@ -123,19 +155,9 @@ def add_llm_executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_llm_options(
-    p: argparse.ArgumentParser,
-    stage_options: Callable[[argparse.ArgumentParser], None] | None = None,
-    price_table: bool = False,
-) -> None:
-    """The LLM's options, the same for explain, eval and calibrate: which endpoint(s) or local
-    model, which models explain and simulate, the records shown and scored, attempts, timeout,
-    prompts and executor. ``stage_options`` adds the command's own options after the record
-    options (where ``--help`` lists them), ``price_table`` the price table of ``explain``."""
-    from autointerp.explain.config import ExplainConfig
-    from autointerp.explain.simulate import MODES
-    from autointerp.llm.client import LLMSettings
-
+def add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    """Which LLM: the endpoint(s) and key, the models on them, or the packaged local model (explain,
+    eval, calibrate, and score, whose LLM only compiles a description into a rule)."""
     p.add_argument(
         "--base-url",
         action="append",
@@ -167,20 +189,12 @@ def add_llm_options(
             "qwen2.5-coder-0.5b (fast)"
         ),
     )
-    p.add_argument(
-        "--simulator-mode",
-        default=default_of(ExplainConfig, "simulator_mode"),
-        choices=list(MODES),
-        help=(
-            "rule (default: the LLM compiles the explanation into a matching rule of words and a "
-            "regular expression, applied to every token), or token-by-token LLM simulation: auto "
-            "(probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs (hosted "
-            "chat models), json (no logprobs)"
-        ),
-    )
-    add_record_options(p)
-    if stage_options is not None:
-        stage_options(p)
+
+
+def add_call_options(p: argparse.ArgumentParser) -> None:
+    """How each LLM call is made: attempts, timeout, and the local server's threads."""
+    from autointerp.llm.client import LLMSettings
+
     p.add_argument(
         "--max-attempts",
         type=at_least(1),
@@ -203,6 +217,36 @@ def add_llm_options(
         default=None,
         help="CPU threads for the local server (default: all)",
     )
+
+
+def add_llm_options(
+    p: argparse.ArgumentParser,
+    stage_options: Callable[[argparse.ArgumentParser], None] | None = None,
+    price_table: bool = False,
+) -> None:
+    """The LLM's options, the same for explain, eval and calibrate: which endpoint(s) or local
+    model, which models explain and simulate, the records shown and scored, attempts, timeout,
+    prompts and executor. ``stage_options`` adds the command's own options after the record
+    options (where ``--help`` lists them), ``price_table`` the price table of ``explain``."""
+    from autointerp.explain.config import ExplainConfig
+    from autointerp.explain.simulate import MODES
+
+    add_endpoint_options(p)
+    p.add_argument(
+        "--simulator-mode",
+        default=default_of(ExplainConfig, "simulator_mode"),
+        choices=list(MODES),
+        help=(
+            "rule (default: the LLM compiles the explanation into a matching rule of words and a "
+            "regular expression, applied to every token), or token-by-token LLM simulation: auto "
+            "(probe the endpoint), echo (prompt logprobs: llama.cpp, vLLM), chat-logprobs (hosted "
+            "chat models), json (no logprobs)"
+        ),
+    )
+    add_record_options(p)
+    if stage_options is not None:
+        stage_options(p)
+    add_call_options(p)
     if price_table:
         p.add_argument(
             "--price-table",
@@ -228,6 +272,9 @@ def explain_config(args: argparse.Namespace, templates: Templates, **stage: Any)
         explain_records=args.explain_records,
         candidates=args.candidates,
         output_tokens=args.output_tokens,
+        rounds=args.rounds,
+        written_candidates=not args.llm_only,
+        restate=not args.no_restate,
         **stage,
     )
 
@@ -426,6 +473,7 @@ def _report(
         "cached_calls": u.cached_calls,
         "cost_usd": summary.cost_usd,
         "endpoints": endpoints,
+        "origins": summary.origins,
     }
     if summary.stopped:
         out["stopped"] = summary.stopped
@@ -443,6 +491,9 @@ def _report(
             f" {u.completion_tokens} completion in {u.calls} calls ({u.cached_calls} from the"
             " cache)"
         )
+        if summary.origins:
+            kept = ", ".join(f"{o} {n}" for o, n in sorted(summary.origins.items()))
+            print(f"kept explanations by who wrote them: {kept}")
         if len(endpoints) > 1:
             for e in endpoints:
                 print(
@@ -461,8 +512,8 @@ def _report(
     # failures recorded, counted above and redone by --retry-failed.
     if summary.failed and not summary.explained and summary.unexplained == summary.failed:
         print(
-            f"error: every one of the {summary.failed} neurons processed failed to get an "
-            f"explanation (the reasons are stored; see `autointerp neuron {model} L/N`).",
+            f"error: the LLM wrote no explanation for any of the {summary.failed} neurons "
+            f"processed (the reasons are stored; see `autointerp neuron {model} L/N`).",
             file=sys.stderr,
         )
         return 1

@@ -55,7 +55,9 @@ def rank_options(p: argparse.ArgumentParser) -> None:
         help=(
             "explanation (simulation score; the default once explanations exist), "
             "max (the default before), min (most negative), frac_positive, variance, n2g "
-            "(graph correlation), baseline (token-lookup score), explanation_negative, cos_in_out "
+            "(graph correlation), baseline (token-lookup score), explanation_random (the "
+            "explanation's correlation on random text alone), explanation_auprc (its average "
+            "precision against 'the neuron fires'), explanation_negative, cos_in_out "
             "(cos(w_in, w_out), most positive first; cos_in_out_negative: most negative first; "
             "from `autointerp weights`). The order used is said on stderr and as "
             '"ranked_by" in --json'
@@ -107,17 +109,18 @@ def cmd_rank(args: argparse.Namespace) -> int:
         print(
             f"ranked by {args.by} score: correlation of simulated and real activations "
             "(positive part: the headline) on held-out top + random text; raw = against the "
-            "signed activation (OpenAI/Neuronpedia); baseline = token-lookup explanation, "
-            "n2g = graph, on the same text"
+            "signed activation (OpenAI/Neuronpedia); auprc = average precision against 'the "
+            "neuron fires' (>= half its max); baseline = token-lookup explanation, n2g = graph, "
+            "on the same text; origin = who wrote the explanation"
         )
         print(
-            f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'baseline':>8} "
-            f"{'n2g':>6}  explanation"
+            f"{'neuron':>10} {'score':>7} {'raw':>6} {'top':>6} {'random':>6} {'auprc':>6} "
+            f"{'baseline':>8} {'n2g':>6}  origin: explanation"
         )
         for r in rows:
             cells = " ".join(
                 f"{r[k]:6.3f}" if r.get(k) is not None else "     -"
-                for k in ("score_raw", "score_top", "score_random")
+                for k in ("score_raw", "score_top", "score_random", "auprc")
             )
             base = (
                 f"{r['baseline_score']:8.3f}" if r.get("baseline_score") is not None else "       -"
@@ -125,7 +128,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
             n2g = f"{r['n2g_score']:6.3f}" if r.get("n2g_score") is not None else "     -"
             print(
                 f"{r['layer']:>5}/{r['neuron']:<4} {r['score']:7.3f} {cells} {base} {n2g}  "
-                f"{terminal_text(r['explanation'] or '-')}"
+                f"{r.get('origin') or '-'}: {terminal_text(r['explanation'] or '-')}"
             )
         return 0
     n2g, cos = args.by == "n2g", args.by.startswith("cos_in_out")

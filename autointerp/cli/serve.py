@@ -100,6 +100,23 @@ def serve_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop (default auto: uvloop when installed, else asyncio)",
     )
+    p.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        help=(
+            "OpenAI-compatible endpoint that compiles descriptions into rules for the neuron page's"
+            ' "test your own explanation" box (POST /api/{model}/score/...); repeat it for a pool'
+            ' (default: none, so only descriptions in the template grammar, such as: the token "X",'
+            " are scored)"
+        ),
+    )
+    p.add_argument("--api-key", default=None, help="its API key (default: $OPENAI_API_KEY)")
+    p.add_argument(
+        "--simulator-model",
+        default=None,
+        help="the model on --base-url that compiles (default: the first one it lists)",
+    )
     add_db_option(p)
     add_device_options(p)
     p.set_defaults(func=cmd_serve)
@@ -128,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=args.cors or (),
         share_recent=args.share_recent_prompts,
         body_seconds=args.timeout,
+        llm=_scoring_llm(args),
     )
     _check_port_free(args.host, args.port)  # before saying "serving": a busy port is one sentence
     print(
@@ -149,6 +167,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def _scoring_llm(args: argparse.Namespace) -> Any:
+    """The LLM settings of --base-url (None without it: the server has no LLM). Only the flag turns
+    it on - $OPENAI_BASE_URL is not read, as a server should not start calling an LLM unasked - and
+    a request waits at most a minute, tried twice."""
+    if not args.base_url:
+        return None
+    from autointerp.llm.client import LLMSettings
+
+    return LLMSettings.from_env(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        explainer_model=args.simulator_model,
+        simulator_model=args.simulator_model,
+        timeout=60.0,
+        max_attempts=2,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -118,6 +118,13 @@ def cmd_neuron(args: argparse.Namespace) -> int:
             f" {terminal_text(row['text'])}  [{shown}]",
             markup=False,
         )
+    for user in record["user_explanations"]:  # saved with `autointerp score --save`
+        shown = (
+            f"score {user['score']:.3f}"
+            if user["score"] is not None
+            else f"{user['status']}: {terminal_text(user['error'] or '')}"
+        )
+        console.print(f"your description: {terminal_text(user['text'])}  [{shown}]", markup=False)
     n2g = record["scores"].get("n2g")
     if n2g and n2g.get("score") is not None:
         console.print(f"N2G graph score on the same held-out text: {n2g['score']:.3f}")

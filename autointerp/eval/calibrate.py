@@ -122,7 +122,9 @@ def feature_row(
         "description": feature.description,
         "true_score": score(TRUE_METHOD),
         "explanation": llm.get("text"),
+        "origin": llm.get("origin"),
         "explanation_score": score("explanation"),
+        "explanation_first_score": score("explanation_first"),
         "baseline_score": score("baseline"),
         "n2g_score": score("n2g"),
         "frac_active": stats.get("frac_positive"),
@@ -131,6 +133,30 @@ def feature_row(
         # what the rule simulator compiled each description into (``rule`` mode)
         "rules": {m: r["simulation"] for m, r in scores.items() if r.get("simulation")},
         "baseline": (expl.get("baseline") or {}).get("text"),
+    }
+
+
+#: An explanation "recovers" a known feature when it scores at least this share of the true
+#: description's score on the same records.
+RECOVERY_SHARE = 0.8
+
+
+def recovered(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many features' explanations (and first LLM explanations alone) score at least
+    :data:`RECOVERY_SHARE` of their true description, out of the features whose true description
+    has a positive score."""
+    scored = [r for r in rows if r["true_score"] is not None and r["true_score"] > 0]
+
+    def count(key: str) -> int:
+        return sum(
+            r[key] is not None and r[key] >= RECOVERY_SHARE * r["true_score"] for r in scored
+        )
+
+    return {
+        "share_of_true": RECOVERY_SHARE,
+        "features": len(scored),
+        "explanation": count("explanation_score"),
+        "explanation_first": count("explanation_first_score"),
     }
 
 
@@ -155,13 +181,20 @@ def calibrate(
     rows = [feature_row(store, run["id"], i, f, config_hash) for i, f in enumerate(features)]
     medians = {
         key: _median([r[key] for r in rows])
-        for key in ("true_score", "explanation_score", "baseline_score", "n2g_score")
+        for key in (
+            "true_score",
+            "explanation_score",
+            "explanation_first_score",
+            "baseline_score",
+            "n2g_score",
+        )
     }
     result = {
         "model": base_model,
         "features_model": known.name,
         "features": rows,
         "medians": medians,
+        "recovered": recovered(rows),
         "explainer_model": explain_cfg.explainer_model,
         "simulator_model": explain_cfg.simulator_model,
         "simulator_mode": explain_cfg.simulator_mode,

@@ -17,6 +17,9 @@ controls.
   counts (never averaged in), and paired differences per neuron (explanation - baseline,
   explanation - shuffled, explanation - n2g) with bootstrap intervals: the paired view removes the
   neuron-to-neuron spread.
+* **The random-init control** (optional, :mod:`autointerp.eval.control`): the same evaluation of
+  the model's architecture with seeded random weights, its summaries and how far the trained
+  model's scores stand above them, as the result's ``control`` section.
 * **Cheap scorers** (optional, :mod:`autointerp.eval.scorers`): embedding and detection scores of
   each explanation on the same held-out windows, with their Spearman correlation with simulation
   and their cost per neuron - whether a cheaper number could stand in for simulation.
@@ -42,6 +45,7 @@ from tqdm import tqdm
 
 from autointerp.config import check_int, identity_hash
 from autointerp.errors import UserError
+from autointerp.eval.control import ControlRun, control_section
 from autointerp.eval.scorers import detection_score, embedding_score
 from autointerp.eval.stats import paired, spearman, summarize
 from autointerp.explain.config import ExplainConfig
@@ -53,7 +57,10 @@ from autointerp.explain.simulate import Simulator, simulate_score
 from autointerp.llm.client import LLMClient, LLMFailure, Usage
 from autointerp.store import Store
 
-METHODS = ("explanation", "baseline", "n2g")
+METHODS = ("explanation", "explanation_first", "baseline", "n2g")
+#: The other numbers stored beside each method's score, summarised the same way: the correlation
+#: on the random records alone, and the average precision against "the neuron fires".
+SIDE_METRICS = ("score_random", "auprc")
 #: What each cheap scorer's number is (stored with its agreement with simulation).
 SCORER_SCORES = {
     "embedding": "AUROC of cosine(explanation, window) against 'the neuron fires here'",
@@ -197,6 +204,10 @@ class Tally:
 
     scorers: list[str]
     scores: dict[str, dict[tuple[int, int], float | None]] = field(init=False)
+    #: per side metric (:data:`SIDE_METRICS`) and method, each neuron's value where it has one
+    side: dict[str, dict[str, dict[tuple[int, int], float]]] = field(init=False)
+    #: who wrote each kept explanation (``explanations.origin``), counted
+    origins: dict[str, int] = field(init=False)
     counts: dict[str, dict[str, int]] = field(init=False)
     seconds: dict[str, float] = field(init=False)
     usage: dict[str, Usage] = field(init=False)
@@ -204,6 +215,8 @@ class Tally:
 
     def __post_init__(self) -> None:
         self.scores = {m: {} for m in (*METHODS, "shuffled", *self.scorers)}
+        self.side = {k: {m: {} for m in METHODS} for k in SIDE_METRICS}
+        self.origins = {}
         self.counts = {m: {"failed": 0, "undefined": 0} for m in self.scores}
         self.seconds = dict.fromkeys(self.scorers, 0.0)
         self.usage = {name: Usage() for name in self.scorers}
@@ -211,12 +224,19 @@ class Tally:
 
     def add(self, entry: dict[str, Any]) -> None:
         """Count one neuron's entry under each method."""
+        key = (entry["layer"], entry["neuron"])
         for method in self.scores:
             status = entry["status"][method]
             if status == "ok":
-                self.scores[method][(entry["layer"], entry["neuron"])] = entry["scores"][method]
+                self.scores[method][key] = entry["scores"][method]
             elif status in ("failed", "undefined"):
                 self.counts[method][status] += 1
+        for metric in SIDE_METRICS:
+            for method, value in entry.get(metric, {}).items():
+                if value is not None:
+                    self.side[metric][method][key] = value
+        if entry.get("origin"):
+            self.origins[entry["origin"]] = self.origins.get(entry["origin"], 0) + 1
 
 
 def method_entry(
@@ -235,7 +255,9 @@ def method_entry(
         "scores": {},
         "status": {},
         "explanation": text,
+        "origin": (expl.get("llm") or {}).get("origin"),
         "baseline": (expl.get("baseline") or {}).get("text"),
+        **{metric: {} for metric in SIDE_METRICS},
     }
     for method in METHODS:
         row = scores.get(method)
@@ -244,6 +266,8 @@ def method_entry(
             status = expl["llm"]["status"]
         entry["status"][method] = status
         entry["scores"][method] = row["score"] if row and status == "ok" else None
+        for metric in SIDE_METRICS:
+            entry[metric][method] = row.get(metric) if row and status == "ok" else None
         if row and method == "explanation":
             entry["scores"]["explanation_raw"] = row.get("score_raw")
     entry["status"]["shuffled"] = shuffled["status"] if shuffled else "missing"
@@ -351,11 +375,14 @@ def evaluate(
     build_graphs: GraphBuilder | None = None,
     progress: bool = True,
     runner: JobRunner | None = None,
+    control: ControlRun | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation ``plan`` (:func:`plan_eval`; see the module docstring):
     ``build_graphs(layer, neurons)`` makes missing N2G graphs (the caller owns the subject model);
     ``runner`` runs the explain step (Ray tasks: :func:`autointerp.explain.ray.explain_runner`;
-    default: this process). Returns and stores the result."""
+    default: this process); ``control``, the random-init control's evaluation, is compared in the
+    result's ``control`` section (and named in the stored config). Returns and stores the
+    result."""
     if build_graphs is not None:
         build_missing_graphs(store, plan.explain, build_graphs)
     explain_layers(store, plan.explain, client, templates, progress=progress, runner=runner)
@@ -379,6 +406,9 @@ def evaluate(
         "explain": explain_cfg.identity(),
         "explain_config_hash": explain_cfg.config_hash(),
     }
+    if control is not None:
+        result["control"] = control_section(result, control, plan.cfg.seed)
+        config["control"] = asdict(control.spec)
     result["run_id"] = store.save_evaluation(
         plan.model, "eval", config, identity_hash(config), result
     )
@@ -430,10 +460,20 @@ def eval_result(
         "methods": method_summaries(store, plan.model, tally, cfg.seed),
         "paired": {
             f"explanation-{other}": paired(expl, tally.scores[other], cfg.seed)
-            for other in ("baseline", "shuffled", "n2g")
+            for other in ("baseline", "shuffled", "n2g", "explanation_first")
         },
+        "side_metrics": {
+            metric: {
+                m: summarize(list(tally.side[metric][m].values()), seed=cfg.seed) for m in METHODS
+            }
+            for metric in SIDE_METRICS
+        },
+        "origins": dict(sorted(tally.origins.items(), key=lambda kv: -kv[1])),
         "neurons": neurons,
     }
+    result["paired"]["explanation_first-baseline"] = paired(
+        tally.scores["explanation_first"], tally.scores["baseline"], cfg.seed
+    )
     if tally.scorers:
         result["scorer_agreement"] = {
             name: _agreement(

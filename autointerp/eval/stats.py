@@ -1,4 +1,5 @@
-"""Summaries of score samples: mean, median, bootstrap 95% intervals, paired differences.
+"""Summaries of score samples: mean, median, bootstrap 95% intervals, paired differences, and
+the difference of two independent samples' means.
 
 The bootstrap is the percentile method over resampled neurons, seeded, so a stored evaluation is
 reproducible. Failed and undefined scores are counted beside the summary and never enter it: a
@@ -58,6 +59,26 @@ def paired(
         "mean": float(np.mean(diffs)) if diffs else None,
         "ci95": bootstrap_ci(diffs, seed),
     }
+
+
+def difference_of_means(
+    a: Sequence[float], b: Sequence[float], seed: int = 0, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``mean(a) - mean(b)`` of two independent samples (no pairing: the neurons of two models),
+    with its percentile bootstrap 95% interval, each sample resampled on its own (seeded); None
+    for the interval when either side has fewer than 2 values."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, Any] = {"n": [int(len(x)), int(len(y))], "mean": None, "ci95": None}
+    if len(x) == 0 or len(y) == 0:
+        return out
+    out["mean"] = float(x.mean() - y.mean())
+    if len(x) >= 2 and len(y) >= 2:
+        rng = np.random.default_rng(seed)
+        means_x = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+        means_y = y[rng.integers(0, len(y), size=(n_boot, len(y)))].mean(axis=1)
+        lo, hi = np.percentile(means_x - means_y, [2.5, 97.5])
+        out["ci95"] = [float(lo), float(hi)]
+    return out
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 from autointerp.explain.prompts import SCALE_MAX, Record
+from autointerp.explain.templates import Clause, explanation_text
 from autointerp.n2g.graph import NeuronGraph, Node, normalize_token
 from autointerp.untrusted import escape_token
 
 
 def baseline_explanation(records: list[Record], max_activation: float, k: int = 3) -> str:
     """Token lookup: the (normalised) tokens at which the neuron fires most, summed over the
-    training examples."""
+    training examples, as ``the tokens "a", "b" and "c"`` (:mod:`autointerp.explain.templates`:
+    its rule is those tokens, inside words too)."""
     weight: dict[str, float] = defaultdict(float)
     shown: dict[str, str] = {}
     for r in records:
@@ -26,15 +28,9 @@ def baseline_explanation(records: list[Record], max_activation: float, k: int = 
                 key = normalize_token(tok)
                 weight[key] += act
                 shown.setdefault(key, tok.strip() or tok)
-    if not weight:
-        return "nothing in particular"
     best = sorted(weight, key=lambda t: -weight[t])[:k]
-    quoted = [f'"{escape_token(shown[t])}"' for t in best]
-    return (
-        "the token " + quoted[0]
-        if len(quoted) == 1
-        else "the tokens " + ", ".join(quoted[:-1]) + " and " + quoted[-1]
-    )
+    # in the template grammar: the sentence compiles to exactly these tokens, with no LLM call
+    return explanation_text([Clause(tuple(shown[t] for t in best))] if best else [])
 
 
 def n2g_evidence(graph: NeuronGraph, limit: int) -> list[str]:

@@ -24,26 +24,28 @@ threads in this process and Ray tasks on other machines run the very same functi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.explain.baseline import baseline_explanation, n2g_evidence
+from autointerp.explain.compete import LLM_ORIGINS, compete
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.prompts import (
-    OutputTokens,
-    Record,
-    Templates,
-    explanation_messages,
-    parse_explanation,
+from autointerp.explain.explainer import ask_explainer, explain_messages, prompt_hash
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.prompts import SCALE_MAX, OutputTokens, Record, Templates
+from autointerp.explain.records import (
+    candidate_records,
+    explain_records,
+    heldout_records,
+    validation_records,
 )
-from autointerp.explain.records import explain_records, heldout_records, validation_records
+from autointerp.explain.rules import Rule, RuleTimeout
 from autointerp.explain.simulate import Simulator, score_predictions, simulate_score
-from autointerp.llm.client import InvalidOutput, LLMClient, LLMFailure, Usage
+from autointerp.llm.client import LLMClient, LLMFailure, Usage
 from autointerp.n2g.graph import NeuronGraph
 from autointerp.store import Store
 
@@ -54,32 +56,14 @@ Prices = dict[str, dict[str, float]]
 # --------------------------------------------------------------------------------------------------
 # jobs and results
 @dataclass
-class NeuronJob:
-    run_id: int
-    layer: int
-    neuron: int
-    max_activation: float
-    min_activation: float
-    train: list[Record]
-    heldout: list[Record]
-    graph: NeuronGraph | None
-    #: training-split records the explainer does not see: where best-of-n chooses
-    valid: list[Record] = field(default_factory=list)
-    train_negative: list[Record] = field(default_factory=list)
-    heldout_negative: list[Record] = field(default_factory=list)
-    #: other explanations to simulate and score on the same records, by score method (e.g. a
-    #: known-answer feature's true description as ``true_description``)
-    extra: dict[str, str] = field(default_factory=dict)
-    #: what the neuron's output promotes and suppresses (only with ``output_tokens`` > 0)
-    output: OutputTokens | None = None
-
-
-@dataclass
 class NeuronResult:
     job: NeuronJob
     explanations: list[dict[str, Any]]
     scores: list[dict[str, Any]]
     usage: Usage
+    #: the LLM was asked for the positive side's explanation and wrote none (a written candidate
+    #: may still have been kept): what tells a broken endpoint apart from a poor explanation
+    llm_failed: bool = False
     #: the reason, when every LLM call of this neuron failed at the endpoint (unreachable, timeout,
     #: 429, 5xx: not a wrong answer); None when any call was answered or none was made
     endpoint_failure: str | None = None
@@ -134,93 +118,17 @@ def make_job(
         heldout_records(store, run["id"], layer, neuron, cfg),
         graph,
         valid=validation_records(store, run["id"], layer, neuron, cfg)
-        if cfg.candidates > 1
+        if cfg.candidates > 1 or cfg.rule_mode
         else [],
     )
+    if cfg.rule_mode and cfg.written_candidates:
+        job.train_all = candidate_records(store, run["id"], layer, neuron, cfg)
     if cfg.output_tokens:
         job.output = output_tokens(store, run["model"], layer, neuron, cfg.output_tokens)
     if cfg.negative and gated:
         job.train_negative = explain_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
         job.heldout_negative = heldout_records(store, run["id"], layer, neuron, cfg, "bottom", -1.0)
     return job
-
-
-# --------------------------------------------------------------------------------------------------
-# the explainer
-def explain_messages(
-    cfg: ExplainConfig,
-    templates: Templates,
-    records: list[Record],
-    max_act: float,
-    evidence: list[str] | None,
-    output: OutputTokens | None = None,
-) -> list[dict[str, str]]:
-    """The explainer's chat messages for one neuron as ``explain`` sends them: the records, the
-    tokens it fires on most, the N2G ``evidence``, the ``output`` side; the weakest records are
-    dropped while the prompt is longer than ``cfg.max_prompt_chars`` (small local context
-    windows)."""
-    top_tokens = (
-        baseline_explanation(records, max_act, 5)
-        .removeprefix("the tokens ")
-        .removeprefix("the token ")
-    )
-    messages = explanation_messages(records, max_act, templates, evidence, top_tokens, output)
-    while len(records) > 1 and sum(len(m["content"]) for m in messages) > cfg.max_prompt_chars:
-        records = records[:-1]
-        messages = explanation_messages(records, max_act, templates, evidence, top_tokens, output)
-    return messages
-
-
-def prompt_hash(messages: list[dict[str, str]]) -> str:
-    """The hash stored beside an explanation: exactly which prompt produced it (failed or not)."""
-    return hashlib.sha256(
-        json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    ).hexdigest()
-
-
-def _explain(
-    client: LLMClient,
-    cfg: ExplainConfig,
-    messages: list[dict[str, str]],
-    templates: Templates,
-    sample: int = 0,
-) -> tuple[str, Usage]:
-    """One explanation; ``sample`` > 0 draws candidate ``sample`` of best-of-n at temperature 0.7
-    (seeded, so a rerun asks the same questions and the response cache answers them).
-
-    A reply that repeats a few-shot answer word for word is refused and asked again at a higher
-    temperature: small models fall back on copying an example's answer when unsure (the 1.5B
-    explained a year neuron and a hyphen neuron as 'the word "of"', the third example's answer),
-    and a copied phrase is about another neuron."""
-    copies = {ex["explanation"].strip().lower() for ex in templates.examples}
-    body: dict[str, Any] = {
-        "messages": messages,
-        "max_tokens": cfg.explainer_max_tokens,
-        "temperature": 0,
-    }
-    if sample:
-        body.update({"temperature": 0.7, "seed": sample})
-
-    def parse(response: dict[str, Any]) -> str:
-        try:
-            content = response["choices"][0]["message"]["content"] or ""
-            if (
-                response["choices"][0].get("finish_reason") == "length"
-                and "\n" not in content.strip()
-            ):
-                # cut at max_tokens inside the first line: the phrase itself is incomplete, never
-                # store it
-                raise InvalidOutput(f"truncated at max_tokens: {content[:60]!r}")
-            text = parse_explanation(content)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise InvalidOutput(str(exc)) from exc
-        if text.lower() in copies:
-            raise InvalidOutput(f"the reply copies a few-shot answer: {text[:60]!r}")
-        return text
-
-    return client.call(
-        "chat", cfg.explainer_model, body, parse, lambda a: {"temperature": 0.7, "seed": a}
-    )
 
 
 def best_of_n(
@@ -250,7 +158,7 @@ def best_of_n(
         )
         hashed = prompt_hash(messages)
         try:
-            text, used = _explain(client, cfg, messages, templates, sample=k)
+            text, used = ask_explainer(client, cfg, messages, templates, sample=k)
             usage.add(used)
         except LLMFailure as exc:
             first_failure = first_failure or exc
@@ -290,6 +198,7 @@ class NeuronRows:
         self.usage = Usage()
         self.explanations: list[dict[str, Any]] = []
         self.scores: list[dict[str, Any]] = []
+        self.llm_failed = False
         self.calls: list[LLMFailure | None] = []  # each LLM call's failure, None when answered
 
     def explanation(
@@ -302,8 +211,10 @@ class NeuronRows:
         seconds: float,
         hashed: str | None = None,
         candidates: list[dict[str, Any]] | None = None,
+        origin: str | None = None,
     ) -> None:
-        """An explanation row: ``text``, or the ``error`` that left it failed."""
+        """An explanation row: ``text``, or the ``error`` that left it failed; ``origin`` says who
+        wrote the kept one when candidates competed (:mod:`autointerp.explain.compete`)."""
         self.explanations.append(
             {
                 "kind": kind,
@@ -314,6 +225,7 @@ class NeuronRows:
                 "prompt_hash": hashed,
                 "model": model,
                 "candidates": json.dumps(candidates, ensure_ascii=False) if candidates else None,
+                "origin": origin,
                 "prompt_tokens": used.prompt_tokens,
                 "completion_tokens": used.completion_tokens,
                 "cost_usd": used.cost(model, self.prices),
@@ -349,6 +261,7 @@ class NeuronRows:
                 "score_raw": result.get("score_raw"),
                 "score_top": result.get("score_top"),
                 "score_random": result.get("score_random"),
+                "auprc": result.get("auprc"),
                 "r2": result.get("r2"),
                 "n_tokens": result.get("n_tokens"),
                 "simulator_model": self.cfg.simulator_model if mode else None,
@@ -382,11 +295,29 @@ class NeuronRows:
             self.score(method, None, exc.reason, Usage(), sim.mode)
             self.calls.append(exc)
 
+    def ruled(
+        self, method: str, rule: Rule, records: list[Record], max_act: float, mode: str
+    ) -> None:
+        """Score a rule already compiled on ``records`` and add its score row (no LLM call)."""
+        try:
+            preds = [[SCALE_MAX * v for v in rule.apply(r.tokens)] for r in records]
+        except RuleTimeout as exc:
+            self.score(method, None, str(exc), Usage(), mode)
+            return
+        result = score_predictions(preds, records, max_act, SCALE_MAX, 1.0)
+        result["simulation"] = rule.to_json()
+        self.score(method, result, None, Usage(), mode)
+
     def result(self, job: NeuronJob) -> NeuronResult:
         down = bool(self.calls) and all(c is not None and c.transient for c in self.calls)
         last = self.calls[-1] if down else None
         return NeuronResult(
-            job, self.explanations, self.scores, self.usage, last.reason if last else None
+            job,
+            self.explanations,
+            self.scores,
+            self.usage,
+            self.llm_failed,
+            last.reason if last else None,
         )
 
 
@@ -443,8 +374,13 @@ def explain_side(
     templates: Templates,
 ) -> None:
     """Explain one side (best-of-n when asked) and score the explanation on its held-out records;
-    a failed explanation is recorded with a failed score that says why nothing was simulated."""
+    a failed explanation is recorded with a failed score that says why nothing was simulated.
+    Under the rule simulator the positive side's candidates compete
+    (:func:`explain_by_competition`)."""
     cfg = rows.cfg
+    if side.kind == "llm" and cfg.rule_mode and job.valid:
+        explain_by_competition(rows, side, job, client, sim, templates)
+        return
     t0 = time.time()
     messages = explain_messages(
         cfg, templates, side.train, side.max_activation, side.evidence, side.output
@@ -457,7 +393,7 @@ def explain_side(
                 job, client, sim, cfg, templates, side.evidence
             )
         else:
-            text, used = _explain(client, cfg, messages, templates)
+            text, used = ask_explainer(client, cfg, messages, templates)
         rows.usage.add(used)
         rows.calls.append(None)
         rows.explanation(
@@ -471,6 +407,7 @@ def explain_side(
             candidates,
         )
     except LLMFailure as exc:
+        rows.llm_failed = rows.llm_failed or side.kind == "llm"
         rows.calls.append(exc)
         rows.explanation(
             side.kind, None, exc.reason, Usage(), cfg.explainer_model, time.time() - t0, hashed
@@ -478,6 +415,56 @@ def explain_side(
         rows.score(side.method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
         return
     rows.simulated(sim, side.method, text, side.heldout, side.max_activation, side.sign)
+
+
+def explain_by_competition(
+    rows: NeuronRows,
+    side: Side,
+    job: NeuronJob,
+    client: LLMClient,
+    sim: Simulator,
+    templates: Templates,
+) -> None:
+    """The positive side under the rule simulator: every candidate competes on validation
+    (:func:`autointerp.explain.compete.compete`); the kept one is scored on the held-out records as
+    ``explanation`` and the first LLM explanation alone as ``explanation_first``, so the LLM's own
+    contribution stays visible. Every candidate is stored with its origin and validation score."""
+    cfg = rows.cfg
+    t0 = time.time()
+    try:
+        choice = compete(job, client, sim, cfg, templates, side.evidence)
+    except LLMFailure as exc:
+        rows.llm_failed = True
+        rows.calls.append(exc)
+        rows.explanation(side.kind, None, exc.reason, Usage(), cfg.explainer_model, 0.0)
+        rows.score(side.method, None, f"no explanation to simulate: {exc.reason}", Usage(), None)
+        return
+    rows.usage.add(choice.usage)
+    kept = choice.chosen
+    rows.explanation(
+        side.kind,
+        kept.text,
+        None,
+        choice.usage,
+        cfg.explainer_model if kept.origin in LLM_ORIGINS else "no LLM",
+        time.time() - t0,
+        kept.prompt_hash,
+        [e.row() for e in choice.entries],
+        origin=kept.origin,
+    )
+    if kept.rule is None:  # nothing could be compiled: the reason, never a score
+        rows.score(side.method, None, kept.error, Usage(), sim.mode)
+    else:
+        rows.ruled(side.method, kept.rule, side.heldout, side.max_activation, sim.mode)
+    first = choice.first
+    rows.llm_failed = first is not None and first.text is None
+    if first is not None:  # the LLM's first answer (or its failure) decides whether it is down
+        rows.calls.append(first.failure)
+    if first is not None:
+        if first.rule is not None:
+            rows.ruled("explanation_first", first.rule, side.heldout, side.max_activation, sim.mode)
+        else:
+            rows.score("explanation_first", None, first.error, Usage(), sim.mode)
 
 
 def process_neuron(

@@ -41,6 +41,8 @@ TEMPLATE_FILES = (
     "examples.json",
     "compile_system.txt",
     "compile_examples.json",
+    "revise_system.txt",
+    "restate_system.txt",
 )
 #: explainer prompt variant -> its system text (the file that replaces ``explain_system.txt``)
 PROMPT_VARIANTS = {"tokens": "explain_system.txt", "summary": "explain_system_summary.txt"}
@@ -75,6 +77,10 @@ class Templates:
     compile_system: str
     #: few-shot ``{"description", "rule"}`` pairs for the rule compiler
     compile_examples: list[dict[str, Any]]
+    #: the system text of a feedback round (:mod:`autointerp.explain.feedback`)
+    revise_system: str
+    #: the system text asking to restate a written candidate in plain words
+    restate_system: str
     #: e.g. "v1-3f2a9c1b7d20": the examples' version (and the variant, when not the default) and a
     #: hash of the template files used
     version: str
@@ -114,6 +120,8 @@ def load_templates(folder: str | None = None, variant: str = DEFAULT_VARIANT) ->
         examples=examples["neurons"],
         compile_system=(root / "compile_system.txt").read_text(encoding="utf-8").strip(),
         compile_examples=compile_examples["examples"],
+        revise_system=(root / "revise_system.txt").read_text(encoding="utf-8").strip(),
+        restate_system=(root / "restate_system.txt").read_text(encoding="utf-8").strip(),
         version=f"{label}-{digest.hexdigest()[:12]}",
         variant=variant,
     )

@@ -26,7 +26,8 @@ from typing import Any, TypedDict
 
 from autointerp.executors import Executor, cluster_slots, run_tasks, start_ray, task_options
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.neuron import NeuronJob, NeuronResult, Prices
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.neuron import NeuronResult, Prices
 from autointerp.explain.prompts import Templates
 from autointerp.explain.run import Commit, JobRunner, run_in_threads
 from autointerp.explain.simulate import Simulator

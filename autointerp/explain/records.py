@@ -1,13 +1,16 @@
 """The records a neuron is explained and scored on, cut from its stored examples.
 
-Three sets, from two splits of the harvest, so that nothing is judged on text it was chosen on:
+Four sets, from the three splits of the harvest, so that nothing is judged on text it was chosen
+on:
 
 * :func:`explain_records` - the top *training* examples the explainer is shown, each a window around
   its peak;
-* :func:`validation_records` - training examples the explainer was not shown: where best-of-n picks
-  among its candidates;
-* :func:`heldout_records` - *test* examples (top and random): where every explanation, the baseline
-  and the N2G graph are scored.
+* :func:`candidate_records` - every *training* example (top, random and quantile): what the
+  candidates written without an LLM are built from (:mod:`autointerp.explain.candidates`);
+* :func:`validation_records` - the *validation* split (top, random and quantile), which nothing is
+  built from: where the candidates compete and the feedback rounds find mistakes;
+* :func:`heldout_records` - *test* examples (top and random; quantile too under the rule
+  simulator, for AUPRC): where the kept explanation, the baseline and the N2G graph are scored.
 
 They are plain functions of the store and the config, apart from the neuron worker
 (:mod:`autointerp.explain.neuron`), because the jobs, the held-out check of the plan and ``eval``'s
@@ -32,7 +35,7 @@ def _window(row: dict[str, Any], start: int, stop: int, sign: float = 1.0) -> Re
     return Record(
         list(row["str_tokens"][start:stop]),
         [sign * a for a in row["activations"][start:stop]],
-        "random" if row["kind"] == "random" else "top",
+        row["kind"] if row["kind"] in ("random", "quantile") else "top",
         row.get("context_id"),
     )
 
@@ -71,35 +74,63 @@ def heldout_records(
     kind: str = "top",
     sign: float = 1.0,
 ) -> list[Record]:
-    """The scoring set: test-split top (or bottom) examples around their peak, plus test-split
-    random examples."""
-    tops = list(store.examples(run_id, layer, neuron, kinds=[kind], split="test"))[: cfg.sim_top]
-    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="test"))[
-        : cfg.sim_random
-    ]
-    out = [peak_window(r, cfg.sim_window - 5, 4, sign) for r in tops]
-    out += [_window(r, 1, 1 + cfg.sim_window, sign) for r in randoms]
+    """The scoring set: test-split top (or bottom) examples around their peak, test-split random
+    examples, and (under the rule simulator, positive side) the test-split quantile examples -
+    as many as :meth:`ExplainConfig.heldout_counts` says."""
+    tops, randoms, quantiles = cfg.heldout_counts()
+    return split_records(
+        store, run_id, layer, neuron, cfg, "test", kind, sign, tops, randoms, quantiles
+    )
+
+
+def split_records(
+    store: Store,
+    run_id: int,
+    layer: int,
+    neuron: int,
+    cfg: ExplainConfig,
+    split: str,
+    kind: str = "top",
+    sign: float = 1.0,
+    tops: int | None = None,
+    randoms: int | None = None,
+    quantiles: bool = True,
+) -> list[Record]:
+    """One split's examples cut as the scoring set is: ``kind`` (top or bottom) and quantile ones
+    as windows ending 4 tokens after the peak, random ones from their start; ``tops`` / ``randoms``
+    cap how many (None: all)."""
+
+    def rows(k: str, limit: int | None) -> list[dict[str, Any]]:
+        return list(store.examples(run_id, layer, neuron, kinds=[k], split=split))[:limit]
+
+    out = [peak_window(r, cfg.sim_window - 5, 4, sign) for r in rows(kind, tops)]
+    out += [_window(r, 1, 1 + cfg.sim_window, sign) for r in rows("random", randoms)]
+    if quantiles and sign > 0:
+        out += [peak_window(r, cfg.sim_window - 5, 4) for r in rows("quantile", None)]
     return out
+
+
+def candidate_records(
+    store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig
+) -> list[Record]:
+    """Every training-split example (top, random, quantile), cut as the scoring set is: what the
+    written candidates are built from."""
+    return split_records(store, run_id, layer, neuron, cfg, "train")
 
 
 def validation_records(
     store: Store, run_id: int, layer: int, neuron: int, cfg: ExplainConfig
 ) -> list[Record]:
-    """Where best-of-n chooses among candidates: training-split top examples the explainer is not
-    shown (those after the first ``explain_records``) and training-split random examples, cut as
-    the test records are. Never the test split, which the final score is reported on.
+    """Where candidates compete: the validation split (top, random and quantile examples), cut as
+    the test records are. Nothing is built from it - the written candidates come from the training
+    split, the LLM sees training examples - and the final score is reported on the test split.
 
-    When the neuron is the same everywhere on those (a rare feature: the unseen top examples do not
-    fire, or there are none), every candidate would score "undefined" there and the first would be
-    kept by default; the shown examples, cut the same way, are added then - still training text, and
-    the only training text on which the candidates can be told apart."""
-    train = list(store.examples(run_id, layer, neuron, kinds=["top"], split="train"))
-    tops = train[cfg.explain_records : cfg.explain_records + cfg.sim_top]
-    randoms = list(store.examples(run_id, layer, neuron, kinds=["random"], split="train"))[
-        : cfg.sim_random
-    ]
-    out = [peak_window(r, cfg.sim_window - 5, 4) for r in tops]
-    out += [_window(r, 1, 1 + cfg.sim_window) for r in randoms]
+    When the neuron is the same everywhere on those (a rare feature whose validation examples do
+    not fire), every candidate would score "undefined" there and the first would be kept by
+    default; the training examples, cut the same way, are added then - the only other text on
+    which candidates can be told apart (the written ones were built on it, so they are favoured
+    there, which is said with the choice)."""
+    out = split_records(store, run_id, layer, neuron, cfg, "valid")
     if len({a for r in out for a in r.activations}) < 2:
-        out = [peak_window(r, cfg.sim_window - 5, 4) for r in train[: cfg.explain_records]] + out
+        out = candidate_records(store, run_id, layer, neuron, cfg) + out
     return out

@@ -27,7 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.neuron import NeuronJob, NeuronResult, Prices, make_job, process_neuron
+from autointerp.explain.job import NeuronJob
+from autointerp.explain.neuron import NeuronResult, Prices, make_job, process_neuron
 from autointerp.explain.plan import ExplainPlan
 from autointerp.explain.prompts import Templates
 from autointerp.explain.simulate import Simulator
@@ -97,12 +98,14 @@ class ExplainSummary:
     explained: int = 0
     skipped: int = 0
     failed: int = 0  # neurons with any failed row (explanation or score)
-    unexplained: int = 0  # of those, neurons whose LLM explanation itself failed
+    unexplained: int = 0  # of those, neurons the LLM wrote no explanation for
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None  # None when no price table was given
     seconds: float = 0.0
     run_id: int | None = None
     neurons: list[tuple[int, int]] = field(default_factory=list)
+    #: who wrote each kept explanation (``explanations.origin``), counted
+    origins: dict[str, int] = field(default_factory=dict)
     #: why the run stopped before its last neuron (the endpoint kept failing), else None
     stopped: str | None = None
     #: neurons in a row, up to the last one finished, whose LLM calls all failed at the endpoint
@@ -116,9 +119,12 @@ class ExplainSummary:
         failed = any(r["status"] == "failed" for r in result.explanations + result.scores)
         self.failed += failed
         self.explained += not failed
-        self.unexplained += not any(
+        self.unexplained += result.llm_failed or not any(
             r["kind"] == "llm" and r["status"] == "ok" for r in result.explanations
         )
+        for r in result.explanations:
+            if r["kind"] == "llm" and r.get("origin"):
+                self.origins[r["origin"]] = self.origins.get(r["origin"], 0) + 1
         self.neurons.append((result.job.layer, result.job.neuron))
         self.endpoint_failures = self.endpoint_failures + 1 if result.endpoint_failure else 0
 

@@ -11,6 +11,13 @@ from autointerp.errors import UserError
 from autointerp.store.core import newest_first, newest_row
 from autointerp.store.harvest import HarvestTables
 
+#: The ``explanations.kind`` and ``scores.method`` of a description a person wrote and scored with
+#: ``autointerp score --save`` (a hypothesis, not a pipeline result). Each text is its own pair of
+#: rows: their ``config_hash`` is a hash of the text and of the explain config whose held-out
+#: records scored it (:mod:`autointerp.explain.score_text`), so several hypotheses of one neuron
+#: sit side by side, and an explain run - which replaces its own config's rows - never touches them.
+USER_KIND = "user"
+
 
 class ExplanationTables(HarvestTables):
     """The ``explanations``, ``scores`` and ``evaluations`` tables (their rankings read the
@@ -39,7 +46,7 @@ class ExplanationTables(HarvestTables):
         layer: int,
         neuron: int,
         config_hash: str,
-        explain_run_id: int,
+        explain_run_id: int | None,
         explanations: list[dict[str, Any]],
         scores: list[dict[str, Any]],
     ) -> None:
@@ -78,13 +85,13 @@ class ExplanationTables(HarvestTables):
 
     def explanation_summary(self, model: str, layer: int, neuron: int) -> dict[str, Any]:
         """The newest explanation of each kind and score of each method for a neuron (from the
-        model's harvests)."""
+        model's harvests); the descriptions users scored are :meth:`user_explanations`."""
         out: dict[str, Any] = {"explanations": {}, "scores": {}}
         for table, column in (("explanations", "kind"), ("scores", "method")):
             rows = self.db.query(
                 f"select t.* from {table} t join runs r on r.id = t.run_id where r.model = ? and"
-                " t.layer = ? and t.neuron = ? order by t.created",
-                [model, layer, neuron],
+                f" t.layer = ? and t.neuron = ? and t.{column} != ? order by t.created",
+                [model, layer, neuron, USER_KIND],
             )
             for row in rows:  # later rows win; a kind keeps the place of its first row
                 out[table][row[column]] = dict(row)
@@ -111,6 +118,34 @@ class ExplanationTables(HarvestTables):
                 "select * from scores where run_id = ? and layer = ? and neuron = ? order by"
                 " created desc",
                 [run_id, layer, neuron],
+            )
+        ]
+
+    def newest_explained_config(self, run_id: int, layer: int, neuron: int) -> str | None:
+        """The explain config hash of the neuron's newest score of its explanation, baseline or N2G
+        graph: the held-out records a new description is scored on to stand beside them (None:
+        never explained)."""
+        row = self.db.execute(
+            "select s.config_hash from scores s where s.run_id = ? and s.layer = ? and s.neuron = ?"
+            " and s.method in ('explanation', 'baseline', 'n2g') order by"
+            f" {newest_first('s')} limit 1",
+            [run_id, layer, neuron],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def user_explanations(self, run_id: int, layer: int, neuron: int) -> list[dict[str, Any]]:
+        """The descriptions users scored and saved for a neuron (:data:`USER_KIND`), newest first,
+        each with its score row's columns (``status``, ``score``, ``simulation``, ``error``...)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select e.text, e.config_hash, e.explain_run_id, e.created, s.status, s.score,"
+                " s.score_raw, s.score_top, s.score_random, s.auprc, s.n_tokens, s.simulator_model,"
+                " s.simulator_mode, s.simulation, s.error from explanations e left join scores s on"
+                " s.run_id = e.run_id and s.layer = e.layer and s.neuron = e.neuron and"
+                " s.config_hash = e.config_hash and s.method = e.kind where e.run_id = ? and"
+                f" e.layer = ? and e.neuron = ? and e.kind = ? order by {newest_first('e')}",
+                [run_id, layer, neuron, USER_KIND],
             )
         ]
 
@@ -147,26 +182,26 @@ class ExplanationTables(HarvestTables):
             ),
             "scores": (
                 "select count(distinct neuron) from scores where run_id = ? and layer = ? and"
-                " status = 'ok'"
+                f" status = 'ok' and method != '{USER_KIND}'"
             ),
         }
         return {k: int(self.db.execute(sql, [run_id, layer]).fetchone()[0]) for k, sql in q.items()}
 
     def score_values(self, run_id: int, layer: int) -> dict[str, list[float]]:
         """Every ok score of a layer by method (newest per neuron), plus ``n2g_graph``: graph
-        correlations."""
+        correlations. Users' descriptions are not the layer's results: left out."""
         out: dict[str, list[float]] = {}
         newest = newest_row(
             "scores",
             "s",
             ("neuron", "method"),
-            "h.run_id = ? and h.layer = ? and h.status = 'ok'",
+            "h.run_id = ? and h.layer = ? and h.status = 'ok' and h.method != ?",
             every_group=True,
         )
         for row in self.db.query(
             f"select s.method, s.score from scores s where {newest} and "
             "s.score is not null order by s.neuron, s.method",
-            [run_id, layer],
+            [run_id, layer, USER_KIND],
         ):
             out.setdefault(row["method"], []).append(float(row["score"]))
         newest = newest_row(
@@ -184,11 +219,14 @@ class ExplanationTables(HarvestTables):
             out["n2g_graph"] = graphs
         return out
 
-    #: rank --by choices that read the scores table (method name) rather than a statistic
+    #: rank --by choices that read the scores table rather than a statistic: (score method, its
+    #: explanation's kind, the column ranked by) - the headline, or one of the numbers beside it
     SCORE_METHODS = {
-        "explanation": ("explanation", "llm"),
-        "baseline": ("baseline", "baseline"),
-        "explanation_negative": ("explanation_negative", "llm_negative"),
+        "explanation": ("explanation", "llm", "score"),
+        "explanation_random": ("explanation", "llm", "score_random"),
+        "explanation_auprc": ("explanation", "llm", "auprc"),
+        "baseline": ("baseline", "baseline", "score"),
+        "explanation_negative": ("explanation_negative", "llm_negative", "score"),
     }
 
     def rank_neurons(
@@ -209,7 +247,7 @@ class ExplanationTables(HarvestTables):
             "n2g": "g.correlation",
             "cos_in_out": "w.cos_in_out",
             "cos_in_out_negative": "-w.cos_in_out",
-            **{k: "s.score" for k in self.SCORE_METHODS},
+            **{k: f"s.{v[2]}" for k, v in self.SCORE_METHODS.items()},
         }
         if by not in columns:
             raise UserError(f"Cannot rank by {by!r}; choose one of {', '.join(columns)}.")
@@ -246,11 +284,12 @@ class ExplanationTables(HarvestTables):
             join_params = [model]
             extra = ", w.cos_in_out as score, w.cos_in_out, w.input_vector"
         elif by in self.SCORE_METHODS:
-            method, kind = self.SCORE_METHODS[by]
+            method, kind, column = self.SCORE_METHODS[by]
             newest = newest_row("scores", "s", (*per_neuron, "method"), "h.status = 'ok'")
             join = (
                 "join scores s on s.run_id = n.run_id and s.layer = n.layer and s.neuron ="
-                f" n.neuron and s.method = ? and s.status = 'ok' and {newest} left join"
+                f" n.neuron and s.method = ? and s.status = 'ok' and s.{column} is not null and"
+                f" {newest} left join"
                 " explanations e on e.run_id = s.run_id and e.layer = s.layer and e.neuron ="
                 " s.neuron and e.config_hash = s.config_hash and e.kind = ?"
             )
@@ -261,8 +300,9 @@ class ExplanationTables(HarvestTables):
                 "o.status = 'ok')"
             )
             extra = (
-                ", s.score, s.score_raw, s.score_top, s.score_random, s.r2, s.simulator_model,"
-                " s.simulator_mode, e.text as explanation, e.model as explainer_model,"
+                ", s.score, s.score_raw, s.score_top, s.score_random, s.auprc, s.r2,"
+                " s.simulator_model, s.simulator_mode, e.text as explanation, e.origin,"
+                " e.model as explainer_model,"
                 f" e.prompt_version, s.config_hash, {other.format('baseline')} as baseline_score,"
                 f" {other.format('n2g')} as n2g_score"
             )

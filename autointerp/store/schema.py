@@ -32,7 +32,9 @@ Tables (also in README):
 * ``explanations(run_id, layer, neuron, kind, config_hash, status, text, error, prompt_version,
   prompt_hash, model, candidates, origin, explain_run_id, prompt_tokens, completion_tokens,
   cost_usd, seconds, created)`` - kind is ``llm`` (the positive side), ``llm_negative`` (the
-  negative side of a gated neuron) or ``baseline`` (token lookup, no LLM); status is ``ok`` or
+  negative side of a gated neuron), ``baseline`` (token lookup, no LLM) or ``user`` (a description a
+  person scored with ``autointerp score --save``; ``config_hash`` is then a hash of the text and of
+  the explain config whose held-out records scored it, one row per text); status is ``ok`` or
   ``failed`` (then ``text`` is null and ``error`` says why: a failure is never stored as a result).
   ``candidates`` lists every candidate explanation with its origin and its score on the validation
   records, as JSON; ``origin`` says who wrote the kept one (``llm``, ``revision``,
@@ -40,7 +42,8 @@ Tables (also in README):
 * ``scores(run_id, layer, neuron, method, config_hash, status, score, score_top, score_random,
   auprc, r2, n_tokens, simulator_model, simulator_mode, simulation, error, prompt_tokens,
   completion_tokens, cost_usd, explain_run_id, created)`` - method is ``explanation``,
-  ``baseline``, ``n2g`` or ``explanation_first`` (the first LLM explanation alone); ``simulation``
+  ``baseline``, ``n2g``, ``explanation_first`` (the first LLM explanation alone) or ``user`` (the
+  score of a ``user`` explanation, same key); ``simulation``
   is the JSON rule the ``rule`` simulator compiled the explanation into; ``score`` is the Pearson
   correlation pooled over the held-out top and random records (``score_top``/``score_random`` per
   subset); ``auprc`` the average precision of the simulation against "the neuron fires" (>= half

@@ -39,6 +39,7 @@ const AI = (() => {
       document.querySelectorAll(".ex").forEach(ex => ex.classList.toggle("full", allFull));
       toggleAll.textContent = allFull ? "show windows around the peak" : "show full texts";
     });
+    scoreForm();
     const form = document.getElementById("live-form");
     if (!form) return;
     const text = document.getElementById("live-text"), out = document.getElementById("live-out");
@@ -60,6 +61,47 @@ const AI = (() => {
     }
     form.addEventListener("submit", ev => { ev.preventDefault(); run(); });
     text.addEventListener("input", debounce(run, 400));
+  }
+
+  // "test your own explanation": the description's score beside the stored ones, and its rule
+  function scoreForm() {
+    const form = document.getElementById("score-form");
+    if (!form) return;
+    const text = document.getElementById("score-text"), out = document.getElementById("score-out");
+    const status = document.getElementById("score-status");
+    const {model, layer, neuron} = form.dataset;
+    const fmt = v => (v === null || v === undefined) ? "—" : Number(v).toFixed(3);
+    const cell = (tag, value, cls) => {
+      const c = document.createElement(tag); c.textContent = value; if (cls) c.className = cls; return c;
+    };
+    const row = (label, score, extra) => {
+      const tr = document.createElement("tr");
+      tr.append(cell("th", label), cell("td", fmt(score), "score"), cell("td", extra || "", "muted"));
+      return tr;
+    };
+    form.addEventListener("submit", async ev => {
+      ev.preventDefault();
+      if (!text.value.trim()) { status.textContent = "Write a description first."; return; }
+      status.textContent = "scoring…"; out.replaceChildren();
+      try {
+        const r = await call(`/api/${encodeURIComponent(model)}/score/${layer}/${neuron}`, {text: text.value});
+        const table = document.createElement("table"); table.className = "explain"; table.id = "score-result";
+        const mine = r.status === "ok"
+          ? `random ${fmt(r.score_random)} · AUPRC ${fmt(r.auprc)} · fires on ${(100 * r.fire_rate).toFixed(1)}% of the held-out tokens`
+          : `${r.status}: ${r.error}`;
+        table.append(row("your description", r.score, mine),
+                     row("stored explanation", r.explanation_score,
+                         (r.explanation || "") + (r.same_records === false ? " (scored on other held-out text)" : "")),
+                     row("token baseline", r.baseline_score), row("N2G graph", r.n2g_score));
+        const rule = document.createElement("p"); rule.className = "muted"; rule.id = "score-rule";
+        rule.append(`rule (${r.compiled_by}): `, cell("code", r.rule === null ? "none" : JSON.stringify(r.rule)));
+        out.replaceChildren(table, rule);
+        status.textContent = r.status === "ok" ? "" : "no score";
+      } catch (e) {
+        status.textContent = "";
+        out.replaceChildren(cell("p", "Error: " + e.message, "error"));
+      }
+    });
   }
 
   function layerPage() {
