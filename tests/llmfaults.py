@@ -29,6 +29,9 @@ database and the pipeline under test are real. Modes:
 * ``candidates``: like ``keyword``, but an explanation request is answered with one of the tokens
   the prompt says the neuron fires on most - the first at temperature 0, the ``seed``-th (cycling)
   when a seed is given - so best-of-n candidates differ and score differently;
+* ``reviser``: explanations answered well (" tokens that matter."); a feedback round's request is
+  answered with the tokens its feedback lists as misses, as a reviser that reads the feedback
+  would; ``stubborn``: the same, but a revision repeats the explanation it was asked to revise;
 * ``copycat``: an explanation request is answered with the prompt's first few-shot answer at
   temperature 0, and well when asked again hotter; simulations are answered well;
 * ``ok``: well-formed answers (an explanation for chat, a ``5`` logprob at every character for echo
@@ -133,6 +136,8 @@ class FaultServer:
                     self._send(200, _chat(body["messages"][2]["content"]))
                 elif mode == "candidates" and not is_simulation(body):
                     self._send(200, _candidate_answer(body))
+                elif mode in ("reviser", "stubborn") and is_revision(body):
+                    self._send(200, _revision_answer(body, follow=mode == "reviser"))
                 elif mode in ("no-digits", "keyword", "candidates") and "prompt" in body:
                     self._send(200, _echo_digits(body["prompt"], keyword=mode != "no-digits"))
                 elif mode in (
@@ -142,6 +147,8 @@ class FaultServer:
                     "keyword",
                     "candidates",
                     "copycat",
+                    "reviser",
+                    "stubborn",
                 ) or (mode in SIMULATION_FAULTS and not is_simulation(body)):
                     self._send(200, ok_answer(body))
                 elif mode in SIMULATION_FAULTS:
@@ -332,6 +339,23 @@ def _echo_digits(prompt: str, keyword: bool) -> dict[str, Any]:
                 tops[slot] = {"9" if token.strip().lower() in words else "0": -0.05, "x": -3.0}
             offset += len(line) + 1
     return response
+
+
+def is_revision(body: dict[str, Any]) -> bool:
+    """A feedback round's request: revise the explanation in its last message."""
+    messages = body.get("messages") or []
+    return bool(messages) and str(messages[-1].get("content", "")).startswith("Explanation: ")
+
+
+def _revision_answer(body: dict[str, Any], follow: bool) -> dict[str, Any]:
+    """``follow``: the tokens the feedback lists as misses, which is what a reviser that reads
+    the feedback writes; else the explanation it was asked to revise, word for word."""
+    content = str(body["messages"][-1]["content"])
+    if not follow:
+        return _chat(content.splitlines()[0].removeprefix("Explanation: "))
+    misses = content.split("Misses", 1)[1].split("\n\n", 1)[0] if "Misses" in content else ""
+    tokens = re.findall(r'^"([^"]+)" \d+ times?', misses, flags=re.M)
+    return _chat(" " + " ".join(tokens) if tokens else " tokens that matter more.")
 
 
 def _candidate_answer(body: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ wrong one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -606,3 +607,35 @@ def test_the_prompt_cache_keeps_one_row_of_logits_per_state() -> None:
     assert len(cache.cache_state) == 2  # the capacity counts the state bytes: the oldest went
     kept = cache[[1, 2, 2, 9]]  # the longest-prefix lookup finds the state of [1, 2, 2]
     assert kept.scores.shape == (1, 4) and kept.scores[0, 0] == 20 + 2
+
+
+@pytest.mark.slow
+def test_the_real_explainer_revises_an_explanation_after_feedback() -> None:
+    """The packaged 1.5B, shown where 'the word "point"' missed (the piece " Extended" of
+    ExtendedContext) and fired wrongly, writes a revision that differs from the explanation; the
+    revision competes on validation and is stored only if it wins (tested with a fault server)."""
+    from autointerp.explain.compete import Competition, feedback_rounds
+    from autointerp.explain.job import NeuronJob
+    from autointerp.explain.prompts import Record
+    from autointerp.llm.local_server import local_server
+
+    def record(words: list[str], firing: str) -> Record:
+        return Record(["<bos>", *words], [0.0] + [9.0 if w == firing else 0.0 for w in words])
+
+    valid = [
+        record([">>>", " Extended", "Context", "(", "prec", "=", "9", ")"], " Extended"),
+        record([" c", " =", " Extended", "Context", "()", "\n"], " Extended"),
+        record([" the", " point", " of", " the", " story", " is", " simple"], " Extended"),
+        record([">>>", " print", "(", "Extended", "Context", ".", "prec", ")"], "Extended"),
+    ]
+    job = NeuronJob(0, 3, 2005, 9.0, 0.0, valid[:1], [], None, valid=valid, train_all=valid)
+    with local_server("qwen2.5-coder-1.5b", prompt_logprobs=False) as (url, model):
+        client = _client(url, timeout=300)
+        cfg = fault_config(explainer_model=model, simulator_model=model, simulator_mode="rule")
+        comp = Competition(job, Simulator(client, model, load_templates(), "rule"))
+        first = comp.add('the word "point"', "llm")
+        assert first.rule is not None and first.valid is not None
+        feedback_rounds(comp, client, dataclasses.replace(cfg, rounds=1), load_templates())
+    revisions = [e for e in comp.entries if e.origin == "revision"]
+    assert len(revisions) == 1 and revisions[0].round == 1, comp.entries
+    assert revisions[0].text and revisions[0].text != first.text

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from helpers import copy_store, fault_config, run_cli
+from llmfaults import is_revision
 from test_explain import GOLDEN, _client, _golden
 
 from autointerp.explain.plan import plan_explain
@@ -292,3 +293,34 @@ def test_an_llm_that_writes_nothing_leaves_written_explanations_and_counts_as_fa
     server.mode = "ok"
     again = explain_with_rules(store, server.url, "0-1", retry_failed=True)
     assert again.explained == 2 and again.failed == 0
+
+
+def test_feedback_rounds_keep_a_revision_only_when_it_scores_better(  # type: ignore[no-untyped-def]
+    small_db, fault_server, tmp_path
+) -> None:
+    """A reviser that reads the feedback (it names the misses) wins on validation and is kept,
+    stored with its round; one that repeats its explanation ends the rounds after one request."""
+    store = copy_store(small_db, tmp_path)
+    server = fault_server("reviser")
+    explain_with_rules(store, server.url, "0-3", written_candidates=False, restate=False, rounds=2)
+    asked = [b for b in server.bodies if is_revision(b)]
+    shown = [b["messages"][-1]["content"] for b in asked]
+    assert any("Misses" in t for t in shown) and all("Misses" in t or "False" in t for t in shown)
+    rows = list(store.db.query("select * from explanations where kind = 'llm'"))
+    revised = [r for r in rows if r["origin"] == "revision"]
+    assert revised, [(r["origin"], r["text"]) for r in rows]
+    for r in revised:
+        candidates = json.loads(r["candidates"])
+        first = next(c for c in candidates if c["origin"] == "llm")
+        kept = next(c for c in candidates if c["text"] == r["text"])
+        assert kept["round"] >= 1 and kept["text"] != first["text"]
+        assert kept["valid_score"] > (first["valid_score"] or float("-inf"))
+
+    (tmp_path / "stubborn").mkdir()
+    stubborn_store = copy_store(small_db, tmp_path / "stubborn")
+    stubborn = fault_server("stubborn")
+    explain_with_rules(stubborn_store, stubborn.url, "0-3", written_candidates=False, restate=False)
+    per_neuron = len([b for b in stubborn.bodies if is_revision(b)])
+    assert 0 < per_neuron <= 4  # one request per neuron at most: a repeat ends the rounds
+    origins = {r["origin"] for r in stubborn_store.db.query("select origin from explanations")}
+    assert "revision" not in origins
