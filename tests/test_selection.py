@@ -48,6 +48,9 @@ def best_db(tiny: SubjectModel, tmp_path_factory: pytest.TempPathFactory) -> Pat
         random_k=8,
         batch_size=8,
         checkpoint_seconds=1e9,
+        # uncapped, as --per-document 0 or a harvest made before the cap: the long document can
+        # fill a neuron's top examples, which is what the one-document rule is there for
+        per_document=0,
     )
     harvest(subject, db, cfg, progress=False, log=lambda m: None)
     return db
