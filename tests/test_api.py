@@ -500,6 +500,35 @@ def test_layerscope_images_gif_threshold_and_recent(
 # pages
 
 
+def test_histogram_axis_fits_the_neurons_own_range() -> None:
+    from autointerp.api.neuron_view import cos_words, hist_range, hist_ticks
+    from autointerp.histogram import HIST_EDGES
+
+    counts = [0] * (len(HIST_EDGES) - 1)
+    used = [i for i, e in enumerate(HIST_EDGES[:-1]) if 0.5 <= e < 3]
+    for i in used:
+        counts[i] = 5
+    lo, hi = hist_range(HIST_EDGES, counts)
+    assert HIST_EDGES[lo] <= 0 < 3 <= HIST_EDGES[hi] < 10  # 0 included, nothing far past the data
+    assert lo < min(used) and hi > max(used)
+    ticks = hist_ticks(HIST_EDGES, (lo, hi))
+    labels = [t["label"] for t in ticks]
+    assert "0" in labels and ticks[0]["x"] == 0 and ticks[-1]["x"] == 640
+    assert len(ticks) <= 13 and labels[-1] == f"{HIST_EDGES[hi]:.3g}"
+    assert cos_words(0.7).startswith("strongly aligned") and "opposed" in cos_words(-0.2)
+    assert cos_words(None) == "not computed" and cos_words(0.01).startswith("nearly orthogonal")
+
+
+def test_model_page_ranks_by_cos_in_out_as_the_neuron_page_links(client: TestClient) -> None:
+    neuron = client.get(f"/m/{M}/neuron/1/{WEIGHTS}").text
+    assert f'href="/m/{M}?by=cos_in_out"' in neuron
+    ranked = client.get(f"/m/{M}?by=cos_in_out").text
+    assert "(ranked by cos_in_out)" in ranked and f"/m/{M}/neuron/1/{WEIGHTS}" in ranked
+    assert "<td>0.120</td>" in ranked  # its cos_in_out, as the score column
+    bad = client.get(f"/m/{M}?by=nonsense")
+    assert bad.status_code == 200 and "Cannot rank by" in bad.text
+
+
 def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
     index = client.get("/")
     assert index.status_code == 200 and f"/m/{M}" in index.text
@@ -520,6 +549,9 @@ def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
     assert "0.610" in full and "0.220" in full  # explanation score next to the baseline's
     assert 'class="tok' in full and "background:rgb(" in full
     assert "Paris" in full and "cos_in_out" in full  # weight facts
+    assert full.index('id="summary"') < full.index('id="live"') < full.index('id="stats"')
+    assert 'id="promoted"' in full and 'id="suppressed"' in full and "+1.50" in full
+    assert "weakly aligned" in full  # cos(w_in, w_out) = 0.12, in words
     for kind in ("Top activating", "Most negative", "Random contexts"):
         assert kind in full
 

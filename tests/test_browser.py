@@ -119,6 +119,54 @@ def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+def test_neuron_page_summary_card_histogram_axis_weight_tables_and_load_button(
+    page, server: str, shots: Path
+) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/neuron/1/{EXPLAINED}")
+    card = page.locator("#summary")
+    assert "capital" in page.inner_text("#card-text")
+    assert page.inner_text("#card-score-explanation") == "0.610"
+    assert page.inner_text("#card-score-baseline") == "0.220"
+    assert (
+        "density" in page.inner_text("#card-density") and page.locator("#card-tokens .chip").count()
+    )
+    page.wait_for_function(
+        "document.querySelector('#card-graph').complete && "
+        "document.querySelector('#card-graph').naturalWidth > 100"
+    )
+    # the card is at the top: above the live box, which is above the statistics
+    tops = [page.locator(s).bounding_box()["y"] for s in ("#summary", "#live", "#stats")]
+    assert tops == sorted(tops) and tops[1] < 900, tops
+    card.screenshot(path=str(shots / "neuron-card.png"))
+
+    labels = page.eval_on_selector_all("#hist text.tick", "els => els.map(e => e.textContent)")
+    assert "0" in labels and 3 <= len(labels) <= 13, labels
+    ends = [float(x) for x in (labels[0], labels[-1])]
+    assert ends[0] < 0 < ends[1] < 100, labels  # the neuron's range, not the fixed +-2,980
+    assert page.locator("#hist rect").count() >= 3
+    page.locator("#stats").screenshot(path=str(shots / "neuron-histogram.png"))
+
+    assert "Paris" in page.inner_text("#promoted") and "+1.50" in page.inner_text("#promoted")
+    assert "the" in page.inner_text("#suppressed") and "-1.20" in page.inner_text("#suppressed")
+    assert "weakly aligned" in page.inner_text("#cos-words")
+    assert "cos_in_out" in page.inner_text("#cos-words")
+    page.locator("#weights").screenshot(path=str(shots / "neuron-weights.png"))
+
+    top_text = page.get_attribute("#ex-top .ex >> nth=0", "data-text")
+    page.click("#live-load")
+    assert page.input_value("#live-text") == top_text
+    page.wait_for_selector("#live-out .tok")
+    page.wait_for_function("document.querySelector('#live-status').textContent.includes('tokens')")
+    second = page.locator("#ex-top .ex").nth(1)
+    second.locator("button.load").click()
+    assert page.input_value("#live-text") == second.get_attribute("data-text")
+    page.locator("#live").screenshot(path=str(shots / "neuron-load.png"))
+    page.click("#cos-words a >> nth=0")
+    assert page.url.endswith(f"/m/{M}?by=cos_in_out")
+    assert "ranked by cos_in_out" in page.inner_text("body")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 def test_your_own_explanation_is_scored_beside_the_stored_ones(
     page, server: str, shots: Path
 ) -> None:  # type: ignore[no-untyped-def]

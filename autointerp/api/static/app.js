@@ -61,6 +61,13 @@ const AI = (() => {
     }
     form.addEventListener("submit", ev => { ev.preventDefault(); run(); });
     text.addEventListener("input", debounce(run, 400));
+    // "load this example": an example's text into the box at the top, run at once
+    function load(t) { text.value = t; form.scrollIntoView({block: "nearest"}); run(); }
+    const top = document.getElementById("live-load");
+    if (top) top.addEventListener("click", () => load(top.dataset.text));
+    document.querySelectorAll(".ex button.load").forEach(b => b.addEventListener("click", () => {
+      load(b.closest(".ex").dataset.text);
+    }));
   }
 
   // "test your own explanation": the description's score beside the stored ones, and its rule
