@@ -496,6 +496,41 @@ def test_layerscope_images_gif_threshold_and_recent(
     assert client.get(f"/img/{M}/layerscope/nope/0.png").status_code == 404
 
 
+def test_layerscope_threshold_relative_to_each_neuron_pages_and_unit_columns(
+    client: TestClient, api_db: Path, tiny_gated: SubjectModel
+) -> None:
+    text = "The capital of France is Paris."
+    pid = client.post(f"/api/{M}/layerscope", json={"text": text}).json()["prompt_id"]
+    url = f"/api/{M}/layerscope/{pid}/1"
+    acts = tiny_gated.mlp_activations(torch.tensor([tiny_gated.encode(text)[0]]), [1])[1][0, 1:]
+    stats = Store(api_db).layer_stats(Store(api_db).latest_complete_run(M, 1)["id"], 1, 0, 24)
+    top = torch.tensor([r["max"] for r in stats])
+    bottom = torch.tensor([r["min"] for r in stats])
+    rel = _get(client, f"{url}?thresholds=neuron")
+    assert (rel["thresholds"], rel["hi"], rel["lo"]) == ("neuron", 0.5, 0.5)
+    above = (acts > 0.5 * top).any(0) & (top > 0)
+    below = (acts < 0.5 * bottom).any(0) & (bottom < 0)
+    assert (rel["n_above"], rel["n_below"]) == (int(above.sum()), int(below.sum()))
+    for u in rel["units"]:
+        assert u["hi_cut"] == pytest.approx(0.5 * top[u["unit"]].item(), abs=1e-3)
+    absolute = _get(client, url)  # lo=0: nearly every gated neuron dips below 0
+    assert rel["n_matching"] < absolute["n_matching"] and absolute["units"][0]["hi_cut"] == 3.0
+    pages = [_get(client, f"{url}?limit=4&offset={o}")["units"] for o in (0, 4, 8)]
+    assert [u["unit"] for page in pages for u in page] == [
+        u["unit"] for u in absolute["units"][:12]
+    ]
+    column = _get(client, f"{url}/5")
+    assert column["tokens"] == absolute["tokens"]
+    assert column["activations"] == pytest.approx(acts[:, 5].tolist(), abs=2e-3)
+    _not_found(client, f"{url}/24", "neurons 0-23")
+    for bad, needle in (
+        ("thresholds=neuron&view=resid", "MLP view"),
+        ("thresholds=percent", "absolute, neuron"),
+    ):
+        r = client.get(f"{url}?{bad}")
+        assert r.status_code == 422 and needle in r.json()["detail"], r.text
+
+
 # ------------------------------------------------------------------------------------------------
 # pages
 

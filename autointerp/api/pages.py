@@ -240,7 +240,12 @@ def _layer_page(app: FastAPI, data: ApiData, live: Live) -> None:
     """``/m/{model}/layer/{layer}``: the layer's top neurons, and Layerscope (live)."""
 
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
-    def layer_page(model: str, layer: Index, request: Request) -> str:
+    def layer_page(
+        model: str,
+        layer: Index,
+        request: Request,
+        per_page: int = Query(60, ge=1, le=500, description="threshold view units per page"),
+    ) -> str:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
@@ -259,6 +264,8 @@ def _layer_page(app: FastAPI, data: ApiData, live: Live) -> None:
             layer=layer,
             n_layers=n_layers,
             harvested=list(view.layers),
+            gated=bool(view.info.get("gated_mlp")),
+            per_page=per_page,
             top=top,
             counts=counts,
             recent=live.recent(view.name, request.cookies.get(CLIENT_COOKIE)),
