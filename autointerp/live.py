@@ -272,18 +272,52 @@ class Live:
         return data
 
 
+#: What a threshold view's ``hi`` and ``lo`` are: activations ("absolute"), or fractions of each
+#: neuron's own harvested max and min ("neuron"), with the defaults of each. A gated MLP's
+#: activations are signed and every neuron dips below 0 somewhere, so absolute ``lo=0`` matches
+#: nearly every neuron; relative to its own scale, a neuron matches only near its extremes.
+THRESHOLDS = {"absolute": (3.0, 0.0), "neuron": (0.5, 0.5)}
+
+
 def threshold_view(
-    prompt: Prompt, layer: int, view: str, hi: float, lo: float, limit: int
+    prompt: Prompt,
+    layer: int,
+    view: str,
+    hi: float,
+    lo: float,
+    limit: int,
+    offset: int = 0,
+    extremes: tuple[list[float], list[float]] | None = None,
 ) -> dict[str, Any]:
     """Units of one layer that go above ``hi`` or below ``lo`` somewhere in the prompt (red > 3,
     blue < 0 by default, as in the GPT-J-6B neuroscope study), strongest first, with their per-token
-    activations."""
+    activations; ``limit`` of them from the ``offset``-th (pages).
+
+    ``extremes``: each unit's harvested ``(max, min)``; then ``hi`` and ``lo`` are fractions of
+    them (a unit is above when it exceeds ``hi`` x its max, below when it goes under ``lo`` x its
+    min) and strength is the share of its own extreme reached. Each unit carries the cuts it was
+    held to (``hi_cut``, ``lo_cut``), so a page colours it by its own scale."""
     acts = prompt.acts(view)[layer].astype(np.float32)  # [token, unit]
-    above = (acts > hi).any(axis=0)
-    below = (acts < lo).any(axis=0)
+    n_units = acts.shape[1]
+    if extremes is None:
+        hi_cut = np.full(n_units, hi, dtype=np.float32)
+        lo_cut = np.full(n_units, lo, dtype=np.float32)
+        top, bottom = np.ones(n_units, np.float32), np.ones(n_units, np.float32)
+    else:
+        top = np.asarray(extremes[0], dtype=np.float32)
+        bottom = -np.asarray(extremes[1], dtype=np.float32)  # how far below 0 it goes
+        # a unit that never went above (below) 0 in the harvest is never above (below)
+        hi_cut = np.where(top > 0, hi * top, np.inf).astype(np.float32)
+        lo_cut = np.where(bottom > 0, -lo * bottom, -np.inf).astype(np.float32)
+        top, bottom = np.maximum(top, 1e-9), np.maximum(bottom, 1e-9)
+    above = (acts > hi_cut).any(axis=0)
+    below = (acts < lo_cut).any(axis=0)
     chosen = np.flatnonzero(above | below)
-    strength = np.maximum(acts.max(axis=0) - hi, lo - acts.min(axis=0))[chosen]
-    order = chosen[np.argsort(-strength, kind="stable")][:limit]
+    if extremes is None:
+        strength = np.maximum(acts.max(axis=0) - hi, lo - acts.min(axis=0))
+    else:
+        strength = np.maximum(acts.max(axis=0) / top - hi, -acts.min(axis=0) / bottom - lo)
+    order = chosen[np.argsort(-strength[chosen], kind="stable")][offset : offset + limit]
     units = [
         {
             "unit": int(u),
@@ -291,6 +325,8 @@ def threshold_view(
             "min": round(float(acts[:, u].min()), 4),
             "above": bool(above[u]),
             "below": bool(below[u]),
+            "hi_cut": _finite(hi_cut[u]),
+            "lo_cut": _finite(lo_cut[u]),
             "activations": [round(float(a), 3) for a in acts[:, u]],
         }
         for u in order
@@ -300,13 +336,34 @@ def threshold_view(
         "model": prompt.model,
         "layer": layer,
         "view": view,
+        "thresholds": "absolute" if extremes is None else "neuron",
         "hi": hi,
         "lo": lo,
         "tokens": prompt.tokens,
         "n_above": int(above.sum()),
         "n_below": int(below.sum()),
         "n_matching": int(len(chosen)),
+        "offset": offset,
         "units": units,
+    }
+
+
+def _finite(x: float) -> float | None:
+    """A cut as JSON: None for a unit that can never cross it."""
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
+def unit_activations(prompt: Prompt, layer: int, view: str, unit: int) -> dict[str, Any]:
+    """One unit's activation on each token of a prompt (what Layerscope's picture shows when the
+    pointer is over that unit's column)."""
+    acts = prompt.acts(view)[layer]
+    return {
+        "prompt_id": prompt.prompt_id,
+        "layer": layer,
+        "view": view,
+        "unit": unit,
+        "tokens": prompt.tokens,
+        "activations": [round(float(a), 4) for a in acts[:, unit].astype(np.float32)],
     }
 
 

@@ -496,8 +496,72 @@ def test_layerscope_images_gif_threshold_and_recent(
     assert client.get(f"/img/{M}/layerscope/nope/0.png").status_code == 404
 
 
+def test_layerscope_threshold_relative_to_each_neuron_pages_and_unit_columns(
+    client: TestClient, api_db: Path, tiny_gated: SubjectModel
+) -> None:
+    text = "The capital of France is Paris."
+    pid = client.post(f"/api/{M}/layerscope", json={"text": text}).json()["prompt_id"]
+    url = f"/api/{M}/layerscope/{pid}/1"
+    acts = tiny_gated.mlp_activations(torch.tensor([tiny_gated.encode(text)[0]]), [1])[1][0, 1:]
+    stats = Store(api_db).layer_stats(Store(api_db).latest_complete_run(M, 1)["id"], 1, 0, 24)
+    top = torch.tensor([r["max"] for r in stats])
+    bottom = torch.tensor([r["min"] for r in stats])
+    rel = _get(client, f"{url}?thresholds=neuron")
+    assert (rel["thresholds"], rel["hi"], rel["lo"]) == ("neuron", 0.5, 0.5)
+    above = (acts > 0.5 * top).any(0) & (top > 0)
+    below = (acts < 0.5 * bottom).any(0) & (bottom < 0)
+    assert (rel["n_above"], rel["n_below"]) == (int(above.sum()), int(below.sum()))
+    for u in rel["units"]:
+        assert u["hi_cut"] == pytest.approx(0.5 * top[u["unit"]].item(), abs=1e-3)
+    absolute = _get(client, url)  # lo=0: nearly every gated neuron dips below 0
+    assert rel["n_matching"] < absolute["n_matching"] and absolute["units"][0]["hi_cut"] == 3.0
+    pages = [_get(client, f"{url}?limit=4&offset={o}")["units"] for o in (0, 4, 8)]
+    assert [u["unit"] for page in pages for u in page] == [
+        u["unit"] for u in absolute["units"][:12]
+    ]
+    column = _get(client, f"{url}/5")
+    assert column["tokens"] == absolute["tokens"]
+    assert column["activations"] == pytest.approx(acts[:, 5].tolist(), abs=2e-3)
+    _not_found(client, f"{url}/24", "neurons 0-23")
+    for bad, needle in (
+        ("thresholds=neuron&view=resid", "MLP view"),
+        ("thresholds=percent", "absolute, neuron"),
+    ):
+        r = client.get(f"{url}?{bad}")
+        assert r.status_code == 422 and needle in r.json()["detail"], r.text
+
+
 # ------------------------------------------------------------------------------------------------
 # pages
+
+
+def test_histogram_axis_fits_the_neurons_own_range() -> None:
+    from autointerp.api.neuron_view import cos_words, hist_range, hist_ticks
+    from autointerp.histogram import HIST_EDGES
+
+    counts = [0] * (len(HIST_EDGES) - 1)
+    used = [i for i, e in enumerate(HIST_EDGES[:-1]) if 0.5 <= e < 3]
+    for i in used:
+        counts[i] = 5
+    lo, hi = hist_range(HIST_EDGES, counts)
+    assert HIST_EDGES[lo] <= 0 < 3 <= HIST_EDGES[hi] < 10  # 0 included, nothing far past the data
+    assert lo < min(used) and hi > max(used)
+    ticks = hist_ticks(HIST_EDGES, (lo, hi))
+    labels = [t["label"] for t in ticks]
+    assert "0" in labels and ticks[0]["x"] == 0 and ticks[-1]["x"] == 640
+    assert len(ticks) <= 13 and labels[-1] == f"{HIST_EDGES[hi]:.3g}"
+    assert cos_words(0.7).startswith("strongly aligned") and "opposed" in cos_words(-0.2)
+    assert cos_words(None) == "not computed" and cos_words(0.01).startswith("nearly orthogonal")
+
+
+def test_model_page_ranks_by_cos_in_out_as_the_neuron_page_links(client: TestClient) -> None:
+    neuron = client.get(f"/m/{M}/neuron/1/{WEIGHTS}").text
+    assert f'href="/m/{M}?by=cos_in_out"' in neuron
+    ranked = client.get(f"/m/{M}?by=cos_in_out").text
+    assert "(ranked by cos_in_out)" in ranked and f"/m/{M}/neuron/1/{WEIGHTS}" in ranked
+    assert "<td>0.120</td>" in ranked  # its cos_in_out, as the score column
+    bad = client.get(f"/m/{M}?by=nonsense")
+    assert bad.status_code == 200 and "Cannot rank by" in bad.text
 
 
 def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
@@ -520,6 +584,9 @@ def test_pages_render_and_say_what_is_missing(client: TestClient) -> None:
     assert "0.610" in full and "0.220" in full  # explanation score next to the baseline's
     assert 'class="tok' in full and "background:rgb(" in full
     assert "Paris" in full and "cos_in_out" in full  # weight facts
+    assert full.index('id="summary"') < full.index('id="live"') < full.index('id="stats"')
+    assert 'id="promoted"' in full and 'id="suppressed"' in full and "+1.50" in full
+    assert "weakly aligned" in full  # cos(w_in, w_out) = 0.12, in words
     for kind in ("Top activating", "Most negative", "Random contexts"):
         assert kind in full
 

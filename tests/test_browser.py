@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apidb import EXPLAINED, build_api_db
+from apidb import EXPLAINED, GRAPHED, build_api_db
 from helpers import REPO, free_port
 
 from autointerp.models import SubjectModel
@@ -119,6 +119,54 @@ def test_neuron_page_colours_tokens_shows_the_graph_and_runs_live_text(
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+def test_neuron_page_summary_card_histogram_axis_weight_tables_and_load_button(
+    page, server: str, shots: Path
+) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server}/m/{M}/neuron/1/{EXPLAINED}")
+    card = page.locator("#summary")
+    assert "capital" in page.inner_text("#card-text")
+    assert page.inner_text("#card-score-explanation") == "0.610"
+    assert page.inner_text("#card-score-baseline") == "0.220"
+    assert (
+        "density" in page.inner_text("#card-density") and page.locator("#card-tokens .chip").count()
+    )
+    page.wait_for_function(
+        "document.querySelector('#card-graph').complete && "
+        "document.querySelector('#card-graph').naturalWidth > 100"
+    )
+    # the card is at the top: above the live box, which is above the statistics
+    tops = [page.locator(s).bounding_box()["y"] for s in ("#summary", "#live", "#stats")]
+    assert tops == sorted(tops) and tops[1] < 900, tops
+    card.screenshot(path=str(shots / "neuron-card.png"))
+
+    labels = page.eval_on_selector_all("#hist text.tick", "els => els.map(e => e.textContent)")
+    assert "0" in labels and 3 <= len(labels) <= 13, labels
+    ends = [float(x) for x in (labels[0], labels[-1])]
+    assert ends[0] < 0 < ends[1] < 100, labels  # the neuron's range, not the fixed +-2,980
+    assert page.locator("#hist rect").count() >= 3
+    page.locator("#stats").screenshot(path=str(shots / "neuron-histogram.png"))
+
+    assert "Paris" in page.inner_text("#promoted") and "+1.50" in page.inner_text("#promoted")
+    assert "the" in page.inner_text("#suppressed") and "-1.20" in page.inner_text("#suppressed")
+    assert "weakly aligned" in page.inner_text("#cos-words")
+    assert "cos_in_out" in page.inner_text("#cos-words")
+    page.locator("#weights").screenshot(path=str(shots / "neuron-weights.png"))
+
+    top_text = page.get_attribute("#ex-top .ex >> nth=0", "data-text")
+    page.click("#live-load")
+    assert page.input_value("#live-text") == top_text
+    page.wait_for_selector("#live-out .tok")
+    page.wait_for_function("document.querySelector('#live-status').textContent.includes('tokens')")
+    second = page.locator("#ex-top .ex").nth(1)
+    second.locator("button.load").click()
+    assert page.input_value("#live-text") == second.get_attribute("data-text")
+    page.locator("#live").screenshot(path=str(shots / "neuron-load.png"))
+    page.click("#cos-words a >> nth=0")
+    assert page.url.endswith(f"/m/{M}?by=cos_in_out")
+    assert "ranked by cos_in_out" in page.inner_text("body")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 def test_your_own_explanation_is_scored_beside_the_stored_ones(
     page, server: str, shots: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -163,6 +211,7 @@ def test_layerscope_runs_a_prompt_steps_layers_and_filters(page, server: str, sh
         "document.querySelector('#ls-image').naturalWidth === 32"
     )
     page.check("input[name=ls-view][value=mlp]")
+    page.select_option("#ls-mode", "absolute")
     page.fill("#ls-hi", "0.3")
     page.fill("#ls-lo", "-0.3")
     page.click("#ls-apply")
@@ -172,6 +221,78 @@ def test_layerscope_runs_a_prompt_steps_layers_and_filters(page, server: str, sh
     gif = page.get_attribute("#ls-gif", "href")
     assert gif and gif.endswith(".gif?view=mlp")
     page.screenshot(path=str(shots / "layerscope.png"), full_page=True)
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
+def _run_layerscope(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(url)
+    page.fill("#ls-text", "The capital of France is Paris.")
+    page.click("#ls-form button[type=submit]")
+    page.wait_for_function(
+        "document.querySelector('#ls-image').complete && "
+        "document.querySelector('#ls-image').naturalWidth === 24"
+    )
+    page.wait_for_selector("#ls-count:has-text('units match')")
+
+
+def test_layerscope_picture_has_a_neuron_axis_hover_and_click(
+    page, server: str, shots: Path, tiny_gated: SubjectModel
+) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    _run_layerscope(page, f"{server}/m/{M}/layer/0")
+    ticks = page.eval_on_selector_all("#ls-axis span", "els => els.map(e => e.textContent)")
+    assert ticks[0] == "0" and len(ticks) >= 3 and int(ticks[-1]) < 24, ticks
+    assert "neuron" in page.inner_text("#ls-axis-name")
+    box = page.locator("#ls-image").bounding_box()
+    unit, tok = 5, 2
+    at = {"x": (unit + 0.5) / 24 * box["width"], "y": (tok + 0.5) / 7 * box["height"]}
+    page.hover("#ls-image", position=at)
+    page.wait_for_selector("#ls-hover:has-text('L0/N5')")
+    shown = page.inner_text("#ls-hover")
+    ids, _ = tiny_gated.encode("The capital of France is Paris.")
+    want = tiny_gated.mlp_activations(torch.tensor([ids]), [0])[0][0, 1:][tok, unit].item()
+    assert '" of"' in shown and abs(float(shown.rsplit(" ", 1)[1]) - want) < 0.01, (shown, want)
+    page.screenshot(path=str(shots / "layerscope-hover.png"), full_page=True)
+    page.click("#ls-image", position=at)
+    page.wait_for_selector("#stats")
+    assert page.url.endswith(f"/m/{M}/neuron/0/{unit}")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
+def test_threshold_view_is_relative_to_each_neuron_and_pages(
+    page, server: str, shots: Path
+) -> None:  # type: ignore[no-untyped-def]
+    def count() -> int:
+        return int(page.inner_text("#ls-count").split()[0])
+
+    _run_layerscope(page, f"{server}/m/{M}/layer/1?per_page=5")
+    # a gated model: by default a neuron matches near its own max or min, not below 0
+    assert page.input_value("#ls-mode") == "neuron" and page.input_value("#ls-hi") == "0.5"
+    assert "× its max" in page.inner_text("#ls-hi-unit")
+    relative = count()
+    page.select_option("#ls-mode", "absolute")
+    assert page.input_value("#ls-hi") == "3" and page.input_value("#ls-lo") == "0"
+    page.wait_for_function(
+        f"!document.querySelector('#ls-count').textContent.startsWith('{relative} ')"
+    )
+    absolute = count()
+    assert relative < absolute and absolute > 10  # lo=0 matches nearly every gated neuron
+    rows = page.locator("#ls-threshold .unit a")
+    assert rows.count() == 5 and page.inner_text("#ls-page") == f"showing 1-5 of {absolute}"
+    assert page.is_disabled("#ls-page-prev") and not page.is_disabled("#ls-page-next")
+    first = rows.all_inner_texts()
+    page.click("#ls-page-next")
+    page.wait_for_selector(f"#ls-page:has-text('showing 6-10 of {absolute}')")
+    second = rows.all_inner_texts()
+    assert len(second) == 5 and not set(first) & set(second)
+    page.locator("#layerscope").screenshot(path=str(shots / "layerscope-threshold-page2.png"))
+    page.click("#ls-page-prev")
+    page.wait_for_selector("#ls-page:has-text('showing 1-5')")
+    assert rows.all_inner_texts() == first
+    # the residual view has no per-neuron scale: absolute, and it says why if asked for relative
+    page.check("input[name=ls-view][value=resid]")
+    assert page.input_value("#ls-mode") == "absolute"
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
@@ -193,7 +314,17 @@ def test_search_finds_the_explained_neuron(page, server: str, shots: Path) -> No
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#results tr.result")
     assert page.locator(f"#results a[href='/m/{M}/neuron/1/0']").count() == 1
+    graphed = page.locator("#results tr.result", has=page.locator(f"a[href='/m/{M}/neuron/1/0']"))
+    assert graphed.locator(".source").inner_text() == "N2G graph"
     page.screenshot(path=str(shots / "search.png"), full_page=True)
+    # neurons without a graph are found through the harvest index, and the row says so
+    page.goto(f"{server}/m/{M}/search?query=activating:the")
+    page.wait_for_selector("#results tr.result")
+    harvested = page.locator("#results tr.result", has=page.locator(".source.harvest")).first
+    assert harvested.locator(".source").inner_text() == "harvest index"
+    href = harvested.locator("a").get_attribute("href")
+    assert href and not any(href.endswith(f"/neuron/1/{n}") for n in GRAPHED)
+    page.screenshot(path=str(shots / "search-sources.png"), full_page=True)
     page.goto(f"{server}/m/{M}/search?text=capital")
     page.locator(f"#results a[href='/m/{M}/neuron/1/{EXPLAINED}']").first.click()
     page.wait_for_selector("#stats")

@@ -384,6 +384,54 @@ def test_json_and_graphml_round_trip(tmp_path: Path) -> None:
     )
 
 
+def test_the_picture_reads_left_to_right_into_the_activating_token_with_legible_labels(
+    tmp_path: Path,
+) -> None:
+    """The SVG of a graph with a real rule, a long token, a CJK token, a newline and a right-to-left
+    override: every label fits its box at 13 px, each token sits left of the token after it
+    (context columns lead into the activating one, rightmost), nothing the font lacks is drawn
+    (escapes instead), the whole token is in the tooltip, and the same graph gives the same
+    bytes."""
+    import xml.etree.ElementTree as ET
+
+    from autointerp.n2g.export import to_networkx, write_svg
+    from autointerp.n2g.picture import CHAR_W, FONT_SIZE, MAX_LABEL
+
+    s = RuleSubject()
+    graph = build_graphs(s, {0: [example(s, "the quick brown fox", 0)]}, {0: 1.0}, N2GConfig())[0]
+    long = "supercalifragilisticexpialidocious"
+    graph.add_path(PathExample(("中国", "\n", long), (1.0, 0.9, 0.8), 0.9))
+    graph.add_path(PathExample(("\u202eevil",), (1.0,), 0.5))
+    g = to_networkx(graph.to_json(), {"model": "rule", "layer": 0, "neuron": 0})
+    write_svg(g, tmp_path / "a.svg", "rule 0/0")
+    write_svg(g, tmp_path / "b.svg", "rule 0/0")
+    text = (tmp_path / "a.svg").read_text()
+    assert text == (tmp_path / "b.svg").read_text()
+    root = ET.fromstring(text)  # well-formed
+    assert FONT_SIZE >= 12 and root.get("font-size") == str(FONT_SIZE)
+    ns = "{http://www.w3.org/2000/svg}"
+    boxes = {}
+    for group in root.iter(f"{ns}g"):
+        if group.get("id") is None:
+            continue
+        rect, label = group.find(f"{ns}rect"), group.find(f"{ns}text")
+        x, w = float(rect.get("x")), float(rect.get("width"))
+        assert w >= len(label.text) * CHAR_W, (label.text, w)  # the label fits its box
+        boxes[group.get("id")] = (x, x + w, label.text, group.find(f"{ns}title").text)
+    assert set(boxes) == set(g.nodes)
+    for parent, child in g.edges:  # an edge goes from a token to the one before it in the text
+        assert boxes[child][1] < boxes[parent][0], (boxes[child], boxes[parent])
+    rightmost = max(right for _, right, _, _ in boxes.values())
+    roots = [n for n in g if g.in_degree(n) == 0]
+    assert roots and all(abs(boxes[n][1] - rightmost) < 0.2 for n in roots)
+    labels = {label for _, _, label, _ in boxes.values()}
+    assert "\\u4e2d\\u56fd" in labels and "中" not in text  # no empty glyph boxes
+    assert "\\n" in labels and "\u202e" not in text and "\\u202eevil" in labels
+    cut = long[: MAX_LABEL - 1] + "…"
+    assert cut in labels and any(long in tip for _, _, _, tip in boxes.values())
+    assert {"fox", "quick", "*"} <= {label.strip() for label in labels}
+
+
 # ------------------------------------------------------------------------------------------------
 # real model
 

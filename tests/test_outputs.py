@@ -404,8 +404,8 @@ def test_export_draws_tokens_the_font_lacks_as_escapes_and_warns_nothing(
 
     from helpers import copy_store, run_cli
 
-    from autointerp.n2g.export import drawable
     from autointerp.n2g.graph import NeuronGraph, PathExample
+    from autointerp.n2g.picture import drawable
 
     store = copy_store(api_db, tmp_path)
     g = NeuronGraph()

@@ -14,15 +14,20 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from autointerp.api.catalog import BadRequest, random_neuron
 from autointerp.api.data import ApiData
+from autointerp.api.neuron_view import (
+    example_text,
+    example_view,
+    hist_bars,
+    hist_range,
+    hist_ticks,
+    summary_card,
+    weights_view,
+)
 from autointerp.api.params import CLIENT_COOKIE, Index
 from autointerp.live import Live
 from autointerp.records import SERVICES, NotFound, url_name
 
 HERE = Path(__file__).parent
-WINDOW_BEFORE, WINDOW_AFTER = (
-    12,
-    4,
-)  # tokens shown around an example's peak until "full text" is toggled
 
 _env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -72,53 +77,6 @@ def render(template: str, **context: Any) -> str:
 
 def error_page(status: int, message: str, extra: dict[str, Any]) -> str:
     return render("error.html", title=f"{status}", status=status, message=message, extra=extra)
-
-
-def hist_bars(
-    counts: list[int], edges: list[float], width: int = 640, height: int = 110
-) -> list[dict[str, Any]]:
-    """Bars for an inline SVG histogram: log-scaled heights (counts span orders of magnitude),
-    coloured by sign."""
-    top = max(counts, default=0)
-    if not top:
-        return []
-    bar_w = width / len(counts)
-    out = []
-    for i, c in enumerate(counts):
-        h = height * math.log1p(c) / math.log1p(top)
-        lo, hi = edges[i], edges[i + 1]
-        colour = "#d62728" if lo >= 0 else ("#1f77b4" if hi <= 0 else "#888888")
-        out.append(
-            {
-                "x": round(i * bar_w, 2),
-                "y": round(height - h, 2),
-                "w": round(bar_w - 1, 2),
-                "h": round(h, 2),
-                "colour": colour,
-                "title": f"[{lo:.3g}, {hi:.3g}): {c} tokens",
-            }
-        )
-    return out
-
-
-def example_view(ex: dict[str, Any]) -> dict[str, Any]:
-    """Tokens of one example (BOS dropped) with a flag for those outside the window around the
-    peak."""
-    peak = ex["peak_index"]
-    lo, hi = max(1, peak - WINDOW_BEFORE), min(len(ex["tokens"]), peak + WINDOW_AFTER + 1)
-    toks = [
-        {"text": t, "act": a, "far": not lo <= i < hi, "peak": i == peak}
-        for i, (t, a) in enumerate(zip(ex["tokens"], ex["activations"], strict=True))
-        if i > 0
-    ]
-    value = ex["activations"][peak] if 0 <= peak < len(ex["activations"]) else None
-    return {
-        **ex,
-        "toks": toks,
-        "value": value,
-        "clipped_left": lo > 1,
-        "clipped_right": hi < len(ex["tokens"]),
-    }
 
 
 def page_routes(app: FastAPI, data: ApiData, live: Live, scoring_llm: bool = False) -> None:
@@ -193,20 +151,24 @@ def _model_pages(app: FastAPI, data: ApiData) -> None:
     """``/m/{model}`` (layers, scores, evaluation, top neurons) and ``/m/{model}/random``."""
 
     @app.get("/m/{model}", response_class=HTMLResponse, include_in_schema=False)
-    def model_page(model: str) -> str:
+    def model_page(model: str, by: str | None = Query(None, max_length=40)) -> str:
+        """``by``: rank the top neurons by that (e.g. cos_in_out); by default the best score
+        there is."""
         view = data.model(model)
         record = data.model_record(view)
-        ranked = []
-        for by in ("explanation", "n2g", "max"):
+        ranked: list[dict[str, Any]] = []
+        rank_error = None
+        for ranked_by in [by] if by else ["explanation", "n2g", "max"]:
             try:
-                ranked = data.rank(view, by, None, 20)["items"]
-            except BadRequest:
+                ranked = data.rank(view, ranked_by, None, 20)["items"]
+            except BadRequest as exc:
+                rank_error = str(exc)
                 continue
             if ranked:
-                ranked_by = by
+                rank_error = None
                 break
-        else:
-            ranked_by = "max"
+        if not by and not ranked:
+            ranked_by, rank_error = "max", None
         evaluation = data.store().latest_evaluation(view.name, "eval")
         return render(
             "model.html",
@@ -214,6 +176,7 @@ def _model_pages(app: FastAPI, data: ApiData) -> None:
             m=record,
             ranked=ranked,
             ranked_by=ranked_by,
+            rank_error=rank_error,
             evaluation=evaluation["result"] if evaluation else None,
         )
 
@@ -235,12 +198,15 @@ def _neuron_page(app: FastAPI, data: ApiData, live: Live, scoring_llm: bool) -> 
         rec = data.neuron_record(view, "all", layer, neuron)
         stats = rec["stats"]
         s = stats["stats"]
+        edges = stats["hist_edges"]
+        bins = hist_range(edges, stats["hist"], stats["ctx_max_hist"])
         scale = max(abs(s["max"] or 0.0), abs(s["min"] or 0.0), 1e-9)
         groups: dict[str, list[dict[str, Any]]] = {
             k: [] for k in ("top", "bottom", "quantile", "random")
         }
         for ex in rec["neuroscope"]["examples"]:
-            groups.setdefault(ex["kind"], []).append(example_view(ex))
+            shown = {**example_view(ex), "text": example_text(ex, live.max_chars)}
+            groups.setdefault(ex["kind"], []).append(shown)
         layers = list(view.layers)
         d_mlp = view.d_mlp or 1
         prev_link = _step(view.url, layers, d_mlp, layer, neuron, -1)
@@ -255,9 +221,11 @@ def _neuron_page(app: FastAPI, data: ApiData, live: Live, scoring_llm: bool) -> 
             s=s,
             scale=scale,
             groups=groups,
-            hist=hist_bars(stats["hist"], stats["hist_edges"]),
-            ctx_hist=hist_bars(stats["ctx_max_hist"], stats["hist_edges"]),
-            hist_edges=stats["hist_edges"],
+            card=summary_card(rec, groups["top"]),
+            weights=weights_view(rec["weights"].get("facts")),
+            hist=hist_bars(stats["hist"], edges, bins),
+            ctx_hist=hist_bars(stats["ctx_max_hist"], edges, bins),
+            hist_ticks=hist_ticks(edges, bins),
             prev_link=prev_link,
             next_link=next_link,
             n_layers=view.info.get("n_layers"),
@@ -272,7 +240,12 @@ def _layer_page(app: FastAPI, data: ApiData, live: Live) -> None:
     """``/m/{model}/layer/{layer}``: the layer's top neurons, and Layerscope (live)."""
 
     @app.get("/m/{model}/layer/{layer}", response_class=HTMLResponse, include_in_schema=False)
-    def layer_page(model: str, layer: Index, request: Request) -> str:
+    def layer_page(
+        model: str,
+        layer: Index,
+        request: Request,
+        per_page: int = Query(60, ge=1, le=500, description="threshold view units per page"),
+    ) -> str:
         view = data.model(model)
         n_layers = view.info.get("n_layers") or (max(view.layers) + 1)
         if not 0 <= layer < n_layers:
@@ -291,6 +264,8 @@ def _layer_page(app: FastAPI, data: ApiData, live: Live) -> None:
             layer=layer,
             n_layers=n_layers,
             harvested=list(view.layers),
+            gated=bool(view.info.get("gated_mlp")),
+            per_page=per_page,
             top=top,
             counts=counts,
             recent=live.recent(view.name, request.cookies.get(CLIENT_COOKIE)),

@@ -1,6 +1,7 @@
 """Server-rendered pictures: the per-layer score distribution of a model and a neuron's N2G graph.
 
-matplotlib's pyplot keeps global state, so every drawing holds one lock; pictures are cached by the
+matplotlib's pyplot keeps global state, so every matplotlib drawing holds one lock (the N2G graph
+is written as SVG text, :mod:`autointerp.n2g.picture`, and needs none); pictures are cached by the
 data they show (the caller passes a key that changes when the data does).
 """
 
@@ -100,23 +101,12 @@ def score_plot(model: str, per_layer: dict[int, dict[str, list[float]]]) -> byte
 
 def graph_svg(row: dict[str, Any], model: str, layer: int, neuron: int) -> bytes:
     """The N2G picture from :mod:`autointerp.n2g.export` (strongest paths, N2G colours), as SVG
-    bytes."""
-    from autointerp.n2g.export import to_networkx, write_svg
+    bytes. Written as text, not drawn by matplotlib: no lock needed."""
+    from autointerp.n2g.export import graph_meta, svg_text, to_networkx
 
-    meta = {
-        "model": model,
-        "layer": layer,
-        "neuron": neuron,
-        "config_hash": row["config_hash"],
-        "correlation": row["correlation"],
-        "f1": row["f1"],
-    }
-    g = to_networkx(row["graph"], meta)
+    g = to_networkx(row["graph"], graph_meta(model, layer, neuron, row))
     corr = f"{row['correlation']:.2f}" if row["correlation"] is not None else "n/a"
-    with _PLOT_LOCK, tempfile.TemporaryDirectory(prefix="autointerp-svg-") as tmp:
-        path = Path(tmp) / "graph.svg"
-        write_svg(g, path, f"{model} {layer}/{neuron}  (held-out correlation {corr})")
-        return path.read_bytes()
+    return svg_text(g, f"{model} {layer}/{neuron}  (held-out correlation {corr})").encode()
 
 
 def graphml_bytes(row: dict[str, Any], model: str, layer: int, neuron: int) -> bytes:

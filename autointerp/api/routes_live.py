@@ -16,11 +16,12 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
+from autointerp.api.catalog import BadRequest
 from autointerp.api.data import ApiData
 from autointerp.api.params import CLIENT_COOKIE, CLIENT_ID, MAX_INDEX, Index
 from autointerp.api.responses import JSONBytes, json_of
 from autointerp.errors import UserError
-from autointerp.live import VIEWS, Live, layer_scales, threshold_view
+from autointerp.live import THRESHOLDS, VIEWS, Live, layer_scales, threshold_view, unit_activations
 from autointerp.records import NotFound
 from autointerp.untrusted import check_unicode
 
@@ -53,8 +54,8 @@ class LayerscopeRequest(BaseModel):
 
 
 def live_routes(app: FastAPI, data: ApiData, live: Live) -> None:
-    """``POST /api/{model}/activations``, ``POST``/``GET /api/{model}/layerscope`` and the
-    threshold view ``GET /api/{model}/layerscope/{prompt_id}/{layer}``."""
+    """``POST /api/{model}/activations``, ``POST``/``GET /api/{model}/layerscope``, and what is
+    read off a prompt (:func:`layerscope_view_routes`)."""
 
     @app.post(
         "/api/{model}/activations",
@@ -123,6 +124,14 @@ def live_routes(app: FastAPI, data: ApiData, live: Live) -> None:
             }
         )
 
+    layerscope_view_routes(app, data, live)
+
+
+def layerscope_view_routes(app: FastAPI, data: ApiData, live: Live) -> None:
+    """What is read off a recent Layerscope prompt: the threshold view ``GET
+    /api/{model}/layerscope/{prompt_id}/{layer}`` (a page of it) and one unit's column
+    ``GET .../{layer}/{unit}`` (the picture's hover)."""
+
     @app.get(
         "/api/{model}/layerscope/{prompt_id}/{layer}",
         tags=["live"],
@@ -132,13 +141,78 @@ def live_routes(app: FastAPI, data: ApiData, live: Live) -> None:
         model: str,
         prompt_id: str,
         layer: Index,
-        hi: float = Query(3.0, allow_inf_nan=False),
-        lo: float = Query(0.0, allow_inf_nan=False),
+        hi: float | None = Query(
+            None, allow_inf_nan=False, description="above this (default 3, or 0.5 of the max)"
+        ),
+        lo: float | None = Query(
+            None, allow_inf_nan=False, description="below this (default 0, or 0.5 of the min)"
+        ),
         view: str = Query("mlp"),
+        thresholds: str = Query(
+            "absolute",
+            description=(
+                "absolute: hi and lo are activations; neuron: fractions of each neuron's own"
+                " harvested max and min (MLP view of a harvested layer)"
+            ),
+        ),
         limit: int = Query(100, ge=1, le=5000),
+        offset: int = Query(0, ge=0, le=MAX_INDEX, description="skip this many (pages)"),
     ) -> JSONBytes:
         prompt = find_prompt(data, live, model, prompt_id, layer, view)
-        return json_of(threshold_view(prompt, layer, view, hi, lo, limit))
+        if thresholds not in THRESHOLDS:
+            raise BadRequest(
+                f"Unknown thresholds {thresholds!r}; choose one of {', '.join(THRESHOLDS)}."
+            )
+        hi_default, lo_default = THRESHOLDS[thresholds]
+        extremes = None
+        if thresholds == "neuron":
+            extremes = neuron_extremes(data, model, layer, view, prompt.mlp.shape[2])
+        hi = hi_default if hi is None else hi
+        lo = lo_default if lo is None else lo
+        return json_of(threshold_view(prompt, layer, view, hi, lo, limit, offset, extremes))
+
+    @app.get(
+        "/api/{model}/layerscope/{prompt_id}/{layer}/{unit}",
+        tags=["live"],
+        summary="One unit's activation on each token of a recent prompt (Layerscope's hover)",
+    )
+    def api_layerscope_unit(
+        model: str, prompt_id: str, layer: Index, unit: Index, view: str = Query("mlp")
+    ) -> JSONBytes:
+        prompt = find_prompt(data, live, model, prompt_id, layer, view)
+        n_units = prompt.acts(view).shape[2]
+        if unit >= n_units:
+            what = "neurons" if view == "mlp" else "residual dimensions"
+            raise NotFound(
+                f"Unit {unit} does not exist: layer {layer} has {what} 0-{n_units - 1}.",
+                units=[0, n_units - 1],
+            )
+        return json_of(unit_activations(prompt, layer, view, unit))
+
+
+def neuron_extremes(
+    data: ApiData, model: str, layer: int, view: str, d_mlp: int
+) -> tuple[list[float], list[float]]:
+    """Each neuron's harvested max and min on ``layer`` (what thresholds relative to a neuron's
+    own scale are fractions of); one sentence when there are none to read."""
+    model_view = data.model(model)
+    if view != "mlp":
+        raise BadRequest(
+            "Thresholds relative to a neuron's own scale need the MLP view: residual dimensions"
+            " have no harvested max and min; use thresholds=absolute."
+        )
+    if layer not in model_view.layers:
+        raise BadRequest(
+            f"Layer {layer} of {model_view.name} has not been harvested, so its neurons have no"
+            " max and min to scale by; use thresholds=absolute (harvested layers:"
+            f" {list(model_view.layers)})."
+        )
+    rows = data.store().layer_stats(model_view.run_id(layer), layer, 0, d_mlp)
+    top, bottom = [0.0] * d_mlp, [0.0] * d_mlp
+    for r in rows:
+        if r["neuron"] < d_mlp:
+            top[r["neuron"]], bottom[r["neuron"]] = r["max"] or 0.0, r["min"] or 0.0
+    return top, bottom
 
 
 def prompt_links(model: str, prompt_id: str) -> dict[str, str]:

@@ -11,17 +11,17 @@ place, on which the neuron stayed below that: the graph predicts it stops the ne
 neuron fires - and records the cut as the graph attributes ``paths`` (all) and
 ``paths_exported``; ``--full`` writes every path.
 
-The picture follows N2G's convention: activating nodes red by activation, context nodes blue by
-importance, wildcards grey; the text reads right to left from the activating token back into its
-context. A character the picture's font cannot draw (CJK, Indic scripts, emoji in matplotlib's
-DejaVu Sans) is drawn as its ``\\uXXXX`` escape (:func:`drawable`) instead of an empty box and a
-"Glyph ... missing" warning per character; the GraphML and DOT files keep the tokens as they are.
+The picture (:mod:`autointerp.n2g.picture`) follows N2G's colours: activating nodes red by
+activation, context nodes blue by importance, wildcards grey; each path reads left to right, as the
+text does, from its context into the activating token. A character the picture's font lacks (CJK,
+Indic scripts, emoji) is written as its ``\\uXXXX`` escape
+(:func:`~autointerp.n2g.picture.drawable`) instead of an empty box; the GraphML and DOT files keep
+the tokens as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +30,9 @@ from typing import Any
 import networkx as nx
 
 from autointerp.errors import UserError
+from autointerp.n2g.picture import graph_svg
 from autointerp.store.search_index import MIN_ACTIVATION
-from autointerp.untrusted import escape_token, escaped_pictures, xml_text
+from autointerp.untrusted import escape_token, xml_text
 
 #: The paths (to the ends with the highest activation) an export keeps unless asked for all.
 EXPORT_PATHS = 64
@@ -150,34 +151,6 @@ def write_graphml(g: nx.DiGraph, path: Path) -> None:
         nx.write_graphml(g, tmp)
 
 
-def _layout(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Tidy tree layout: x by depth (activating token on the right), leaves stacked, parents
-    centred."""
-    pos: dict[str, tuple[float, float]] = {}
-    next_row = [0.0]
-
-    def place(node: str) -> float:
-        children = sorted(
-            g.successors(node), key=lambda n: (g.nodes[n]["kind"] != "end", g.nodes[n]["token"])
-        )
-        if not children:
-            y = next_row[0]
-            next_row[0] += 1
-        else:
-            ys = [place(c) for c in children]
-            y = sum(ys) / len(ys)
-        pos[node] = (-float(g.nodes[node]["depth"]), -y)
-        return y
-
-    roots = sorted(
-        (n for n in g if g.in_degree(n) == 0), key=lambda n: -g.nodes[n].get("activation", 0)
-    )
-    for root in roots:
-        place(root)
-        next_row[0] += 0.5
-    return pos
-
-
 def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
     """The subgraph of the paths to the ``max_paths`` end nodes with the highest activation: a whole
     graph can have thousands of nodes, more than a picture can show."""
@@ -191,27 +164,16 @@ def strongest_paths(g: nx.DiGraph, max_paths: int) -> nx.DiGraph:
     return g.subgraph(keep).copy()
 
 
-@functools.cache
-def _drawn_characters() -> frozenset[int]:
-    """The code points the picture's font (matplotlib's default font) has glyphs for."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
-
-    path = font_manager.findfont(font_manager.FontProperties())  # rcParams: sans-serif
-    return frozenset(FT2Font(path).get_charmap())
-
-
-def drawable(text: str) -> str:
-    """``text`` with every character the picture's font lacks as ``\\uXXXX`` (``\\UXXXXXXXX``
-    above the basic plane)."""
-    have = _drawn_characters()
-
-    def shown(c: str) -> str:
-        if ord(c) in have or c.isspace():
-            return c
-        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
-
-    return "".join(shown(c) for c in text)
+def svg_text(
+    g: nx.DiGraph, title: str, max_paths: int = 16, beside: str = "the GraphML has them all"
+) -> str:
+    """The picture of the graph's strongest ``max_paths`` paths (:mod:`autointerp.n2g.picture`);
+    ``beside`` says what the file next to the picture holds when paths were left out."""
+    total = path_count(g)
+    if total > max_paths:
+        g = strongest_paths(g, max_paths)
+        title += f"\n(the {max_paths} strongest of {total} paths; {beside})"
+    return graph_svg(g, title)
 
 
 def write_svg(
@@ -221,59 +183,10 @@ def write_svg(
     max_paths: int = 16,
     beside: str = "the GraphML has them all",
 ) -> None:
-    """Draw the graph's strongest paths; SVG by default, or any format matplotlib knows from the
-    suffix. ``beside`` says what the file next to the picture holds when paths were left out."""
-    total = path_count(g)
-    if total > max_paths:
-        g = strongest_paths(g, max_paths)
-        title += f"\n(the {max_paths} strongest of {total} paths; {beside})"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colormaps
-
-    pos = _layout(g)
-    rows = max((-y for _, y in pos.values()), default=0) + 1
-    depth = max((-x for x, _ in pos.values()), default=0) + 1
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * depth), max(2.0, 0.45 * rows)))
-    reds, blues = colormaps["Reds"], colormaps["Blues"]
-    colours, labels = [], {}
-    for n, attrs in g.nodes(data=True):
-        kind = attrs["kind"]
-        if kind == "activating":
-            colours.append(reds(0.25 + 0.75 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
-        elif kind == "substitute":  # stops the neuron: pale, like a quiet end
-            colours.append(reds(0.08))
-        elif kind == "context":
-            colours.append(blues(0.2 + 0.8 * min(max(attrs.get("importance", 0.0), 0.0), 1.0)))
-        elif kind == "wildcard":
-            colours.append((0.85, 0.85, 0.85, 1.0))
-        else:
-            colours.append(reds(0.15 + 0.85 * min(max(attrs.get("activation", 0.0), 0.0), 1.0)))
-        token = attrs["token"] if attrs["token"].strip() else attrs["token"].replace(" ", "␣")
-        shown = drawable(escaped_pictures(repr(token)[1:-1]))[:14]
-        labels[n] = f"{attrs['activation']:.2f}" if kind == "end" else shown
-    nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#999999", width=0.8)
-    nx.draw_networkx_nodes(
-        g,
-        pos,
-        ax=ax,
-        node_color=colours,
-        node_size=900,
-        node_shape="s",
-        edgecolors="#555555",
-        linewidths=0.5,
-    )
-    nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=7)
-    ax.set_title(drawable(title), fontsize=9)
-    ax.axis("off")
-    fig.tight_layout()
-    try:
-        with _replacing(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip(".") or "svg", dpi=110)
-    finally:
-        plt.close(fig)
+    """Write :func:`svg_text` to ``path`` atomically."""
+    text = svg_text(g, title, max_paths, beside)
+    with _replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------- DOT, bulk export
