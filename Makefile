@@ -10,7 +10,7 @@ CORPUS ?= default
 LAYERS ?=
 TOKENS ?= 65536
 # best:K: the K strongest neurons of a layer that are not dense, not from one document and not sharing a
-# top context (README, "Neuron-to-Graph"); best:1 is the first of best:4
+# top context (docs/n2g.md, "Choosing neurons"); best:1 is the first of best:4
 NEURONS ?= best:4
 EXPLAIN_NEURONS ?= best:1
 LLM    ?= qwen2.5-coder-1.5b

@@ -395,8 +395,8 @@ API_CASES = [
     ("POST", f"/api/{M}/activations", {"text": "hi", "layer": 9}, 404, "Layer 9"),
     ("POST", f"/api/{M}/activations", {"text": "", "layer": 1}, 422, ""),
     ("POST", f"/api/{M}/layerscope", {"text": 5}, 422, ""),
-    # within --max-chars but over the 256-token limit: refused with a sentence (as README says),
-    # never cut silently
+    # within --max-chars but over the 256-token limit: refused with a sentence (as docs/api.md
+    # says), never cut silently
     ("POST", f"/api/{M}/activations", {"text": "\U0001d518" * 150, "layer": 1}, 422, "tokens long"),
     ("POST", f"/api/{M}/layerscope", {"text": "\U0001d518" * 150}, 422, "451 tokens long"),
     # lone surrogates are valid JSON but not text
@@ -608,8 +608,8 @@ def test_export_refuses_a_folder_for_a_file_and_makes_no_folder_outside_the_work
 def test_export_onto_a_link_follows_it_and_keeps_the_link(
     db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """README: links are followed as the system follows them. The file the link names gets the
-    graph; the link stays a link (it used to be replaced by a regular file)."""
+    """docs/guarantees.md: links are followed as the system follows them. The file the link names
+    gets the graph; the link stays a link (it used to be replaced by a regular file)."""
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir()
     elsewhere.mkdir()

@@ -142,9 +142,9 @@ def test_float32_runs_keep_their_identity_and_half_precision_is_its_own_run() ->
 def test_bfloat16_harvest_stays_within_the_documented_tolerance(
     smol, text_corpus, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    """README's tolerance for bf16: per-neuron max within 5% of the neuron's float32 range, and at
-    least 80% of the top-10 contexts shared with the float32 run on average (near-equal maxima
-    reorder)."""
+    """docs/devices.md's tolerance for bf16: per-neuron max within 5% of the neuron's float32
+    range, and at least 80% of the top-10 contexts shared with the float32 run on average
+    (near-equal maxima reorder)."""
     db = tmp_path / "both.db"
     cfg = HarvestConfig(
         model=smol.name,

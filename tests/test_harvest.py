@@ -144,8 +144,8 @@ def _check_against_brute_force(
 
 def _peak_document(context: Any, position: int) -> int:
     """The document of token ``position`` of ``context`` (a :class:`Context` or its ``doc_index``
-    list), by the rule the README states: a separator counts with the nearest document token before
-    it in the context, else after it."""
+    list), by the rule docs/harvest.md states: a separator counts with the nearest document token
+    before it in the context, else after it."""
     docs = context if isinstance(context, list) else context.doc_index.tolist()
     before = [d for d in docs[1 : position + 1] if d >= 0]
     after = [d for d in docs[position:] if d >= 0]

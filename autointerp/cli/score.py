@@ -33,8 +33,9 @@ commands = Commands()
         "Score TEXT as an explanation of neuron L/N with the default (rule) simulator, on the same"
         " held-out records as the neuron's stored scores, and print it beside the stored"
         " explanation's, the token baseline's and the N2G graph's. A description in the template"
-        ' grammar (the token "X"; the tokens "a", "b" and "c"; see README) is compiled with no'
-        " LLM; any other is compiled by the LLM (--base-url, else the embedded local server)."
+        ' grammar (the token "X"; the tokens "a", "b" and "c"; see docs/explanations.md) is'
+        " compiled with no LLM; any other is compiled by the LLM (--base-url, else the embedded"
+        " local server)."
         " Nothing is stored unless --save."
     ),
     epilog=(

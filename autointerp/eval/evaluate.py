@@ -454,8 +454,8 @@ def eval_result(
         "prompt_version": explain_cfg.prompt_version,
         "explain_config_hash": explain_cfg.config_hash(),
         "score": (
-            "correlation with the activation's positive part (README: Explanations and "
-            "simulation scores)"
+            "correlation with the activation's positive part (docs/explanations.md: "
+            "Explanations and simulation scores)"
         ),
         "methods": method_summaries(store, plan.model, tally, cfg.seed),
         "paired": {

@@ -6,7 +6,7 @@ older one (``create table if not exists``, then the columns of :data:`ADDED_COLU
 upgrade adds tables and columns only and rewrites no row. The order of :data:`SCHEMA` is the order
 of ``sqlite3 DB .schema``, so a new database reads the same as one made by earlier versions.
 
-Tables (also in README):
+Tables (also in docs/database.md):
 
 * ``meta(key, value)`` - ``schema_version``.
 * ``models(name, info, provenance)`` - architecture facts and where the weights came from (file
