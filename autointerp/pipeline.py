@@ -371,11 +371,14 @@ def run_layers(
         return summary
     path = Path(db)
     if plan.to_harvest:
-        log(f"harvest: layers {','.join(map(str, plan.to_harvest))} of {plan.model}")
+        log(f"1/4 harvest: layers {','.join(map(str, plan.to_harvest))} of {plan.model}")
         summary.harvest = _harvest_missing(subject, path, request, plan.to_harvest, progress, log)
     store = Store(path)
+    log("2/4 N2G graphs of the chosen neurons (stored ones are skipped)")
     summary.graphs = _graph(subject, store, plan, request, progress)
+    log("3/4 explanations and scores (stored ones are skipped)")
     summary.explain = _explain(store, plan, request, llm, templates, prices, runner, progress)
+    log("4/4 search index")
     summary.index = build_search_indexes(store, plan.model, progress=progress)
     summary.seconds = time.time() - started
     return summary

@@ -171,7 +171,8 @@ def plan_lines(plan: RunPlan) -> list[str]:
     lines = [f"plan for {plan.model}, neurons {plan.neurons_spec}, database {plan.db}:"]
     for s in plan.layers:
         if s.harvest_run is None:
-            chosen = "all" if s.neurons is None else f"up to {s.neurons}"
+            at_most = ":" in plan.neurons_spec  # best:K / top:K: at most K
+            chosen = "all" if s.neurons is None else f"{'up to ' if at_most else ''}{s.neurons}"
             lines.append(
                 f"  layer {s.layer}: not harvested yet (will harvest {plan.tokens or 'all'}"
                 f" tokens); {chosen} neurons to graph and explain"
