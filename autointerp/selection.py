@@ -74,6 +74,20 @@ def _count(spec: str, kind: str) -> int:
     return bounded_index(k, f"--neurons {kind}:K", spec)
 
 
+def spec_size(spec: str | None, d_mlp: int | None) -> int | None:
+    """How many neurons ``spec`` picks in a layer of ``d_mlp`` (at most K for ``best:K`` and
+    ``top:K``), checked as :func:`select_neurons` checks it but with no harvest to read: a plan made
+    before the harvest. None when that needs ``d_mlp`` and it is not known yet (all neurons)."""
+    kind = spec.strip().lower().split(":", 1)[0] if spec and ":" in spec else None
+    if kind in ("top", "best"):
+        k = _count(spec, kind)  # type: ignore[arg-type]
+        return k if d_mlp is None else min(k, d_mlp)
+    if d_mlp is not None:
+        return len(parse_neurons(spec, d_mlp))
+    parsed = parse_ranges(spec, "Neurons", "0-15,100")
+    return None if parsed is None else len(set(parsed))
+
+
 def select_neurons(store: Store, model: str, layer: int, spec: str | None, d_mlp: int) -> list[int]:
     """``best:K`` (:func:`best_neurons`, the module docstring's rule), ``top:K`` (the K neurons
     with the highest max activation in the layer's harvest), ranges, or all; sorted."""

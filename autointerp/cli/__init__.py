@@ -31,6 +31,7 @@ from autointerp.untrusted import check_environment, check_unicode
 
 EPILOG = """examples:
   autointerp setup                                   # fetch the default model and corpus (once)
+  autointerp run smollm2-135m --layers 1 --dry-run     # a whole layer: plan and cost estimate
   autointerp harvest --model smollm2-135m --layers 0-3 --tokens 20000
   autointerp neuron smollm2-135m 2/17                # stats and top examples, coloured
   autointerp activations smollm2-135m 2/17 --text "def f(x): return x"
@@ -44,6 +45,7 @@ EPILOG = """examples:
 #: their commands.
 COMMAND_MODULES = (
     "setup",
+    "run",
     "harvest",
     "rank",
     "explain",

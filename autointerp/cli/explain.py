@@ -295,15 +295,16 @@ def llm_settings(args: argparse.Namespace, **extra: Any) -> LLMSettings:
     )
 
 
-def llm_session(args: argparse.Namespace, settings: LLMSettings, store: Store) -> LLMSession:
+def llm_session(args: argparse.Namespace, settings: LLMSettings, store: Store | str) -> LLMSession:
     """The LLM session of the options: the endpoints, checked now (a malformed or silent one is one
-    sentence before any work), or the local server, started on entering."""
+    sentence before any work), or the local server, started on entering. Its response cache is in
+    ``store`` (or the database file at that path, which ``run`` creates only later)."""
     from autointerp.explain.simulate import LOGPROB_FREE_MODES
     from autointerp.llm.session import LLMSession
 
     return LLMSession(
         settings,
-        store.path,
+        store if isinstance(store, str) else store.path,
         local_llm=args.local_llm,
         threads=args.threads,
         prompt_logprobs=args.simulator_mode not in LOGPROB_FREE_MODES,
@@ -312,7 +313,7 @@ def llm_session(args: argparse.Namespace, settings: LLMSettings, store: Store) -
     )
 
 
-def _explain_stage_options(p: argparse.ArgumentParser) -> None:
+def add_explain_stage_options(p: argparse.ArgumentParser) -> None:
     """explain's own options among the LLM's: which sides and methods, retries, concurrency."""
     from autointerp.explain.config import ExplainConfig
 
@@ -388,7 +389,7 @@ def explain_options(p: argparse.ArgumentParser) -> None:
             " 0-15,100, or all"
         ),
     )
-    add_llm_options(p, _explain_stage_options, price_table=True)
+    add_llm_options(p, add_explain_stage_options, price_table=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--json", action="store_true", help="print a JSON summary (counts, tokens, cost)"
@@ -397,16 +398,13 @@ def explain_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_explain)
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from autointerp.explain.plan import plan_explain
+def explain_inputs(args: argparse.Namespace) -> tuple[Templates, ExplainConfig, LLMSettings]:
+    """The prompt templates, explain config and LLM settings that explain's options give (the
+    options :func:`add_llm_options` and :func:`add_explain_stage_options` add): ``explain`` and
+    ``run`` explain alike."""
     from autointerp.explain.prompts import load_templates
-    from autointerp.explain.ray import explain_runner
-    from autointerp.explain.run import explain_layers
     from autointerp.llm.client import load_prices
-    from autointerp.model_names import canonical_model_name
-    from autointerp.store import Store
 
-    executor = parse_executor(args)
     templates = load_templates(args.prompts, args.prompt)
     stage = {
         "use_n2g": not args.no_n2g,
@@ -417,6 +415,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     settings = llm_settings(
         args, concurrency=args.concurrency, prices=load_prices(args.price_table)
     )
+    return templates, cfg, settings
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from autointerp.explain.plan import plan_explain
+    from autointerp.explain.ray import explain_runner
+    from autointerp.explain.run import explain_layers
+    from autointerp.model_names import canonical_model_name
+    from autointerp.store import Store
+
+    executor = parse_executor(args)
+    templates, cfg, settings = explain_inputs(args)
     store = Store(db_path(args), create=False)
     model = canonical_model_name(args.model)
     info = store.model_info(model) or {}

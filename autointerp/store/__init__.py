@@ -16,7 +16,8 @@ finds a stage's queries together and every caller still sees one object:
 * :mod:`~autointerp.store.search_index` - the token index, the explanations' FTS index, text
   embeddings;
 * :mod:`~autointerp.store.similarity` - stored similar neurons;
-* :mod:`~autointerp.store.weights` - facts from the weights alone.
+* :mod:`~autointerp.store.weights` - facts from the weights alone;
+* :mod:`~autointerp.store.measurements` - what earlier runs cost (seconds, tokens), for estimates.
 
 The store imports no pipeline stage: stages call it, never the other way round.
 """
@@ -28,6 +29,7 @@ from autointerp.store.core import DEFAULT_DB, StoreCore, default_db_path
 from autointerp.store.explanations import ExplanationTables
 from autointerp.store.graphs import GraphTables
 from autointerp.store.harvest import EXAMPLE_COLUMNS, HarvestTables
+from autointerp.store.measurements import MeasurementQueries
 from autointerp.store.schema import SCHEMA_VERSION, TABLES
 from autointerp.store.search_index import SearchIndexTables
 from autointerp.store.similarity import SimilarityTables
@@ -52,6 +54,7 @@ class Store(
     SearchIndexTables,
     SimilarityTables,
     WeightTables,
+    MeasurementQueries,
     StoreCore,
 ):
     """Typed access to the results database."""
