@@ -19,7 +19,6 @@ earlier origin in :data:`ORIGIN_ORDER`: a reader prefers a phrase to a list that
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +30,11 @@ from autointerp.explain.candidates import (
     token_candidates,
 )
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.explainer import ask_explainer, explain_messages, prompt_hash
+from autointerp.explain.explainer import (
+    ask_explainer,
+    prompt_hash,
+    sample_messages,
+)
 from autointerp.explain.feedback import mistakes, restate_messages, revision_messages
 from autointerp.explain.job import NeuronJob
 from autointerp.explain.prompts import Templates
@@ -202,11 +205,8 @@ def first_explanations(
     job = comp.job
     first: Entry | None = None
     for k in range(cfg.candidates):
-        records = list(job.train)
-        if k:
-            random.Random(k).shuffle(records)
-        messages = explain_messages(
-            cfg, templates, records, job.max_activation, evidence, job.output
+        messages = sample_messages(
+            cfg, templates, job.train, job.max_activation, evidence, job.output, k
         )
         hashed = prompt_hash(messages)
         try:

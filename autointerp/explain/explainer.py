@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from typing import Any
 
 from autointerp.explain.baseline import baseline_explanation
@@ -45,6 +46,24 @@ def explain_messages(
         records = records[:-1]
         messages = explanation_messages(records, max_act, templates, evidence, top_tokens, output)
     return messages
+
+
+def sample_messages(
+    cfg: ExplainConfig,
+    templates: Templates,
+    train: list[Record],
+    max_act: float,
+    evidence: list[str] | None,
+    output: OutputTokens | None,
+    sample: int,
+) -> list[dict[str, str]]:
+    """The messages of best-of-n sample ``sample``: the training records as they are for the
+    first (0), in a shuffled order seeded by ``sample`` for the others (as Transluce permutes
+    them), so a rerun asks the same questions."""
+    records = list(train)
+    if sample:
+        random.Random(sample).shuffle(records)
+    return explain_messages(cfg, templates, records, max_act, evidence, output)
 
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:

@@ -25,7 +25,6 @@ threads in this process and Ray tasks on other machines run the very same functi
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,12 @@ from autointerp.errors import UserError
 from autointerp.explain.baseline import baseline_explanation, n2g_evidence
 from autointerp.explain.compete import LLM_ORIGINS, compete
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.explainer import ask_explainer, explain_messages, prompt_hash
+from autointerp.explain.explainer import (
+    ask_explainer,
+    explain_messages,
+    prompt_hash,
+    sample_messages,
+)
 from autointerp.explain.job import NeuronJob
 from autointerp.explain.prompts import SCALE_MAX, OutputTokens, Record, Templates
 from autointerp.explain.records import (
@@ -150,11 +154,8 @@ def best_of_n(
     first_failure: LLMFailure | None = None
     scored: dict[str, float | None] = {}
     for k in range(cfg.candidates):
-        records = list(job.train)
-        if k:
-            random.Random(k).shuffle(records)
-        messages = explain_messages(
-            cfg, templates, records, job.max_activation, evidence, job.output
+        messages = sample_messages(
+            cfg, templates, job.train, job.max_activation, evidence, job.output, k
         )
         hashed = prompt_hash(messages)
         try:
