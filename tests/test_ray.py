@@ -261,18 +261,35 @@ responses."""
 
 
 def _explained(db: Path) -> Explained:
+    """Every stored row but its token counts, and how many responses the cache holds. Token
+    counts are left out: a response the response cache answers costs nothing, and when two
+    neurons ask the same question (the candidates' rules repeat across neurons) the sequential
+    run pays once and answers the second from the cache, while two workers may both pay
+    (:func:`_tokens` checks that side)."""
     store = Store(db)
     explanations = store.db.execute(
-        "select layer, neuron, kind, status, text, error, prompt_hash, model, candidates,"
-        " prompt_tokens, completion_tokens from explanations order by layer, neuron, kind"
+        "select layer, neuron, kind, status, text, error, prompt_hash, model, candidates"
+        " from explanations order by layer, neuron, kind"
     ).fetchall()
     scores = store.db.execute(
         "select layer, neuron, method, status, score, score_raw, score_top, score_random, r2,"
-        " n_tokens, simulator_mode, simulation, error, prompt_tokens, completion_tokens"
-        " from scores order by layer, neuron, method"
+        " n_tokens, simulator_mode, simulation, error from scores order by layer, neuron, method"
     ).fetchall()
     [(cached,)] = store.db.execute("select count(*) from llm_cache").fetchall()
     return [tuple(r) for r in explanations], [tuple(r) for r in scores], int(cached)
+
+
+def _tokens(db: Path) -> int:
+    """The prompt tokens every stored row says were paid for."""
+    [(total,)] = (
+        Store(db)
+        .db.execute(
+            "select (select coalesce(sum(prompt_tokens), 0) from explanations)"
+            " + (select coalesce(sum(prompt_tokens), 0) from scores)"
+        )
+        .fetchall()
+    )
+    return int(total)
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +315,9 @@ def test_ray_explanations_equal_the_in_process_ones(
     assert out["explained"] == EXPLAIN_NEURONS and out["failed"] == 0
     # rows, scores and the workers' LLM responses, written by the driver into the cache
     assert _explained(db) == in_process_explained
+    local = copy_db(small_db, tmp_path / "local.db")
+    assert _explain(local, llm_endpoint.url).returncode == 0
+    assert _tokens(db) >= _tokens(local) > 0  # workers may pay twice for one question, never less
     [endpoint] = out["endpoints"]  # the workers' calls are in the driver's ledger
     assert endpoint["calls"] == out["llm_calls"] > 0
     again = _explain(db, llm_endpoint.url, *RAY)
